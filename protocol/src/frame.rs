@@ -1,0 +1,1190 @@
+//! The frames of `scopecast.v1` (DESIGN section 5, PROTOCOL.md "Frames").
+//!
+//! Every frame is one JSON object in one WebSocket text message, with a `type`. Client frames
+//! are decoded by [`ClientFrame::decode`], which turns every fault into a precise
+//! [`FrameError`]; server frames are encoded with [`ServerFrame::encode`], except `event`
+//! frames, which [`encode_event`] writes once into shared [`Bytes`] for every subscriber.
+//! Event `data` stays raw JSON ([`RawJson`]): the broker never parses it again.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::codes::{ErrorCode, Reason};
+use crate::scope::ScopeSet;
+use crate::topic::{Pattern, Topic};
+
+/// The WebSocket subprotocol name (RFC 6455 section 1.9) for this version.
+pub const SUBPROTOCOL: &str = "scopecast.v1";
+/// Most bytes in a request `id`.
+pub const MAX_REQUEST_ID_BYTES: usize = 64;
+/// Most bytes in an `event_id`.
+pub const MAX_EVENT_ID_BYTES: usize = 128;
+/// Deepest nesting of arrays and objects allowed in event `data`. Deeper payloads are refused
+/// so that no subscriber's JSON parser is driven into its own recursion limit.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// The deepest nesting of `[` and `{` in well-formed JSON text, strings skipped.
+fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+fn visible_ascii(s: &str) -> bool {
+    s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+macro_rules! id_type {
+    ($(#[$meta:meta])* $name:ident, $max:ident, $what:literal) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Validates and wraps an identifier.
+            ///
+            /// # Errors
+            /// [`InvalidId`] when it is empty, too long, or has a character outside visible
+            /// ASCII (0x21 to 0x7E).
+            pub fn new(s: &str) -> Result<Self, InvalidId> {
+                if s.is_empty() || s.len() > $max || !visible_ascii(s) {
+                    return Err(InvalidId { what: $what, max: $max });
+                }
+                Ok(Self(Arc::from(s)))
+            }
+
+            /// The identifier as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, InvalidId> {
+                $name::new(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let s = <Cow<'de, str>>::deserialize(deserializer)?;
+                $name::new(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// The client-chosen `id` of a request frame, echoed in its reply: 1 to 64 bytes of visible
+    /// ASCII.
+    RequestId,
+    MAX_REQUEST_ID_BYTES,
+    "id"
+);
+
+id_type!(
+    /// The id of an event: the publisher's `event_id` (1 to 128 bytes of visible ASCII), or a
+    /// UUID the broker makes when the publisher gave none.
+    EventId,
+    MAX_EVENT_ID_BYTES,
+    "event_id"
+);
+
+/// An identifier that breaks its rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{what}` must be 1 to {max} bytes of visible ASCII (0x21 to 0x7E)")]
+pub struct InvalidId {
+    /// The field name.
+    pub what: &'static str,
+    /// Its byte limit.
+    pub max: usize,
+}
+
+/// An event payload kept as the exact JSON text the publisher sent.
+#[derive(Clone)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// Checks that `json` is one well-formed JSON value and keeps its text.
+    ///
+    /// # Errors
+    /// The parser's error, with line and column.
+    pub fn from_string(json: String) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(json).map(RawJson)
+    }
+
+    /// Serializes `value` to compact JSON.
+    ///
+    /// # Errors
+    /// When `value` cannot be serialized (e.g. a map with non-string keys).
+    pub fn from_value<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(RawJson)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The payload as a raw value.
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+
+    /// Parses the payload into `T`.
+    ///
+    /// # Errors
+    /// When the payload does not fit `T`.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+}
+
+impl From<Box<RawValue>> for RawJson {
+    fn from(raw: Box<RawValue>) -> Self {
+        RawJson(raw)
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for RawJson {}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Payloads can hold PHI: show the size, never the content.
+        write!(f, "RawJson({} bytes)", self.get().len())
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(deserializer).map(RawJson)
+    }
+}
+
+/// Where a replay starts: `{"seq": N}` (events after `seq` N) or `{"time": RFC 3339}` (events
+/// published at or after that time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Since {
+    /// Replay events whose `seq` is greater than this one.
+    Seq(u64),
+    /// Replay events published at or after this instant.
+    Time(#[serde(with = "time::serde::rfc3339")] OffsetDateTime),
+}
+
+/// A frame from a client to the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Authenticates the connection, or refreshes its token on a live connection.
+    Auth {
+        /// An OAuth2 access token (RFC 9068 JWT).
+        token: String,
+    },
+    /// Subscribes to a pattern, optionally replaying history first.
+    Subscribe {
+        /// Echoed in the reply.
+        id: RequestId,
+        /// The pattern to subscribe to.
+        topic: Pattern,
+        /// Replay start; absent: live events only.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<Since>,
+    },
+    /// Ends a subscription.
+    Unsubscribe {
+        /// Echoed in the reply.
+        id: RequestId,
+        /// The pattern that was subscribed, exactly as subscribed.
+        topic: Pattern,
+    },
+    /// Publishes one event.
+    Publish {
+        /// Echoed in the reply.
+        id: RequestId,
+        /// A concrete topic.
+        topic: Topic,
+        /// The payload, any JSON value but `null`.
+        data: RawJson,
+        /// The publisher's id for the event, for idempotent retries.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event_id: Option<EventId>,
+    },
+    /// Application-level ping, for clients that cannot see WebSocket pings (browsers).
+    Ping {
+        /// Echoed in the `pong`.
+        id: RequestId,
+    },
+}
+
+impl ClientFrame {
+    /// The request `id`, when the frame has one.
+    pub fn id(&self) -> Option<&RequestId> {
+        match self {
+            ClientFrame::Auth { .. } => None,
+            ClientFrame::Subscribe { id, .. }
+            | ClientFrame::Unsubscribe { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::Ping { id } => Some(id),
+        }
+    }
+
+    /// Encodes the frame as JSON text.
+    pub fn encode(&self) -> String {
+        // Serializing these types cannot fail: every field is a string, number or raw JSON.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Decodes one text frame of at most `max_bytes` bytes.
+    ///
+    /// Unknown fields are ignored (forward compatibility). Refusals are precise: an oversize
+    /// frame is `too_large`/`frame_too_large`; bad JSON is `malformed_json` with line and
+    /// column; an unknown `type` is `unknown_type`; a missing field is `missing_field` naming
+    /// it; a wrong type or duplicate key is `invalid_field` naming the field; a bad topic is
+    /// `invalid_topic` saying which rule broke. The request `id` is echoed whenever it could be
+    /// read.
+    ///
+    /// # Errors
+    /// A [`FrameError`], ready to send as an `error` frame.
+    pub fn decode(text: &str, max_bytes: usize) -> Result<Self, FrameError> {
+        if text.len() > max_bytes {
+            return Err(FrameError::new(
+                None,
+                Reason::FrameTooLarge,
+                format!(
+                    "frame is {} bytes; the limit is {max_bytes} bytes",
+                    text.len()
+                ),
+            ));
+        }
+        if !text.trim_start().starts_with('{') {
+            return Err(FrameError::new(
+                None,
+                Reason::MalformedJson,
+                "a frame must be one JSON object".to_owned(),
+            ));
+        }
+        let env: Envelope<'_> = match serde_json::from_str(text) {
+            Ok(env) => env,
+            Err(e) => return Err(envelope_error(text, &e)),
+        };
+        env.into_frame()
+    }
+}
+
+/// Every field any client frame may carry; which are required depends on `type`.
+///
+/// Decoding into one flat struct reads the frame once, borrows strings where it can, and keeps
+/// `data` as a borrowed raw slice, never a parsed tree.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    token: Option<String>,
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
+    since: Option<Since>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_id: Option<Cow<'a, str>>,
+}
+
+/// The same fields as [`Envelope`], typed loosely, to name the field at fault on the slow path.
+#[derive(Deserialize)]
+#[allow(dead_code)] // Only read by serde_path_to_error to locate a fault.
+struct EnvelopeDiagnosis {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    id: Option<String>,
+    token: Option<String>,
+    topic: Option<String>,
+    since: Option<Since>,
+    data: Option<IgnoredAny>,
+    event_id: Option<String>,
+}
+
+fn envelope_error(text: &str, e: &serde_json::Error) -> FrameError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let path = match serde_path_to_error::deserialize::<_, EnvelopeDiagnosis>(&mut de) {
+                Err(err) => err.path().to_string(),
+                Ok(_) => String::new(),
+            };
+            let message = if path.is_empty() || path == "." {
+                e.to_string()
+            } else {
+                format!("field `{path}`: {e}")
+            };
+            FrameError::new(None, Reason::InvalidField, message)
+        }
+        _ => FrameError::new(None, Reason::MalformedJson, format!("malformed JSON: {e}")),
+    }
+}
+
+impl Envelope<'_> {
+    fn into_frame(self) -> Result<ClientFrame, FrameError> {
+        let Some(kind) = self.kind.as_deref() else {
+            return Err(FrameError::new(
+                None,
+                Reason::MissingField,
+                "frame has no `type` field".to_owned(),
+            ));
+        };
+        let kind = kind.to_owned();
+        if kind == "auth" {
+            let token = self.token.filter(|t| !t.is_empty()).ok_or_else(|| {
+                FrameError::new(
+                    None,
+                    Reason::MissingField,
+                    "`auth` needs `token`".to_owned(),
+                )
+            })?;
+            return Ok(ClientFrame::Auth { token });
+        }
+        if !matches!(
+            kind.as_str(),
+            "subscribe" | "unsubscribe" | "publish" | "ping"
+        ) {
+            // Echo the id when it is usable, so a client can match the refusal.
+            let id = self.id.as_deref().and_then(|s| RequestId::new(s).ok());
+            return Err(FrameError::new(
+                id,
+                Reason::UnknownType,
+                format!(
+                    "unknown frame type {kind:?}; scopecast.v1 clients send auth, subscribe, \
+                     unsubscribe, publish and ping"
+                ),
+            ));
+        }
+        let id = match self.id.as_deref() {
+            None => {
+                return Err(FrameError::new(
+                    None,
+                    Reason::MissingField,
+                    format!("`{kind}` needs `id`"),
+                ));
+            }
+            Some(s) => RequestId::new(s)
+                .map_err(|e| FrameError::new(None, Reason::InvalidField, e.to_string()))?,
+        };
+        let missing = |field: &str| {
+            FrameError::new(
+                Some(id.clone()),
+                Reason::MissingField,
+                format!("`{kind}` needs `{field}`"),
+            )
+        };
+        let bad_topic = |e: crate::topic::TopicError| {
+            FrameError::new(
+                Some(id.clone()),
+                Reason::InvalidTopic,
+                format!("invalid topic: {e}"),
+            )
+        };
+        match kind.as_str() {
+            "ping" => Ok(ClientFrame::Ping { id }),
+            "subscribe" | "unsubscribe" => {
+                let topic = self.topic.ok_or_else(|| missing("topic"))?;
+                let topic = Pattern::new(&topic).map_err(bad_topic)?;
+                if kind == "subscribe" {
+                    Ok(ClientFrame::Subscribe {
+                        id,
+                        topic,
+                        since: self.since,
+                    })
+                } else {
+                    Ok(ClientFrame::Unsubscribe { id, topic })
+                }
+            }
+            _ => {
+                let topic = self.topic.ok_or_else(|| missing("topic"))?;
+                let topic = Topic::new(&topic).map_err(bad_topic)?;
+                // `null` reads as absent: a publish must carry a payload.
+                let data = self.data.ok_or_else(|| missing("data"))?;
+                if json_depth(data.get()) > MAX_DATA_DEPTH {
+                    return Err(FrameError::new(
+                        Some(id),
+                        Reason::InvalidField,
+                        format!("`data` nests deeper than {MAX_DATA_DEPTH} levels"),
+                    ));
+                }
+                let event_id = self
+                    .event_id
+                    .map(|s| EventId::new(&s))
+                    .transpose()
+                    .map_err(|e| {
+                        FrameError::new(Some(id.clone()), Reason::InvalidField, e.to_string())
+                    })?;
+                Ok(ClientFrame::Publish {
+                    id,
+                    topic,
+                    data: RawJson(data.to_owned()),
+                    event_id,
+                })
+            }
+        }
+    }
+}
+
+/// A client frame the broker refuses, ready to become an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct FrameError {
+    /// The request `id`, when it could be read.
+    pub id: Option<RequestId>,
+    /// The precise reason; its [`Reason::code`] gives the class.
+    pub reason: Reason,
+    /// A sentence for a human: what was wrong and where.
+    pub message: String,
+}
+
+impl FrameError {
+    /// Builds a refusal.
+    pub fn new(id: Option<RequestId>, reason: Reason, message: String) -> Self {
+        FrameError {
+            id,
+            reason,
+            message,
+        }
+    }
+
+    /// The `error` frame that reports this refusal.
+    pub fn to_frame(&self) -> ServerFrame {
+        ServerFrame::Error(ErrorFrame::new(
+            self.id.clone(),
+            self.reason,
+            self.message.clone(),
+        ))
+    }
+}
+
+/// Limits of this connection, announced in `welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest client frame accepted, in bytes.
+    pub max_frame_bytes: u64,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions: u32,
+    /// Outbound queue size in bytes; past it the connection is closed with 4008.
+    pub outbound_queue_bytes: u64,
+    /// Publishes allowed per second for this client ID; 0 means no limit.
+    pub publish_rate_per_sec: u32,
+}
+
+/// `welcome`: the connection is authenticated (also the answer to every accepted refresh).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The broker's id for this connection, for logs and support.
+    pub session: String,
+    /// The OAuth2 `client_id` the token was issued to.
+    pub client_id: String,
+    /// The token's granted scope (RFC 6749 section 3.3).
+    pub scope: ScopeSet,
+    /// When the token expires (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Interval of the server's WebSocket pings, in ms.
+    pub heartbeat_ms: u64,
+    /// This connection's limits.
+    pub limits: Limits,
+}
+
+/// Where a replay really starts, in `subscribed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replay {
+    /// The first `seq` the replay can deliver.
+    pub from_seq: u64,
+    /// True when events the client asked for are gone (past retention).
+    pub truncated: bool,
+}
+
+/// `subscribed`: a subscription is live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// The `subscribe` frame's `id`.
+    pub id: RequestId,
+    /// The pattern subscribed.
+    pub topic: Pattern,
+    /// The newest `seq` assigned when the subscription started (0 when none yet).
+    pub head_seq: u64,
+    /// Replay details when `since` was given, else `null`.
+    pub replay: Option<Replay>,
+}
+
+/// `unsubscribed`: a subscription ended at the client's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribed {
+    /// The `unsubscribe` frame's `id`.
+    pub id: RequestId,
+}
+
+/// `event`: one published event, the same bytes for every subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Its place in the broker-wide sequence, from 1.
+    pub seq: u64,
+    /// The topic it was published to.
+    pub topic: Topic,
+    /// Its event id.
+    pub id: EventId,
+    /// When the broker accepted it (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// The payload, exactly as published.
+    pub data: RawJson,
+}
+
+/// `published`: the event is stored with this `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// The `publish` frame's `id`.
+    pub id: RequestId,
+    /// The event's `seq`.
+    pub seq: u64,
+    /// The event's id (the publisher's, or the one the broker made).
+    pub event_id: EventId,
+}
+
+/// `token_expiring`: the token expires soon; send `auth` with a fresh one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenExpiring {
+    /// Time left before the connection closes with 4002, in ms.
+    pub expires_in_ms: u64,
+}
+
+/// `pong`: the answer to `ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The `ping` frame's `id`.
+    pub id: RequestId,
+}
+
+/// `error`: a refused request or a notice; the connection carries on unless a close follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// The refused request's `id`, when it had a readable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// The class of error.
+    pub code: ErrorCode,
+    /// The precise reason.
+    pub error: Reason,
+    /// A sentence for a human.
+    pub message: String,
+    /// With `insufficient_scope` and `scope_revoked`: the scope token that would allow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_scope: Option<String>,
+    /// With `scope_revoked`: the pattern of the subscription that ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<Pattern>,
+    /// With `rate_limited`: how long to wait before trying again, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorFrame {
+    /// An error frame with the code that goes with `reason`.
+    pub fn new(id: Option<RequestId>, reason: Reason, message: String) -> Self {
+        ErrorFrame {
+            id,
+            code: reason.code(),
+            error: reason,
+            message,
+            required_scope: None,
+            topic: None,
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// A frame from the broker to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// See [`Subscribed`].
+    Subscribed(Subscribed),
+    /// See [`Unsubscribed`].
+    Unsubscribed(Unsubscribed),
+    /// See [`Event`].
+    Event(Event),
+    /// See [`Published`].
+    Published(Published),
+    /// See [`TokenExpiring`].
+    TokenExpiring(TokenExpiring),
+    /// See [`Pong`].
+    Pong(Pong),
+    /// See [`ErrorFrame`].
+    Error(ErrorFrame),
+}
+
+impl ServerFrame {
+    /// Encodes the frame as JSON text.
+    pub fn encode(&self) -> String {
+        match self {
+            ServerFrame::Event(e) => {
+                let bytes = encode_event(e.seq, &e.topic, &e.id, e.time, e.data.as_raw());
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            // The other frames hold only strings, numbers and times: serializing cannot fail.
+            other => serde_json::to_string(other).unwrap_or_default(),
+        }
+    }
+
+    /// Decodes a server frame (the client side of the protocol). Unknown fields are ignored.
+    ///
+    /// # Errors
+    /// `malformed_json`, `missing_field` (`type`), `unknown_type`, or `invalid_field` with the
+    /// parser's message.
+    pub fn decode(text: &str) -> Result<Self, FrameError> {
+        #[derive(Deserialize)]
+        struct Kind<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: Option<Cow<'a, str>>,
+        }
+        let fail = |e: serde_json::Error| {
+            let reason = if e.is_data() {
+                Reason::InvalidField
+            } else {
+                Reason::MalformedJson
+            };
+            FrameError::new(None, reason, e.to_string())
+        };
+        let kind = serde_json::from_str::<Kind<'_>>(text)
+            .map_err(fail)?
+            .kind
+            .ok_or_else(|| {
+                FrameError::new(
+                    None,
+                    Reason::MissingField,
+                    "frame has no `type` field".to_owned(),
+                )
+            })?;
+        Ok(match &*kind {
+            "welcome" => ServerFrame::Welcome(serde_json::from_str(text).map_err(fail)?),
+            "subscribed" => ServerFrame::Subscribed(serde_json::from_str(text).map_err(fail)?),
+            "unsubscribed" => ServerFrame::Unsubscribed(serde_json::from_str(text).map_err(fail)?),
+            "event" => ServerFrame::Event(serde_json::from_str(text).map_err(fail)?),
+            "published" => ServerFrame::Published(serde_json::from_str(text).map_err(fail)?),
+            "token_expiring" => {
+                ServerFrame::TokenExpiring(serde_json::from_str(text).map_err(fail)?)
+            }
+            "pong" => ServerFrame::Pong(serde_json::from_str(text).map_err(fail)?),
+            "error" => ServerFrame::Error(serde_json::from_str(text).map_err(fail)?),
+            other => {
+                return Err(FrameError::new(
+                    None,
+                    Reason::UnknownType,
+                    format!("unknown server frame type {other:?}"),
+                ));
+            }
+        })
+    }
+}
+
+/// Writes a whole `event` frame once, for every subscriber to share.
+///
+/// Shape: `{"type":"event","seq":N,"topic":"...","id":"...","time":"RFC 3339","data":<raw>}`.
+/// `data` is copied verbatim, never parsed. The result decodes with [`ServerFrame::decode`]
+/// to the same [`Event`].
+pub fn encode_event(
+    seq: u64,
+    topic: &Topic,
+    id: &EventId,
+    time: OffsetDateTime,
+    data: &RawValue,
+) -> Bytes {
+    let time = time
+        .to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default();
+    let data = data.get();
+    let mut buf = BytesMut::with_capacity(
+        64 + topic.as_str().len() + id.as_str().len() + time.len() + data.len(),
+    );
+    buf.put_slice(b"{\"type\":\"event\",\"seq\":");
+    buf.put_slice(itoa::Buffer::new().format(seq).as_bytes());
+    // Topics are `[a-z0-9_.*>-]` only: nothing to escape.
+    buf.put_slice(b",\"topic\":\"");
+    buf.put_slice(topic.as_str().as_bytes());
+    buf.put_slice(b"\",\"id\":");
+    put_json_string(&mut buf, id.as_str());
+    buf.put_slice(b",\"time\":\"");
+    buf.put_slice(time.as_bytes());
+    buf.put_slice(b"\",\"data\":");
+    buf.put_slice(data.as_bytes());
+    buf.put_u8(b'}');
+    buf.freeze()
+}
+
+/// Writes `s` (visible ASCII only, as event ids are) as a JSON string.
+fn put_json_string(buf: &mut BytesMut, s: &str) {
+    buf.put_u8(b'"');
+    for &b in s.as_bytes() {
+        if b == b'"' || b == b'\\' {
+            buf.put_u8(b'\\');
+        }
+        buf.put_u8(b);
+    }
+    buf.put_u8(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use time::macros::datetime;
+
+    const MAX: usize = 1 << 20;
+
+    fn decode(text: &str) -> Result<ClientFrame, FrameError> {
+        ClientFrame::decode(text, MAX)
+    }
+
+    fn refusal(text: &str) -> FrameError {
+        decode(text).unwrap_err()
+    }
+
+    #[test]
+    fn decodes_every_client_frame() {
+        assert_eq!(
+            decode(r#"{"type":"auth","token":"abc"}"#).unwrap(),
+            ClientFrame::Auth {
+                token: "abc".into()
+            }
+        );
+        let sub =
+            decode(r#"{"type":"subscribe","id":"1","topic":"adt.>","since":{"seq":42}}"#).unwrap();
+        assert_eq!(
+            sub,
+            ClientFrame::Subscribe {
+                id: RequestId::new("1").unwrap(),
+                topic: Pattern::new("adt.>").unwrap(),
+                since: Some(Since::Seq(42)),
+            }
+        );
+        let sub = decode(
+            r#"{"type":"subscribe","id":"1","topic":"a","since":{"time":"2026-01-02T03:04:05Z"}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(sub, ClientFrame::Subscribe { since: Some(Since::Time(t)), .. } if t == datetime!(2026-01-02 03:04:05 UTC))
+        );
+        let publish = decode(
+            r#"{"type":"publish","id":"p","topic":"lab.x","data":{"a":[1, 2]},"event_id":"e-1"}"#,
+        )
+        .unwrap();
+        match publish {
+            ClientFrame::Publish { data, event_id, .. } => {
+                assert_eq!(data.get(), r#"{"a":[1, 2]}"#, "data is kept verbatim");
+                assert_eq!(event_id.unwrap().as_str(), "e-1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode(r#"{"type":"ping","id":"x"}"#).unwrap(),
+            ClientFrame::Ping { .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"unsubscribe","id":"x","topic":"a.*"}"#).unwrap(),
+            ClientFrame::Unsubscribe { .. }
+        ));
+    }
+
+    #[test]
+    fn ignores_unknown_fields() {
+        assert!(decode(r#"{"type":"ping","id":"x","future":{"deep":[1]}}"#).is_ok());
+    }
+
+    #[test]
+    fn refuses_with_precise_reasons() {
+        let e = refusal(r#"{"type":"launch","id":"7"}"#);
+        assert_eq!(
+            (e.reason, e.id.as_ref().map(RequestId::as_str)),
+            (Reason::UnknownType, Some("7"))
+        );
+        assert!(e.message.contains("launch"));
+
+        let e = refusal(r#"{"type":"subscribe","id":"7"}"#);
+        assert_eq!(e.reason, Reason::MissingField);
+        assert!(e.message.contains("`topic`"), "{}", e.message);
+        assert_eq!(e.id.unwrap().as_str(), "7");
+
+        let e = refusal(r#"{"id":"7"}"#);
+        assert_eq!(e.reason, Reason::MissingField);
+        assert!(e.message.contains("`type`"));
+
+        let e = refusal(r#"{"type":"subscribe","id":"7","topic":"Adt.x"}"#);
+        assert_eq!(e.reason, Reason::InvalidTopic);
+        assert_eq!(e.reason.code(), ErrorCode::BadRequest);
+        assert!(e.message.contains("segment 1"), "{}", e.message);
+
+        let e = refusal(r#"{"type":"publish","id":"7","topic":"adt.*","data":1}"#);
+        assert_eq!(e.reason, Reason::InvalidTopic);
+
+        let e = refusal(r#"{"type":"publish","id":"7","topic":"adt.x","data":null}"#);
+        assert_eq!(e.reason, Reason::MissingField);
+        assert!(e.message.contains("`data`"));
+
+        let e = refusal(r#"{"type":"ping","id":"7""#);
+        assert_eq!(e.reason, Reason::MalformedJson);
+        assert!(e.message.contains("line 1 column"), "{}", e.message);
+
+        let e = refusal(r#"[1,2]"#);
+        assert_eq!(e.reason, Reason::MalformedJson);
+    }
+
+    #[test]
+    fn wrong_types_and_duplicate_keys_name_the_field() {
+        let e = refusal(r#"{"type":"ping","id":5}"#);
+        assert_eq!(e.reason, Reason::InvalidField);
+        assert!(e.message.contains("`id`"), "{}", e.message);
+
+        let e = refusal(r#"{"type":"ping","id":"a","id":"b"}"#);
+        assert_eq!(e.reason, Reason::InvalidField);
+        assert!(e.message.contains("duplicate field `id`"), "{}", e.message);
+
+        let e =
+            refusal(r#"{"type":"subscribe","id":"a","topic":"x","since":{"time":"yesterday"}}"#);
+        assert_eq!(e.reason, Reason::InvalidField);
+        assert!(e.message.contains("since"), "{}", e.message);
+
+        let long = "x".repeat(65);
+        let e = refusal(&format!(r#"{{"type":"ping","id":"{long}"}}"#));
+        assert_eq!(e.reason, Reason::InvalidField);
+        assert!(e.id.is_none());
+    }
+
+    #[test]
+    fn oversize_frames_are_refused_before_parsing() {
+        let e = ClientFrame::decode(r#"{"type":"ping","id":"1"}"#, 10).unwrap_err();
+        assert_eq!(e.reason, Reason::FrameTooLarge);
+        assert_eq!(e.reason.code(), ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_crash() {
+        let deep = format!(
+            r#"{{"type":"publish","id":"1","topic":"a","data":{}1{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        let e = refusal(&deep);
+        assert_eq!(e.reason, Reason::InvalidField);
+        assert!(e.message.contains("deeper than 64"), "{}", e.message);
+        // Deep nesting in an unknown field is skipped in linear time, never recursed into.
+        assert!(
+            decode(&format!(
+                r#"{{"type":"ping","id":"1","x":{}1{}}}"#,
+                "[".repeat(10_000),
+                "]".repeat(10_000)
+            ))
+            .is_ok()
+        );
+        // A deep `since` hits the parser's own recursion limit.
+        let e = refusal(&format!(
+            r#"{{"type":"subscribe","id":"1","topic":"a","since":{}1{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        ));
+        assert!(
+            matches!(e.reason, Reason::MalformedJson | Reason::InvalidField),
+            "{e:?}"
+        );
+        // Brackets inside strings do not count.
+        let ok = format!(
+            r#"{{"type":"publish","id":"1","topic":"a","data":"{}\\"}}"#,
+            "[".repeat(100)
+        );
+        assert!(decode(&ok).is_ok(), "{ok}");
+        let at_limit = format!(
+            r#"{{"type":"publish","id":"1","topic":"a","data":{}{}}}"#,
+            "[".repeat(64),
+            "]".repeat(64)
+        );
+        assert!(decode(&at_limit).is_ok());
+    }
+
+    #[test]
+    fn event_frames_are_encoded_once_and_decode_back() {
+        let topic = Topic::new("fhir.encounter.started").unwrap();
+        let id = EventId::new("ev-\"1\"").unwrap();
+        let time = datetime!(2026-11-29 10:00:00.123 UTC);
+        let data = RawValue::from_string(r#"{"resourceType":"Encounter"}"#.into()).unwrap();
+        let bytes = encode_event(7, &topic, &id, time, &data);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(
+            text.starts_with(r#"{"type":"event","seq":7,"topic":"fhir.encounter.started""#),
+            "{text}"
+        );
+        match ServerFrame::decode(text).unwrap() {
+            ServerFrame::Event(e) => {
+                assert_eq!((e.seq, e.topic, e.id, e.time), (7, topic, id, time));
+                assert_eq!(e.data.get(), data.get());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_frames_carry_the_required_scope() {
+        let mut frame = ErrorFrame::new(
+            RequestId::new("s1").ok(),
+            Reason::InsufficientScope,
+            "client x may not subscribe to adt.>".into(),
+        );
+        frame.required_scope = Some("subscribe:adt.>".into());
+        let text = ServerFrame::Error(frame).encode();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "forbidden");
+        assert_eq!(v["error"], "insufficient_scope");
+        assert_eq!(v["id"], "s1");
+        assert_eq!(v["required_scope"], "subscribe:adt.>");
+    }
+
+    #[test]
+    fn raw_json_debug_never_shows_the_payload() {
+        let raw = RawJson::from_string(r#"{"name":"Jane"}"#.into()).unwrap();
+        assert!(!format!("{raw:?}").contains("Jane"));
+    }
+
+    // ---- property tests: every frame round-trips ----
+
+    fn arb_id() -> impl Strategy<Value = RequestId> {
+        "[!-~]{1,64}".prop_map(|s| RequestId::new(&s).unwrap())
+    }
+
+    fn arb_event_id() -> impl Strategy<Value = EventId> {
+        "[!-~]{1,128}".prop_map(|s| EventId::new(&s).unwrap())
+    }
+
+    fn arb_topic() -> impl Strategy<Value = Topic> {
+        "[a-z0-9_-]{1,8}(\\.[a-z0-9_-]{1,8}){0,4}".prop_map(|s| Topic::new(&s).unwrap())
+    }
+
+    fn arb_pattern() -> impl Strategy<Value = Pattern> {
+        "([a-z0-9_-]{1,8}|\\*)(\\.([a-z0-9_-]{1,8}|\\*)){0,3}(\\.>)?"
+            .prop_map(|s| Pattern::new(&s).unwrap())
+    }
+
+    fn arb_time() -> impl Strategy<Value = OffsetDateTime> {
+        (0i64..4_000_000_000, 0u32..1_000_000_000).prop_map(|(s, n)| {
+            OffsetDateTime::from_unix_timestamp(s).unwrap() + time::Duration::nanoseconds(n.into())
+        })
+    }
+
+    fn arb_data() -> impl Strategy<Value = RawJson> {
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "\\PC{0,12}".prop_map(serde_json::Value::from),
+        ];
+        let value = leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z]{1,5}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        });
+        value.prop_map(|v| RawJson::from_value(&v).unwrap())
+    }
+
+    fn arb_scope() -> impl Strategy<Value = ScopeSet> {
+        prop::collection::vec(arb_pattern(), 0..3)
+            .prop_map(|ps| ps.into_iter().map(crate::scope::Scope::Subscribe).collect())
+    }
+
+    fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {
+        let since = prop_oneof![
+            any::<u64>().prop_map(Since::Seq),
+            arb_time().prop_map(Since::Time),
+        ];
+        prop_oneof![
+            "[!-~]{1,200}".prop_map(|token| ClientFrame::Auth { token }),
+            (arb_id(), arb_pattern(), prop::option::of(since))
+                .prop_map(|(id, topic, since)| ClientFrame::Subscribe { id, topic, since }),
+            (arb_id(), arb_pattern())
+                .prop_map(|(id, topic)| ClientFrame::Unsubscribe { id, topic }),
+            (
+                arb_id(),
+                arb_topic(),
+                arb_data(),
+                prop::option::of(arb_event_id())
+            )
+                .prop_map(|(id, topic, data, event_id)| ClientFrame::Publish {
+                    id,
+                    topic,
+                    data,
+                    event_id
+                }),
+            arb_id().prop_map(|id| ClientFrame::Ping { id }),
+        ]
+    }
+
+    fn arb_server_frame() -> impl Strategy<Value = ServerFrame> {
+        let reason = prop::sample::select(Reason::ALL);
+        prop_oneof![
+            (
+                arb_id(),
+                "[a-z0-9-]{1,36}",
+                arb_scope(),
+                arb_time(),
+                any::<u64>(),
+                any::<u32>()
+            )
+                .prop_map(|(session, client_id, scope, expires_at, n, m)| {
+                    ServerFrame::Welcome(Welcome {
+                        session: session.to_string(),
+                        client_id,
+                        scope,
+                        expires_at,
+                        heartbeat_ms: n,
+                        limits: Limits {
+                            max_frame_bytes: n,
+                            max_subscriptions: m,
+                            outbound_queue_bytes: n / 2,
+                            publish_rate_per_sec: m / 2,
+                        },
+                    })
+                }),
+            (
+                arb_id(),
+                arb_pattern(),
+                any::<u64>(),
+                prop::option::of((any::<u64>(), any::<bool>()))
+            )
+                .prop_map(|(id, topic, head_seq, replay)| ServerFrame::Subscribed(
+                    Subscribed {
+                        id,
+                        topic,
+                        head_seq,
+                        replay: replay.map(|(from_seq, truncated)| Replay {
+                            from_seq,
+                            truncated
+                        }),
+                    }
+                )),
+            arb_id().prop_map(|id| ServerFrame::Unsubscribed(Unsubscribed { id })),
+            (
+                any::<u64>(),
+                arb_topic(),
+                arb_event_id(),
+                arb_time(),
+                arb_data()
+            )
+                .prop_map(|(seq, topic, id, time, data)| ServerFrame::Event(Event {
+                    seq,
+                    topic,
+                    id,
+                    time,
+                    data
+                })),
+            (arb_id(), any::<u64>(), arb_event_id()).prop_map(|(id, seq, event_id)| {
+                ServerFrame::Published(Published { id, seq, event_id })
+            }),
+            any::<u64>().prop_map(|expires_in_ms| ServerFrame::TokenExpiring(TokenExpiring {
+                expires_in_ms
+            })),
+            arb_id().prop_map(|id| ServerFrame::Pong(Pong { id })),
+            (
+                prop::option::of(arb_id()),
+                reason,
+                "\\PC{0,40}",
+                prop::option::of(arb_pattern()),
+                prop::option::of(any::<u64>())
+            )
+                .prop_map(|(id, reason, message, topic, retry)| {
+                    let mut e = ErrorFrame::new(id, reason, message);
+                    e.required_scope = topic.as_ref().map(|t| format!("subscribe:{t}"));
+                    e.topic = topic;
+                    e.retry_after_ms = retry;
+                    ServerFrame::Error(e)
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn client_frames_round_trip(frame in arb_client_frame()) {
+            let text = frame.encode();
+            prop_assert_eq!(ClientFrame::decode(&text, MAX).unwrap(), frame);
+        }
+
+        #[test]
+        fn server_frames_round_trip(frame in arb_server_frame()) {
+            let text = frame.encode();
+            prop_assert_eq!(ServerFrame::decode(&text).unwrap(), frame);
+        }
+
+        #[test]
+        fn decode_never_panics(text in "\\PC{0,200}") {
+            let _ = ClientFrame::decode(&text, MAX);
+            let _ = ServerFrame::decode(&text);
+        }
+    }
+}
