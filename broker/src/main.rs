@@ -1,1 +1,114 @@
-fn main() {}
+//! The `scopecast` command: `scopecast serve` runs the broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use scopecast_broker::{Config, EnvironmentKind, LogMode, Overrides};
+
+#[derive(Parser)]
+#[command(
+    name = "scopecast",
+    version,
+    about = "Scopecast: an OAuth2-scoped event broker for health IT"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SCOPECAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070] [env: SCOPECAST_LISTEN].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data folder [default: ./scopecast-data] [env: SCOPECAST_DATA_DIR].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Environment kind [default: non-production] [env: SCOPECAST_ENVIRONMENT].
+    #[arg(long, value_enum)]
+    environment: Option<EnvironmentKind>,
+    /// Event log [default: durable] [env: SCOPECAST_LOG].
+    #[arg(long, value_enum)]
+    log: Option<LogMode>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let flags = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        environment: args.environment,
+        log: args.log,
+    };
+    let config = Config::load(args.config.as_deref(), &flags)?;
+    if args.print_config {
+        print!("{}", config.to_toml()?);
+        return Ok(());
+    }
+    install_tracing();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        scopecast_broker::run(listener, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn install_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -307,32 +307,30 @@ impl Pattern {
     /// This is the rule behind scope checks (DESIGN section 3): `adt.*` does not cover `adt.>`
     /// (which also names `adt.a.b`), and `adt.patient` does not cover `adt.patientx`.
     pub fn covers(&self, other: &Pattern) -> bool {
-        let mine: Vec<Segment<'_>> = self.segments().collect();
-        let theirs: Vec<Segment<'_>> = other.segments().collect();
-        let other_open = matches!(theirs.last(), Some(Segment::Tail));
-        match mine.last() {
-            Some(Segment::Tail) => {
-                // `self` names every topic of at least `mine.len()` segments whose first
-                // `mine.len() - 1` segments it matches; `other`'s shortest topic has
-                // `theirs.len()` segments whether or not it ends in `>`.
-                let prefix = mine.len() - 1;
-                theirs.len() >= mine.len()
-                    && mine[..prefix]
-                        .iter()
-                        .zip(&theirs[..prefix])
-                        .all(|(m, t)| segment_covers(*m, *t))
-            }
-            _ => {
-                // `self` names topics of exactly `mine.len()` segments only.
-                !other_open
-                    && theirs.len() == mine.len()
-                    && mine
-                        .iter()
-                        .zip(&theirs)
-                        .all(|(m, t)| segment_covers(*m, *t))
-            }
+        if !self.wild {
+            // An exact pattern names one topic: only that same topic is inside it.
+            return !other.wild && self.text == other.text;
+        }
+        let mine = segment_count(&self.text);
+        let theirs = segment_count(&other.text);
+        // `>` can only be a whole, final segment, so a trailing `>` byte means a tail wildcard.
+        let mine_open = self.text.ends_with('>');
+        let other_open = other.text.ends_with('>');
+        let mut pairs = self.segments().zip(other.segments());
+        if mine_open {
+            // `self` names every topic of at least `mine` segments whose first `mine - 1`
+            // segments it matches; `other`'s shortest topic has `theirs` segments whether or
+            // not it ends in `>`.
+            theirs >= mine && pairs.take(mine - 1).all(|(m, t)| segment_covers(m, t))
+        } else {
+            // `self` names topics of exactly `mine` segments only.
+            !other_open && theirs == mine && pairs.all(|(m, t)| segment_covers(m, t))
         }
     }
+}
+
+fn segment_count(text: &str) -> usize {
+    text.bytes().filter(|&b| b == b'.').count() + 1
 }
 
 /// Whether one non-final pattern segment covers another in the same position.

@@ -1,0 +1,44 @@
+//! The broker starts on port 0, answers health checks, and stops by itself.
+
+use scopecast_tests::{TestBroker, WAIT, test_config};
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_while_running() {
+    let broker = TestBroker::start(test_config()).await;
+    let http = reqwest::Client::new();
+    let health = tokio::time::timeout(WAIT, http.get(broker.http_url("/healthz")).send())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+
+    let ready = http.get(broker.http_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["environment"], "non-production");
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_paths_get_a_json_404() {
+    let broker = TestBroker::start(test_config()).await;
+    let resp = reqwest::get(broker.http_url("/nope")).await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+    assert!(body["message"].is_string());
+}
+
+#[tokio::test]
+async fn first_start_creates_the_data_folder_and_shutdown_stops_the_listener() {
+    let broker = TestBroker::start(test_config()).await;
+    let addr = broker.addr();
+    // The data folder exists once the broker answers.
+    reqwest::get(broker.http_url("/healthz")).await.unwrap();
+    assert!(broker.data_dir().is_dir());
+    broker.stop().await.unwrap();
+    let refused = tokio::net::TcpStream::connect(addr).await;
+    assert!(refused.is_err(), "listener still open after shutdown");
+}
