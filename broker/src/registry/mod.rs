@@ -1,0 +1,706 @@
+//! The application registry (DESIGN section 2): applications, their two client IDs, credentials
+//! and activations, with an audit trail.
+//!
+//! Reads on the hot path go to an in-memory [`Snapshot`] (never the database); every change is
+//! written to the [`RegistryStore`] first, then the snapshot is rebuilt and a
+//! [`RegistryChange`] is broadcast so live sessions can be cut or narrowed.
+//!
+//! - `store`: the storage trait; `sqlite`: its SQLite implementation (sqlx, portable SQL).
+//! - `validate`: input rules for names, ids and uploaded keys.
+
+mod sqlite;
+mod store;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use scopecast_protocol::ScopeSet;
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, broadcast};
+
+pub use sqlite::SqliteStore;
+pub use store::{ApplicationPatch, NewApplication, RegistryStore, StoreError};
+use validate::{ClientKey, InvalidInput, invalid};
+
+use crate::auth::secret;
+use crate::config::EnvironmentKind;
+
+/// The public keys a client registered for `private_key_jwt`, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientKeysSpec {
+    /// None: the client authenticates with its secret only.
+    None,
+    /// An inline JWK Set (public keys only, validated).
+    Jwks(Value),
+    /// A JWK Set URL, fetched and cached.
+    JwksUri(String),
+}
+
+/// A client ID as stored.
+#[derive(Debug, Clone)]
+pub struct StoredClient {
+    /// The OAuth2 `client_id` (UUID v4).
+    pub client_id: String,
+    /// Which environment kind it is for.
+    pub kind: EnvironmentKind,
+    /// Whether an admin has activated it.
+    pub active: bool,
+    /// argon2id PHC hash of its secret.
+    pub secret_hash: Option<String>,
+    /// Its public keys.
+    pub keys: ClientKeysSpec,
+    /// Creation time, Unix ms.
+    pub created_at_ms: i64,
+    /// Last change, Unix ms.
+    pub updated_at_ms: i64,
+}
+
+/// An application as stored.
+#[derive(Debug, Clone)]
+pub struct StoredApplication {
+    /// Its id (UUID v4).
+    pub id: String,
+    /// Display name, unique.
+    pub name: String,
+    /// The vendor (developer).
+    pub vendor: String,
+    /// Free text.
+    pub description: String,
+    /// The scope ceiling, canonical string.
+    pub scope: String,
+    /// Creation time, Unix ms.
+    pub created_at_ms: i64,
+    /// Last change, Unix ms.
+    pub updated_at_ms: i64,
+    /// Its client IDs: one production, one non-production.
+    pub clients: Vec<StoredClient>,
+}
+
+/// A client's verified public keys, ready for signature checks.
+#[derive(Debug, Clone)]
+pub enum ClientKeys {
+    /// No keys registered.
+    None,
+    /// Inline keys, parsed once when loaded.
+    Inline(Arc<Vec<ClientKey>>),
+    /// A JWK Set URL; keys are fetched and cached by the authorization server.
+    Uri(String),
+}
+
+/// A client ID as the hot path sees it.
+#[derive(Debug, Clone)]
+pub struct ClientEntry {
+    /// The OAuth2 `client_id`.
+    pub client_id: String,
+    /// Its application's id.
+    pub application_id: String,
+    /// Its environment kind.
+    pub kind: EnvironmentKind,
+    /// Whether it is active.
+    pub active: bool,
+    /// Its application's current scope ceiling.
+    pub ceiling: Arc<ScopeSet>,
+    /// argon2id hash of its secret, if it has one.
+    pub secret_hash: Option<String>,
+    /// Its public keys.
+    pub keys: ClientKeys,
+}
+
+/// An application as the admin API shows it (never with secret hashes).
+#[derive(Debug, Clone)]
+pub struct Application {
+    /// The stored record.
+    pub record: StoredApplication,
+    /// Its parsed scope ceiling.
+    pub ceiling: Arc<ScopeSet>,
+}
+
+/// The registry's state at one instant, shared read-only by every reader.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    applications: HashMap<String, Arc<Application>>,
+    clients: HashMap<String, Arc<ClientEntry>>,
+}
+
+impl Snapshot {
+    fn build(apps: Vec<StoredApplication>) -> Snapshot {
+        let mut snap = Snapshot::default();
+        for app in apps {
+            // Stored scopes were validated on the way in; a row edited by hand that no longer
+            // parses grants nothing rather than stopping the broker.
+            let ceiling = Arc::new(ScopeSet::parse(&app.scope).unwrap_or_else(|e| {
+                tracing::error!(application_id = %app.id, error = %e, "stored scope ceiling does not parse; granting nothing");
+                ScopeSet::default()
+            }));
+            for c in &app.clients {
+                let keys = match &c.keys {
+                    ClientKeysSpec::None => ClientKeys::None,
+                    ClientKeysSpec::JwksUri(u) => ClientKeys::Uri(u.clone()),
+                    ClientKeysSpec::Jwks(v) => match validate::jwk_set(v) {
+                        Ok(keys) => ClientKeys::Inline(Arc::new(keys)),
+                        Err(e) => {
+                            tracing::error!(client_id = %c.client_id, error = %e, "stored JWK Set is invalid; ignoring it");
+                            ClientKeys::None
+                        }
+                    },
+                };
+                snap.clients.insert(
+                    c.client_id.clone(),
+                    Arc::new(ClientEntry {
+                        client_id: c.client_id.clone(),
+                        application_id: app.id.clone(),
+                        kind: c.kind,
+                        active: c.active,
+                        ceiling: ceiling.clone(),
+                        secret_hash: c.secret_hash.clone(),
+                        keys,
+                    }),
+                );
+            }
+            snap.applications.insert(
+                app.id.clone(),
+                Arc::new(Application {
+                    record: app,
+                    ceiling,
+                }),
+            );
+        }
+        snap
+    }
+
+    /// A client by `client_id`.
+    pub fn client(&self, client_id: &str) -> Option<&Arc<ClientEntry>> {
+        self.clients.get(client_id)
+    }
+
+    /// An application by id.
+    pub fn application(&self, id: &str) -> Option<&Arc<Application>> {
+        self.applications.get(id)
+    }
+
+    /// Every application, sorted by name.
+    pub fn applications(&self) -> Vec<Arc<Application>> {
+        let mut v: Vec<_> = self.applications.values().cloned().collect();
+        v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        v
+    }
+}
+
+/// A change that live sessions may need to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryChange {
+    /// A client ID was activated.
+    ClientActivated {
+        /// The client.
+        client_id: String,
+    },
+    /// A client ID was deactivated: its sessions must close (4003).
+    ClientDeactivated {
+        /// The client.
+        client_id: String,
+    },
+    /// An application's scope ceiling changed: its sessions must re-check subscriptions.
+    CeilingChanged {
+        /// The application.
+        application_id: String,
+    },
+    /// A client's credentials changed (secret or keys).
+    CredentialsChanged {
+        /// The client.
+        client_id: String,
+    },
+    /// An application was created or its descriptive fields changed.
+    ApplicationChanged {
+        /// The application.
+        application_id: String,
+    },
+}
+
+/// One audit trail entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// UUID v7 (time-ordered).
+    pub id: String,
+    /// When, Unix ms.
+    pub at_ms: i64,
+    /// Who (the admin's stated name, or `admin`).
+    pub actor: String,
+    /// What, e.g. `application.create`, `client.deactivate`.
+    pub action: String,
+    /// The application concerned.
+    pub application_id: Option<String>,
+    /// The client concerned.
+    pub client_id: Option<String>,
+    /// Details as JSON; never a secret.
+    pub detail: Value,
+}
+
+/// Which audit entries to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this application's entries.
+    pub application_id: Option<String>,
+    /// Only this client's entries.
+    pub client_id: Option<String>,
+    /// At most this many, newest first (1 to 1,000; default 100).
+    pub limit: u32,
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Bad input, naming the field.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// No such application or client.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// `application` or `client`.
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// A uniqueness rule would break.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// Randomness or hashing failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => RegistryError::Conflict(m),
+            other => RegistryError::Store(other),
+        }
+    }
+}
+
+/// What `create_application` needs.
+#[derive(Debug, Clone)]
+pub struct CreateApplication {
+    /// Display name, unique.
+    pub name: String,
+    /// Vendor.
+    pub vendor: String,
+    /// Free text.
+    pub description: String,
+    /// Scope ceiling.
+    pub scope: String,
+}
+
+/// A new client's one-time view: its id and secret in clear.
+#[derive(Debug, Clone)]
+pub struct IssuedSecret {
+    /// The client.
+    pub client_id: String,
+    /// The kind.
+    pub kind: EnvironmentKind,
+    /// The secret: shown once, never stored in clear.
+    pub client_secret: String,
+}
+
+/// Handle to the registry: cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Box<dyn RegistryStore>,
+    snapshot: ArcSwap<Snapshot>,
+    changes: broadcast::Sender<RegistryChange>,
+    /// Serialises writes so that snapshot rebuilds happen in write order. Held across the
+    /// store's await on purpose: writes are admin actions, rare and short.
+    writes: Mutex<()>,
+}
+
+fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn audit(
+    actor: &str,
+    action: &str,
+    application_id: Option<&str>,
+    client_id: Option<&str>,
+    detail: Value,
+) -> AuditEntry {
+    AuditEntry {
+        id: uuid::Uuid::now_v7().to_string(),
+        at_ms: now_ms(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        application_id: application_id.map(str::to_owned),
+        client_id: client_id.map(str::to_owned),
+        detail,
+    }
+}
+
+async fn hash(secret: String) -> Result<String, RegistryError> {
+    tokio::task::spawn_blocking(move || secret::hash_secret(&secret))
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))?
+        .map_err(|e| RegistryError::Internal(e.to_string()))
+}
+
+fn scope_ceiling(scope: &str) -> Result<String, InvalidInput> {
+    ScopeSet::parse(scope)
+        .map(|s| s.to_string())
+        .map_err(|e| invalid("scope", e.to_string()))
+}
+
+impl Registry {
+    /// Opens the registry over `store` and loads the snapshot.
+    ///
+    /// # Errors
+    /// [`RegistryError::Store`] when the store cannot be read.
+    pub async fn open(store: impl RegistryStore) -> Result<Registry, RegistryError> {
+        let apps = store.load().await?;
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                store: Box::new(store),
+                snapshot: ArcSwap::from_pointee(Snapshot::build(apps)),
+                changes,
+                writes: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// A client by `client_id`, from the snapshot (no database access).
+    pub fn client(&self, client_id: &str) -> Option<Arc<ClientEntry>> {
+        self.inner.snapshot.load().client(client_id).cloned()
+    }
+
+    /// A receiver of every change from now on.
+    pub fn changes(&self) -> broadcast::Receiver<RegistryChange> {
+        self.inner.changes.subscribe()
+    }
+
+    async fn reload(&self, changes: Vec<RegistryChange>) -> Result<(), RegistryError> {
+        let apps = self.inner.store.load().await?;
+        self.inner.snapshot.store(Arc::new(Snapshot::build(apps)));
+        for change in changes {
+            // No receiver is fine: nobody is connected.
+            let _ = self.inner.changes.send(change);
+        }
+        Ok(())
+    }
+
+    /// Creates an application with a production and a non-production client ID, each with a
+    /// fresh secret (returned once, stored as an argon2id hash). Both start inactive.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] naming the field, [`RegistryError::Conflict`] when the name
+    /// is taken, or a storage failure.
+    pub async fn create_application(
+        &self,
+        req: CreateApplication,
+        actor: &str,
+    ) -> Result<(Arc<Application>, Vec<IssuedSecret>), RegistryError> {
+        let name = validate::name("name", &req.name)?;
+        let vendor = validate::name("vendor", &req.vendor)?;
+        let description = validate::description(&req.description)?;
+        let scope = scope_ceiling(&req.scope)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let mut clients = Vec::new();
+        let mut secrets = Vec::new();
+        for kind in [EnvironmentKind::Production, EnvironmentKind::NonProduction] {
+            let client_id = uuid::Uuid::new_v4().to_string();
+            let client_secret =
+                secret::new_secret().map_err(|e| RegistryError::Internal(e.to_string()))?;
+            let secret_hash = hash(client_secret.clone()).await?;
+            clients.push(StoredClient {
+                client_id: client_id.clone(),
+                kind,
+                active: false,
+                secret_hash: Some(secret_hash),
+                keys: ClientKeysSpec::None,
+                created_at_ms: now,
+                updated_at_ms: now,
+            });
+            secrets.push(IssuedSecret {
+                client_id,
+                kind,
+                client_secret,
+            });
+        }
+        let app = StoredApplication {
+            id: id.clone(),
+            name: name.clone(),
+            vendor: vendor.clone(),
+            description,
+            scope: scope.clone(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            clients,
+        };
+        let entry = audit(
+            actor,
+            "application.create",
+            Some(&id),
+            None,
+            serde_json::json!({"name": name, "vendor": vendor, "scope": scope,
+                "client_ids": secrets.iter().map(|s| &s.client_id).collect::<Vec<_>>()}),
+        );
+        let _guard = self.inner.writes.lock().await;
+        self.inner
+            .store
+            .insert_application(&NewApplication { application: app }, &entry)
+            .await?;
+        self.reload(vec![RegistryChange::ApplicationChanged {
+            application_id: id.clone(),
+        }])
+        .await?;
+        let app = self
+            .snapshot()
+            .application(&id)
+            .cloned()
+            .ok_or_else(|| RegistryError::Internal("created application vanished".into()))?;
+        Ok((app, secrets))
+    }
+
+    /// Updates an application's name, vendor, description or scope ceiling.
+    ///
+    /// A narrower ceiling takes effect at once: a [`RegistryChange::CeilingChanged`] tells live
+    /// sessions to end the subscriptions it no longer covers.
+    ///
+    /// # Errors
+    /// As [`Registry::create_application`], or [`RegistryError::NotFound`].
+    pub async fn update_application(
+        &self,
+        id: &str,
+        patch: ApplicationPatch,
+        actor: &str,
+    ) -> Result<Arc<Application>, RegistryError> {
+        let id = validate::uuid_id("id", id)?;
+        let patch = ApplicationPatch {
+            name: patch.name.map(|v| validate::name("name", &v)).transpose()?,
+            vendor: patch
+                .vendor
+                .map(|v| validate::name("vendor", &v))
+                .transpose()?,
+            description: patch
+                .description
+                .map(|v| validate::description(&v))
+                .transpose()?,
+            scope: patch.scope.map(|v| scope_ceiling(&v)).transpose()?,
+        };
+        let mut detail = serde_json::Map::new();
+        for (k, v) in [
+            ("name", &patch.name),
+            ("vendor", &patch.vendor),
+            ("description", &patch.description),
+            ("scope", &patch.scope),
+        ] {
+            if let Some(v) = v {
+                detail.insert(k.to_owned(), Value::String(v.clone()));
+            }
+        }
+        if detail.is_empty() {
+            return Err(invalid(
+                "body",
+                "give at least one of name, vendor, description, scope",
+            )
+            .into());
+        }
+        let entry = audit(
+            actor,
+            "application.update",
+            Some(&id),
+            None,
+            Value::Object(detail),
+        );
+        let _guard = self.inner.writes.lock().await;
+        if !self
+            .inner
+            .store
+            .update_application(&id, &patch, now_ms(), &entry)
+            .await?
+        {
+            return Err(RegistryError::NotFound {
+                what: "application",
+                id,
+            });
+        }
+        let mut changes = vec![RegistryChange::ApplicationChanged {
+            application_id: id.clone(),
+        }];
+        if patch.scope.is_some() {
+            changes.push(RegistryChange::CeilingChanged {
+                application_id: id.clone(),
+            });
+        }
+        self.reload(changes).await?;
+        self.snapshot()
+            .application(&id)
+            .cloned()
+            .ok_or(RegistryError::NotFound {
+                what: "application",
+                id,
+            })
+    }
+
+    fn existing_client(&self, client_id: &str) -> Result<Arc<ClientEntry>, RegistryError> {
+        let client_id = validate::uuid_id("client_id", client_id)?;
+        self.client(&client_id).ok_or(RegistryError::NotFound {
+            what: "client",
+            id: client_id,
+        })
+    }
+
+    /// Gives a client a new secret (returned once); the old one stops working at once.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], or a storage failure.
+    pub async fn rotate_secret(
+        &self,
+        client_id: &str,
+        actor: &str,
+    ) -> Result<IssuedSecret, RegistryError> {
+        let client = self.existing_client(client_id)?;
+        let client_secret =
+            secret::new_secret().map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let secret_hash = hash(client_secret.clone()).await?;
+        let entry = audit(
+            actor,
+            "client.rotate_secret",
+            Some(&client.application_id),
+            Some(&client.client_id),
+            serde_json::json!({}),
+        );
+        let _guard = self.inner.writes.lock().await;
+        self.inner
+            .store
+            .set_secret_hash(&client.client_id, &secret_hash, now_ms(), &entry)
+            .await?;
+        self.reload(vec![RegistryChange::CredentialsChanged {
+            client_id: client.client_id.clone(),
+        }])
+        .await?;
+        Ok(IssuedSecret {
+            client_id: client.client_id.clone(),
+            kind: client.kind,
+            client_secret,
+        })
+    }
+
+    /// Sets a client's public keys for `private_key_jwt`: an inline JWK Set (validated: see
+    /// [`validate::jwk_set`]) or a JWK Set URL, or none.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] naming the key member at fault, [`RegistryError::NotFound`],
+    /// or a storage failure.
+    pub async fn set_keys(
+        &self,
+        client_id: &str,
+        keys: ClientKeysSpec,
+        actor: &str,
+    ) -> Result<(), RegistryError> {
+        let client = self.existing_client(client_id)?;
+        let (keys, detail) = match keys {
+            ClientKeysSpec::None => (ClientKeysSpec::None, serde_json::json!({"keys": "none"})),
+            ClientKeysSpec::Jwks(v) => {
+                let parsed = validate::jwk_set(&v)?;
+                let kids: Vec<_> = parsed.iter().map(|k| k.kid.clone()).collect();
+                (
+                    ClientKeysSpec::Jwks(v),
+                    serde_json::json!({"jwks_kids": kids}),
+                )
+            }
+            ClientKeysSpec::JwksUri(u) => {
+                let u = validate::jwks_uri(&u)?;
+                (
+                    ClientKeysSpec::JwksUri(u.clone()),
+                    serde_json::json!({"jwks_uri": u}),
+                )
+            }
+        };
+        let entry = audit(
+            actor,
+            "client.set_keys",
+            Some(&client.application_id),
+            Some(&client.client_id),
+            detail,
+        );
+        let _guard = self.inner.writes.lock().await;
+        self.inner
+            .store
+            .set_keys(&client.client_id, &keys, now_ms(), &entry)
+            .await?;
+        self.reload(vec![RegistryChange::CredentialsChanged {
+            client_id: client.client_id.clone(),
+        }])
+        .await
+    }
+
+    /// Activates or deactivates a client ID, recording who and why. Deactivation is broadcast
+    /// at once so live sessions close (4003).
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`], [`RegistryError::NotFound`], or a storage failure.
+    pub async fn set_active(
+        &self,
+        client_id: &str,
+        active: bool,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Arc<ClientEntry>, RegistryError> {
+        let client = self.existing_client(client_id)?;
+        let reason = validate::note("reason", reason)?;
+        let action = if active {
+            "client.activate"
+        } else {
+            "client.deactivate"
+        };
+        let entry = audit(
+            actor,
+            action,
+            Some(&client.application_id),
+            Some(&client.client_id),
+            serde_json::json!({"reason": reason}),
+        );
+        let _guard = self.inner.writes.lock().await;
+        self.inner
+            .store
+            .set_active(&client.client_id, active, actor, &reason, now_ms(), &entry)
+            .await?;
+        let change = if active {
+            RegistryChange::ClientActivated {
+                client_id: client.client_id.clone(),
+            }
+        } else {
+            RegistryChange::ClientDeactivated {
+                client_id: client.client_id.clone(),
+            }
+        };
+        self.reload(vec![change]).await?;
+        self.existing_client(&client.client_id)
+    }
+
+    /// Reads the audit trail, newest first.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn audit(&self, mut query: AuditQuery) -> Result<Vec<AuditEntry>, RegistryError> {
+        if query.limit == 0 {
+            query.limit = 100;
+        }
+        query.limit = query.limit.min(1000);
+        Ok(self.inner.store.audit(&query).await?)
+    }
+}
