@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use scopecast_protocol::{
-    ClientFrame, EventId, OffsetDateTime, Pattern, RawValue, ScopeSet, Topic, encode_event,
+    ClientFrame, EventId, Pattern, RawValue, ScopeSet, Timestamp, Topic, encode_event,
 };
 
 fn topic_parse(c: &mut Criterion) {
@@ -96,7 +96,7 @@ fn payload(size: usize) -> Box<RawValue> {
 fn event_encode(c: &mut Criterion) {
     let topic = Topic::new("fhir.encounter.started").expect("valid");
     let id = EventId::new("3f6c1e0a-9b1d-4c1e-8f43-2a9e5c7d1b20").expect("valid");
-    let time = OffsetDateTime::now_utc();
+    let time = Timestamp::now();
     let mut group = c.benchmark_group("event_encode");
     for size in scopecast_bench::PAYLOAD_SIZES {
         let data = payload(size);

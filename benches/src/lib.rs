@@ -5,8 +5,7 @@
 //!   encode for 256 B and 4 KiB payloads, client frame decode).
 //!   Run: `cargo bench -p scopecast-bench`.
 //!
-//! This library holds what the benchmarks share; the load harness binary joins it with the
-//! broker's fan-out (see `BENCHMARKS.md`).
+//! This library holds what the benchmarks share.
 
 /// Payload sizes, in bytes, that the micro-benchmarks encode: a small ADT-style event and a
 /// typical FHIR resource.

@@ -11,14 +11,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::codes::{ErrorCode, Reason};
 use crate::scope::ScopeSet;
+use crate::timestamp::Timestamp;
 use crate::topic::{Pattern, Topic};
 
 /// The WebSocket subprotocol name (RFC 6455 section 1.9) for this version.
@@ -30,32 +29,6 @@ pub const MAX_EVENT_ID_BYTES: usize = 128;
 /// Deepest nesting of arrays and objects allowed in event `data`. Deeper payloads are refused
 /// so that no subscriber's JSON parser is driven into its own recursion limit.
 pub const MAX_DATA_DEPTH: usize = 64;
-
-/// The deepest nesting of `[` and `{` in well-formed JSON text, strings skipped.
-fn json_depth(json: &str) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in json.as_bytes() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
 
 fn visible_ascii(s: &str) -> bool {
     s.bytes().all(|b| (0x21..=0x7e).contains(&b))
@@ -227,7 +200,7 @@ pub enum Since {
     /// Replay events whose `seq` is greater than this one.
     Seq(u64),
     /// Replay events published at or after this instant.
-    Time(#[serde(with = "time::serde::rfc3339")] OffsetDateTime),
+    Time(Timestamp),
 }
 
 /// A frame from a client to the broker.
@@ -289,18 +262,20 @@ impl ClientFrame {
 
     /// Encodes the frame as JSON text.
     pub fn encode(&self) -> String {
-        // Serializing these types cannot fail: every field is a string, number or raw JSON.
+        // Cannot fail: every member is a string, an integer, a Timestamp (always in range) or
+        // raw JSON, and every map key is a string.
         serde_json::to_string(self).unwrap_or_default()
     }
 
     /// Decodes one text frame of at most `max_bytes` bytes.
     ///
-    /// Unknown fields are ignored (forward compatibility). Refusals are precise: an oversize
-    /// frame is `too_large`/`frame_too_large`; bad JSON is `malformed_json` with line and
-    /// column; an unknown `type` is `unknown_type`; a missing field is `missing_field` naming
-    /// it; a wrong type or duplicate key is `invalid_field` naming the field; a bad topic is
-    /// `invalid_topic` saying which rule broke. The request `id` is echoed whenever it could be
-    /// read.
+    /// Members a frame type does not use are ignored, whatever their JSON type (forward
+    /// compatibility). Refusals are precise: an oversize frame is `frame_too_large` (over
+    /// WebSocket the broker closes with 1009 instead: PROTOCOL.md section 7); bad JSON is
+    /// `malformed_json` with line and column; an unknown `type` is `unknown_type`; a missing
+    /// member is `missing_field` naming it; a member of the wrong type or value, or given
+    /// twice, is `invalid_field` naming it; a bad topic is `invalid_topic` saying which rule
+    /// broke. The request `id` is echoed whenever it could be read.
     ///
     /// # Errors
     /// A [`FrameError`], ready to send as an `error` frame.
@@ -315,13 +290,6 @@ impl ClientFrame {
                 ),
             ));
         }
-        if !text.trim_start().starts_with('{') {
-            return Err(FrameError::new(
-                None,
-                Reason::MalformedJson,
-                "a frame must be one JSON object".to_owned(),
-            ));
-        }
         let env: Envelope<'_> = match serde_json::from_str(text) {
             Ok(env) => env,
             Err(e) => return Err(envelope_error(text, &e)),
@@ -330,105 +298,156 @@ impl ClientFrame {
     }
 }
 
-/// Every field any client frame may carry; which are required depends on `type`.
-///
-/// Decoding into one flat struct reads the frame once, borrows strings where it can, and keeps
-/// `data` as a borrowed raw slice, never a parsed tree.
+/// Every member any client frame may carry, each kept as raw JSON: the frame is scanned once,
+/// and only the members the frame's `type` uses are then read, each with its own error.
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<&'a RawValue>,
     #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    token: Option<String>,
+    id: Option<&'a RawValue>,
     #[serde(borrow)]
-    topic: Option<Cow<'a, str>>,
-    since: Option<Since>,
+    token: Option<&'a RawValue>,
+    #[serde(borrow)]
+    topic: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     #[serde(borrow)]
-    event_id: Option<Cow<'a, str>>,
+    event_id: Option<&'a RawValue>,
 }
 
-/// The same fields as [`Envelope`], typed loosely, to name the field at fault on the slow path.
-#[derive(Deserialize)]
-#[allow(dead_code)] // Only read by serde_path_to_error to locate a fault.
-struct EnvelopeDiagnosis {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    id: Option<String>,
-    token: Option<String>,
-    topic: Option<String>,
-    since: Option<Since>,
-    data: Option<IgnoredAny>,
-    event_id: Option<String>,
+/// Longest client-chosen text echoed back in an error message, in bytes.
+const MAX_ECHO_BYTES: usize = 64;
+
+fn echo(s: &str) -> String {
+    if s.len() <= MAX_ECHO_BYTES {
+        return format!("{s:?}");
+    }
+    let mut end = MAX_ECHO_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}...", &s[..end])
 }
 
 fn envelope_error(text: &str, e: &serde_json::Error) -> FrameError {
     use serde_json::error::Category;
     match e.classify() {
         Category::Data => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let path = match serde_path_to_error::deserialize::<_, EnvelopeDiagnosis>(&mut de) {
-                Err(err) => err.path().to_string(),
-                Ok(_) => String::new(),
-            };
-            let message = if path.is_empty() || path == "." {
-                e.to_string()
-            } else {
-                format!("field `{path}`: {e}")
-            };
-            FrameError::new(None, Reason::InvalidField, message)
+            // The text is well-formed JSON: either not an object, or an object with a repeated
+            // member. Re-read it leniently (last member wins) to echo the `id`.
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(map)) => {
+                    let id = map
+                        .get("id")
+                        .and_then(|v| v.as_str())
+                        .and_then(|s| RequestId::new(s).ok());
+                    FrameError::new(id, Reason::InvalidField, e.to_string())
+                }
+                Ok(other) => FrameError::new(
+                    None,
+                    Reason::MalformedJson,
+                    format!("a frame must be one JSON object, not {}", json_kind(&other)),
+                ),
+                Err(_) => FrameError::new(None, Reason::InvalidField, e.to_string()),
+            }
         }
         _ => FrameError::new(None, Reason::MalformedJson, format!("malformed JSON: {e}")),
     }
 }
 
-impl Envelope<'_> {
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Reads one member as `T`, naming it on failure.
+fn member<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    name: &str,
+    id: Option<&RequestId>,
+) -> Result<T, FrameError> {
+    serde_json::from_str(raw.get()).map_err(|e| {
+        // Positions inside one member would mislead: name the member instead.
+        let mut msg = e.to_string();
+        if let Some(at) = msg.find(" at line ") {
+            msg.truncate(at);
+        }
+        FrameError::new(
+            id.cloned(),
+            Reason::InvalidField,
+            format!("`{name}`: {msg}"),
+        )
+    })
+}
+
+impl<'a> Envelope<'a> {
     fn into_frame(self) -> Result<ClientFrame, FrameError> {
-        let Some(kind) = self.kind.as_deref() else {
+        let Some(kind) = self.kind else {
+            let id = self
+                .id
+                .and_then(|raw| serde_json::from_str::<&str>(raw.get()).ok());
+            let id = id.and_then(|s| RequestId::new(s).ok());
             return Err(FrameError::new(
-                None,
+                id,
                 Reason::MissingField,
-                "frame has no `type` field".to_owned(),
+                "frame has no `type` member".to_owned(),
             ));
         };
-        let kind = kind.to_owned();
+        let kind: Cow<'a, str> = member(kind, "type", None)?;
         if kind == "auth" {
-            let token = self.token.filter(|t| !t.is_empty()).ok_or_else(|| {
+            let token = self.token.ok_or_else(|| {
                 FrameError::new(
                     None,
                     Reason::MissingField,
                     "`auth` needs `token`".to_owned(),
                 )
             })?;
+            let token: String = member(token, "token", None)?;
+            if token.is_empty() {
+                return Err(FrameError::new(
+                    None,
+                    Reason::InvalidField,
+                    "`token` is empty".to_owned(),
+                ));
+            }
             return Ok(ClientFrame::Auth { token });
         }
-        if !matches!(
-            kind.as_str(),
-            "subscribe" | "unsubscribe" | "publish" | "ping"
-        ) {
-            // Echo the id when it is usable, so a client can match the refusal.
-            let id = self.id.as_deref().and_then(|s| RequestId::new(s).ok());
+        let id = match self.id {
+            None => None,
+            Some(raw) => {
+                let text: Cow<'a, str> = member(raw, "id", None)?;
+                Some(
+                    RequestId::new(&text)
+                        .map_err(|e| FrameError::new(None, Reason::InvalidField, e.to_string()))?,
+                )
+            }
+        };
+        if !matches!(&*kind, "subscribe" | "unsubscribe" | "publish" | "ping") {
             return Err(FrameError::new(
                 id,
                 Reason::UnknownType,
                 format!(
-                    "unknown frame type {kind:?}; scopecast.v1 clients send auth, subscribe, \
-                     unsubscribe, publish and ping"
+                    "unknown frame type {}; scopecast.v1 clients send auth, subscribe, \
+                     unsubscribe, publish and ping",
+                    echo(&kind)
                 ),
             ));
         }
-        let id = match self.id.as_deref() {
-            None => {
-                return Err(FrameError::new(
-                    None,
-                    Reason::MissingField,
-                    format!("`{kind}` needs `id`"),
-                ));
-            }
-            Some(s) => RequestId::new(s)
-                .map_err(|e| FrameError::new(None, Reason::InvalidField, e.to_string()))?,
+        let Some(id) = id else {
+            return Err(FrameError::new(
+                None,
+                Reason::MissingField,
+                format!("`{kind}` needs `id`"),
+            ));
         };
         let missing = |field: &str| {
             FrameError::new(
@@ -444,40 +463,50 @@ impl Envelope<'_> {
                 format!("invalid topic: {e}"),
             )
         };
-        match kind.as_str() {
+        match &*kind {
             "ping" => Ok(ClientFrame::Ping { id }),
             "subscribe" | "unsubscribe" => {
-                let topic = self.topic.ok_or_else(|| missing("topic"))?;
+                let topic: Cow<'a, str> = member(
+                    self.topic.ok_or_else(|| missing("topic"))?,
+                    "topic",
+                    Some(&id),
+                )?;
                 let topic = Pattern::new(&topic).map_err(bad_topic)?;
                 if kind == "subscribe" {
-                    Ok(ClientFrame::Subscribe {
-                        id,
-                        topic,
-                        since: self.since,
-                    })
+                    let since = self
+                        .since
+                        .map(|raw| member::<Since>(raw, "since", Some(&id)))
+                        .transpose()?;
+                    Ok(ClientFrame::Subscribe { id, topic, since })
                 } else {
                     Ok(ClientFrame::Unsubscribe { id, topic })
                 }
             }
             _ => {
-                let topic = self.topic.ok_or_else(|| missing("topic"))?;
+                let topic: Cow<'a, str> = member(
+                    self.topic.ok_or_else(|| missing("topic"))?,
+                    "topic",
+                    Some(&id),
+                )?;
                 let topic = Topic::new(&topic).map_err(bad_topic)?;
                 // `null` reads as absent: a publish must carry a payload.
                 let data = self.data.ok_or_else(|| missing("data"))?;
-                if json_depth(data.get()) > MAX_DATA_DEPTH {
-                    return Err(FrameError::new(
-                        Some(id),
+                check_data(data).map_err(|msg| {
+                    FrameError::new(
+                        Some(id.clone()),
                         Reason::InvalidField,
-                        format!("`data` nests deeper than {MAX_DATA_DEPTH} levels"),
-                    ));
-                }
-                let event_id = self
-                    .event_id
-                    .map(|s| EventId::new(&s))
-                    .transpose()
-                    .map_err(|e| {
-                        FrameError::new(Some(id.clone()), Reason::InvalidField, e.to_string())
-                    })?;
+                        format!("`data`: {msg}"),
+                    )
+                })?;
+                let event_id = match self.event_id {
+                    None => None,
+                    Some(raw) => {
+                        let text: Cow<'a, str> = member(raw, "event_id", Some(&id))?;
+                        Some(EventId::new(&text).map_err(|e| {
+                            FrameError::new(Some(id.clone()), Reason::InvalidField, e.to_string())
+                        })?)
+                    }
+                };
                 Ok(ClientFrame::Publish {
                     id,
                     topic,
@@ -486,6 +515,106 @@ impl Envelope<'_> {
                 })
             }
         }
+    }
+}
+
+/// Checks that event `data` is JSON every subscriber can read: strings free of lone surrogate
+/// escapes, numbers within f64 range, nesting at most [`MAX_DATA_DEPTH`]. One pass, no tree.
+fn check_data(data: &RawValue) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_str(data.get());
+    DataCheck { depth: 0 }.deserialize(&mut de).map_err(|e| {
+        let mut msg = e.to_string();
+        if let Some(at) = msg.find(" at line ") {
+            msg.truncate(at);
+        }
+        msg
+    })
+}
+
+#[derive(Clone, Copy)]
+struct DataCheck {
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for DataCheck {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DataCheck {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while map.next_key_seed(KeyCheck)?.is_some() {
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
+    }
+}
+
+impl DataCheck {
+    fn nested<E: serde::de::Error>(self) -> Result<DataCheck, E> {
+        if self.depth >= MAX_DATA_DEPTH {
+            return Err(E::custom(format!(
+                "nests deeper than {MAX_DATA_DEPTH} levels"
+            )));
+        }
+        Ok(DataCheck {
+            depth: self.depth + 1,
+        })
+    }
+}
+
+/// Reads an object key as a string, which makes the parser decode (and so check) its escapes.
+#[derive(Clone, Copy)]
+struct KeyCheck;
+
+impl<'de> DeserializeSeed<'de> for KeyCheck {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeyCheck {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
 }
 
@@ -544,8 +673,7 @@ pub struct Welcome {
     /// The token's granted scope (RFC 6749 section 3.3).
     pub scope: ScopeSet,
     /// When the token expires (RFC 3339).
-    #[serde(with = "time::serde::rfc3339")]
-    pub expires_at: OffsetDateTime,
+    pub expires_at: Timestamp,
     /// Interval of the server's WebSocket pings, in ms.
     pub heartbeat_ms: u64,
     /// This connection's limits.
@@ -591,8 +719,7 @@ pub struct Event {
     /// Its event id.
     pub id: EventId,
     /// When the broker accepted it (RFC 3339, UTC).
-    #[serde(with = "time::serde::rfc3339")]
-    pub time: OffsetDateTime,
+    pub time: Timestamp,
     /// The payload, exactly as published.
     pub data: RawJson,
 }
@@ -631,7 +758,7 @@ pub struct ErrorFrame {
     /// The class of error.
     pub code: ErrorCode,
     /// The precise reason.
-    pub error: Reason,
+    pub error: ErrorReason,
     /// A sentence for a human.
     pub message: String,
     /// With `insufficient_scope` and `scope_revoked`: the scope token that would allow it.
@@ -651,12 +778,74 @@ impl ErrorFrame {
         ErrorFrame {
             id,
             code: reason.code(),
-            error: reason,
+            error: ErrorReason::Known(reason),
             message,
             required_scope: None,
             topic: None,
             retry_after_ms: None,
         }
+    }
+}
+
+/// The `error` member of an `error` frame: a [`Reason`] this version knows, or the text of one
+/// added by a later minor version (PROTOCOL.md section 10: fall back on `code`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorReason {
+    /// A reason this crate defines.
+    Known(Reason),
+    /// A reason from a newer server.
+    Unknown(String),
+}
+
+impl ErrorReason {
+    /// The reason, when this version knows it.
+    pub fn known(&self) -> Option<Reason> {
+        match self {
+            ErrorReason::Known(r) => Some(*r),
+            ErrorReason::Unknown(_) => None,
+        }
+    }
+
+    /// The wire text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorReason::Known(r) => r.as_str(),
+            ErrorReason::Unknown(s) => s,
+        }
+    }
+}
+
+impl From<Reason> for ErrorReason {
+    fn from(r: Reason) -> Self {
+        ErrorReason::Known(r)
+    }
+}
+
+impl PartialEq<Reason> for ErrorReason {
+    fn eq(&self, other: &Reason) -> bool {
+        self.known() == Some(*other)
+    }
+}
+
+impl fmt::Display for ErrorReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorReason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorReason {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = <Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(match s.parse::<Reason>() {
+            Ok(r) => ErrorReason::Known(r),
+            Err(_) => ErrorReason::Unknown(s.into_owned()),
+        })
     }
 }
 
@@ -690,7 +879,7 @@ impl ServerFrame {
                 let bytes = encode_event(e.seq, &e.topic, &e.id, e.time, e.data.as_raw());
                 String::from_utf8_lossy(&bytes).into_owned()
             }
-            // The other frames hold only strings, numbers and times: serializing cannot fail.
+            // Cannot fail: strings, integers, in-range Timestamps and raw JSON only.
             other => serde_json::to_string(other).unwrap_or_default(),
         }
     }
@@ -707,10 +896,12 @@ impl ServerFrame {
             kind: Option<Cow<'a, str>>,
         }
         let fail = |e: serde_json::Error| {
-            let reason = if e.is_data() {
-                Reason::InvalidField
-            } else {
+            let reason = if !e.is_data() {
                 Reason::MalformedJson
+            } else if e.to_string().starts_with("missing field") {
+                Reason::MissingField
+            } else {
+                Reason::InvalidField
             };
             FrameError::new(None, reason, e.to_string())
         };
@@ -739,7 +930,7 @@ impl ServerFrame {
                 return Err(FrameError::new(
                     None,
                     Reason::UnknownType,
-                    format!("unknown server frame type {other:?}"),
+                    format!("unknown server frame type {}", echo(other)),
                 ));
             }
         })
@@ -755,13 +946,10 @@ pub fn encode_event(
     seq: u64,
     topic: &Topic,
     id: &EventId,
-    time: OffsetDateTime,
+    time: Timestamp,
     data: &RawValue,
 ) -> Bytes {
-    let time = time
-        .to_offset(time::UtcOffset::UTC)
-        .format(&Rfc3339)
-        .unwrap_or_default();
+    let time = time.to_rfc3339();
     let data = data.get();
     let mut buf = BytesMut::with_capacity(
         64 + topic.as_str().len() + id.as_str().len() + time.len() + data.len(),
@@ -832,7 +1020,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            matches!(sub, ClientFrame::Subscribe { since: Some(Since::Time(t)), .. } if t == datetime!(2026-01-02 03:04:05 UTC))
+            matches!(sub, ClientFrame::Subscribe { since: Some(Since::Time(t)), .. } if t.get() == datetime!(2026-01-02 03:04:05 UTC))
         );
         let publish = decode(
             r#"{"type":"publish","id":"p","topic":"lab.x","data":{"a":[1, 2]},"event_id":"e-1"}"#,
@@ -945,7 +1133,7 @@ mod tests {
             ))
             .is_ok()
         );
-        // A deep `since` hits the parser's own recursion limit.
+        // A deep `since` is refused by the parser's own recursion limit, naming the member.
         let e = refusal(&format!(
             r#"{{"type":"subscribe","id":"1","topic":"a","since":{}1{}}}"#,
             "[".repeat(10_000),
@@ -973,7 +1161,7 @@ mod tests {
     fn event_frames_are_encoded_once_and_decode_back() {
         let topic = Topic::new("fhir.encounter.started").unwrap();
         let id = EventId::new("ev-\"1\"").unwrap();
-        let time = datetime!(2026-11-29 10:00:00.123 UTC);
+        let time = Timestamp::new(datetime!(2026-11-29 10:00:00.123 UTC)).unwrap();
         let data = RawValue::from_string(r#"{"resourceType":"Encounter"}"#.into()).unwrap();
         let bytes = encode_event(7, &topic, &id, time, &data);
         let text = std::str::from_utf8(&bytes).unwrap();
@@ -1013,6 +1201,116 @@ mod tests {
         assert!(!format!("{raw:?}").contains("Jane"));
     }
 
+    #[test]
+    fn members_a_frame_does_not_use_are_ignored_whatever_their_type() {
+        assert!(
+            decode(r#"{"type":"ping","id":"1","topic":5,"token":7,"event_id":[],"since":5}"#)
+                .is_ok()
+        );
+        assert!(decode(r#"{"type":"auth","token":"t","id":5}"#).is_ok());
+        assert!(
+            decode(r#"{"type":"unsubscribe","id":"1","topic":"a","since":"x","data":null}"#)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn type_errors_echo_the_id_and_name_the_member() {
+        for (frame, member) in [
+            (r#"{"type":"subscribe","id":"s1","topic":5}"#, "`topic`"),
+            (
+                r#"{"type":"subscribe","id":"s1","topic":"a","since":{"time":"yesterday"}}"#,
+                "`since`",
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","topic":"a","since":{"seq":-1}}"#,
+                "`since`",
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","topic":"a","since":5}"#,
+                "`since`",
+            ),
+            (
+                r#"{"type":"subscribe","id":"s1","topic":"a","since":{}}"#,
+                "`since`",
+            ),
+            (
+                r#"{"type":"publish","id":"s1","topic":"a","data":1,"event_id":5}"#,
+                "`event_id`",
+            ),
+        ] {
+            let e = refusal(frame);
+            assert_eq!(e.reason, Reason::InvalidField, "{frame}: {e:?}");
+            assert_eq!(e.id.as_ref().map(RequestId::as_str), Some("s1"), "{frame}");
+            assert!(e.message.contains(member), "{frame}: {}", e.message);
+        }
+        let e = refusal(r#"{"type":"subscribe","id":"s1","topic":"a","topic":"b"}"#);
+        assert_eq!(e.reason, Reason::InvalidField);
+        assert_eq!(e.id.unwrap().as_str(), "s1");
+        assert!(
+            e.message.contains("duplicate field `topic`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn non_objects_and_empty_frames_are_malformed_with_a_reason() {
+        for (text, hint) in [
+            ("", "line 1 column 0"),
+            ("  ", "line 1 column 2"),
+            ("42", "a number"),
+            ("[1]", "an array"),
+            ("\u{feff}{}", "line 1 column 1"),
+        ] {
+            let e = refusal(text);
+            assert_eq!(e.reason, Reason::MalformedJson, "{text:?}");
+            assert!(e.message.contains(hint), "{text:?}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn data_every_subscriber_can_parse() {
+        for bad in [r#""\ud800""#, r#"{"\udc00":1}"#, "1e999", "[-1e400]"] {
+            let frame = format!(r#"{{"type":"publish","id":"p","topic":"a","data":{bad}}}"#);
+            let e = refusal(&frame);
+            assert_eq!(e.reason, Reason::InvalidField, "{bad}: {e:?}");
+            assert!(e.message.starts_with("`data`"), "{}", e.message);
+        }
+        let ok =
+            r#"{"type":"publish","id":"p","topic":"a","data":{"s":"\ud83d\ude00","n":1.5e300}}"#;
+        assert!(decode(ok).is_ok());
+    }
+
+    #[test]
+    fn empty_tokens_are_invalid_and_long_types_are_not_echoed_in_full() {
+        let e = refusal(r#"{"type":"auth","token":""}"#);
+        assert_eq!(e.reason, Reason::InvalidField);
+        let long = "x".repeat(100_000);
+        let e = refusal(&format!(r#"{{"type":"{long}","id":"1"}}"#));
+        assert_eq!(e.reason, Reason::UnknownType);
+        assert!(e.message.len() < 300, "{}", e.message.len());
+    }
+
+    #[test]
+    fn server_frame_decode_names_missing_members_and_keeps_unknown_reasons() {
+        let e = ServerFrame::decode(r#"{"type":"pong"}"#).unwrap_err();
+        assert_eq!(e.reason, Reason::MissingField, "{}", e.message);
+        let frame = ServerFrame::decode(
+            r#"{"type":"error","id":"x","code":"forbidden","error":"brand_new_reason","message":"m"}"#,
+        )
+        .unwrap();
+        match frame {
+            ServerFrame::Error(e) => {
+                assert_eq!(e.code, ErrorCode::Forbidden);
+                assert_eq!(e.error, ErrorReason::Unknown("brand_new_reason".into()));
+                assert_eq!(e.error.known(), None);
+                assert_eq!(e.id.unwrap().as_str(), "x");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     // ---- property tests: every frame round-trips ----
 
     fn arb_id() -> impl Strategy<Value = RequestId> {
@@ -1032,9 +1330,13 @@ mod tests {
             .prop_map(|s| Pattern::new(&s).unwrap())
     }
 
-    fn arb_time() -> impl Strategy<Value = OffsetDateTime> {
+    fn arb_time() -> impl Strategy<Value = Timestamp> {
         (0i64..4_000_000_000, 0u32..1_000_000_000).prop_map(|(s, n)| {
-            OffsetDateTime::from_unix_timestamp(s).unwrap() + time::Duration::nanoseconds(n.into())
+            Timestamp::new(
+                time::OffsetDateTime::from_unix_timestamp(s).unwrap()
+                    + time::Duration::nanoseconds(n.into()),
+            )
+            .unwrap()
         })
     }
 

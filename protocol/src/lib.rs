@@ -7,6 +7,7 @@
 //!   they grant (`subscribe:<pattern>`, `publish:<pattern>`).
 //! - `frame`: [`ClientFrame`] and [`ServerFrame`], their precise decoder ([`FrameError`]), and
 //!   [`encode_event`], which writes an `event` frame once for every subscriber.
+//! - `timestamp`: [`Timestamp`], an instant that always has an RFC 3339 form.
 //! - `codes`: the closed sets a client matches on: [`ErrorCode`], [`Reason`], [`CloseCode`].
 //!
 //! `protocol/PROTOCOL.md` is the normative text; this crate follows it, and a test fails when
@@ -15,13 +16,14 @@
 mod codes;
 mod frame;
 mod scope;
+mod timestamp;
 mod topic;
 
 pub use codes::{CloseCode, ErrorCode, Reason, Retry, UnknownValue};
 pub use frame::{
-    ClientFrame, ErrorFrame, Event, EventId, FrameError, InvalidId, Limits, MAX_DATA_DEPTH,
-    MAX_EVENT_ID_BYTES, MAX_REQUEST_ID_BYTES, Pong, Published, RawJson, Replay, RequestId,
-    SUBPROTOCOL, ServerFrame, Since, Subscribed, TokenExpiring, Unsubscribed, Welcome,
+    ClientFrame, ErrorFrame, ErrorReason, Event, EventId, FrameError, InvalidId, Limits,
+    MAX_DATA_DEPTH, MAX_EVENT_ID_BYTES, MAX_REQUEST_ID_BYTES, Pong, Published, RawJson, Replay,
+    RequestId, SUBPROTOCOL, ServerFrame, Since, Subscribed, TokenExpiring, Unsubscribed, Welcome,
     encode_event,
 };
 pub use scope::{MissingScope, PUBLISH_PREFIX, SUBSCRIBE_PREFIX, Scope, ScopeError, ScopeSet};
@@ -33,6 +35,7 @@ pub use topic::{
 pub use bytes::Bytes;
 pub use serde_json::value::RawValue;
 pub use time::OffsetDateTime;
+pub use timestamp::{OutOfRange, Timestamp};
 
 #[cfg(test)]
 mod spec_tests {
@@ -41,34 +44,54 @@ mod spec_tests {
 
     const SPEC: &str = include_str!("../PROTOCOL.md");
 
+    /// The table row that starts with `start`, or a failure naming it.
+    fn row(start: &str) -> &'static str {
+        SPEC.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("PROTOCOL.md lacks the row starting {start:?}"))
+    }
+
+    /// The last cell of a Markdown table row.
+    fn last_cell(line: &str) -> &str {
+        line.trim_end()
+            .trim_end_matches('|')
+            .rsplit('|')
+            .next()
+            .unwrap_or("")
+            .trim()
+    }
+
     #[test]
-    fn every_error_code_is_in_protocol_md() {
+    fn every_error_code_is_in_protocol_md_with_its_http_status() {
         for code in ErrorCode::ALL {
-            assert!(
-                SPEC.contains(&format!("`{code}`")),
-                "PROTOCOL.md lacks error code `{code}`"
-            );
+            row(&format!("| `{code}` | {} |", code.http_status()));
         }
     }
 
     #[test]
     fn every_reason_is_in_protocol_md_with_its_code() {
         for reason in Reason::ALL {
-            let row = format!("| `{reason}` | `{}` |", reason.code());
-            assert!(
-                SPEC.contains(&row),
-                "PROTOCOL.md lacks the reason row starting {row:?}"
-            );
+            row(&format!("| `{reason}` | `{}` |", reason.code()));
         }
     }
 
     #[test]
-    fn every_close_code_is_in_protocol_md() {
+    fn every_close_code_is_in_protocol_md_with_its_retry_advice() {
         for close in CloseCode::ALL {
-            let row = format!("| {} | `{}` |", close.as_u16(), close.name());
+            let line = row(&format!("| {} | `{}` |", close.as_u16(), close.name()));
+            let advice = last_cell(line);
+            let expected = match close.retry() {
+                Retry::Reconnect => "yes",
+                Retry::WithNewToken => "only with a new token",
+                Retry::Never => "no",
+            };
+            let agrees = advice == expected
+                || [",", ";", ":"]
+                    .iter()
+                    .any(|sep| advice.starts_with(&format!("{expected}{sep}")));
             assert!(
-                SPEC.contains(&row),
-                "PROTOCOL.md lacks the close-code row starting {row:?}"
+                agrees,
+                "PROTOCOL.md advises {advice:?} after {close}; the code says {expected:?}"
             );
         }
     }

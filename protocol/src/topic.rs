@@ -306,17 +306,21 @@ impl Pattern {
     ///
     /// This is the rule behind scope checks (DESIGN section 3): `adt.*` does not cover `adt.>`
     /// (which also names `adt.a.b`), and `adt.patient` does not cover `adt.patientx`.
-    pub fn covers(&self, other: &Pattern) -> bool {
+    pub fn covers<'a>(&'a self, other: &'a Pattern) -> bool {
         if !self.wild {
             // An exact pattern names one topic: only that same topic is inside it.
             return !other.wild && self.text == other.text;
         }
         let mine = segment_count(&self.text);
         let theirs = segment_count(&other.text);
-        // `>` can only be a whole, final segment, so a trailing `>` byte means a tail wildcard.
-        let mine_open = self.text.ends_with('>');
-        let other_open = other.text.ends_with('>');
-        let mut pairs = self.segments().zip(other.segments());
+        let mine_open = opens(&self.text, mine);
+        let other_open = opens(&other.text, theirs);
+        // A `>` that can only ever match one segment names the same topics as `*`.
+        let one = |s: Segment<'a>| if s == Segment::Tail { Segment::Any } else { s };
+        let mut pairs = self
+            .segments()
+            .zip(other.segments())
+            .map(|(m, t)| (one(m), one(t)));
         if mine_open {
             // `self` names every topic of at least `mine` segments whose first `mine - 1`
             // segments it matches; `other`'s shortest topic has `theirs` segments whether or
@@ -327,6 +331,14 @@ impl Pattern {
             !other_open && theirs == mine && pairs.all(|(m, t)| segment_covers(m, t))
         }
     }
+}
+
+/// True when `text` ends in a `>` that can match more than one segment: the pattern has fewer
+/// than [`MAX_SEGMENTS`] segments and leaves room for at least `x.y` (3 bytes) within
+/// [`MAX_TOPIC_BYTES`]. Otherwise the limits let its `>` match exactly one segment.
+fn opens(text: &str, segments: usize) -> bool {
+    // `>` can only be a whole, final segment, so a trailing `>` byte means a tail wildcard.
+    text.ends_with('>') && segments < MAX_SEGMENTS && text.len() < MAX_TOPIC_BYTES - 1
 }
 
 fn segment_count(text: &str) -> usize {
@@ -631,6 +643,40 @@ mod tests {
         for (p, q, want) in cases {
             assert_eq!(pattern(p).covers(&pattern(q)), want, "{p} covers {q}");
         }
+    }
+
+    #[test]
+    fn covers_knows_that_the_limits_shrink_a_tail_to_one_segment() {
+        // At 16 segments, `>` can match only one more segment: it is a `*`.
+        let fifteen = vec!["a"; 15].join(".");
+        let star = pattern(&format!("{fifteen}.*"));
+        let tail = pattern(&format!("{fifteen}.>"));
+        assert!(star.covers(&tail) && tail.covers(&star));
+        // At 254 bytes or more, `>` has no room for two segments.
+        let pre = format!(
+            "{}.{}.{}.{}",
+            "x".repeat(63),
+            "x".repeat(63),
+            "x".repeat(63),
+            "x".repeat(61)
+        );
+        let star = pattern(&format!("{pre}.*"));
+        let tail = pattern(&format!("{pre}.>"));
+        assert_eq!(tail.as_str().len(), 255);
+        assert!(star.covers(&tail) && tail.covers(&star));
+        // One byte shorter, `>` still reaches two segments (`x.y`).
+        let pre = format!(
+            "{}.{}.{}.{}",
+            "x".repeat(63),
+            "x".repeat(63),
+            "x".repeat(63),
+            "x".repeat(58)
+        );
+        let star = pattern(&format!("{pre}.*"));
+        let tail = pattern(&format!("{pre}.>"));
+        assert_eq!(tail.as_str().len(), 252);
+        assert!(!star.covers(&tail) && tail.covers(&star));
+        assert!(tail.matches(&topic(&format!("{pre}.x.y"))));
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! OAuth2: client credentials, signing keys, access tokens and their verification.
 //!
 //! - `secret`: random secrets and argon2id hashes.
+//! - `keys`: the broker's ES256 signing keys, rotation, the published JWK Set.
 
+pub mod jwks;
+pub mod jwt;
+pub mod keys;
 pub mod secret;

@@ -22,10 +22,10 @@ pub struct SqliteStore {
 }
 
 fn db(e: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(d) = &e {
-        if d.is_unique_violation() {
-            return StoreError::Conflict(format!("already exists: {}", d.message()));
-        }
+    if let sqlx::Error::Database(d) = &e
+        && d.is_unique_violation()
+    {
+        return StoreError::Conflict(format!("already exists: {}", d.message()));
     }
     StoreError::Database(e.to_string())
 }

@@ -210,13 +210,13 @@ pub fn jwk_set(jwks: &Value) -> Result<Vec<ClientKey>, InvalidInput> {
                 format!("duplicate kid {kid:?}"),
             ));
         }
-        if let Some(u) = key.get("use") {
-            if u.as_str() != Some("sig") {
-                return Err(invalid(
-                    format!("{field}.use"),
-                    "must be \"sig\" when present",
-                ));
-            }
+        if let Some(u) = key.get("use")
+            && u.as_str() != Some("sig")
+        {
+            return Err(invalid(
+                format!("{field}.use"),
+                "must be \"sig\" when present",
+            ));
         }
         let alg = match key.get("alg") {
             None => None,
@@ -278,13 +278,13 @@ pub fn jwk_set(jwks: &Value) -> Result<Vec<ClientKey>, InvalidInput> {
                         ));
                     }
                 };
-                if let Some(a) = alg {
-                    if a != expected_alg {
-                        return Err(invalid(
-                            format!("{field}.alg"),
-                            format!("a {crv} key is used with {expected_alg}, not {a:?}"),
-                        ));
-                    }
+                if let Some(a) = alg
+                    && a != expected_alg
+                {
+                    return Err(invalid(
+                        format!("{field}.alg"),
+                        format!("a {crv} key is used with {expected_alg}, not {a:?}"),
+                    ));
                 }
                 let x = b64_member(key, &field, "x")?;
                 let y = b64_member(key, &field, "y")?;
