@@ -70,6 +70,69 @@ pub struct Config {
     pub log: LogMode,
     /// How long shutdown waits for sessions to flush, in ms.
     pub shutdown_grace_ms: u64,
+    /// The admin API's bearer credential. When unset, the broker uses
+    /// `<data_dir>/admin.token`, creating it (mode 0600) on first start. Never printed.
+    #[serde(skip_serializing)]
+    pub admin_token: Option<String>,
+    /// The authorization server and token verification.
+    pub oauth: OAuthConfig,
+}
+
+/// OAuth2 settings (DESIGN section 4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The broker's public base URL, e.g. `https://events.hospital.example`. It is the token
+    /// issuer (`iss`) and audience (`aud`), and `<public_url>/oauth2/token` is the audience
+    /// of client assertions. Unset: `http://<bound address>`.
+    pub public_url: Option<String>,
+    /// Access token lifetime, in seconds (SMART Backend Services: at most 300 recommended).
+    pub token_lifetime_s: u64,
+    /// Clock leeway for `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_s: u64,
+    /// Shortest interval between two fetches of one JWK Set URL, in seconds.
+    pub jwks_min_refresh_s: u64,
+    /// Time-out of a JWK Set fetch, in ms.
+    pub jwks_fetch_timeout_ms: u64,
+    /// Issuers other than this broker whose access tokens are accepted.
+    pub external_issuers: Vec<ExternalIssuer>,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        OAuthConfig {
+            public_url: None,
+            token_lifetime_s: 300,
+            leeway_s: 30,
+            jwks_min_refresh_s: 30,
+            jwks_fetch_timeout_ms: 5_000,
+            external_issuers: Vec::new(),
+        }
+    }
+}
+
+/// An organisation's own OAuth2 server whose access tokens the broker accepts. Its tokens
+/// must carry a `client_id` registered here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalIssuer {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// The `aud` value its tokens must carry for this broker.
+    pub audience: String,
+    /// A JWK Set file, read at start.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// A JWK Set URL, fetched and cached.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Require the RFC 9068 `typ` header `at+jwt`.
+    #[serde(default = "yes")]
+    pub require_typ: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for Config {
@@ -81,6 +144,8 @@ impl Default for Config {
             environment_name: "default".to_owned(),
             log: LogMode::Durable,
             shutdown_grace_ms: 5_000,
+            admin_token: None,
+            oauth: OAuthConfig::default(),
         }
     }
 }
@@ -168,6 +233,14 @@ impl Config {
         Ok(())
     }
 
+    /// The public base URL: `oauth.public_url`, or `http://<bound>` when unset. No trailing `/`.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        match &self.oauth.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{bound}"),
+        }
+    }
+
     /// The shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
@@ -243,7 +316,13 @@ mod tests {
     }
 
     #[test]
-    fn print_config_round_trips() {
+    fn print_config_round_trips_and_never_shows_the_admin_token() {
+        let c = Config {
+            admin_token: Some("x".repeat(40)),
+            ..Config::default()
+        };
+        let text = c.to_toml().unwrap();
+        assert!(!text.contains(&"x".repeat(40)));
         let c = Config::default();
         let text = c.to_toml().unwrap();
         let back: Config = toml::from_str(&text).unwrap();

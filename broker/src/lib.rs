@@ -16,5 +16,7 @@ mod http;
 pub mod registry;
 mod server;
 
-pub use config::{Config, ConfigError, EnvironmentKind, LogMode, Overrides};
-pub use server::{ServeError, run};
+pub use config::{
+    Config, ConfigError, EnvironmentKind, ExternalIssuer, LogMode, OAuthConfig, Overrides,
+};
+pub use server::{ADMIN_TOKEN_FILE, REGISTRY_FILE, SIGNING_KEYS_FILE, ServeError, run};

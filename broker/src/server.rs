@@ -12,8 +12,21 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::client_auth::ClientAuthenticator;
+use crate::auth::jwks::JwksCache;
+use crate::auth::keys::KeyRing;
+use crate::auth::secret;
+use crate::auth::token::{TokenIssuer, TokenVerifier};
 use crate::config::Config;
 use crate::http;
+use crate::registry::{Registry, SqliteStore};
+
+/// The admin credential file in the data folder.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The signing key file in the data folder.
+pub const SIGNING_KEYS_FILE: &str = "signing-keys.json";
+/// The registry database in the data folder.
+pub const REGISTRY_FILE: &str = "registry.sqlite";
 
 /// Why the broker could not start or stopped with a fault.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +39,9 @@ pub enum ServeError {
         /// The I/O error.
         source: io::Error,
     },
+    /// A start-up step failed (keys, registry, configuration).
+    #[error("{0}")]
+    Startup(String),
     /// The listener failed.
     #[error("serving HTTP: {0}")]
     Io(#[from] io::Error),
@@ -41,6 +57,13 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     /// False once shutdown has begun; `/readyz` reports it so load balancers drain us first.
     pub(crate) ready: AtomicBool,
+    pub(crate) registry: Registry,
+    pub(crate) issuer: TokenIssuer,
+    #[allow(dead_code)] // Used by the WebSocket and publish endpoints.
+    pub(crate) verifier: TokenVerifier,
+    pub(crate) client_auth: ClientAuthenticator,
+    /// The admin API credential; compared in constant time, never logged.
+    pub(crate) admin_token: String,
 }
 
 impl AppState {
@@ -61,10 +84,57 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     prepare_data_dir(&config.data_dir)?;
     let grace = config.shutdown_grace();
+    let admin_token = admin_token(&config)?;
+    let o = &config.oauth;
+    // A retired key stays published until every token it signed has expired.
+    let retain_for = (o.token_lifetime_s + o.leeway_s + 60) as i64;
+    let keys_path = config.data_dir.join(SIGNING_KEYS_FILE);
+    let keys =
+        KeyRing::open(&keys_path, retain_for).map_err(|e| ServeError::Startup(e.to_string()))?;
+    let registry_path = config.data_dir.join(REGISTRY_FILE);
+    let store = SqliteStore::open(&registry_path)
+        .await
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    let registry = Registry::open(store)
+        .await
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    let public_url = config.public_url(listener.local_addr()?);
+    let issuer = TokenIssuer::new(public_url.clone(), o.token_lifetime_s, keys);
+    let jwks = JwksCache::new(
+        std::time::Duration::from_millis(o.jwks_fetch_timeout_ms),
+        std::time::Duration::from_secs(o.jwks_min_refresh_s),
+    );
+    let verifier = TokenVerifier::new(
+        &issuer,
+        &o.external_issuers,
+        jwks.clone(),
+        registry.clone(),
+        config.environment,
+        o.leeway_s,
+    )
+    .map_err(|e| ServeError::Startup(e.to_string()))?;
+    let client_auth = ClientAuthenticator::new(
+        registry.clone(),
+        jwks,
+        format!("{public_url}/oauth2/token"),
+        o.leeway_s,
+    );
+    tracing::info!(
+        issuer = %public_url,
+        environment = config.environment.as_str(),
+        registry = %registry_path.display(),
+        signing_keys = %keys_path.display(),
+        "authorization server ready"
+    );
     let state = AppState {
         inner: Arc::new(Inner {
             config,
             ready: AtomicBool::new(true),
+            registry,
+            issuer,
+            verifier,
+            client_auth,
+            admin_token,
         }),
     };
     let app: Router = http::router(state.clone());
@@ -95,6 +165,49 @@ pub async fn run(
     }
     tracing::info!("scopecast stopped");
     Ok(())
+}
+
+/// The admin credential: from the configuration, else `<data_dir>/admin.token`, created
+/// (mode 0600, 256 random bits) on first start.
+fn admin_token(config: &Config) -> Result<String, ServeError> {
+    if let Some(t) = &config.admin_token {
+        return Ok(t.clone());
+    }
+    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    let wrap = |source| ServeError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    if path.exists() {
+        let token = std::fs::read_to_string(&path)
+            .map_err(wrap)?
+            .trim()
+            .to_owned();
+        if token.len() < 32 {
+            return Err(ServeError::Startup(format!(
+                "{} holds no usable admin credential",
+                path.display()
+            )));
+        }
+        return Ok(token);
+    }
+    let token = secret::random_token(secret::SECRET_BYTES)
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&path).map_err(wrap)?;
+        f.write_all(token.as_bytes()).map_err(wrap)?;
+        f.write_all(b"\n").map_err(wrap)?;
+    }
+    tracing::info!(path = %path.display(), "created the admin credential (mode 0600)");
+    Ok(token)
 }
 
 /// Creates the data folder (mode 0700 on Unix) on first start.

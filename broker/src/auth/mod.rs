@@ -3,7 +3,9 @@
 //! - `secret`: random secrets and argon2id hashes.
 //! - `keys`: the broker's ES256 signing keys, rotation, the published JWK Set.
 
+pub mod client_auth;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod secret;
+pub mod token;

@@ -692,6 +692,20 @@ impl Registry {
         self.existing_client(&client.client_id)
     }
 
+    /// Records a change made outside the registry (such as a signing key rotation).
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        detail: Value,
+    ) -> Result<(), RegistryError> {
+        let entry = audit(actor, action, None, None, detail);
+        Ok(self.inner.store.append_audit(&entry).await?)
+    }
+
     /// Reads the audit trail, newest first.
     ///
     /// # Errors

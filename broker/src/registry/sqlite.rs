@@ -347,6 +347,12 @@ impl RegistryStore for SqliteStore {
         Ok(true)
     }
 
+    async fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        Self::write_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(db)
+    }
+
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, at, actor, action, application_id, client_id, detail FROM audit_log \

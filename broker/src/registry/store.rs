@@ -81,6 +81,8 @@ pub trait RegistryStore: Send + Sync + 'static {
         at_ms: i64,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError>;
+    /// Appends an audit entry for a change outside the registry (e.g. key rotation).
+    async fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Audit entries, newest first.
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
 }

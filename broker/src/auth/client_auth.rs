@@ -1,0 +1,257 @@
+//! Client authentication at the token endpoint (RFC 6749 section 2.3): `client_secret_basic`,
+//! `client_secret_post`, and `private_key_jwt` (RFC 7523 section 2.2 and 3, SMART Backend
+//! Services): assertion `iss` = `sub` = client_id, `aud` = the token endpoint URL, `exp` at
+//! most 5 minutes ahead, `jti` never reused before its `exp`, RS256/RS384/ES256/ES384 with the
+//! key chosen by `kid` and the algorithm pinned by that key.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+
+use super::jwks::{self, JwksCache};
+use super::jwt;
+use super::secret;
+use crate::registry::{ClientEntry, ClientKeys, Registry};
+
+/// `client_assertion_type` for JWT client assertions (RFC 7523 section 2.2).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Longest an assertion may live, from now to its `exp`, in seconds.
+pub const MAX_ASSERTION_LIFETIME_S: i64 = 300;
+/// Algorithms accepted for client assertions.
+pub const ASSERTION_ALGS: [Algorithm; 4] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::ES256,
+    Algorithm::ES384,
+];
+/// Most assertion `jti`s remembered at once; past it, new assertions are refused until old
+/// ones expire (only registered clients with valid signatures can fill it).
+const MAX_REMEMBERED_JTIS: usize = 200_000;
+
+/// How the client authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// HTTP Basic with the client ID and secret.
+    SecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    SecretPost,
+    /// A signed JWT assertion.
+    PrivateKeyJwt,
+}
+
+/// The credentials a token request carried.
+#[derive(Debug)]
+pub enum Credentials {
+    /// A client ID and secret, by Basic or in the body.
+    Secret {
+        /// Which of the two.
+        method: Method,
+        /// The client ID.
+        client_id: String,
+        /// The secret; never logged.
+        secret: String,
+    },
+    /// A JWT assertion.
+    Assertion {
+        /// The `client_id` form parameter, if given (must then match the assertion).
+        client_id: Option<String>,
+        /// The assertion.
+        assertion: String,
+    },
+}
+
+/// Why client authentication failed: always `invalid_client` (RFC 6749 section 5.2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthFailure(pub String);
+
+#[derive(Deserialize)]
+struct AssertionClaims {
+    exp: i64,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
+/// Authenticates clients at the token endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct ClientAuthenticator {
+    registry: Registry,
+    jwks: JwksCache,
+    token_endpoint: String,
+    leeway_s: u64,
+    /// `client_id \0 jti` -> `exp` of assertions seen, so none is accepted twice.
+    seen: Arc<DashMap<String, i64>>,
+    inserts: Arc<AtomicU64>,
+}
+
+fn now_s() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl ClientAuthenticator {
+    /// An authenticator whose assertions must name `token_endpoint` as `aud`.
+    pub fn new(registry: Registry, jwks: JwksCache, token_endpoint: String, leeway_s: u64) -> Self {
+        ClientAuthenticator {
+            registry,
+            jwks,
+            token_endpoint,
+            leeway_s,
+            seen: Arc::new(DashMap::new()),
+            inserts: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The token endpoint URL assertions must be addressed to.
+    pub fn token_endpoint(&self) -> &str {
+        &self.token_endpoint
+    }
+
+    /// Authenticates the client. Activation and environment kind are the caller's to check
+    /// (they are `unauthorized_client`, not `invalid_client`).
+    ///
+    /// # Errors
+    /// [`AuthFailure`] with a message safe to return to the client.
+    pub async fn authenticate(&self, creds: Credentials) -> Result<Arc<ClientEntry>, AuthFailure> {
+        match creds {
+            Credentials::Secret {
+                client_id, secret, ..
+            } => self.by_secret(&client_id, secret).await,
+            Credentials::Assertion {
+                client_id,
+                assertion,
+            } => self.by_assertion(client_id.as_deref(), &assertion).await,
+        }
+    }
+
+    async fn by_secret(
+        &self,
+        client_id: &str,
+        given: String,
+    ) -> Result<Arc<ClientEntry>, AuthFailure> {
+        let unknown = || AuthFailure("unknown client or wrong secret".to_owned());
+        let client = self.registry.client(client_id);
+        // Hash even for unknown clients, so timing does not tell which client IDs exist.
+        let hash = client
+            .as_ref()
+            .and_then(|c| c.secret_hash.clone())
+            .unwrap_or_else(dummy_hash);
+        let ok = tokio::task::spawn_blocking(move || secret::verify_secret(&given, &hash))
+            .await
+            .unwrap_or(false);
+        match client {
+            Some(c) if ok && c.secret_hash.is_some() => Ok(c),
+            _ => Err(unknown()),
+        }
+    }
+
+    async fn by_assertion(
+        &self,
+        form_client_id: Option<&str>,
+        assertion: &str,
+    ) -> Result<Arc<ClientEntry>, AuthFailure> {
+        let fail = |m: &str| AuthFailure(format!("client assertion refused: {m}"));
+        let peeked = jwt::peek(assertion).map_err(|e| fail(&e))?;
+        let iss = peeked
+            .str_claim("iss")
+            .ok_or_else(|| fail("no `iss` claim"))?
+            .to_owned();
+        if peeked.str_claim("sub") != Some(iss.as_str()) {
+            return Err(fail("`sub` must equal `iss` (the client ID)"));
+        }
+        if let Some(id) = form_client_id
+            && id != iss
+        {
+            return Err(fail(
+                "the `client_id` parameter differs from the assertion's `iss`",
+            ));
+        }
+        let client = self
+            .registry
+            .client(&iss)
+            .ok_or_else(|| fail("unknown client"))?;
+        let kid = peeked.header.kid.as_deref();
+        let key = match &client.keys {
+            ClientKeys::None => return Err(fail("the client has no registered public keys")),
+            ClientKeys::Inline(keys) => jwks::select(keys, kid),
+            ClientKeys::Uri(uri) => self.jwks.key(uri, kid).await.ok(),
+        }
+        .ok_or_else(|| fail("no registered key matches the assertion's `kid`"))?;
+        let alg = peeked.header.alg.as_str();
+        let alg = key
+            .algorithms
+            .iter()
+            .copied()
+            .find(|a| format!("{a:?}") == alg && ASSERTION_ALGS.contains(a))
+            .ok_or_else(|| fail("`alg` is not the algorithm registered for this key"))?;
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway_s;
+        v.validate_nbf = true;
+        v.set_audience(&[&self.token_endpoint]);
+        v.set_issuer(&[&iss]);
+        v.sub = Some(iss.clone());
+        v.required_spec_claims = ["exp", "iss", "sub", "aud"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect::<HashSet<_>>();
+        let claims = jsonwebtoken::decode::<AssertionClaims>(assertion, &key.decoding_key, &v)
+            .map_err(|e| match super::token::map_jwt_error(e) {
+                super::token::VerifyError::WrongAudience => {
+                    fail("`aud` must be the token endpoint URL")
+                }
+                other => fail(&other.to_string().replace("token", "assertion")),
+            })?
+            .claims;
+        let now = now_s();
+        if claims.exp > now + MAX_ASSERTION_LIFETIME_S + self.leeway_s as i64 {
+            return Err(fail("`exp` is more than 5 minutes ahead"));
+        }
+        let jti = claims
+            .jti
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or_else(|| fail("no usable `jti` claim"))?;
+        self.remember(&iss, &jti, claims.exp + self.leeway_s as i64)
+            .map_err(|m| fail(&m))?;
+        Ok(client)
+    }
+
+    fn remember(&self, client_id: &str, jti: &str, until: i64) -> Result<(), String> {
+        let now = now_s();
+        if self.inserts.fetch_add(1, Ordering::Relaxed) % 1024 == 0
+            || self.seen.len() >= MAX_REMEMBERED_JTIS
+        {
+            self.seen.retain(|_, exp| *exp >= now);
+        }
+        if self.seen.len() >= MAX_REMEMBERED_JTIS {
+            return Err("too many assertions in flight; retry shortly".to_owned());
+        }
+        match self.seen.entry(format!("{client_id}\0{jti}")) {
+            dashmap::Entry::Occupied(e) if *e.get() >= now => {
+                Err("`jti` was already used".to_owned())
+            }
+            dashmap::Entry::Occupied(mut e) => {
+                e.insert(until);
+                Ok(())
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(until);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An argon2id hash of a random secret nobody knows, made with the same parameters as real
+/// ones, so refusing an unknown client costs as much time as refusing a wrong secret.
+fn dummy_hash() -> String {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        secret::new_secret()
+            .and_then(|s| secret::hash_secret(&s))
+            .unwrap_or_default()
+    })
+    .clone()
+}

@@ -1,0 +1,276 @@
+//! The authorization server's HTTP endpoints: `POST /oauth2/token` (RFC 6749 section 4.4,
+//! client credentials), `GET /.well-known/jwks.json` (RFC 7517) and
+//! `GET /.well-known/oauth-authorization-server` (RFC 8414).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use scopecast_protocol::ScopeSet;
+use serde_json::json;
+
+use crate::auth::client_auth::{Credentials, JWT_BEARER, Method};
+use crate::server::AppState;
+
+/// Largest token request body, in bytes.
+pub(crate) const MAX_TOKEN_REQUEST_BYTES: usize = 16 * 1024;
+
+/// An RFC 6749 section 5.2 error response, never cached.
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut resp = (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"scopecast\""),
+        );
+    }
+    resp
+}
+
+fn invalid_request(description: &str) -> Response {
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component (RFC 6749 section 2.3.1 encodes
+/// the client ID and secret this way before Basic).
+fn form_decode(s: &str) -> String {
+    form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads `Authorization: Basic` credentials, if present.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| invalid_request("the Authorization header is not ASCII"))?;
+    let Some((scheme, rest)) = value.split_once(' ') else {
+        return Err(invalid_request(
+            "the Authorization header has no credentials",
+        ));
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(invalid_request(
+            "the token endpoint takes Basic client authentication only",
+        ));
+    }
+    let decoded = STANDARD
+        .decode(rest.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| invalid_request("Basic credentials are not base64 of UTF-8"))?;
+    let (id, secret) = decoded
+        .split_once(':')
+        .ok_or_else(|| invalid_request("Basic credentials need client_id:client_secret"))?;
+    Ok(Some((form_decode(id), form_decode(secret))))
+}
+
+/// `POST /oauth2/token`.
+pub(crate) async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form_type {
+        return invalid_request("the body must be application/x-www-form-urlencoded");
+    }
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(&body) {
+        // RFC 6749 section 3.2: parameters MUST NOT be included more than once.
+        if params.iter().any(|(seen, _)| *seen == k) {
+            return invalid_request(&format!("parameter `{k}` is repeated"));
+        }
+        params.push((k.into_owned(), v.into_owned()));
+    }
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+
+    let basic = match basic_credentials(&headers) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    match param("grant_type") {
+        None => return invalid_request("missing `grant_type`"),
+        Some("client_credentials") => {}
+        Some(_) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only `client_credentials` is supported",
+            );
+        }
+    }
+    let methods = [
+        basic.is_some(),
+        param("client_secret").is_some(),
+        param("client_assertion").is_some(),
+    ];
+    if methods.iter().filter(|m| **m).count() > 1 {
+        return invalid_request("use exactly one client authentication method");
+    }
+    let creds = if let Some((client_id, secret)) = basic {
+        if param("client_id").is_some_and(|id| id != client_id) {
+            return invalid_request("`client_id` differs from the Basic credentials");
+        }
+        Credentials::Secret {
+            method: Method::SecretBasic,
+            client_id,
+            secret,
+        }
+    } else if let Some(secret) = param("client_secret") {
+        let Some(client_id) = param("client_id") else {
+            return invalid_request("`client_secret` needs `client_id`");
+        };
+        Credentials::Secret {
+            method: Method::SecretPost,
+            client_id: client_id.to_owned(),
+            secret: secret.to_owned(),
+        }
+    } else if let Some(assertion) = param("client_assertion") {
+        if param("client_assertion_type") != Some(JWT_BEARER) {
+            return invalid_request(&format!("`client_assertion_type` must be {JWT_BEARER}"));
+        }
+        Credentials::Assertion {
+            client_id: param("client_id").map(str::to_owned),
+            assertion: assertion.to_owned(),
+        }
+    } else {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "no client authentication",
+        );
+    };
+    let method = match &creds {
+        Credentials::Secret { method, .. } => *method,
+        Credentials::Assertion { .. } => Method::PrivateKeyJwt,
+    };
+    let client = match state.inner.client_auth.authenticate(creds).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(?method, reason = %e, "token request: client authentication failed");
+            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &e.0);
+        }
+    };
+    let environment = state.inner.config.environment;
+    if client.kind != environment {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            &format!(
+                "client {} is a {} client ID; this broker is {}",
+                client.client_id,
+                client.kind.as_str(),
+                environment.as_str()
+            ),
+        );
+    }
+    if !client.active {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            &format!(
+                "client {} is not active in this environment; an administrator must activate it",
+                client.client_id
+            ),
+        );
+    }
+    let granted = match param("scope") {
+        None => (*client.ceiling).clone(),
+        Some(requested) => {
+            let requested = match ScopeSet::parse(requested) {
+                Ok(s) => s,
+                Err(e) => {
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &e.to_string());
+                }
+            };
+            if let Some(beyond) = client.ceiling.first_uncovered(&requested) {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    &format!(
+                        "`{beyond}` is beyond the application's scope ({})",
+                        client.ceiling
+                    ),
+                );
+            }
+            requested
+        }
+    };
+    let issued = match state.inner.issuer.issue(&client.client_id, &granted) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot sign an access token");
+            return oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the token could not be signed",
+            );
+        }
+    };
+    tracing::info!(client_id = %client.client_id, ?method, scope = %issued.scope, "issued an access token");
+    let mut resp = Json(json!({
+        "access_token": issued.access_token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scope.to_string(),
+    }))
+    .into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// `GET /.well-known/jwks.json`.
+pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
+    let mut resp = Json(state.inner.issuer.keys().jwks()).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    resp
+}
+
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414 section 2).
+pub(crate) async fn metadata(State(state): State<AppState>) -> Response {
+    let issuer = state.inner.issuer.issuer();
+    Json(json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "RS384", "ES256", "ES384"],
+    }))
+    .into_response()
+}
