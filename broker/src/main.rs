@@ -1,4 +1,7 @@
-//! The `scopecast` command: `scopecast serve` runs the broker.
+//! The `scopecast` command: `scopecast serve` runs the broker; `app`, `keys` and `token` talk
+//! to a running one.
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +25,31 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Manage applications and their client IDs (admin API).
+    App {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        auth: cli::AdminAuth,
+        #[command(subcommand)]
+        command: cli::AppCommand,
+    },
+    /// Manage the broker's token signing keys (admin API).
+    Keys {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        auth: cli::AdminAuth,
+        #[command(subcommand)]
+        command: cli::KeysCommand,
+    },
+    /// Get an access token by the client credentials grant and print it.
+    Token {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        args: cli::TokenArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -46,11 +74,39 @@ struct ServeArgs {
     print_config: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the cause chain on one line, without a backtrace.
+            eprintln!("scopecast: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::App {
+            target,
+            auth,
+            command,
+        } => client_runtime()?.block_on(cli::app(target, auth, command)),
+        Command::Keys {
+            target,
+            auth,
+            command,
+        } => client_runtime()?.block_on(cli::keys(target, auth, command)),
+        Command::Token { target, args } => client_runtime()?.block_on(cli::token(target, args)),
     }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -1,11 +1,16 @@
 //! Scopecast client SDK for subscribers and publishers.
 //!
 //! Modules:
+//! - [`token`]: [`TokenSource`], OAuth2 client credentials with a client secret or a private
+//!   key (`private_key_jwt`), cached and refreshed before expiry.
 //! - [`protocol`]: the wire types of `scopecast.v1` (frames, topics, patterns, scopes, error and
 //!   close codes), re-exported so applications need one dependency.
 //!
-//! The connection, subscription and token-source API is modelled on async-nats: see
-//! `protocol/PROTOCOL.md` for the wire rules it follows.
+//! The connection and subscription API is modelled on async-nats; see `protocol/PROTOCOL.md`
+//! for the wire rules it follows.
+
+pub mod token;
 
 pub use scopecast_protocol as protocol;
 pub use scopecast_protocol::{CloseCode, ErrorCode, Pattern, Reason, Retry, ScopeSet, Topic};
+pub use token::{AccessToken, PrivateKey, TokenError, TokenSource};

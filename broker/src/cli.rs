@@ -1,0 +1,589 @@
+//! Client subcommands of `scopecast`: `app ...` and `keys rotate` over the admin API, and
+//! `token` over the token endpoint. Readable tables by default, `--json` for scripts.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use scopecast_broker::ADMIN_TOKEN_FILE;
+use scopecast_client::{PrivateKey, TokenSource};
+use serde_json::{Value, json};
+
+/// Where the broker is.
+#[derive(Args, Clone)]
+pub(crate) struct Target {
+    /// Broker base URL.
+    #[arg(
+        long,
+        env = "SCOPECAST_URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub(crate) url: String,
+}
+
+/// Admin credential options.
+#[derive(Args, Clone)]
+pub(crate) struct AdminAuth {
+    /// Admin bearer credential [env: SCOPECAST_ADMIN_TOKEN].
+    #[arg(long, global = true, hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Read the admin credential from DIR/admin.token [default: ./scopecast-data].
+    #[arg(long, env = "SCOPECAST_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl AdminAuth {
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(t) = &self.admin_token {
+            return Ok(t.clone());
+        }
+        if let Ok(t) = std::env::var("SCOPECAST_ADMIN_TOKEN")
+            && !t.is_empty()
+        {
+            return Ok(t);
+        }
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./scopecast-data"));
+        let path = dir.join(ADMIN_TOKEN_FILE);
+        let token = std::fs::read_to_string(&path).with_context(|| {
+            format!("no admin credential: pass --admin-token, set SCOPECAST_ADMIN_TOKEN, or point --data-dir at the broker's data folder ({} not readable)", path.display())
+        })?;
+        Ok(token.trim().to_owned())
+    }
+}
+
+/// `scopecast app ...`.
+#[derive(Subcommand)]
+pub(crate) enum AppCommand {
+    /// Register an application; prints its two client IDs and their secrets (shown once).
+    Create {
+        /// Display name (unique).
+        #[arg(long)]
+        name: String,
+        /// Vendor (developer).
+        #[arg(long)]
+        vendor: String,
+        /// Scope ceiling, e.g. "subscribe:fhir.> publish:adt.*".
+        #[arg(long)]
+        scope: String,
+        /// Free-text description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List applications.
+    List,
+    /// Show an application (by application id or by one of its client IDs).
+    Show {
+        /// Application id or client ID.
+        id: String,
+    },
+    /// Change an application's name, vendor, description or scope ceiling.
+    Update {
+        /// Application id.
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New vendor.
+        #[arg(long)]
+        vendor: Option<String>,
+        /// New description.
+        #[arg(long)]
+        description: Option<String>,
+        /// New scope ceiling.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Replace an application's scope ceiling; live subscriptions it no longer covers end.
+    SetScope {
+        /// Application id.
+        id: String,
+        /// The new ceiling.
+        scope: String,
+    },
+    /// Set a client's public keys for private_key_jwt.
+    SetKeys {
+        /// Client ID.
+        client_id: String,
+        /// A JWK Set file (public keys only).
+        #[arg(long, conflicts_with_all = ["jwks_uri", "none"])]
+        jwks: Option<PathBuf>,
+        /// A JWK Set URL (https).
+        #[arg(long, conflicts_with = "none")]
+        jwks_uri: Option<String>,
+        /// Remove the keys.
+        #[arg(long)]
+        none: bool,
+    },
+    /// Give a client a new secret (printed once); the old one stops working at once.
+    RotateSecret {
+        /// Client ID.
+        client_id: String,
+    },
+    /// Activate a client ID in this environment.
+    Activate {
+        /// Client ID.
+        client_id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deactivate a client ID: its live sessions close within a second.
+    Deactivate {
+        /// Client ID.
+        client_id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Read the audit trail, newest first.
+    Audit {
+        /// Only this application.
+        #[arg(long)]
+        application: Option<String>,
+        /// Only this client ID.
+        #[arg(long)]
+        client: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+/// `scopecast keys ...`.
+#[derive(Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Make a new signing key; the old one stays published until its tokens expire.
+    Rotate,
+}
+
+/// `scopecast token`: credentials for the token endpoint.
+#[derive(Args)]
+pub(crate) struct TokenArgs {
+    /// Client ID.
+    #[arg(long, env = "SCOPECAST_CLIENT_ID")]
+    pub(crate) client_id: String,
+    /// Client secret (client_secret_basic).
+    #[arg(
+        long,
+        env = "SCOPECAST_CLIENT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "private_key"
+    )]
+    pub(crate) client_secret: Option<String>,
+    /// Private key for private_key_jwt: a PEM file or a private JWK file.
+    #[arg(long, env = "SCOPECAST_PRIVATE_KEY")]
+    pub(crate) private_key: Option<PathBuf>,
+    /// The `kid` registered for the private key [default: its RFC 7638 thumbprint, or the JWK's kid].
+    #[arg(long)]
+    pub(crate) kid: Option<String>,
+    /// Ask for a narrower scope than the application's ceiling.
+    #[arg(long)]
+    pub(crate) scope: Option<String>,
+    /// Print the whole token response as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+struct Admin {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    actor: String,
+}
+
+impl Admin {
+    fn new(target: &Target, auth: &AdminAuth) -> anyhow::Result<Admin> {
+        let actor = std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "admin".to_owned());
+        Ok(Admin {
+            http: reqwest::Client::new(),
+            url: target.url.trim_end_matches('/').to_owned(),
+            token: auth.token()?,
+            actor,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}/admin/v1{path}", self.url);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .header("scopecast-actor", &self.actor);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = value["message"].as_str().unwrap_or("no message");
+            let code = value["error"].as_str().unwrap_or("error");
+            bail!("{status}: {code}: {msg}");
+        }
+        Ok(value)
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
+    t
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn print_app(app: &Value) {
+    let mut t = table(&["field", "value"]);
+    for f in [
+        "id",
+        "name",
+        "vendor",
+        "description",
+        "scope",
+        "created_at",
+        "updated_at",
+    ] {
+        t.add_row(vec![f.to_owned(), s(&app[f])]);
+    }
+    println!("{t}");
+    let mut c = table(&["kind", "client_id", "active", "keys", "client_secret"]);
+    for kind in ["production", "non_production"] {
+        let client = &app["clients"][kind];
+        c.add_row(vec![
+            s(&client["kind"]),
+            s(&client["client_id"]),
+            s(&client["active"]),
+            s(&client["keys"]["type"]),
+            client["client_secret"]
+                .as_str()
+                .map_or_else(|| "(hidden)".to_owned(), str::to_owned),
+        ]);
+    }
+    println!("{c}");
+    if app["clients"]["production"]["client_secret"].is_string() {
+        println!("Store the client secrets now: they are not shown again.");
+    }
+}
+
+fn print_client(client: &Value) {
+    let mut t = table(&["field", "value"]);
+    for f in [
+        "client_id",
+        "kind",
+        "active",
+        "has_secret",
+        "updated_at",
+        "application_id",
+    ] {
+        if !client[f].is_null() {
+            t.add_row(vec![f.to_owned(), s(&client[f])]);
+        }
+    }
+    t.add_row(vec!["keys".to_owned(), client["keys"].to_string()]);
+    println!("{t}");
+}
+
+fn print(json_out: bool, value: &Value, human: impl FnOnce(&Value)) -> anyhow::Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        human(value);
+    }
+    Ok(())
+}
+
+/// Runs an `app` subcommand.
+pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> anyhow::Result<()> {
+    let admin = Admin::new(&target, &auth)?;
+    let j = auth.json;
+    use reqwest::Method as M;
+    match cmd {
+        AppCommand::Create {
+            name,
+            vendor,
+            scope,
+            description,
+        } => {
+            let app = admin
+                .call(M::POST, "/applications", Some(json!({"name": name, "vendor": vendor, "scope": scope, "description": description})))
+                .await?;
+            print(j, &app, print_app)
+        }
+        AppCommand::List => {
+            let list = admin.call(M::GET, "/applications", None).await?;
+            print(j, &list, |v| {
+                let mut t = table(&[
+                    "id",
+                    "name",
+                    "vendor",
+                    "scope",
+                    "production",
+                    "non-production",
+                ]);
+                for a in v["applications"].as_array().into_iter().flatten() {
+                    let client = |k: &str| {
+                        let c = &a["clients"][k];
+                        format!(
+                            "{} ({})",
+                            s(&c["client_id"]),
+                            if c["active"] == json!(true) {
+                                "active"
+                            } else {
+                                "inactive"
+                            }
+                        )
+                    };
+                    t.add_row(vec![
+                        s(&a["id"]),
+                        s(&a["name"]),
+                        s(&a["vendor"]),
+                        s(&a["scope"]),
+                        client("production"),
+                        client("non_production"),
+                    ]);
+                }
+                println!("{t}");
+            })
+        }
+        AppCommand::Show { id } => {
+            let app = match admin
+                .call(M::GET, &format!("/applications/{id}"), None)
+                .await
+            {
+                Ok(app) => app,
+                Err(first) => {
+                    let client = admin
+                        .call(M::GET, &format!("/clients/{id}"), None)
+                        .await
+                        .map_err(|_| first)?;
+                    admin
+                        .call(
+                            M::GET,
+                            &format!("/applications/{}", s(&client["application_id"])),
+                            None,
+                        )
+                        .await?
+                }
+            };
+            print(j, &app, print_app)
+        }
+        AppCommand::Update {
+            id,
+            name,
+            vendor,
+            description,
+            scope,
+        } => {
+            let mut body = serde_json::Map::new();
+            for (k, v) in [
+                ("name", name),
+                ("vendor", vendor),
+                ("description", description),
+                ("scope", scope),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.to_owned(), json!(v));
+                }
+            }
+            let app = admin
+                .call(
+                    M::PATCH,
+                    &format!("/applications/{id}"),
+                    Some(Value::Object(body)),
+                )
+                .await?;
+            print(j, &app, print_app)
+        }
+        AppCommand::SetScope { id, scope } => {
+            let app = admin
+                .call(
+                    M::PATCH,
+                    &format!("/applications/{id}"),
+                    Some(json!({"scope": scope})),
+                )
+                .await?;
+            print(j, &app, print_app)
+        }
+        AppCommand::SetKeys {
+            client_id,
+            jwks,
+            jwks_uri,
+            none,
+        } => {
+            let body = match (jwks, jwks_uri, none) {
+                (Some(path), _, _) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let value: Value = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", path.display()))?;
+                    // Accept a single JWK as well as a set.
+                    let set = if value.get("keys").is_some() {
+                        value
+                    } else {
+                        json!({"keys": [value]})
+                    };
+                    json!({"jwks": set})
+                }
+                (None, Some(uri), _) => json!({"jwks_uri": uri}),
+                (None, None, true) => json!({}),
+                (None, None, false) => bail!("give --jwks FILE, --jwks-uri URL or --none"),
+            };
+            let client = admin
+                .call(M::PUT, &format!("/clients/{client_id}/keys"), Some(body))
+                .await?;
+            print(j, &client, print_client)
+        }
+        AppCommand::RotateSecret { client_id } => {
+            let v = admin
+                .call(
+                    M::POST,
+                    &format!("/clients/{client_id}/rotate-secret"),
+                    None,
+                )
+                .await?;
+            print(j, &v, |v| {
+                let mut t = table(&["client_id", "kind", "client_secret"]);
+                t.add_row(vec![
+                    s(&v["client_id"]),
+                    s(&v["kind"]),
+                    s(&v["client_secret"]),
+                ]);
+                println!("{t}\nStore the new secret now: it is not shown again.");
+            })
+        }
+        AppCommand::Activate { client_id, reason } => {
+            let v = admin
+                .call(
+                    M::POST,
+                    &format!("/clients/{client_id}/activate"),
+                    Some(json!({"reason": reason})),
+                )
+                .await?;
+            print(j, &v, print_client)
+        }
+        AppCommand::Deactivate { client_id, reason } => {
+            let v = admin
+                .call(
+                    M::POST,
+                    &format!("/clients/{client_id}/deactivate"),
+                    Some(json!({"reason": reason})),
+                )
+                .await?;
+            print(j, &v, print_client)
+        }
+        AppCommand::Audit {
+            application,
+            client,
+            limit,
+        } => {
+            let mut q = vec![format!("limit={limit}")];
+            if let Some(a) = application {
+                q.push(format!("application_id={a}"));
+            }
+            if let Some(c) = client {
+                q.push(format!("client_id={c}"));
+            }
+            let v = admin
+                .call(M::GET, &format!("/audit?{}", q.join("&")), None)
+                .await?;
+            print(j, &v, |v| {
+                let mut t = table(&["at", "actor", "action", "application", "client", "detail"]);
+                for e in v["entries"].as_array().into_iter().flatten() {
+                    t.add_row(vec![
+                        s(&e["at"]),
+                        s(&e["actor"]),
+                        s(&e["action"]),
+                        s(&e["application_id"]),
+                        s(&e["client_id"]),
+                        e["detail"].to_string(),
+                    ]);
+                }
+                println!("{t}");
+            })
+        }
+    }
+}
+
+/// Runs a `keys` subcommand.
+pub(crate) async fn keys(target: Target, auth: AdminAuth, cmd: KeysCommand) -> anyhow::Result<()> {
+    let admin = Admin::new(&target, &auth)?;
+    match cmd {
+        KeysCommand::Rotate => {
+            let v = admin
+                .call(reqwest::Method::POST, "/keys/rotate", None)
+                .await?;
+            print(auth.json, &v, |v| {
+                println!("new signing key: {}", s(&v["kid"]))
+            })
+        }
+    }
+}
+
+/// The token source that `token`, `sub`, `pub` and `replay` authenticate with.
+pub(crate) fn token_source(target: &Target, args: &TokenArgs) -> anyhow::Result<TokenSource> {
+    let source = match (&args.client_secret, &args.private_key) {
+        (Some(secret), _) => TokenSource::client_secret(&target.url, &args.client_id, secret),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let mut key = if text.trim_start().starts_with('{') {
+                PrivateKey::from_jwk(&text)?
+            } else {
+                PrivateKey::from_pem(&text)?
+            };
+            if let Some(kid) = &args.kid {
+                key = key.with_kid(kid);
+            }
+            TokenSource::private_key(&target.url, &args.client_id, key)
+        }
+        (None, None) => {
+            bail!("give --client-secret (or SCOPECAST_CLIENT_SECRET) or --private-key FILE")
+        }
+    };
+    Ok(match &args.scope {
+        Some(scope) => source.with_scope(scope),
+        None => source,
+    })
+}
+
+/// `scopecast token`: prints an access token (or the whole response with `--json`).
+pub(crate) async fn token(target: Target, args: TokenArgs) -> anyhow::Result<()> {
+    let source = token_source(&target, &args)?;
+    let t = source.fetch().await?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"access_token": t.access_token, "token_type": "Bearer", "expires_in": t.expires_in, "scope": t.scope})
+        );
+    } else {
+        println!("{}", t.access_token);
+    }
+    Ok(())
+}
