@@ -1,14 +1,18 @@
 //! Support for Scopecast's end-to-end tests (the tests themselves are in `tests/tests/`).
 //!
 //! - [`TestBroker`]: a real broker on `127.0.0.1:0` with its own temporary data folder,
-//!   stopped when dropped.
+//!   stopped when dropped, with helpers for the admin API and the token endpoint.
 //! - [`test_config`]: the configuration tests start from.
+//! - [`keys`]: real key pairs (EC P-256, P-384, RSA) for `private_key_jwt` and foreign issuers.
+
+pub mod keys;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use scopecast_broker::{Config, LogMode};
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -28,10 +32,62 @@ pub fn test_config() -> Config {
     }
 }
 
+/// A client ID and its secret, as `app create` returned them.
+#[derive(Debug, Clone)]
+pub struct TestClient {
+    /// The client ID.
+    pub client_id: String,
+    /// Its secret.
+    pub secret: String,
+}
+
+/// A registered application.
+#[derive(Debug, Clone)]
+pub struct TestApp {
+    /// Application id.
+    pub id: String,
+    /// The production client.
+    pub production: TestClient,
+    /// The non-production client.
+    pub non_production: TestClient,
+}
+
+/// An HTTP answer: status, headers and JSON body (`Null` when not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Body as JSON.
+    pub body: Value,
+}
+
+impl Answer {
+    async fn from(resp: reqwest::Response) -> Answer {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
 /// A broker running in this process on an ephemeral port.
 pub struct TestBroker {
     addr: SocketAddr,
     data_dir: PathBuf,
+    admin_token: String,
+    http: reqwest::Client,
     /// Owns the temporary data folder; removed when the broker is dropped.
     _temp: TempDir,
     /// Dropping or sending on it starts the broker's graceful shutdown.
@@ -40,10 +96,11 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
-    /// Starts a broker with `config`, on `127.0.0.1:0`, in a fresh temporary data folder.
+    /// Starts a broker with `config`, on `127.0.0.1:0`, in a fresh temporary data folder, and
+    /// waits until it answers `/healthz`.
     ///
     /// # Panics
-    /// When the port cannot be bound or the folder cannot be made: a test cannot go on.
+    /// When the broker cannot start: a test cannot go on.
     pub async fn start(mut config: Config) -> TestBroker {
         let temp = tempfile::tempdir().expect("temporary data folder");
         config.data_dir = temp.path().join("data");
@@ -53,12 +110,46 @@ impl TestBroker {
         let addr = listener.local_addr().expect("local address");
         let (tx, rx) = oneshot::channel::<()>();
         let data_dir = config.data_dir.clone();
+        let configured_admin = config.admin_token.clone();
         let task = tokio::spawn(scopecast_broker::run(listener, config, async move {
             let _ = rx.await;
         }));
+        let http = reqwest::Client::builder()
+            .timeout(WAIT)
+            .build()
+            .expect("http client");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if task.is_finished() {
+                let result = task.await.expect("broker task");
+                panic!("broker stopped at start: {result:?}");
+            }
+            if http
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "broker did not answer /healthz"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let admin_token = match configured_admin {
+            Some(t) => t,
+            None => std::fs::read_to_string(data_dir.join(scopecast_broker::ADMIN_TOKEN_FILE))
+                .expect("admin.token")
+                .trim()
+                .to_owned(),
+        };
         TestBroker {
             addr,
             data_dir,
+            admin_token,
+            http,
             _temp: temp,
             shutdown: Some(tx),
             task: Some(task),
@@ -68,6 +159,11 @@ impl TestBroker {
     /// The socket address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`: the broker's public URL, issuer and audience.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// `http://127.0.0.1:PORT` followed by `path`.
@@ -80,9 +176,127 @@ impl TestBroker {
         format!("ws://{}{path}", self.addr)
     }
 
+    /// The token endpoint URL (the `aud` of client assertions).
+    pub fn token_endpoint(&self) -> String {
+        self.http_url("/oauth2/token")
+    }
+
     /// Its data folder.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The admin credential.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Calls the admin API with the admin credential.
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
+        let mut req = self
+            .http
+            .request(method, self.http_url(&format!("/admin/v1{path}")))
+            .bearer_auth(&self.admin_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        Answer::from(req.send().await.expect("admin request")).await
+    }
+
+    /// Registers an application with `scope` as its ceiling; both client IDs start inactive.
+    pub async fn create_app(&self, name: &str, scope: &str) -> TestApp {
+        let a = self
+            .admin(
+                reqwest::Method::POST,
+                "/applications",
+                Some(json!({"name": name, "vendor": "Test Vendor", "scope": scope})),
+            )
+            .await;
+        assert_eq!(a.status, 201, "create_app: {:?}", a.body);
+        let client = |k: &str| TestClient {
+            client_id: a.body["clients"][k]["client_id"]
+                .as_str()
+                .expect("client_id")
+                .to_owned(),
+            secret: a.body["clients"][k]["client_secret"]
+                .as_str()
+                .expect("client_secret")
+                .to_owned(),
+        };
+        TestApp {
+            id: a.body["id"].as_str().expect("id").to_owned(),
+            production: client("production"),
+            non_production: client("non_production"),
+        }
+    }
+
+    /// Activates a client ID.
+    pub async fn activate(&self, client_id: &str) {
+        let a = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/clients/{client_id}/activate"),
+                Some(json!({"reason": "test"})),
+            )
+            .await;
+        assert_eq!(a.status, 200, "activate: {:?}", a.body);
+    }
+
+    /// Deactivates a client ID.
+    pub async fn deactivate(&self, client_id: &str) {
+        let a = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/clients/{client_id}/deactivate"),
+                Some(json!({"reason": "test"})),
+            )
+            .await;
+        assert_eq!(a.status, 200, "deactivate: {:?}", a.body);
+    }
+
+    /// Registers an application whose non-production client is active; returns that client.
+    pub async fn active_client(&self, name: &str, scope: &str) -> TestClient {
+        let app = self.create_app(name, scope).await;
+        self.activate(&app.non_production.client_id).await;
+        app.non_production
+    }
+
+    /// Posts a form to the token endpoint, optionally with HTTP Basic credentials.
+    pub async fn token_request(
+        &self,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Answer {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut req = self
+            .http
+            .post(self.token_endpoint())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some((id, secret)) = basic {
+            req = req.basic_auth(enc(id), Some(enc(secret)));
+        }
+        Answer::from(req.send().await.expect("token request")).await
+    }
+
+    /// An access token for `client` by `client_secret_basic`, or a panic.
+    pub async fn token(&self, client: &TestClient, scope: Option<&str>) -> String {
+        let mut form = vec![("grant_type", "client_credentials")];
+        if let Some(s) = scope {
+            form.push(("scope", s));
+        }
+        let a = self
+            .token_request(&form, Some((&client.client_id, &client.secret)))
+            .await;
+        assert_eq!(a.status, 200, "token: {:?}", a.body);
+        a.body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
     }
 
     /// Starts graceful shutdown and waits for the broker to stop.
@@ -100,6 +314,21 @@ impl TestBroker {
         tokio::time::timeout(WAIT, task).await???;
         Ok(())
     }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one component.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 impl Drop for TestBroker {
