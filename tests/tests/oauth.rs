@@ -511,7 +511,7 @@ async fn admin_api_errors_name_the_field_and_use_the_right_status() {
         ),
         (
             json!({"name": "n", "vendor": "v", "scope": "subscribe:a", "extra": 1}),
-            "body",
+            "extra",
         ),
     ] {
         let a = broker
