@@ -72,6 +72,17 @@ impl TestKey {
         }
     }
 
+    /// The same key material as `other` (for tests that only change the `kid`).
+    pub fn rsa_shared(other: &TestKey) -> TestKey {
+        TestKey {
+            kid: other.kid.clone(),
+            alg: other.alg,
+            pem: other.pem.clone(),
+            public_jwk: other.public_jwk.clone(),
+            encoding: other.encoding.clone(),
+        }
+    }
+
     /// A JWK Set holding only this public key.
     pub fn jwks(&self) -> Value {
         json!({"keys": [self.public_jwk]})
