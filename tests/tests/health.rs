@@ -1,5 +1,8 @@
 //! The broker starts on port 0, answers health checks, and stops by itself.
 
+// A test that cannot go on should stop at once, with the value it choked on.
+#![allow(clippy::unwrap_used)]
+
 use scopecast_tests::{TestBroker, WAIT, test_config};
 
 #[tokio::test]

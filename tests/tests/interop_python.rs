@@ -2,6 +2,9 @@
 //! and PyJWT verifies it against our JWK Set. `.ci/run` installs both (`pip install authlib
 //! pyjwt cryptography requests`).
 
+// A test that cannot go on should stop at once, with the value it choked on.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 use reqwest::Method;

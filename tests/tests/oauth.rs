@@ -1,6 +1,9 @@
 //! The authorization server over real HTTP: client credentials with a secret and with
 //! `private_key_jwt`, every RFC 6749 section 5.2 error, key rotation, the admin API's errors.
 
+// A test that cannot go on should stop at once, with the value it choked on.
+#![allow(clippy::unwrap_used)]
+
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use reqwest::Method;
 use scopecast_tests::keys::{TestKey, assertion, forged, now};

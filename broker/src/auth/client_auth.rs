@@ -220,7 +220,10 @@ impl ClientAuthenticator {
 
     fn remember(&self, client_id: &str, jti: &str, until: i64) -> Result<(), String> {
         let now = now_s();
-        if self.inserts.fetch_add(1, Ordering::Relaxed) % 1024 == 0
+        if self
+            .inserts
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(1024)
             || self.seen.len() >= MAX_REMEMBERED_JTIS
         {
             self.seen.retain(|_, exp| *exp >= now);

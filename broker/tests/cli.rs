@@ -1,0 +1,243 @@
+//! The `scopecast` binary end to end: `serve` on port 0 in a temporary data folder, then the
+//! admin and token subcommands against it, then SIGTERM.
+
+// A test that cannot go on should stop at once, with the value it choked on.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_scopecast");
+
+/// A running `scopecast serve`, killed when dropped.
+struct Served {
+    child: Child,
+    url: String,
+    data_dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve() -> Served {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "memory",
+            "--data-dir",
+        ])
+        .arg(data_dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("local=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("serve printed its address");
+    Served {
+        child,
+        url: format!("http://{addr}"),
+        data_dir,
+    }
+}
+
+fn run(served: &Served, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--url", &served.url])
+        .env("SCOPECAST_DATA_DIR", served.data_dir.path())
+        .env_remove("SCOPECAST_ADMIN_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn first_start_creates_a_private_admin_credential_and_signing_key() {
+    let served = serve();
+    let token = served.data_dir.path().join("admin.token");
+    let keys = served.data_dir.path().join("signing-keys.json");
+    assert!(token.is_file() && keys.is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&token, &keys] {
+            assert_eq!(
+                std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn app_lifecycle_and_token_through_the_cli() {
+    let served = serve();
+    let created = json(&run(
+        &served,
+        &[
+            "app",
+            "create",
+            "--name",
+            "Bed Board",
+            "--vendor",
+            "Acme",
+            "--scope",
+            "subscribe:adt.>",
+            "--json",
+        ],
+    ));
+    let np = &created["clients"]["non_production"];
+    let client_id = np["client_id"].as_str().unwrap().to_owned();
+    let secret = np["client_secret"].as_str().unwrap().to_owned();
+    assert!(created["clients"]["production"]["client_secret"].is_string());
+
+    // Inactive: the token command fails and says why.
+    let out = run(
+        &served,
+        &[
+            "token",
+            "--client-id",
+            &client_id,
+            "--client-secret",
+            &secret,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized_client"));
+
+    json(&run(
+        &served,
+        &["app", "activate", &client_id, "--reason", "pilot", "--json"],
+    ));
+    let out = run(
+        &served,
+        &[
+            "token",
+            "--client-id",
+            &client_id,
+            "--client-secret",
+            &secret,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        token.trim().split('.').count(),
+        3,
+        "stdout is the token alone"
+    );
+
+    let listed = json(&run(&served, &["app", "list", "--json"]));
+    assert_eq!(listed["applications"].as_array().unwrap().len(), 1);
+    assert!(
+        !listed.to_string().contains(&secret),
+        "a secret in `app list`"
+    );
+    let shown = json(&run(&served, &["app", "show", &client_id, "--json"]));
+    assert_eq!(shown["name"], "Bed Board");
+
+    let scoped = json(&run(
+        &served,
+        &[
+            "app",
+            "set-scope",
+            shown["id"].as_str().unwrap(),
+            "subscribe:adt.x",
+            "--json",
+        ],
+    ));
+    assert_eq!(scoped["scope"], "subscribe:adt.x");
+    let rotated = json(&run(
+        &served,
+        &["app", "rotate-secret", &client_id, "--json"],
+    ));
+    assert_ne!(rotated["client_secret"], secret.as_str());
+    let kid = json(&run(&served, &["keys", "rotate", "--json"]));
+    assert!(kid["kid"].is_string());
+
+    let table = run(&served, &["app", "list"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("Bed Board"));
+
+    let bad = run(
+        &served,
+        &[
+            "app",
+            "create",
+            "--name",
+            "",
+            "--vendor",
+            "Acme",
+            "--scope",
+            "subscribe:a",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("name"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_broker_gracefully() {
+    let mut served = serve();
+    let pid = served.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
