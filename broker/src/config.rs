@@ -286,6 +286,7 @@ mod tests {
             )?;
             jail.set_env("SCOPECAST_LISTEN", "127.0.0.1:9001");
             jail.set_env("SCOPECAST_URL", "http://ignored.example");
+            jail.set_env("SCOPECAST_OAUTH__TOKEN_LIFETIME_S", "60");
             let flags = Overrides {
                 log: Some(LogMode::Durable),
                 ..Overrides::default()
@@ -295,6 +296,7 @@ mod tests {
             assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
             assert_eq!(c.environment, EnvironmentKind::Production);
             assert_eq!(c.log, LogMode::Durable);
+            assert_eq!(c.oauth.token_lifetime_s, 60);
             Ok(())
         });
     }
