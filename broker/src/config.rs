@@ -76,6 +76,71 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// The authorization server and token verification.
     pub oauth: OAuthConfig,
+    /// Per-connection and per-client limits.
+    pub limits: LimitsConfig,
+    /// The HTTP publish and history APIs.
+    pub http: HttpConfig,
+    /// Most events the in-memory log keeps (`log = "memory"`).
+    pub memory_log_events: usize,
+}
+
+/// Limits (PROTOCOL.md section 9). Each is announced to clients where it concerns them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest WebSocket message (and frame) a client may send, in bytes; larger: close 1009.
+    pub max_frame_bytes: usize,
+    /// Most subscriptions on one connection.
+    pub max_subscriptions: usize,
+    /// Most simultaneous connections per client ID; more: HTTP 429 or close 4029.
+    pub max_connections_per_client: usize,
+    /// Publishes per second per client ID (token bucket, burst of one second); 0: no limit.
+    pub publish_rate_per_sec: u32,
+    /// Outbound queue per connection, in bytes; past it: close 4008.
+    pub outbound_queue_bytes: usize,
+    /// Time for the first `auth` frame when the upgrade had no token, in ms; then close 4001.
+    pub auth_timeout_ms: u64,
+    /// Malformed frames in a row before closing with 4000.
+    pub max_bad_frames: u32,
+    /// Interval of server WebSocket pings, in ms; a peer silent for two intervals is closed 4009.
+    pub heartbeat_ms: u64,
+    /// How long before token expiry `token_expiring` is sent, in ms (at most half the lifetime).
+    pub token_warning_ms: u64,
+    /// Largest HTTP publish body, in bytes.
+    pub max_publish_body_bytes: usize,
+    /// Publish requests waiting for the sequencer before publishers wait.
+    pub publish_queue: usize,
+    /// WebSocket read buffer per connection, in bytes.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: 1 << 20,
+            max_subscriptions: 1_000,
+            max_connections_per_client: 1_000,
+            publish_rate_per_sec: 1_000,
+            outbound_queue_bytes: 8 << 20,
+            auth_timeout_ms: 5_000,
+            max_bad_frames: 8,
+            heartbeat_ms: 20_000,
+            token_warning_ms: 60_000,
+            max_publish_body_bytes: 1 << 20,
+            publish_queue: 8_192,
+            read_buffer_bytes: 4_096,
+        }
+    }
+}
+
+/// The HTTP APIs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Lets the HTTP publish and history APIs identify a client by the `Scopecast-Client-Id`
+    /// header instead of a token, for client IDs an admin enabled it for (DESIGN section 6).
+    /// WebSocket subscriptions always need a token.
+    pub client_id_header: bool,
 }
 
 /// OAuth2 settings (DESIGN section 4).
@@ -146,6 +211,9 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             admin_token: None,
             oauth: OAuthConfig::default(),
+            limits: LimitsConfig::default(),
+            http: HttpConfig::default(),
+            memory_log_events: 100_000,
         }
     }
 }
@@ -229,6 +297,98 @@ impl Config {
                 "shutdown_grace_ms",
                 "must be at most 600000 (10 minutes)",
             ));
+        }
+        if let Some(t) = &self.admin_token
+            && (t.len() < 32 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid(
+                "admin_token",
+                "must be at least 32 characters, no whitespace",
+            ));
+        }
+        let l = &self.limits;
+        if !(256..=64 << 20).contains(&l.max_frame_bytes) {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                "must be 256 bytes to 64 MiB",
+            ));
+        }
+        if l.max_subscriptions == 0 || l.max_connections_per_client == 0 {
+            return Err(invalid(
+                "limits",
+                "max_subscriptions and max_connections_per_client must be at least 1",
+            ));
+        }
+        if l.outbound_queue_bytes < l.max_frame_bytes.min(64 << 10) {
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                "must hold at least one frame (64 KiB or max_frame_bytes)",
+            ));
+        }
+        if !(100..=600_000).contains(&l.auth_timeout_ms) {
+            return Err(invalid(
+                "limits.auth_timeout_ms",
+                "must be 100 to 600000 ms",
+            ));
+        }
+        if !(100..=600_000).contains(&l.heartbeat_ms) {
+            return Err(invalid("limits.heartbeat_ms", "must be 100 to 600000 ms"));
+        }
+        if l.max_bad_frames == 0 || l.publish_queue == 0 {
+            return Err(invalid(
+                "limits",
+                "max_bad_frames and publish_queue must be at least 1",
+            ));
+        }
+        if !(1024..=1 << 20).contains(&l.read_buffer_bytes) {
+            return Err(invalid(
+                "limits.read_buffer_bytes",
+                "must be 1 KiB to 1 MiB",
+            ));
+        }
+        if self.memory_log_events == 0 {
+            return Err(invalid("memory_log_events", "must be at least 1"));
+        }
+        let o = &self.oauth;
+        if let Some(url) = &o.public_url {
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.query().is_none() => {}
+                _ => {
+                    return Err(invalid(
+                        "oauth.public_url",
+                        "must be an http(s) URL without a query",
+                    ));
+                }
+            }
+        }
+        if !(5..=86_400).contains(&o.token_lifetime_s) {
+            return Err(invalid(
+                "oauth.token_lifetime_s",
+                "must be 5 to 86400 seconds",
+            ));
+        }
+        if o.leeway_s > 300 {
+            return Err(invalid("oauth.leeway_s", "must be at most 300 seconds"));
+        }
+        if !(100..=60_000).contains(&o.jwks_fetch_timeout_ms) {
+            return Err(invalid(
+                "oauth.jwks_fetch_timeout_ms",
+                "must be 100 to 60000 ms",
+            ));
+        }
+        for issuer in &o.external_issuers {
+            if issuer.issuer.is_empty() || issuer.audience.is_empty() {
+                return Err(invalid(
+                    "oauth.external_issuers",
+                    "each needs `issuer` and `audience`",
+                ));
+            }
+            if issuer.jwks_file.is_some() == issuer.jwks_uri.is_some() {
+                return Err(invalid(
+                    "oauth.external_issuers",
+                    "each needs exactly one of `jwks_file` and `jwks_uri`",
+                ));
+            }
         }
         Ok(())
     }
@@ -315,6 +475,44 @@ mod tests {
             assert!(err.to_string().contains("environment_name"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_field() {
+        let mut c = Config::default();
+        c.oauth.token_lifetime_s = 1;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("oauth.token_lifetime_s")
+        );
+        let mut c = Config::default();
+        c.limits.max_frame_bytes = 10;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("limits.max_frame_bytes")
+        );
+        let c = Config {
+            admin_token: Some("short".into()),
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("admin_token")
+        );
+        let mut c = Config::default();
+        c.oauth.public_url = Some("ftp://x".into());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("oauth.public_url")
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod registry;
 mod server;
 
 pub use config::{
-    Config, ConfigError, EnvironmentKind, ExternalIssuer, LogMode, OAuthConfig, Overrides,
+    Config, ConfigError, EnvironmentKind, ExternalIssuer, HttpConfig, LimitsConfig, LogMode,
+    OAuthConfig, Overrides,
 };
 pub use server::{ADMIN_TOKEN_FILE, REGISTRY_FILE, SIGNING_KEYS_FILE, ServeError, run};

@@ -109,6 +109,21 @@ id_type!(
     "event_id"
 );
 
+impl EventId {
+    /// The hyphenated lower-case form of a 16-byte UUID (RFC 9562), always a valid event id.
+    pub fn from_uuid(bytes: [u8; 16]) -> EventId {
+        let mut s = String::with_capacity(36);
+        for (i, b) in bytes.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                s.push('-');
+            }
+            s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            s.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+        }
+        EventId(Arc::from(s))
+    }
+}
+
 /// An identifier that breaks its rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{what}` must be 1 to {max} bytes of visible ASCII (0x21 to 0x7E)")]
@@ -1193,6 +1208,13 @@ mod tests {
         assert_eq!(v["error"], "insufficient_scope");
         assert_eq!(v["id"], "s1");
         assert_eq!(v["required_scope"], "subscribe:adt.>");
+    }
+
+    #[test]
+    fn uuid_event_ids_are_hyphenated_lower_hex() {
+        let id = EventId::from_uuid([0xab; 16]);
+        assert_eq!(id.as_str(), "abababab-abab-abab-abab-abababababab");
+        assert_eq!(EventId::new(id.as_str()).unwrap(), id);
     }
 
     #[test]

@@ -1,0 +1,201 @@
+//! A session's outbound queue: bounded in bytes, shared by the fan-out (which pushes without
+//! ever waiting) and the session task (which drains everything queued, writes it all, then
+//! flushes once).
+//!
+//! Overflow policy (DESIGN section 5, "Back-pressure"): a push that would take the queue past
+//! its byte limit drops the whole queue and marks the session closed with 4008 (slow
+//! consumer); publishers and other sessions never wait for it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+use parking_lot::Mutex;
+use scopecast_protocol::CloseCode;
+use tokio::sync::Notify;
+
+/// One queued frame: its text, and when it was published (events only, for the latency metric).
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The frame's text, shared between sessions.
+    pub text: Utf8Bytes,
+    /// When the broker accepted the event; `None` for replies.
+    pub published_at: Option<Instant>,
+}
+
+/// What the session task takes from the outbox in one go.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Frames to write, in order.
+    pub frames: VecDeque<Queued>,
+    /// Set when the session must close after writing `frames`.
+    pub close: Option<(CloseCode, String)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Queued>,
+    bytes: usize,
+    close: Option<(CloseCode, String)>,
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The session is closing; the frame was dropped.
+    Closed,
+    /// This push overflowed the queue: the session is now closing with 4008.
+    Overflow,
+}
+
+/// A bounded outbound queue. Owned by an `Arc<SessionHandle>`; lives as long as the session.
+#[derive(Debug)]
+pub struct Outbox {
+    limit_bytes: usize,
+    state: Mutex<State>,
+    /// True once a close is decided: later pushes are dropped without taking the lock.
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+impl Outbox {
+    /// An empty queue holding at most `limit_bytes` bytes of frames.
+    pub fn new(limit_bytes: usize) -> Outbox {
+        Outbox { limit_bytes, state: Mutex::new(State::default()), closed: AtomicBool::new(false), notify: Notify::new() }
+    }
+
+    /// Queues a frame without waiting.
+    ///
+    /// # Errors
+    /// [`PushError::Closed`] when the session is closing, [`PushError::Overflow`] when this
+    /// push overflowed the byte limit (the session now closes with 4008).
+    pub fn push(&self, frame: Queued) -> Result<(), PushError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PushError::Closed);
+        }
+        let mut st = self.state.lock();
+        if st.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        let len = frame.text.len();
+        if st.bytes + len > self.limit_bytes {
+            st.frames.clear();
+            st.bytes = 0;
+            st.close = Some((CloseCode::SlowConsumer, format!("outbound queue over {} bytes", self.limit_bytes)));
+            self.closed.store(true, Ordering::Release);
+            drop(st);
+            self.notify.notify_one();
+            return Err(PushError::Overflow);
+        }
+        st.bytes += len;
+        let was_empty = st.frames.is_empty();
+        st.frames.push_back(frame);
+        drop(st);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Asks the session to close with `code` after what is already queued (`flush: true`), or
+    /// at once, dropping what is queued (`flush: false`). The first close decided wins.
+    pub fn close(&self, code: CloseCode, reason: &str, flush: bool) {
+        let mut st = self.state.lock();
+        if st.close.is_none() {
+            if !flush {
+                st.frames.clear();
+                st.bytes = 0;
+            }
+            st.close = Some((code, reason.to_owned()));
+            self.closed.store(true, Ordering::Release);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// True once a close has been decided.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
+    /// Waits until something is queued or a close is decided.
+    pub async fn ready(&self) {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let st = self.state.lock();
+                if !st.frames.is_empty() || st.close.is_some() {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes everything queued (and the close decision, if any).
+    pub fn drain(&self) -> Drained {
+        let mut st = self.state.lock();
+        st.bytes = 0;
+        Drained { frames: std::mem::take(&mut st.frames), close: st.close.take() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> Queued {
+        Queued { text: Utf8Bytes::from(s), published_at: None }
+    }
+
+    #[test]
+    fn drains_in_order_and_counts_bytes() {
+        let o = Outbox::new(100);
+        o.push(q("ab")).unwrap();
+        o.push(q("cde")).unwrap();
+        assert_eq!(o.queued_bytes(), 5);
+        let d = o.drain();
+        let texts: Vec<&str> = d.frames.iter().map(|f| f.text.as_str()).collect();
+        assert_eq!(texts, ["ab", "cde"]);
+        assert!(d.close.is_none());
+        assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn overflow_drops_the_queue_and_closes_with_4008() {
+        let o = Outbox::new(10);
+        o.push(q("12345")).unwrap();
+        assert_eq!(o.push(q("1234567")), Err(PushError::Overflow));
+        assert_eq!(o.push(q("1")), Err(PushError::Closed));
+        let d = o.drain();
+        assert!(d.frames.is_empty());
+        assert_eq!(d.close.unwrap().0, CloseCode::SlowConsumer);
+    }
+
+    #[test]
+    fn close_with_flush_keeps_what_is_queued() {
+        let o = Outbox::new(100);
+        o.push(q("last words")).unwrap();
+        o.close(CloseCode::GoingAway, "shutdown", true);
+        o.close(CloseCode::Forbidden, "ignored: the first close wins", false);
+        let d = o.drain();
+        assert_eq!(d.frames.len(), 1);
+        assert_eq!(d.close.unwrap().0, CloseCode::GoingAway);
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_on_push() {
+        let o = std::sync::Arc::new(Outbox::new(100));
+        let o2 = o.clone();
+        let t = tokio::spawn(async move { o2.ready().await });
+        tokio::task::yield_now().await;
+        o.push(q("x")).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), t).await.unwrap().unwrap();
+    }
+}

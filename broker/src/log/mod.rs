@@ -1,0 +1,51 @@
+//! The event log: every accepted event with its broker-wide `seq` (DESIGN section 7), behind a
+//! small trait so that durable stores (on disk, NATS JetStream) plug in without touching the
+//! sessions or the fan-out.
+//!
+//! - `memory`: [`MemoryLog`], in memory with a retention by count (tests, `--log memory`).
+
+mod memory;
+
+use async_trait::async_trait;
+use scopecast_protocol::{EventId, RawJson, Timestamp, Topic};
+
+pub use memory::MemoryLog;
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Its place in the broker-wide sequence, from 1.
+    pub seq: u64,
+    /// The topic it was published to.
+    pub topic: Topic,
+    /// Its event id.
+    pub event_id: EventId,
+    /// When the broker accepted it.
+    pub time: Timestamp,
+    /// The payload, exactly as published.
+    pub data: RawJson,
+}
+
+/// A failure of the log's store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogError {
+    /// The store cannot take events now (disk full, I/O error); nothing was stored.
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// An append-only log of events, ordered by `seq`.
+///
+/// Only the broker's sequencer appends, one batch at a time, with `seq`s it assigned:
+/// contiguous and greater than [`EventLog::last_seq`].
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Stores a batch. When it returns `Ok`, the events are as durable as the log promises.
+    async fn append(&self, events: &[StoredEvent]) -> Result<(), LogError>;
+    /// The newest stored `seq` (0 when empty, and never lower after a restart).
+    fn last_seq(&self) -> u64;
+    /// Up to `limit` events with `seq` greater than `after`, in `seq` order.
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError>;
+    /// The oldest `seq` still retained (`last_seq() + 1` when empty).
+    fn first_seq(&self) -> u64;
+}
