@@ -122,6 +122,18 @@ pub(crate) enum AppCommand {
         #[arg(long)]
         none: bool,
     },
+    /// Allow or forbid identifying a client by the Scopecast-Client-Id header on the HTTP
+    /// publish API (only where the broker's `http.client_id_header` setting is on).
+    ClientIdHeader {
+        /// Client ID.
+        client_id: String,
+        /// Allow it.
+        #[arg(long, conflicts_with = "disable", required_unless_present = "disable")]
+        enable: bool,
+        /// Forbid it.
+        #[arg(long)]
+        disable: bool,
+    },
     /// Give a client a new secret (printed once); the old one stops working at once.
     RotateSecret {
         /// Client ID.
@@ -299,6 +311,7 @@ fn print_client(client: &Value) {
         "kind",
         "active",
         "has_secret",
+        "client_id_header",
         "updated_at",
         "application_id",
     ] {
@@ -459,6 +472,20 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                 .call(M::PUT, &format!("/clients/{client_id}/keys"), Some(body))
                 .await?;
             print(j, &client, print_client)
+        }
+        AppCommand::ClientIdHeader {
+            client_id,
+            enable,
+            disable: _,
+        } => {
+            let v = admin
+                .call(
+                    M::PUT,
+                    &format!("/clients/{client_id}/client-id-header"),
+                    Some(json!({"enabled": enable})),
+                )
+                .await?;
+            print(j, &v, print_client)
         }
         AppCommand::RotateSecret { client_id } => {
             let v = admin

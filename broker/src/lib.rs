@@ -5,6 +5,10 @@
 //! - `server`: [`run`]: start-up on a bound listener, the data folder, graceful shutdown.
 //! - [`registry`]: applications, client IDs, credentials, activations, audit; SQLite store.
 //! - [`auth`]: OAuth2 secrets, signing keys, tokens and verification.
+//! - [`fanout`]: the sequencer, the topic index and per-session outboxes.
+//! - [`log`]: the [`log::EventLog`] trait and its stores.
+//! - [`session`]: one WebSocket session of `scopecast.v1`.
+//! - [`metrics`]: Prometheus metrics.
 //! - `http`: the HTTP routes on the one port (health, readiness; more with each issue).
 //!
 //! `src/main.rs` is the thin `scopecast` binary: it parses the CLI, installs tracing and calls
@@ -12,9 +16,13 @@
 
 pub mod auth;
 mod config;
+pub mod fanout;
 mod http;
+pub mod log;
+pub mod metrics;
 pub mod registry;
 mod server;
+pub mod session;
 
 pub use config::{
     Config, ConfigError, EnvironmentKind, ExternalIssuer, HttpConfig, LimitsConfig, LogMode,

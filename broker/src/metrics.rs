@@ -2,7 +2,8 @@
 //! and reasons are fixed sets, and client IDs are registered by an admin (DESIGN section 9).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the broker exports. Cheap to share behind an `Arc`.
@@ -41,7 +42,10 @@ impl Metrics {
         let registry = Registry::new_custom(Some("scopecast".into()), None)?;
         let connections = IntGauge::new("connections", "Open WebSocket connections")?;
         let client_connections = IntGaugeVec::new(
-            Opts::new("client_connections", "Open WebSocket connections by client ID"),
+            Opts::new(
+                "client_connections",
+                "Open WebSocket connections by client ID",
+            ),
             &["client_id"],
         )?;
         let subscriptions = IntGauge::new("subscriptions", "Live subscriptions")?;
@@ -49,17 +53,30 @@ impl Metrics {
             Opts::new("subscribe_results_total", "Subscribe requests by outcome"),
             &["outcome"],
         )?;
-        let events_published = IntCounter::new("events_published_total", "Events accepted and sequenced")?;
-        let events_delivered = IntCounter::new("events_delivered_total", "Event frames queued to sessions")?;
-        let slow_consumer_closes = IntCounter::new("slow_consumer_closes_total", "Sessions closed with 4008")?;
+        let events_published =
+            IntCounter::new("events_published_total", "Events accepted and sequenced")?;
+        let events_delivered =
+            IntCounter::new("events_delivered_total", "Event frames queued to sessions")?;
+        let slow_consumer_closes =
+            IntCounter::new("slow_consumer_closes_total", "Sessions closed with 4008")?;
         let auth_failures = IntCounterVec::new(
-            Opts::new("auth_failures_total", "Token and credential refusals by reason"),
+            Opts::new(
+                "auth_failures_total",
+                "Token and credential refusals by reason",
+            ),
             &["reason"],
         )?;
-        let publish_rate_limited = IntCounter::new("publish_rate_limited_total", "Publishes refused for rate")?;
+        let publish_rate_limited =
+            IntCounter::new("publish_rate_limited_total", "Publishes refused for rate")?;
         let publish_to_deliver = Histogram::with_opts(
-            HistogramOpts::new("publish_to_deliver_seconds", "From accepting an event to writing it to a socket")
-                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new(
+                "publish_to_deliver_seconds",
+                "From accepting an event to writing it to a socket",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ]),
         )?;
         for c in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
@@ -109,7 +126,11 @@ mod tests {
         m.auth_failures.with_label_values(&["expired"]).inc();
         m.publish_to_deliver.observe(0.001);
         let text = m.render();
-        for name in ["scopecast_connections", "scopecast_subscribe_results_total", "scopecast_publish_to_deliver_seconds_bucket"] {
+        for name in [
+            "scopecast_connections",
+            "scopecast_subscribe_results_total",
+            "scopecast_publish_to_deliver_seconds_bucket",
+        ] {
             assert!(text.contains(name), "{name} missing");
         }
     }

@@ -18,8 +18,14 @@ use crate::auth::keys::KeyRing;
 use crate::auth::secret;
 use crate::auth::token::{TokenIssuer, TokenVerifier};
 use crate::config::Config;
+use crate::config::LogMode;
+use crate::fanout::Bus;
 use crate::http;
+use crate::log::{EventLog, MemoryLog};
+use crate::metrics::Metrics;
 use crate::registry::{Registry, SqliteStore};
+use crate::session::Hub;
+use tokio_util::task::TaskTracker;
 
 /// The admin credential file in the data folder.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -59,9 +65,11 @@ pub(crate) struct Inner {
     pub(crate) ready: AtomicBool,
     pub(crate) registry: Registry,
     pub(crate) issuer: TokenIssuer,
-    #[allow(dead_code)] // Used by the WebSocket and publish endpoints.
-    pub(crate) verifier: TokenVerifier,
     pub(crate) client_auth: ClientAuthenticator,
+    /// What WebSocket sessions and the publish API share.
+    pub(crate) hub: Arc<Hub>,
+    /// Every WebSocket session task, so shutdown can wait for them.
+    pub(crate) sessions: TaskTracker,
     /// The admin API credential; compared in constant time, never logged.
     pub(crate) admin_token: String,
 }
@@ -126,36 +134,78 @@ pub async fn run(
         signing_keys = %keys_path.display(),
         "authorization server ready"
     );
+    let metrics =
+        Arc::new(Metrics::new().map_err(|e| ServeError::Startup(format!("metrics: {e}")))?);
+    let log: Arc<dyn EventLog> = match config.log {
+        LogMode::Memory => Arc::new(MemoryLog::new(config.memory_log_events)),
+        LogMode::Durable => {
+            tracing::warn!(
+                "the durable event log is not built yet: events are kept in memory only ({} newest) and lost on restart",
+                config.memory_log_events
+            );
+            Arc::new(MemoryLog::new(config.memory_log_events))
+        }
+    };
+    let (bus, sequencer) = Bus::start(log, metrics.clone(), config.limits.publish_queue);
+    let cancel = CancellationToken::new();
+    let hub = Arc::new(Hub::new(
+        bus,
+        verifier,
+        registry.clone(),
+        metrics,
+        config.limits.clone(),
+        cancel.clone(),
+    ));
+    let follower = tokio::spawn(hub.sessions.clone().follow(registry.clone()));
+    let sessions = TaskTracker::new();
     let state = AppState {
         inner: Arc::new(Inner {
             config,
             ready: AtomicBool::new(true),
             registry,
             issuer,
-            verifier,
             client_auth,
             admin_token,
+            hub,
+            sessions: sessions.clone(),
         }),
     };
     let app: Router = http::router(state.clone());
 
-    let cancel = CancellationToken::new();
     let on_signal = {
         let cancel = cancel.clone();
         let state = state.clone();
         async move {
             shutdown.await;
             state.inner.ready.store(false, Ordering::Release);
-            tracing::info!("shutdown requested; no longer accepting connections");
+            tracing::info!(
+                "shutdown requested; no longer accepting connections; closing sessions with 1001"
+            );
             cancel.cancel();
         }
     };
     let local = listener.local_addr()?;
     tracing::info!(%local, "scopecast listening");
-    let server = axum::serve(listener, app).with_graceful_shutdown(on_signal);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(on_signal);
     let server = tokio::spawn(async move { server.await });
     cancel.cancelled().await;
-    match tokio::time::timeout(grace, server).await {
+    // Sessions see the cancellation, queue a 1001 close after what they hold, and end.
+    sessions.close();
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "grace period over with sessions still open"
+        );
+    }
+    match tokio::time::timeout_at(deadline, server).await {
         Ok(Ok(result)) => result?,
         Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
         Err(_) => tracing::warn!(
@@ -163,6 +213,10 @@ pub async fn run(
             "grace period over; stopping"
         ),
     }
+    // Dropping the last Bus handles (in the state) stops the sequencer after its last batch.
+    drop(state);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sequencer).await;
+    follower.abort();
     tracing::info!("scopecast stopped");
     Ok(())
 }

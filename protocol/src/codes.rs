@@ -143,6 +143,8 @@ string_enum! {
         SubscriptionNotFound = "subscription_not_found",
         /// The connection already holds the most subscriptions allowed.
         TooManySubscriptions = "too_many_subscriptions",
+        /// The client ID already holds its most connections.
+        TooManyConnections = "too_many_connections",
         /// The client published faster than its allowed rate.
         PublishRateExceeded = "publish_rate_exceeded",
         /// An `event_id` was reused with a different topic or payload.
@@ -175,7 +177,9 @@ impl Reason {
             | Reason::ClientMismatch => ErrorCode::Forbidden,
             Reason::SubscriptionNotFound => ErrorCode::NotFound,
             Reason::FrameTooLarge => ErrorCode::TooLarge,
-            Reason::TooManySubscriptions | Reason::PublishRateExceeded => ErrorCode::RateLimited,
+            Reason::TooManySubscriptions
+            | Reason::TooManyConnections
+            | Reason::PublishRateExceeded => ErrorCode::RateLimited,
             Reason::EventIdConflict => ErrorCode::Conflict,
             Reason::LogUnavailable | Reason::ShuttingDown => ErrorCode::Unavailable,
             Reason::InternalError => ErrorCode::Internal,

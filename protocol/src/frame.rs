@@ -155,6 +155,22 @@ impl RawJson {
         serde_json::value::to_raw_value(value).map(RawJson)
     }
 
+    /// Checks `text` as an event payload, by the same rules as a `publish` frame's `data`:
+    /// one JSON value, not `null`, nesting at most [`MAX_DATA_DEPTH`], no lone surrogate
+    /// escapes, numbers within the f64 range. Surrounding whitespace is trimmed.
+    ///
+    /// # Errors
+    /// A sentence saying what is wrong.
+    pub fn payload(text: &str) -> Result<RawJson, String> {
+        let raw: Box<RawValue> =
+            serde_json::from_str(text.trim()).map_err(|e| format!("not one JSON value: {e}"))?;
+        if raw.get() == "null" {
+            return Err("the payload is null".to_owned());
+        }
+        check_data(&raw)?;
+        Ok(RawJson(raw))
+    }
+
     /// The JSON text.
     pub fn get(&self) -> &str {
         self.0.get()
@@ -1208,6 +1224,19 @@ mod tests {
         assert_eq!(v["error"], "insufficient_scope");
         assert_eq!(v["id"], "s1");
         assert_eq!(v["required_scope"], "subscribe:adt.>");
+    }
+
+    #[test]
+    fn http_payloads_follow_the_publish_rules() {
+        assert_eq!(
+            RawJson::payload(" {\"a\":1} \n").unwrap().get(),
+            "{\"a\":1}"
+        );
+        assert!(RawJson::payload("null").is_err());
+        assert!(RawJson::payload("{").is_err());
+        assert!(RawJson::payload("1 2").is_err());
+        assert!(RawJson::payload("\"\\ud800\"").is_err());
+        assert!(RawJson::payload(&format!("{}{}", "[".repeat(65), "]".repeat(65))).is_err());
     }
 
     #[test]

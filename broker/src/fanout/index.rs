@@ -24,7 +24,10 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.any.is_none() && self.here.is_empty() && self.tail.is_empty()
+        self.children.is_empty()
+            && self.any.is_none()
+            && self.here.is_empty()
+            && self.tail.is_empty()
     }
 
     fn walk(&self, segs: &[&str], f: &mut impl FnMut(&Arc<Subscriber>)) {
@@ -169,7 +172,9 @@ mod tests {
 
     #[test]
     fn agrees_with_pattern_matches_on_many_pairs() {
-        let patterns = ["a", "a.b", "a.*", "*.b", "a.>", "*.>", ">", "a.*.c", "*.*", "b.>"];
+        let patterns = [
+            "a", "a.b", "a.*", "*.b", "a.>", "*.>", ">", "a.*.c", "*.*", "b.>",
+        ];
         let topics = ["a", "b", "a.b", "a.c", "b.b", "a.b.c", "a.x.c", "b.c.d"];
         let index = TopicIndex::default();
         let subs: Vec<_> = (0..patterns.len() as u64).map(sub).collect();

@@ -19,7 +19,9 @@ use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
-use scopecast_protocol::{EventId, Pattern, Published, RawJson, RequestId, ServerFrame, Timestamp, Topic, encode_event};
+use scopecast_protocol::{
+    EventId, Pattern, Published, RawJson, RequestId, ServerFrame, Timestamp, Topic, encode_event,
+};
 use tokio::sync::{mpsc, oneshot};
 
 pub use index::TopicIndex;
@@ -48,7 +50,12 @@ pub struct Subscriber {
 impl Subscriber {
     /// A subscriber with an empty queue of at most `queue_bytes` bytes.
     pub fn new(session_id: u64, client_id: Arc<str>, queue_bytes: usize) -> Subscriber {
-        Subscriber { session_id, client_id, outbox: Outbox::new(queue_bytes), last_seq: AtomicU64::new(0) }
+        Subscriber {
+            session_id,
+            client_id,
+            outbox: Outbox::new(queue_bytes),
+            last_seq: AtomicU64::new(0),
+        }
     }
 
     /// Queues event `seq` unless this session already has it. Returns true when queued.
@@ -72,7 +79,10 @@ impl Subscriber {
     /// # Errors
     /// As [`Outbox::push`].
     pub fn reply(&self, frame: &ServerFrame) -> Result<(), PushError> {
-        self.outbox.push(Queued { text: Utf8Bytes::from(frame.encode()), published_at: None })
+        self.outbox.push(Queued {
+            text: Utf8Bytes::from(frame.encode()),
+            published_at: None,
+        })
     }
 }
 
@@ -128,11 +138,21 @@ pub struct Bus {
 
 impl Bus {
     /// Starts the sequencer over `log`; it runs until every `Bus` clone is dropped.
-    pub fn start(log: Arc<dyn EventLog>, metrics: Arc<Metrics>, queue: usize) -> (Bus, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        log: Arc<dyn EventLog>,
+        metrics: Arc<Metrics>,
+        queue: usize,
+    ) -> (Bus, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let index = Arc::new(TopicIndex::default());
         let head = Arc::new(Mutex::new(log.last_seq()));
-        let seq = Sequencer { rx, log, index: index.clone(), head: head.clone(), metrics };
+        let seq = Sequencer {
+            rx,
+            log,
+            index: index.clone(),
+            head: head.clone(),
+            metrics,
+        };
         let task = tokio::spawn(seq.run());
         (Bus { tx, index, head }, task)
     }
@@ -148,7 +168,12 @@ impl Bus {
     /// Adds `sub` under `pattern` and returns the newest `seq` already fanned out: every
     /// matching event after it will be offered to `sub`. `on_joined` runs under the same lock
     /// (to queue `subscribed` before any of those events).
-    pub fn subscribe(&self, pattern: &Pattern, sub: &Arc<Subscriber>, on_joined: impl FnOnce(u64)) -> u64 {
+    pub fn subscribe(
+        &self,
+        pattern: &Pattern,
+        sub: &Arc<Subscriber>,
+        on_joined: impl FnOnce(u64),
+    ) -> u64 {
         let head = self.head.lock();
         self.index.insert(pattern, sub);
         on_joined(*head);
@@ -212,8 +237,12 @@ impl Sequencer {
                     let bytes = encode_event(e.seq, &e.topic, &e.event_id, e.time, e.data.as_raw());
                     // The encoder writes UTF-8 only (JSON text); a failure here would be a bug
                     // in the encoder, and the frame is then skipped rather than sent broken.
-                    let text = Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}"));
-                    Queued { text, published_at: Some(accepted) }
+                    let text =
+                        Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}"));
+                    Queued {
+                        text,
+                        published_at: Some(accepted),
+                    }
                 })
                 .collect();
             let mut delivered = 0u64;
@@ -245,11 +274,18 @@ fn new_event_id() -> EventId {
 fn acknowledge(reply: Reply, e: &StoredEvent) {
     match reply {
         Reply::Session { subscriber, id } => {
-            let frame = ServerFrame::Published(Published { id, seq: e.seq, event_id: e.event_id.clone() });
+            let frame = ServerFrame::Published(Published {
+                id,
+                seq: e.seq,
+                event_id: e.event_id.clone(),
+            });
             let _ = subscriber.reply(&frame);
         }
         Reply::Http(tx) => {
-            let _ = tx.send(Ok(Ack { seq: e.seq, event_id: e.event_id.clone() }));
+            let _ = tx.send(Ok(Ack {
+                seq: e.seq,
+                event_id: e.event_id.clone(),
+            }));
         }
     }
 }
@@ -260,7 +296,8 @@ fn refuse(req: PublishRequest, e: &LogError) {
             let frame = ServerFrame::Error(scopecast_protocol::ErrorFrame::new(
                 Some(id),
                 scopecast_protocol::Reason::LogUnavailable,
-                "the event log cannot store events right now; nothing was stored, retry later".to_owned(),
+                "the event log cannot store events right now; nothing was stored, retry later"
+                    .to_owned(),
             ));
             let _ = subscriber.reply(&frame);
         }

@@ -57,12 +57,23 @@ pub struct Outbox {
     /// True once a close is decided: later pushes are dropped without taking the lock.
     closed: AtomicBool,
     notify: Notify,
+    /// True once a close that drops queued frames is decided (overflow, deactivation,
+    /// expiry): a write stalled on a peer that does not read is then abandoned.
+    aborted: AtomicBool,
+    abort: Notify,
 }
 
 impl Outbox {
     /// An empty queue holding at most `limit_bytes` bytes of frames.
     pub fn new(limit_bytes: usize) -> Outbox {
-        Outbox { limit_bytes, state: Mutex::new(State::default()), closed: AtomicBool::new(false), notify: Notify::new() }
+        Outbox {
+            limit_bytes,
+            state: Mutex::new(State::default()),
+            closed: AtomicBool::new(false),
+            notify: Notify::new(),
+            aborted: AtomicBool::new(false),
+            abort: Notify::new(),
+        }
     }
 
     /// Queues a frame without waiting.
@@ -82,9 +93,13 @@ impl Outbox {
         if st.bytes + len > self.limit_bytes {
             st.frames.clear();
             st.bytes = 0;
-            st.close = Some((CloseCode::SlowConsumer, format!("outbound queue over {} bytes", self.limit_bytes)));
+            st.close = Some((
+                CloseCode::SlowConsumer,
+                format!("outbound queue over {} bytes", self.limit_bytes),
+            ));
             self.closed.store(true, Ordering::Release);
             drop(st);
+            self.signal_abort();
             self.notify.notify_one();
             return Err(PushError::Overflow);
         }
@@ -102,7 +117,8 @@ impl Outbox {
     /// at once, dropping what is queued (`flush: false`). The first close decided wins.
     pub fn close(&self, code: CloseCode, reason: &str, flush: bool) {
         let mut st = self.state.lock();
-        if st.close.is_none() {
+        let first = st.close.is_none() && !self.closed.load(Ordering::Acquire);
+        if first {
             if !flush {
                 st.frames.clear();
                 st.bytes = 0;
@@ -111,7 +127,27 @@ impl Outbox {
             self.closed.store(true, Ordering::Release);
         }
         drop(st);
+        if first && !flush {
+            self.signal_abort();
+        }
         self.notify.notify_one();
+    }
+
+    fn signal_abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.abort.notify_waiters();
+        self.abort.notify_one();
+    }
+
+    /// Completes once a close that drops queued frames has been decided.
+    pub async fn aborted(&self) {
+        loop {
+            let notified = self.abort.notified();
+            if self.aborted.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// True once a close has been decided.
@@ -142,7 +178,10 @@ impl Outbox {
     pub fn drain(&self) -> Drained {
         let mut st = self.state.lock();
         st.bytes = 0;
-        Drained { frames: std::mem::take(&mut st.frames), close: st.close.take() }
+        Drained {
+            frames: std::mem::take(&mut st.frames),
+            close: st.close.take(),
+        }
     }
 }
 
@@ -151,7 +190,10 @@ mod tests {
     use super::*;
 
     fn q(s: &str) -> Queued {
-        Queued { text: Utf8Bytes::from(s), published_at: None }
+        Queued {
+            text: Utf8Bytes::from(s),
+            published_at: None,
+        }
     }
 
     #[test]
@@ -196,6 +238,9 @@ mod tests {
         let t = tokio::spawn(async move { o2.ready().await });
         tokio::task::yield_now().await;
         o.push(q("x")).unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(1), t).await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), t)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

@@ -153,6 +153,7 @@ fn client_view(c: &StoredClient, secret: Option<&IssuedSecret>) -> Value {
         "kind": c.kind.as_str(),
         "active": c.active,
         "has_secret": c.secret_hash.is_some(),
+        "client_id_header": c.client_id_header,
         "keys": keys,
         "updated_at": time(c.updated_at_ms),
     });
@@ -462,6 +463,41 @@ pub(crate) async fn deactivate(
     bytes: Bytes,
 ) -> Response {
     set_active(state, client_id, headers, bytes, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeaderBody {
+    enabled: bool,
+}
+
+/// `PUT /admin/v1/clients/{client_id}/client-id-header`, body `{"enabled": true|false}`.
+pub(crate) async fn set_client_id_header(
+    State(state): State<AppState>,
+    Path(client_id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let who = match actor(&headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let b: HeaderBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match state
+        .inner
+        .registry
+        .set_client_id_header(&client_id, b.enabled, &who)
+        .await
+    {
+        Ok(()) => match find_client(&state, &client_id) {
+            Ok((_, c)) => Json(client_view(&c, None)).into_response(),
+            Err(r) => r,
+        },
+        Err(e) => registry_error(e),
+    }
 }
 
 #[derive(Deserialize)]

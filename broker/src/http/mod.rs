@@ -3,10 +3,14 @@
 //! - `oauth`: `POST /oauth2/token`, `/.well-known/jwks.json`,
 //!   `/.well-known/oauth-authorization-server`.
 //! - `admin`: `/admin/v1/...`, behind the admin bearer credential.
+//! - `stream`: `GET /v1/stream`, the WebSocket upgrade.
+//! - `publish`: `POST /v1/events/{topic}`.
 //! - here: `/healthz`, `/readyz`, and JSON 404s.
 
 mod admin;
 mod oauth;
+mod publish;
+mod stream;
 
 use axum::Json;
 use axum::Router;
@@ -38,6 +42,10 @@ pub(crate) fn router(state: AppState) -> Router {
             post(admin::rotate_secret),
         )
         .route("/clients/{client_id}/keys", put(admin::set_keys))
+        .route(
+            "/clients/{client_id}/client-id-header",
+            put(admin::set_client_id_header),
+        )
         .route("/clients/{client_id}/activate", post(admin::activate))
         .route("/clients/{client_id}/deactivate", post(admin::deactivate))
         .route("/audit", get(admin::audit))
@@ -56,6 +64,12 @@ pub(crate) fn router(state: AppState) -> Router {
             post(oauth::token).layer(DefaultBodyLimit::max(oauth::MAX_TOKEN_REQUEST_BYTES)),
         )
         .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route("/v1/stream", get(stream::stream))
+        .route(
+            "/v1/events/{topic}",
+            post(publish::publish).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/metrics", get(metrics))
         .route(
             "/.well-known/oauth-authorization-server",
             get(oauth::metadata),
@@ -63,6 +77,19 @@ pub(crate) fn router(state: AppState) -> Router {
         .nest("/admin/v1", admin)
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.inner.hub.metrics.render();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Liveness: the process serves HTTP.

@@ -17,7 +17,11 @@ pub struct MemoryLog {
 impl MemoryLog {
     /// An empty log keeping at most `max_events` events.
     pub fn new(max_events: usize) -> MemoryLog {
-        MemoryLog { max_events: max_events.max(1), events: RwLock::new(VecDeque::new()), last: 0.into() }
+        MemoryLog {
+            max_events: max_events.max(1),
+            events: RwLock::new(VecDeque::new()),
+            last: 0.into(),
+        }
     }
 }
 
@@ -32,7 +36,8 @@ impl EventLog for MemoryLog {
             events.pop_front();
         }
         if let Some(last) = batch.last() {
-            self.last.store(last.seq, std::sync::atomic::Ordering::Release);
+            self.last
+                .store(last.seq, std::sync::atomic::Ordering::Release);
         }
         Ok(())
     }
@@ -48,7 +53,10 @@ impl EventLog for MemoryLog {
     }
 
     fn first_seq(&self) -> u64 {
-        self.events.read().front().map_or(self.last_seq() + 1, |e| e.seq)
+        self.events
+            .read()
+            .front()
+            .map_or(self.last_seq() + 1, |e| e.seq)
     }
 }
 
@@ -74,7 +82,13 @@ mod tests {
         log.append(&[ev(1), ev(2)]).await.unwrap();
         log.append(&[ev(3), ev(4)]).await.unwrap();
         assert_eq!((log.last_seq(), log.first_seq()), (4, 2));
-        let seqs: Vec<u64> = log.read_after(2, 10).await.unwrap().iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = log
+            .read_after(2, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(seqs, [3, 4]);
         assert_eq!(log.read_after(0, 1).await.unwrap()[0].seq, 2);
     }

@@ -52,6 +52,8 @@ pub struct StoredClient {
     pub secret_hash: Option<String>,
     /// Its public keys.
     pub keys: ClientKeysSpec,
+    /// May the HTTP APIs identify it by the `Scopecast-Client-Id` header instead of a token.
+    pub client_id_header: bool,
     /// Creation time, Unix ms.
     pub created_at_ms: i64,
     /// Last change, Unix ms.
@@ -107,6 +109,8 @@ pub struct ClientEntry {
     pub secret_hash: Option<String>,
     /// Its public keys.
     pub keys: ClientKeys,
+    /// May the HTTP APIs identify it by the `Scopecast-Client-Id` header instead of a token.
+    pub client_id_header: bool,
 }
 
 /// An application as the admin API shows it (never with secret hashes).
@@ -157,6 +161,7 @@ impl Snapshot {
                         ceiling: ceiling.clone(),
                         secret_hash: c.secret_hash.clone(),
                         keys,
+                        client_id_header: c.client_id_header,
                     }),
                 );
             }
@@ -430,6 +435,7 @@ impl Registry {
                 active: false,
                 secret_hash: Some(secret_hash),
                 keys: ClientKeysSpec::None,
+                client_id_header: false,
                 created_at_ms: now,
                 updated_at_ms: now,
             });
@@ -704,6 +710,36 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let entry = audit(actor, action, None, None, detail);
         Ok(self.inner.store.append_audit(&entry).await?)
+    }
+
+    /// Allows or forbids identifying a client by the `Scopecast-Client-Id` header on the
+    /// HTTP APIs (effective only where the broker's `http.client_id_header` is on).
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], or a storage failure.
+    pub async fn set_client_id_header(
+        &self,
+        client_id: &str,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<(), RegistryError> {
+        let client = self.existing_client(client_id)?;
+        let entry = audit(
+            actor,
+            "client.set_client_id_header",
+            Some(&client.application_id),
+            Some(&client.client_id),
+            serde_json::json!({"enabled": enabled}),
+        );
+        let _guard = self.inner.writes.lock().await;
+        self.inner
+            .store
+            .set_client_id_header(&client.client_id, enabled, now_ms(), &entry)
+            .await?;
+        self.reload(vec![RegistryChange::CredentialsChanged {
+            client_id: client.client_id.clone(),
+        }])
+        .await
     }
 
     /// Reads the audit trail, newest first.

@@ -111,7 +111,7 @@ impl RegistryStore for SqliteStore {
         .await
         .map_err(db)?;
         let clients = sqlx::query(
-            "SELECT c.client_id, c.application_id, c.kind, c.active, c.created_at, c.updated_at, \
+            "SELECT c.client_id, c.application_id, c.kind, c.active, c.client_id_header, c.created_at, c.updated_at, \
                     k.secret_hash, k.jwks, k.jwks_uri \
              FROM clients c LEFT JOIN client_credentials k ON k.client_id = c.client_id",
         )
@@ -149,12 +149,14 @@ impl RegistryStore for SqliteStore {
                 (None, None) => ClientKeysSpec::None,
             };
             let active: i64 = r.get("active");
+            let client_id_header: i64 = r.get("client_id_header");
             let client = StoredClient {
                 client_id: r.get("client_id"),
                 kind: parse_kind(r.get::<&str, _>("kind"))?,
                 active: active == 1,
                 secret_hash: r.get("secret_hash"),
                 keys,
+                client_id_header: client_id_header == 1,
                 created_at_ms: r.get("created_at"),
                 updated_at_ms: r.get("updated_at"),
             };
@@ -342,6 +344,31 @@ impl RegistryStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        Self::write_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    async fn set_client_id_header(
+        &self,
+        client_id: &str,
+        enabled: bool,
+        at_ms: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let done = sqlx::query(
+            "UPDATE clients SET client_id_header = $2, updated_at = $3 WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .bind(i64::from(enabled))
+        .bind(at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
         Self::write_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(db)?;
         Ok(true)

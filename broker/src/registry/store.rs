@@ -81,6 +81,14 @@ pub trait RegistryStore: Send + Sync + 'static {
         at_ms: i64,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError>;
+    /// Sets whether the client may be identified by header; false when it does not exist.
+    async fn set_client_id_header(
+        &self,
+        client_id: &str,
+        enabled: bool,
+        at_ms: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
     /// Appends an audit entry for a change outside the registry (e.g. key rotation).
     async fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Audit entries, newest first.

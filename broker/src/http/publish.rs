@@ -1,0 +1,259 @@
+//! `POST /v1/events/{topic}`: publishing over HTTP. The body is the event's JSON data;
+//! `Idempotency-Key` becomes the event id. Answers 201 `{"seq", "id"}`; refusals carry RFC 6750
+//! challenges (`invalid_token`, `insufficient_scope` with `scope="publish:<topic>"`).
+//!
+//! Where the operator turned it on (`http.client_id_header`) and an admin enabled it for the
+//! client ID, the `Scopecast-Client-Id` header identifies the client instead of a token; the
+//! application's whole scope ceiling then applies (DESIGN section 6).
+
+// Helpers return `Result<_, Response>`: the error is a ready HTTP answer, built only on the
+// error path, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use scopecast_protocol::{ErrorCode, EventId, RawJson, Reason, ScopeSet, Topic};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::stream::{bearer, json_error, refused_token, token_in_query, unauthorized};
+use crate::fanout::{PublishRequest, Reply};
+use crate::server::AppState;
+
+/// Header naming the client on the HTTP APIs when identification by header is on.
+pub(crate) const CLIENT_ID_HEADER: &str = "scopecast-client-id";
+
+/// Who is publishing, and with which rights.
+struct Caller {
+    client_id: Arc<str>,
+    scope: Arc<ScopeSet>,
+}
+
+/// Identifies the caller by token, or by client-ID header where allowed.
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+    let hub = &state.inner.hub;
+    if let Some(token) = bearer(headers)? {
+        return match hub.verifier.verify(token).await {
+            Ok(p) => Ok(Caller {
+                client_id: p.client_id.as_str().into(),
+                scope: p.scope,
+            }),
+            Err(e) => {
+                hub.metrics
+                    .auth_failures
+                    .with_label_values(&[e.label()])
+                    .inc();
+                Err(refused_token(&e))
+            }
+        };
+    }
+    if let Some(id) = headers.get(CLIENT_ID_HEADER) {
+        if !state.inner.config.http.client_id_header {
+            return Err(unauthorized(
+                "identification by Scopecast-Client-Id is off on this broker; send a Bearer token",
+                "invalid_request",
+            ));
+        }
+        let id = id.to_str().unwrap_or("");
+        let Some(client) = hub.registry.client(id) else {
+            hub.metrics
+                .auth_failures
+                .with_label_values(&["unknown_client"])
+                .inc();
+            return Err(unauthorized("unknown client ID", "invalid_token"));
+        };
+        if !client.client_id_header {
+            return Err(unauthorized(
+                "this client ID may not be identified by header; send a Bearer token",
+                "invalid_request",
+            ));
+        }
+        if !client.active || client.kind != state.inner.config.environment {
+            return Err(json_error(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                Reason::ClientInactive,
+                "client ID is not active in this environment",
+            ));
+        }
+        return Ok(Caller {
+            client_id: client.client_id.as_str().into(),
+            scope: client.ceiling.clone(),
+        });
+    }
+    Err(unauthorized(
+        "an access token is required (Authorization: Bearer)",
+        "invalid_request",
+    ))
+}
+
+/// `POST /v1/events/{topic}`.
+pub(crate) async fn publish(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let hub = state.inner.hub.clone();
+    if token_in_query(&uri) {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            Reason::TokenInUrl,
+            "tokens are refused in URLs; send Authorization: Bearer",
+        );
+    }
+    let topic = match Topic::new(&topic) {
+        Ok(t) => t,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                Reason::InvalidTopic,
+                &format!("invalid topic: {e}"),
+            );
+        }
+    };
+    let caller = match caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let ceiling = hub
+        .registry
+        .client(&caller.client_id)
+        .filter(|c| c.active)
+        .map(|c| c.ceiling.clone());
+    let allowed = caller.scope.allows_publish(&topic)
+        && ceiling.as_ref().is_some_and(|c| c.allows_publish(&topic));
+    if !allowed {
+        let message = format!(
+            "client {} may not publish to {topic}: it needs scope publish:{topic}",
+            caller.client_id
+        );
+        let mut resp = json_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            Reason::InsufficientScope,
+            &message,
+        );
+        let challenge = format!(
+            "Bearer realm=\"scopecast\", error=\"insufficient_scope\", scope=\"publish:{topic}\""
+        );
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        return resp;
+    }
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let mime = v.split(';').next().unwrap_or("").trim();
+            mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+        });
+    if !json_body {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadRequest,
+            Reason::InvalidField,
+            "the body must be JSON (Content-Type: application/json or application/fhir+json)",
+        );
+    }
+    if body.len() > hub.limits.max_publish_body_bytes {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            Reason::FrameTooLarge,
+            &format!(
+                "the body is over {} bytes",
+                hub.limits.max_publish_body_bytes
+            ),
+        );
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            Reason::MalformedJson,
+            "the body is not UTF-8",
+        );
+    };
+    let data = match RawJson::payload(text) {
+        Ok(d) => d,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                Reason::InvalidField,
+                &format!("body: {e}"),
+            );
+        }
+    };
+    let event_id = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| EventId::new(s).ok()) {
+            Some(id) => Some(id),
+            None => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    Reason::InvalidField,
+                    "Idempotency-Key must be 1 to 128 bytes of visible ASCII",
+                );
+            }
+        },
+    };
+    if let Err(wait) = hub.rate.take(&caller.client_id) {
+        hub.metrics.publish_rate_limited.inc();
+        let mut resp = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            Reason::PublishRateExceeded,
+            "publish rate exceeded for this client ID",
+        );
+        let secs = wait.as_secs().max(1).to_string();
+        if let Ok(v) = HeaderValue::from_str(&secs) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
+    let (tx, rx) = oneshot::channel();
+    let req = PublishRequest {
+        topic,
+        data,
+        event_id,
+        reply: Reply::Http(tx),
+    };
+    if hub.bus.publish(req).await.is_err() {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            Reason::ShuttingDown,
+            "the broker is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok(ack)) => (
+            StatusCode::CREATED,
+            axum::Json(json!({"seq": ack.seq, "id": ack.event_id.as_str()})),
+        )
+            .into_response(),
+        Ok(Err(e)) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            Reason::LogUnavailable,
+            &e.to_string(),
+        ),
+        Err(_) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            Reason::ShuttingDown,
+            "the broker is shutting down",
+        ),
+    }
+}
