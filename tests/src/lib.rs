@@ -3,9 +3,11 @@
 //! - [`TestBroker`]: a real broker on `127.0.0.1:0` with its own temporary data folder,
 //!   stopped when dropped, with helpers for the admin API and the token endpoint.
 //! - [`test_config`]: the configuration tests start from.
+//! - [`ws`]: a raw `scopecast.v1` WebSocket client.
 //! - [`keys`]: real key pairs (EC P-256, P-384, RSA) for `private_key_jwt` and foreign issuers.
 
 pub mod keys;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -297,6 +299,45 @@ impl TestBroker {
             .as_str()
             .expect("access_token")
             .to_owned()
+    }
+
+    /// Publishes `data` to `topic` over HTTP with a bearer token.
+    pub async fn publish_http(&self, token: &str, topic: &str, data: &Value) -> Answer {
+        let resp = self
+            .http
+            .post(self.http_url(&format!("/v1/events/{topic}")))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(data.to_string())
+            .send()
+            .await
+            .expect("publish request");
+        Answer::from(resp).await
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.http_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// The value of one unlabelled metric, or 0.
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
     }
 
     /// Starts graceful shutdown and waits for the broker to stop.
