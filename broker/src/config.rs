@@ -82,6 +82,18 @@ pub struct Config {
     pub http: HttpConfig,
     /// Most events the in-memory log keeps (`log = "memory"`).
     pub memory_log_events: usize,
+    /// TLS: serve HTTPS and WSS when both files are set.
+    pub tls: TlsConfig,
+}
+
+/// TLS settings (rustls).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
 }
 
 /// Limits (PROTOCOL.md section 9). Each is announced to clients where it concerns them.
@@ -112,6 +124,12 @@ pub struct LimitsConfig {
     pub publish_queue: usize,
     /// WebSocket read buffer per connection, in bytes.
     pub read_buffer_bytes: usize,
+    /// Largest HTTP request head (request line and headers), in bytes; larger: refused.
+    pub max_header_bytes: usize,
+    /// Most HTTP request headers.
+    pub max_headers: usize,
+    /// Time to finish the TLS handshake and send the request headers, in ms.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -129,6 +147,9 @@ impl Default for LimitsConfig {
             max_publish_body_bytes: 1 << 20,
             publish_queue: 8_192,
             read_buffer_bytes: 4_096,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -214,6 +235,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             http: HttpConfig::default(),
             memory_log_events: 100_000,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -346,6 +368,24 @@ impl Config {
                 "must be 1 KiB to 1 MiB",
             ));
         }
+        if !(8192..=1 << 20).contains(&l.max_header_bytes) {
+            return Err(invalid("limits.max_header_bytes", "must be 8 KiB to 1 MiB"));
+        }
+        if !(8..=1000).contains(&l.max_headers) {
+            return Err(invalid("limits.max_headers", "must be 8 to 1000"));
+        }
+        if !(100..=120_000).contains(&l.handshake_timeout_ms) {
+            return Err(invalid(
+                "limits.handshake_timeout_ms",
+                "must be 100 to 120000 ms",
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(invalid(
+                "tls",
+                "set both cert_file and key_file, or neither",
+            ));
+        }
         if self.memory_log_events == 0 {
             return Err(invalid("memory_log_events", "must be at least 1"));
         }
@@ -397,6 +437,7 @@ impl Config {
     pub fn public_url(&self, bound: SocketAddr) -> String {
         match &self.oauth.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
+            None if self.tls.cert_file.is_some() => format!("https://{bound}"),
             None => format!("http://{bound}"),
         }
     }

@@ -9,6 +9,7 @@
 //! - [`log`]: the [`log::EventLog`] trait and its stores.
 //! - [`session`]: one WebSocket session of `scopecast.v1`.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`listener`]: the accept loop, TLS and handshake limits.
 //! - `http`: the HTTP routes on the one port (health, readiness; more with each issue).
 //!
 //! `src/main.rs` is the thin `scopecast` binary: it parses the CLI, installs tracing and calls
@@ -18,6 +19,7 @@ pub mod auth;
 mod config;
 pub mod fanout;
 mod http;
+pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod registry;
@@ -26,6 +28,6 @@ pub mod session;
 
 pub use config::{
     Config, ConfigError, EnvironmentKind, ExternalIssuer, HttpConfig, LimitsConfig, LogMode,
-    OAuthConfig, Overrides,
+    OAuthConfig, Overrides, TlsConfig,
 };
 pub use server::{ADMIN_TOKEN_FILE, REGISTRY_FILE, SIGNING_KEYS_FILE, ServeError, run};

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::config::LogMode;
 use crate::fanout::Bus;
 use crate::http;
+use crate::listener;
 use crate::log::{EventLog, MemoryLog};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, SqliteStore};
@@ -184,14 +185,25 @@ pub async fn run(
             cancel.cancel();
         }
     };
+    let tls = match (
+        &state.inner.config.tls.cert_file,
+        &state.inner.config.tls.key_file,
+    ) {
+        (Some(cert), Some(key)) => Some(
+            listener::tls_acceptor(cert, key).map_err(|e| ServeError::Startup(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let local = listener.local_addr()?;
-    tracing::info!(%local, "scopecast listening");
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(on_signal);
-    let server = tokio::spawn(async move { server.await });
+    tracing::info!(%local, tls = tls.is_some(), "scopecast listening");
+    let server = {
+        let limits = state.inner.config.limits.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(
+            async move { listener::serve(listener, app, tls, &limits, cancel, grace).await },
+        )
+    };
+    tokio::spawn(on_signal);
     cancel.cancelled().await;
     // Sessions see the cancellation, queue a 1001 close after what they hold, and end.
     sessions.close();
@@ -205,13 +217,11 @@ pub async fn run(
             "grace period over with sessions still open"
         );
     }
-    match tokio::time::timeout_at(deadline, server).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
-        Err(_) => tracing::warn!(
+    if tokio::time::timeout_at(deadline, server).await.is_err() {
+        tracing::warn!(
             grace_ms = grace.as_millis() as u64,
             "grace period over; stopping"
-        ),
+        );
     }
     // Dropping the last Bus handles (in the state) stops the sequencer after its last batch.
     drop(state);

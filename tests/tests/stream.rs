@@ -700,7 +700,9 @@ async fn a_reader_that_stops_reading_is_closed_4008_while_others_keep_full_speed
     // Each publish waits for its ack, as a careful publisher would; the slow reader never
     // reads, and the broker never waits for it.
     for i in 0..total {
-        let ack = publisher.publish(&format!("p{i}"), "fhir.x", payload.clone()).await;
+        let ack = publisher
+            .publish(&format!("p{i}"), "fhir.x", payload.clone())
+            .await;
         assert_eq!(ack["type"], "published", "{ack}");
     }
     let (_fast, got) = tokio::time::timeout(Duration::from_secs(60), reader)

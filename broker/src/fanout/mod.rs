@@ -14,7 +14,7 @@ pub mod index;
 pub mod outbox;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
@@ -45,6 +45,9 @@ pub struct Subscriber {
     pub outbox: Outbox,
     /// Newest `seq` queued; written only by the sequencer.
     last_seq: AtomicU64,
+    /// Events accepted after this instant (Unix ms) are not queued: the session's token has
+    /// expired by then (its `exp` plus the leeway). Moved forward by each refresh.
+    deadline_ms: AtomicI64,
 }
 
 impl Subscriber {
@@ -55,11 +58,20 @@ impl Subscriber {
             client_id,
             outbox: Outbox::new(queue_bytes),
             last_seq: AtomicU64::new(0),
+            deadline_ms: AtomicI64::new(i64::MAX),
         }
     }
 
+    /// Sets the instant (Unix ms) after which no event is queued to this session.
+    pub fn set_deadline_ms(&self, ms: i64) {
+        self.deadline_ms.store(ms, Ordering::Release);
+    }
+
     /// Queues event `seq` unless this session already has it. Returns true when queued.
-    fn offer(&self, seq: u64, frame: &Queued, metrics: &Metrics) -> bool {
+    fn offer(&self, seq: u64, time_ms: i64, frame: &Queued, metrics: &Metrics) -> bool {
+        if time_ms > self.deadline_ms.load(Ordering::Acquire) {
+            return false;
+        }
         if self.last_seq.fetch_max(seq, Ordering::Relaxed) >= seq {
             return false;
         }
@@ -248,9 +260,10 @@ impl Sequencer {
             let mut delivered = 0u64;
             {
                 let mut head = self.head.lock();
+                let time_ms = time.unix_ms();
                 for (e, frame) in events.iter().zip(&frames) {
                     self.index.for_each_match(&e.topic, |s| {
-                        if s.offer(e.seq, frame, &self.metrics) {
+                        if s.offer(e.seq, time_ms, frame, &self.metrics) {
                             delivered += 1;
                         }
                     });

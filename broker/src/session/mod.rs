@@ -346,6 +346,8 @@ where
     fn expiry(&self) -> Instant {
         let left = self.principal.expires_at.unix_ms() - Timestamp::now().unix_ms();
         let leeway = self.hub.verifier.leeway_s() as i64 * 1000;
+        // The fan-out stops queueing events accepted after this instant, to the millisecond.
+        self.subscriber.set_deadline_ms(self.principal.expires_at.unix_ms() + leeway);
         Instant::now() + Duration::from_millis((left + leeway).max(0) as u64)
     }
 
