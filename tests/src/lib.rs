@@ -87,6 +87,8 @@ impl Answer {
 /// A broker running in this process on an ephemeral port.
 pub struct TestBroker {
     addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
+    base: String,
     data_dir: PathBuf,
     admin_token: String,
     http: reqwest::Client,
@@ -103,7 +105,17 @@ impl TestBroker {
     ///
     /// # Panics
     /// When the broker cannot start: a test cannot go on.
-    pub async fn start(mut config: Config) -> TestBroker {
+    pub async fn start(config: Config) -> TestBroker {
+        TestBroker::start_inner(config, None).await
+    }
+
+    /// Starts a broker serving TLS with a certificate for `localhost` signed by (or being)
+    /// `ca_pem`; the helpers then speak `https://localhost:PORT` and trust that CA.
+    pub async fn start_tls(config: Config, ca_pem: &str) -> TestBroker {
+        TestBroker::start_inner(config, Some(ca_pem)).await
+    }
+
+    async fn start_inner(mut config: Config, ca_pem: Option<&str>) -> TestBroker {
         let temp = tempfile::tempdir().expect("temporary data folder");
         config.data_dir = temp.path().join("data");
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -113,25 +125,29 @@ impl TestBroker {
         let (tx, rx) = oneshot::channel::<()>();
         let data_dir = config.data_dir.clone();
         let configured_admin = config.admin_token.clone();
+        let base = match ca_pem {
+            None => format!("http://{addr}"),
+            Some(_) => format!("https://localhost:{}", addr.port()),
+        };
+        if ca_pem.is_some() && config.oauth.public_url.is_none() {
+            config.oauth.public_url = Some(base.clone());
+        }
         let task = tokio::spawn(scopecast_broker::run(listener, config, async move {
             let _ = rx.await;
         }));
-        let http = reqwest::Client::builder()
-            .timeout(WAIT)
-            .build()
-            .expect("http client");
+        let mut builder = reqwest::Client::builder().timeout(WAIT);
+        if let Some(pem) = ca_pem {
+            builder = builder
+                .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("CA"));
+        }
+        let http = builder.build().expect("http client");
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if task.is_finished() {
                 let result = task.await.expect("broker task");
                 panic!("broker stopped at start: {result:?}");
             }
-            if http
-                .get(format!("http://{addr}/healthz"))
-                .send()
-                .await
-                .is_ok()
-            {
+            if http.get(format!("{base}/healthz")).send().await.is_ok() {
                 break;
             }
             assert!(
@@ -149,6 +165,7 @@ impl TestBroker {
         };
         TestBroker {
             addr,
+            base,
             data_dir,
             admin_token,
             http,
@@ -165,17 +182,17 @@ impl TestBroker {
 
     /// `http://127.0.0.1:PORT`: the broker's public URL, issuer and audience.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.base.clone()
     }
 
     /// `http://127.0.0.1:PORT` followed by `path`.
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.base)
     }
 
     /// `ws://127.0.0.1:PORT` followed by `path`.
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
+        format!("ws{}{path}", self.base.trim_start_matches("http"))
     }
 
     /// The token endpoint URL (the `aud` of client assertions).

@@ -118,8 +118,9 @@ impl Ws {
 
     /// The next JSON frame (pings skipped); panics on a close or after [`WAIT`].
     pub async fn recv(&mut self) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let msg = tokio::time::timeout(WAIT, self.stream.next())
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
                 .expect("no frame in time");
             match msg {
@@ -132,8 +133,9 @@ impl Ws {
 
     /// The next frame, or `None` when none comes within `wait`.
     pub async fn recv_within(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match tokio::time::timeout(wait, self.stream.next()).await {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
                 Err(_) => return None,
                 Ok(Some(Ok(Message::Text(t)))) => {
                     return Some(serde_json::from_str(&t).expect("JSON frame"));

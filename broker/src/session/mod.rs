@@ -201,6 +201,7 @@ where
             bad_frames: 0,
             last_heard: Instant::now(),
             warned: false,
+            refreshed: false,
         };
         session.serve().await;
         session.finish();
@@ -327,6 +328,8 @@ struct Session<S> {
     bad_frames: u32,
     last_heard: Instant,
     warned: bool,
+    /// Set by an accepted refresh, so the loop re-arms its expiry timers.
+    refreshed: bool,
 }
 
 /// How a step of the loop ended.
@@ -347,7 +350,8 @@ where
         let left = self.principal.expires_at.unix_ms() - Timestamp::now().unix_ms();
         let leeway = self.hub.verifier.leeway_s() as i64 * 1000;
         // The fan-out stops queueing events accepted after this instant, to the millisecond.
-        self.subscriber.set_deadline_ms(self.principal.expires_at.unix_ms() + leeway);
+        self.subscriber
+            .set_deadline_ms(self.principal.expires_at.unix_ms() + leeway);
         Instant::now() + Duration::from_millis((left + leeway).max(0) as u64)
     }
 
@@ -393,9 +397,11 @@ where
                 () = self.subscriber.outbox.ready() => self.write().await,
                 msg = self.socket.next() => {
                     let step = self.inbound(msg).await;
-                    // A refresh may have moved the token's expiry.
-                    expiry = self.expiry();
-                    if !self.warned { warning = self.warning(); }
+                    if std::mem::take(&mut self.refreshed) {
+                        // A refresh moved the token's expiry.
+                        expiry = self.expiry();
+                        warning = self.warning();
+                    }
                     step
                 }
                 () = self.entry.wake.notified() => {
@@ -749,6 +755,7 @@ where
             Ok(p) => {
                 self.principal = p;
                 self.warned = false;
+                self.refreshed = true;
                 self.recheck();
                 self.welcome();
             }
