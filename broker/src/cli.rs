@@ -10,6 +10,16 @@ use scopecast_broker::ADMIN_TOKEN_FILE;
 use scopecast_client::{PrivateKey, TokenSource};
 use serde_json::{Value, json};
 
+/// `println!` that ends quietly when stdout is closed (`scopecast app list | head -1`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// Where the broker is.
 #[derive(Args, Clone)]
 pub(crate) struct Target {
@@ -176,6 +186,20 @@ pub(crate) enum KeysCommand {
     Rotate,
 }
 
+/// `scopecast keygen`: a key pair for `private_key_jwt`.
+#[derive(Args)]
+pub(crate) struct KeygenArgs {
+    /// Where to write the private key (PKCS#8 PEM, mode 0600). Refuses to overwrite.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// The key's `kid` [default: its RFC 7638 thumbprint].
+    #[arg(long)]
+    pub(crate) kid: Option<String>,
+    /// EC curve: P-256 (ES256) or P-384 (ES384).
+    #[arg(long, default_value = "ES256", value_parser = ["ES256", "ES384"])]
+    pub(crate) alg: String,
+}
+
 /// `scopecast token`: credentials for the token endpoint.
 #[derive(Args)]
 pub(crate) struct TokenArgs {
@@ -284,7 +308,7 @@ fn print_app(app: &Value) {
     ] {
         t.add_row(vec![f.to_owned(), s(&app[f])]);
     }
-    println!("{t}");
+    outln!("{t}");
     let mut c = table(&["kind", "client_id", "active", "keys", "client_secret"]);
     for kind in ["production", "non_production"] {
         let client = &app["clients"][kind];
@@ -298,9 +322,9 @@ fn print_app(app: &Value) {
                 .map_or_else(|| "(hidden)".to_owned(), str::to_owned),
         ]);
     }
-    println!("{c}");
+    outln!("{c}");
     if app["clients"]["production"]["client_secret"].is_string() {
-        println!("Store the client secrets now: they are not shown again.");
+        outln!("Store the client secrets now: they are not shown again.");
     }
 }
 
@@ -320,12 +344,12 @@ fn print_client(client: &Value) {
         }
     }
     t.add_row(vec!["keys".to_owned(), client["keys"].to_string()]);
-    println!("{t}");
+    outln!("{t}");
 }
 
 fn print(json_out: bool, value: &Value, human: impl FnOnce(&Value)) -> anyhow::Result<()> {
     if json_out {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        outln!("{}", serde_json::to_string_pretty(value)?);
     } else {
         human(value);
     }
@@ -382,7 +406,7 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                         client("non_production"),
                     ]);
                 }
-                println!("{t}");
+                outln!("{t}");
             })
         }
         AppCommand::Show { id } => {
@@ -502,7 +526,7 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                     s(&v["kind"]),
                     s(&v["client_secret"]),
                 ]);
-                println!("{t}\nStore the new secret now: it is not shown again.");
+                outln!("{t}\nStore the new secret now: it is not shown again.");
             })
         }
         AppCommand::Activate { client_id, reason } => {
@@ -552,7 +576,7 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                         e["detail"].to_string(),
                     ]);
                 }
-                println!("{t}");
+                outln!("{t}");
             })
         }
     }
@@ -567,10 +591,61 @@ pub(crate) async fn keys(target: Target, auth: AdminAuth, cmd: KeysCommand) -> a
                 .call(reqwest::Method::POST, "/keys/rotate", None)
                 .await?;
             print(auth.json, &v, |v| {
-                println!("new signing key: {}", s(&v["kid"]))
+                outln!("new signing key: {}", s(&v["kid"]))
             })
         }
     }
+}
+
+/// `scopecast keygen`: writes a private key and prints the public JWK Set to register with
+/// `scopecast app set-keys CLIENT_ID --jwks FILE`.
+pub(crate) fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let mut bytes = [0u8; 48];
+    let pem = loop {
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+        let pem = if args.alg == "ES256" {
+            p256::SecretKey::from_slice(&bytes[..32])
+                .ok()
+                .map(|k| k.to_pkcs8_pem(LineEnding::LF))
+        } else {
+            p384::SecretKey::from_slice(&bytes)
+                .ok()
+                .map(|k| k.to_pkcs8_pem(LineEnding::LF))
+        };
+        // A random string is a valid scalar except with negligible probability.
+        if let Some(pem) = pem {
+            break pem.map_err(|e| anyhow::anyhow!("encoding the key: {e}"))?;
+        }
+    };
+    let mut key = PrivateKey::from_pem(&pem)?;
+    if let Some(kid) = &args.kid {
+        key = key.with_kid(kid);
+    }
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options
+            .open(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        f.write_all(pem.as_bytes())?;
+    }
+    let mut jwk = key.public_jwk().clone();
+    jwk["alg"] = json!(args.alg);
+    jwk["use"] = json!("sig");
+    outln!("{}", serde_json::to_string_pretty(&json!({"keys": [jwk]}))?);
+    eprintln!(
+        "private key written to {} (kid {}); register the JWK Set above with `scopecast app set-keys`",
+        args.out.display(),
+        key.kid()
+    );
+    Ok(())
 }
 
 /// The token source that `token`, `sub`, `pub` and `replay` authenticate with.
@@ -605,12 +680,12 @@ pub(crate) async fn token(target: Target, args: TokenArgs) -> anyhow::Result<()>
     let source = token_source(&target, &args)?;
     let t = source.fetch().await?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({"access_token": t.access_token, "token_type": "Bearer", "expires_in": t.expires_in, "scope": t.scope})
         );
     } else {
-        println!("{}", t.access_token);
+        outln!("{}", t.access_token);
     }
     Ok(())
 }

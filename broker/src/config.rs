@@ -180,6 +180,9 @@ pub struct OAuthConfig {
     pub jwks_min_refresh_s: u64,
     /// Time-out of a JWK Set fetch, in ms.
     pub jwks_fetch_timeout_ms: u64,
+    /// Most client-secret checks (argon2id, about 19 MiB each) running at once; token requests
+    /// beyond it wait up to 2 s, then get 503 `temporarily_unavailable`.
+    pub max_concurrent_secret_checks: usize,
     /// Issuers other than this broker whose access tokens are accepted.
     pub external_issuers: Vec<ExternalIssuer>,
 }
@@ -192,6 +195,7 @@ impl Default for OAuthConfig {
             leeway_s: 30,
             jwks_min_refresh_s: 30,
             jwks_fetch_timeout_ms: 5_000,
+            max_concurrent_secret_checks: 4,
             external_issuers: Vec::new(),
         }
     }
@@ -405,6 +409,18 @@ impl Config {
             return Err(invalid(
                 "oauth.token_lifetime_s",
                 "must be 5 to 86400 seconds",
+            ));
+        }
+        if o.jwks_min_refresh_s == 0 || o.jwks_min_refresh_s > 86_400 {
+            return Err(invalid(
+                "oauth.jwks_min_refresh_s",
+                "must be 1 to 86400 seconds",
+            ));
+        }
+        if !(1..=256).contains(&o.max_concurrent_secret_checks) {
+            return Err(invalid(
+                "oauth.max_concurrent_secret_checks",
+                "must be 1 to 256",
             ));
         }
         if o.leeway_s > 300 {

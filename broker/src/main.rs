@@ -43,6 +43,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::KeysCommand,
     },
+    /// Make a key pair for private_key_jwt: writes the private key, prints the public JWK Set.
+    Keygen(cli::KeygenArgs),
     /// Get an access token by the client credentials grant and print it.
     Token {
         #[command(flatten)]
@@ -98,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             auth,
             command,
         } => client_runtime()?.block_on(cli::keys(target, auth, command)),
+        Command::Keygen(args) => cli::keygen(args),
         Command::Token { target, args } => client_runtime()?.block_on(cli::token(target, args)),
     }
 }

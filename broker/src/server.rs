@@ -127,6 +127,7 @@ pub async fn run(
         jwks,
         format!("{public_url}/oauth2/token"),
         o.leeway_s,
+        o.max_concurrent_secret_checks,
     );
     tracing::info!(
         issuer = %public_url,

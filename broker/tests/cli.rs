@@ -216,6 +216,95 @@ fn app_lifecycle_and_token_through_the_cli() {
     );
 }
 
+#[test]
+fn keygen_then_private_key_jwt_through_the_cli() {
+    let served = serve();
+    let created = json(&run(
+        &served,
+        &[
+            "app",
+            "create",
+            "--name",
+            "JWT app",
+            "--vendor",
+            "Acme",
+            "--scope",
+            "subscribe:fhir.>",
+            "--json",
+        ],
+    ));
+    let client_id = created["clients"]["non_production"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json(&run(&served, &["app", "activate", &client_id, "--json"]));
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("client.pem");
+    let out = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&pem)
+        .args(["--kid", "my-key-1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, &out.stdout).unwrap();
+    let set: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(set["keys"][0]["kid"], "my-key-1");
+    assert!(set["keys"][0].get("d").is_none());
+    // keygen never overwrites.
+    assert!(
+        !Command::new(BIN)
+            .args(["keygen", "--out"])
+            .arg(&pem)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+
+    json(&run(
+        &served,
+        &[
+            "app",
+            "set-keys",
+            &client_id,
+            "--jwks",
+            jwks.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    let out = run(
+        &served,
+        &[
+            "token",
+            "--client-id",
+            &client_id,
+            "--private-key",
+            pem.to_str().unwrap(),
+            "--kid",
+            "my-key-1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .split('.')
+            .count(),
+        3
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_the_broker_gracefully() {

@@ -219,6 +219,53 @@ async fn wrong_secret_and_unknown_client_are_invalid_client_with_basic_challenge
 }
 
 #[tokio::test]
+async fn basic_credentials_are_decoded_exactly_and_odd_bodies_get_oauth_json() {
+    let broker = TestBroker::start(test_config()).await;
+    let client = broker.active_client("Exact", "subscribe:adt.>").await;
+    // Anything after a `&` is part of the secret, not dropped.
+    let junk = format!("{}&junk", client.secret);
+    let a = broker
+        .token_request(&[GRANT], Some((&client.client_id, &junk)))
+        .await;
+    assert_oauth_error(&a, 401, "invalid_client");
+    let id_junk = format!("{}&junk", client.client_id);
+    let a = broker
+        .token_request(&[GRANT], Some((&id_junk, &client.secret)))
+        .await;
+    assert_oauth_error(&a, 401, "invalid_client");
+
+    let a = broker
+        .token_request(
+            &[GRANT, ("scope", "")],
+            Some((&client.client_id, &client.secret)),
+        )
+        .await;
+    assert_oauth_error(&a, 400, "invalid_scope");
+
+    let resp = reqwest::Client::new()
+        .post(broker.token_endpoint())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&pad={}",
+            "x".repeat(64 * 1024)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    let resp = reqwest::Client::new()
+        .get(broker.token_endpoint())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error_description"].is_string(), "{body}");
+}
+
+#[tokio::test]
 async fn inactive_and_other_environment_clients_are_unauthorized_client() {
     let broker = TestBroker::start(test_config()).await;
     let app = broker.create_app("Inactive", "subscribe:adt.>").await;

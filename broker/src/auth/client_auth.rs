@@ -64,10 +64,21 @@ pub enum Credentials {
     },
 }
 
-/// Why client authentication failed: always `invalid_client` (RFC 6749 section 5.2).
+/// Why client authentication failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct AuthFailure(pub String);
+pub enum AuthFailure {
+    /// The credentials are wrong: `invalid_client` (RFC 6749 section 5.2), with a message safe
+    /// to return.
+    #[error("{0}")]
+    Invalid(String),
+    /// Too many secret checks are running (each argon2id check takes about 19 MiB and tens of
+    /// ms): `temporarily_unavailable`, retry shortly.
+    #[error("too many client authentications in progress; retry shortly")]
+    Busy,
+}
+
+/// Longest a token request waits for a secret-check slot.
+const SECRET_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Deserialize)]
 struct AssertionClaims {
@@ -86,6 +97,8 @@ pub struct ClientAuthenticator {
     /// `client_id \0 jti` -> `exp` of assertions seen, so none is accepted twice.
     seen: Arc<DashMap<String, i64>>,
     inserts: Arc<AtomicU64>,
+    /// Bounds concurrent argon2id checks, so a flood of token requests cannot exhaust memory.
+    secret_checks: Arc<tokio::sync::Semaphore>,
 }
 
 fn now_s() -> i64 {
@@ -93,8 +106,15 @@ fn now_s() -> i64 {
 }
 
 impl ClientAuthenticator {
-    /// An authenticator whose assertions must name `token_endpoint` as `aud`.
-    pub fn new(registry: Registry, jwks: JwksCache, token_endpoint: String, leeway_s: u64) -> Self {
+    /// An authenticator whose assertions must name `token_endpoint` as `aud`, running at most
+    /// `max_secret_checks` argon2id checks at once.
+    pub fn new(
+        registry: Registry,
+        jwks: JwksCache,
+        token_endpoint: String,
+        leeway_s: u64,
+        max_secret_checks: usize,
+    ) -> Self {
         ClientAuthenticator {
             registry,
             jwks,
@@ -102,6 +122,7 @@ impl ClientAuthenticator {
             leeway_s,
             seen: Arc::new(DashMap::new()),
             inserts: Arc::new(AtomicU64::new(0)),
+            secret_checks: Arc::new(tokio::sync::Semaphore::new(max_secret_checks.max(1))),
         }
     }
 
@@ -132,7 +153,11 @@ impl ClientAuthenticator {
         client_id: &str,
         given: String,
     ) -> Result<Arc<ClientEntry>, AuthFailure> {
-        let unknown = || AuthFailure("unknown client or wrong secret".to_owned());
+        let unknown = || AuthFailure::Invalid("unknown client or wrong secret".to_owned());
+        let _permit = tokio::time::timeout(SECRET_CHECK_WAIT, self.secret_checks.acquire())
+            .await
+            .map_err(|_| AuthFailure::Busy)?
+            .map_err(|_| AuthFailure::Busy)?;
         let client = self.registry.client(client_id);
         // Hash even for unknown clients, so timing does not tell which client IDs exist.
         let hash = client
@@ -153,7 +178,10 @@ impl ClientAuthenticator {
         form_client_id: Option<&str>,
         assertion: &str,
     ) -> Result<Arc<ClientEntry>, AuthFailure> {
-        let fail = |m: &str| AuthFailure(format!("client assertion refused: {m}"));
+        let fail = |m: &str| AuthFailure::Invalid(format!("client assertion refused: {m}"));
+        // One message whether the client ID is unknown or has no such key, so assertions do
+        // not tell which client IDs exist.
+        let no_key = "no registered key matches this client ID and `kid`";
         let peeked = jwt::peek(assertion).map_err(|e| fail(&e))?;
         let iss = peeked
             .str_claim("iss")
@@ -169,17 +197,14 @@ impl ClientAuthenticator {
                 "the `client_id` parameter differs from the assertion's `iss`",
             ));
         }
-        let client = self
-            .registry
-            .client(&iss)
-            .ok_or_else(|| fail("unknown client"))?;
+        let client = self.registry.client(&iss).ok_or_else(|| fail(no_key))?;
         let kid = peeked.header.kid.as_deref();
         let key = match &client.keys {
-            ClientKeys::None => return Err(fail("the client has no registered public keys")),
+            ClientKeys::None => return Err(fail(no_key)),
             ClientKeys::Inline(keys) => jwks::select(keys, kid),
             ClientKeys::Uri(uri) => self.jwks.key(uri, kid).await.ok(),
         }
-        .ok_or_else(|| fail("no registered key matches the assertion's `kid`"))?;
+        .ok_or_else(|| fail(no_key))?;
         let alg = peeked.header.alg.as_str();
         let alg = key
             .algorithms
@@ -198,15 +223,24 @@ impl ClientAuthenticator {
             .map(|s| (*s).to_owned())
             .collect::<HashSet<_>>();
         let claims = jsonwebtoken::decode::<AssertionClaims>(assertion, &key.decoding_key, &v)
-            .map_err(|e| match super::token::map_jwt_error(e) {
-                super::token::VerifyError::WrongAudience => {
-                    fail("`aud` must be the token endpoint URL")
-                }
-                other => fail(&other.to_string().replace("token", "assertion")),
+            .map_err(|e| {
+                use super::token::VerifyError as V;
+                fail(match super::token::map_jwt_error(e) {
+                    V::WrongAudience => "`aud` must be the token endpoint URL",
+                    V::Expired => "the assertion has expired",
+                    V::NotYetValid => "the assertion is not valid yet (`nbf`)",
+                    V::BadSignature => "the signature does not verify with the registered key",
+                    V::UnknownIssuer => "`iss` must be the client ID",
+                    V::MissingClaim(c) if c == "exp" => "the assertion has no `exp` claim",
+                    V::MissingClaim(c) if c == "aud" => "the assertion has no `aud` claim",
+                    V::MissingClaim(_) => "the assertion lacks a required claim (`iss`, `sub`, `aud`, `exp`, `jti`)",
+                    V::AlgorithmNotAllowed(_) => "`alg` is not the algorithm registered for this key",
+                    _ => "the assertion's claims are malformed (`exp`, `nbf`, `iat` are integer seconds)",
+                })
             })?
             .claims;
         let now = now_s();
-        if claims.exp > now + MAX_ASSERTION_LIFETIME_S + self.leeway_s as i64 {
+        if claims.exp > now + MAX_ASSERTION_LIFETIME_S {
             return Err(fail("`exp` is more than 5 minutes ahead"));
         }
         let jti = claims

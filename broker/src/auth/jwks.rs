@@ -146,9 +146,15 @@ impl JwksCache {
             return Err(format!("larger than {MAX_JWKS_BYTES} bytes"));
         }
         let age = max_age(resp.headers());
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err(format!("larger than {MAX_JWKS_BYTES} bytes"));
+        // Read in chunks with a cap: a server that sends no Content-Length cannot make us
+        // buffer more than MAX_JWKS_BYTES.
+        let mut resp = resp;
+        let mut body: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(format!("larger than {MAX_JWKS_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
         }
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;

@@ -32,7 +32,9 @@ pub struct Principal {
     pub application_id: String,
     /// Its environment kind (always this broker's).
     pub kind: EnvironmentKind,
-    /// The token's granted scope.
+    /// The token's granted scope. A request is allowed only when this scope AND the
+    /// application's current ceiling (from the registry, which can change after the token was
+    /// issued) both allow it: callers check both, every time.
     pub scope: Arc<ScopeSet>,
     /// The token's `exp`.
     pub expires_at: Timestamp,

@@ -119,7 +119,13 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Response> {
     let mut de = serde_json::Deserializer::from_slice(text);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
+        // A syntax error is the body's, whatever field the parser had reached.
+        let syntax = !e.inner().is_data();
+        let field = if path == "." || syntax {
+            "body".to_owned()
+        } else {
+            path
+        };
         error(
             ErrorCode::BadRequest,
             &format!("`{field}`: {}", e.inner()),

@@ -76,6 +76,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .nest("/admin/v1", admin)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
 }
 
@@ -109,6 +110,59 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "the broker is shutting down",
         )
     }
+}
+
+/// Turns the few error answers produced outside our handlers (a body over its limit, a wrong
+/// method, a failed upgrade) into the JSON shape every other error has: `{error, message}`,
+/// or RFC 6749 section 5.2 `{error, error_description}` on the token endpoint.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let token_endpoint = req.uri().path() == "/oauth2/token";
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let message = match status.as_u16() {
+        413 => "the request body is too large",
+        405 => "this method is not allowed on this path",
+        415 => "unsupported content type",
+        _ => status.canonical_reason().unwrap_or("request refused"),
+    };
+    let code = match status.as_u16() {
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        409 => ErrorCode::Conflict,
+        413 | 431 => ErrorCode::TooLarge,
+        429 => ErrorCode::RateLimited,
+        503 => ErrorCode::Unavailable,
+        s if s >= 500 => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    let (parts, _) = resp.into_parts();
+    let body = if token_endpoint {
+        json!({"error": if status.as_u16() >= 500 { "server_error" } else { "invalid_request" }, "error_description": message})
+    } else {
+        json!({"error": code.as_str(), "message": message})
+    };
+    let mut out = (status, Json(body)).into_response();
+    // Keep headers such as `Allow`, but not the old body's type or length.
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    if token_endpoint {
+        out.headers_mut().insert(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+    }
+    out
 }
 
 async fn not_found() -> Response {

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::STANDARD;
 use scopecast_protocol::ScopeSet;
 use serde_json::json;
 
-use crate::auth::client_auth::{Credentials, JWT_BEARER, Method};
+use crate::auth::client_auth::{AuthFailure, Credentials, JWT_BEARER, Method};
 use crate::server::AppState;
 
 /// Largest token request body, in bytes.
@@ -48,10 +48,10 @@ fn invalid_request(description: &str) -> Response {
 /// Decodes one `application/x-www-form-urlencoded` component (RFC 6749 section 2.3.1 encodes
 /// the client ID and secret this way before Basic).
 fn form_decode(s: &str) -> String {
-    form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    let plus_as_space = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Reads `Authorization: Basic` credentials, if present.
@@ -179,9 +179,20 @@ pub(crate) async fn token(
     };
     let client = match state.inner.client_auth.authenticate(creds).await {
         Ok(c) => c,
-        Err(e) => {
+        Err(AuthFailure::Busy) => {
+            tracing::warn!("token request refused: too many secret checks in progress");
+            let mut resp = oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "too many client authentications in progress; retry shortly",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
+        Err(AuthFailure::Invalid(e)) => {
             tracing::info!(?method, reason = %e, "token request: client authentication failed");
-            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &e.0);
+            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &e);
         }
     };
     let environment = state.inner.config.environment;
@@ -209,6 +220,13 @@ pub(crate) async fn token(
     }
     let granted = match param("scope") {
         None => (*client.ceiling).clone(),
+        Some("") => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "`scope` is empty; leave it out to get the application's whole scope",
+            );
+        }
         Some(requested) => {
             let requested = match ScopeSet::parse(requested) {
                 Ok(s) => s,

@@ -357,9 +357,14 @@ async fn hash(secret: String) -> Result<String, RegistryError> {
 }
 
 fn scope_ceiling(scope: &str) -> Result<String, InvalidInput> {
-    ScopeSet::parse(scope)
-        .map(|s| s.to_string())
-        .map_err(|e| invalid("scope", e.to_string()))
+    let set = ScopeSet::parse(scope.trim()).map_err(|e| invalid("scope", e.to_string()))?;
+    if set.is_empty() {
+        return Err(invalid(
+            "scope",
+            "must grant at least one scope, e.g. subscribe:adt.>",
+        ));
+    }
+    Ok(set.to_string())
 }
 
 impl Registry {

@@ -283,6 +283,12 @@ impl RegistryStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
+        sqlx::query("UPDATE clients SET updated_at = $2 WHERE client_id = $1")
+            .bind(client_id)
+            .bind(at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         Self::write_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(db)?;
         Ok(true)
@@ -308,6 +314,12 @@ impl RegistryStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
+        sqlx::query("UPDATE clients SET updated_at = $2 WHERE client_id = $1")
+            .bind(client_id)
+            .bind(at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         Self::write_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(db)?;
         Ok(true)

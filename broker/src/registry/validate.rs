@@ -41,6 +41,15 @@ pub const MAX_KID_BYTES: usize = 128;
 /// [`InvalidInput`] naming `field`.
 pub fn name(field: &str, value: &str) -> Result<String, InvalidInput> {
     let v = value.trim();
+    if v.chars().any(invisible) {
+        return Err(invalid(
+            field,
+            "must not contain invisible or direction-changing characters",
+        ));
+    }
+    if v.contains("  ") || v.chars().any(|c| c.is_whitespace() && c != ' ') {
+        return Err(invalid(field, "words are separated by single plain spaces"));
+    }
     if v.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
@@ -54,6 +63,14 @@ pub fn name(field: &str, value: &str) -> Result<String, InvalidInput> {
         return Err(invalid(field, "must not contain control characters"));
     }
     Ok(v.to_owned())
+}
+
+/// Unicode format characters and separators that can hide or reorder text (Cf, Zl, Zp): zero
+/// width characters, bidirectional controls, the byte order mark.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// A free-text description: at most 2,000 characters; line breaks allowed, other control
@@ -246,11 +263,22 @@ pub fn jwk_set(jwks: &Value) -> Result<Vec<ClientKey>, InvalidInput> {
                         "RSA keys of more than 8192 bits are refused",
                     ));
                 }
-                if e.is_empty() || e.len() > 8 || e.last().is_none_or(|b| b % 2 == 0) {
+                let e_value = e.iter().fold(0u64, |acc, b| {
+                    acc.saturating_mul(256).saturating_add(u64::from(*b))
+                });
+                if e.is_empty() || e.len() > 4 || e_value < 3 || e_value % 2 == 0 {
                     return Err(invalid(
                         format!("{field}.e"),
-                        "must be a small odd public exponent",
+                        "must be an odd public exponent from 3 to 2^32",
                     ));
+                }
+                // Let the RSA implementation judge the key as a whole (odd modulus, sane sizes).
+                let public = rsa::RsaPublicKey::new(
+                    rsa::BigUint::from_bytes_be(&n),
+                    rsa::BigUint::from_bytes_be(&e),
+                );
+                if n.last().is_none_or(|b| b % 2 == 0) || public.is_err() {
+                    return Err(invalid(format!("{field}.n"), "is not a usable RSA modulus"));
                 }
                 let algorithms = match alg {
                     None => vec![Algorithm::RS256, Algorithm::RS384],
@@ -389,6 +417,15 @@ mod tests {
         assert!(name("name", "a\u{0}b").is_err());
         assert!(name("name", &"x".repeat(101)).is_err());
         assert_eq!(name("vendor", "\n").unwrap_err().field, "vendor");
+        for hidden in [
+            "Bed\u{202E}Board",
+            "Bed\u{200B}Board",
+            "Bed\u{2028}Board",
+            "Bed\u{a0}Board",
+            "Bed  Board",
+        ] {
+            assert!(name("name", hidden).is_err(), "{hidden:?}");
+        }
         assert!(description("line\nbreak").is_ok());
         assert!(description("tab\there").is_err());
     }
@@ -468,6 +505,21 @@ mod tests {
         let n = URL_SAFE_NO_PAD.encode([0xffu8; 256]);
         let k = json!({"kty": "RSA", "kid": "r", "n": n, "e": "AQAB"});
         let keys = jwk_set(&json!({"keys": [k]})).unwrap();
+        for e in ["AQ", "Ag", "AQAAAAAB"] {
+            let k = json!({"kty": "RSA", "kid": "r", "n": URL_SAFE_NO_PAD.encode([0xffu8; 256]), "e": e});
+            assert_eq!(
+                jwk_set(&json!({"keys": [k]})).unwrap_err().field,
+                "jwks.keys[0].e",
+                "{e}"
+            );
+        }
+        let mut even = [0xffu8; 256];
+        even[255] = 0xfe;
+        let k = json!({"kty": "RSA", "kid": "r", "n": URL_SAFE_NO_PAD.encode(even), "e": "AQAB"});
+        assert_eq!(
+            jwk_set(&json!({"keys": [k]})).unwrap_err().field,
+            "jwks.keys[0].n"
+        );
         assert_eq!(keys[0].algorithms, vec![Algorithm::RS256, Algorithm::RS384]);
     }
 
