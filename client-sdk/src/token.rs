@@ -135,13 +135,26 @@ fn ec_jwk(crv: &str, x: &[u8], y: &[u8]) -> (String, serde_json::Value) {
 
 impl PrivateKey {
     /// Reads a PEM private key: PKCS#8 (`PRIVATE KEY`) for EC P-256 (ES256), P-384 (ES384) or
-    /// RSA (RS384), or PKCS#1 (`RSA PRIVATE KEY`). The `kid` defaults to the RFC 7638
+    /// RSA (RS384), SEC1 (`EC PRIVATE KEY`), or PKCS#1 (`RSA PRIVATE KEY`). The `kid` defaults to the RFC 7638
     /// thumbprint of the public key; change it with [`PrivateKey::with_kid`].
     ///
     /// # Errors
     /// [`TokenError::Key`] when the PEM holds no supported private key.
     pub fn from_pem(pem: &str) -> Result<PrivateKey, TokenError> {
         use p256::elliptic_curve::sec1::ToEncodedPoint;
+        // SEC1 `EC PRIVATE KEY` (what `openssl ecparam -genkey` writes): re-encode as PKCS#8.
+        if pem.contains("BEGIN EC PRIVATE KEY") {
+            let pkcs8 = if let Ok(k) = p256::SecretKey::from_sec1_pem(pem) {
+                k.to_pkcs8_pem(LineEnding::LF).map(|p| p.to_string())
+            } else if let Ok(k) = p384::SecretKey::from_sec1_pem(pem) {
+                k.to_pkcs8_pem(LineEnding::LF).map(|p| p.to_string())
+            } else {
+                return Err(TokenError::Key(
+                    "an EC PRIVATE KEY that is not on P-256 or P-384".to_owned(),
+                ));
+            };
+            return PrivateKey::from_pem(&pkcs8.map_err(|e| TokenError::Key(e.to_string()))?);
+        }
         if let Ok(k) = p256::SecretKey::from_pkcs8_pem(pem) {
             let p = k.public_key().to_encoded_point(false);
             let (kid, jwk) = ec_jwk(
@@ -540,6 +553,9 @@ mod tests {
         let jwt = key.assertion("client", "http://x/oauth2/token").unwrap();
         assert_eq!(jwt.split('.').count(), 3);
         assert!(PrivateKey::from_pem("not a key").is_err());
+        // The SEC1 form of the same key gives the same key id.
+        let sec1 = secret.to_sec1_pem(LineEnding::LF).unwrap();
+        assert_eq!(PrivateKey::from_pem(&sec1).unwrap().kid(), key.kid());
     }
 
     #[test]

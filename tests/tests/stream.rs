@@ -930,3 +930,21 @@ async fn metrics_are_exported_without_client_chosen_labels() {
         "a client-chosen topic reached the metrics"
     );
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    use futures_util::StreamExt;
+    let broker = TestBroker::start(test_config()).await;
+    let p = pair(&broker).await;
+    let (mut ws, _) = Ws::connect(&broker, &p.sub_token).await;
+    ws.close().await;
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.stream.next())
+        .await
+        .unwrap();
+    match reply {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(c)))) => {
+            assert_eq!(u16::from(c.code), 1000)
+        }
+        other => panic!("expected the closing handshake's reply, got {other:?}"),
+    }
+}

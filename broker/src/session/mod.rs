@@ -239,7 +239,10 @@ where
                 };
             }
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(Some(Ok(Message::Close(_)))) => return None,
+            Ok(Some(Ok(Message::Close(_)))) => {
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.flush()).await;
+                return None;
+            }
             Ok(Some(Ok(Message::Binary(_)))) => {
                 return refuse(
                     socket,
@@ -523,7 +526,11 @@ where
                 Step::Continue
             }
             Message::Ping(_) | Message::Pong(_) => Step::Continue,
-            Message::Close(_) => Step::Stop,
+            Message::Close(_) => {
+                // The WebSocket layer queued the closing handshake's reply: send it.
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.socket.flush()).await;
+                Step::Stop
+            }
         }
     }
 
