@@ -58,6 +58,21 @@ impl Timestamp {
             .and_then(Timestamp::new)
     }
 
+    /// From Unix nanoseconds.
+    ///
+    /// # Errors
+    /// [`OutOfRange`] outside years 1 to 9999.
+    pub fn from_unix_nanos(ns: i128) -> Result<Timestamp, OutOfRange> {
+        OffsetDateTime::from_unix_timestamp_nanos(ns)
+            .map_err(|_| OutOfRange)
+            .and_then(Timestamp::new)
+    }
+
+    /// Unix nanoseconds.
+    pub fn unix_nanos(self) -> i128 {
+        self.0.unix_timestamp_nanos()
+    }
+
     /// Parses RFC 3339.
     ///
     /// # Errors

@@ -3,12 +3,16 @@
 //! sessions or the fan-out.
 //!
 //! - `memory`: [`MemoryLog`], in memory with a retention by count (tests, `--log memory`).
+//! - `durable`: [`DurableLog`], on disk (redb), group commit, `fsync` or `os` durability,
+//!   retention by count, bytes and age.
 
+mod durable;
 mod memory;
 
 use async_trait::async_trait;
 use scopecast_protocol::{EventId, RawJson, Timestamp, Topic};
 
+pub use durable::{DurableLog, Retention, SyncMode};
 pub use memory::MemoryLog;
 
 /// One stored event.
