@@ -322,17 +322,20 @@ mod tests {
         .unwrap();
         // Event 10 is two bytes longer than the others ("e10", 10): keeping events 8 to 10 fits.
         assert_eq!(log.first_seq(), 8);
-        let mut old = ev(11, "a");
-        old.time = Timestamp::from_unix_seconds(1_000_000_000).unwrap();
-        log.append(&[old]).await.unwrap();
-        // The newest event stays even when it is old.
-        log.enforce(Retention {
-            max_events: 0,
-            max_bytes: 0,
-            max_age_s: 1,
-        })
-        .unwrap();
-        assert_eq!(log.first_seq(), 11);
+        // Age: old events go from the front; the newest stays even when it is old.
+        let dir2 = tempfile::tempdir().unwrap();
+        let aged = DurableLog::open(&dir2.path().join("e.redb"), SyncMode::Fsync).unwrap();
+        let old = |seq| {
+            let mut e = ev(seq, "a");
+            e.time = Timestamp::from_unix_seconds(1_000_000_000).unwrap();
+            e
+        };
+        aged.append(&[old(1), old(2), ev(3, "a")]).await.unwrap();
+        aged.enforce(Retention { max_events: 0, max_bytes: 0, max_age_s: 60 }).unwrap();
+        assert_eq!(aged.first_seq(), 3);
+        aged.append(&[old(4)]).await.unwrap();
+        aged.enforce(Retention { max_events: 0, max_bytes: 0, max_age_s: 60 }).unwrap();
+        assert_eq!((aged.first_seq(), aged.last_seq()), (4, 4));
     }
 
     impl StoredEvent {
