@@ -84,6 +84,46 @@ pub struct Config {
     pub memory_log_events: usize,
     /// TLS: serve HTTPS and WSS when both files are set.
     pub tls: TlsConfig,
+    /// When an acknowledged event is on disk (`log = "durable"`).
+    pub log_sync: LogSync,
+    /// How long events are kept (both logs; the memory log also stops at `memory_log_events`).
+    pub retention: RetentionConfig,
+}
+
+/// Durability of acknowledged events in the durable log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogSync {
+    /// Each batch is flushed to the disk before it is acknowledged (survives any crash).
+    Fsync,
+    /// Written without waiting for the disk; flushed every 100 ms. Faster; a crash can lose
+    /// the last 100 ms of acknowledged events.
+    Os,
+}
+
+/// Retention of the event log; an event goes when any limit is exceeded; 0 disables a limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Most events kept.
+    pub max_events: u64,
+    /// Most bytes of stored events kept.
+    pub max_bytes: u64,
+    /// Oldest event kept, in seconds.
+    pub max_age_s: u64,
+    /// How often retention runs, in ms.
+    pub interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_events: 10_000_000,
+            max_bytes: 10 << 30,
+            max_age_s: 7 * 24 * 3600,
+            interval_ms: 10_000,
+        }
+    }
 }
 
 /// TLS settings (rustls).
@@ -240,6 +280,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             memory_log_events: 100_000,
             tls: TlsConfig::default(),
+            log_sync: LogSync::Fsync,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -388,6 +430,12 @@ impl Config {
             return Err(invalid(
                 "tls",
                 "set both cert_file and key_file, or neither",
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.retention.interval_ms) {
+            return Err(invalid(
+                "retention.interval_ms",
+                "must be 100 to 3600000 ms",
             ));
         }
         if self.memory_log_events == 0 {

@@ -28,6 +28,8 @@ pub mod session;
 
 pub use config::{
     Config, ConfigError, EnvironmentKind, ExternalIssuer, HttpConfig, LimitsConfig, LogMode,
-    OAuthConfig, Overrides, TlsConfig,
+    LogSync, OAuthConfig, Overrides, RetentionConfig, TlsConfig,
 };
-pub use server::{ADMIN_TOKEN_FILE, REGISTRY_FILE, SIGNING_KEYS_FILE, ServeError, run};
+pub use server::{
+    ADMIN_TOKEN_FILE, EVENT_LOG_FILE, REGISTRY_FILE, SIGNING_KEYS_FILE, ServeError, run,
+};

@@ -22,10 +22,11 @@ use crate::config::LogMode;
 use crate::fanout::Bus;
 use crate::http;
 use crate::listener;
-use crate::log::{EventLog, MemoryLog};
+use crate::log::{DurableLog, EventLog, MemoryLog, Retention, SyncMode};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, SqliteStore};
 use crate::session::Hub;
+use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
 /// The admin credential file in the data folder.
@@ -34,6 +35,8 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const SIGNING_KEYS_FILE: &str = "signing-keys.json";
 /// The registry database in the data folder.
 pub const REGISTRY_FILE: &str = "registry.sqlite";
+/// The durable event log in the data folder.
+pub const EVENT_LOG_FILE: &str = "events.redb";
 
 /// Why the broker could not start or stopped with a fault.
 #[derive(Debug, thiserror::Error)]
@@ -138,20 +141,48 @@ pub async fn run(
     );
     let metrics =
         Arc::new(Metrics::new().map_err(|e| ServeError::Startup(format!("metrics: {e}")))?);
-    let log: Arc<dyn EventLog> = match config.log {
-        LogMode::Memory => Arc::new(MemoryLog::new(config.memory_log_events)),
+    let retention = Retention {
+        max_events: config.retention.max_events,
+        max_bytes: config.retention.max_bytes,
+        max_age_s: config.retention.max_age_s,
+    };
+    let (log, retainer): (Arc<dyn EventLog>, Option<tokio::task::JoinHandle<()>>) = match config.log
+    {
+        LogMode::Memory => (Arc::new(MemoryLog::new(config.memory_log_events)), None),
         LogMode::Durable => {
-            tracing::warn!(
-                "the durable event log is not built yet: events are kept in memory only ({} newest) and lost on restart",
-                config.memory_log_events
+            let path = config.data_dir.join(EVENT_LOG_FILE);
+            let sync = match config.log_sync {
+                crate::config::LogSync::Fsync => SyncMode::Fsync,
+                crate::config::LogSync::Os => SyncMode::Os,
+            };
+            let durable = Arc::new(
+                DurableLog::open(&path, sync)
+                    .map_err(|e| ServeError::Startup(format!("{}: {e}", path.display())))?,
             );
-            Arc::new(MemoryLog::new(config.memory_log_events))
+            tracing::info!(path = %path.display(), last_seq = durable.last_seq(), "event log opened");
+            let every = Duration::from_millis(config.retention.interval_ms);
+            let weak = Arc::downgrade(&durable);
+            let retainer = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(log) = weak.upgrade() else { return };
+                    match tokio::task::spawn_blocking(move || log.enforce(retention)).await {
+                        Ok(Ok(n)) if n > 0 => {
+                            tracing::info!(removed = n, "retention removed old events")
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "retention failed; will retry"),
+                        _ => {}
+                    }
+                }
+            });
+            (durable, Some(retainer))
         }
     };
-    let (bus, sequencer) = Bus::start(log, metrics.clone(), config.limits.publish_queue);
+    let (bus, sequencer) = Bus::start(log.clone(), metrics.clone(), config.limits.publish_queue);
     let cancel = CancellationToken::new();
     let hub = Arc::new(Hub::new(
         bus,
+        log,
         verifier,
         registry.clone(),
         metrics,
@@ -228,6 +259,9 @@ pub async fn run(
     drop(state);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sequencer).await;
     follower.abort();
+    if let Some(r) = retainer {
+        r.abort();
+    }
     tracing::info!("scopecast stopped");
     Ok(())
 }

@@ -48,6 +48,10 @@ pub struct Subscriber {
     /// Events accepted after this instant (Unix ms) are not queued: the session's token has
     /// expired by then (its `exp` plus the leeway). Moved forward by each refresh.
     deadline_ms: AtomicI64,
+    /// While a replay runs, live events wait here (in order, bounded by the outbox limit) so
+    /// that the replayed ones go out first.
+    holding: std::sync::atomic::AtomicBool,
+    hold: Mutex<Option<(std::collections::VecDeque<Queued>, usize)>>,
 }
 
 impl Subscriber {
@@ -59,7 +63,28 @@ impl Subscriber {
             outbox: Outbox::new(queue_bytes),
             last_seq: AtomicU64::new(0),
             deadline_ms: AtomicI64::new(i64::MAX),
+            holding: std::sync::atomic::AtomicBool::new(false),
+            hold: Mutex::new(None),
         }
+    }
+
+    /// Starts holding live events back (a replay is about to run).
+    pub fn hold(&self) {
+        *self.hold.lock() = Some((std::collections::VecDeque::new(), 0));
+        self.holding.store(true, Ordering::Release);
+    }
+
+    /// Queues the live events held back, in order, and stops holding.
+    pub fn release(&self) {
+        let mut hold = self.hold.lock();
+        if let Some((held, _)) = hold.take() {
+            for frame in held {
+                if self.outbox.push(frame).is_err() {
+                    break;
+                }
+            }
+        }
+        self.holding.store(false, Ordering::Release);
     }
 
     /// Sets the instant (Unix ms) after which no event is queued to this session.
@@ -74,6 +99,24 @@ impl Subscriber {
         }
         if self.last_seq.fetch_max(seq, Ordering::Relaxed) >= seq {
             return false;
+        }
+        if self.holding.load(Ordering::Acquire) {
+            let mut hold = self.hold.lock();
+            if let Some((held, bytes)) = hold.as_mut() {
+                *bytes += frame.text.len();
+                if *bytes > self.outbox.limit_bytes() {
+                    drop(hold);
+                    self.outbox.close(
+                        scopecast_protocol::CloseCode::SlowConsumer,
+                        "live events overflowed during a replay",
+                        false,
+                    );
+                    metrics.slow_consumer_closes.inc();
+                    return false;
+                }
+                held.push_back(frame.clone());
+                return true;
+            }
         }
         match self.outbox.push(frame.clone()) {
             Ok(()) => true,

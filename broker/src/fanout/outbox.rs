@@ -150,6 +150,11 @@ impl Outbox {
         }
     }
 
+    /// The byte limit.
+    pub fn limit_bytes(&self) -> usize {
+        self.limit_bytes
+    }
+
     /// True once a close has been decided.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)

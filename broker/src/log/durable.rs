@@ -331,10 +331,20 @@ mod tests {
             e
         };
         aged.append(&[old(1), old(2), ev(3, "a")]).await.unwrap();
-        aged.enforce(Retention { max_events: 0, max_bytes: 0, max_age_s: 60 }).unwrap();
+        aged.enforce(Retention {
+            max_events: 0,
+            max_bytes: 0,
+            max_age_s: 60,
+        })
+        .unwrap();
         assert_eq!(aged.first_seq(), 3);
         aged.append(&[old(4)]).await.unwrap();
-        aged.enforce(Retention { max_events: 0, max_bytes: 0, max_age_s: 60 }).unwrap();
+        aged.enforce(Retention {
+            max_events: 0,
+            max_bytes: 0,
+            max_age_s: 60,
+        })
+        .unwrap();
         // Removal stops at the first event young enough, scanning from the front.
         assert_eq!((aged.first_seq(), aged.last_seq()), (3, 4));
     }

@@ -76,6 +76,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn finds_the_first_seq_at_a_time() {
+        let log = MemoryLog::new(100);
+        let at = |s: i64| Timestamp::from_unix_seconds(1_700_000_000 + s).unwrap();
+        let batch: Vec<StoredEvent> = (1..=10)
+            .map(|seq| StoredEvent {
+                time: at(seq as i64 * 10),
+                ..ev(seq)
+            })
+            .collect();
+        log.append(&batch).await.unwrap();
+        assert_eq!(log.seq_at(at(0)).await.unwrap(), 1);
+        assert_eq!(log.seq_at(at(35)).await.unwrap(), 4);
+        assert_eq!(log.seq_at(at(40)).await.unwrap(), 4);
+        assert_eq!(log.seq_at(at(1000)).await.unwrap(), 11);
+    }
+
+    #[tokio::test]
     async fn keeps_the_newest_and_reads_in_order() {
         let log = MemoryLog::new(3);
         assert_eq!((log.last_seq(), log.first_seq()), (0, 1));

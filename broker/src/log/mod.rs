@@ -52,4 +52,18 @@ pub trait EventLog: Send + Sync + 'static {
     async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError>;
     /// The oldest `seq` still retained (`last_seq() + 1` when empty).
     fn first_seq(&self) -> u64;
+
+    /// The first retained `seq` of an event accepted at or after `t` (`last_seq() + 1` when
+    /// none is): a binary search over `seq`, since the sequencer stamps times in `seq` order.
+    async fn seq_at(&self, t: scopecast_protocol::Timestamp) -> Result<u64, LogError> {
+        let (mut lo, mut hi) = (self.first_seq(), self.last_seq() + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.read_after(mid - 1, 1).await?.first() {
+                Some(e) if e.time < t => lo = e.seq + 1,
+                Some(_) | None => hi = mid,
+            }
+        }
+        Ok(lo)
+    }
 }

@@ -19,8 +19,9 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use scopecast_protocol::{
-    ClientFrame, CloseCode, ErrorFrame, FrameError, Limits, Pattern, Pong, Reason, RequestId,
-    ServerFrame, Subscribed, Timestamp, TokenExpiring, Unsubscribed, Welcome,
+    ClientFrame, CloseCode, ErrorFrame, FrameError, Limits, Pattern, Pong, Reason, Replay,
+    RequestId, ServerFrame, Since, Subscribed, Timestamp, TokenExpiring, Unsubscribed, Welcome,
+    encode_event,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,8 @@ pub use table::SessionTable;
 
 use crate::auth::token::{Principal, TokenVerifier, VerifyError};
 use crate::config::LimitsConfig;
-use crate::fanout::{Bus, PublishRequest, Reply, Subscriber};
+use crate::fanout::{Bus, PublishRequest, Queued, Reply, Subscriber};
+use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use table::SessionEntry;
@@ -39,6 +41,8 @@ use table::SessionEntry;
 pub struct Hub {
     /// The publish path and topic index.
     pub bus: Bus,
+    /// The event log, for replays.
+    pub log: Arc<dyn EventLog>,
     /// Access token verification.
     pub verifier: TokenVerifier,
     /// The application registry.
@@ -61,6 +65,7 @@ impl Hub {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         bus: Bus,
+        log: Arc<dyn EventLog>,
         verifier: TokenVerifier,
         registry: Registry,
         metrics: Arc<Metrics>,
@@ -69,6 +74,7 @@ impl Hub {
     ) -> Hub {
         Hub {
             bus,
+            log,
             verifier,
             registry,
             metrics,
@@ -327,7 +333,9 @@ struct Session<S> {
     entry: Arc<SessionEntry>,
     principal: Principal,
     /// Live subscriptions (each also in the topic index).
-    subs: HashMap<Pattern, ()>,
+    /// Live subscriptions, each with the `seq` after which it delivers every matching event
+    /// (its `head_seq`, or where its replay started).
+    subs: HashMap<Pattern, u64>,
     bad_frames: u32,
     last_heard: Instant,
     warned: bool,
@@ -513,10 +521,7 @@ where
         };
         self.last_heard = Instant::now();
         match msg {
-            Message::Text(t) => {
-                self.text(&t).await;
-                Step::Continue
-            }
+            Message::Text(t) => self.text(&t).await,
             Message::Binary(_) => {
                 self.subscriber.outbox.close(
                     CloseCode::UnsupportedData,
@@ -546,16 +551,19 @@ where
         }
     }
 
-    async fn text(&mut self, t: &str) {
+    async fn text(&mut self, t: &str) -> Step {
         let frame = match ClientFrame::decode(t, self.hub.limits.max_frame_bytes) {
             Ok(f) => f,
-            Err(e) => return self.bad_frame(e),
+            Err(e) => {
+                self.bad_frame(e);
+                return Step::Continue;
+            }
         };
         self.bad_frames = 0;
         match frame {
             ClientFrame::Auth { token } => self.refresh(&token).await,
             ClientFrame::Subscribe { id, topic, since } => {
-                self.subscribe(id, topic, since.is_some())
+                return self.subscribe(id, topic, since).await;
             }
             ClientFrame::Unsubscribe { id, topic } => self.unsubscribe(id, &topic),
             ClientFrame::Publish {
@@ -566,6 +574,7 @@ where
             } => self.publish(id, topic, data, event_id).await,
             ClientFrame::Ping { id } => self.reply(&ServerFrame::Pong(Pong { id })),
         }
+        Step::Continue
     }
 
     /// The registry's current view of this client: `None` when it may no longer connect.
@@ -582,26 +591,23 @@ where
         );
     }
 
-    fn subscribe(&mut self, id: RequestId, pattern: Pattern, replay: bool) {
-        if replay {
-            let msg =
-                "`since`: this broker keeps no history to replay from; subscribe without `since`"
-                    .to_owned();
-            return self.reply(&error_frame(Some(id), Reason::InvalidField, msg));
-        }
+    async fn subscribe(&mut self, id: RequestId, pattern: Pattern, since: Option<Since>) -> Step {
         let Some(ceiling) = self.client_ceiling() else {
-            return self.inactive();
+            self.inactive();
+            return Step::Continue;
         };
         let metrics = self.hub.metrics.clone();
         if self.subs.contains_key(&pattern) {
+            // Idempotent: the subscription already runs; nothing is replayed again.
             metrics.subscribe_results.with_label_values(&["ok"]).inc();
             let head_seq = self.hub.bus.head_seq();
-            return self.reply(&ServerFrame::Subscribed(Subscribed {
+            self.reply(&ServerFrame::Subscribed(Subscribed {
                 id,
                 topic: pattern,
                 head_seq,
                 replay: None,
             }));
+            return Step::Continue;
         }
         let in_token = self.principal.scope.allows_subscribe(&pattern);
         if !in_token || !ceiling.allows_subscribe(&pattern) {
@@ -623,7 +629,8 @@ where
                 ),
             );
             e.required_scope = Some(format!("subscribe:{pattern}"));
-            return self.reply(&ServerFrame::Error(e));
+            self.reply(&ServerFrame::Error(e));
+            return Step::Continue;
         }
         if self.subs.len() >= self.hub.limits.max_subscriptions {
             metrics
@@ -634,23 +641,121 @@ where
                 "this connection already holds {} subscriptions",
                 self.subs.len()
             );
-            return self.reply(&error_frame(Some(id), Reason::TooManySubscriptions, msg));
+            self.reply(&error_frame(Some(id), Reason::TooManySubscriptions, msg));
+            return Step::Continue;
+        }
+        // Where the replay starts: after `seq` N, or from the first event at or after a time.
+        let after = match since {
+            None => None,
+            Some(Since::Seq(n)) => Some(n),
+            Some(Since::Time(t)) => match self.hub.log.seq_at(t).await {
+                Ok(first) => Some(first.saturating_sub(1)),
+                Err(e) => {
+                    self.reply(&error_frame(
+                        Some(id),
+                        Reason::LogUnavailable,
+                        format!("cannot read the event log: {e}"),
+                    ));
+                    return Step::Continue;
+                }
+            },
+        };
+        let replay = after.map(|after| {
+            let first = self.hub.log.first_seq();
+            Replay {
+                from_seq: (after + 1).max(first),
+                truncated: after + 1 < first,
+            }
+        });
+        if replay.is_some() {
+            // Live events wait until the replayed ones are queued.
+            self.subscriber.hold();
         }
         let sub = self.subscriber.clone();
         let topic = pattern.clone();
-        self.hub
+        let head = self
+            .hub
             .bus
             .subscribe(&pattern, &self.subscriber, move |head_seq| {
                 let _ = sub.reply(&ServerFrame::Subscribed(Subscribed {
                     id,
                     topic,
                     head_seq,
-                    replay: None,
+                    replay,
                 }));
             });
-        self.subs.insert(pattern, ());
+        // This subscription delivers every matching event after `after` (replayed) or after
+        // `head` (live only): later replays on this connection skip those.
+        self.subs.insert(pattern.clone(), after.map_or(head, |a| a.min(head)));
         metrics.subscriptions.inc();
         metrics.subscribe_results.with_label_values(&["ok"]).inc();
+        let step = match after {
+            Some(after) => self.replay(&pattern, after, head).await,
+            None => Step::Continue,
+        };
+        self.subscriber.release();
+        step
+    }
+
+    /// Queues the stored events of `pattern` with `after < seq <= head`, writing as it goes so
+    /// a long replay never overflows the queue. An event already delivered on this connection
+    /// (through another subscription that was live when it was published) is skipped.
+    async fn replay(&mut self, pattern: &Pattern, after: u64, head: u64) -> Step {
+        const PAGE: usize = 512;
+        let mut cursor = after;
+        while cursor < head {
+            let page = match self.hub.log.read_after(cursor, PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let mut err = ErrorFrame::new(
+                        None,
+                        Reason::LogUnavailable,
+                        format!("replay of {pattern} stopped: {e}"),
+                    );
+                    err.topic = Some(pattern.clone());
+                    self.reply(&ServerFrame::Error(err));
+                    return Step::Continue;
+                }
+            };
+            let full = page.len() == PAGE;
+            for e in page {
+                if e.seq > head {
+                    cursor = head;
+                    break;
+                }
+                cursor = e.seq;
+                let elsewhere = self
+                    .subs
+                    .iter()
+                    .any(|(p, start)| p != pattern && *start < e.seq && p.matches(&e.topic));
+                if !pattern.matches(&e.topic) || elsewhere {
+                    continue;
+                }
+                let bytes = encode_event(e.seq, &e.topic, &e.event_id, e.time, e.data.as_raw());
+                let text =
+                    Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}"));
+                if self
+                    .subscriber
+                    .outbox
+                    .push(Queued {
+                        text,
+                        published_at: None,
+                    })
+                    .is_err()
+                {
+                    return Step::Continue;
+                }
+            }
+            if self.subscriber.outbox.queued_bytes() > self.hub.limits.outbound_queue_bytes / 2
+                && let Step::Stop = self.write().await
+            {
+                return Step::Stop;
+            }
+            if !full {
+                break;
+            }
+        }
+        Step::Continue
     }
 
     fn unsubscribe(&mut self, id: RequestId, pattern: &Pattern) {
