@@ -40,13 +40,23 @@ async fn resume_case(log: LogMode, patterns: &[&str], topics: &[&str]) {
     config.log = log;
     config.limits.publish_rate_per_sec = 0;
     let broker = TestBroker::start(config).await;
-    let sub = broker.active_client("Resumer", "subscribe:adt.> subscribe:lab.>").await;
-    let publisher = broker.active_client("Feeder", "publish:adt.> publish:lab.>").await;
-    let (st, pt) = (broker.token(&sub, None).await, broker.token(&publisher, None).await);
+    let sub = broker
+        .active_client("Resumer", "subscribe:adt.> subscribe:lab.>")
+        .await;
+    let publisher = broker
+        .active_client("Feeder", "publish:adt.> publish:lab.>")
+        .await;
+    let (st, pt) = (
+        broker.token(&sub, None).await,
+        broker.token(&publisher, None).await,
+    );
 
     let (mut ws, _) = Ws::connect(&broker, &st).await;
     for (i, p) in patterns.iter().enumerate() {
-        assert_eq!(ws.subscribe(&format!("s{i}"), p).await["type"], "subscribed");
+        assert_eq!(
+            ws.subscribe(&format!("s{i}"), p).await["type"],
+            "subscribed"
+        );
     }
     let mut first = Vec::new();
     for t in topics {
@@ -65,7 +75,10 @@ async fn resume_case(log: LogMode, patterns: &[&str], topics: &[&str]) {
     let (mut ws, _) = Ws::connect(&broker, &st).await;
     let mut replayed = Vec::new();
     for (i, p) in patterns.iter().enumerate() {
-        ws.send(json!({"type": "subscribe", "id": format!("r{i}"), "topic": p, "since": {"seq": last}})).await;
+        ws.send(
+            json!({"type": "subscribe", "id": format!("r{i}"), "topic": p, "since": {"seq": last}}),
+        )
+        .await;
         let (before, ok) = ws.recv_answer(&format!("r{i}")).await;
         replayed.extend(before);
         assert_eq!(ok["type"], "subscribed", "{ok}");
@@ -73,8 +86,15 @@ async fn resume_case(log: LogMode, patterns: &[&str], topics: &[&str]) {
         assert_eq!(ok["replay"]["from_seq"], last + 1);
     }
     let live = publish_n(&broker, &pt, topics[0], 3).await;
-    let rest = events(&mut ws, missed.len() + live.len() - replayed.iter().filter(|f| f["type"] == "event").count()).await;
-    let mut all: Vec<Value> = replayed.into_iter().filter(|f| f["type"] == "event").collect();
+    let rest = events(
+        &mut ws,
+        missed.len() + live.len() - replayed.iter().filter(|f| f["type"] == "event").count(),
+    )
+    .await;
+    let mut all: Vec<Value> = replayed
+        .into_iter()
+        .filter(|f| f["type"] == "event")
+        .collect();
     all.extend(rest);
     let mut got = seqs(&all);
     let unique: std::collections::BTreeSet<u64> = got.iter().copied().collect();
@@ -83,7 +103,10 @@ async fn resume_case(log: LogMode, patterns: &[&str], topics: &[&str]) {
     let mut want = missed.clone();
     want.extend(&live);
     assert_eq!(got, want, "exactly the missed events, then the live ones");
-    assert!(ws.recv_within(Duration::from_millis(300)).await.is_none(), "nothing more");
+    assert!(
+        ws.recv_within(Duration::from_millis(300)).await.is_none(),
+        "nothing more"
+    );
 }
 
 #[tokio::test]
@@ -93,12 +116,22 @@ async fn resume_from_the_last_seq_gets_exactly_what_was_missed() {
 
 #[tokio::test]
 async fn resume_works_for_wildcards_on_the_durable_log() {
-    resume_case(LogMode::Durable, &["adt.>"], &["adt.patient", "adt.visit.start"]).await;
+    resume_case(
+        LogMode::Durable,
+        &["adt.>"],
+        &["adt.patient", "adt.visit.start"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn resume_with_two_overlapping_subscriptions_delivers_each_event_once() {
-    resume_case(LogMode::Durable, &["adt.>", "adt.patient"], &["adt.patient", "adt.visit"]).await;
+    resume_case(
+        LogMode::Durable,
+        &["adt.>", "adt.patient"],
+        &["adt.patient", "adt.visit"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -112,7 +145,8 @@ async fn a_resume_from_before_retention_is_reported_as_truncated() {
     let pt = broker.token(&publisher, None).await;
     let published = publish_n(&broker, &pt, "lab.result", 25).await;
     let (mut ws, _) = Ws::connect(&broker, &broker.token(&sub, None).await).await;
-    ws.send(json!({"type": "subscribe", "id": "r", "topic": "lab.>", "since": {"seq": 0}})).await;
+    ws.send(json!({"type": "subscribe", "id": "r", "topic": "lab.>", "since": {"seq": 0}}))
+        .await;
     let (_, ok) = ws.recv_answer("r").await;
     assert_eq!(ok["replay"]["truncated"], true, "{ok}");
     assert_eq!(ok["replay"]["from_seq"], published[15]);
@@ -130,11 +164,14 @@ async fn replay_since_a_time_starts_at_the_first_event_at_or_after_it() {
     let pt = broker.token(&publisher, None).await;
     publish_n(&broker, &pt, "adt.a", 5).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mark = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let mark = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let after = publish_n(&broker, &pt, "adt.a", 5).await;
     let (mut ws, _) = Ws::connect(&broker, &broker.token(&sub, None).await).await;
-    ws.send(json!({"type": "subscribe", "id": "t", "topic": "adt.>", "since": {"time": mark}})).await;
+    ws.send(json!({"type": "subscribe", "id": "t", "topic": "adt.>", "since": {"time": mark}}))
+        .await;
     let (_, ok) = ws.recv_answer("t").await;
     assert_eq!(ok["replay"]["from_seq"], after[0], "{ok}");
     assert_eq!(seqs(&events(&mut ws, 5).await), after);

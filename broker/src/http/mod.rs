@@ -69,6 +69,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/events/{topic}",
             post(publish::publish).layer(DefaultBodyLimit::disable()),
         )
+        .route("/v1/events", get(publish::history))
         .route("/metrics", get(metrics))
         .route(
             "/.well-known/oauth-authorization-server",

@@ -257,3 +257,143 @@ pub(crate) async fn publish(
         ),
     }
 }
+
+/// Query of `GET /v1/events`.
+#[derive(serde::Deserialize)]
+pub(crate) struct HistoryQuery {
+    topic: String,
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Most events in one history answer.
+const MAX_HISTORY_LIMIT: usize = 1000;
+/// Most events scanned for one history answer (a rare pattern over a long log continues with
+/// `next_since` instead of scanning everything at once).
+const MAX_HISTORY_SCAN: usize = 100_000;
+
+/// `GET /v1/events?topic=PATTERN&since=SEQ&limit=N`: stored events of `PATTERN` after `SEQ`, in
+/// `seq` order, with the same scope check as a subscribe. `next_since` continues the read.
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let hub = state.inner.hub.clone();
+    if token_in_query(&uri) {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            Reason::TokenInUrl,
+            "tokens are refused in URLs; send Authorization: Bearer",
+        );
+    }
+    let axum::extract::Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                Reason::InvalidField,
+                &e.body_text(),
+            );
+        }
+    };
+    let pattern = match scopecast_protocol::Pattern::new(&q.topic) {
+        Ok(p) => p,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                Reason::InvalidTopic,
+                &format!("invalid topic: {e}"),
+            );
+        }
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_HISTORY_LIMIT {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            Reason::InvalidField,
+            &format!("`limit` must be 1 to {MAX_HISTORY_LIMIT}"),
+        );
+    }
+    let caller = match caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let ceiling = hub
+        .registry
+        .client(&caller.client_id)
+        .filter(|c| c.active)
+        .map(|c| c.ceiling.clone());
+    if !(caller.scope.allows_subscribe(&pattern)
+        && ceiling
+            .as_ref()
+            .is_some_and(|c| c.allows_subscribe(&pattern)))
+    {
+        let message = format!(
+            "client {} may not read {pattern}: it needs scope subscribe:{pattern}",
+            caller.client_id
+        );
+        let mut resp = json_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            Reason::InsufficientScope,
+            &message,
+        );
+        let challenge = format!(
+            "Bearer realm=\"scopecast\", error=\"insufficient_scope\", scope=\"subscribe:{pattern}\""
+        );
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        return resp;
+    }
+    let first = hub.log.first_seq();
+    let head = hub.bus.head_seq();
+    let mut cursor = q.since;
+    let mut scanned = 0usize;
+    let mut out = Vec::new();
+    'scan: while cursor < head && out.len() < limit && scanned < MAX_HISTORY_SCAN {
+        let page = match hub.log.read_after(cursor, 512).await {
+            Ok(p) => p,
+            Err(e) => {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    Reason::LogUnavailable,
+                    &e.to_string(),
+                );
+            }
+        };
+        if page.is_empty() {
+            break;
+        }
+        for e in page {
+            if e.seq > head {
+                break 'scan;
+            }
+            cursor = e.seq;
+            scanned += 1;
+            if pattern.matches(&e.topic) {
+                out.push(json!({"seq": e.seq, "topic": e.topic, "id": e.event_id, "time": e.time, "data": e.data}));
+                if out.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+    }
+    axum::Json(json!({
+        "events": out,
+        "next_since": cursor,
+        "head_seq": head,
+        "first_seq": first,
+        "truncated": q.since + 1 < first,
+    }))
+    .into_response()
+}

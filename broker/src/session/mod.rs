@@ -686,7 +686,8 @@ where
             });
         // This subscription delivers every matching event after `after` (replayed) or after
         // `head` (live only): later replays on this connection skip those.
-        self.subs.insert(pattern.clone(), after.map_or(head, |a| a.min(head)));
+        self.subs
+            .insert(pattern.clone(), after.map_or(head, |a| a.min(head)));
         metrics.subscriptions.inc();
         metrics.subscribe_results.with_label_values(&["ok"]).inc();
         let step = match after {
