@@ -164,6 +164,11 @@ pub struct LimitsConfig {
     pub publish_queue: usize,
     /// WebSocket read buffer per connection, in bytes.
     pub read_buffer_bytes: usize,
+    /// How long a publisher's `event_id` / `Idempotency-Key` is remembered, in seconds; a
+    /// repeat within it gets the original `seq` and is not delivered again. 0: off.
+    pub idempotency_window_s: u64,
+    /// Most event ids remembered at once (the oldest are forgotten first).
+    pub idempotency_max_keys: usize,
     /// Largest HTTP request head (request line and headers), in bytes; larger: refused.
     pub max_header_bytes: usize,
     /// Most HTTP request headers.
@@ -187,6 +192,8 @@ impl Default for LimitsConfig {
             max_publish_body_bytes: 1 << 20,
             publish_queue: 8_192,
             read_buffer_bytes: 4_096,
+            idempotency_window_s: 600,
+            idempotency_max_keys: 200_000,
             max_header_bytes: 16 * 1024,
             max_headers: 64,
             handshake_timeout_ms: 10_000,

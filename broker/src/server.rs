@@ -178,7 +178,15 @@ pub async fn run(
             (durable, Some(retainer))
         }
     };
-    let (bus, sequencer) = Bus::start(log.clone(), metrics.clone(), config.limits.publish_queue);
+    let (bus, sequencer) = Bus::start(
+        log.clone(),
+        metrics.clone(),
+        config.limits.publish_queue,
+        (
+            Duration::from_secs(config.limits.idempotency_window_s),
+            config.limits.idempotency_max_keys,
+        ),
+    );
     let cancel = CancellationToken::new();
     let hub = Arc::new(Hub::new(
         bus,

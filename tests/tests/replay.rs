@@ -176,3 +176,57 @@ async fn replay_since_a_time_starts_at_the_first_event_at_or_after_it() {
     assert_eq!(ok["replay"]["from_seq"], after[0], "{ok}");
     assert_eq!(seqs(&events(&mut ws, 5).await), after);
 }
+
+#[tokio::test]
+async fn a_repeated_event_id_returns_the_original_seq_and_is_not_delivered_twice() {
+    let mut config = test_config();
+    config.log = LogMode::Durable;
+    let broker = TestBroker::start(config).await;
+    let sub = broker.active_client("Watcher", "subscribe:adt.>").await;
+    let publisher = broker.active_client("Retrier", "publish:adt.>").await;
+    let pt = broker.token(&publisher, None).await;
+    let (mut ws, _) = Ws::connect(&broker, &broker.token(&sub, None).await).await;
+    assert_eq!(ws.subscribe("s", "adt.>").await["type"], "subscribed");
+
+    let (mut p, _) = Ws::connect(&broker, &pt).await;
+    let first = {
+        p.send(json!({"type": "publish", "id": "1", "topic": "adt.x", "data": {"v": 1}, "event_id": "evt-1"})).await;
+        p.recv_answer("1").await.1
+    };
+    let again = {
+        p.send(json!({"type": "publish", "id": "2", "topic": "adt.x", "data": {"v": 1}, "event_id": "evt-1"})).await;
+        p.recv_answer("2").await.1
+    };
+    assert_eq!(first["type"], "published");
+    assert_eq!(again["seq"], first["seq"], "{again}");
+    let conflict = {
+        p.send(json!({"type": "publish", "id": "3", "topic": "adt.x", "data": {"v": 2}, "event_id": "evt-1"})).await;
+        p.recv_answer("3").await.1
+    };
+    assert_eq!((conflict["code"].as_str(), conflict["error"].as_str()), (Some("conflict"), Some("event_id_conflict")));
+
+    // Over HTTP, the Idempotency-Key is the same id.
+    let post = |body: &'static str| {
+        let url = broker.http_url("/v1/events/adt.x");
+        let pt = pt.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(pt)
+                .header("content-type", "application/json")
+                .header("idempotency-key", "evt-1")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = post(r#"{"v":1}"#).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["seq"], first["seq"]);
+    assert_eq!(post(r#"{"v":3}"#).await.status(), 409);
+
+    let got = events(&mut ws, 1).await;
+    assert_eq!(got[0]["seq"], first["seq"]);
+    assert!(ws.recv_within(Duration::from_millis(300)).await.is_none(), "delivered once");
+}

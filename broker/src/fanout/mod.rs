@@ -10,6 +10,7 @@
 //! - `index`: [`TopicIndex`], exact topics in a `DashMap` plus a wildcard trie.
 //! - `outbox`: [`Outbox`], a session's byte-bounded outbound queue.
 
+pub mod dedupe;
 pub mod index;
 pub mod outbox;
 
@@ -27,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use index::TopicIndex;
 pub use outbox::{Outbox, PushError, Queued};
 
-use crate::log::{EventLog, LogError, StoredEvent};
+use crate::log::{EventLog, StoredEvent};
 use crate::metrics::Metrics;
 
 /// Most requests the sequencer takes in one batch.
@@ -151,7 +152,18 @@ pub enum Reply {
         id: RequestId,
     },
     /// An HTTP request handler, waiting on a channel.
-    Http(oneshot::Sender<Result<Ack, LogError>>),
+    Http(oneshot::Sender<Result<Ack, Refusal>>),
+}
+
+/// Why a publish was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The event log could not store the batch; nothing was stored.
+    #[error("the event log cannot store events right now: {0}")]
+    Unavailable(String),
+    /// The `event_id` was seen within the idempotency window with another topic or payload.
+    #[error("this event_id was already used for another topic or payload")]
+    EventIdConflict,
 }
 
 /// A stored event's place.
@@ -193,10 +205,12 @@ pub struct Bus {
 
 impl Bus {
     /// Starts the sequencer over `log`; it runs until every `Bus` clone is dropped.
+    /// `idempotency` is how long an `event_id` is remembered, and how many at most.
     pub fn start(
         log: Arc<dyn EventLog>,
         metrics: Arc<Metrics>,
         queue: usize,
+        idempotency: (std::time::Duration, usize),
     ) -> (Bus, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let index = Arc::new(TopicIndex::default());
@@ -206,6 +220,8 @@ impl Bus {
             log,
             index: index.clone(),
             head: head.clone(),
+            dedupe: dedupe::Dedupe::new(idempotency.0, idempotency.1),
+            window: idempotency.0,
             metrics,
         };
         let task = tokio::spawn(seq.run());
@@ -258,30 +274,97 @@ struct Sequencer {
     index: Arc<TopicIndex>,
     head: Arc<Mutex<u64>>,
     metrics: Arc<Metrics>,
+    dedupe: dedupe::Dedupe,
+    window: std::time::Duration,
 }
 
 impl Sequencer {
+    /// After a restart, remembers the event ids stored within the idempotency window.
+    async fn remember_recent(&mut self) {
+        if self.window.is_zero() || self.log.last_seq() == 0 {
+            return;
+        }
+        let now_t = Timestamp::now();
+        let now = Instant::now();
+        let window_ns = self.window.as_nanos() as i128;
+        let Ok(start_t) = Timestamp::from_unix_nanos(now_t.unix_nanos() - window_ns) else {
+            return;
+        };
+        let Ok(mut cursor) = self.log.seq_at(start_t).await.map(|s| s.saturating_sub(1)) else {
+            return;
+        };
+        while let Ok(page) = self.log.read_after(cursor, 1024).await {
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            for e in page {
+                let age = std::time::Duration::from_nanos(
+                    (now_t.unix_nanos() - e.time.unix_nanos()).max(0) as u64,
+                );
+                let at = now.checked_sub(age).unwrap_or(now);
+                let seen = dedupe::Seen {
+                    seq: e.seq,
+                    fingerprint: dedupe::fingerprint(&e.topic, &e.data),
+                };
+                self.dedupe.insert(e.event_id, seen, at);
+            }
+            cursor = last;
+        }
+    }
+
     async fn run(mut self) {
         let mut next = self.log.last_seq() + 1;
         let mut batch: Vec<PublishRequest> = Vec::with_capacity(MAX_BATCH);
+        self.remember_recent().await;
         while self.rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let time = Timestamp::now();
             let accepted = Instant::now();
-            let events: Vec<StoredEvent> = batch
-                .iter()
-                .enumerate()
-                .map(|(i, r)| StoredEvent {
-                    seq: next + i as u64,
-                    topic: r.topic.clone(),
-                    event_id: r.event_id.clone().unwrap_or_else(new_event_id),
+            let mut events: Vec<StoredEvent> = Vec::with_capacity(batch.len());
+            let mut fresh: Vec<PublishRequest> = Vec::with_capacity(batch.len());
+            for req in batch.drain(..) {
+                let fp = dedupe::fingerprint(&req.topic, &req.data);
+                if let Some(id) = &req.event_id
+                    && let Some(seen) = self.dedupe.get(id, accepted)
+                {
+                    if seen.fingerprint == fp {
+                        acknowledge_seq(req.reply, seen.seq, id.clone());
+                    } else {
+                        refuse(req, &Refusal::EventIdConflict);
+                    }
+                    continue;
+                }
+                let seq = next + events.len() as u64;
+                let event_id = req.event_id.clone().unwrap_or_else(new_event_id);
+                if req.event_id.is_some() {
+                    self.dedupe.insert(
+                        event_id.clone(),
+                        dedupe::Seen {
+                            seq,
+                            fingerprint: fp,
+                        },
+                        accepted,
+                    );
+                }
+                events.push(StoredEvent {
+                    seq,
+                    topic: req.topic.clone(),
+                    event_id,
                     time,
-                    data: r.data.clone(),
-                })
-                .collect();
+                    data: req.data.clone(),
+                });
+                fresh.push(req);
+            }
+            if events.is_empty() {
+                continue;
+            }
+            let mut batch_reqs = fresh;
             if let Err(e) = self.log.append(&events).await {
                 tracing::error!(error = %e, events = events.len(), "event log append failed; refusing the batch");
-                for req in batch.drain(..) {
-                    refuse(req, &e);
+                for req in batch_reqs.drain(..) {
+                    if let Some(id) = &req.event_id {
+                        self.dedupe.remove(id);
+                    }
+                    refuse(req, &Refusal::Unavailable(e.to_string()));
                 }
                 continue;
             }
@@ -315,7 +398,7 @@ impl Sequencer {
             }
             self.metrics.events_published.inc_by(events.len() as u64);
             self.metrics.events_delivered.inc_by(delivered);
-            for (req, e) in batch.drain(..).zip(&events) {
+            for (req, e) in batch_reqs.drain(..).zip(&events) {
                 acknowledge(req.reply, e);
             }
         }
@@ -328,37 +411,105 @@ fn new_event_id() -> EventId {
 }
 
 fn acknowledge(reply: Reply, e: &StoredEvent) {
+    acknowledge_seq(reply, e.seq, e.event_id.clone());
+}
+
+fn acknowledge_seq(reply: Reply, seq: u64, event_id: EventId) {
     match reply {
         Reply::Session { subscriber, id } => {
-            let frame = ServerFrame::Published(Published {
-                id,
-                seq: e.seq,
-                event_id: e.event_id.clone(),
-            });
-            let _ = subscriber.reply(&frame);
+            let _ = subscriber.reply(&ServerFrame::Published(Published { id, seq, event_id }));
         }
         Reply::Http(tx) => {
-            let _ = tx.send(Ok(Ack {
-                seq: e.seq,
-                event_id: e.event_id.clone(),
-            }));
+            let _ = tx.send(Ok(Ack { seq, event_id }));
         }
     }
 }
 
-fn refuse(req: PublishRequest, e: &LogError) {
+fn refuse(req: PublishRequest, why: &Refusal) {
     match req.reply {
         Reply::Session { subscriber, id } => {
-            let frame = ServerFrame::Error(scopecast_protocol::ErrorFrame::new(
+            let (reason, message) = match why {
+                Refusal::Unavailable(_) => (
+                    scopecast_protocol::Reason::LogUnavailable,
+                    "the event log cannot store events right now; nothing was stored, retry later".to_owned(),
+                ),
+                Refusal::EventIdConflict => (
+                    scopecast_protocol::Reason::EventIdConflict,
+                    "this event_id was already used within the idempotency window for another topic or payload".to_owned(),
+                ),
+            };
+            let _ = subscriber.reply(&ServerFrame::Error(scopecast_protocol::ErrorFrame::new(
                 Some(id),
-                scopecast_protocol::Reason::LogUnavailable,
-                "the event log cannot store events right now; nothing was stored, retry later"
-                    .to_owned(),
-            ));
-            let _ = subscriber.reply(&frame);
+                reason,
+                message,
+            )));
         }
         Reply::Http(tx) => {
-            let _ = tx.send(Err(e.clone()));
+            let _ = tx.send(Err(why.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{LogError, MemoryLog};
+    use std::sync::atomic::AtomicBool;
+
+    /// A log whose store can be made to fail, as a full disk would.
+    struct FailingLog {
+        inner: MemoryLog,
+        failing: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl EventLog for FailingLog {
+        async fn append(&self, events: &[StoredEvent]) -> Result<(), crate::log::LogError> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(LogError::Unavailable("No space left on device".into()));
+            }
+            self.inner.append(events).await
+        }
+        fn last_seq(&self) -> u64 {
+            self.inner.last_seq()
+        }
+        async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
+            self.inner.read_after(after, limit).await
+        }
+        fn first_seq(&self) -> u64 {
+            self.inner.first_seq()
+        }
+    }
+
+    async fn publish(bus: &Bus, topic: &str) -> Result<Ack, Refusal> {
+        let (tx, rx) = oneshot::channel();
+        let req = PublishRequest {
+            topic: topic.parse().unwrap(),
+            data: RawJson::from_string("{}".into()).unwrap(),
+            event_id: None,
+            reply: Reply::Http(tx),
+        };
+        bus.publish(req).await.unwrap();
+        rx.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_refuses_publishes_then_recovers_without_losing_a_seq() {
+        let log = Arc::new(FailingLog { inner: MemoryLog::new(100), failing: AtomicBool::new(false) });
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let (bus, _task) = Bus::start(log.clone(), metrics, 16, (std::time::Duration::ZERO, 0));
+        let sub = Arc::new(Subscriber::new(1, "c".into(), 1 << 20));
+        bus.subscribe(&"a.>".parse().unwrap(), &sub, |_| {});
+
+        assert_eq!(publish(&bus, "a.b").await.unwrap().seq, 1);
+        log.failing.store(true, Ordering::SeqCst);
+        assert!(matches!(publish(&bus, "a.b").await, Err(Refusal::Unavailable(m)) if m.contains("No space")));
+        log.failing.store(false, Ordering::SeqCst);
+        assert_eq!(publish(&bus, "a.b").await.unwrap().seq, 2, "the refused batch used no seq");
+
+        let queued = sub.outbox.drain().frames;
+        let texts: Vec<String> = queued.iter().map(|q| q.text.to_string()).collect();
+        assert_eq!(texts.len(), 2, "the subscriber got the stored events only: {texts:?}");
+        assert!(texts[1].contains("\"seq\":2"));
     }
 }

@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::stream::{bearer, json_error, refused_token, token_in_query, unauthorized};
-use crate::fanout::{PublishRequest, Reply};
+use crate::fanout::{PublishRequest, Refusal, Reply};
 use crate::server::AppState;
 
 /// Header naming the client on the HTTP APIs when identification by header is on.
@@ -243,6 +243,12 @@ pub(crate) async fn publish(
             axum::Json(json!({"seq": ack.seq, "id": ack.event_id.as_str()})),
         )
             .into_response(),
+        Ok(Err(Refusal::EventIdConflict)) => json_error(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            Reason::EventIdConflict,
+            "this Idempotency-Key was already used for another topic or payload",
+        ),
         Ok(Err(e)) => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
