@@ -203,7 +203,10 @@ async fn a_repeated_event_id_returns_the_original_seq_and_is_not_delivered_twice
         p.send(json!({"type": "publish", "id": "3", "topic": "adt.x", "data": {"v": 2}, "event_id": "evt-1"})).await;
         p.recv_answer("3").await.1
     };
-    assert_eq!((conflict["code"].as_str(), conflict["error"].as_str()), (Some("conflict"), Some("event_id_conflict")));
+    assert_eq!(
+        (conflict["code"].as_str(), conflict["error"].as_str()),
+        (Some("conflict"), Some("event_id_conflict"))
+    );
 
     // Over HTTP, the Idempotency-Key is the same id.
     let post = |body: &'static str| {
@@ -228,5 +231,8 @@ async fn a_repeated_event_id_returns_the_original_seq_and_is_not_delivered_twice
 
     let got = events(&mut ws, 1).await;
     assert_eq!(got[0]["seq"], first["seq"]);
-    assert!(ws.recv_within(Duration::from_millis(300)).await.is_none(), "delivered once");
+    assert!(
+        ws.recv_within(Duration::from_millis(300)).await.is_none(),
+        "delivered once"
+    );
 }

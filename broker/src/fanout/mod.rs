@@ -495,7 +495,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_store_refuses_publishes_then_recovers_without_losing_a_seq() {
-        let log = Arc::new(FailingLog { inner: MemoryLog::new(100), failing: AtomicBool::new(false) });
+        let log = Arc::new(FailingLog {
+            inner: MemoryLog::new(100),
+            failing: AtomicBool::new(false),
+        });
         let metrics = Arc::new(Metrics::new().unwrap());
         let (bus, _task) = Bus::start(log.clone(), metrics, 16, (std::time::Duration::ZERO, 0));
         let sub = Arc::new(Subscriber::new(1, "c".into(), 1 << 20));
@@ -503,13 +506,23 @@ mod tests {
 
         assert_eq!(publish(&bus, "a.b").await.unwrap().seq, 1);
         log.failing.store(true, Ordering::SeqCst);
-        assert!(matches!(publish(&bus, "a.b").await, Err(Refusal::Unavailable(m)) if m.contains("No space")));
+        assert!(
+            matches!(publish(&bus, "a.b").await, Err(Refusal::Unavailable(m)) if m.contains("No space"))
+        );
         log.failing.store(false, Ordering::SeqCst);
-        assert_eq!(publish(&bus, "a.b").await.unwrap().seq, 2, "the refused batch used no seq");
+        assert_eq!(
+            publish(&bus, "a.b").await.unwrap().seq,
+            2,
+            "the refused batch used no seq"
+        );
 
         let queued = sub.outbox.drain().frames;
         let texts: Vec<String> = queued.iter().map(|q| q.text.to_string()).collect();
-        assert_eq!(texts.len(), 2, "the subscriber got the stored events only: {texts:?}");
+        assert_eq!(
+            texts.len(),
+            2,
+            "the subscriber got the stored events only: {texts:?}"
+        );
         assert!(texts[1].contains("\"seq\":2"));
     }
 }
