@@ -1,6 +1,8 @@
 //! Scopecast client SDK for subscribers and publishers.
 //!
 //! Modules:
+//! - [`client`]: [`connect`], [`ConnectOptions`], [`Client`] (subscribe, publish),
+//!   [`Subscription`] (a `Stream` of [`Item`]s); reconnects and resumes by `seq`.
 //! - [`token`]: [`TokenSource`], OAuth2 client credentials with a client secret or a private
 //!   key (`private_key_jwt`), cached and refreshed before expiry.
 //! - [`protocol`]: the wire types of `scopecast.v1` (frames, topics, patterns, scopes, error and
@@ -9,8 +11,13 @@
 //! The connection and subscription API is modelled on async-nats; see `protocol/PROTOCOL.md`
 //! for the wire rules it follows.
 
+pub mod client;
 pub mod token;
 
+pub use client::{
+    Client, ConnectError, ConnectOptions, ConnectionState, Item, PublishError, SubscribeError,
+    Subscription, connect,
+};
 pub use scopecast_protocol as protocol;
 pub use scopecast_protocol::{CloseCode, ErrorCode, Pattern, Reason, Retry, ScopeSet, Topic};
 pub use token::{AccessToken, PrivateKey, TokenError, TokenSource};
