@@ -97,9 +97,68 @@ pub struct TestBroker {
     /// Dropping or sending on it starts the broker's graceful shutdown.
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), scopecast_broker::ServeError>>>,
+    /// The configuration it runs with (data folder and address filled in), for restarts.
+    config: Config,
 }
 
 impl TestBroker {
+    /// Stops the broker gracefully and starts it again on the same address and data folder,
+    /// as an operator's restart would.
+    ///
+    /// # Panics
+    /// When it does not stop or start in time.
+    pub async fn restart(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(WAIT, task)
+                .await
+                .expect("broker stopped");
+        }
+        let mut config = self.config.clone();
+        config.listen = self.addr;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "rebind {}: {e}",
+                        self.addr
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        self.task = Some(tokio::spawn(scopecast_broker::run(
+            listener,
+            config,
+            async move {
+                let _ = rx.await;
+            },
+        )));
+        self.shutdown = Some(tx);
+        loop {
+            if self
+                .http
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "broker did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts a broker with `config`, on `127.0.0.1:0`, in a fresh temporary data folder, and
     /// waits until it answers `/healthz`.
     ///
@@ -132,6 +191,7 @@ impl TestBroker {
         if ca_pem.is_some() && config.oauth.public_url.is_none() {
             config.oauth.public_url = Some(base.clone());
         }
+        let kept = config.clone();
         let task = tokio::spawn(scopecast_broker::run(listener, config, async move {
             let _ = rx.await;
         }));
@@ -172,6 +232,7 @@ impl TestBroker {
             _temp: temp,
             shutdown: Some(tx),
             task: Some(task),
+            config: kept,
         }
     }
 
