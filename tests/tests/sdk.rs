@@ -17,15 +17,13 @@ fn source(broker: &TestBroker, c: &scopecast_tests::TestClient) -> TokenSource {
 }
 
 async fn next_event(sub: &mut scopecast_client::Subscription) -> scopecast_client::protocol::Event {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("an item in time")
-            .expect("open")
-        {
-            Item::Event(e) => return e,
-            Item::Gap { from_seq, to_seq } => panic!("unexpected gap {from_seq}..={to_seq}"),
-        }
+    match tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("an item in time")
+        .expect("open")
+    {
+        Item::Event(e) => e,
+        Item::Gap { from_seq, to_seq } => panic!("unexpected gap {from_seq}..={to_seq}"),
     }
 }
 
