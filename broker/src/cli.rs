@@ -200,12 +200,12 @@ pub(crate) struct KeygenArgs {
     pub(crate) alg: String,
 }
 
-/// `scopecast token`: credentials for the token endpoint.
+/// Credentials for the token endpoint (`token`, `sub`, `pub`, `replay`).
 #[derive(Args)]
 pub(crate) struct TokenArgs {
     /// Client ID.
     #[arg(long, env = "SCOPECAST_CLIENT_ID")]
-    pub(crate) client_id: String,
+    pub(crate) client_id: Option<String>,
     /// Client secret (client_secret_basic).
     #[arg(
         long,
@@ -223,7 +223,10 @@ pub(crate) struct TokenArgs {
     /// Ask for a narrower scope than the application's ceiling.
     #[arg(long)]
     pub(crate) scope: Option<String>,
-    /// Print the whole token response as JSON.
+    /// A ready access token instead of client credentials (it is not refreshed).
+    #[arg(long, env = "SCOPECAST_TOKEN", hide_env_values = true, conflicts_with_all = ["client_secret", "private_key"])]
+    pub(crate) token: Option<String>,
+    /// Print the whole token response as JSON (`scopecast token` only).
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -650,8 +653,13 @@ pub(crate) fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
 
 /// The token source that `token`, `sub`, `pub` and `replay` authenticate with.
 pub(crate) fn token_source(target: &Target, args: &TokenArgs) -> anyhow::Result<TokenSource> {
+    let Some(client_id) = args.client_id.as_deref() else {
+        bail!(
+            "give --client-id (or SCOPECAST_CLIENT_ID) with --client-secret or --private-key, or a ready --token"
+        );
+    };
     let source = match (&args.client_secret, &args.private_key) {
-        (Some(secret), _) => TokenSource::client_secret(&target.url, &args.client_id, secret),
+        (Some(secret), _) => TokenSource::client_secret(&target.url, client_id, secret),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -663,7 +671,7 @@ pub(crate) fn token_source(target: &Target, args: &TokenArgs) -> anyhow::Result<
             if let Some(kid) = &args.kid {
                 key = key.with_kid(kid);
             }
-            TokenSource::private_key(&target.url, &args.client_id, key)
+            TokenSource::private_key(&target.url, client_id, key)
         }
         (None, None) => {
             bail!("give --client-secret (or SCOPECAST_CLIENT_SECRET) or --private-key FILE")
@@ -688,4 +696,127 @@ pub(crate) async fn token(target: Target, args: TokenArgs) -> anyhow::Result<()>
         outln!("{}", t.access_token);
     }
     Ok(())
+}
+
+/// Connects with the credentials given.
+async fn client(target: &Target, auth: &TokenArgs) -> anyhow::Result<scopecast_client::Client> {
+    let options = match &auth.token {
+        Some(t) => scopecast_client::ConnectOptions::new().token(t),
+        None => scopecast_client::ConnectOptions::new().token_source(token_source(target, auth)?),
+    };
+    Ok(options.connect(&target.url).await?)
+}
+
+/// `scopecast sub PATTERN... [--since SEQ]`: prints one event object per line (NDJSON) on
+/// stdout, and nothing else there; gaps and errors go to stderr.
+pub(crate) async fn sub(
+    target: Target,
+    auth: TokenArgs,
+    patterns: Vec<String>,
+    since: Option<u64>,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let client = client(&target, &auth).await?;
+    let mut streams = Vec::new();
+    for p in &patterns {
+        let sub = client
+            .subscribe_since(p, since)
+            .await
+            .with_context(|| format!("subscribing to {p}"))?;
+        streams.push(sub);
+    }
+    let mut all = futures_util::stream::select_all(streams);
+    let mut last = 0u64;
+    while let Some(item) = all.next().await {
+        match item {
+            scopecast_client::Item::Event(e) => {
+                // Overlapping patterns each see an event; print it once.
+                if e.seq <= last && patterns.len() > 1 {
+                    continue;
+                }
+                last = last.max(e.seq);
+                // The payload is printed byte for byte as published, never re-serialized.
+                let id = serde_json::to_string(e.id.as_str()).unwrap_or_default();
+                outln!(
+                    "{{\"seq\":{},\"topic\":\"{}\",\"id\":{id},\"time\":\"{}\",\"data\":{}}}",
+                    e.seq,
+                    e.topic,
+                    e.time,
+                    e.data.get()
+                );
+            }
+            scopecast_client::Item::Gap { from_seq, to_seq } => {
+                eprintln!("gap: events {from_seq} to {to_seq} are past the broker's retention");
+            }
+        }
+    }
+    bail!("the connection closed")
+}
+
+/// `scopecast pub TOPIC [DATA|-]` or `scopecast pub --ndjson FILE`: prints each `seq`.
+pub(crate) async fn publish(
+    target: Target,
+    auth: TokenArgs,
+    topic: Option<String>,
+    data: Option<String>,
+    ndjson: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let client = client(&target, &auth).await?;
+    let send = |topic: String, json: String| {
+        let client = client.clone();
+        async move {
+            let raw = scopecast_client::protocol::RawJson::payload(&json)
+                .map_err(|e| anyhow::anyhow!("data: {e}"))?;
+            client
+                .publish_raw(&topic, raw, None)
+                .await
+                .with_context(|| format!("publishing to {topic}"))
+        }
+    };
+    match (topic, ndjson) {
+        (Some(topic), None) => {
+            let json = match data.as_deref() {
+                None | Some("-") => {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                    s
+                }
+                Some(d) => d.to_owned(),
+            };
+            let seq = send(topic, json).await?;
+            outln!("{seq}");
+        }
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let v: Value = serde_json::from_str(line)
+                    .with_context(|| format!("{}:{}", file.display(), n + 1))?;
+                let topic = v["topic"]
+                    .as_str()
+                    .with_context(|| format!("{}:{}: no \"topic\"", file.display(), n + 1))?
+                    .to_owned();
+                let seq = send(topic, v["data"].to_string()).await?;
+                outln!("{seq}");
+            }
+        }
+        _ => bail!("give TOPIC [DATA|-], or --ndjson FILE"),
+    }
+    Ok(())
+}
+
+/// `scopecast replay --fhir-bulk DIR`.
+pub(crate) async fn replay(
+    target: Target,
+    auth: TokenArgs,
+    dir: PathBuf,
+    pace: crate::fhir_replay::Pace,
+) -> anyhow::Result<()> {
+    let reading = crate::fhir_replay::read_export(&dir)?;
+    let client = client(&target, &auth).await?;
+    crate::fhir_replay::publish(&client, reading, pace).await
 }

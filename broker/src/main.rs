@@ -2,6 +2,7 @@
 //! to a running one.
 
 mod cli;
+mod fhir_replay;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +43,50 @@ enum Command {
         auth: cli::AdminAuth,
         #[command(subcommand)]
         command: cli::KeysCommand,
+    },
+    /// Subscribe and print events as NDJSON (one object per line) on stdout.
+    Sub {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        auth: cli::TokenArgs,
+        /// Patterns, e.g. `adt.>` `fhir.encounter.*`.
+        #[arg(required = true)]
+        patterns: Vec<String>,
+        /// Replay the stored events after this `seq` first.
+        #[arg(long)]
+        since: Option<u64>,
+    },
+    /// Publish one event (`pub TOPIC DATA`, `pub TOPIC -` for stdin) or a file of them
+    /// (`pub --ndjson FILE`, lines of {"topic": ..., "data": ...}); prints each seq.
+    Pub {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        auth: cli::TokenArgs,
+        /// Topic.
+        topic: Option<String>,
+        /// JSON data, or `-` to read it from stdin.
+        data: Option<String>,
+        /// NDJSON file of {"topic": ..., "data": ...} lines.
+        #[arg(long, conflicts_with_all = ["topic", "data"])]
+        ndjson: Option<PathBuf>,
+    },
+    /// Publish a FHIR Bulk Data export as events, in order of clinical time.
+    Replay {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        auth: cli::TokenArgs,
+        /// Folder of <ResourceType>.*.ndjson files.
+        #[arg(long)]
+        fhir_bulk: PathBuf,
+        /// At most this many events per second.
+        #[arg(long, conflicts_with = "speedup")]
+        rate: Option<f64>,
+        /// Replay clinical time this many times faster than real time.
+        #[arg(long)]
+        speedup: Option<f64>,
     },
     /// Make a key pair for private_key_jwt: writes the private key, prints the public JWK Set.
     Keygen(cli::KeygenArgs),
@@ -101,6 +146,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command,
         } => client_runtime()?.block_on(cli::keys(target, auth, command)),
         Command::Keygen(args) => cli::keygen(args),
+        Command::Sub {
+            target,
+            auth,
+            patterns,
+            since,
+        } => client_runtime()?.block_on(cli::sub(target, auth, patterns, since)),
+        Command::Pub {
+            target,
+            auth,
+            topic,
+            data,
+            ndjson,
+        } => client_runtime()?.block_on(cli::publish(target, auth, topic, data, ndjson)),
+        Command::Replay {
+            target,
+            auth,
+            fhir_bulk,
+            rate,
+            speedup,
+        } => {
+            let pace = match (rate, speedup) {
+                (Some(r), _) if r > 0.0 => fhir_replay::Pace::Rate(r),
+                (_, Some(x)) if x > 0.0 => fhir_replay::Pace::Speedup(x),
+                (None, None) => fhir_replay::Pace::Fast,
+                _ => anyhow::bail!("--rate and --speedup must be positive"),
+            };
+            client_runtime()?.block_on(cli::replay(target, auth, fhir_bulk, pace))
+        }
         Command::Token { target, args } => client_runtime()?.block_on(cli::token(target, args)),
     }
 }
