@@ -37,7 +37,12 @@ pub(crate) struct Target {
 #[derive(Args, Clone)]
 pub(crate) struct AdminAuth {
     /// Admin bearer credential [env: SCOPECAST_ADMIN_TOKEN].
-    #[arg(long, global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     admin_token: Option<String>,
     /// Read the admin credential from DIR/admin.token [default: ./scopecast-data].
     #[arg(long, env = "SCOPECAST_DATA_DIR", global = true)]
@@ -211,7 +216,8 @@ pub(crate) struct TokenArgs {
         long,
         env = "SCOPECAST_CLIENT_SECRET",
         hide_env_values = true,
-        conflicts_with = "private_key"
+        conflicts_with = "private_key",
+        allow_hyphen_values = true
     )]
     pub(crate) client_secret: Option<String>,
     /// Private key for private_key_jwt: a PEM file or a private JWK file.
@@ -224,7 +230,7 @@ pub(crate) struct TokenArgs {
     #[arg(long)]
     pub(crate) scope: Option<String>,
     /// A ready access token instead of client credentials (it is not refreshed).
-    #[arg(long, env = "SCOPECAST_TOKEN", hide_env_values = true, conflicts_with_all = ["client_secret", "private_key"])]
+    #[arg(long, env = "SCOPECAST_TOKEN", hide_env_values = true, conflicts_with_all = ["client_secret", "private_key"], allow_hyphen_values = true)]
     pub(crate) token: Option<String>,
     /// Print the whole token response as JSON (`scopecast token` only).
     #[arg(long)]

@@ -330,3 +330,23 @@ fn sigterm_stops_the_broker_gracefully() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn secrets_that_start_with_a_hyphen_are_values_not_flags() {
+    // base64url secrets start with `-` one time in 64.
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--client-id",
+            "x",
+            "--client-secret",
+            "-Wabc",
+            "--url",
+            "http://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!err.contains("unexpected argument"), "{err}");
+}

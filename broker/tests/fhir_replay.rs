@@ -1,0 +1,292 @@
+//! `scopecast replay --fhir-bulk` on a real FHIR Bulk Data export (../shared/data, which CI
+//! has; the product does not need it): subscribers see every mapped event exactly once, in
+//! order of clinical time, and the counts are computed here from the files, not constants.
+//! Set SCOPECAST_FHIR_TEST_DATA to use another export.
+
+// A test that cannot go on should stop at once, with the value it choked on.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use scopecast_client::{ConnectOptions, Item, SubscribeError, TokenSource};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const BIN: &str = env!("CARGO_BIN_EXE_scopecast");
+
+fn export() -> Option<PathBuf> {
+    let dir = std::env::var_os("SCOPECAST_FHIR_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/synthea-10-patients")
+        });
+    dir.is_dir().then_some(dir)
+}
+
+fn when(v: &Value) -> Option<OffsetDateTime> {
+    let s = v.as_str()?;
+    OffsetDateTime::parse(s, &Rfc3339).ok().or_else(|| {
+        let d =
+            time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).ok()?;
+        Some(d.midnight().assume_utc())
+    })
+}
+
+/// The mapping of the issue, written again independently: topic -> clinical time.
+fn expected_times(r: &Value) -> Vec<(&'static str, OffsetDateTime)> {
+    let mut v = Vec::new();
+    let mut push = |topic, t: Option<OffsetDateTime>| {
+        if let Some(t) = t {
+            v.push((topic, t));
+        }
+    };
+    match r["resourceType"].as_str().unwrap_or("") {
+        "Encounter" => {
+            push("fhir.encounter.started", when(&r["period"]["start"]));
+            if r["status"] == "finished" {
+                push("fhir.encounter.finished", when(&r["period"]["end"]));
+            }
+        }
+        "Condition" => push(
+            "fhir.condition.recorded",
+            when(&r["recordedDate"]).or_else(|| when(&r["onsetDateTime"])),
+        ),
+        "MedicationRequest" => push("fhir.medicationrequest.ordered", when(&r["authoredOn"])),
+        "Procedure" => push(
+            "fhir.procedure.performed",
+            when(&r["performedPeriod"]["start"]).or_else(|| when(&r["performedDateTime"])),
+        ),
+        "Immunization" => push("fhir.immunization.given", when(&r["occurrenceDateTime"])),
+        "AllergyIntolerance" => push("fhir.allergyintolerance.recorded", when(&r["recordedDate"])),
+        _ => {}
+    }
+    v
+}
+
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cli_json(url: &str, data: &std::path::Path, args: &[&str]) -> Value {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--url", url, "--json"])
+        .env("SCOPECAST_DATA_DIR", data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_of_a_bulk_export_reaches_subscribers_once_in_clinical_order() {
+    let Some(dir) = export() else {
+        eprintln!(
+            "no FHIR Bulk Data export found (../shared/data or SCOPECAST_FHIR_TEST_DATA): skipped"
+        );
+        return;
+    };
+    // What the files say should be published.
+    let mut expected: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "ndjson") {
+            continue;
+        }
+        for line in BufReader::new(std::fs::File::open(&path).unwrap()).lines() {
+            let line = line.unwrap();
+            if let Ok(r) = serde_json::from_str::<Value>(&line) {
+                for (topic, _) in expected_times(&r) {
+                    *expected.entry(topic).or_default() += 1;
+                }
+            }
+        }
+    }
+    let total: usize = expected.values().sum();
+    assert!(total > 1000, "the export has events");
+
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "memory",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("local=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let url = format!(
+        "http://{}",
+        rx.recv_timeout(Duration::from_secs(20)).unwrap()
+    );
+    let served = Served(child);
+    let client_of = |app: &Value| {
+        let np = &app["clients"]["non_production"];
+        (
+            np["client_id"].as_str().unwrap().to_owned(),
+            np["client_secret"].as_str().unwrap().to_owned(),
+        )
+    };
+    let feeder = cli_json(
+        &url,
+        data.path(),
+        &[
+            "app",
+            "create",
+            "--name",
+            "Feeder",
+            "--vendor",
+            "T",
+            "--scope",
+            "publish:fhir.>",
+        ],
+    );
+    let reader = cli_json(
+        &url,
+        data.path(),
+        &[
+            "app",
+            "create",
+            "--name",
+            "Reader",
+            "--vendor",
+            "T",
+            "--scope",
+            "subscribe:fhir.>",
+        ],
+    );
+    let narrow = cli_json(
+        &url,
+        data.path(),
+        &[
+            "app",
+            "create",
+            "--name",
+            "Narrow",
+            "--vendor",
+            "T",
+            "--scope",
+            "subscribe:fhir.encounter.>",
+        ],
+    );
+    for app in [&feeder, &reader, &narrow] {
+        cli_json(&url, data.path(), &["app", "activate", &client_of(app).0]);
+    }
+
+    let (rid, rsecret) = client_of(&reader);
+    let all_client = ConnectOptions::new()
+        .token_source(TokenSource::client_secret(&url, &rid, &rsecret))
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut all = all_client.subscribe("fhir.>").await.unwrap();
+    let mut encounters = all_client.subscribe("fhir.encounter.>").await.unwrap();
+    let (nid, nsecret) = client_of(&narrow);
+    let narrow_client = ConnectOptions::new()
+        .token_source(TokenSource::client_secret(&url, &nid, &nsecret))
+        .connect(&url)
+        .await
+        .unwrap();
+    match narrow_client.subscribe("fhir.>").await {
+        Err(SubscribeError::Forbidden { required_scope }) => {
+            assert_eq!(required_scope, "subscribe:fhir.>")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+
+    let (fid, fsecret) = client_of(&feeder);
+    let replay = Command::new(BIN)
+        .args(["replay", "--fhir-bulk"])
+        .arg(&dir)
+        .args([
+            "--url",
+            &url,
+            "--client-id",
+            &fid,
+            "--client-secret",
+            &fsecret,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let summary = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        summary.contains(&format!("published {total} events")),
+        "{summary}"
+    );
+
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    let mut last: Option<OffsetDateTime> = None;
+    let mut seqs = std::collections::BTreeSet::new();
+    for _ in 0..total {
+        let Item::Event(e) = tokio::time::timeout(Duration::from_secs(30), all.next())
+            .await
+            .unwrap()
+            .unwrap()
+        else {
+            panic!("gap")
+        };
+        assert!(seqs.insert(e.seq), "event {} twice", e.seq);
+        let r: Value = e.data.parse().unwrap();
+        let t = expected_times(&r)
+            .into_iter()
+            .find(|(topic, _)| *topic == e.topic.as_str())
+            .unwrap()
+            .1;
+        if let Some(prev) = last {
+            assert!(t >= prev, "{} at {t} after {prev}", e.topic);
+        }
+        last = Some(t);
+        *got.entry(e.topic.to_string()).or_default() += 1;
+    }
+    let expected_named: BTreeMap<String, usize> =
+        expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_eq!(got, expected_named, "every mapped event exactly once");
+
+    let want_encounters = expected["fhir.encounter.started"] + expected["fhir.encounter.finished"];
+    for _ in 0..want_encounters {
+        let Item::Event(e) = tokio::time::timeout(Duration::from_secs(30), encounters.next())
+            .await
+            .unwrap()
+            .unwrap()
+        else {
+            panic!("gap")
+        };
+        assert!(e.topic.as_str().starts_with("fhir.encounter."));
+    }
+    drop(served);
+}
