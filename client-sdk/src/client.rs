@@ -292,6 +292,17 @@ impl Client {
     ///
     /// # Errors
     /// [`SubscribeError`]; `Forbidden { required_scope }` when the scope does not allow it.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn example(client: scopecast_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures_util::StreamExt;
+    /// let mut events = client.subscribe("fhir.encounter.>").await?;
+    /// while let Some(scopecast_client::Item::Event(e)) = events.next().await {
+    ///     println!("{} {}", e.seq, e.topic);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, SubscribeError> {
         self.subscribe_since(pattern, None).await
     }
@@ -337,6 +348,13 @@ impl Client {
     ///
     /// # Errors
     /// [`PublishError`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn example(client: scopecast_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let seq = client.publish("adt.patient.admitted", &serde_json::json!({"resourceType": "Encounter"})).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn publish<T: serde::Serialize + ?Sized>(
         &self,
         topic: &str,
@@ -379,6 +397,17 @@ impl Client {
     /// The connection state, as a `watch` receiver (await changes with `changed()`).
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.state.clone()
+    }
+
+    /// Every change of the connection state from now on, as a `Stream` (ends when the
+    /// connection task ends).
+    pub fn state_changes(&self) -> impl Stream<Item = ConnectionState> + Send + 'static {
+        let rx = self.state.clone();
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            let state = rx.borrow_and_update().clone();
+            Some((state, rx))
+        })
     }
 }
 

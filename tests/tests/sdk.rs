@@ -151,6 +151,22 @@ async fn after_a_broker_restart_the_client_reconnects_and_resumes_without_a_gap(
     for want in &expected[..5] {
         assert_eq!(next_event(&mut stream).await.seq, *want);
     }
+    let changes = tokio::spawn({
+        let mut states = Box::pin(client.state_changes());
+        async move {
+            let mut seen = Vec::new();
+            while let Ok(Some(s)) =
+                tokio::time::timeout(Duration::from_secs(10), states.next()).await
+            {
+                let connected = s == ConnectionState::Connected;
+                seen.push(s);
+                if connected {
+                    break;
+                }
+            }
+            seen
+        }
+    });
     broker.restart().await;
     let token = broker.token(&publisher, None).await;
     for i in 0..10 {
@@ -167,4 +183,7 @@ async fn after_a_broker_restart_the_client_reconnects_and_resumes_without_a_gap(
         "resumed from the last seq delivered, no gap, no duplicate"
     );
     assert_eq!(*client.state().borrow(), ConnectionState::Connected);
+    let seen = changes.await.unwrap();
+    assert_eq!(seen.first(), Some(&ConnectionState::Connecting), "{seen:?}");
+    assert_eq!(seen.last(), Some(&ConnectionState::Connected), "{seen:?}");
 }
