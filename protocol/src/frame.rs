@@ -755,6 +755,16 @@ pub struct Event {
     pub data: RawJson,
 }
 
+impl Event {
+    /// The payload parsed into `T` (for example a FHIR resource type).
+    ///
+    /// # Errors
+    /// When the payload does not fit `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.data.get())
+    }
+}
+
 /// `published`: the event is stored with this `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {

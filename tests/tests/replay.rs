@@ -236,3 +236,57 @@ async fn a_repeated_event_id_returns_the_original_seq_and_is_not_delivered_twice
         "delivered once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hand_over_from_replay_to_live_has_no_gap_while_publishers_keep_publishing() {
+    let mut config = test_config();
+    config.log = LogMode::Durable;
+    config.limits.publish_rate_per_sec = 0;
+    let broker = TestBroker::start(config).await;
+    let sub = broker.active_client("Catcher", "subscribe:lab.>").await;
+    let publisher = broker.active_client("Busy", "publish:lab.>").await;
+    let pt = broker.token(&publisher, None).await;
+    let (mut p, _) = Ws::connect(&broker, &pt).await;
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0..600 {
+            let a = p
+                .publish(&format!("p{i}"), "lab.result", json!({"i": i}))
+                .await;
+            acked.push(a["seq"].as_u64().unwrap());
+        }
+        acked
+    });
+    // Subscribe from the beginning while the writer is in full flow.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mut ws, _) = Ws::connect(&broker, &broker.token(&sub, None).await).await;
+    ws.send(json!({"type": "subscribe", "id": "s", "topic": "lab.>", "since": {"seq": 0}}))
+        .await;
+    let acked = writer.await.unwrap();
+    let got = events(&mut ws, acked.len()).await;
+    assert_eq!(
+        seqs(&got),
+        acked,
+        "replayed then live, in order, no gap, no duplicate"
+    );
+    assert!(ws.recv_within(Duration::from_millis(300)).await.is_none());
+
+    // The history API gives the same, with the same scope check.
+    let a = reqwest::Client::new()
+        .get(broker.http_url("/v1/events"))
+        .query(&[("topic", "lab.>"), ("since", "0"), ("limit", "1000")])
+        .bearer_auth(broker.token(&sub, None).await)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = a.json().await.unwrap();
+    assert_eq!(seqs(body["events"].as_array().unwrap()), acked);
+    let a = reqwest::Client::new()
+        .get(broker.http_url("/v1/events"))
+        .query(&[("topic", "adt.>")])
+        .bearer_auth(broker.token(&sub, None).await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 403);
+}
