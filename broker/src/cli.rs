@@ -732,15 +732,20 @@ pub(crate) async fn sub(
         streams.push(sub);
     }
     let mut all = futures_util::stream::select_all(streams);
-    let mut last = 0u64;
+    // Overlapping patterns each yield an event; print it once. The merged streams interleave,
+    // so remember recent seqs rather than only the newest.
+    let mut seen = std::collections::BTreeSet::new();
     while let Some(item) = all.next().await {
         match item {
             scopecast_client::Item::Event(e) => {
-                // Overlapping patterns each see an event; print it once.
-                if e.seq <= last && patterns.len() > 1 {
+                if !seen.insert(e.seq) {
                     continue;
                 }
-                last = last.max(e.seq);
+                if seen.len() > 100_000
+                    && let Some(&newest) = seen.last()
+                {
+                    seen = seen.split_off(&newest.saturating_sub(50_000));
+                }
                 // The payload is printed byte for byte as published, never re-serialized.
                 let id = serde_json::to_string(e.id.as_str()).unwrap_or_default();
                 outln!(

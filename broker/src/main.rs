@@ -78,7 +78,7 @@ enum Command {
         target: cli::Target,
         #[command(flatten)]
         auth: cli::TokenArgs,
-        /// Folder of <ResourceType>.*.ndjson files.
+        /// Folder of `<ResourceType>.*.ndjson` files.
         #[arg(long)]
         fhir_bulk: PathBuf,
         /// At most this many events per second.

@@ -350,3 +350,96 @@ fn secrets_that_start_with_a_hyphen_are_values_not_flags() {
     assert!(!out.status.success());
     assert!(!err.contains("unexpected argument"), "{err}");
 }
+
+#[test]
+fn sub_prints_ndjson_once_per_event_and_pub_prints_seqs() {
+    let served = serve();
+    let app = json(&run(
+        &served,
+        &[
+            "app",
+            "create",
+            "--name",
+            "Both",
+            "--vendor",
+            "V",
+            "--scope",
+            "subscribe:adt.> publish:adt.>",
+            "--json",
+        ],
+    ));
+    let np = &app["clients"]["non_production"];
+    let (id, secret) = (
+        np["client_id"].as_str().unwrap().to_owned(),
+        np["client_secret"].as_str().unwrap().to_owned(),
+    );
+    json(&run(&served, &["app", "activate", &id, "--json"]));
+    let mut sub = Command::new(BIN)
+        .args([
+            "sub",
+            "adt.>",
+            "adt.x",
+            "--url",
+            &served.url,
+            "--client-id",
+            &id,
+            "--client-secret",
+            &secret,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let publish = |topic: &str, data: &str| {
+        let out = Command::new(BIN)
+            .args([
+                "pub",
+                topic,
+                data,
+                "--url",
+                &served.url,
+                "--client-id",
+                &id,
+                "--client-secret",
+                &secret,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let s1 = publish("adt.x", r#"{"a": 1}"#);
+    let s2 = publish("adt.y", r#"{"b":2}"#);
+    let stdout = sub.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let l1: Value =
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap();
+    let l2: Value =
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap();
+    assert_eq!(
+        (l1["seq"].as_u64(), l2["seq"].as_u64()),
+        (Some(s1), Some(s2))
+    );
+    assert_eq!(l1["topic"], "adt.x");
+    assert_eq!(l1["data"], serde_json::json!({"a": 1}));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "an event printed twice"
+    );
+    let _ = sub.kill();
+    let _ = sub.wait();
+}
