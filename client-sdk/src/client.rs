@@ -453,8 +453,9 @@ type Socket =
 
 struct SubState {
     pattern: Pattern,
-    /// Newest `seq` delivered to this subscription (resume point).
-    last_seq: u64,
+    /// Newest `seq` delivered to this subscription: the resume point (`None` until the
+    /// broker answered the first subscribe without `since`).
+    last_seq: Option<u64>,
     events: mpsc::Sender<Item>,
     /// Waiting for `subscribed` after (re)subscribing: the request id, and the caller to answer.
     pending: Option<(String, Option<SubscribeReply>)>,
@@ -587,9 +588,7 @@ impl Conn {
         let Some(sub) = self.subs.get_mut(&sid) else {
             return true;
         };
-        let since = since
-            .or((sub.last_seq > 0).then_some(sub.last_seq))
-            .map(Since::Seq);
+        let since = since.or(sub.last_seq).map(Since::Seq);
         let reply = sub.pending.take().and_then(|(_, r)| r);
         sub.pending = Some((id.clone(), reply));
         let Ok(rid) = RequestId::new(&id) else {
@@ -723,7 +722,7 @@ impl Conn {
                     sid,
                     SubState {
                         pattern,
-                        last_seq: 0,
+                        last_seq: since,
                         events,
                         pending: Some((String::new(), Some(reply))),
                     },
@@ -782,15 +781,16 @@ impl Conn {
             ServerFrame::Event(e) => {
                 for sub in self.subs.values_mut() {
                     // A subscription still waiting for its first `subscribed` has no events yet.
-                    let started = sub.pending.is_none() || sub.last_seq > 0;
-                    if started && e.seq > sub.last_seq && sub.pattern.matches(&e.topic) {
-                        sub.last_seq = e.seq;
+                    if sub.last_seq.is_some_and(|last| e.seq > last)
+                        && sub.pattern.matches(&e.topic)
+                    {
+                        sub.last_seq = Some(e.seq);
                         let _ = sub.events.send(Item::Event(e.clone())).await;
                     }
                 }
             }
             ServerFrame::Subscribed(s) => {
-                let Some(sub) = self.subs.values_mut().find(|x| {
+                let Some((&sid, sub)) = self.subs.iter_mut().find(|(_, x)| {
                     x.pending
                         .as_ref()
                         .is_some_and(|(id, _)| id == s.id.as_str())
@@ -801,21 +801,23 @@ impl Conn {
                 if let Some(r) = s.replay
                     && r.truncated
                 {
+                    let from = sub.last_seq.map_or(1, |l| l + 1);
                     let _ = sub
                         .events
                         .send(Item::Gap {
-                            from_seq: sub.last_seq + 1,
+                            from_seq: from,
                             to_seq: r.from_seq.saturating_sub(1),
                         })
                         .await;
                 }
-                if sub.last_seq == 0 {
-                    sub.last_seq = s
-                        .replay
-                        .map_or(s.head_seq, |r| r.from_seq.saturating_sub(1));
+                if sub.last_seq.is_none() {
+                    sub.last_seq = Some(
+                        s.replay
+                            .map_or(s.head_seq, |r| r.from_seq.saturating_sub(1)),
+                    );
                 }
                 if let Some(reply) = reply {
-                    let _ = reply.send(Ok(s.head_seq));
+                    let _ = reply.send(Ok(sid));
                 }
             }
             ServerFrame::Published(p) => {

@@ -290,3 +290,28 @@ async fn the_hand_over_from_replay_to_live_has_no_gap_while_publishers_keep_publ
         .unwrap();
     assert_eq!(a.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_replay_to_a_reader_that_keeps_up_is_not_a_slow_consumer() {
+    let mut config = test_config();
+    config.limits.outbound_queue_bytes = 256 * 1024;
+    config.limits.publish_rate_per_sec = 0;
+    let broker = TestBroker::start(config).await;
+    let sub = broker.active_client("Big replay", "subscribe:lab.>").await;
+    let publisher = broker.active_client("Big pub", "publish:lab.>").await;
+    let pt = broker.token(&publisher, None).await;
+    let pad = "x".repeat(2000);
+    let mut published = Vec::new();
+    for i in 0..600 {
+        let a = broker
+            .publish_http(&pt, "lab.big", &json!({"i": i, "pad": pad}))
+            .await;
+        published.push(a.body["seq"].as_u64().unwrap());
+    }
+    let (mut ws, _) = Ws::connect(&broker, &broker.token(&sub, None).await).await;
+    ws.send(json!({"type": "subscribe", "id": "r", "topic": "lab.>", "since": {"seq": 0}}))
+        .await;
+    let (_, ok) = ws.recv_answer("r").await;
+    assert_eq!(ok["type"], "subscribed");
+    assert_eq!(seqs(&events(&mut ws, 600).await), published);
+}

@@ -187,3 +187,29 @@ async fn after_a_broker_restart_the_client_reconnects_and_resumes_without_a_gap(
     assert_eq!(seen.first(), Some(&ConnectionState::Connecting), "{seen:?}");
     assert_eq!(seen.last(), Some(&ConnectionState::Connected), "{seen:?}");
 }
+
+#[tokio::test]
+async fn dropping_one_subscription_leaves_the_others_alone() {
+    let broker = TestBroker::start(test_config()).await;
+    let sub = broker.active_client("Two streams", "subscribe:adt.>").await;
+    let publisher = broker.active_client("Pub two", "publish:adt.>").await;
+    let pt = broker.token(&publisher, None).await;
+    // A non-zero head, so a subscription id could be confused with a seq.
+    for i in 0..3 {
+        broker.publish_http(&pt, "adt.warmup", &json!(i)).await;
+    }
+    let client = ConnectOptions::new()
+        .token_source(source(&broker, &sub))
+        .connect(&broker.base_url())
+        .await
+        .unwrap();
+    let x = client.subscribe("adt.x").await.unwrap();
+    let mut y = client.subscribe("adt.>").await.unwrap();
+    drop(x);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = broker
+        .publish_http(&pt, "adt.x", &json!("after drop"))
+        .await;
+    let e = next_event(&mut y).await;
+    assert_eq!(e.seq, a.body["seq"].as_u64().unwrap());
+}

@@ -321,18 +321,23 @@ impl Sequencer {
             let accepted = Instant::now();
             let mut events: Vec<StoredEvent> = Vec::with_capacity(batch.len());
             let mut fresh: Vec<PublishRequest> = Vec::with_capacity(batch.len());
+            let mut deferred: Vec<(Reply, u64, EventId)> = Vec::new();
             for req in batch.drain(..) {
                 let fp = dedupe::fingerprint(&req.topic, &req.data);
                 if let Some(id) = &req.event_id
                     && let Some(seen) = self.dedupe.get(id, accepted)
                 {
-                    if seen.fingerprint == fp {
-                        acknowledge_seq(req.reply, seen.seq, id.clone());
-                    } else {
+                    if seen.fingerprint != fp {
                         refuse(req, &Refusal::EventIdConflict);
+                    } else if seen.seq >= next {
+                        // A repeat within this very batch: its answer waits for the append.
+                        deferred.push((req.reply, seen.seq, id.clone()));
+                    } else {
+                        acknowledge_seq(req.reply, seen.seq, id.clone());
                     }
                     continue;
                 }
+
                 let seq = next + events.len() as u64;
                 let event_id = req.event_id.clone().unwrap_or_else(new_event_id);
                 if req.event_id.is_some() {
@@ -365,6 +370,9 @@ impl Sequencer {
                         self.dedupe.remove(id);
                     }
                     refuse(req, &Refusal::Unavailable(e.to_string()));
+                }
+                for (reply, _, _) in deferred.drain(..) {
+                    refuse_reply(reply, &Refusal::Unavailable(e.to_string()));
                 }
                 continue;
             }
@@ -401,6 +409,9 @@ impl Sequencer {
             for (req, e) in batch_reqs.drain(..).zip(&events) {
                 acknowledge(req.reply, e);
             }
+            for (reply, seq, id) in deferred.drain(..) {
+                acknowledge_seq(reply, seq, id);
+            }
         }
         tracing::debug!("sequencer stopped");
     }
@@ -426,7 +437,11 @@ fn acknowledge_seq(reply: Reply, seq: u64, event_id: EventId) {
 }
 
 fn refuse(req: PublishRequest, why: &Refusal) {
-    match req.reply {
+    refuse_reply(req.reply, why);
+}
+
+fn refuse_reply(reply: Reply, why: &Refusal) {
+    match reply {
         Reply::Session { subscriber, id } => {
             let (reason, message) = match why {
                 Refusal::Unavailable(_) => (
@@ -491,6 +506,54 @@ mod tests {
         };
         bus.publish(req).await.unwrap();
         rx.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_repeated_event_id_in_one_failed_batch_is_refused_too() {
+        let log = Arc::new(FailingLog {
+            inner: MemoryLog::new(100),
+            failing: AtomicBool::new(true),
+        });
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let (bus, _task) = Bus::start(
+            log.clone(),
+            metrics,
+            16,
+            (std::time::Duration::from_secs(60), 100),
+        );
+        let mut replies = Vec::new();
+        // Both requests wait in the channel, so the sequencer takes them in one batch.
+        for _ in 0..2 {
+            let (tx, rx) = oneshot::channel();
+            let req = PublishRequest {
+                topic: "a.b".parse().unwrap(),
+                data: RawJson::from_string("{}".into()).unwrap(),
+                event_id: Some(EventId::new("same").unwrap()),
+                reply: Reply::Http(tx),
+            };
+            bus.publish(req).await.unwrap();
+            replies.push(rx);
+        }
+        for rx in replies {
+            assert!(
+                matches!(rx.await.unwrap(), Err(Refusal::Unavailable(_))),
+                "acknowledged an event that was not stored"
+            );
+        }
+        log.failing.store(false, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        let req = PublishRequest {
+            topic: "a.b".parse().unwrap(),
+            data: RawJson::from_string("{}".into()).unwrap(),
+            event_id: Some(EventId::new("same").unwrap()),
+            reply: Reply::Http(tx),
+        };
+        bus.publish(req).await.unwrap();
+        assert_eq!(
+            rx.await.unwrap().unwrap().seq,
+            1,
+            "the retry is stored with the first seq"
+        );
     }
 
     #[tokio::test]

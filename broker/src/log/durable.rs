@@ -159,6 +159,7 @@ impl DurableLog {
         let mut w = self.db.begin_write().map_err(io)?;
         w.set_durability(Durability::Immediate).map_err(io)?;
         let removed;
+        let new_first;
         {
             let mut events = w.open_table(EVENTS).map_err(io)?;
             let mut meta = w.open_table(META).map_err(io)?;
@@ -196,9 +197,10 @@ impl DurableLog {
                 .count() as u64;
             bytes -= dropped_bytes;
             meta.insert(BYTES_KEY, bytes).map_err(io)?;
-            self.first.store(cutoff + 1, Ordering::Release);
+            new_first = cutoff + 1;
         }
         w.commit().map_err(io)?;
+        self.first.store(new_first, Ordering::Release);
         Ok(removed)
     }
 

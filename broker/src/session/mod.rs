@@ -663,8 +663,8 @@ where
         let replay = after.map(|after| {
             let first = self.hub.log.first_seq();
             Replay {
-                from_seq: (after + 1).max(first),
-                truncated: after + 1 < first,
+                from_seq: after.saturating_add(1).max(first),
+                truncated: after.saturating_add(1) < first,
             }
         });
         if replay.is_some() {
@@ -690,10 +690,17 @@ where
             .insert(pattern.clone(), after.map_or(head, |a| a.min(head)));
         metrics.subscriptions.inc();
         metrics.subscribe_results.with_label_values(&["ok"]).inc();
-        let step = match after {
+        let mut step = match after {
             Some(after) => self.replay(&pattern, after, head).await,
             None => Step::Continue,
         };
+        if after.is_some()
+            && matches!(step, Step::Continue)
+            && self.subscriber.outbox.queued_bytes() > 0
+        {
+            // Send the replay before the held live events join the queue.
+            step = self.write().await;
+        }
         self.subscriber.release();
         step
     }
@@ -735,6 +742,14 @@ where
                 let bytes = encode_event(e.seq, &e.topic, &e.event_id, e.time, e.data.as_raw());
                 let text =
                     Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}"));
+                // Write out before this event could overflow the queue: a replay never makes a
+                // reader that keeps up a slow consumer.
+                if self.subscriber.outbox.queued_bytes() + text.len()
+                    > self.hub.limits.outbound_queue_bytes / 2
+                    && let Step::Stop = self.write().await
+                {
+                    return Step::Stop;
+                }
                 if self
                     .subscriber
                     .outbox
