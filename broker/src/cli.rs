@@ -805,13 +805,20 @@ pub(crate) async fn publish(
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
             {
-                let v: Value = serde_json::from_str(line)
-                    .with_context(|| format!("{}:{}", file.display(), n + 1))?;
-                let topic = v["topic"]
-                    .as_str()
-                    .with_context(|| format!("{}:{}: no \"topic\"", file.display(), n + 1))?
-                    .to_owned();
-                let seq = send(topic, v["data"].to_string()).await?;
+                /// One line; `data` keeps the exact bytes of the file.
+                #[derive(serde::Deserialize)]
+                struct Line {
+                    topic: String,
+                    data: Box<serde_json::value::RawValue>,
+                }
+                let l: Line = serde_json::from_str(line).with_context(|| {
+                    format!(
+                        "{}:{}: a line is {{\"topic\": ..., \"data\": ...}}",
+                        file.display(),
+                        n + 1
+                    )
+                })?;
+                let seq = send(l.topic, l.data.get().to_owned()).await?;
                 outln!("{seq}");
             }
         }

@@ -269,7 +269,8 @@ pub(crate) async fn publish(client: &Client, reading: Reading, pace: Pace) -> an
                 Err(PublishError::RateLimited { retry_after_ms }) => {
                     tokio::time::sleep(Duration::from_millis(retry_after_ms.max(1))).await;
                 }
-                Err(PublishError::Disconnected) => {
+                // Retrying with the same event id is safe: a stored event is not stored twice.
+                Err(PublishError::Disconnected | PublishError::Unavailable(_)) => {
                     tokio::time::sleep(Duration::from_millis(200)).await
                 }
                 Err(e) => {

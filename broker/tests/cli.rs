@@ -443,3 +443,59 @@ fn sub_prints_ndjson_once_per_event_and_pub_prints_seqs() {
     let _ = sub.kill();
     let _ = sub.wait();
 }
+
+#[test]
+fn pub_ndjson_publishes_each_line_and_prints_its_seq() {
+    let served = serve();
+    let app = json(&run(
+        &served,
+        &[
+            "app",
+            "create",
+            "--name",
+            "Batch",
+            "--vendor",
+            "V",
+            "--scope",
+            "publish:lab.>",
+            "--json",
+        ],
+    ));
+    let np = &app["clients"]["non_production"];
+    let (id, secret) = (
+        np["client_id"].as_str().unwrap().to_owned(),
+        np["client_secret"].as_str().unwrap().to_owned(),
+    );
+    json(&run(&served, &["app", "activate", &id, "--json"]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(
+        &file,
+        "{\"topic\":\"lab.a\",\"data\":{\"v\": 1.50}}\n\n{\"topic\":\"lab.b\",\"data\":[2]}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["pub", "--ndjson"])
+        .arg(&file)
+        .args([
+            "--url",
+            &served.url,
+            "--client-id",
+            &id,
+            "--client-secret",
+            &secret,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seqs: Vec<u64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+}
