@@ -412,6 +412,11 @@ impl Client {
 }
 
 /// A live subscription: a `Stream` of [`Item`]s. Dropping it unsubscribes.
+///
+/// Read every subscription (each in its own task if need be): the connection task waits while
+/// a subscription's buffer (4,096 items) is full, and meanwhile reads nothing else, acks
+/// included. A subscription started with `since` while another subscription of the same
+/// client overlaps it does not receive the events that one already delivered.
 pub struct Subscription {
     sid: u64,
     pattern: Pattern,
@@ -662,7 +667,16 @@ impl Conn {
             }
             attempt = 0;
             let _ = state.send(ConnectionState::Connected);
-            let sids: Vec<u64> = self.subs.keys().copied().collect();
+            // Resume the subscription that is furthest behind first: each replay then also
+            // feeds the later subscriptions the events the broker will not send twice on this
+            // connection (PROTOCOL.md section 8), so no subscription misses one.
+            let mut sids: Vec<(Option<u64>, u64)> = self
+                .subs
+                .iter()
+                .map(|(sid, s)| (s.last_seq, *sid))
+                .collect();
+            sids.sort_by_key(|(last, sid)| (last.is_none(), *last, *sid));
+            let sids: Vec<u64> = sids.into_iter().map(|(_, sid)| sid).collect();
             for sid in sids {
                 if !self.resubscribe(&mut socket, sid, None).await {
                     break;
