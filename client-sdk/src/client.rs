@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
 use scopecast_protocol::{
-    ClientFrame, CloseCode, ErrorFrame, Event, EventId, Pattern, RawJson, Reason, RequestId, Retry,
-    SUBPROTOCOL, ServerFrame, Since, Topic,
+    ClientFrame, CloseCode, ErrorCode, ErrorFrame, Event, EventId, Pattern, RawJson, Reason,
+    RequestId, Retry, SUBPROTOCOL, ServerFrame, Since, Topic,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -494,7 +494,15 @@ fn subscribe_error(e: &ErrorFrame) -> SubscribeError {
         Some(Reason::ClientInactive) => SubscribeError::ClientInactive(e.message.clone()),
         Some(Reason::TokenExpired) => SubscribeError::TokenExpired,
         Some(Reason::TooManySubscriptions) => SubscribeError::RateLimited(e.message.clone()),
-        _ => SubscribeError::Protocol(format!("{}: {}", e.error, e.message)),
+        // A reason this version does not know: fall back on the code (PROTOCOL.md section 6).
+        _ => match e.code {
+            ErrorCode::Forbidden => SubscribeError::Forbidden {
+                required_scope: e.required_scope.clone().unwrap_or_default(),
+            },
+            ErrorCode::Unauthorized => SubscribeError::Unauthorized(e.message.clone()),
+            ErrorCode::RateLimited => SubscribeError::RateLimited(e.message.clone()),
+            _ => SubscribeError::Protocol(format!("{}: {}", e.error, e.message)),
+        },
     }
 }
 
@@ -510,7 +518,19 @@ fn publish_error(e: &ErrorFrame) -> PublishError {
         Some(Reason::LogUnavailable | Reason::ShuttingDown) => {
             PublishError::Unavailable(e.message.clone())
         }
-        _ => PublishError::BadRequest(format!("{}: {}", e.error, e.message)),
+        _ => match e.code {
+            ErrorCode::Forbidden => PublishError::Forbidden {
+                required_scope: e.required_scope.clone().unwrap_or_default(),
+            },
+            ErrorCode::RateLimited => PublishError::RateLimited {
+                retry_after_ms: e.retry_after_ms.unwrap_or(1000),
+            },
+            ErrorCode::Conflict => PublishError::Conflict,
+            ErrorCode::Unavailable | ErrorCode::Internal => {
+                PublishError::Unavailable(e.message.clone())
+            }
+            _ => PublishError::BadRequest(format!("{}: {}", e.error, e.message)),
+        },
     }
 }
 
@@ -853,7 +873,10 @@ impl Conn {
                     .await;
                 }
             }
-            ServerFrame::Welcome(_) | ServerFrame::Unsubscribed(_) | ServerFrame::Pong(_) => {}
+            ServerFrame::Unsubscribed(u) => {
+                self.pending.remove(u.id.as_str());
+            }
+            ServerFrame::Welcome(_) | ServerFrame::Pong(_) => {}
         }
     }
 
@@ -908,6 +931,28 @@ mod tests {
         assert_eq!(stream_url("http://h:1"), "ws://h:1/v1/stream");
         assert_eq!(stream_url("https://h/"), "wss://h/v1/stream");
         assert_eq!(stream_url("ws://h:1/v1/stream"), "ws://h:1/v1/stream");
+    }
+
+    #[test]
+    fn unknown_reasons_fall_back_on_the_code() {
+        let frame = ServerFrame::decode(r#"{"type":"error","code":"forbidden","error":"new_in_v1_9","message":"m","required_scope":"subscribe:x"}"#).unwrap();
+        let ServerFrame::Error(e) = frame else {
+            panic!()
+        };
+        assert_eq!(
+            subscribe_error(&e),
+            SubscribeError::Forbidden {
+                required_scope: "subscribe:x".into()
+            }
+        );
+        let frame = ServerFrame::decode(
+            r#"{"type":"error","code":"unavailable","error":"disk_on_fire","message":"m"}"#,
+        )
+        .unwrap();
+        let ServerFrame::Error(e) = frame else {
+            panic!()
+        };
+        assert_eq!(publish_error(&e), PublishError::Unavailable("m".into()));
     }
 
     #[test]
