@@ -5,59 +5,38 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_scopecast");
+mod support;
 
-/// A running `scopecast serve`, killed when dropped.
+use support::BIN;
+
+/// A running broker with its own temporary data folder.
 struct Served {
-    child: Child,
-    url: String,
+    inner: support::Served,
     data_dir: tempfile::TempDir,
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Served {
+    type Target = support::Served;
+    fn deref(&self) -> &support::Served {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut support::Served {
+        &mut self.inner
     }
 }
 
 fn serve() -> Served {
     let data_dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log",
-            "memory",
-            "--data-dir",
-        ])
-        .arg(data_dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("local=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("serve printed its address");
     Served {
-        child,
-        url: format!("http://{addr}"),
+        inner: support::serve(data_dir.path(), "memory"),
         data_dir,
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,7 +18,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-const BIN: &str = env!("CARGO_BIN_EXE_scopecast");
+mod support;
+
+use support::BIN;
 
 fn export() -> Option<PathBuf> {
     let dir = std::env::var_os("SCOPECAST_FHIR_TEST_DATA")
@@ -69,15 +71,6 @@ fn expected_times(r: &Value) -> Vec<(&'static str, OffsetDateTime)> {
     v
 }
 
-struct Served(std::process::Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn cli_json(url: &str, data: &std::path::Path, args: &[&str]) -> Value {
     let out = Command::new(BIN)
         .args(args)
@@ -121,35 +114,8 @@ async fn replay_of_a_bulk_export_reaches_subscribers_once_in_clinical_order() {
     assert!(total > 1000, "the export has events");
 
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log",
-            "memory",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("local=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let url = format!(
-        "http://{}",
-        rx.recv_timeout(Duration::from_secs(20)).unwrap()
-    );
-    let served = Served(child);
+    let served = support::serve(data.path(), "memory");
+    let url = served.url.clone();
     let client_of = |app: &Value| {
         let np = &app["clients"]["non_production"];
         (

@@ -1,0 +1,67 @@
+//! Shared by the tests that run the real `scopecast` binary: start `serve` on port 0 and read
+//! the address it prints; kill it when dropped.
+
+// Each test binary uses the parts it needs.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_scopecast");
+
+/// A running `scopecast serve`, killed when dropped.
+pub(crate) struct Served {
+    /// The process.
+    pub(crate) child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `scopecast serve --listen 127.0.0.1:0 --log LOG --data-dir DATA` and waits for the
+/// address it prints.
+///
+/// # Panics
+/// When it does not start within 20 s.
+pub(crate) fn serve(data: &Path, log: &str) -> Served {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            log,
+            "--data-dir",
+        ])
+        .arg(data)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn scopecast serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("local=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("serve printed its address");
+    Served {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
