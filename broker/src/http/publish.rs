@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use scopecast_protocol::{ErrorCode, EventId, RawJson, Reason, ScopeSet, Topic};
+use scopecast_protocol::{ErrorCode, EventId, RawJson, Reason, Scope, ScopeSet, Topic};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -31,6 +31,36 @@ pub(crate) const CLIENT_ID_HEADER: &str = "scopecast-client-id";
 struct Caller {
     client_id: Arc<str>,
     scope: Arc<ScopeSet>,
+}
+
+impl Caller {
+    /// `Ok` when the caller's scope AND its application's current ceiling grant `needed`;
+    /// otherwise 403 with an RFC 6750 section 3 `insufficient_scope` challenge naming it.
+    fn require(&self, state: &AppState, needed: &Scope) -> Result<(), Response> {
+        let ceiling = state
+            .inner
+            .hub
+            .registry
+            .client(&self.client_id)
+            .filter(|c| c.active)
+            .map(|c| c.ceiling.clone());
+        if self.scope.covers(needed) && ceiling.is_some_and(|c| c.covers(needed)) {
+            return Ok(());
+        }
+        let message = format!("client {} lacks the scope {needed}", self.client_id);
+        let mut resp = json_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            Reason::InsufficientScope,
+            &message,
+        );
+        let challenge =
+            format!("Bearer realm=\"scopecast\", error=\"insufficient_scope\", scope=\"{needed}\"");
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        Err(resp)
+    }
 }
 
 /// Identifies the caller by token, or by client-ID header where allowed.
@@ -123,30 +153,7 @@ pub(crate) async fn publish(
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let ceiling = hub
-        .registry
-        .client(&caller.client_id)
-        .filter(|c| c.active)
-        .map(|c| c.ceiling.clone());
-    let allowed = caller.scope.allows_publish(&topic)
-        && ceiling.as_ref().is_some_and(|c| c.allows_publish(&topic));
-    if !allowed {
-        let message = format!(
-            "client {} may not publish to {topic}: it needs scope publish:{topic}",
-            caller.client_id
-        );
-        let mut resp = json_error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            Reason::InsufficientScope,
-            &message,
-        );
-        let challenge = format!(
-            "Bearer realm=\"scopecast\", error=\"insufficient_scope\", scope=\"publish:{topic}\""
-        );
-        if let Ok(v) = HeaderValue::from_str(&challenge) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
+    if let Err(resp) = caller.require(&state, &Scope::publish(&topic)) {
         return resp;
     }
     let json_body = headers
@@ -332,32 +339,7 @@ pub(crate) async fn history(
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let ceiling = hub
-        .registry
-        .client(&caller.client_id)
-        .filter(|c| c.active)
-        .map(|c| c.ceiling.clone());
-    if !(caller.scope.allows_subscribe(&pattern)
-        && ceiling
-            .as_ref()
-            .is_some_and(|c| c.allows_subscribe(&pattern)))
-    {
-        let message = format!(
-            "client {} may not read {pattern}: it needs scope subscribe:{pattern}",
-            caller.client_id
-        );
-        let mut resp = json_error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            Reason::InsufficientScope,
-            &message,
-        );
-        let challenge = format!(
-            "Bearer realm=\"scopecast\", error=\"insufficient_scope\", scope=\"subscribe:{pattern}\""
-        );
-        if let Ok(v) = HeaderValue::from_str(&challenge) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
+    if let Err(resp) = caller.require(&state, &Scope::subscribe(&pattern)) {
         return resp;
     }
     let first = hub.log.first_seq();
