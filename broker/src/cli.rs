@@ -759,6 +759,7 @@ pub(crate) async fn sub(
             scopecast_client::Item::Gap { from_seq, to_seq } => {
                 eprintln!("gap: events {from_seq} to {to_seq} are past the broker's retention");
             }
+            scopecast_client::Item::Ended(why) => bail!("a subscription ended: {why}"),
         }
     }
     bail!("the connection closed")

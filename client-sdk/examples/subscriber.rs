@@ -35,6 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Item::Gap { from_seq, to_seq } => {
                 eprintln!("missed {from_seq}..={to_seq} (past retention)")
             }
+            Item::Ended(why) => return Err(why.into()),
         }
     }
     Ok(())

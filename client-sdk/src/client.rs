@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, Stream, StreamExt};
 use scopecast_protocol::{
     ClientFrame, CloseCode, ErrorCode, ErrorFrame, Event, EventId, Pattern, RawJson, Reason,
-    RequestId, Retry, SUBPROTOCOL, ServerFrame, Since, Topic,
+    RequestId, Retry, SUBPROTOCOL, ServerFrame, Topic,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -49,6 +49,12 @@ pub enum Item {
         /// Last missing `seq`.
         to_seq: u64,
     },
+    /// The subscription ended without the reader asking, and why; nothing follows. It comes
+    /// when a resubscribe after a reconnect is refused (say the application's scope was
+    /// narrowed meanwhile: `Forbidden`), when the broker revokes it after a token refresh
+    /// (`scope_revoked`: `Forbidden`), when the history it needs cannot be read, or when the
+    /// connection closes for good (`Closed`, `ClientInactive`, `Unauthorized`).
+    Ended(SubscribeError),
 }
 
 /// Why connecting failed.
@@ -97,6 +103,9 @@ pub enum SubscribeError {
     /// A limit was reached (too many subscriptions).
     #[error("rate limited: {0}")]
     RateLimited(String),
+    /// The broker could not read its event log for the history this subscription needs.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The broker answered something this client does not understand.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -208,17 +217,29 @@ impl ConnectOptions {
     /// ```
     pub async fn connect(self, url: &str) -> Result<Client, ConnectError> {
         let ws_url = stream_url(url);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ConnectError::Io(e.to_string()))?;
+        let (internal, internal_rx) = mpsc::unbounded_channel();
         let conn = Conn {
+            history: History {
+                http,
+                url: history_url(&ws_url),
+                opts: self.clone(),
+            },
             opts: self,
             url: ws_url,
             subs: HashMap::new(),
             pending: HashMap::new(),
             next: 1,
+            internal,
+            refreshing: false,
         };
         let socket = conn.open().await?;
         let (tx, rx) = mpsc::channel(1024);
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connected);
-        tokio::spawn(conn.run(socket, rx, state_tx));
+        tokio::spawn(conn.run(socket, rx, internal_rx, state_tx));
         Ok(Client {
             tx,
             state: state_rx,
@@ -251,6 +272,19 @@ fn stream_url(url: &str) -> String {
     } else {
         format!("{base}/v1/stream")
     }
+}
+
+/// The history endpoint next to a stream URL: `ws://h:1/v1/stream` -> `http://h:1/v1/events`.
+fn history_url(stream_url: &str) -> String {
+    let base = stream_url.trim_end_matches("/v1/stream");
+    let base = if let Some(rest) = base.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else if let Some(rest) = base.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{base}/v1/events")
 }
 
 enum Command {
@@ -307,7 +341,11 @@ impl Client {
         self.subscribe_since(pattern, None).await
     }
 
-    /// Subscribes to `pattern`, first replaying the stored events after `since` (a `seq`).
+    /// Subscribes to `pattern`, first delivering the stored events with a `seq` after `since`
+    /// (then live ones, with no gap and no duplicate). The stored events are read from the
+    /// history endpoint (`GET /v1/events`, PROTOCOL.md section 8), so they do not depend on
+    /// what the connection's other subscriptions received; events gone past the broker's
+    /// retention are one [`Item::Gap`].
     ///
     /// # Errors
     /// As [`Client::subscribe`].
@@ -321,8 +359,9 @@ impl Client {
             .map_err(|e: scopecast_protocol::TopicError| {
                 SubscribeError::InvalidTopic(e.to_string())
             })?;
-        // Events wait here for the reader; when it falls behind, the connection task waits, the
-        // broker closes the connection as a slow consumer (4008), and the client resumes.
+        // Events wait here for the reader; when it is full, the connection task hands the
+        // subscription to a catch-up task that reads the missed events from the history
+        // endpoint at the reader's pace, so nothing else on the connection waits.
         let (events_tx, events_rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -411,12 +450,12 @@ impl Client {
     }
 }
 
-/// A live subscription: a `Stream` of [`Item`]s. Dropping it unsubscribes.
+/// A live subscription: a `Stream` of [`Item`]s, each matching event once and in `seq`
+/// order. Dropping it unsubscribes.
 ///
-/// Read every subscription (each in its own task if need be): the connection task waits while
-/// a subscription's buffer (4,096 items) is full, and meanwhile reads nothing else, acks
-/// included. A subscription started with `since` while another subscription of the same
-/// client overlaps it does not receive the events that one already delivered.
+/// A reader may be slow: when its buffer (4,096 items) is full, the events it misses are
+/// fetched again from the broker's history endpoint at its pace, while the connection and the
+/// other subscriptions go on. The stream ends after [`Item::Ended`], which says why.
 pub struct Subscription {
     sid: u64,
     pattern: Pattern,
@@ -458,15 +497,32 @@ type Socket =
 
 struct SubState {
     pattern: Pattern,
-    /// Newest `seq` delivered to this subscription: the resume point (`None` until the
-    /// broker answered the first subscribe without `since`).
+    /// Newest `seq` handed to the reader, or the resume point; `None` until the broker answered
+    /// the first `subscribe`.
     last_seq: Option<u64>,
+    /// With `subscribe_since`: where the history starts (the first `subscribed` sets it).
+    since: Option<u64>,
     events: mpsc::Sender<Item>,
     /// Waiting for `subscribed` after (re)subscribing: the request id, and the caller to answer.
     pending: Option<(String, Option<SubscribeReply>)>,
+    /// Set while the subscription is fed from the history endpoint instead of the socket.
+    catch_up: Option<CatchUp>,
+    /// Numbers catch-up rounds, so a report of an aborted round is ignored.
+    rounds: u64,
+    /// The newest matching `seq` the socket carried while `pending` (not handed over).
+    held: u64,
 }
 
-/// Where a subscribe's answer (its `head_seq`, or why not) goes.
+/// A catch-up round in flight: a task reading `GET /v1/events` into the subscription.
+struct CatchUp {
+    round: u64,
+    /// The newest matching `seq` the round must reach: the broker's head when the subscription
+    /// went live, then every matching event the socket carried meanwhile (not handed over).
+    target: u64,
+    task: tokio::task::AbortHandle,
+}
+
+/// Where a subscribe's answer (its id, or why not) goes.
 type SubscribeReply = oneshot::Sender<Result<u64, SubscribeError>>;
 
 enum Pending {
@@ -474,12 +530,29 @@ enum Pending {
     Unsubscribe,
 }
 
+/// Reports from the tasks the connection task spawns.
+enum Internal {
+    /// A catch-up round handed over every event up to `upto`.
+    CaughtUp { sid: u64, round: u64, upto: u64 },
+    /// A catch-up round cannot go on.
+    CatchUpFailed {
+        sid: u64,
+        round: u64,
+        error: SubscribeError,
+    },
+    /// A refreshed access token (after `token_expiring`), to send as `auth`.
+    Token(Option<String>),
+}
+
 struct Conn {
     opts: ConnectOptions,
     url: String,
+    history: History,
     subs: HashMap<u64, SubState>,
     pending: HashMap<String, Pending>,
     next: u64,
+    internal: mpsc::UnboundedSender<Internal>,
+    refreshing: bool,
 }
 
 fn subscribe_error(e: &ErrorFrame) -> SubscribeError {
@@ -494,6 +567,7 @@ fn subscribe_error(e: &ErrorFrame) -> SubscribeError {
         Some(Reason::ClientInactive) => SubscribeError::ClientInactive(e.message.clone()),
         Some(Reason::TokenExpired) => SubscribeError::TokenExpired,
         Some(Reason::TooManySubscriptions) => SubscribeError::RateLimited(e.message.clone()),
+        Some(Reason::LogUnavailable) => SubscribeError::Unavailable(e.message.clone()),
         // A reason this version does not know: fall back on the code (PROTOCOL.md section 6).
         _ => match e.code {
             ErrorCode::Forbidden => SubscribeError::Forbidden {
@@ -501,6 +575,7 @@ fn subscribe_error(e: &ErrorFrame) -> SubscribeError {
             },
             ErrorCode::Unauthorized => SubscribeError::Unauthorized(e.message.clone()),
             ErrorCode::RateLimited => SubscribeError::RateLimited(e.message.clone()),
+            ErrorCode::Unavailable => SubscribeError::Unavailable(e.message.clone()),
             _ => SubscribeError::Protocol(format!("{}: {}", e.error, e.message)),
         },
     }
@@ -534,20 +609,195 @@ fn publish_error(e: &ErrorFrame) -> PublishError {
     }
 }
 
-impl Conn {
-    async fn token(&self) -> Result<String, ConnectError> {
-        match (&self.opts.token, &self.opts.static_token) {
-            (Some(source), _) => Ok(source.token().await?.access_token),
-            (None, Some(t)) => Ok(t.clone()),
-            (None, None) => Err(ConnectError::Token(TokenError::Key(
-                "no token source and no token".to_owned(),
-            ))),
+/// Ends a subscription's stream with `why` as its last item. The reader may be behind (its
+/// buffer full), so the item waits in a task of its own; the stream ends after it.
+fn end_subscription(mut sub: SubState, why: SubscribeError) {
+    if let Some(c) = sub.catch_up.take() {
+        c.task.abort();
+    }
+    if let Some((_, Some(reply))) = sub.pending.take() {
+        let _ = reply.send(Err(why));
+        return;
+    }
+    let events = sub.events;
+    tokio::spawn(async move {
+        let _ = events.send(Item::Ended(why)).await;
+    });
+}
+
+/// The access token to present: from the token source (cached, refreshed near expiry), or the
+/// fixed one.
+async fn current_token(opts: &ConnectOptions) -> Result<String, ConnectError> {
+    match (&opts.token, &opts.static_token) {
+        (Some(source), _) => Ok(source.token().await?.access_token),
+        (None, Some(t)) => Ok(t.clone()),
+        (None, None) => Err(ConnectError::Token(TokenError::Key(
+            "no token source and no token".to_owned(),
+        ))),
+    }
+}
+
+/// Reads `GET /v1/events` (PROTOCOL.md section 8) for subscriptions that must catch up: after
+/// `subscribe_since`, after a reconnect, or after the reader fell behind.
+#[derive(Clone)]
+struct History {
+    http: reqwest::Client,
+    /// `http(s)://host:port/v1/events`.
+    url: String,
+    opts: ConnectOptions,
+}
+
+/// One page of `GET /v1/events`.
+#[derive(serde::Deserialize)]
+struct HistoryPage {
+    events: Vec<Event>,
+    next_since: u64,
+    first_seq: u64,
+    truncated: bool,
+}
+
+/// The JSON body of a refused HTTP request.
+#[derive(serde::Deserialize)]
+struct HttpError {
+    error: ErrorCode,
+    reason: scopecast_protocol::ErrorReason,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    required_scope: Option<String>,
+}
+
+/// Why a history page could not be had.
+enum PageError {
+    /// Worth another try later (network, 429, 5xx, a token to refresh).
+    Retry,
+    /// The subscription cannot be served.
+    Fatal(SubscribeError),
+}
+
+/// Events per history page (the broker's maximum).
+const HISTORY_PAGE: usize = 1000;
+
+impl History {
+    async fn page(
+        &self,
+        pattern: &Pattern,
+        since: u64,
+        refreshed: &mut bool,
+    ) -> Result<HistoryPage, PageError> {
+        let token = match current_token(&self.opts).await {
+            Ok(t) => t,
+            Err(_) => return Err(PageError::Retry),
+        };
+        let resp = self
+            .http
+            .get(&self.url)
+            .query(&[
+                ("topic", pattern.as_str()),
+                ("since", &since.to_string()),
+                ("limit", &HISTORY_PAGE.to_string()),
+            ])
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|_| PageError::Retry)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|_| PageError::Retry)?;
+        if status == 200 {
+            return serde_json::from_slice(&body).map_err(|e| {
+                PageError::Fatal(SubscribeError::Protocol(format!("history page: {e}")))
+            });
+        }
+        if status == 429 || status >= 500 {
+            return Err(PageError::Retry);
+        }
+        let refused = serde_json::from_slice::<HttpError>(&body)
+            .map(|h| ErrorFrame {
+                id: None,
+                code: h.error,
+                error: h.reason,
+                message: h.message,
+                required_scope: h.required_scope,
+                topic: None,
+                retry_after_ms: None,
+            })
+            .map(|f| subscribe_error(&f))
+            .unwrap_or_else(|_| SubscribeError::Protocol(format!("history: HTTP {status}")));
+        match (&refused, &self.opts.token) {
+            // A token the broker no longer takes (its keys rotated): get a new one, once.
+            (SubscribeError::Unauthorized(_) | SubscribeError::TokenExpired, Some(source))
+                if !*refreshed =>
+            {
+                *refreshed = true;
+                let _ = source.refresh().await;
+                Err(PageError::Retry)
+            }
+            _ => Err(PageError::Fatal(refused)),
         }
     }
 
+    /// Hands the matching events with `seq` > `from` to `events`, in order, until `target` is
+    /// reached; a range gone past retention becomes one [`Item::Gap`]. Returns the `seq` the
+    /// subscription has reached. Waits for the reader, and retries transient failures with
+    /// capped, jittered backoff.
+    async fn catch_up(
+        self,
+        pattern: Pattern,
+        from: u64,
+        target: u64,
+        events: mpsc::Sender<Item>,
+    ) -> Result<u64, SubscribeError> {
+        let mut cursor = from;
+        let mut failures = 0u32;
+        let mut refreshed = false;
+        while cursor < target {
+            let page = match self.page(&pattern, cursor, &mut refreshed).await {
+                Ok(p) if p.next_since > cursor || !p.events.is_empty() => p,
+                Ok(_) | Err(PageError::Retry) => {
+                    failures += 1;
+                    tokio::time::sleep(backoff(failures, self.opts.max_delay)).await;
+                    continue;
+                }
+                Err(PageError::Fatal(e)) => return Err(e),
+            };
+            failures = 0;
+            refreshed = false;
+            if page.truncated && page.first_seq > cursor + 1 {
+                let gap = Item::Gap {
+                    from_seq: cursor + 1,
+                    to_seq: page.first_seq - 1,
+                };
+                if events.send(gap).await.is_err() {
+                    return Err(SubscribeError::Closed);
+                }
+            }
+            for e in page.events {
+                if e.seq <= cursor {
+                    continue;
+                }
+                cursor = e.seq;
+                if events.send(Item::Event(e)).await.is_err() {
+                    return Err(SubscribeError::Closed);
+                }
+            }
+            cursor = cursor.max(page.next_since);
+        }
+        Ok(cursor)
+    }
+}
+
+/// The wait before retry number `attempt` (from 1): 100 ms doubling, capped at `max`, half of
+/// it random.
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(attempt.min(16)));
+    let capped = base.min(max);
+    capped / 2 + jitter(capped)
+}
+
+impl Conn {
     /// Opens the WebSocket with a token in the header and reads `welcome`.
     async fn open(&self) -> Result<Socket, ConnectError> {
-        let token = self.token().await?;
+        let token = current_token(&self.opts).await?;
         let mut req = self
             .url
             .as_str()
@@ -607,13 +857,13 @@ impl Conn {
         socket.send(Message::text(frame.encode())).await.is_ok()
     }
 
-    /// Sends `subscribe` for `sid`, resuming after its last delivered `seq` when it has one.
-    async fn resubscribe(&mut self, socket: &mut Socket, sid: u64, since: Option<u64>) -> bool {
+    /// Sends a live `subscribe` (no `since`: history comes from the history endpoint, so a
+    /// subscription never depends on what the connection's other subscriptions received).
+    async fn resubscribe(&mut self, socket: &mut Socket, sid: u64) -> bool {
         let id = self.id('s');
         let Some(sub) = self.subs.get_mut(&sid) else {
             return true;
         };
-        let since = since.or(sub.last_seq).map(Since::Seq);
         let reply = sub.pending.take().and_then(|(_, r)| r);
         sub.pending = Some((id.clone(), reply));
         let Ok(rid) = RequestId::new(&id) else {
@@ -624,49 +874,91 @@ impl Conn {
             &ClientFrame::Subscribe {
                 id: rid,
                 topic: sub.pattern.clone(),
-                since,
+                since: None,
             },
         )
         .await
+    }
+
+    /// Starts (or extends) a catch-up of `sid` up to `target`.
+    fn catch_up(&mut self, sid: u64, target: u64) {
+        let Some(sub) = self.subs.get_mut(&sid) else {
+            return;
+        };
+        if let Some(c) = &mut sub.catch_up {
+            c.target = c.target.max(target);
+            return;
+        }
+        let from = sub.last_seq.unwrap_or(0);
+        if target <= from {
+            return;
+        }
+        sub.rounds += 1;
+        let round = sub.rounds;
+        let history = self.history.clone();
+        let pattern = sub.pattern.clone();
+        let events = sub.events.clone();
+        let report = self.internal.clone();
+        let task = tokio::spawn(async move {
+            let msg = match history.catch_up(pattern, from, target, events).await {
+                Ok(upto) => Internal::CaughtUp { sid, round, upto },
+                Err(error) => Internal::CatchUpFailed { sid, round, error },
+            };
+            let _ = report.send(msg);
+        });
+        sub.catch_up = Some(CatchUp {
+            round,
+            target,
+            task: task.abort_handle(),
+        });
     }
 
     async fn run(
         mut self,
         mut socket: Socket,
         mut commands: mpsc::Receiver<Command>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
         state: watch::Sender<ConnectionState>,
     ) {
         let mut attempt = 0u32;
         loop {
-            let ended = self.serve(&mut socket, &mut commands).await;
+            let ended = self.serve(&mut socket, &mut commands, &mut internal).await;
             // Publishes in flight may or may not be stored.
             for (_, p) in self.pending.drain() {
                 if let Pending::Publish(tx) = p {
                     let _ = tx.send(Err(PublishError::Disconnected));
                 }
             }
+            self.refreshing = false;
             let retry = match &ended {
                 Ended::Commands => {
                     let _ = socket.close(None).await;
                     let _ = state.send(ConnectionState::Closed("client dropped".to_owned()));
                     return;
                 }
-                Ended::Closed(code) => code.map_or(Retry::Reconnect, CloseCode::retry),
+                Ended::Closed(code, _) => code.map_or(Retry::Reconnect, CloseCode::retry),
             };
             if retry == Retry::Never || !self.opts.reconnect {
                 let why = format!("closed by the broker ({ended:?})");
                 let _ = state.send(ConnectionState::Closed(why));
-                self.fail_all(SubscribeError::Closed);
+                // The subscriptions end with the close code's meaning (PROTOCOL.md section 7).
+                let why = match ended {
+                    Ended::Closed(Some(CloseCode::Forbidden), reason) => {
+                        SubscribeError::ClientInactive(reason)
+                    }
+                    Ended::Closed(Some(CloseCode::Unauthorized), reason) => {
+                        SubscribeError::Unauthorized(reason)
+                    }
+                    Ended::Closed(Some(CloseCode::TokenExpired), _) => SubscribeError::TokenExpired,
+                    _ => SubscribeError::Closed,
+                };
+                self.end_all(why);
                 return;
             }
             let _ = state.send(ConnectionState::Connecting);
             loop {
                 attempt += 1;
-                let base =
-                    Duration::from_millis(100).saturating_mul(2u32.saturating_pow(attempt.min(16)));
-                let capped = base.min(self.opts.max_delay);
-                let jitter = jitter(capped);
-                tokio::time::sleep(capped / 2 + jitter).await;
+                tokio::time::sleep(backoff(attempt, self.opts.max_delay)).await;
                 match self.open().await {
                     Ok(s) => {
                         socket = s;
@@ -678,8 +970,17 @@ impl Conn {
                         if self.opts.token.is_none() || status == 403 {
                             let _ =
                                 state.send(ConnectionState::Closed(format!("{status}: {message}")));
-                            self.fail_all(SubscribeError::Unauthorized(message));
+                            let why = if status == 403 {
+                                SubscribeError::ClientInactive(message)
+                            } else {
+                                SubscribeError::Unauthorized(message)
+                            };
+                            self.end_all(why);
                             return;
+                        }
+                        // The cached token was refused: the next attempt gets a new one.
+                        if let Some(source) = &self.opts.token {
+                            let _ = source.refresh().await;
                         }
                     }
                     Err(_) => {}
@@ -687,29 +988,22 @@ impl Conn {
             }
             attempt = 0;
             let _ = state.send(ConnectionState::Connected);
-            // Resume the subscription that is furthest behind first: each replay then also
-            // feeds the later subscriptions the events the broker will not send twice on this
-            // connection (PROTOCOL.md section 8), so no subscription misses one.
-            let mut sids: Vec<(Option<u64>, u64)> = self
-                .subs
-                .iter()
-                .map(|(sid, s)| (s.last_seq, *sid))
-                .collect();
-            sids.sort_by_key(|(last, sid)| (last.is_none(), *last, *sid));
-            let sids: Vec<u64> = sids.into_iter().map(|(_, sid)| sid).collect();
+            // Every subscription goes live again; those behind the new head catch up from
+            // the history endpoint when `subscribed` says where the head is.
+            let mut sids: Vec<u64> = self.subs.keys().copied().collect();
+            sids.sort_unstable();
             for sid in sids {
-                if !self.resubscribe(&mut socket, sid, None).await {
+                if !self.resubscribe(&mut socket, sid).await {
                     break;
                 }
             }
         }
     }
 
-    fn fail_all(&mut self, why: SubscribeError) {
-        for (_, mut sub) in self.subs.drain() {
-            if let Some((_, Some(reply))) = sub.pending.take() {
-                let _ = reply.send(Err(why.clone()));
-            }
+    /// Ends every subscription with `why`.
+    fn end_all(&mut self, why: SubscribeError) {
+        for (_, sub) in self.subs.drain() {
+            end_subscription(sub, why.clone());
         }
     }
 
@@ -717,6 +1011,7 @@ impl Conn {
         &mut self,
         socket: &mut Socket,
         commands: &mut mpsc::Receiver<Command>,
+        internal: &mut mpsc::UnboundedReceiver<Internal>,
     ) -> Ended {
         loop {
             tokio::select! {
@@ -724,22 +1019,89 @@ impl Conn {
                     None => return Ended::Commands,
                     Some(cmd) => {
                         if !self.command(socket, cmd).await {
-                            return Ended::Closed(None);
+                            return Ended::Closed(None, String::new());
                         }
                     }
                 },
+                Some(msg) = internal.recv() => {
+                    if !self.internal(socket, msg).await {
+                        return Ended::Closed(None, String::new());
+                    }
+                }
                 msg = socket.next() => match msg {
                     Some(Ok(Message::Text(t))) => {
                         if let Ok(frame) = ServerFrame::decode(&t) {
-                            self.frame(socket, frame).await;
+                            self.frame(frame);
                         }
                     }
-                    Some(Ok(Message::Close(c))) => return Ended::Closed(c.and_then(|c| CloseCode::from_u16(u16::from(c.code)))),
+                    Some(Ok(Message::Close(c))) => {
+                        let reason = c.as_ref().map(|c| c.reason.to_string()).unwrap_or_default();
+                        return Ended::Closed(c.and_then(|c| CloseCode::from_u16(u16::from(c.code))), reason);
+                    }
                     Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return Ended::Closed(None),
+                    Some(Err(_)) | None => return Ended::Closed(None, String::new()),
                 },
             }
         }
+    }
+
+    async fn internal(&mut self, socket: &mut Socket, msg: Internal) -> bool {
+        match msg {
+            Internal::CaughtUp { sid, round, upto } => {
+                let Some(sub) = self.subs.get_mut(&sid) else {
+                    return true;
+                };
+                let Some(c) = sub.catch_up.take_if(|c| c.round == round) else {
+                    return true;
+                };
+                sub.last_seq = Some(upto);
+                // Matching events went by on the socket during the round: another round.
+                if c.target > upto {
+                    self.catch_up(sid, c.target);
+                }
+                true
+            }
+            Internal::CatchUpFailed { sid, round, error } => {
+                let current = self
+                    .subs
+                    .get(&sid)
+                    .and_then(|s| s.catch_up.as_ref())
+                    .is_some_and(|c| c.round == round);
+                if current && let Some(sub) = self.subs.remove(&sid) {
+                    // Stop the broker's side too, unless another subscription shares it.
+                    if !self.subs.values().any(|s| s.pattern == sub.pattern) {
+                        let pattern = sub.pattern.clone();
+                        end_subscription(sub, error);
+                        return self.unsubscribe(socket, pattern).await;
+                    }
+                    end_subscription(sub, error);
+                }
+                true
+            }
+            Internal::Token(token) => {
+                self.refreshing = false;
+                match token {
+                    Some(token) => Conn::send(socket, &ClientFrame::Auth { token }).await,
+                    None => true,
+                }
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, socket: &mut Socket, pattern: Pattern) -> bool {
+        let id = self.id('u');
+        self.pending.insert(id.clone(), Pending::Unsubscribe);
+        let Ok(rid) = RequestId::new(&id) else {
+            return true;
+        };
+        Conn::send(
+            socket,
+            &ClientFrame::Unsubscribe {
+                id: rid,
+                topic: pattern,
+            },
+        )
+        .await
     }
 
     async fn command(&mut self, socket: &mut Socket, cmd: Command) -> bool {
@@ -756,34 +1118,29 @@ impl Conn {
                     sid,
                     SubState {
                         pattern,
-                        last_seq: since,
+                        last_seq: None,
+                        since,
                         events,
                         pending: Some((String::new(), Some(reply))),
+                        catch_up: None,
+                        rounds: 0,
+                        held: 0,
                     },
                 );
-                self.resubscribe(socket, sid, since).await
+                self.resubscribe(socket, sid).await
             }
             Command::Unsubscribe { sid } => {
-                let Some(sub) = self.subs.remove(&sid) else {
+                let Some(mut sub) = self.subs.remove(&sid) else {
                     return true;
                 };
+                if let Some(c) = sub.catch_up.take() {
+                    c.task.abort();
+                }
                 // Another subscription may hold the same pattern on this connection.
                 if self.subs.values().any(|s| s.pattern == sub.pattern) {
                     return true;
                 }
-                let id = self.id('u');
-                self.pending.insert(id.clone(), Pending::Unsubscribe);
-                let Ok(rid) = RequestId::new(&id) else {
-                    return true;
-                };
-                Conn::send(
-                    socket,
-                    &ClientFrame::Unsubscribe {
-                        id: rid,
-                        topic: sub.pattern,
-                    },
-                )
-                .await
+                self.unsubscribe(socket, sub.pattern).await
             }
             Command::Publish {
                 topic,
@@ -810,17 +1167,40 @@ impl Conn {
         }
     }
 
-    async fn frame(&mut self, socket: &mut Socket, frame: ServerFrame) {
+    /// Handles one server frame. Never waits: a reader that is behind is caught up from the
+    /// history endpoint by a task of its own, so acks and other subscriptions flow meanwhile.
+    fn frame(&mut self, frame: ServerFrame) {
         match frame {
             ServerFrame::Event(e) => {
-                for sub in self.subs.values_mut() {
-                    // A subscription still waiting for its first `subscribed` has no events yet.
-                    if sub.last_seq.is_some_and(|last| e.seq > last)
-                        && sub.pattern.matches(&e.topic)
-                    {
-                        sub.last_seq = Some(e.seq);
-                        let _ = sub.events.send(Item::Event(e.clone())).await;
+                let mut behind = Vec::new();
+                for (&sid, sub) in &mut self.subs {
+                    if !sub.pattern.matches(&e.topic) {
+                        continue;
                     }
+                    // Waiting for `subscribed` (after a reconnect, while another subscription
+                    // already gets events): remember how far to catch up, deliver nothing yet.
+                    if sub.pending.is_some() {
+                        sub.held = sub.held.max(e.seq);
+                        continue;
+                    }
+                    let Some(last) = sub.last_seq else { continue };
+                    if e.seq <= last {
+                        continue;
+                    }
+                    if let Some(c) = &mut sub.catch_up {
+                        c.target = c.target.max(e.seq);
+                        continue;
+                    }
+                    match sub.events.try_send(Item::Event(e.clone())) {
+                        Ok(()) => sub.last_seq = Some(e.seq),
+                        // The reader is behind: this event and the next ones come from history.
+                        Err(mpsc::error::TrySendError::Full(_)) => behind.push((sid, e.seq)),
+                        // Dropped: its unsubscribe is on the way.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+                for (sid, seq) in behind {
+                    self.catch_up(sid, seq);
                 }
             }
             ServerFrame::Subscribed(s) => {
@@ -832,27 +1212,15 @@ impl Conn {
                     return;
                 };
                 let (_, reply) = sub.pending.take().unwrap_or_default();
-                if let Some(r) = s.replay
-                    && r.truncated
-                {
-                    let from = sub.last_seq.map_or(1, |l| l + 1);
-                    let _ = sub
-                        .events
-                        .send(Item::Gap {
-                            from_seq: from,
-                            to_seq: r.from_seq.saturating_sub(1),
-                        })
-                        .await;
-                }
                 if sub.last_seq.is_none() {
-                    sub.last_seq = Some(
-                        s.replay
-                            .map_or(s.head_seq, |r| r.from_seq.saturating_sub(1)),
-                    );
+                    sub.last_seq = Some(sub.since.take().unwrap_or(s.head_seq));
                 }
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(sid));
                 }
+                // Live after `head_seq`; what lies between the resume point and it is history.
+                let target = s.head_seq.max(std::mem::take(&mut sub.held));
+                self.catch_up(sid, target);
             }
             ServerFrame::Published(p) => {
                 if let Some(Pending::Publish(tx)) = self.pending.remove(p.id.as_str()) {
@@ -862,15 +1230,16 @@ impl Conn {
             ServerFrame::Error(e) => self.error(e),
             ServerFrame::TokenExpiring(_) => {
                 if let Some(source) = &self.opts.token
-                    && let Ok(t) = source.fetch().await
+                    && !self.refreshing
                 {
-                    let _ = Conn::send(
-                        socket,
-                        &ClientFrame::Auth {
-                            token: t.access_token,
-                        },
-                    )
-                    .await;
+                    // The token endpoint may be slow: the refresh runs beside the connection.
+                    self.refreshing = true;
+                    let source = source.clone();
+                    let report = self.internal.clone();
+                    tokio::spawn(async move {
+                        let token = source.refresh().await.ok().map(|t| t.access_token);
+                        let _ = report.send(Internal::Token(token));
+                    });
                 }
             }
             ServerFrame::Unsubscribed(u) => {
@@ -892,19 +1261,30 @@ impl Conn {
                 .iter()
                 .find(|(_, s)| s.pending.as_ref().is_some_and(|(pid, _)| pid == id))
                 .map(|(k, _)| *k);
+            // A refused subscribe: the caller gets the error, or, after a reconnect, the
+            // stream ends with it.
             if let Some(sid) = found
-                && let Some(mut sub) = self.subs.remove(&sid)
-                && let Some((_, Some(reply))) = sub.pending.take()
+                && let Some(sub) = self.subs.remove(&sid)
             {
-                let _ = reply.send(Err(subscribe_error(&e)));
+                end_subscription(sub, subscribe_error(&e));
             }
             return;
         }
         if e.error == Reason::ScopeRevoked
             && let Some(topic) = &e.topic
         {
-            // The subscription ended on the broker: end it here too (its stream finishes).
-            self.subs.retain(|_, s| &s.pattern != topic);
+            // The subscription ended on the broker: end it here too, saying why.
+            let gone: Vec<u64> = self
+                .subs
+                .iter()
+                .filter(|(_, s)| &s.pattern == topic)
+                .map(|(k, _)| *k)
+                .collect();
+            for sid in gone {
+                if let Some(sub) = self.subs.remove(&sid) {
+                    end_subscription(sub, subscribe_error(&e));
+                }
+            }
         }
     }
 }
@@ -912,7 +1292,8 @@ impl Conn {
 #[derive(Debug)]
 enum Ended {
     Commands,
-    Closed(Option<CloseCode>),
+    /// The socket closed: the close code when there was one, and the close reason.
+    Closed(Option<CloseCode>, String),
 }
 
 fn jitter(max: Duration) -> Duration {
@@ -931,6 +1312,8 @@ mod tests {
         assert_eq!(stream_url("http://h:1"), "ws://h:1/v1/stream");
         assert_eq!(stream_url("https://h/"), "wss://h/v1/stream");
         assert_eq!(stream_url("ws://h:1/v1/stream"), "ws://h:1/v1/stream");
+        assert_eq!(history_url("ws://h:1/v1/stream"), "http://h:1/v1/events");
+        assert_eq!(history_url("wss://h/v1/stream"), "https://h/v1/events");
     }
 
     #[test]

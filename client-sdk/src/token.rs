@@ -435,6 +435,17 @@ impl TokenSource {
         Ok(fresh)
     }
 
+    /// A new token from the token endpoint, which replaces the cached one: for a refresh the
+    /// broker asked for (`token_expiring`) or a token the broker refused.
+    ///
+    /// # Errors
+    /// [`TokenError`] when the endpoint cannot be reached or refuses; the cache is kept then.
+    pub async fn refresh(&self) -> Result<AccessToken, TokenError> {
+        let fresh = self.fetch().await?;
+        *self.cache.lock().await = Some(fresh.clone());
+        Ok(fresh)
+    }
+
     /// A new token from the token endpoint, bypassing the cache.
     ///
     /// # Errors

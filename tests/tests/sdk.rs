@@ -16,6 +16,15 @@ fn source(broker: &TestBroker, c: &scopecast_tests::TestClient) -> TokenSource {
     TokenSource::client_secret(&broker.base_url(), &c.client_id, &c.secret)
 }
 
+/// A client of `c` with a token source, connected to `broker`.
+async fn connect(broker: &TestBroker, c: &scopecast_tests::TestClient) -> scopecast_client::Client {
+    ConnectOptions::new()
+        .token_source(source(broker, c))
+        .connect(&broker.base_url())
+        .await
+        .unwrap()
+}
+
 async fn next_event(sub: &mut scopecast_client::Subscription) -> scopecast_client::protocol::Event {
     match tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await
@@ -23,7 +32,7 @@ async fn next_event(sub: &mut scopecast_client::Subscription) -> scopecast_clien
         .expect("open")
     {
         Item::Event(e) => e,
-        Item::Gap { from_seq, to_seq } => panic!("unexpected gap {from_seq}..={to_seq}"),
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -34,11 +43,7 @@ async fn forbidden_is_a_typed_error_naming_the_scope_and_streams_carry_events() 
         .active_client("SDK sub", "subscribe:fhir.encounter.>")
         .await;
     let publisher = broker.active_client("SDK pub", "publish:fhir.>").await;
-    let client = ConnectOptions::new()
-        .token_source(source(&broker, &sub))
-        .connect(&broker.base_url())
-        .await
-        .unwrap();
+    let client = connect(&broker, &sub).await;
     match client.subscribe("fhir.>").await {
         Err(SubscribeError::Forbidden { required_scope }) => {
             assert_eq!(required_scope, "subscribe:fhir.>")
@@ -79,12 +84,8 @@ async fn with_five_second_tokens_a_twenty_second_stream_has_no_gap_and_no_duplic
     let broker = TestBroker::start(config).await;
     let sub = broker.active_client("Long reader", "subscribe:lab.>").await;
     let publisher = broker.active_client("Long writer", "publish:lab.>").await;
-    let client = ConnectOptions::new()
-        .token_source(source(&broker, &sub))
-        .connect(&broker.base_url())
-        .await
-        .unwrap();
-    let mut stream = client.subscribe("lab.>").await.unwrap();
+    let client = connect(&broker, &sub).await;
+    let stream = client.subscribe("lab.>").await.unwrap();
     let pc = scopecast_client::connect(&broker.base_url(), source(&broker, &publisher))
         .await
         .unwrap();
@@ -103,13 +104,14 @@ async fn with_five_second_tokens_a_twenty_second_stream_has_no_gap_and_no_duplic
         seqs
     });
     let reader = tokio::spawn(async move {
+        let mut stream = stream;
         let mut got = Vec::new();
         while let Ok(Some(item)) =
             tokio::time::timeout(Duration::from_secs(10), stream.next()).await
         {
             match item {
                 Item::Event(e) => got.push(e.seq),
-                Item::Gap { from_seq, to_seq } => panic!("gap {from_seq}..={to_seq}"),
+                other => panic!("unexpected {other:?}"),
             }
         }
         got
@@ -198,11 +200,7 @@ async fn dropping_one_subscription_leaves_the_others_alone() {
     for i in 0..3 {
         broker.publish_http(&pt, "adt.warmup", &json!(i)).await;
     }
-    let client = ConnectOptions::new()
-        .token_source(source(&broker, &sub))
-        .connect(&broker.base_url())
-        .await
-        .unwrap();
+    let client = connect(&broker, &sub).await;
     let x = client.subscribe("adt.x").await.unwrap();
     let mut y = client.subscribe("adt.>").await.unwrap();
     drop(x);
@@ -212,4 +210,176 @@ async fn dropping_one_subscription_leaves_the_others_alone() {
         .await;
     let e = next_event(&mut y).await;
     assert_eq!(e.seq, a.body["seq"].as_u64().unwrap());
+}
+
+/// Publishes `n` events to `topic` over HTTP; returns their seqs.
+async fn publish_many(broker: &TestBroker, token: &str, topic: &str, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(n);
+    for i in 0..n {
+        let a = broker.publish_http(token, topic, &json!({"i": i})).await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        seqs.push(a.body["seq"].as_u64().unwrap());
+    }
+    seqs
+}
+
+/// Reads `n` events (and nothing else) from `sub`.
+async fn read_events(sub: &mut scopecast_client::Subscription, n: usize) -> Vec<u64> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        got.push(next_event(sub).await.seq);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_subscription_stalls_nothing_and_later_gets_every_event_in_order() {
+    let mut config = test_config();
+    config.limits.publish_rate_per_sec = 0;
+    let broker = TestBroker::start(config).await;
+    let app = broker
+        .active_client("Slow reader", "subscribe:adt.> publish:adt.>")
+        .await;
+    let client = connect(&broker, &app).await;
+    // Never read while 6,000 events (more than its 4,096-item buffer) go by.
+    let mut unread = client.subscribe("adt.>").await.unwrap();
+    let mut other = client.subscribe("adt.x").await.unwrap();
+    let mut expected = Vec::new();
+    for i in 0..6_000 {
+        // Publishing on the same connection: every ack comes back while `unread` is full.
+        let seq = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.publish("adt.x", &json!({"i": i})),
+        )
+        .await
+        .expect("an acknowledgement in time")
+        .unwrap();
+        expected.push(seq);
+        if i % 500 == 0 {
+            // The other subscription keeps flowing too.
+            while next_event(&mut other).await.seq != seq {}
+        }
+    }
+    assert_eq!(*client.state().borrow(), ConnectionState::Connected);
+    // Now read: every event once, in order, the missed ones fetched from the history.
+    assert_eq!(read_events(&mut unread, expected.len()).await, expected);
+    // And it is live again afterwards.
+    let seq = client.publish("adt.y", &json!("live")).await.unwrap();
+    assert_eq!(next_event(&mut unread).await.seq, seq);
+}
+
+#[tokio::test]
+async fn subscribe_since_replays_events_an_overlapping_subscription_already_received() {
+    let mut config = test_config();
+    config.limits.publish_rate_per_sec = 0;
+    let broker = TestBroker::start(config).await;
+    let app = broker
+        .active_client("Overlap", "subscribe:adt.> publish:adt.>")
+        .await;
+    let pt = broker.token(&app, None).await;
+    let client = connect(&broker, &app).await;
+    let mut wide = client.subscribe("adt.>").await.unwrap();
+    let mut x = publish_many(&broker, &pt, "adt.x", 5).await;
+    let y = publish_many(&broker, &pt, "adt.y", 3).await;
+    let mut all = x.clone();
+    all.extend(&y);
+    assert_eq!(read_events(&mut wide, all.len()).await, all);
+    // The connection already received these through `adt.>`; a new subscription from seq 0
+    // gets them anyway, then live ones, with no duplicate.
+    let mut narrow = client.subscribe_since("adt.x", Some(0)).await.unwrap();
+    x.extend(publish_many(&broker, &pt, "adt.x", 2).await);
+    assert_eq!(read_events(&mut narrow, x.len()).await, x);
+    let seq = client.publish("adt.x", &json!("live")).await.unwrap();
+    assert_eq!(next_event(&mut narrow).await.seq, seq);
+    assert!(
+        futures_util::FutureExt::now_or_never(narrow.next()).is_none(),
+        "no duplicate"
+    );
+}
+
+#[tokio::test]
+async fn events_past_retention_are_one_gap_item_before_the_rest() {
+    let mut config = test_config();
+    config.limits.publish_rate_per_sec = 0;
+    config.memory_log_events = 10;
+    let broker = TestBroker::start(config).await;
+    let app = broker
+        .active_client("Late", "subscribe:adt.> publish:adt.>")
+        .await;
+    let pt = broker.token(&app, None).await;
+    let seqs = publish_many(&broker, &pt, "adt.x", 25).await;
+    let client = connect(&broker, &app).await;
+    let mut sub = client.subscribe_since("adt.>", Some(0)).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = &seqs[seqs.len() - 10..];
+    assert_eq!(
+        first,
+        Item::Gap {
+            from_seq: 1,
+            to_seq: kept[0] - 1
+        }
+    );
+    assert_eq!(read_events(&mut sub, kept.len()).await, kept);
+}
+
+#[tokio::test]
+async fn a_subscription_the_admin_takes_away_ends_with_a_typed_item() {
+    let broker = TestBroker::start(test_config()).await;
+    let app = broker
+        .create_app("Narrowed", "subscribe:adt.> subscribe:lab.>")
+        .await;
+    broker.activate(&app.non_production.client_id).await;
+    let client = connect(&broker, &app.non_production).await;
+    let mut adt = client.subscribe("adt.>").await.unwrap();
+    let mut lab = client.subscribe("lab.>").await.unwrap();
+    let a = broker
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/applications/{}", app.id),
+            Some(json!({"scope": "subscribe:lab.>"})),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let item = tokio::time::timeout(Duration::from_secs(10), adt.next())
+        .await
+        .unwrap();
+    assert_eq!(
+        item,
+        Some(Item::Ended(SubscribeError::Forbidden {
+            required_scope: "subscribe:adt.>".to_owned()
+        }))
+    );
+    assert_eq!(adt.next().await, None, "nothing follows Ended");
+    // The other subscription is untouched.
+    assert!(futures_util::FutureExt::now_or_never(lab.next()).is_none());
+    assert_eq!(*client.state().borrow(), ConnectionState::Connected);
+}
+
+#[tokio::test]
+async fn deactivating_the_client_ends_every_subscription_with_client_inactive() {
+    let broker = TestBroker::start(test_config()).await;
+    let app = broker
+        .active_client("Switched off", "subscribe:adt.>")
+        .await;
+    let client = connect(&broker, &app).await;
+    let mut a = client.subscribe("adt.a").await.unwrap();
+    let mut b = client.subscribe("adt.b").await.unwrap();
+    broker.deactivate(&app.client_id).await;
+    for sub in [&mut a, &mut b] {
+        let item = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap();
+        assert!(
+            matches!(item, Some(Item::Ended(SubscribeError::ClientInactive(_)))),
+            "{item:?}"
+        );
+        assert_eq!(sub.next().await, None);
+    }
+    assert!(matches!(
+        *client.state().borrow(),
+        ConnectionState::Closed(_)
+    ));
 }

@@ -754,6 +754,18 @@ async fn publish_needs_publish_scope_and_is_rate_limited() {
 
     let a = broker.publish_http(&p.sub_token, "adt.x", &json!(1)).await;
     assert_eq!(a.status, 403);
+    assert_eq!(
+        (
+            a.body["error"].as_str(),
+            a.body["reason"].as_str(),
+            a.body["required_scope"].as_str()
+        ),
+        (
+            Some("forbidden"),
+            Some("insufficient_scope"),
+            Some("publish:adt.x")
+        )
+    );
     let challenge = a.header("www-authenticate").unwrap();
     assert!(
         challenge.contains("error=\"insufficient_scope\"")

@@ -48,12 +48,16 @@ impl Caller {
             return Ok(());
         }
         let message = format!("client {} lacks the scope {needed}", self.client_id);
-        let mut resp = json_error(
+        let mut resp = (
             StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            Reason::InsufficientScope,
-            &message,
-        );
+            axum::Json(json!({
+                "error": ErrorCode::Forbidden.as_str(),
+                "reason": Reason::InsufficientScope.as_str(),
+                "message": message,
+                "required_scope": needed.to_string(),
+            })),
+        )
+            .into_response();
         let challenge =
             format!("Bearer realm=\"scopecast\", error=\"insufficient_scope\", scope=\"{needed}\"");
         if let Ok(v) = HeaderValue::from_str(&challenge) {
