@@ -422,18 +422,19 @@ fn member<'a, T: Deserialize<'a>>(
 
 impl<'a> Envelope<'a> {
     fn into_frame(self) -> Result<ClientFrame, FrameError> {
+        // The `id` as far as it is readable, to echo in an error about `type`.
+        let readable_id = self
+            .id
+            .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+            .and_then(|s| RequestId::new(&s).ok());
         let Some(kind) = self.kind else {
-            let id = self
-                .id
-                .and_then(|raw| serde_json::from_str::<&str>(raw.get()).ok());
-            let id = id.and_then(|s| RequestId::new(s).ok());
             return Err(FrameError::new(
-                id,
+                readable_id,
                 Reason::MissingField,
                 "frame has no `type` member".to_owned(),
             ));
         };
-        let kind: Cow<'a, str> = member(kind, "type", None)?;
+        let kind: Cow<'a, str> = member(kind, "type", readable_id.as_ref())?;
         if kind == "auth" {
             let token = self.token.ok_or_else(|| {
                 FrameError::new(

@@ -109,6 +109,16 @@ pub fn assertion(key: &TestKey, client_id: &str, audience: &str, ttl_s: i64) -> 
     key.sign(&claims, None)
 }
 
+/// A compact JWS with an arbitrary header (odd `kid` types, extra members...) and claims,
+/// really signed by `key` with its algorithm.
+pub fn signed_with_header(header: &Value, claims: &Value, key: &TestKey) -> String {
+    let h = URL_SAFE_NO_PAD.encode(header.to_string());
+    let c = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let input = format!("{h}.{c}");
+    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key.encoding, key.alg).expect("sign");
+    format!("{input}.{sig}")
+}
+
 /// A compact JWS with an arbitrary header and claims, signed with HMAC-SHA256 by `secret`
 /// (or unsigned when `secret` is `None`): for attacks that a verifier must refuse.
 pub fn forged(header: &Value, claims: &Value, secret: Option<&[u8]>) -> String {

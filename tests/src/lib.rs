@@ -7,6 +7,7 @@
 //! - [`keys`]: real key pairs (EC P-256, P-384, RSA) for `private_key_jwt` and foreign issuers.
 
 pub mod keys;
+pub mod raw;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -377,6 +378,38 @@ impl TestBroker {
             .as_str()
             .expect("access_token")
             .to_owned()
+    }
+
+    /// The broker's current signing key, read from its key file: to sign look-alike tokens
+    /// that differ from real ones in one claim or header.
+    pub fn signing_key(&self) -> keys::TestKey {
+        let file: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.data_dir().join(scopecast_broker::SIGNING_KEYS_FILE))
+                .expect("the signing key file"),
+        )
+        .expect("keys.json is JSON");
+        let newest = file["keys"]
+            .as_array()
+            .and_then(|k| k.last())
+            .expect("a key");
+        let pem = newest["private_key_pem"].as_str().expect("pem").to_owned();
+        keys::TestKey {
+            kid: newest["kid"].as_str().expect("kid").to_owned(),
+            alg: jsonwebtoken::Algorithm::ES256,
+            encoding: jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).expect("EC key"),
+            public_jwk: Value::Null,
+            pem,
+        }
+    }
+
+    /// The claims of a token (not verified).
+    pub fn claims_of(token: &str) -> Value {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).expect("a JWS");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url");
+        serde_json::from_slice(&bytes).expect("JSON claims")
     }
 
     /// Publishes `data` to `topic` over HTTP with a bearer token.

@@ -70,12 +70,19 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Response> {
     }
 }
 
-/// 401 with an RFC 6750 section 3 challenge.
+/// 401 with an RFC 6750 section 3 challenge (`error` is the challenge's error code); the body's
+/// reason is `invalid_token`.
 pub(crate) fn unauthorized(message: &str, error: &str) -> Response {
+    unauthorized_for(message, error, Reason::InvalidToken)
+}
+
+/// 401 with an RFC 6750 section 3 challenge and `reason` in the body: RFC 6750 has one error
+/// code for every bad token, PROTOCOL.md section 6 tells an expired one (`token_expired`) apart.
+fn unauthorized_for(message: &str, error: &str, reason: Reason) -> Response {
     let mut resp = json_error(
         StatusCode::UNAUTHORIZED,
         ErrorCode::Unauthorized,
-        Reason::InvalidToken,
+        reason,
         message,
     );
     let challenge = format!(
@@ -97,7 +104,7 @@ pub(crate) fn refused_token(e: &VerifyError) -> Response {
             Reason::ClientInactive,
             &e.to_string(),
         ),
-        _ => unauthorized(&e.to_string(), "invalid_token"),
+        _ => unauthorized_for(&e.to_string(), "invalid_token", e.reason()),
     }
 }
 
