@@ -7,10 +7,10 @@
 //! total for retention. The newest `seq` is the last key; it is never reused, because retention
 //! only removes from the front and the last event is always kept.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{
@@ -47,10 +47,97 @@ pub struct Retention {
 
 /// The event log in a redb file.
 pub struct DurableLog {
-    db: Arc<Database>,
+    store: Arc<Store>,
     sync: SyncMode,
     last: AtomicU64,
     first: AtomicU64,
+}
+
+/// The open database, and how to open it again after a failed write.
+///
+/// After a write fails (a full disk, an I/O error), redb refuses every later transaction
+/// until the file is opened again; opening it repairs it from its last commit. So a failed
+/// write marks the store broken, and the next use reopens it (at most once a second): the log
+/// recovers on its own once the disk has room again, and nothing committed is lost.
+struct Store {
+    path: PathBuf,
+    db: Mutex<Option<Arc<Database>>>,
+    broken: AtomicBool,
+    last_reopen: Mutex<Option<Instant>>,
+}
+
+/// Longest wait for readers to let go of the database before a reopen.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+
+impl Store {
+    fn db(&self) -> Result<Arc<Database>, LogError> {
+        self.db
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| LogError::Unavailable("the event log is closed for repair".to_owned()))
+    }
+
+    /// Runs `f` on the database, reopening it first if a write failed before; a failed `f`
+    /// marks the store broken. Blocking: call from a blocking thread.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, LogError>) -> Result<T, LogError> {
+        if self.broken.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let db = self.db()?;
+        let out = f(&db);
+        if out.is_err() {
+            self.broken.store(true, Ordering::Release);
+        }
+        out
+    }
+
+    fn reopen(&self) -> Result<(), LogError> {
+        {
+            let mut last = self
+                .last_reopen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Err(LogError::Unavailable(
+                    "the event log failed a write and is waiting to reopen".to_owned(),
+                ));
+            }
+            *last = Some(Instant::now());
+        }
+        let old = self
+            .db
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut old) = old {
+            // Readers in flight hold the database; redb allows one open handle per file.
+            let deadline = Instant::now() + REOPEN_WAIT;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) if Instant::now() < deadline => {
+                        old = shared;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(shared) => {
+                        *self.db.lock().unwrap_or_else(PoisonError::into_inner) = Some(shared);
+                        return Err(LogError::Unavailable(
+                            "the event log is busy; reopening later".to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+        let db = Database::create(&self.path).map_err(io)?;
+        *self.db.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
+        self.broken.store(false, Ordering::Release);
+        tracing::warn!(path = %self.path.display(), "event log reopened after a failed write");
+        Ok(())
+    }
 }
 
 fn io(e: impl std::fmt::Display) -> LogError {
@@ -116,7 +203,12 @@ impl DurableLog {
             (first.unwrap_or(last + 1), last)
         };
         let log = DurableLog {
-            db: Arc::new(db),
+            store: Arc::new(Store {
+                path: path.to_owned(),
+                db: Mutex::new(Some(Arc::new(db))),
+                broken: AtomicBool::new(false),
+                last_reopen: Mutex::new(None),
+            }),
             sync,
             last: AtomicU64::new(last),
             first: AtomicU64::new(first),
@@ -128,15 +220,17 @@ impl DurableLog {
     }
 
     fn spawn_flusher(&self) {
-        let db = Arc::downgrade(&self.db);
+        let store = Arc::downgrade(&self.store);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let Some(db) = db.upgrade() else { return };
+                let Some(store) = store.upgrade() else { return };
                 let flush = tokio::task::spawn_blocking(move || -> Result<(), LogError> {
-                    let mut w = db.begin_write().map_err(io)?;
-                    w.set_durability(Durability::Immediate).map_err(io)?;
-                    w.commit().map_err(io)
+                    store.with(|db| {
+                        let mut w = db.begin_write().map_err(io)?;
+                        w.set_durability(Durability::Immediate).map_err(io)?;
+                        w.commit().map_err(io)
+                    })
                 })
                 .await;
                 if let Ok(Err(e)) = flush {
@@ -156,7 +250,23 @@ impl DurableLog {
             return Ok(0);
         }
         let now_ns = Timestamp::now().unix_nanos();
-        let mut w = self.db.begin_write().map_err(io)?;
+        let (removed, new_first) = self
+            .store
+            .with(|db| DurableLog::enforce_sync(db, last, now_ns, retention))?;
+        if let Some(first) = new_first {
+            self.first.store(first, Ordering::Release);
+        }
+        Ok(removed)
+    }
+
+    /// Removes the events past `retention` in one transaction: (how many, the new first seq).
+    fn enforce_sync(
+        db: &Database,
+        last: u64,
+        now_ns: i128,
+        retention: Retention,
+    ) -> Result<(u64, Option<u64>), LogError> {
+        let mut w = db.begin_write().map_err(io)?;
         w.set_durability(Durability::Immediate).map_err(io)?;
         let removed;
         let new_first;
@@ -189,7 +299,7 @@ impl DurableLog {
                 cutoff = k.value();
             }
             if cutoff == 0 {
-                return Ok(0);
+                return Ok((0, None));
             }
             removed = events
                 .extract_from_if(..=cutoff, |_, _| true)
@@ -200,8 +310,7 @@ impl DurableLog {
             new_first = cutoff + 1;
         }
         w.commit().map_err(io)?;
-        self.first.store(new_first, Ordering::Release);
-        Ok(removed)
+        Ok((removed, Some(new_first)))
     }
 
     fn read_sync(db: &Database, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
@@ -223,26 +332,13 @@ impl EventLog for DurableLog {
             return Ok(());
         };
         let encoded: Vec<(u64, Vec<u8>)> = batch.iter().map(|e| (e.seq, encode(e))).collect();
-        let db = self.db.clone();
+        let store = self.store.clone();
         let durability = match self.sync {
             SyncMode::Fsync => Durability::Immediate,
             SyncMode::Os => Durability::None,
         };
         tokio::task::spawn_blocking(move || -> Result<(), LogError> {
-            let mut w = db.begin_write().map_err(io)?;
-            w.set_durability(durability).map_err(io)?;
-            {
-                let mut t = w.open_table(EVENTS).map_err(io)?;
-                let mut added = 0u64;
-                for (seq, bytes) in &encoded {
-                    t.insert(*seq, bytes.as_slice()).map_err(io)?;
-                    added += bytes.len() as u64;
-                }
-                let mut meta = w.open_table(META).map_err(io)?;
-                let total = meta.get(BYTES_KEY).map_err(io)?.map_or(0, |v| v.value());
-                meta.insert(BYTES_KEY, total + added).map_err(io)?;
-            }
-            w.commit().map_err(io)
+            store.with(|db| DurableLog::append_sync(db, durability, &encoded))
         })
         .await
         .map_err(io)??;
@@ -255,14 +351,44 @@ impl EventLog for DurableLog {
     }
 
     async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || DurableLog::read_sync(&db, after, limit))
-            .await
-            .map_err(io)?
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if store.broken.load(Ordering::Acquire) {
+                store.reopen()?;
+            }
+            let db = store.db()?;
+            DurableLog::read_sync(&db, after, limit)
+        })
+        .await
+        .map_err(io)?
     }
 
     fn first_seq(&self) -> u64 {
         self.first.load(Ordering::Acquire).max(1)
+    }
+}
+
+impl DurableLog {
+    /// Writes one batch in one transaction.
+    fn append_sync(
+        db: &Database,
+        durability: Durability,
+        encoded: &[(u64, Vec<u8>)],
+    ) -> Result<(), LogError> {
+        let mut w = db.begin_write().map_err(io)?;
+        w.set_durability(durability).map_err(io)?;
+        {
+            let mut t = w.open_table(EVENTS).map_err(io)?;
+            let mut added = 0u64;
+            for (seq, bytes) in encoded {
+                t.insert(*seq, bytes.as_slice()).map_err(io)?;
+                added += bytes.len() as u64;
+            }
+            let mut meta = w.open_table(META).map_err(io)?;
+            let total = meta.get(BYTES_KEY).map_err(io)?.map_or(0, |v| v.value());
+            meta.insert(BYTES_KEY, total + added).map_err(io)?;
+        }
+        w.commit().map_err(io)
     }
 }
 
