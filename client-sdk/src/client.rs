@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -148,6 +149,13 @@ pub enum PublishError {
 }
 
 type TokenFn = TokenSource;
+
+/// How long a connection must last for the reconnect backoff to start again from the shortest
+/// wait.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
+/// Shortest wait between two attempts, whatever `max_reconnect_delay` says.
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// Events buffered per subscription.
 const SUBSCRIPTION_BUFFER: usize = 4096;
@@ -502,7 +510,7 @@ struct SubState {
     last_seq: Option<u64>,
     /// With `subscribe_since`: where the history starts (the first `subscribed` sets it).
     since: Option<u64>,
-    events: mpsc::Sender<Item>,
+    feed: Feed,
     /// Waiting for `subscribed` after (re)subscribing: the request id, and the caller to answer.
     pending: Option<(String, Option<SubscribeReply>)>,
     /// Set while the subscription is fed from the history endpoint instead of the socket.
@@ -619,10 +627,39 @@ fn end_subscription(mut sub: SubState, why: SubscribeError) {
         let _ = reply.send(Err(why));
         return;
     }
-    let events = sub.events;
-    tokio::spawn(async move {
-        let _ = events.send(Item::Ended(why)).await;
-    });
+    let feed = sub.feed;
+    tokio::spawn(feed.end(why));
+}
+
+/// A subscription's way to its reader, shared by the connection task (live events, with
+/// `try_send`), a catch-up task (history, waiting for the reader) and the final
+/// [`Item::Ended`]: once ended, nothing more goes in, whatever a task was doing.
+#[derive(Clone)]
+struct Feed {
+    tx: mpsc::Sender<Item>,
+    ended: Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl Feed {
+    fn new(tx: mpsc::Sender<Item>) -> Feed {
+        Feed {
+            tx,
+            ended: Arc::new(tokio::sync::Mutex::new(false)),
+        }
+    }
+
+    /// Waits for room and hands `item` over; false when the stream ended or the reader left.
+    async fn send(&self, item: Item) -> bool {
+        let ended = self.ended.lock().await;
+        !*ended && self.tx.send(item).await.is_ok()
+    }
+
+    /// Hands over `Ended(why)` as the last item.
+    async fn end(self, why: SubscribeError) {
+        let mut ended = self.ended.lock().await;
+        *ended = true;
+        let _ = self.tx.send(Item::Ended(why)).await;
+    }
 }
 
 /// The access token to present: from the token source (cached, refreshed near expiry), or the
@@ -675,8 +712,12 @@ enum PageError {
     Fatal(SubscribeError),
 }
 
-/// Events per history page (the broker's maximum).
+/// Events per history page (the broker's maximum; it also bounds a page's bytes).
 const HISTORY_PAGE: usize = 1000;
+
+/// Transient history failures in a row (with backoff, minutes) before a catch-up gives up
+/// and ends its subscription with [`SubscribeError::Unavailable`].
+const MAX_HISTORY_FAILURES: u32 = 20;
 
 impl History {
     async fn page(
@@ -687,6 +728,11 @@ impl History {
     ) -> Result<HistoryPage, PageError> {
         let token = match current_token(&self.opts).await {
             Ok(t) => t,
+            Err(ConnectError::Token(e)) if e.is_permanent() => {
+                return Err(PageError::Fatal(SubscribeError::Unauthorized(
+                    e.to_string(),
+                )));
+            }
             Err(_) => return Err(PageError::Retry),
         };
         let resp = self
@@ -745,7 +791,7 @@ impl History {
         pattern: Pattern,
         from: u64,
         target: u64,
-        events: mpsc::Sender<Item>,
+        feed: Feed,
     ) -> Result<u64, SubscribeError> {
         let mut cursor = from;
         let mut failures = 0u32;
@@ -755,6 +801,11 @@ impl History {
                 Ok(p) if p.next_since > cursor || !p.events.is_empty() => p,
                 Ok(_) | Err(PageError::Retry) => {
                     failures += 1;
+                    if failures > MAX_HISTORY_FAILURES {
+                        return Err(SubscribeError::Unavailable(format!(
+                            "the history endpoint failed {MAX_HISTORY_FAILURES} times in a row"
+                        )));
+                    }
                     tokio::time::sleep(backoff(failures, self.opts.max_delay)).await;
                     continue;
                 }
@@ -762,12 +813,19 @@ impl History {
             };
             failures = 0;
             refreshed = false;
-            if page.truncated && page.first_seq > cursor + 1 {
+            // What is gone: up to the oldest retained event, and never past one this page holds
+            // (retention may have moved on while the broker read the page).
+            let gone_to = page
+                .events
+                .first()
+                .map_or(page.first_seq, |e| e.seq.min(page.first_seq))
+                .saturating_sub(1);
+            if page.truncated && gone_to > cursor {
                 let gap = Item::Gap {
                     from_seq: cursor + 1,
-                    to_seq: page.first_seq - 1,
+                    to_seq: gone_to,
                 };
-                if events.send(gap).await.is_err() {
+                if !feed.send(gap).await {
                     return Err(SubscribeError::Closed);
                 }
             }
@@ -776,7 +834,7 @@ impl History {
                     continue;
                 }
                 cursor = e.seq;
-                if events.send(Item::Event(e)).await.is_err() {
+                if !feed.send(Item::Event(e)).await {
                     return Err(SubscribeError::Closed);
                 }
             }
@@ -790,7 +848,7 @@ impl History {
 /// it random.
 fn backoff(attempt: u32, max: Duration) -> Duration {
     let base = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(attempt.min(16)));
-    let capped = base.min(max);
+    let capped = base.min(max).max(MIN_RETRY_DELAY);
     capped / 2 + jitter(capped)
 }
 
@@ -897,10 +955,10 @@ impl Conn {
         let round = sub.rounds;
         let history = self.history.clone();
         let pattern = sub.pattern.clone();
-        let events = sub.events.clone();
+        let feed = sub.feed.clone();
         let report = self.internal.clone();
         let task = tokio::spawn(async move {
-            let msg = match history.catch_up(pattern, from, target, events).await {
+            let msg = match history.catch_up(pattern, from, target, feed).await {
                 Ok(upto) => Internal::CaughtUp { sid, round, upto },
                 Err(error) => Internal::CatchUpFailed { sid, round, error },
             };
@@ -921,6 +979,7 @@ impl Conn {
         state: watch::Sender<ConnectionState>,
     ) {
         let mut attempt = 0u32;
+        let mut connected_at = tokio::time::Instant::now();
         loop {
             let ended = self.serve(&mut socket, &mut commands, &mut internal).await;
             // Publishes in flight may or may not be stored.
@@ -938,7 +997,12 @@ impl Conn {
                 }
                 Ended::Closed(code, _) => code.map_or(Retry::Reconnect, CloseCode::retry),
             };
-            if retry == Retry::Never || !self.opts.reconnect {
+            // A fixed token cannot be renewed: a close that needs a new one is final.
+            let renewable = self.opts.token.is_some();
+            if retry == Retry::Never
+                || (retry == Retry::WithNewToken && !renewable)
+                || !self.opts.reconnect
+            {
                 let why = format!("closed by the broker ({ended:?})");
                 let _ = state.send(ConnectionState::Closed(why));
                 // The subscriptions end with the close code's meaning (PROTOCOL.md section 7).
@@ -955,38 +1019,59 @@ impl Conn {
                 self.end_all(why);
                 return;
             }
+            // A connection that did not last does not reset the backoff: a broker that accepts
+            // and closes at once is not hammered.
+            if connected_at.elapsed() >= STABLE_CONNECTION {
+                attempt = 0;
+            }
             let _ = state.send(ConnectionState::Connecting);
+            let mut refreshed = false;
             loop {
                 attempt += 1;
                 tokio::time::sleep(backoff(attempt, self.opts.max_delay)).await;
-                match self.open().await {
+                let refused = match self.open().await {
                     Ok(s) => {
                         socket = s;
                         break;
                     }
-                    Err(ConnectError::Refused { status, message })
-                        if status == 401 || status == 403 =>
-                    {
-                        if self.opts.token.is_none() || status == 403 {
-                            let _ =
-                                state.send(ConnectionState::Closed(format!("{status}: {message}")));
-                            let why = if status == 403 {
-                                SubscribeError::ClientInactive(message)
-                            } else {
-                                SubscribeError::Unauthorized(message)
-                            };
-                            self.end_all(why);
-                            return;
-                        }
+                    Err(ConnectError::Refused {
+                        status: 403,
+                        message,
+                    }) => Some(SubscribeError::ClientInactive(message)),
+                    // A new token was refused too, or there is no way to get one.
+                    Err(ConnectError::Refused {
+                        status: 401,
+                        message,
+                    }) if refreshed || !renewable => Some(SubscribeError::Unauthorized(message)),
+                    Err(ConnectError::Refused { status: 401, .. }) => {
                         // The cached token was refused: the next attempt gets a new one.
                         if let Some(source) = &self.opts.token {
-                            let _ = source.refresh().await;
+                            match source.refresh().await {
+                                Err(e) if e.is_permanent() => {
+                                    Some(SubscribeError::Unauthorized(e.to_string()))
+                                }
+                                _ => {
+                                    refreshed = true;
+                                    None
+                                }
+                            }
+                        } else {
+                            None
                         }
                     }
-                    Err(_) => {}
+                    // The token endpoint refused the credentials (a rotated secret...).
+                    Err(ConnectError::Token(e)) if e.is_permanent() => {
+                        Some(SubscribeError::Unauthorized(e.to_string()))
+                    }
+                    Err(_) => None,
+                };
+                if let Some(why) = refused {
+                    let _ = state.send(ConnectionState::Closed(why.to_string()));
+                    self.end_all(why);
+                    return;
                 }
             }
-            attempt = 0;
+            connected_at = tokio::time::Instant::now();
             let _ = state.send(ConnectionState::Connected);
             // Every subscription goes live again; those behind the new head catch up from
             // the history endpoint when `subscribed` says where the head is.
@@ -1031,7 +1116,13 @@ impl Conn {
                 msg = socket.next() => match msg {
                     Some(Ok(Message::Text(t))) => {
                         if let Ok(frame) = ServerFrame::decode(&t) {
-                            self.frame(frame);
+                            // Subscriptions nobody reads any more (dropped while an unsubscribe
+                            // could not be queued, or a subscribe whose caller gave up).
+                            for pattern in self.frame(frame) {
+                                if !self.unsubscribe(socket, pattern).await {
+                                    return Ended::Closed(None, String::new());
+                                }
+                            }
                         }
                     }
                     Some(Ok(Message::Close(c))) => {
@@ -1067,14 +1158,9 @@ impl Conn {
                     .get(&sid)
                     .and_then(|s| s.catch_up.as_ref())
                     .is_some_and(|c| c.round == round);
-                if current && let Some(sub) = self.subs.remove(&sid) {
-                    // Stop the broker's side too, unless another subscription shares it.
-                    if !self.subs.values().any(|s| s.pattern == sub.pattern) {
-                        let pattern = sub.pattern.clone();
-                        end_subscription(sub, error);
-                        return self.unsubscribe(socket, pattern).await;
-                    }
-                    end_subscription(sub, error);
+                // Stop the broker's side too, unless another subscription shares it.
+                if current && let Some(pattern) = self.forget(sid, Some(error)) {
+                    return self.unsubscribe(socket, pattern).await;
                 }
                 true
             }
@@ -1086,6 +1172,22 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Removes subscription `sid`, ending its stream with `why` if given; returns its pattern
+    /// when the broker should be told to unsubscribe (no other subscription holds it).
+    fn forget(&mut self, sid: u64, why: Option<SubscribeError>) -> Option<Pattern> {
+        let mut sub = self.subs.remove(&sid)?;
+        let pattern = sub.pattern.clone();
+        match why {
+            Some(why) => end_subscription(sub, why),
+            None => {
+                if let Some(c) = sub.catch_up.take() {
+                    c.task.abort();
+                }
+            }
+        }
+        (!self.subs.values().any(|s| s.pattern == pattern)).then_some(pattern)
     }
 
     async fn unsubscribe(&mut self, socket: &mut Socket, pattern: Pattern) -> bool {
@@ -1120,7 +1222,7 @@ impl Conn {
                         pattern,
                         last_seq: None,
                         since,
-                        events,
+                        feed: Feed::new(events),
                         pending: Some((String::new(), Some(reply))),
                         catch_up: None,
                         rounds: 0,
@@ -1129,19 +1231,11 @@ impl Conn {
                 );
                 self.resubscribe(socket, sid).await
             }
-            Command::Unsubscribe { sid } => {
-                let Some(mut sub) = self.subs.remove(&sid) else {
-                    return true;
-                };
-                if let Some(c) = sub.catch_up.take() {
-                    c.task.abort();
-                }
-                // Another subscription may hold the same pattern on this connection.
-                if self.subs.values().any(|s| s.pattern == sub.pattern) {
-                    return true;
-                }
-                self.unsubscribe(socket, sub.pattern).await
-            }
+            Command::Unsubscribe { sid } => match self.forget(sid, None) {
+                Some(pattern) => self.unsubscribe(socket, pattern).await,
+                // Unknown, or another subscription holds the same pattern on this connection.
+                None => true,
+            },
             Command::Publish {
                 topic,
                 data,
@@ -1169,10 +1263,14 @@ impl Conn {
 
     /// Handles one server frame. Never waits: a reader that is behind is caught up from the
     /// history endpoint by a task of its own, so acks and other subscriptions flow meanwhile.
-    fn frame(&mut self, frame: ServerFrame) {
+    /// Returns the patterns to unsubscribe: of subscriptions found abandoned or ended here,
+    /// when no other subscription holds the same pattern.
+    fn frame(&mut self, frame: ServerFrame) -> Vec<Pattern> {
+        let mut abandoned = Vec::new();
         match frame {
             ServerFrame::Event(e) => {
                 let mut behind = Vec::new();
+                let mut gone = Vec::new();
                 for (&sid, sub) in &mut self.subs {
                     if !sub.pattern.matches(&e.topic) {
                         continue;
@@ -1191,17 +1289,18 @@ impl Conn {
                         c.target = c.target.max(e.seq);
                         continue;
                     }
-                    match sub.events.try_send(Item::Event(e.clone())) {
+                    match sub.feed.tx.try_send(Item::Event(e.clone())) {
                         Ok(()) => sub.last_seq = Some(e.seq),
                         // The reader is behind: this event and the next ones come from history.
                         Err(mpsc::error::TrySendError::Full(_)) => behind.push((sid, e.seq)),
-                        // Dropped: its unsubscribe is on the way.
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        // Dropped; its unsubscribe may not have made it into the queue.
+                        Err(mpsc::error::TrySendError::Closed(_)) => gone.push(sid),
                     }
                 }
                 for (sid, seq) in behind {
                     self.catch_up(sid, seq);
                 }
+                abandoned.extend(gone.into_iter().filter_map(|sid| self.forget(sid, None)));
             }
             ServerFrame::Subscribed(s) => {
                 let Some((&sid, sub)) = self.subs.iter_mut().find(|(_, x)| {
@@ -1209,14 +1308,31 @@ impl Conn {
                         .as_ref()
                         .is_some_and(|(id, _)| id == s.id.as_str())
                 }) else {
-                    return;
+                    return abandoned;
                 };
                 let (_, reply) = sub.pending.take().unwrap_or_default();
+                if let Some(last) = sub.last_seq
+                    && s.head_seq < last
+                {
+                    // The broker's sequence went back (a memory log that restarted, a restored
+                    // data folder): its seqs no longer name the events this one delivered.
+                    let why = SubscribeError::Protocol(format!(
+                        "the broker's newest seq went back from {last} to {}: its event log was \
+                         reset; subscribe again",
+                        s.head_seq
+                    ));
+                    abandoned.extend(self.forget(sid, Some(why)));
+                    return abandoned;
+                }
                 if sub.last_seq.is_none() {
                     sub.last_seq = Some(sub.since.take().unwrap_or(s.head_seq));
                 }
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(sid));
+                if let Some(reply) = reply
+                    && reply.send(Ok(sid)).is_err()
+                {
+                    // The caller stopped waiting (a time-out, a `select!`): nobody holds it.
+                    abandoned.extend(self.forget(sid, None));
+                    return abandoned;
                 }
                 // Live after `head_seq`; what lies between the resume point and it is history.
                 let target = s.head_seq.max(std::mem::take(&mut sub.held));
@@ -1247,6 +1363,7 @@ impl Conn {
             }
             ServerFrame::Welcome(_) | ServerFrame::Pong(_) => {}
         }
+        abandoned
     }
 
     fn error(&mut self, e: ErrorFrame) {

@@ -383,3 +383,240 @@ async fn deactivating_the_client_ends_every_subscription_with_client_inactive() 
         ConnectionState::Closed(_)
     ));
 }
+
+/// A `subscribe` whose future is dropped after the command went out (a caller's `timeout`)
+/// must not leave a subscription behind on the broker or in the SDK.
+#[tokio::test]
+async fn a_cancelled_subscribe_leaks_nothing() {
+    let mut config = test_config();
+    config.limits.max_subscriptions = 1;
+    let broker = TestBroker::start(config).await;
+    let app = broker.active_client("Cancel", "subscribe:adt.>").await;
+    let client = connect(&broker, &app).await;
+    // Polled once: the command is queued, the reply is not there yet; then dropped.
+    assert!(futures_util::FutureExt::now_or_never(client.subscribe("adt.a")).is_none());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nobody holds a Subscription, so the connection should hold no subscription either.
+    match client.subscribe("adt.b").await {
+        Ok(_) => {}
+        Err(e) => panic!("the cancelled subscribe still holds the only slot: {e:?}"),
+    }
+}
+
+/// A client whose credentials are refused for good (its secret was rotated) must end its
+/// streams, not reconnect forever in `Connecting` with every subscription silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_end_the_streams_instead_of_retrying_forever() {
+    let mut config = test_config();
+    config.oauth.token_lifetime_s = 5;
+    config.oauth.leeway_s = 0;
+    config.limits.token_warning_ms = 2_000;
+    let broker = TestBroker::start(config).await;
+    let app = broker.active_client("Rotated", "subscribe:adt.>").await;
+    let client = ConnectOptions::new()
+        .token_source(source(&broker, &app))
+        .max_reconnect_delay(Duration::from_millis(500))
+        .connect(&broker.base_url())
+        .await
+        .unwrap();
+    let mut sub = client.subscribe("adt.>").await.unwrap();
+    let a = broker
+        .admin(
+            reqwest::Method::POST,
+            &format!("/clients/{}/rotate-secret", app.client_id),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    // The token expires within 5 s; no new one can be had with the old secret.
+    let item = tokio::time::timeout(Duration::from_secs(25), sub.next()).await;
+    let state = client.state().borrow().clone();
+    assert!(
+        matches!(item, Ok(Some(Item::Ended(_)))),
+        "25 s after the secret was rotated: item {item:?}, state {state:?}"
+    );
+}
+
+/// With a fixed token, expiry (close 4002) should end the streams with `TokenExpired`, the
+/// variant documented for it.
+#[tokio::test]
+async fn a_fixed_token_that_expires_ends_with_token_expired() {
+    let mut config = test_config();
+    config.oauth.token_lifetime_s = 5;
+    config.oauth.leeway_s = 0;
+    config.limits.token_warning_ms = 2_000;
+    let broker = TestBroker::start(config).await;
+    let app = broker.active_client("Fixed", "subscribe:adt.>").await;
+    let token = broker.token(&app, None).await;
+    let client = ConnectOptions::new()
+        .token(&token)
+        .max_reconnect_delay(Duration::from_millis(500))
+        .connect(&broker.base_url())
+        .await
+        .unwrap();
+    let mut sub = client.subscribe("adt.>").await.unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .unwrap();
+    assert_eq!(item, Some(Item::Ended(SubscribeError::TokenExpired)));
+}
+
+/// After a restart of a broker whose head went back (memory log), the SDK must not drop every
+/// event silently until `seq` passes the old one: deliver them, or say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_went_back_is_not_silently_swallowed() {
+    let mut config = test_config();
+    config.limits.publish_rate_per_sec = 0;
+    let mut broker = TestBroker::start(config).await;
+    let app = broker
+        .active_client("Memory", "subscribe:adt.> publish:adt.>")
+        .await;
+    let client = ConnectOptions::new()
+        .token_source(source(&broker, &app))
+        .max_reconnect_delay(Duration::from_millis(500))
+        .connect(&broker.base_url())
+        .await
+        .unwrap();
+    let mut sub = client.subscribe("adt.>").await.unwrap();
+    let pt = broker.token(&app, None).await;
+    let before = publish_many(&broker, &pt, "adt.x", 20).await;
+    assert_eq!(read_events(&mut sub, 20).await, before);
+    broker.restart().await;
+    let mut states = client.state();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while *states.borrow_and_update() != ConnectionState::Connected {
+            states.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pt = broker.token(&app, None).await;
+    let after = publish_many(&broker, &pt, "adt.x", 3).await;
+    let item = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+    assert!(
+        matches!(item, Ok(Some(Item::Ended(SubscribeError::Protocol(_))))),
+        "events {after:?} published after the restart: {item:?}"
+    );
+}
+
+/// Nothing follows `Ended`, even when the subscription ends while a catch-up task is pushing
+/// a history page on another worker thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_follows_ended_during_a_catch_up() {
+    let mut config = test_config();
+    config.limits.publish_rate_per_sec = 0;
+    let broker = TestBroker::start(config).await;
+    let app = broker
+        .create_app("Race", "subscribe:adt.> publish:adt.>")
+        .await;
+    broker.activate(&app.non_production.client_id).await;
+    let c = app.non_production.clone();
+    let publisher = connect(&broker, &c).await;
+    let big = "x".repeat(4_000);
+    let mut n = 0;
+    while n < 8_000 {
+        let futs: Vec<_> = (0..500)
+            .map(|i| {
+                let p = publisher.clone();
+                let v = json!({"i": i, "pad": big});
+                async move { p.publish("adt.x", &v).await }
+            })
+            .collect();
+        for r in futures_util::future::join_all(futs).await {
+            r.unwrap();
+        }
+        n += 500;
+    }
+    for trial in 0..5u64 {
+        let client = connect(&broker, &c).await;
+        let mut sub = client.subscribe_since("adt.>", Some(0)).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut after_ended = 0usize;
+            let mut ended = false;
+            while let Ok(Some(item)) =
+                tokio::time::timeout(Duration::from_secs(30), sub.next()).await
+            {
+                match item {
+                    Item::Ended(_) => ended = true,
+                    _ if ended => after_ended += 1,
+                    _ => {}
+                }
+            }
+            (ended, after_ended)
+        });
+        tokio::time::sleep(Duration::from_millis(100 + trial * 37)).await;
+        let a = broker
+            .admin(
+                reqwest::Method::PATCH,
+                &format!("/applications/{}", app.id),
+                Some(json!({"scope": "publish:adt.>"})),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        let (ended, after) = reader.await.unwrap();
+        assert!(ended, "trial {trial}: no Ended");
+        assert_eq!(after, 0, "trial {trial}: {after} items after Ended");
+        let a = broker
+            .admin(
+                reqwest::Method::PATCH,
+                &format!("/applications/{}", app.id),
+                Some(json!({"scope": "subscribe:adt.> publish:adt.>"})),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        drop(client);
+    }
+}
+
+/// Held-up check: a reconnect while a full subscription catches up, plus a same-pattern twin
+/// dropped mid-way, loses and duplicates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_during_catch_up_keeps_order() {
+    let mut config = test_config();
+    config.log = LogMode::Durable;
+    config.limits.publish_rate_per_sec = 0;
+    let mut broker = TestBroker::start(config).await;
+    let app = broker
+        .active_client("Reconnect catch-up", "subscribe:adt.> publish:adt.>")
+        .await;
+    let client = ConnectOptions::new()
+        .token_source(source(&broker, &app))
+        .max_reconnect_delay(Duration::from_millis(300))
+        .connect(&broker.base_url())
+        .await
+        .unwrap();
+    let mut unread = client.subscribe("adt.>").await.unwrap();
+    let mut twin = Some(client.subscribe("adt.>").await.unwrap());
+    let mut expected = Vec::new();
+    for chunk in 0..12 {
+        let futs: Vec<_> = (0..500)
+            .map(|i| {
+                let c = client.clone();
+                async move { c.publish("adt.x", &json!({"i": i})).await }
+            })
+            .collect();
+        for r in futures_util::future::join_all(futs).await {
+            expected.push(r.unwrap());
+        }
+        if chunk == 6 {
+            twin.take();
+        }
+    }
+    expected.sort_unstable();
+    // Read a little, so a catch-up is running, then restart.
+    let mut got = read_events(&mut unread, 100).await;
+    broker.restart().await;
+    let pt = broker.token(&app, None).await;
+    expected.extend(publish_many(&broker, &pt, "adt.y", 50).await);
+    while got.len() < expected.len() {
+        got.push(next_event(&mut unread).await.seq);
+    }
+    assert_eq!(got, expected);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), unread.next())
+            .await
+            .is_err(),
+        "no duplicate"
+    );
+}

@@ -291,6 +291,10 @@ const MAX_HISTORY_LIMIT: usize = 1000;
 /// `next_since` instead of scanning everything at once).
 const MAX_HISTORY_SCAN: usize = 100_000;
 
+/// Most payload bytes in one history page (about; topic and id included), so a page of large
+/// events stays a few MiB: `next_since` then stops before the event that would not fit.
+const MAX_HISTORY_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// `GET /v1/events?topic=PATTERN&since=SEQ&limit=N`: stored events of `PATTERN` after `SEQ`, in
 /// `seq` order, with the same scope check as a subscribe. `next_since` continues the read.
 pub(crate) async fn history(
@@ -346,10 +350,10 @@ pub(crate) async fn history(
     if let Err(resp) = caller.require(&state, &Scope::subscribe(&pattern)) {
         return resp;
     }
-    let first = hub.log.first_seq();
     let head = hub.bus.head_seq();
     let mut cursor = q.since;
     let mut scanned = 0usize;
+    let mut bytes = 0usize;
     let mut out = Vec::new();
     'scan: while cursor < head && out.len() < limit && scanned < MAX_HISTORY_SCAN {
         let page = match hub.log.read_after(cursor, 512).await {
@@ -370,6 +374,14 @@ pub(crate) async fn history(
             if e.seq > head {
                 break 'scan;
             }
+            if pattern.matches(&e.topic) {
+                // A page stays within its byte budget (at least one event always fits).
+                let size = e.data.get().len() + e.topic.as_str().len() + e.event_id.as_str().len();
+                if !out.is_empty() && bytes + size > MAX_HISTORY_PAGE_BYTES {
+                    break 'scan;
+                }
+                bytes += size;
+            }
             cursor = e.seq;
             scanned += 1;
             if pattern.matches(&e.topic) {
@@ -380,6 +392,8 @@ pub(crate) async fn history(
             }
         }
     }
+    // Read after the scan: retention may have moved on meanwhile, and `truncated` must say so.
+    let first = hub.log.first_seq();
     axum::Json(json!({
         "events": out,
         "next_since": cursor,
