@@ -61,10 +61,14 @@ pub struct DurableLog {
 /// recovers on its own once the disk has room again, and nothing committed is lost.
 struct Store {
     path: PathBuf,
+    open: Opener,
     db: Mutex<Option<Arc<Database>>>,
     broken: AtomicBool,
     last_reopen: Mutex<Option<Instant>>,
 }
+
+/// Opens the database (the file at `Store::path`; tests open other backends).
+type Opener = Box<dyn Fn(&Path) -> Result<Database, redb::DatabaseError> + Send + Sync>;
 
 /// Longest wait for readers to let go of the database before a reopen.
 const REOPEN_WAIT: Duration = Duration::from_secs(2);
@@ -132,7 +136,7 @@ impl Store {
                 }
             }
         }
-        let db = Database::create(&self.path).map_err(io)?;
+        let db = (self.open)(&self.path).map_err(io)?;
         *self.db.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
         self.broken.store(false, Ordering::Release);
         tracing::warn!(path = %self.path.display(), "event log reopened after a failed write");
@@ -187,7 +191,11 @@ impl DurableLog {
     /// # Errors
     /// [`LogError`] when the file cannot be opened or is not a redb database.
     pub fn open(path: &Path, sync: SyncMode) -> Result<DurableLog, LogError> {
-        let db = Database::create(path).map_err(io)?;
+        DurableLog::open_with(path, sync, Box::new(|p| Database::create(p)))
+    }
+
+    fn open_with(path: &Path, sync: SyncMode, open: Opener) -> Result<DurableLog, LogError> {
+        let db = open(path).map_err(io)?;
         let (first, last) = {
             let mut w = db.begin_write().map_err(io)?;
             w.set_durability(Durability::Immediate).map_err(io)?;
@@ -205,6 +213,7 @@ impl DurableLog {
         let log = DurableLog {
             store: Arc::new(Store {
                 path: path.to_owned(),
+                open,
                 db: Mutex::new(Some(Arc::new(db))),
                 broken: AtomicBool::new(false),
                 last_reopen: Mutex::new(None),
@@ -404,6 +413,73 @@ mod tests {
             time: Timestamp::now(),
             data: RawJson::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
         }
+    }
+
+    /// A disk that can be made to fail every write (as a full one does), shared by every
+    /// database opened on it, so a reopen sees what was committed before.
+    #[derive(Debug, Clone)]
+    struct FlakyDisk {
+        bytes: Arc<redb::backends::InMemoryBackend>,
+        full: Arc<AtomicBool>,
+    }
+
+    impl FlakyDisk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for FlakyDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.bytes.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.bytes.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.bytes.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.bytes.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.bytes.write(offset, data)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_refused_and_the_log_recovers_when_the_disk_does() {
+        let disk = FlakyDisk {
+            bytes: Arc::new(redb::backends::InMemoryBackend::new()),
+            full: Arc::new(AtomicBool::new(false)),
+        };
+        let opener = {
+            let disk = disk.clone();
+            Box::new(move |_: &Path| Database::builder().create_with_backend(disk.clone()))
+        };
+        let log = DurableLog::open_with(Path::new("flaky"), SyncMode::Fsync, opener).unwrap();
+        log.append(&[ev(1, "a.b"), ev(2, "a.b")]).await.unwrap();
+        disk.full.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            log.append(&[ev(3, "a.b")]).await,
+            Err(LogError::Unavailable(_))
+        ));
+        assert_eq!(log.last_seq(), 2, "nothing counted as stored");
+        // Still full: refused again, never a panic.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(log.append(&[ev(3, "a.b")]).await.is_err());
+        // Room again: after the reopen pause the same batch goes in, and nothing is lost.
+        disk.full.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        log.append(&[ev(3, "a.b")]).await.unwrap();
+        let got = log.read_after(0, 10).await.unwrap();
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
     }
 
     #[tokio::test]
