@@ -62,8 +62,13 @@ pub fn peek(token: &str) -> Result<Unverified, String> {
     let header = URL_SAFE_NO_PAD
         .decode(h)
         .map_err(|_| "the JWT header is not base64url".to_owned())?;
-    let header: JoseHeader = serde_json::from_slice(&header)
-        .map_err(|_| "the JWT header must be a JSON object with a string `alg`".to_owned())?;
+    let bad_header = || "the JWT header must be a JSON object with a string `alg`".to_owned();
+    // A derived `Deserialize` also reads a JSON array, by position (`["ES256"]`); a JOSE header
+    // is an object (RFC 7515 section 4), and a JSON text starting with `{` can only be one.
+    if header.trim_ascii_start().first() != Some(&b'{') {
+        return Err(bad_header());
+    }
+    let header: JoseHeader = serde_json::from_slice(&header).map_err(|_| bad_header())?;
     let claims = URL_SAFE_NO_PAD
         .decode(c)
         .map_err(|_| "the JWT claims are not base64url".to_owned())?;
