@@ -86,6 +86,9 @@ pub struct Config {
     pub tls: TlsConfig,
     /// When an acknowledged event is on disk (`log = "durable"`).
     pub log_sync: LogSync,
+    /// The durable log's page cache, in bytes (recently read and written pages of
+    /// `events.redb`; more speeds up replays of old events, at the cost of memory).
+    pub log_cache_bytes: usize,
     /// How long events are kept (both logs; the memory log also stops at `memory_log_events`).
     pub retention: RetentionConfig,
 }
@@ -288,6 +291,7 @@ impl Default for Config {
             memory_log_events: 100_000,
             tls: TlsConfig::default(),
             log_sync: LogSync::Fsync,
+            log_cache_bytes: crate::log::DEFAULT_CACHE_BYTES,
             retention: RetentionConfig::default(),
         }
     }

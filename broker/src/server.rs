@@ -156,7 +156,7 @@ pub async fn run(
                 crate::config::LogSync::Os => SyncMode::Os,
             };
             let durable = Arc::new(
-                DurableLog::open(&path, sync)
+                DurableLog::open_cached(&path, sync, config.log_cache_bytes)
                     .map_err(|e| ServeError::Startup(format!("{}: {e}", path.display())))?,
             );
             tracing::info!(path = %path.display(), last_seq = durable.last_seq(), "event log opened");

@@ -70,6 +70,10 @@ struct Store {
 /// Opens the database (the file at `Store::path`; tests open other backends).
 type Opener = Box<dyn Fn(&Path) -> Result<Database, redb::DatabaseError> + Send + Sync>;
 
+/// The page cache of [`DurableLog::open`], in bytes. redb's own default (1 GiB) would keep
+/// most recently written events in memory.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Longest wait for readers to let go of the database before a reopen.
 const REOPEN_WAIT: Duration = Duration::from_secs(2);
 
@@ -191,7 +195,23 @@ impl DurableLog {
     /// # Errors
     /// [`LogError`] when the file cannot be opened or is not a redb database.
     pub fn open(path: &Path, sync: SyncMode) -> Result<DurableLog, LogError> {
-        DurableLog::open_with(path, sync, Box::new(|p| Database::create(p)))
+        DurableLog::open_cached(path, sync, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the log at `path` with a page cache of at most `cache_bytes`.
+    ///
+    /// # Errors
+    /// As [`DurableLog::open`].
+    pub fn open_cached(
+        path: &Path,
+        sync: SyncMode,
+        cache_bytes: usize,
+    ) -> Result<DurableLog, LogError> {
+        DurableLog::open_with(
+            path,
+            sync,
+            Box::new(move |p| Database::builder().set_cache_size(cache_bytes).create(p)),
+        )
     }
 
     fn open_with(path: &Path, sync: SyncMode, open: Opener) -> Result<DurableLog, LogError> {

@@ -12,7 +12,7 @@ mod memory;
 use async_trait::async_trait;
 use scopecast_protocol::{EventId, RawJson, Timestamp, Topic};
 
-pub use durable::{DurableLog, Retention, SyncMode};
+pub use durable::{DEFAULT_CACHE_BYTES, DurableLog, Retention, SyncMode};
 pub use memory::MemoryLog;
 
 /// One stored event.
