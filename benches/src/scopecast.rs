@@ -510,11 +510,22 @@ impl WsPublisher {
         topic: &str,
         t_ns: u64,
     ) -> anyhow::Result<()> {
-        self.window
-            .acquire()
-            .await
-            .context("the publisher's connection ended")?
-            .forget();
+        match self.window.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                anyhow::bail!("the publisher's connection ended")
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                // The window is full: the frames fed but not yet flushed must go out first,
+                // or their acknowledgements (the permits awaited here) never come.
+                self.sink.flush().await?;
+                self.window
+                    .acquire()
+                    .await
+                    .context("the publisher's connection ended")?
+                    .forget();
+            }
+        }
         let frame = payload::publish_frame(payload, topic, t_ns);
         self.sink.feed(Message::text(frame)).await?;
         Ok(())
