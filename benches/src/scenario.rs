@@ -332,18 +332,7 @@ pub(crate) fn workload(params: &Params) -> Workload {
             let topics: Vec<String> = (0..params.topics.max(1))
                 .map(|i| format!("bench.t.{i}"))
                 .collect();
-            let p = params.publishers.max(1);
-            let publishers = (0..p)
-                .map(|j| {
-                    topics
-                        .iter()
-                        .skip(j)
-                        .step_by(p)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                })
-                .filter(|t| !t.is_empty())
-                .collect();
+            let publishers = deal(&topics, params.publishers);
             Workload {
                 subscribers: (0..n).map(|i| exact(&topics[i % topics.len()])).collect(),
                 publishers,
@@ -375,18 +364,7 @@ pub(crate) fn workload(params: &Params) -> Workload {
                 })
                 .collect();
             let deliveries: usize = subscribers.iter().map(|s| s.topics.len()).sum();
-            let p = params.publishers.max(1);
-            let publishers = (0..p)
-                .map(|j| {
-                    topics
-                        .iter()
-                        .skip(j)
-                        .step_by(p)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                })
-                .filter(|t| !t.is_empty())
-                .collect();
+            let publishers = deal(&topics, params.publishers);
             Workload {
                 subscribers,
                 publishers,
@@ -618,6 +596,23 @@ async fn tokens(
     };
     run((params.load.seconds / 3.0).clamp(0.5, 3.0)).await;
     Ok(vec![run(params.load.seconds).await])
+}
+
+/// Deals `topics` round-robin to `publishers` (at least one) publishers; none gets an empty
+/// list.
+fn deal(topics: &[String], publishers: usize) -> Vec<Vec<String>> {
+    let p = publishers.max(1);
+    (0..p)
+        .map(|j| {
+            topics
+                .iter()
+                .skip(j)
+                .step_by(p)
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 #[cfg(test)]

@@ -25,6 +25,20 @@ async fn connect(broker: &TestBroker, c: &scopecast_tests::TestClient) -> scopec
         .unwrap()
 }
 
+/// Like [`connect`], with reconnect attempts at most `max_delay` apart.
+async fn reconnecting(
+    broker: &TestBroker,
+    c: &scopecast_tests::TestClient,
+    max_delay: Duration,
+) -> scopecast_client::Client {
+    ConnectOptions::new()
+        .token_source(source(broker, c))
+        .max_reconnect_delay(max_delay)
+        .connect(&broker.base_url())
+        .await
+        .unwrap()
+}
+
 async fn next_event(sub: &mut scopecast_client::Subscription) -> scopecast_client::protocol::Event {
     match tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await
@@ -132,12 +146,7 @@ async fn after_a_broker_restart_the_client_reconnects_and_resumes_without_a_gap(
     let mut broker = TestBroker::start(config).await;
     let sub = broker.active_client("Resumer", "subscribe:adt.>").await;
     let publisher = broker.active_client("Publisher", "publish:adt.>").await;
-    let client = ConnectOptions::new()
-        .token_source(source(&broker, &sub))
-        .max_reconnect_delay(Duration::from_millis(500))
-        .connect(&broker.base_url())
-        .await
-        .unwrap();
+    let client = reconnecting(&broker, &sub, Duration::from_millis(500)).await;
     let mut stream = client.subscribe("adt.>").await.unwrap();
     let mut expected = Vec::new();
     for i in 0..10 {
@@ -413,12 +422,7 @@ async fn refused_credentials_end_the_streams_instead_of_retrying_forever() {
     config.limits.token_warning_ms = 2_000;
     let broker = TestBroker::start(config).await;
     let app = broker.active_client("Rotated", "subscribe:adt.>").await;
-    let client = ConnectOptions::new()
-        .token_source(source(&broker, &app))
-        .max_reconnect_delay(Duration::from_millis(500))
-        .connect(&broker.base_url())
-        .await
-        .unwrap();
+    let client = reconnecting(&broker, &app, Duration::from_millis(500)).await;
     let mut sub = client.subscribe("adt.>").await.unwrap();
     let a = broker
         .admin(
@@ -471,12 +475,7 @@ async fn a_head_that_went_back_is_not_silently_swallowed() {
     let app = broker
         .active_client("Memory", "subscribe:adt.> publish:adt.>")
         .await;
-    let client = ConnectOptions::new()
-        .token_source(source(&broker, &app))
-        .max_reconnect_delay(Duration::from_millis(500))
-        .connect(&broker.base_url())
-        .await
-        .unwrap();
+    let client = reconnecting(&broker, &app, Duration::from_millis(500)).await;
     let mut sub = client.subscribe("adt.>").await.unwrap();
     let pt = broker.token(&app, None).await;
     let before = publish_many(&broker, &pt, "adt.x", 20).await;
@@ -580,12 +579,7 @@ async fn reconnect_during_catch_up_keeps_order() {
     let app = broker
         .active_client("Reconnect catch-up", "subscribe:adt.> publish:adt.>")
         .await;
-    let client = ConnectOptions::new()
-        .token_source(source(&broker, &app))
-        .max_reconnect_delay(Duration::from_millis(300))
-        .connect(&broker.base_url())
-        .await
-        .unwrap();
+    let client = reconnecting(&broker, &app, Duration::from_millis(300)).await;
     let mut unread = client.subscribe("adt.>").await.unwrap();
     let mut twin = Some(client.subscribe("adt.>").await.unwrap());
     let mut expected = Vec::new();

@@ -374,7 +374,8 @@ pub(crate) async fn history(
             if e.seq > head {
                 break 'scan;
             }
-            if pattern.matches(&e.topic) {
+            let matched = pattern.matches(&e.topic);
+            if matched {
                 // A page stays within its byte budget (at least one event always fits).
                 let size = e.data.get().len() + e.topic.as_str().len() + e.event_id.as_str().len();
                 if !out.is_empty() && bytes + size > MAX_HISTORY_PAGE_BYTES {
@@ -384,7 +385,7 @@ pub(crate) async fn history(
             }
             cursor = e.seq;
             scanned += 1;
-            if pattern.matches(&e.topic) {
+            if matched {
                 out.push(json!({"seq": e.seq, "topic": e.topic, "id": e.event_id, "time": e.time, "data": e.data}));
                 if out.len() == limit {
                     break 'scan;
