@@ -197,7 +197,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         print!("{}", config.to_toml()?);
         return Ok(());
     }
-    install_tracing();
+    // Flushes the log lines still queued when `serve` returns.
+    let _log_guard = install_tracing();
     raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -229,15 +230,29 @@ fn raise_open_file_limit() {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn install_tracing() {
+/// Most log lines queued for the writer thread; past it, new lines are dropped.
+const LOG_QUEUE_LINES: usize = 128_000;
+
+/// Logs go to stderr through a background writer thread: a runtime worker formats a line
+/// and queues it, and never waits on a slow or blocked sink (a full pipe, a stalled
+/// journald). When the queue holds [`LOG_QUEUE_LINES`] lines, further lines are dropped
+/// rather than stalling the broker. Writing each line from the worker cost a quarter of the
+/// connect-storm rate (BENCHMARKS.md).
+fn install_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("scopecast-log")
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    guard
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called (not when
