@@ -124,6 +124,7 @@ pub(crate) async fn measure(
             rss_bytes: sample.rss_bytes,
             rss_per_connection: (sample.rss_bytes as f64 - prev_rss as f64)
                 / up.saturating_sub(prev_up).max(1) as f64,
+            rss_per_connection_overall: (sample.rss_bytes as f64 - base as f64) / up.max(1) as f64,
             open_files: stats::open_files(pid),
             processes: holders.len(),
         });

@@ -157,6 +157,10 @@ pub(crate) struct IdleLevel {
     /// RSS added per connection since the level before (or since no connection, for the
     /// first level), bytes.
     pub(crate) rss_per_connection: f64,
+    /// RSS added per connection since no connection (before the token requests): the
+    /// average over every connection held, fixed start-up costs included, bytes. The
+    /// headline figure.
+    pub(crate) rss_per_connection_overall: f64,
     /// Server open file descriptors.
     pub(crate) open_files: Option<usize>,
     /// Client processes used.
@@ -180,7 +184,7 @@ impl RunReport {
         let headline = |kind: SystemKind| -> Option<f64> {
             let s = self.systems.iter().find(|s| s.system == kind)?;
             if let Some(last) = s.idle.last() {
-                return Some(last.rss_per_connection);
+                return Some(last.rss_per_connection_overall);
             }
             s.phases
                 .iter()
@@ -195,7 +199,7 @@ impl RunReport {
         let idle = self.systems.iter().any(|s| !s.idle.is_empty());
         self.ratios = Ratios {
             measure: if idle {
-                "RSS added per idle connection, up to the largest level (lower is better)"
+                "RSS added per idle connection since none, at the largest level (lower is better)"
                     .to_owned()
             } else {
                 format!("max {} (higher is better)", self.unit)
@@ -215,7 +219,8 @@ impl RunReport {
                 "connections",
                 "up",
                 "server RSS MiB",
-                "added RSS/conn KiB",
+                "RSS/conn since previous level KiB",
+                "RSS/conn since none KiB",
                 "server fds",
                 "client procs",
             ]);
@@ -227,6 +232,7 @@ impl RunReport {
                         l.connected.to_string(),
                         format!("{:.1}", l.rss_bytes as f64 / 1048576.0),
                         format!("{:.1}", l.rss_per_connection / 1024.0),
+                        format!("{:.1}", l.rss_per_connection_overall / 1024.0),
                         l.open_files.map_or("-".to_owned(), |n| n.to_string()),
                         l.processes.to_string(),
                     ]);

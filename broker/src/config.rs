@@ -165,7 +165,10 @@ pub struct LimitsConfig {
     pub max_publish_body_bytes: usize,
     /// Publish requests waiting for the sequencer before publishers wait.
     pub publish_queue: usize,
-    /// WebSocket read buffer per connection, in bytes.
+    /// WebSocket read buffer per connection, in bytes (1,024 to 1 MiB). It is the first read's
+    /// size and what every connection holds while idle; a larger frame grows it to the
+    /// frame's length. 1 KiB rather than 4 KiB saves 3 KiB per idle connection, with no
+    /// measured cost to WebSocket publish throughput (BENCHMARKS.md, idle connections).
     pub read_buffer_bytes: usize,
     /// How long a publisher's `event_id` / `Idempotency-Key` is remembered, in seconds; a
     /// repeat within it gets the original `seq` and is not delivered again. 0: off.
@@ -194,7 +197,7 @@ impl Default for LimitsConfig {
             token_warning_ms: 60_000,
             max_publish_body_bytes: 1 << 20,
             publish_queue: 8_192,
-            read_buffer_bytes: 4_096,
+            read_buffer_bytes: 1_024,
             idempotency_window_s: 600,
             idempotency_max_keys: 200_000,
             max_header_bytes: 16 * 1024,

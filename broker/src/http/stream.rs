@@ -181,11 +181,15 @@ pub(crate) async fn stream(
     }
     let limits = &hub.limits;
     let tracker = state.inner.sessions.clone();
+    // Boxed: the upgrade task keeps this closure's captures for the connection's life.
+    let start = Box::new(session::Start {
+        hub: hub.clone(),
+        principal,
+        peer: peer.to_string(),
+    });
     ws.protocols([SUBPROTOCOL])
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(limits.read_buffer_bytes)
-        .on_upgrade(move |socket| {
-            tracker.track_future(session::run(socket, hub, principal, peer.to_string()))
-        })
+        .on_upgrade(move |socket| tracker.track_future(session::run(Box::new(socket), start)))
 }

@@ -148,21 +148,45 @@ fn close_for(err: &axum::Error) -> Option<(CloseCode, &'static str)> {
     }
 }
 
-/// Runs one session to its end. `principal` is set when the upgrade carried a valid token.
-pub async fn run<S>(socket: S, hub: Arc<Hub>, principal: Option<Principal>, peer: String)
+/// What a session starts from, besides its socket: made when the upgrade is accepted.
+pub struct Start {
+    /// The broker's shared state.
+    pub hub: Arc<Hub>,
+    /// Set when the upgrade request carried a valid token; `None`: the first frame must be
+    /// `auth`.
+    pub principal: Option<Principal>,
+    /// The peer's socket address, for logs.
+    pub peer: String,
+}
+
+/// Runs one session to its end.
+///
+/// The socket and the [`Start`] come boxed and are moved out at once: a future keeps its
+/// arguments for its whole life, so unboxed they would be stored twice per connection (as
+/// arguments and inside the running session), about 0.5 KiB of every idle connection's
+/// memory (BENCHMARKS.md, idle connections).
+pub async fn run<S>(socket: Box<S>, start: Box<Start>)
 where
     S: Stream<Item = Result<Message, axum::Error>>
         + Sink<Message, Error = axum::Error>
         + Unpin
         + Send,
 {
+    let Start {
+        hub,
+        principal,
+        peer,
+    } = *start;
     let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", session = id, peer = %peer, client_id = tracing::field::Empty);
+    drop(peer);
     let fut = async move {
-        let mut socket = socket;
+        let mut socket = *socket;
         let principal = match principal {
             Some(p) => p,
-            None => match first_auth(&mut socket, &hub).await {
+            // Boxed, like `inbound` below: the task of an idle session keeps no room for
+            // the states of paths it is not in.
+            None => match Box::pin(first_auth(&mut socket, &hub)).await {
                 Some(p) => p,
                 None => return,
             },
@@ -407,7 +431,10 @@ where
                 }
                 () = self.subscriber.outbox.ready() => self.write().await,
                 msg = self.socket.next() => {
-                    let step = self.inbound(msg).await;
+                    // Boxed: a subscribe with replay, a publish or a refresh needs about 1.2 KiB
+                    // of future state while it runs, which an idle session would otherwise
+                    // hold for its whole life (one allocation per frame received).
+                    let step = Box::pin(self.inbound(msg)).await;
                     if std::mem::take(&mut self.refreshed) {
                         // A refresh moved the token's expiry.
                         expiry = self.expiry();
