@@ -70,8 +70,29 @@ pub(crate) async fn measure(
         idle: Vec::new(),
         failure: None,
     };
-    if let Err(e) = phases(system, work, opts, clock, &mut report.phases).await {
+    let me = std::process::id();
+    let fds_before = crate::stats::open_files(me).unwrap_or(0);
+    let mut subscribers = JoinSet::new();
+    if let Err(e) = phases(
+        system,
+        work,
+        opts,
+        clock,
+        &mut report.phases,
+        &mut subscribers,
+    )
+    .await
+    {
         report.failure = Some(format!("{e:#}"));
+    }
+    // Every subscriber's socket is closed before the next system starts: aborted tasks are
+    // only dropped when the runtime gets to them, and an async-nats client's connection task
+    // ends only when its last handle is gone. Without this, 10,000-subscriber runs left
+    // thousands of sockets open and the next run hit the open-file limit.
+    subscribers.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::stats::open_files(me).unwrap_or(0) > fds_before + 16 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     report
 }
@@ -82,16 +103,22 @@ async fn phases(
     opts: &LoadOptions,
     clock: Clock,
     out: &mut Vec<PhaseReport>,
+    subscribers: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
     let rec = Arc::new(Recorder::new(clock));
     let acks = Arc::new(Recorder::new(clock));
     system.prepare(work.subscribers.len()).await?;
-    let _subscribers = start_subscribers(system, work, opts.source_ips, &rec).await?;
+    start_subscribers(system, work, opts.source_ips, &rec, subscribers).await?;
     let mut publishers = Vec::with_capacity(work.publishers.len());
     for _ in &work.publishers {
         publishers.push(system.publisher(opts.window, &acks).await?);
     }
+    let metrics = match &*system {
+        System::Scopecast(s) => Some((s.http().clone(), s.base.clone())),
+        _ => None,
+    };
     let run = Run {
+        metrics,
         pid: system.pid(),
         work,
         opts,
@@ -131,18 +158,18 @@ async fn start_subscribers(
     work: &Workload,
     source_ips: u8,
     rec: &Arc<Recorder>,
-) -> anyhow::Result<JoinSet<()>> {
-    let mut set = JoinSet::new();
+    set: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
     let total = work.subscribers.len();
     for (batch_start, batch) in work.subscribers.chunks(CONNECT_BATCH).enumerate() {
         for (j, spec) in batch.iter().enumerate() {
             let i = batch_start * CONNECT_BATCH + j;
-            system.spawn_subscriber(&mut set, i, spec, source_ips, rec);
+            system.spawn_subscriber(set, i, spec, source_ips, rec);
         }
         let want = (batch_start * CONNECT_BATCH + batch.len()).min(total);
         wait_connected(rec, want, Duration::from_secs(60)).await?;
     }
-    Ok(set)
+    Ok(())
 }
 
 /// Waits until `want` subscribers are up.
@@ -175,6 +202,8 @@ pub(crate) async fn wait_connected(
 
 /// What every phase of one system shares.
 struct Run<'a> {
+    /// Scopecast's HTTP client and base URL, to read its `/metrics`.
+    metrics: Option<(reqwest::Client, String)>,
     pid: Option<u32>,
     work: &'a Workload,
     opts: &'a LoadOptions,
@@ -216,6 +245,12 @@ impl InFlight {
 impl Run<'_> {
     /// One phase: publishers at `rate` events/s in all (`None`: as fast as possible) for
     /// `seconds`, then the drain; gives the publishers back.
+    /// Scopecast's publish-to-deliver histogram now; `None` for the baselines.
+    async fn broker_histogram(&self) -> Option<crate::broker_metrics::Buckets> {
+        let (http, base) = self.metrics.as_ref()?;
+        crate::broker_metrics::Buckets::scrape(http, base).await
+    }
+
     async fn phase(
         &self,
         label: &str,
@@ -236,6 +271,7 @@ impl Run<'_> {
             published: AtomicU64::new(0),
             delivered_base: self.rec.delivered_total(),
         });
+        let histogram_before = self.broker_histogram().await;
         self.rec.start();
         self.acks.start();
         let started = Instant::now();
@@ -284,6 +320,10 @@ impl Run<'_> {
             .await;
         let delivered = self.rec.stop();
         let acked = self.acks.stop();
+        let broker_deliver = match (histogram_before, self.broker_histogram().await) {
+            (Some(before), Some(after)) => Some(after.since(&before).summary()),
+            _ => None,
+        };
         let server = match (server_before, self.pid.and_then(ProcSample::read)) {
             (Some(a), Some(b)) => Some(a.usage_until(&b)),
             _ => None,
@@ -314,6 +354,7 @@ impl Run<'_> {
             slow_consumer_closes: delivered.slow_consumer,
             reconnects: delivered.reconnects,
             error_samples,
+            broker_deliver,
         };
         if !publish_errors.is_empty() && published == 0 {
             bail!("{}", publish_errors.join("; "));

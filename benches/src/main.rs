@@ -12,6 +12,7 @@
 //! - `payload`: payloads that carry their send time; `stats`: histograms, counters, /proc;
 //! - `report`, `plot`: the table, the JSON and the SVG; `process`: child processes.
 
+mod broker_metrics;
 mod ceiling;
 mod idle;
 mod load;

@@ -143,6 +143,9 @@ pub(crate) struct PhaseReport {
     /// The first few errors, word for word.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) error_samples: Vec<String>,
+    /// The broker's own publish-to-deliver histogram over the phase (Scopecast only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) broker_deliver: Option<crate::broker_metrics::BrokerLatency>,
 }
 
 /// Memory of idle authenticated connections at one level.
@@ -256,6 +259,7 @@ impl RunReport {
                 "harness CPU %",
                 "errors",
                 "slow closes",
+                "broker p50 / p99 <= ms",
             ]);
             let num = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
             for s in &self.systems {
@@ -278,6 +282,11 @@ impl RunReport {
                         num(p.harness_cpu_pct),
                         p.errors.to_string(),
                         p.slow_consumer_closes.to_string(),
+                        p.broker_deliver.as_ref().map_or("-".to_owned(), |b| {
+                            let le =
+                                |v: Option<f64>| v.map_or(">2500".to_owned(), |v| format!("{v}"));
+                            format!("{} / {}", le(b.p50_le_ms), le(b.p99_le_ms))
+                        }),
                     ]);
                 }
             }

@@ -544,6 +544,7 @@ fn phase_report(
         slow_consumer_closes: counted.slow_consumer,
         reconnects: counted.reconnects,
         error_samples: counted.error_samples.clone(),
+        broker_deliver: None,
     }
 }
 

@@ -191,5 +191,6 @@ pub(crate) async fn stream(
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(limits.write_buffer_bytes)
         .on_upgrade(move |socket| tracker.track_future(session::run(Box::new(socket), start)))
 }

@@ -219,7 +219,10 @@ where
             }
         };
         hub.metrics.connections.inc();
-        tracing::info!("session open");
+        // One line per session at `info`, when it ends (with how long it lasted): a line at
+        // each end cost about 5% of the connect-storm rate (BENCHMARKS.md).
+        tracing::debug!("session open");
+        let opened = Instant::now();
         let mut session = Session {
             socket,
             hub: hub.clone(),
@@ -235,7 +238,10 @@ where
         };
         session.serve().await;
         session.finish();
-        tracing::info!("session closed");
+        tracing::info!(
+            duration_ms = opened.elapsed().as_millis() as u64,
+            "session closed"
+        );
     };
     tracing::Instrument::instrument(fut, span).await;
 }
