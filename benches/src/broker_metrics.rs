@@ -19,7 +19,7 @@ pub(crate) struct BrokerLatency {
     /// Batches written in the phase.
     pub(crate) batches: u64,
     /// The bucket bound at or under which half of them were written, ms (`None`: past the
-    /// largest finite bucket).
+    /// largest finite bucket, or no batch).
     pub(crate) p50_le_ms: Option<f64>,
     /// The same for 99%.
     pub(crate) p99_le_ms: Option<f64>,

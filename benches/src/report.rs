@@ -282,11 +282,15 @@ impl RunReport {
                         num(p.harness_cpu_pct),
                         p.errors.to_string(),
                         p.slow_consumer_closes.to_string(),
-                        p.broker_deliver.as_ref().map_or("-".to_owned(), |b| {
-                            let le =
-                                |v: Option<f64>| v.map_or(">2500".to_owned(), |v| format!("{v}"));
-                            format!("{} / {}", le(b.p50_le_ms), le(b.p99_le_ms))
-                        }),
+                        p.broker_deliver.as_ref().filter(|b| b.batches > 0).map_or(
+                            "-".to_owned(),
+                            |b| {
+                                let le = |v: Option<f64>| {
+                                    v.map_or(">2500".to_owned(), |v| format!("{v}"))
+                                };
+                                format!("{} / {}", le(b.p50_le_ms), le(b.p99_le_ms))
+                            },
+                        ),
                     ]);
                 }
             }

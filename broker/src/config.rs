@@ -171,10 +171,12 @@ pub struct LimitsConfig {
     /// measured cost to WebSocket publish throughput (BENCHMARKS.md, idle connections).
     pub read_buffer_bytes: usize,
     /// Bytes of outgoing frames a connection collects before writing them to its socket
-    /// (1 KiB to 1 MiB); a batch of events is written in pieces of about this size and
-    /// flushed once. The buffer keeps the largest size it reached for the connection's life,
-    /// so this bounds what a burst leaves behind per connection: with tungstenite's default
-    /// (128 KiB), 10,000 subscribers kept 1.8 GiB after one burst (BENCHMARKS.md).
+    /// (1 KiB to 1 MiB); a batch of events goes out whenever this much is collected, and once
+    /// more at its end. The buffer keeps the largest size it reached for the connection's
+    /// life, about this plus the largest frame sent, so it bounds what a burst of small events
+    /// leaves behind per connection: with tungstenite's default (128 KiB), 10,000 subscribers
+    /// kept 1.8 GiB after one burst (BENCHMARKS.md). One large event (up to
+    /// `max_frame_bytes`) still leaves a buffer of its size in every connection it went to.
     pub write_buffer_bytes: usize,
     /// How long a publisher's `event_id` / `Idempotency-Key` is remembered, in seconds; a
     /// repeat within it gets the original `seq` and is not delivered again. 0: off.

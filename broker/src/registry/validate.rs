@@ -245,8 +245,12 @@ pub fn jwk_set(jwks: &Value) -> Result<Vec<ClientKey>, InvalidInput> {
         let kty = key.get("kty").and_then(Value::as_str).unwrap_or("");
         let (algorithms, decoding_key) = match kty {
             "RSA" => {
-                let n = b64_member(key, &field, "n")?;
-                let e = b64_member(key, &field, "e")?;
+                // RFC 7518 section 2 (Base64urlUInt) asks for the fewest octets, but some
+                // producers keep a sign byte (Java's `BigInteger.toByteArray`). aws-lc refuses
+                // leading zeros in either value: without this, such a key would be accepted
+                // here and then fail every signature check.
+                let n = without_leading_zeros(b64_member(key, &field, "n")?);
+                let e = without_leading_zeros(b64_member(key, &field, "e")?);
                 let bits = n.iter().skip_while(|b| **b == 0).count() * 8
                     - n.iter()
                         .find(|b| **b != 0)
@@ -368,6 +372,13 @@ fn sec1(x: &[u8], y: &[u8]) -> Vec<u8> {
     v.extend_from_slice(x);
     v.extend_from_slice(y);
     v
+}
+
+/// `bytes` without its leading zero octets (a big-endian unsigned integer's minimal form).
+fn without_leading_zeros(mut bytes: Vec<u8>) -> Vec<u8> {
+    let zeros = bytes.iter().take_while(|b| **b == 0).count();
+    bytes.drain(..zeros);
+    bytes
 }
 
 /// A JWK Set URL: `https`, or `http` to a loopback host only (for development and tests).
@@ -521,6 +532,28 @@ mod tests {
             "jwks.keys[0].n"
         );
         assert_eq!(keys[0].algorithms, vec![Algorithm::RS256, Algorithm::RS384]);
+    }
+
+    #[test]
+    fn rsa_values_with_leading_zero_octets_still_verify_signatures() {
+        use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+        use rsa::traits::PublicKeyParts;
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("rsa key");
+        let pem = key.to_pkcs8_pem(LineEnding::LF).expect("pem");
+        let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).expect("key");
+        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+        header.kid = Some("r".into());
+        let token = jsonwebtoken::encode(&header, &json!({"sub": "x"}), &encoding).expect("sign");
+        // A sign byte in front of `n`, and `e` = 65537 written in four octets.
+        let mut n = vec![0u8];
+        n.extend(key.n().to_bytes_be());
+        let k = json!({"kty": "RSA", "kid": "r", "n": URL_SAFE_NO_PAD.encode(&n), "e": "AAEAAQ"});
+        let keys = jwk_set(&json!({"keys": [k]})).expect("accepted");
+        let mut v = jsonwebtoken::Validation::new(Algorithm::RS256);
+        v.required_spec_claims.clear();
+        v.validate_exp = false;
+        jsonwebtoken::decode::<Value>(&token, &keys[0].decoding_key, &v)
+            .expect("the signature verifies with the normalised key");
     }
 
     #[test]
