@@ -12,25 +12,13 @@ use scopecast_broker::auth::jwt::peek;
 #[path = "../../fuzz/checks/jwt_header.rs"]
 mod jwt_header;
 
+#[path = "../../fuzz/checks/replay.rs"]
+mod corpus;
+
 #[test]
 fn jwt_header_corpus_passes_its_checks() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/jwt_header");
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read the corpus {}: {e}", dir.display()));
-    let mut count = 0;
-    for entry in entries {
-        let path = entry.expect("a readable directory entry").path();
-        let data =
-            std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let outcome = std::panic::catch_unwind(|| jwt_header::check(&data));
-        assert!(
-            outcome.is_ok(),
-            "{} fails the jwt_header checks",
-            path.display()
-        );
-        count += 1;
-    }
-    assert!(count > 0, "the corpus {} is empty", dir.display());
+    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    corpus::replay(&fuzz, "jwt_header", jwt_header::check);
 }
 
 /// Found by `jwt_header`: a header that is a JSON array (`["56"]`) was read by position, its

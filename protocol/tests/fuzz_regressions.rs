@@ -12,27 +12,13 @@ mod server_frame;
 #[path = "../../fuzz/checks/topic_pattern_scope.rs"]
 mod topic_pattern_scope;
 
+#[path = "../../fuzz/checks/replay.rs"]
+mod corpus;
+
 /// Runs `check` on every file of `fuzz/corpus/<target>`, naming the file that fails.
 fn replay(target: &str, check: fn(&[u8])) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read the corpus {}: {e}", dir.display()));
-    let mut count = 0;
-    for entry in entries {
-        let path = entry.expect("a readable directory entry").path();
-        let data =
-            std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let outcome = std::panic::catch_unwind(|| check(&data));
-        assert!(
-            outcome.is_ok(),
-            "{} fails the {target} checks",
-            path.display()
-        );
-        count += 1;
-    }
-    assert!(count > 0, "the corpus {} is empty", dir.display());
+    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    corpus::replay(&fuzz, target, check);
 }
 
 #[test]
