@@ -746,14 +746,16 @@ pub(crate) async fn sub(
                 {
                     seen = seen.split_off(&newest.saturating_sub(50_000));
                 }
-                // The payload is printed byte for byte as published, never re-serialized.
+                // The payload is printed as published, never re-serialized; only a line break
+                // (which JSON allows solely as whitespace between tokens) becomes a space, so
+                // that each event stays on one NDJSON line.
                 let id = serde_json::to_string(e.id.as_str()).unwrap_or_default();
                 outln!(
                     "{{\"seq\":{},\"topic\":\"{}\",\"id\":{id},\"time\":\"{}\",\"data\":{}}}",
                     e.seq,
                     e.topic,
                     e.time,
-                    e.data.get()
+                    one_line(e.data.get())
                 );
             }
             scopecast_client::Item::Gap { from_seq, to_seq } => {
@@ -763,6 +765,16 @@ pub(crate) async fn sub(
         }
     }
     bail!("the connection closed")
+}
+
+/// `json` on one line: CR and LF, which JSON text holds only as insignificant whitespace (inside
+/// strings they are always escaped), become spaces; every other byte is kept.
+fn one_line(json: &str) -> std::borrow::Cow<'_, str> {
+    if json.contains(['\n', '\r']) {
+        std::borrow::Cow::Owned(json.replace(['\n', '\r'], " "))
+    } else {
+        std::borrow::Cow::Borrowed(json)
+    }
 }
 
 /// `scopecast pub TOPIC [DATA|-]` or `scopecast pub --ndjson FILE`: prints each `seq`.

@@ -386,7 +386,7 @@ pub(crate) async fn history(
             cursor = e.seq;
             scanned += 1;
             if matched {
-                out.push(json!({"seq": e.seq, "topic": e.topic, "id": e.event_id, "time": e.time, "data": e.data}));
+                out.push(e);
                 if out.len() == limit {
                     break 'scan;
                 }
@@ -395,12 +395,66 @@ pub(crate) async fn history(
     }
     // Read after the scan: retention may have moved on meanwhile, and `truncated` must say so.
     let first = hub.log.first_seq();
-    axum::Json(json!({
-        "events": out,
-        "next_since": cursor,
-        "head_seq": head,
-        "first_seq": first,
-        "truncated": q.since + 1 < first,
-    }))
-    .into_response()
+    let page = HistoryPage {
+        events: out.iter().map(HistoryEvent::from).collect(),
+        next_since: cursor,
+        head_seq: head,
+        first_seq: first,
+        truncated: q.since + 1 < first,
+    };
+    // Serialized straight to text: a payload goes out byte for byte as it was published. (A
+    // detour through `serde_json::Value` would reorder keys, round numbers to f64 and drop
+    // the trailing zeros of FHIR decimals.)
+    match serde_json::to_vec(&page) {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "history page could not be encoded");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                Reason::InternalError,
+                "the history page could not be encoded",
+            )
+        }
+    }
+}
+
+/// A page of `GET /v1/events` (PROTOCOL.md section 8).
+#[derive(serde::Serialize)]
+struct HistoryPage<'a> {
+    events: Vec<HistoryEvent<'a>>,
+    next_since: u64,
+    head_seq: u64,
+    first_seq: u64,
+    truncated: bool,
+}
+
+/// One event of a history page: the members of an `event` frame, in its order, with `data`
+/// exactly as published.
+#[derive(serde::Serialize)]
+struct HistoryEvent<'a> {
+    seq: u64,
+    topic: &'a scopecast_protocol::Topic,
+    id: &'a EventId,
+    time: scopecast_protocol::Timestamp,
+    data: &'a RawJson,
+}
+
+impl<'a> From<&'a crate::log::StoredEvent> for HistoryEvent<'a> {
+    fn from(e: &'a crate::log::StoredEvent) -> Self {
+        HistoryEvent {
+            seq: e.seq,
+            topic: &e.topic,
+            id: &e.event_id,
+            time: e.time,
+            data: &e.data,
+        }
+    }
 }
