@@ -184,6 +184,43 @@ pub(crate) enum AppCommand {
     },
 }
 
+/// `scopecast credential ...`.
+#[derive(Subcommand)]
+pub(crate) enum CredentialCommand {
+    /// Make a named credential with a role; prints its token once.
+    Create {
+        /// Whom it belongs to (a person, `prometheus`, ...); the audit trail names it.
+        #[arg(long)]
+        name: String,
+        /// admin (everything), viewer (read-only), metrics (GET /metrics only).
+        #[arg(long)]
+        role: scopecast_protocol::admin::Role,
+    },
+    /// List credentials (never their tokens).
+    List,
+    /// Revoke a credential by name or id; it stops working at once.
+    Revoke {
+        /// Name or id.
+        name: String,
+    },
+}
+
+/// `scopecast sessions ...`.
+#[derive(Subcommand)]
+pub(crate) enum SessionsCommand {
+    /// List live sessions.
+    List {
+        /// Only this client ID's sessions.
+        #[arg(long)]
+        client_id: Option<String>,
+    },
+    /// Close a session with 4010 (the client reconnects with backoff and resumes by seq).
+    Kill {
+        /// The session id, as `scopecast sessions` shows it.
+        session: String,
+    },
+}
+
 /// `scopecast keys ...`.
 #[derive(Subcommand)]
 pub(crate) enum KeysCommand {
@@ -237,25 +274,33 @@ pub(crate) struct TokenArgs {
     pub(crate) json: bool,
 }
 
+/// The admin API, called with a credential of the one credential store (its name is the
+/// actor the audit trail records).
 struct Admin {
     http: reqwest::Client,
     url: String,
     token: String,
-    actor: String,
 }
 
 impl Admin {
     fn new(target: &Target, auth: &AdminAuth) -> anyhow::Result<Admin> {
-        let actor = std::env::var("USER")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "admin".to_owned());
         Ok(Admin {
             http: reqwest::Client::new(),
             url: target.url.trim_end_matches('/').to_owned(),
             token: auth.token()?,
-            actor,
         })
+    }
+
+    /// As [`Admin::call`], read into `T`.
+    async fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<T> {
+        let v = self.call(method, path, body).await?;
+        serde_json::from_value(v)
+            .with_context(|| format!("the answer of {path} is not what this CLI expects"))
     }
 
     async fn call(
@@ -265,11 +310,7 @@ impl Admin {
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
         let url = format!("{}/admin/v1{path}", self.url);
-        let mut req = self
-            .http
-            .request(method, &url)
-            .bearer_auth(&self.token)
-            .header("scopecast-actor", &self.actor);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -589,6 +630,151 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
             })
         }
     }
+}
+
+/// Runs a `credential` subcommand.
+pub(crate) async fn credential(
+    target: Target,
+    auth: AdminAuth,
+    cmd: CredentialCommand,
+) -> anyhow::Result<()> {
+    use scopecast_protocol::admin::{CredentialList, IssuedCredential};
+    let admin = Admin::new(&target, &auth)?;
+    use reqwest::Method as M;
+    match cmd {
+        CredentialCommand::Create { name, role } => {
+            let issued: IssuedCredential = admin
+                .typed(
+                    M::POST,
+                    "/credentials",
+                    Some(json!({"name": name, "role": role})),
+                )
+                .await?;
+            if auth.json {
+                outln!("{}", serde_json::to_string_pretty(&issued)?);
+            } else {
+                outln!("{}", issued.token);
+                eprintln!(
+                    "credential {:?} (role {}) created; the token above is shown only now",
+                    issued.credential.name, issued.credential.role
+                );
+            }
+            Ok(())
+        }
+        CredentialCommand::List => {
+            let list: CredentialList = admin.typed(M::GET, "/credentials", None).await?;
+            if auth.json {
+                outln!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            let mut t = table(&[
+                "name",
+                "role",
+                "created_at",
+                "created_by",
+                "revoked_at",
+                "id",
+            ]);
+            for c in &list.credentials {
+                t.add_row(vec![
+                    c.name.clone(),
+                    c.role.to_string(),
+                    c.created_at.clone(),
+                    c.created_by.clone(),
+                    c.revoked_at.clone().unwrap_or_default(),
+                    c.id.clone(),
+                ]);
+            }
+            outln!("{t}");
+            Ok(())
+        }
+        CredentialCommand::Revoke { name } => {
+            let v = admin
+                .call(
+                    M::DELETE,
+                    &format!("/credentials/{}", percent_encode(&name)),
+                    None,
+                )
+                .await?;
+            print(auth.json, &v, |v| {
+                outln!("revoked {} ({})", s(&v["name"]), s(&v["role"]))
+            })
+        }
+    }
+}
+
+/// Runs a `sessions` subcommand.
+pub(crate) async fn sessions(
+    target: Target,
+    auth: AdminAuth,
+    cmd: Option<SessionsCommand>,
+) -> anyhow::Result<()> {
+    use scopecast_protocol::admin::{SessionList, SessionView};
+    let admin = Admin::new(&target, &auth)?;
+    match cmd.unwrap_or(SessionsCommand::List { client_id: None }) {
+        SessionsCommand::List { client_id } => {
+            let path = match client_id {
+                Some(c) => format!("/sessions?client_id={}", percent_encode(&c)),
+                None => "/sessions".to_owned(),
+            };
+            let list: SessionList = admin.typed(reqwest::Method::GET, &path, None).await?;
+            if auth.json {
+                outln!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            let mut t = table(&[
+                "session",
+                "client_id",
+                "application",
+                "peer",
+                "since",
+                "subscriptions",
+                "delivered",
+                "published",
+                "outbox",
+            ]);
+            for v in &list.sessions {
+                t.add_row(vec![
+                    v.session.clone(),
+                    v.client_id.clone(),
+                    v.application_name.clone(),
+                    v.peer.clone(),
+                    v.connected_since.clone(),
+                    v.subscriptions.join(" "),
+                    v.events_delivered.to_string(),
+                    v.events_published.to_string(),
+                    v.outbox_bytes.to_string(),
+                ]);
+            }
+            outln!("{t}");
+            Ok(())
+        }
+        SessionsCommand::Kill { session } => {
+            let v: SessionView = admin
+                .typed(
+                    reqwest::Method::POST,
+                    &format!("/sessions/{}/close", percent_encode(&session)),
+                    None,
+                )
+                .await?;
+            if auth.json {
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                outln!(
+                    "closed session {} of {} ({}) with 4010; it may reconnect",
+                    v.session,
+                    v.client_id,
+                    v.application_name
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `s` as one URL path segment or query value.
+fn percent_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// Runs a `keys` subcommand.

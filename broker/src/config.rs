@@ -41,6 +41,16 @@ impl EnvironmentKind {
     }
 }
 
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, spans), for log shippers.
+    Json,
+}
+
 /// Where events are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -58,8 +68,12 @@ pub enum LogMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address to listen on (HTTP, WebSocket, admin API and metrics share it).
+    /// Address to listen on (HTTP, WebSocket; also the admin API and metrics unless
+    /// `admin_listen` is set).
     pub listen: SocketAddr,
+    /// A separate address for the operator endpoints (`/admin/v1`, `/metrics`, plus
+    /// `/healthz` and `/readyz`); when set, the public `listen` address no longer serves them.
+    pub admin_listen: Option<SocketAddr>,
     /// Folder for the registry, signing keys, admin credential and event log.
     pub data_dir: PathBuf,
     /// This broker's environment kind.
@@ -68,6 +82,8 @@ pub struct Config {
     pub environment_name: String,
     /// Event log mode.
     pub log: LogMode,
+    /// Format of the broker's own log lines on stderr.
+    pub log_format: LogFormat,
     /// How long shutdown waits for sessions to flush, in ms.
     pub shutdown_grace_ms: u64,
     /// The admin API's bearer credential. When unset, the broker uses
@@ -291,10 +307,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            admin_listen: None,
             data_dir: PathBuf::from("./scopecast-data"),
             environment: EnvironmentKind::NonProduction,
             environment_name: "default".to_owned(),
             log: LogMode::Durable,
+            log_format: LogFormat::Text,
             shutdown_grace_ms: 5_000,
             admin_token: None,
             oauth: OAuthConfig::default(),
@@ -312,9 +330,11 @@ impl Default for Config {
 /// A configuration that cannot be used, naming the field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file, an environment variable or a flag could not be read into [`Config`].
+    /// The file, an environment variable or a flag could not be read into [`Config`]. The
+    /// message already holds figment's whole account (value, key, and which file or variable),
+    /// so it is not also given as a source: printed once.
     #[error("configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
+    Load(Box<figment::Error>),
     /// A value is out of range.
     #[error("configuration field `{field}`: {message}")]
     Invalid {
@@ -331,6 +351,9 @@ pub struct Overrides {
     /// `--listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// `--admin-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
     /// `--data-dir`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
@@ -340,6 +363,9 @@ pub struct Overrides {
     /// `--log`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<LogMode>,
+    /// `--log-format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
 }
 
 impl Config {
@@ -361,7 +387,9 @@ impl Config {
             })
             .split("__");
         figment = figment.merge(env).merge(Serialized::defaults(flags));
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -453,6 +481,15 @@ impl Config {
             return Err(invalid(
                 "limits.handshake_timeout_ms",
                 "must be 100 to 120000 ms",
+            ));
+        }
+        if self
+            .admin_listen
+            .is_some_and(|a| a == self.listen && a.port() != 0)
+        {
+            return Err(invalid(
+                "admin_listen",
+                "must differ from `listen` (unset it to serve the admin API on `listen`)",
             ));
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {

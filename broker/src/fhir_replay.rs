@@ -241,6 +241,7 @@ pub(crate) async fn publish(client: &Client, reading: Reading, pace: Pace) -> an
     let started = Instant::now();
     let mut by_topic: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failed = 0u64;
+    let mut duplicates = 0u64;
     let mut prev: Option<Timestamp> = None;
     for (i, h) in reading.happenings.iter().enumerate() {
         match pace {
@@ -259,11 +260,15 @@ pub(crate) async fn publish(client: &Client, reading: Reading, pace: Pace) -> an
         }
         loop {
             match client
-                .publish_raw(h.topic, h.resource.clone(), Some(&h.event_id))
+                .publish_acked(h.topic, h.resource.clone(), Some(&h.event_id))
                 .await
             {
-                Ok(_) => {
-                    *by_topic.entry(h.topic).or_default() += 1;
+                Ok(ack) => {
+                    if ack.duplicate {
+                        duplicates += 1;
+                    } else {
+                        *by_topic.entry(h.topic).or_default() += 1;
+                    }
                     break;
                 }
                 Err(PublishError::RateLimited { retry_after_ms }) => {
@@ -290,8 +295,9 @@ pub(crate) async fn publish(client: &Client, reading: Reading, pace: Pace) -> an
     let secs = started.elapsed().as_secs_f64();
     let published: u64 = by_topic.values().sum();
     println!(
-        "published {published} events in {secs:.1} s ({:.0} events/s)",
-        published as f64 / secs.max(1e-9)
+        "published {} events in {secs:.1} s ({:.0} events/s): {published} new, {duplicates} duplicates already stored",
+        published + duplicates,
+        (published + duplicates) as f64 / secs.max(1e-9)
     );
     for (topic, n) in &by_topic {
         println!("  {topic:<36} {n}");

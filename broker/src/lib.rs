@@ -2,7 +2,8 @@
 //!
 //! Modules:
 //! - `config`: [`Config`], loaded from defaults, a TOML file, `SCOPECAST_*` variables and flags.
-//! - `server`: [`run`]: start-up on a bound listener, the data folder, graceful shutdown.
+//! - `server`: [`run`]: start-up on a bound listener, graceful shutdown.
+//! - `data_dir`: the data folder and the modes of the files in it.
 //! - [`registry`]: applications, client IDs, credentials, activations, audit; SQLite store.
 //! - [`auth`]: OAuth2 secrets, signing keys, tokens and verification.
 //! - [`fanout`]: the sequencer, the topic index and per-session outboxes.
@@ -17,6 +18,7 @@
 
 pub mod auth;
 mod config;
+mod data_dir;
 pub mod fanout;
 mod http;
 pub mod listener;
@@ -27,9 +29,10 @@ mod server;
 pub mod session;
 
 pub use config::{
-    Config, ConfigError, EnvironmentKind, ExternalIssuer, HttpConfig, LimitsConfig, LogMode,
-    LogSync, OAuthConfig, Overrides, RetentionConfig, TlsConfig,
+    Config, ConfigError, EnvironmentKind, ExternalIssuer, HttpConfig, LimitsConfig, LogFormat,
+    LogMode, LogSync, OAuthConfig, Overrides, RetentionConfig, TlsConfig,
 };
 pub use server::{
-    ADMIN_TOKEN_FILE, EVENT_LOG_FILE, REGISTRY_FILE, SIGNING_KEYS_FILE, ServeError, run,
+    ADMIN_TOKEN_FILE, EVENT_LOG_FILE, Listeners, REGISTRY_FILE, SIGNING_KEYS_FILE, ServeError, run,
+    run_on,
 };

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use scopecast_broker::{Config, EnvironmentKind, LogMode, Overrides};
+use scopecast_broker::{Config, EnvironmentKind, LogFormat, LogMode, Overrides};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +34,24 @@ enum Command {
         auth: cli::AdminAuth,
         #[command(subcommand)]
         command: cli::AppCommand,
+    },
+    /// Manage the credentials of the admin API, console and metrics (admin API).
+    Credential {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        auth: cli::AdminAuth,
+        #[command(subcommand)]
+        command: cli::CredentialCommand,
+    },
+    /// List live WebSocket sessions, or close one (admin API).
+    Sessions {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        auth: cli::AdminAuth,
+        #[command(subcommand)]
+        command: Option<cli::SessionsCommand>,
     },
     /// Manage the broker's token signing keys (admin API).
     Keys {
@@ -107,6 +125,9 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7070] [env: SCOPECAST_LISTEN].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// A separate address for the admin API and metrics [env: SCOPECAST_ADMIN_LISTEN].
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// Data folder [default: ./scopecast-data] [env: SCOPECAST_DATA_DIR].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -116,6 +137,9 @@ struct ServeArgs {
     /// Event log [default: durable] [env: SCOPECAST_LOG].
     #[arg(long, value_enum)]
     log: Option<LogMode>,
+    /// Format of the broker's log lines [default: text] [env: SCOPECAST_LOG_FORMAT].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -145,6 +169,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             auth,
             command,
         } => client_runtime()?.block_on(cli::keys(target, auth, command)),
+        Command::Credential {
+            target,
+            auth,
+            command,
+        } => client_runtime()?.block_on(cli::credential(target, auth, command)),
+        Command::Sessions {
+            target,
+            auth,
+            command,
+        } => client_runtime()?.block_on(cli::sessions(target, auth, command)),
         Command::Keygen(args) => cli::keygen(args),
         Command::Sub {
             target,
@@ -188,17 +222,21 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let flags = Overrides {
         listen: args.listen,
+        admin_listen: args.admin_listen,
         data_dir: args.data_dir,
         environment: args.environment,
         log: args.log,
+        log_format: args.log_format,
     };
     let config = Config::load(args.config.as_deref(), &flags)?;
     if args.print_config {
         print!("{}", config.to_toml()?);
         return Ok(());
     }
+    // Whatever the broker (or SQLite, redb) creates from now on is private to the service.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     // Flushes the log lines still queued when `serve` returns.
-    let _log_guard = install_tracing();
+    let _log_guard = install_tracing(config.log_format);
     raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -238,7 +276,7 @@ const LOG_QUEUE_LINES: usize = 128_000;
 /// journald). When the queue holds [`LOG_QUEUE_LINES`] lines, further lines are dropped
 /// rather than stalling the broker. Writing each line from the worker cost a quarter of the
 /// connect-storm rate (BENCHMARKS.md).
-fn install_tracing() -> tracing_appender::non_blocking::WorkerGuard {
+fn install_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -247,11 +285,19 @@ fn install_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(true)
         .thread_name("scopecast-log")
         .finish(std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line: `timestamp`, `level`, `target`, `fields` (with `message`),
+        // `span` and `spans` (session, peer, client_id).
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     guard
 }
 

@@ -1,10 +1,28 @@
 //! Prometheus metrics (`GET /metrics`). No label ever takes a value a client chose: outcomes
 //! and reasons are fixed sets, and client IDs are registered by an admin (DESIGN section 9).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+/// The label value for a client ID that is not registered here (or not known yet): client IDs
+/// become labels only once an admin registered them, so a caller cannot add series at will.
+pub const UNKNOWN_CLIENT: &str = "unknown";
+
+/// Counters one client ID's sessions and publishes add to; read into the per-client metrics
+/// when `/metrics` is scraped (no metric lookup on the delivery path).
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Events written to the client's sockets.
+    pub delivered: AtomicU64,
+    /// Events the client published that were stored (duplicates not counted).
+    pub published: AtomicU64,
+}
 
 /// Every metric the broker exports. Cheap to share behind an `Arc`.
 pub struct Metrics {
@@ -30,6 +48,30 @@ pub struct Metrics {
     /// Seconds from the broker accepting an event to writing it to a subscriber's socket,
     /// observed for the oldest event of each write batch.
     pub publish_to_deliver: Histogram,
+    /// Token requests by client ID (registered ones, else `unknown`) and outcome.
+    pub token_requests: IntCounterVec,
+    /// Refused WebSocket connections and HTTP API calls by client ID (registered ones, else
+    /// `unknown`) and reason (a fixed set: the token refusal labels, `too_many_connections`,
+    /// `token_in_url`).
+    pub refused_connections: IntCounterVec,
+    /// HTTP requests by route template (never the raw path) and status code.
+    pub http_requests: IntCounterVec,
+    /// The event log: oldest retained `seq`.
+    pub log_first_seq: IntGauge,
+    /// The event log: newest stored `seq`.
+    pub log_last_seq: IntGauge,
+    /// The event log: bytes of stored events.
+    pub log_bytes: IntGauge,
+    /// The event log's retention settings (`limit` = `max_events`, `max_bytes`, `max_age_s`;
+    /// 0 = no limit).
+    pub log_retention: IntGaugeVec,
+    /// 1 while the event log accepts writes, 0 while it refuses them.
+    pub log_writable: IntGauge,
+    client_delivered: IntCounterVec,
+    client_published: IntCounterVec,
+    clients: DashMap<Arc<str>, Arc<ClientStats>>,
+    /// Serialises scrapes: the per-client counters are brought up to date during a render.
+    render_lock: parking_lot::Mutex<()>,
 }
 
 impl Metrics {
@@ -78,8 +120,80 @@ impl Metrics {
                 1.0, 2.5,
             ]),
         )?;
+        let token_requests = IntCounterVec::new(
+            Opts::new(
+                "token_requests_total",
+                "Token endpoint requests by client ID and outcome",
+            ),
+            &["client_id", "outcome"],
+        )?;
+        let refused_connections = IntCounterVec::new(
+            Opts::new(
+                "refused_connections_total",
+                "Refused WebSocket upgrades and HTTP API calls by client ID and reason",
+            ),
+            &["client_id", "reason"],
+        )?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route template and status",
+            ),
+            &["route", "status"],
+        )?;
+        let log_first_seq = IntGauge::new("event_log_first_seq", "Oldest retained seq")?;
+        let log_last_seq = IntGauge::new("event_log_last_seq", "Newest stored seq")?;
+        let log_bytes = IntGauge::new("event_log_bytes", "Bytes of stored events")?;
+        let log_retention = IntGaugeVec::new(
+            Opts::new(
+                "event_log_retention",
+                "Retention settings of the event log (0: no limit)",
+            ),
+            &["limit"],
+        )?;
+        let log_writable = IntGauge::new(
+            "event_log_writable",
+            "1 while the event log accepts writes, 0 while it refuses them",
+        )?;
+        log_writable.set(1);
+        let client_delivered = IntCounterVec::new(
+            Opts::new(
+                "client_events_delivered_total",
+                "Events written to the sockets of a client ID's sessions",
+            ),
+            &["client_id"],
+        )?;
+        let client_published = IntCounterVec::new(
+            Opts::new(
+                "client_events_published_total",
+                "Events a client ID published that were stored",
+            ),
+            &["client_id"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "The broker's version (always 1)"),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         for c in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(token_requests.clone()),
+            Box::new(refused_connections.clone()),
+            Box::new(http_requests.clone()),
+            Box::new(log_first_seq.clone()),
+            Box::new(log_last_seq.clone()),
+            Box::new(log_bytes.clone()),
+            Box::new(log_retention.clone()),
+            Box::new(log_writable.clone()),
+            Box::new(client_delivered.clone()),
+            Box::new(client_published.clone()),
+            Box::new(build_info),
             Box::new(client_connections.clone()),
             Box::new(subscriptions.clone()),
             Box::new(subscribe_results.clone()),
@@ -104,11 +218,52 @@ impl Metrics {
             auth_failures,
             publish_rate_limited,
             publish_to_deliver,
+            token_requests,
+            refused_connections,
+            http_requests,
+            log_first_seq,
+            log_last_seq,
+            log_bytes,
+            log_retention,
+            log_writable,
+            client_delivered,
+            client_published,
+            clients: DashMap::new(),
+            render_lock: parking_lot::Mutex::new(()),
         })
+    }
+
+    /// The counters of `client_id` (a verified, registered client ID: the caller makes sure of
+    /// that, so the label set stays bounded by the registry).
+    pub fn client(&self, client_id: &str) -> Arc<ClientStats> {
+        if let Some(s) = self.clients.get(client_id) {
+            return s.clone();
+        }
+        self.clients
+            .entry(Arc::from(client_id))
+            .or_default()
+            .clone()
     }
 
     /// The Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
+        let _one_at_a_time = self.render_lock.lock();
+        for entry in self.clients.iter() {
+            let (id, stats) = (entry.key(), entry.value());
+            for (vec, now) in [
+                (
+                    &self.client_delivered,
+                    stats.delivered.load(Ordering::Relaxed),
+                ),
+                (
+                    &self.client_published,
+                    stats.published.load(Ordering::Relaxed),
+                ),
+            ] {
+                let c = vec.with_label_values(&[&**id]);
+                c.inc_by(now.saturating_sub(c.get()));
+            }
+        }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()

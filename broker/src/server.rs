@@ -74,8 +74,6 @@ pub(crate) struct Inner {
     pub(crate) hub: Arc<Hub>,
     /// Every WebSocket session task, so shutdown can wait for them.
     pub(crate) sessions: TaskTracker,
-    /// The admin API credential; compared in constant time, never logged.
-    pub(crate) admin_token: String,
 }
 
 impl AppState {
@@ -84,19 +82,70 @@ impl AppState {
     }
 }
 
+/// The sockets the broker serves on, bound by the caller (so tests can use port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The public port: HTTP APIs, WebSocket, OAuth2 (and the operator endpoints unless
+    /// `admin` is given).
+    pub main: TcpListener,
+    /// The operator port (`admin_listen`): admin API, metrics, health.
+    pub admin: Option<TcpListener>,
+}
+
 /// Runs the broker on `listener` until `shutdown` completes, then stops gracefully: it stops
 /// accepting, lets in-flight requests finish, and waits at most `config.shutdown_grace_ms`.
+/// With `admin_listen` configured, it binds that address itself.
 ///
 /// # Errors
-/// [`ServeError`] when the data folder cannot be prepared or the listener fails.
+/// [`ServeError`] when the data folder cannot be prepared or a listener fails.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    prepare_data_dir(&config.data_dir)?;
+    let admin = match config.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Startup(format!("binding admin_listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    run_on(
+        Listeners {
+            main: listener,
+            admin,
+        },
+        config,
+        shutdown,
+    )
+    .await
+}
+
+/// As [`run`], on listeners the caller bound (`listeners.admin` is used when `admin_listen`
+/// is configured, and must then be given).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_on(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let Listeners {
+        main: listener,
+        admin: admin_listener,
+    } = listeners;
+    if config.admin_listen.is_some() != admin_listener.is_some() {
+        return Err(ServeError::Startup(
+            "admin_listen is configured but no admin listener was given (or the reverse)".into(),
+        ));
+    }
+    crate::data_dir::prepare(&config.data_dir).map_err(|source| ServeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
     let grace = config.shutdown_grace();
-    let admin_token = admin_token(&config)?;
     let o = &config.oauth;
     // A retired key stays published until every token it signed has expired.
     let retain_for = (o.token_lifetime_s + o.leeway_s + 60) as i64;
@@ -104,12 +153,16 @@ pub async fn run(
     let keys =
         KeyRing::open(&keys_path, retain_for).map_err(|e| ServeError::Startup(e.to_string()))?;
     let registry_path = config.data_dir.join(REGISTRY_FILE);
+    private_files(&config)?;
     let store = SqliteStore::open(&registry_path)
         .await
         .map_err(|e| ServeError::Startup(e.to_string()))?;
     let registry = Registry::open(store)
         .await
         .map_err(|e| ServeError::Startup(e.to_string()))?;
+    admin_credential(&config, &registry).await?;
+    // The files SQLite made beside the database (`-wal`, `-shm`) copy its mode; check anyway.
+    private_files(&config)?;
     let public_url = config.public_url(listener.local_addr()?);
     let issuer = TokenIssuer::new(public_url.clone(), o.token_lifetime_s, keys);
     let jwks = JwksCache::new(
@@ -198,6 +251,21 @@ pub async fn run(
         cancel.clone(),
     ));
     let follower = tokio::spawn(hub.sessions.clone().follow(registry.clone()));
+    // After a failed append, find out when the log takes writes again even if nobody
+    // publishes (readiness follows it).
+    let prober = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if !hub.bus.log_writable() && hub.log.probe().await.is_ok() {
+                    hub.bus.set_log_writable(&hub.metrics);
+                    tracing::info!("event log takes writes again (probe)");
+                }
+            }
+        })
+    };
     let sessions = TaskTracker::new();
     let state = AppState {
         inner: Arc::new(Inner {
@@ -206,12 +274,11 @@ pub async fn run(
             registry,
             issuer,
             client_auth,
-            admin_token,
             hub,
             sessions: sessions.clone(),
         }),
     };
-    let app: Router = http::router(state.clone());
+    let (app, admin_app): (Router, Option<Router>) = http::routers(state.clone());
 
     let on_signal = {
         let cancel = cancel.clone();
@@ -236,6 +303,19 @@ pub async fn run(
     };
     let local = listener.local_addr()?;
     tracing::info!(%local, tls = tls.is_some(), "scopecast listening");
+    let admin_server = match (admin_listener, admin_app) {
+        (Some(l), Some(app)) => {
+            let admin_local = l.local_addr()?;
+            tracing::info!(%admin_local, tls = tls.is_some(), "admin API and metrics listening");
+            let limits = state.inner.config.limits.clone();
+            let cancel = cancel.clone();
+            let tls = tls.clone();
+            Some(tokio::spawn(async move {
+                listener::serve(l, app, tls, &limits, cancel, grace).await
+            }))
+        }
+        _ => None,
+    };
     let server = {
         let limits = state.inner.config.limits.clone();
         let cancel = cancel.clone();
@@ -257,6 +337,9 @@ pub async fn run(
             "grace period over with sessions still open"
         );
     }
+    if let Some(a) = admin_server {
+        let _ = tokio::time::timeout_at(deadline, a).await;
+    }
     if tokio::time::timeout_at(deadline, server).await.is_err() {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
@@ -267,6 +350,7 @@ pub async fn run(
     drop(state);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sequencer).await;
     follower.abort();
+    prober.abort();
     if let Some(r) = retainer {
         r.abort();
     }
@@ -274,18 +358,24 @@ pub async fn run(
     Ok(())
 }
 
-/// The admin credential: from the configuration, else `<data_dir>/admin.token`, created
-/// (mode 0600, 256 random bits) on first start.
-fn admin_token(config: &Config) -> Result<String, ServeError> {
+/// The first admin credential. The `admin_token` setting, when given, is valid as a credential
+/// named `admin (config)`. Otherwise `<data_dir>/admin.token` (mode 0600, 256 random bits) is
+/// created on first start and stored in the credential store as `admin`; a file from before
+/// the credential store existed is imported the same way (the upgrade path). A revoked
+/// `admin` stays revoked.
+async fn admin_credential(config: &Config, registry: &Registry) -> Result<(), ServeError> {
     if let Some(t) = &config.admin_token {
-        return Ok(t.clone());
+        return registry
+            .set_config_credential(t)
+            .await
+            .map_err(|e| ServeError::Startup(e.to_string()));
     }
     let path = config.data_dir.join(ADMIN_TOKEN_FILE);
     let wrap = |source| ServeError::DataDir {
         path: path.display().to_string(),
         source,
     };
-    if path.exists() {
+    let token = if path.exists() {
         let token = std::fs::read_to_string(&path)
             .map_err(wrap)?
             .trim()
@@ -296,46 +386,71 @@ fn admin_token(config: &Config) -> Result<String, ServeError> {
                 path.display()
             )));
         }
-        return Ok(token);
+        token
+    } else {
+        let token = format!(
+            "{}{}",
+            crate::registry::credential::TOKEN_PREFIX,
+            secret::random_token(secret::SECRET_BYTES)
+                .map_err(|e| ServeError::Startup(e.to_string()))?
+        );
+        write_private(&path, format!("{token}\n").as_bytes()).map_err(wrap)?;
+        tracing::info!(path = %path.display(), "created the admin credential (mode 0600)");
+        token
+    };
+    match registry.bootstrap_admin(&token).await {
+        Ok(true) => tracing::info!("the admin credential is in the credential store as `admin`"),
+        Ok(false) => {}
+        Err(crate::registry::RegistryError::Conflict(_)) => tracing::warn!(
+            path = %path.display(),
+            "admin.token does not match the credential named `admin`; it is not accepted"
+        ),
+        Err(e) => return Err(ServeError::Startup(e.to_string())),
     }
-    let token = secret::random_token(secret::SECRET_BYTES)
-        .map_err(|e| ServeError::Startup(e.to_string()))?;
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut f = options.open(&path).map_err(wrap)?;
-        f.write_all(token.as_bytes()).map_err(wrap)?;
-        f.write_all(b"\n").map_err(wrap)?;
-    }
-    tracing::info!(path = %path.display(), "created the admin credential (mode 0600)");
-    Ok(token)
+    Ok(())
 }
 
-/// Creates the data folder (mode 0700 on Unix) on first start.
-fn prepare_data_dir(dir: &Path) -> Result<(), ServeError> {
-    let wrap = |source| ServeError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    };
-    if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(wrap)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(wrap)?;
-        }
-        tracing::info!(path = %dir.display(), "created data folder");
-    } else if !dir.is_dir() {
-        return Err(wrap(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "exists and is not a folder",
-        )));
+/// Creates `path` with `bytes`, readable by the service alone (mode 0600); refuses to
+/// overwrite.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Every file the broker keeps in the data folder, private to the service (0600): created so
+/// before a store opens it, tightened if it exists with wider permissions.
+fn private_files(config: &Config) -> Result<(), ServeError> {
+    let dir = &config.data_dir;
+    let mut files = vec![dir.join(REGISTRY_FILE)];
+    if config.log == LogMode::Durable {
+        files.push(dir.join(EVENT_LOG_FILE));
+    }
+    for path in &files {
+        crate::data_dir::private_file(path).map_err(|source| ServeError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    for name in [
+        SIGNING_KEYS_FILE,
+        ADMIN_TOKEN_FILE,
+        "registry.sqlite-wal",
+        "registry.sqlite-shm",
+    ] {
+        let path = dir.join(name);
+        crate::data_dir::private_if_present(&path).map_err(|source| ServeError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
     }
     Ok(())
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
 use scopecast_protocol::{
-    ClientFrame, CloseCode, ErrorCode, ErrorFrame, Event, EventId, Pattern, RawJson, Reason,
-    RequestId, Retry, SUBPROTOCOL, ServerFrame, Topic,
+    ClientFrame, CloseCode, ErrorCode, ErrorFrame, Event, EventId, Pattern, Published, RawJson,
+    Reason, RequestId, Retry, SUBPROTOCOL, ServerFrame, Topic,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -309,7 +309,7 @@ enum Command {
         topic: Topic,
         data: RawJson,
         event_id: Option<EventId>,
-        reply: oneshot::Sender<Result<u64, PublishError>>,
+        reply: oneshot::Sender<Result<Published, PublishError>>,
     },
 }
 
@@ -411,7 +411,8 @@ impl Client {
         self.publish_raw(topic, raw, None).await
     }
 
-    /// Publishes raw JSON with an optional `event_id` (retries with the same id are idempotent).
+    /// Publishes raw JSON with an optional `event_id` (retries with the same id are idempotent);
+    /// returns the event's `seq`.
     ///
     /// # Errors
     /// [`PublishError`].
@@ -421,6 +422,23 @@ impl Client {
         data: RawJson,
         event_id: Option<&str>,
     ) -> Result<u64, PublishError> {
+        self.publish_acked(topic, data, event_id)
+            .await
+            .map(|p| p.seq)
+    }
+
+    /// As [`Client::publish_raw`], returning the whole `published` answer: `seq`, the event id
+    /// (the broker's UUID when none was given) and `duplicate` (true when the `event_id` was
+    /// already stored within the idempotency window, so nothing was stored again).
+    ///
+    /// # Errors
+    /// [`PublishError`].
+    pub async fn publish_acked(
+        &self,
+        topic: &str,
+        data: RawJson,
+        event_id: Option<&str>,
+    ) -> Result<Published, PublishError> {
         let topic: Topic = topic
             .parse()
             .map_err(|e: scopecast_protocol::TopicError| PublishError::BadRequest(e.to_string()))?;
@@ -534,7 +552,7 @@ struct CatchUp {
 type SubscribeReply = oneshot::Sender<Result<u64, SubscribeError>>;
 
 enum Pending {
-    Publish(oneshot::Sender<Result<u64, PublishError>>),
+    Publish(oneshot::Sender<Result<Published, PublishError>>),
     Unsubscribe,
 }
 
@@ -1340,7 +1358,7 @@ impl Conn {
             }
             ServerFrame::Published(p) => {
                 if let Some(Pending::Publish(tx)) = self.pending.remove(p.id.as_str()) {
-                    let _ = tx.send(Ok(p.seq));
+                    let _ = tx.send(Ok(p));
                 }
             }
             ServerFrame::Error(e) => self.error(e),

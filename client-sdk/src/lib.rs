@@ -19,5 +19,7 @@ pub use client::{
     Subscription, connect,
 };
 pub use scopecast_protocol as protocol;
-pub use scopecast_protocol::{CloseCode, ErrorCode, Pattern, Reason, Retry, ScopeSet, Topic};
+pub use scopecast_protocol::{
+    CloseCode, ErrorCode, Pattern, Published, Reason, Retry, ScopeSet, Topic,
+};
 pub use token::{AccessToken, PrivateKey, TokenError, TokenSource};

@@ -125,6 +125,10 @@ string_enum! {
         FrameTooLarge = "frame_too_large",
         /// A token was sent in a URL (refused: URLs end up in logs).
         TokenInUrl = "token_in_url",
+        /// A plain HTTP request reached the WebSocket endpoint.
+        UpgradeRequired = "upgrade_required",
+        /// An HTTP body of a type the endpoint does not take (HTTP 415).
+        UnsupportedMediaType = "unsupported_media_type",
         /// A frame other than `auth` arrived before the connection was authenticated.
         AuthRequired = "auth_required",
         /// The token is malformed, unsigned, badly signed, or not meant for this broker.
@@ -167,7 +171,9 @@ impl Reason {
             | Reason::MissingField
             | Reason::InvalidField
             | Reason::InvalidTopic
-            | Reason::TokenInUrl => ErrorCode::BadRequest,
+            | Reason::TokenInUrl
+            | Reason::UpgradeRequired
+            | Reason::UnsupportedMediaType => ErrorCode::BadRequest,
             Reason::AuthRequired | Reason::InvalidToken | Reason::TokenExpired => {
                 ErrorCode::Unauthorized
             }
@@ -231,6 +237,9 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4009: the peer did not answer heartbeats in time.
     HeartbeatTimeout,
+    /// 4010: an operator closed this session (`scopecast sessions kill`); the client may
+    /// reconnect with backoff.
+    ClosedByOperator,
     /// 4029: the client ID already has the most connections allowed.
     TooManyConnections,
 }
@@ -252,6 +261,7 @@ impl CloseCode {
         CloseCode::Forbidden,
         CloseCode::SlowConsumer,
         CloseCode::HeartbeatTimeout,
+        CloseCode::ClosedByOperator,
         CloseCode::TooManyConnections,
     ];
 
@@ -272,6 +282,7 @@ impl CloseCode {
             CloseCode::Forbidden => 4003,
             CloseCode::SlowConsumer => 4008,
             CloseCode::HeartbeatTimeout => 4009,
+            CloseCode::ClosedByOperator => 4010,
             CloseCode::TooManyConnections => 4029,
         }
     }
@@ -298,6 +309,7 @@ impl CloseCode {
             CloseCode::Forbidden => "forbidden",
             CloseCode::SlowConsumer => "slow_consumer",
             CloseCode::HeartbeatTimeout => "heartbeat_timeout",
+            CloseCode::ClosedByOperator => "closed_by_operator",
             CloseCode::TooManyConnections => "too_many_connections",
         }
     }
@@ -309,6 +321,7 @@ impl CloseCode {
             | CloseCode::InternalError
             | CloseCode::SlowConsumer
             | CloseCode::HeartbeatTimeout
+            | CloseCode::ClosedByOperator
             | CloseCode::TooManyConnections => Retry::Reconnect,
             CloseCode::Unauthorized | CloseCode::TokenExpired => Retry::WithNewToken,
             CloseCode::Normal

@@ -775,6 +775,10 @@ pub struct Published {
     pub seq: u64,
     /// The event's id (the publisher's, or the one the broker made).
     pub event_id: EventId,
+    /// True when the `event_id` was already stored within the idempotency window: `seq` is the
+    /// original one and nothing was stored or delivered again. Absent reads as false.
+    #[serde(default)]
+    pub duplicate: bool,
 }
 
 /// `token_expiring`: the token expires soon; send `auth` with a fresh one.
@@ -1508,9 +1512,16 @@ mod tests {
                     time,
                     data
                 })),
-            (arb_id(), any::<u64>(), arb_event_id()).prop_map(|(id, seq, event_id)| {
-                ServerFrame::Published(Published { id, seq, event_id })
-            }),
+            (arb_id(), any::<u64>(), arb_event_id(), any::<bool>()).prop_map(
+                |(id, seq, event_id, duplicate)| {
+                    ServerFrame::Published(Published {
+                        id,
+                        seq,
+                        event_id,
+                        duplicate,
+                    })
+                }
+            ),
             any::<u64>().prop_map(|expires_in_ms| ServerFrame::TokenExpiring(TokenExpiring {
                 expires_in_ms
             })),

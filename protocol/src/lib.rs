@@ -9,10 +9,12 @@
 //!   [`encode_event`], which writes an `event` frame once for every subscriber.
 //! - `timestamp`: [`Timestamp`], an instant that always has an RFC 3339 form.
 //! - `codes`: the closed sets a client matches on: [`ErrorCode`], [`Reason`], [`CloseCode`].
+//! - [`admin`]: request and response shapes of the admin API.
 //!
 //! `protocol/PROTOCOL.md` is the normative text; this crate follows it, and a test fails when
 //! a code defined here is missing there.
 
+pub mod admin;
 mod codes;
 mod frame;
 mod scope;

@@ -198,7 +198,9 @@ async fn a_repeated_event_id_returns_the_original_seq_and_is_not_delivered_twice
         p.recv_answer("2").await.1
     };
     assert_eq!(first["type"], "published");
+    assert_eq!(first["duplicate"], false, "{first}");
     assert_eq!(again["seq"], first["seq"], "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
     let conflict = {
         p.send(json!({"type": "publish", "id": "3", "topic": "adt.x", "data": {"v": 2}, "event_id": "evt-1"})).await;
         p.recv_answer("3").await.1
@@ -225,8 +227,10 @@ async fn a_repeated_event_id_returns_the_original_seq_and_is_not_delivered_twice
         }
     };
     let r = post(r#"{"v":1}"#).await;
-    assert_eq!(r.status(), 201);
-    assert_eq!(r.json::<Value>().await.unwrap()["seq"], first["seq"]);
+    assert_eq!(r.status(), 200, "a duplicate stores nothing: 200, not 201");
+    let body = r.json::<Value>().await.unwrap();
+    assert_eq!(body["seq"], first["seq"]);
+    assert_eq!(body["duplicate"], true);
     assert_eq!(post(r#"{"v":3}"#).await.status(), 409);
 
     let got = events(&mut ws, 1).await;
@@ -314,4 +318,37 @@ async fn a_long_replay_to_a_reader_that_keeps_up_is_not_a_slow_consumer() {
     let (_, ok) = ws.recv_answer("r").await;
     assert_eq!(ok["type"], "subscribed");
     assert_eq!(seqs(&events(&mut ws, 600).await), published);
+}
+
+#[tokio::test]
+async fn a_duplicate_publish_gives_its_rate_token_back() {
+    let mut config = test_config();
+    config.limits.publish_rate_per_sec = 3;
+    let broker = TestBroker::start(config).await;
+    let publisher = broker.active_client("Replayer", "publish:adt.>").await;
+    let pt = broker.token(&publisher, None).await;
+    let (mut p, _) = Ws::connect(&broker, &pt).await;
+    p.send(json!({"type": "publish", "id": "0", "topic": "adt.x", "data": {"v": 1}, "event_id": "same"})).await;
+    assert_eq!(p.recv_answer("0").await.1["duplicate"], false);
+    // A second run of the same replay: every publish is a duplicate, and none may be refused
+    // for rate (without the refund, the third would be: the bucket holds 3 a second).
+    for i in 1..=10 {
+        let id = i.to_string();
+        p.send(json!({"type": "publish", "id": id, "topic": "adt.x", "data": {"v": 1}, "event_id": "same"})).await;
+        let answer = p.recv_answer(&id).await.1;
+        assert_eq!(answer["type"], "published", "duplicate {i}: {answer}");
+        assert_eq!(answer["duplicate"], true);
+    }
+    // A fresh event still costs a token as before.
+    for i in 0..5 {
+        let id = format!("f{i}");
+        p.send(json!({"type": "publish", "id": id, "topic": "adt.x", "data": {"v": i}}))
+            .await;
+        let answer = p.recv_answer(&id).await.1;
+        if answer["type"] == "error" {
+            assert_eq!(answer["error"], "publish_rate_exceeded");
+            return;
+        }
+    }
+    panic!("five fresh publishes at once passed a rate of 3 a second");
 }

@@ -139,7 +139,12 @@ mod tests {
     use super::*;
 
     fn sub(id: u64) -> Arc<Subscriber> {
-        Arc::new(Subscriber::new(id, "client".into(), 1 << 20))
+        Arc::new(Subscriber::new(
+            id,
+            "client".into(),
+            1 << 20,
+            Arc::default(),
+        ))
     }
 
     fn matches(index: &TopicIndex, topic: &str) -> Vec<u64> {

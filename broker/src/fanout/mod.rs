@@ -26,10 +26,10 @@ use scopecast_protocol::{
 use tokio::sync::{mpsc, oneshot};
 
 pub use index::TopicIndex;
-pub use outbox::{Outbox, PushError, Queued};
+pub use outbox::{Kind, Outbox, PushError, Queued};
 
 use crate::log::{EventLog, StoredEvent};
-use crate::metrics::Metrics;
+use crate::metrics::{ClientStats, Metrics};
 
 /// Most requests the sequencer takes in one batch.
 const MAX_BATCH: usize = 512;
@@ -44,6 +44,12 @@ pub struct Subscriber {
     pub client_id: Arc<str>,
     /// Its outbound queue.
     pub outbox: Outbox,
+    /// Its client ID's counters (shared by the client's sessions).
+    pub stats: Arc<ClientStats>,
+    /// Events written to this session's socket (by the session task).
+    pub delivered: AtomicU64,
+    /// Events this session published that were stored (by the sequencer).
+    pub published: AtomicU64,
     /// Newest `seq` queued; written only by the sequencer.
     last_seq: AtomicU64,
     /// Events accepted after this instant (Unix ms) are not queued: the session's token has
@@ -56,12 +62,20 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// A subscriber with an empty queue of at most `queue_bytes` bytes.
-    pub fn new(session_id: u64, client_id: Arc<str>, queue_bytes: usize) -> Subscriber {
+    /// A subscriber with an empty queue of at most `queue_bytes` bytes, counting into `stats`.
+    pub fn new(
+        session_id: u64,
+        client_id: Arc<str>,
+        queue_bytes: usize,
+        stats: Arc<ClientStats>,
+    ) -> Subscriber {
         Subscriber {
             session_id,
             client_id,
             outbox: Outbox::new(queue_bytes),
+            stats,
+            delivered: AtomicU64::new(0),
+            published: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
             deadline_ms: AtomicI64::new(i64::MAX),
             holding: std::sync::atomic::AtomicBool::new(false),
@@ -135,10 +149,14 @@ impl Subscriber {
     /// # Errors
     /// As [`Outbox::push`].
     pub fn reply(&self, frame: &ServerFrame) -> Result<(), PushError> {
-        self.outbox.push(Queued {
-            text: Utf8Bytes::from(frame.encode()),
-            published_at: None,
-        })
+        self.outbox
+            .push(Queued::reply(Utf8Bytes::from(frame.encode())))
+    }
+
+    /// Counts an event this session published that was stored.
+    pub fn count_published(&self) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -150,6 +168,8 @@ pub enum Reply {
         subscriber: Arc<Subscriber>,
         /// The `publish` frame's id.
         id: RequestId,
+        /// The publish rate it took a token from: a duplicate gives the token back.
+        rate: crate::session::RateLimiter,
     },
     /// An HTTP request handler, waiting on a channel.
     Http(oneshot::Sender<Result<Ack, Refusal>>),
@@ -173,6 +193,9 @@ pub struct Ack {
     pub seq: u64,
     /// Its event id.
     pub event_id: EventId,
+    /// True when the event id was stored before (within the idempotency window): nothing
+    /// was stored or delivered again.
+    pub duplicate: bool,
 }
 
 /// One event to publish.
@@ -201,6 +224,8 @@ pub struct Bus {
     /// a subscribe holds it while it joins the index, so a new subscription gets exactly the
     /// events after the `head_seq` it is told.
     head: Arc<Mutex<u64>>,
+    /// False from a failed append until the log takes writes again (`/readyz`).
+    writable: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Bus {
@@ -215,7 +240,9 @@ impl Bus {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let index = Arc::new(TopicIndex::default());
         let head = Arc::new(Mutex::new(log.last_seq()));
+        let writable = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let seq = Sequencer {
+            writable: writable.clone(),
             rx,
             log,
             index: index.clone(),
@@ -225,7 +252,26 @@ impl Bus {
             metrics,
         };
         let task = tokio::spawn(seq.run());
-        (Bus { tx, index, head }, task)
+        (
+            Bus {
+                tx,
+                index,
+                head,
+                writable,
+            },
+            task,
+        )
+    }
+
+    /// False from a failed append until the log takes writes again.
+    pub fn log_writable(&self) -> bool {
+        self.writable.load(Ordering::Acquire)
+    }
+
+    /// Marks the log as taking writes again (a probe succeeded).
+    pub fn set_log_writable(&self, metrics: &Metrics) {
+        self.writable.store(true, Ordering::Release);
+        metrics.log_writable.set(1);
     }
 
     /// Hands an event to the sequencer, waiting only while its queue is full.
@@ -270,6 +316,7 @@ impl Bus {
 
 struct Sequencer {
     rx: mpsc::Receiver<PublishRequest>,
+    writable: Arc<std::sync::atomic::AtomicBool>,
     log: Arc<dyn EventLog>,
     index: Arc<TopicIndex>,
     head: Arc<Mutex<u64>>,
@@ -333,7 +380,7 @@ impl Sequencer {
                         // A repeat within this very batch: its answer waits for the append.
                         deferred.push((req.reply, seen.seq, id.clone()));
                     } else {
-                        acknowledge_seq(req.reply, seen.seq, id.clone());
+                        acknowledge_seq(req.reply, seen.seq, id.clone(), true);
                     }
                     continue;
                 }
@@ -364,6 +411,8 @@ impl Sequencer {
             }
             let mut batch_reqs = fresh;
             if let Err(e) = self.log.append(&events).await {
+                self.writable.store(false, Ordering::Release);
+                self.metrics.log_writable.set(0);
                 tracing::error!(error = %e, events = events.len(), "event log append failed; refusing the batch");
                 for req in batch_reqs.drain(..) {
                     if let Some(id) = &req.event_id {
@@ -376,6 +425,10 @@ impl Sequencer {
                 }
                 continue;
             }
+            if !self.writable.swap(true, Ordering::AcqRel) {
+                self.metrics.log_writable.set(1);
+                tracing::info!("event log takes writes again");
+            }
             next += events.len() as u64;
             let frames: Vec<Queued> = events
                 .iter()
@@ -387,7 +440,7 @@ impl Sequencer {
                         Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}"));
                     Queued {
                         text,
-                        published_at: Some(accepted),
+                        kind: Kind::Live(accepted),
                     }
                 })
                 .collect();
@@ -410,7 +463,7 @@ impl Sequencer {
                 acknowledge(req.reply, e);
             }
             for (reply, seq, id) in deferred.drain(..) {
-                acknowledge_seq(reply, seq, id);
+                acknowledge_seq(reply, seq, id, true);
             }
         }
         tracing::debug!("sequencer stopped");
@@ -422,16 +475,34 @@ fn new_event_id() -> EventId {
 }
 
 fn acknowledge(reply: Reply, e: &StoredEvent) {
-    acknowledge_seq(reply, e.seq, e.event_id.clone());
+    acknowledge_seq(reply, e.seq, e.event_id.clone(), false);
 }
 
-fn acknowledge_seq(reply: Reply, seq: u64, event_id: EventId) {
+fn acknowledge_seq(reply: Reply, seq: u64, event_id: EventId, duplicate: bool) {
     match reply {
-        Reply::Session { subscriber, id } => {
-            let _ = subscriber.reply(&ServerFrame::Published(Published { id, seq, event_id }));
+        Reply::Session {
+            subscriber,
+            id,
+            rate,
+        } => {
+            if duplicate {
+                rate.refund(&subscriber.client_id);
+            } else {
+                subscriber.count_published();
+            }
+            let _ = subscriber.reply(&ServerFrame::Published(Published {
+                id,
+                seq,
+                event_id,
+                duplicate,
+            }));
         }
         Reply::Http(tx) => {
-            let _ = tx.send(Ok(Ack { seq, event_id }));
+            let _ = tx.send(Ok(Ack {
+                seq,
+                event_id,
+                duplicate,
+            }));
         }
     }
 }
@@ -442,7 +513,7 @@ fn refuse(req: PublishRequest, why: &Refusal) {
 
 fn refuse_reply(reply: Reply, why: &Refusal) {
     match reply {
-        Reply::Session { subscriber, id } => {
+        Reply::Session { subscriber, id, .. } => {
             let (reason, message) = match why {
                 Refusal::Unavailable(_) => (
                     scopecast_protocol::Reason::LogUnavailable,
@@ -493,6 +564,9 @@ mod tests {
         }
         fn first_seq(&self) -> u64 {
             self.inner.first_seq()
+        }
+        fn stored_bytes(&self) -> u64 {
+            self.inner.stored_bytes()
         }
     }
 
@@ -564,7 +638,12 @@ mod tests {
         });
         let metrics = Arc::new(Metrics::new().unwrap());
         let (bus, _task) = Bus::start(log.clone(), metrics, 16, (std::time::Duration::ZERO, 0));
-        let sub = Arc::new(Subscriber::new(1, "c".into(), 1 << 20));
+        let sub = Arc::new(Subscriber::new(
+            1,
+            "c".into(),
+            1 << 20,
+            Arc::new(ClientStats::default()),
+        ));
         bus.subscribe(&"a.>".parse().unwrap(), &sub, |_| {});
 
         assert_eq!(publish(&bus, "a.b").await.unwrap().seq, 1);

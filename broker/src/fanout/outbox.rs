@@ -15,13 +15,39 @@ use parking_lot::Mutex;
 use scopecast_protocol::CloseCode;
 use tokio::sync::Notify;
 
-/// One queued frame: its text, and when it was published (events only, for the latency metric).
+/// One queued frame: its text, and what it is.
 #[derive(Debug, Clone)]
 pub struct Queued {
     /// The frame's text, shared between sessions.
     pub text: Utf8Bytes,
-    /// When the broker accepted the event; `None` for replies.
-    pub published_at: Option<Instant>,
+    /// An event or a reply.
+    pub kind: Kind,
+}
+
+/// What a queued frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A reply or notice (not an event).
+    Reply,
+    /// A live event, accepted by the broker at this instant (for the latency metric).
+    Live(Instant),
+    /// A replayed (stored) event.
+    Replayed,
+}
+
+impl Queued {
+    /// A reply or notice frame.
+    pub fn reply(text: Utf8Bytes) -> Queued {
+        Queued {
+            text,
+            kind: Kind::Reply,
+        }
+    }
+
+    /// True for event frames (live or replayed).
+    pub fn is_event(&self) -> bool {
+        self.kind != Kind::Reply
+    }
 }
 
 /// What the session task takes from the outbox in one go.
@@ -195,10 +221,7 @@ mod tests {
     use super::*;
 
     fn q(s: &str) -> Queued {
-        Queued {
-            text: Utf8Bytes::from(s),
-            published_at: None,
-        }
+        Queued::reply(Utf8Bytes::from(s))
     }
 
     #[test]

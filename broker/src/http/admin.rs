@@ -10,27 +10,24 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use scopecast_protocol::{ErrorCode, Timestamp};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
+use super::auth::Caller;
 use crate::registry::validate::{self, InvalidInput};
 use crate::registry::{
     Application, ApplicationPatch, AuditQuery, ClientKeysSpec, CreateApplication, IssuedSecret,
     RegistryError, StoredClient,
 };
 use crate::server::AppState;
-
-/// Header naming who acts, recorded in the audit trail (default `admin`).
-pub(crate) const ACTOR_HEADER: &str = "scopecast-actor";
 
 fn error(code: ErrorCode, message: &str, field: Option<&str>) -> Response {
     let status =
@@ -46,7 +43,7 @@ fn invalid(e: &InvalidInput) -> Response {
     error(ErrorCode::BadRequest, &e.to_string(), Some(&e.field))
 }
 
-fn registry_error(e: RegistryError) -> Response {
+pub(crate) fn registry_error(e: RegistryError) -> Response {
     match e {
         RegistryError::Invalid(i) => invalid(&i),
         RegistryError::NotFound { .. } => error(ErrorCode::NotFound, &e.to_string(), None),
@@ -62,55 +59,8 @@ fn registry_error(e: RegistryError) -> Response {
     }
 }
 
-/// Requires `Authorization: Bearer <admin credential>`, compared in constant time.
-pub(crate) async fn require_admin(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    let ok =
-        given.is_some_and(|t| bool::from(t.as_bytes().ct_eq(state.inner.admin_token.as_bytes())));
-    if !ok {
-        let mut resp = error(
-            ErrorCode::Unauthorized,
-            "the admin API needs the admin bearer credential",
-            None,
-        );
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"scopecast-admin\", error=\"invalid_token\""),
-        );
-        return resp;
-    }
-    next.run(req).await
-}
-
-fn actor(headers: &HeaderMap) -> Result<String, Response> {
-    match headers.get(ACTOR_HEADER) {
-        None => Ok("admin".to_owned()),
-        Some(v) => {
-            let v = v.to_str().map_err(|_| {
-                error(
-                    ErrorCode::BadRequest,
-                    "actor must be ASCII",
-                    Some(ACTOR_HEADER),
-                )
-            })?;
-            let v = validate::note(ACTOR_HEADER, v).map_err(|e| invalid(&e))?;
-            Ok(if v.is_empty() { "admin".to_owned() } else { v })
-        }
-    }
-}
-
 /// Parses a JSON body, naming the field at fault. An empty body reads as `{}`.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Response> {
+pub(crate) fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Response> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -206,13 +156,10 @@ pub(crate) struct CreateBody {
 /// `POST /admin/v1/applications`: 201 with both client IDs and their secrets (shown once).
 pub(crate) async fn create_application(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let who = match actor(&headers) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let who = caller.name.clone();
     let b: CreateBody = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
@@ -283,13 +230,10 @@ pub(crate) struct PatchBody {
 pub(crate) async fn update_application(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let who = match actor(&headers) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let who = caller.name.clone();
     let b: PatchBody = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
@@ -359,12 +303,9 @@ pub(crate) async fn show_client(
 pub(crate) async fn rotate_secret(
     State(state): State<AppState>,
     Path(client_id): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Response {
-    let who = match actor(&headers) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let who = caller.name.clone();
     match state.inner.registry.rotate_secret(&client_id, &who).await {
         Ok(s) => Json(json!({"client_id": s.client_id, "kind": s.kind.as_str(), "client_secret": s.client_secret})).into_response(),
         Err(e) => registry_error(e),
@@ -383,13 +324,10 @@ pub(crate) struct KeysBody {
 pub(crate) async fn set_keys(
     State(state): State<AppState>,
     Path(client_id): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let who = match actor(&headers) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let who = caller.name.clone();
     let b: KeysBody = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
@@ -425,14 +363,11 @@ pub(crate) struct ReasonBody {
 async fn set_active(
     state: AppState,
     client_id: String,
-    headers: HeaderMap,
+    caller: Caller,
     bytes: Bytes,
     active: bool,
 ) -> Response {
-    let who = match actor(&headers) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let who = caller.name.clone();
     let b: ReasonBody = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
@@ -455,20 +390,20 @@ async fn set_active(
 pub(crate) async fn activate(
     State(state): State<AppState>,
     Path(client_id): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    set_active(state, client_id, headers, bytes, true).await
+    set_active(state, client_id, caller, bytes, true).await
 }
 
 /// `POST /admin/v1/clients/{client_id}/deactivate`, body `{"reason": "..."}` optional.
 pub(crate) async fn deactivate(
     State(state): State<AppState>,
     Path(client_id): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    set_active(state, client_id, headers, bytes, false).await
+    set_active(state, client_id, caller, bytes, false).await
 }
 
 #[derive(Deserialize)]
@@ -481,13 +416,10 @@ pub(crate) struct HeaderBody {
 pub(crate) async fn set_client_id_header(
     State(state): State<AppState>,
     Path(client_id): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let who = match actor(&headers) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let who = caller.name.clone();
     let b: HeaderBody = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
@@ -562,11 +494,11 @@ pub(crate) async fn audit(
 
 /// `POST /admin/v1/keys/rotate`: a new signing key; the old one stays published until the
 /// tokens it signed have expired.
-pub(crate) async fn rotate_keys(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let who = match actor(&headers) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub(crate) async fn rotate_keys(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let who = caller.name.clone();
     let keys = state.inner.issuer.keys().clone();
     match tokio::task::spawn_blocking(move || keys.rotate()).await {
         Ok(Ok(kid)) => {

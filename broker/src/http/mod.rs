@@ -2,14 +2,23 @@
 //!
 //! - `oauth`: `POST /oauth2/token`, `/.well-known/jwks.json`,
 //!   `/.well-known/oauth-authorization-server`.
-//! - `admin`: `/admin/v1/...`, behind the admin bearer credential.
+//! - `auth`: the credential gate of the operator endpoints (admin API, metrics).
+//! - `admin`: `/admin/v1/...` applications, clients, audit, keys.
+//! - `credentials`: `/admin/v1/credentials`.
+//! - `sessions`: `/admin/v1/sessions`, live sessions and closing one.
 //! - `stream`: `GET /v1/stream`, the WebSocket upgrade.
-//! - `publish`: `POST /v1/events/{topic}`.
-//! - here: `/healthz`, `/readyz`, and JSON 404s.
+//! - `publish`: `POST /v1/events/{topic}` and `GET /v1/events`.
+//! - here: the routers, `/healthz`, `/readyz`, `/metrics`, and JSON errors.
+//!
+//! With `admin_listen` set, the operator endpoints (`/admin/v1`, `/metrics`) are served on
+//! that listener only, beside `/healthz` and `/readyz`; the public port no longer has them.
 
 mod admin;
+mod auth;
+mod credentials;
 mod oauth;
 mod publish;
+mod sessions;
 mod stream;
 
 use axum::Json;
@@ -17,7 +26,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use scopecast_protocol::ErrorCode;
 use serde_json::json;
 
@@ -26,7 +35,9 @@ use crate::server::AppState;
 /// Largest admin request body, in bytes (a JWK Set of 10 RSA keys fits well within).
 const MAX_ADMIN_BODY_BYTES: usize = 256 * 1024;
 
-pub(crate) fn router(state: AppState) -> Router {
+/// The routers: the public one, and the operator one when `admin_listen` is set (else the
+/// operator endpoints are part of the public router).
+pub(crate) fn routers(state: AppState) -> (Router, Option<Router>) {
     let admin = Router::new()
         .route(
             "/applications",
@@ -50,15 +61,31 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/clients/{client_id}/deactivate", post(admin::deactivate))
         .route("/audit", get(admin::audit))
         .route("/keys/rotate", post(admin::rotate_keys))
+        .route(
+            "/credentials",
+            get(credentials::list).post(credentials::create),
+        )
+        .route("/credentials/{name}", delete(credentials::revoke))
+        .route("/sessions", get(sessions::list))
+        .route("/sessions/{session}/close", post(sessions::close))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            admin::require_admin,
+            auth::require_admin_api,
         ))
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES));
-    Router::new()
+    let operator = Router::new().nest("/admin/v1", admin).route(
+        "/metrics",
+        get(metrics).layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_metrics,
+        )),
+    );
+    let health = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    let public = Router::new()
+        .merge(health.clone())
         .route(
             "/oauth2/token",
             post(oauth::token).layer(DefaultBodyLimit::max(oauth::MAX_TOKEN_REQUEST_BYTES)),
@@ -70,20 +97,42 @@ pub(crate) fn router(state: AppState) -> Router {
             post(publish::publish).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/events", get(publish::history))
-        .route("/metrics", get(metrics))
         .route(
             "/.well-known/oauth-authorization-server",
             get(oauth::metadata),
-        )
-        .nest("/admin/v1", admin)
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn(json_errors))
-        .with_state(state)
+        );
+    let finish = |r: Router<AppState>| {
+        r.fallback(not_found)
+            .layer(axum::middleware::from_fn(json_errors))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                count_requests,
+            ))
+            .with_state(state.clone())
+    };
+    if state.inner.config.admin_listen.is_some() {
+        (finish(public), Some(finish(operator.merge(health))))
+    } else {
+        (finish(public.merge(operator)), None)
+    }
 }
 
 /// Prometheus text exposition.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.inner.hub.metrics.render();
+    let hub = &state.inner.hub;
+    let m = &hub.metrics;
+    m.log_first_seq.set(hub.log.first_seq() as i64);
+    m.log_last_seq.set(hub.log.last_seq() as i64);
+    m.log_bytes.set(hub.log.stored_bytes() as i64);
+    let r = &state.inner.config.retention;
+    for (limit, v) in [
+        ("max_events", r.max_events),
+        ("max_bytes", r.max_bytes),
+        ("max_age_s", r.max_age_s),
+    ] {
+        m.log_retention.with_label_values(&[limit]).set(v as i64);
+    }
+    let body = m.render();
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -94,23 +143,53 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Counts every HTTP request by its route template (`/admin/v1/clients/{client_id}`, never
+/// the raw path, so the label set is fixed) and status.
+async fn count_requests(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    let route = route.as_deref().unwrap_or("unmatched");
+    state
+        .inner
+        .hub
+        .metrics
+        .http_requests
+        .with_label_values(&[route, resp.status().as_str()])
+        .inc();
+    resp
+}
+
 /// Liveness: the process serves HTTP.
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 while accepting work, 503 once shutdown has begun.
+/// Readiness: 200 while accepting work; 503 once shutdown has begun, or while the event log
+/// refuses writes (a full disk): a load balancer then sends publishers elsewhere.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.is_ready() {
-        Json(json!({"status": "ready", "environment": state.inner.config.environment.as_str()}))
-            .into_response()
-    } else {
-        error_response(
+    if !state.is_ready() {
+        return error_response(
             ErrorCode::Unavailable,
             "shutting_down",
             "the broker is shutting down",
-        )
+        );
     }
+    if !state.inner.hub.bus.log_writable() {
+        return error_response(
+            ErrorCode::Unavailable,
+            "log_unavailable",
+            "the event log refuses writes (see the broker's log); publishes answer 503 until it recovers",
+        );
+    }
+    Json(json!({"status": "ready", "environment": state.inner.config.environment.as_str()}))
+        .into_response()
 }
 
 /// Turns the few error answers produced outside our handlers (a body over its limit, a wrong

@@ -2,13 +2,11 @@
 //! client credentials), `GET /.well-known/jwks.json` (RFC 7517) and
 //! `GET /.well-known/oauth-authorization-server` (RFC 8414).
 
-// Handlers return `Result<_, Response>`: the error is a ready HTTP answer, built only on the
-// error path, so its size does not matter.
-#![allow(clippy::result_large_err)]
-
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -41,8 +39,26 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     resp
 }
 
-fn invalid_request(description: &str) -> Response {
-    oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
+/// A refused token request: an RFC 6749 section 5.2 error code (a fixed set, also the
+/// outcome label of the `token_requests_total` metric) and its description.
+struct Refused {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    retry_after: bool,
+}
+
+fn refused(status: StatusCode, error: &'static str, description: &str) -> Refused {
+    Refused {
+        status,
+        error,
+        description: description.to_owned(),
+        retry_after: false,
+    }
+}
+
+fn invalid_request(description: &str) -> Refused {
+    refused(StatusCode::BAD_REQUEST, "invalid_request", description)
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component (RFC 6749 section 2.3.1 encodes
@@ -55,7 +71,7 @@ fn form_decode(s: &str) -> String {
 }
 
 /// Reads `Authorization: Basic` credentials, if present.
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Response> {
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Refused> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -83,12 +99,60 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Re
     Ok(Some((form_decode(id), form_decode(secret))))
 }
 
-/// `POST /oauth2/token`.
+/// `POST /oauth2/token`. Every request counts in `token_requests_total` by client ID (a
+/// registered one, else `unknown`) and outcome; a refusal is logged at `info` with the client
+/// ID and the peer's address (never the secret or the assertion).
 pub(crate) async fn token(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let mut claimed: Option<String> = None;
+    let result = issue(&state, &headers, &body, &mut claimed).await;
+    let registered = claimed
+        .as_deref()
+        .filter(|id| state.inner.registry.client(id).is_some());
+    let label = registered.unwrap_or(crate::metrics::UNKNOWN_CLIENT);
+    let outcome = match &result {
+        Ok(_) => "issued",
+        Err(r) => r.error,
+    };
+    state
+        .inner
+        .hub
+        .metrics
+        .token_requests
+        .with_label_values(&[label, outcome])
+        .inc();
+    match result {
+        Ok(resp) => resp,
+        Err(r) => {
+            tracing::info!(
+                client_id = claimed.as_deref().unwrap_or("-"),
+                %peer,
+                error = r.error,
+                reason = %r.description,
+                "token request refused"
+            );
+            let mut resp = oauth_error(r.status, r.error, &r.description);
+            if r.retry_after {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            resp
+        }
+    }
+}
+
+/// The token request's work: a token, or why not. `claimed` is set to the client ID the
+/// request names as soon as it is known (for the metric and the log line).
+async fn issue(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    claimed: &mut Option<String>,
+) -> Result<Response, Refused> {
     let form_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -100,13 +164,15 @@ pub(crate) async fn token(
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
     if !form_type {
-        return invalid_request("the body must be application/x-www-form-urlencoded");
+        return Err(invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
     }
     let mut params: Vec<(String, String)> = Vec::new();
-    for (k, v) in form_urlencoded::parse(&body) {
+    for (k, v) in form_urlencoded::parse(body) {
         // RFC 6749 section 3.2: parameters MUST NOT be included more than once.
         if params.iter().any(|(seen, _)| *seen == k) {
-            return invalid_request(&format!("parameter `{k}` is repeated"));
+            return Err(invalid_request(&format!("parameter `{k}` is repeated")));
         }
         params.push((k.into_owned(), v.into_owned()));
     }
@@ -117,19 +183,20 @@ pub(crate) async fn token(
             .map(|(_, v)| v.as_str())
     };
 
-    let basic = match basic_credentials(&headers) {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
+    let basic = basic_credentials(headers)?;
+    *claimed = basic
+        .as_ref()
+        .map(|(id, _)| id.clone())
+        .or_else(|| param("client_id").map(str::to_owned));
     match param("grant_type") {
-        None => return invalid_request("missing `grant_type`"),
+        None => return Err(invalid_request("missing `grant_type`")),
         Some("client_credentials") => {}
         Some(_) => {
-            return oauth_error(
+            return Err(refused(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 "only `client_credentials` is supported",
-            );
+            ));
         }
     }
     let methods = [
@@ -138,11 +205,15 @@ pub(crate) async fn token(
         param("client_assertion").is_some(),
     ];
     if methods.iter().filter(|m| **m).count() > 1 {
-        return invalid_request("use exactly one client authentication method");
+        return Err(invalid_request(
+            "use exactly one client authentication method",
+        ));
     }
     let creds = if let Some((client_id, secret)) = basic {
         if param("client_id").is_some_and(|id| id != client_id) {
-            return invalid_request("`client_id` differs from the Basic credentials");
+            return Err(invalid_request(
+                "`client_id` differs from the Basic credentials",
+            ));
         }
         Credentials::Secret {
             method: Method::SecretBasic,
@@ -151,7 +222,7 @@ pub(crate) async fn token(
         }
     } else if let Some(secret) = param("client_secret") {
         let Some(client_id) = param("client_id") else {
-            return invalid_request("`client_secret` needs `client_id`");
+            return Err(invalid_request("`client_secret` needs `client_id`"));
         };
         Credentials::Secret {
             method: Method::SecretPost,
@@ -160,18 +231,20 @@ pub(crate) async fn token(
         }
     } else if let Some(assertion) = param("client_assertion") {
         if param("client_assertion_type") != Some(JWT_BEARER) {
-            return invalid_request(&format!("`client_assertion_type` must be {JWT_BEARER}"));
+            return Err(invalid_request(&format!(
+                "`client_assertion_type` must be {JWT_BEARER}"
+            )));
         }
         Credentials::Assertion {
             client_id: param("client_id").map(str::to_owned),
             assertion: assertion.to_owned(),
         }
     } else {
-        return oauth_error(
+        return Err(refused(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "no client authentication",
-        );
+        ));
     };
     let method = match &creds {
         Credentials::Secret { method, .. } => *method,
@@ -181,23 +254,27 @@ pub(crate) async fn token(
         Ok(c) => c,
         Err(AuthFailure::Busy) => {
             tracing::warn!("token request refused: too many secret checks in progress");
-            let mut resp = oauth_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "too many client authentications in progress; retry shortly",
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return resp;
+            return Err(Refused {
+                retry_after: true,
+                ..refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "too many client authentications in progress; retry shortly",
+                )
+            });
         }
         Err(AuthFailure::Invalid(e)) => {
-            tracing::info!(?method, reason = %e, "token request: client authentication failed");
-            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &e);
+            return Err(refused(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                &format!("{e} ({method:?})"),
+            ));
         }
     };
+    *claimed = Some(client.client_id.clone());
     let environment = state.inner.config.environment;
     if client.kind != environment {
-        return oauth_error(
+        return Err(refused(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
             &format!(
@@ -206,43 +283,47 @@ pub(crate) async fn token(
                 client.kind.as_str(),
                 environment.as_str()
             ),
-        );
+        ));
     }
     if !client.active {
-        return oauth_error(
+        return Err(refused(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
             &format!(
                 "client {} is not active in this environment; an administrator must activate it",
                 client.client_id
             ),
-        );
+        ));
     }
     let granted = match param("scope") {
         None => (*client.ceiling).clone(),
         Some("") => {
-            return oauth_error(
+            return Err(refused(
                 StatusCode::BAD_REQUEST,
                 "invalid_scope",
                 "`scope` is empty; leave it out to get the application's whole scope",
-            );
+            ));
         }
         Some(requested) => {
             let requested = match ScopeSet::parse(requested) {
                 Ok(s) => s,
                 Err(e) => {
-                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &e.to_string());
+                    return Err(refused(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_scope",
+                        &e.to_string(),
+                    ));
                 }
             };
             if let Some(beyond) = client.ceiling.first_uncovered(&requested) {
-                return oauth_error(
+                return Err(refused(
                     StatusCode::BAD_REQUEST,
                     "invalid_scope",
                     &format!(
                         "`{beyond}` is beyond the application's scope ({})",
                         client.ceiling
                     ),
-                );
+                ));
             }
             requested
         }
@@ -251,11 +332,11 @@ pub(crate) async fn token(
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "cannot sign an access token");
-            return oauth_error(
+            return Err(refused(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 "the token could not be signed",
-            );
+            ));
         }
     };
     tracing::info!(client_id = %client.client_id, ?method, scope = %issued.scope, "issued an access token");
@@ -269,7 +350,7 @@ pub(crate) async fn token(
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    resp
+    Ok(resp)
 }
 
 /// `GET /.well-known/jwks.json`.

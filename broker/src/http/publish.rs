@@ -10,10 +10,11 @@
 // error path, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use scopecast_protocol::{ErrorCode, EventId, RawJson, Reason, Scope, ScopeSet, Topic};
@@ -68,7 +69,11 @@ impl Caller {
 }
 
 /// Identifies the caller by token, or by client-ID header where allowed.
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Caller, Response> {
     let hub = &state.inner.hub;
     if let Some(token) = bearer(headers)? {
         return match hub.verifier.verify(token).await {
@@ -77,10 +82,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Respons
                 scope: p.scope,
             }),
             Err(e) => {
-                hub.metrics
-                    .auth_failures
-                    .with_label_values(&[e.label()])
-                    .inc();
+                hub.note_refused(Some(token), peer, e.label(), &e.to_string());
                 Err(refused_token(&e))
             }
         };
@@ -94,10 +96,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Respons
         }
         let id = id.to_str().unwrap_or("");
         let Some(client) = hub.registry.client(id) else {
-            hub.metrics
-                .auth_failures
-                .with_label_values(&["unknown_client"])
-                .inc();
+            hub.note_refused(None, peer, "unknown_client", "unknown Scopecast-Client-Id");
             return Err(unauthorized("unknown client ID", "invalid_token"));
         };
         if !client.client_id_header {
@@ -128,6 +127,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Respons
 /// `POST /v1/events/{topic}`.
 pub(crate) async fn publish(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(topic): Path<String>,
     uri: Uri,
     headers: HeaderMap,
@@ -135,6 +135,7 @@ pub(crate) async fn publish(
 ) -> Response {
     let hub = state.inner.hub.clone();
     if token_in_query(&uri) {
+        hub.note_refused(None, peer, "token_in_url", "token in a URL");
         return json_error(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
@@ -153,7 +154,7 @@ pub(crate) async fn publish(
             );
         }
     };
-    let caller = match caller(&state, &headers).await {
+    let caller = match caller(&state, &headers, peer).await {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -171,7 +172,7 @@ pub(crate) async fn publish(
         return json_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::BadRequest,
-            Reason::InvalidField,
+            Reason::UnsupportedMediaType,
             "the body must be JSON (Content-Type: application/json or application/fhir+json)",
         );
     }
@@ -249,11 +250,28 @@ pub(crate) async fn publish(
         );
     }
     match rx.await {
-        Ok(Ok(ack)) => (
-            StatusCode::CREATED,
-            axum::Json(json!({"seq": ack.seq, "id": ack.event_id.as_str()})),
-        )
-            .into_response(),
+        Ok(Ok(ack)) if ack.duplicate => {
+            // Nothing was stored: the publish costs no rate.
+            hub.rate.refund(&caller.client_id);
+            (
+                StatusCode::OK,
+                axum::Json(json!({"seq": ack.seq, "id": ack.event_id.as_str(), "duplicate": true})),
+            )
+                .into_response()
+        }
+        Ok(Ok(ack)) => {
+            hub.metrics
+                .client(&caller.client_id)
+                .published
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (
+                StatusCode::CREATED,
+                axum::Json(
+                    json!({"seq": ack.seq, "id": ack.event_id.as_str(), "duplicate": false}),
+                ),
+            )
+                .into_response()
+        }
         Ok(Err(Refusal::EventIdConflict)) => json_error(
             StatusCode::CONFLICT,
             ErrorCode::Conflict,
@@ -299,12 +317,14 @@ const MAX_HISTORY_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// `seq` order, with the same scope check as a subscribe. `next_since` continues the read.
 pub(crate) async fn history(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
     query: Result<axum::extract::Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let hub = state.inner.hub.clone();
     if token_in_query(&uri) {
+        hub.note_refused(None, peer, "token_in_url", "token in a URL");
         return json_error(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
@@ -343,7 +363,7 @@ pub(crate) async fn history(
             &format!("`limit` must be 1 to {MAX_HISTORY_LIMIT}"),
         );
     }
-    let caller = match caller(&state, &headers).await {
+    let caller = match caller(&state, &headers, peer).await {
         Ok(c) => c,
         Err(resp) => return resp,
     };

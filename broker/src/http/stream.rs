@@ -118,10 +118,7 @@ pub(crate) async fn stream(
 ) -> Response {
     let hub = state.inner.hub.clone();
     if token_in_query(&uri) {
-        hub.metrics
-            .auth_failures
-            .with_label_values(&["token_in_url"])
-            .inc();
+        hub.note_refused(None, peer, "token_in_url", "token in the URL of an upgrade");
         return json_error(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
@@ -142,7 +139,22 @@ pub(crate) async fn stream(
     }
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            tracing::info!(%peer, reason = "upgrade_required", detail = %rejection.body_text(), "upgrade refused");
+            let mut resp = json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                Reason::UpgradeRequired,
+                &format!(
+                    "GET /v1/stream is a WebSocket endpoint ({}): connect with a WebSocket client \
+                     offering the subprotocol {SUBPROTOCOL}; HTTP clients read history with GET /v1/events",
+                    rejection.body_text()
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            return resp;
+        }
     };
     if hub.shutdown.is_cancelled() {
         return json_error(
@@ -158,10 +170,7 @@ pub(crate) async fn stream(
         Ok(Some(token)) => match hub.verifier.verify(token).await {
             Ok(p) => Some(p),
             Err(e) => {
-                hub.metrics
-                    .auth_failures
-                    .with_label_values(&[e.label()])
-                    .inc();
+                hub.note_refused(Some(token), peer, e.label(), &e.to_string());
                 return refused_token(&e);
             }
         },
@@ -169,6 +178,11 @@ pub(crate) async fn stream(
     if let Some(p) = &principal
         && hub.sessions.count(&p.client_id) >= hub.limits.max_connections_per_client
     {
+        hub.metrics
+            .refused_connections
+            .with_label_values(&[p.client_id.as_str(), "too_many_connections"])
+            .inc();
+        tracing::info!(client_id = %p.client_id, %peer, reason = "too_many_connections", "upgrade refused");
         return json_error(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
@@ -185,7 +199,7 @@ pub(crate) async fn stream(
     let start = Box::new(session::Start {
         hub: hub.clone(),
         principal,
-        peer: peer.to_string(),
+        peer,
     });
     ws.protocols([SUBPROTOCOL])
         .max_message_size(limits.max_frame_bytes)

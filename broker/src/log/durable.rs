@@ -51,6 +51,8 @@ pub struct DurableLog {
     sync: SyncMode,
     last: AtomicU64,
     first: AtomicU64,
+    /// Bytes of encoded events, as the `meta` table counts them.
+    bytes: AtomicU64,
 }
 
 /// The open database, and how to open it again after a failed write.
@@ -216,7 +218,7 @@ impl DurableLog {
 
     fn open_with(path: &Path, sync: SyncMode, open: Opener) -> Result<DurableLog, LogError> {
         let db = open(path).map_err(io)?;
-        let (first, last) = {
+        let (first, last, bytes) = {
             let mut w = db.begin_write().map_err(io)?;
             w.set_durability(Durability::Immediate).map_err(io)?;
             {
@@ -228,7 +230,9 @@ impl DurableLog {
             let t = r.open_table(EVENTS).map_err(io)?;
             let first = t.first().map_err(io)?.map(|(k, _)| k.value());
             let last = t.last().map_err(io)?.map(|(k, _)| k.value()).unwrap_or(0);
-            (first.unwrap_or(last + 1), last)
+            let meta = r.open_table(META).map_err(io)?;
+            let bytes = meta.get(BYTES_KEY).map_err(io)?.map_or(0, |v| v.value());
+            (first.unwrap_or(last + 1), last, bytes)
         };
         let log = DurableLog {
             store: Arc::new(Store {
@@ -241,6 +245,7 @@ impl DurableLog {
             sync,
             last: AtomicU64::new(last),
             first: AtomicU64::new(first),
+            bytes: AtomicU64::new(bytes),
         };
         if sync == SyncMode::Os {
             log.spawn_flusher();
@@ -279,26 +284,29 @@ impl DurableLog {
             return Ok(0);
         }
         let now_ns = Timestamp::now().unix_nanos();
-        let (removed, new_first) = self
+        let (removed, new_first, bytes) = self
             .store
             .with(|db| DurableLog::enforce_sync(db, last, now_ns, retention))?;
         if let Some(first) = new_first {
             self.first.store(first, Ordering::Release);
+            self.bytes.store(bytes, Ordering::Relaxed);
         }
         Ok(removed)
     }
 
-    /// Removes the events past `retention` in one transaction: (how many, the new first seq).
+    /// Removes the events past `retention` in one transaction: (how many, the new first seq,
+    /// the bytes left).
     fn enforce_sync(
         db: &Database,
         last: u64,
         now_ns: i128,
         retention: Retention,
-    ) -> Result<(u64, Option<u64>), LogError> {
+    ) -> Result<(u64, Option<u64>, u64), LogError> {
         let mut w = db.begin_write().map_err(io)?;
         w.set_durability(Durability::Immediate).map_err(io)?;
         let removed;
         let new_first;
+        let left;
         {
             let mut events = w.open_table(EVENTS).map_err(io)?;
             let mut meta = w.open_table(META).map_err(io)?;
@@ -328,7 +336,7 @@ impl DurableLog {
                 cutoff = k.value();
             }
             if cutoff == 0 {
-                return Ok((0, None));
+                return Ok((0, None, bytes));
             }
             removed = events
                 .extract_from_if(..=cutoff, |_, _| true)
@@ -337,9 +345,10 @@ impl DurableLog {
             bytes -= dropped_bytes;
             meta.insert(BYTES_KEY, bytes).map_err(io)?;
             new_first = cutoff + 1;
+            left = bytes;
         }
         w.commit().map_err(io)?;
-        Ok((removed, Some(new_first)))
+        Ok((removed, Some(new_first), left))
     }
 
     fn read_sync(db: &Database, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
@@ -361,6 +370,7 @@ impl EventLog for DurableLog {
             return Ok(());
         };
         let encoded: Vec<(u64, Vec<u8>)> = batch.iter().map(|e| (e.seq, encode(e))).collect();
+        let added: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
         let store = self.store.clone();
         let durability = match self.sync {
             SyncMode::Fsync => Durability::Immediate,
@@ -372,6 +382,7 @@ impl EventLog for DurableLog {
         .await
         .map_err(io)??;
         self.last.store(last, Ordering::Release);
+        self.bytes.fetch_add(added, Ordering::Relaxed);
         Ok(())
     }
 
@@ -394,6 +405,23 @@ impl EventLog for DurableLog {
 
     fn first_seq(&self) -> u64 {
         self.first.load(Ordering::Acquire).max(1)
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    async fn probe(&self) -> Result<(), LogError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.with(|db| {
+                let mut w = db.begin_write().map_err(io)?;
+                w.set_durability(Durability::Immediate).map_err(io)?;
+                w.commit().map_err(io)
+            })
+        })
+        .await
+        .map_err(io)?
     }
 }
 

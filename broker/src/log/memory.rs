@@ -12,6 +12,7 @@ pub struct MemoryLog {
     max_events: usize,
     events: RwLock<VecDeque<StoredEvent>>,
     last: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryLog {
@@ -21,6 +22,7 @@ impl MemoryLog {
             max_events: max_events.max(1),
             events: RwLock::new(VecDeque::new()),
             last: 0.into(),
+            bytes: 0.into(),
         }
     }
 }
@@ -29,12 +31,19 @@ impl MemoryLog {
 impl EventLog for MemoryLog {
     async fn append(&self, batch: &[StoredEvent]) -> Result<(), LogError> {
         let mut events = self.events.write();
+        let size = |e: &StoredEvent| (e.data.get().len() + e.topic.as_str().len()) as u64;
+        let mut bytes = self.bytes.load(std::sync::atomic::Ordering::Relaxed);
         for e in batch {
+            bytes += size(e);
             events.push_back(e.clone());
         }
         while events.len() > self.max_events {
-            events.pop_front();
+            if let Some(e) = events.pop_front() {
+                bytes -= size(&e);
+            }
         }
+        self.bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
         if let Some(last) = batch.last() {
             self.last
                 .store(last.seq, std::sync::atomic::Ordering::Release);
@@ -57,6 +66,10 @@ impl EventLog for MemoryLog {
             .read()
             .front()
             .map_or(self.last_seq() + 1, |e| e.seq)
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

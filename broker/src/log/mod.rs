@@ -53,6 +53,18 @@ pub trait EventLog: Send + Sync + 'static {
     /// The oldest `seq` still retained (`last_seq() + 1` when empty).
     fn first_seq(&self) -> u64;
 
+    /// Bytes of stored events (as the store counts them), for the metrics.
+    fn stored_bytes(&self) -> u64;
+
+    /// Checks that the store takes writes again after a failed append, without storing an
+    /// event (readiness, `/readyz`).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] while it still refuses them.
+    async fn probe(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+
     /// The first retained `seq` of an event accepted at or after `t` (`last_seq() + 1` when
     /// none is): a binary search over `seq`, since the sequencer stamps times in `seq` order.
     async fn seq_at(&self, t: scopecast_protocol::Timestamp) -> Result<u64, LogError> {

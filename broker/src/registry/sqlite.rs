@@ -11,6 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
+use super::credential::{Credential, CredentialSource};
 use super::store::{ApplicationPatch, NewApplication, RegistryStore, StoreError};
 use super::{AuditEntry, AuditQuery, ClientKeysSpec, StoredApplication, StoredClient};
 use crate::config::EnvironmentKind;
@@ -419,5 +420,87 @@ impl RegistryStore for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn load_credentials(&self) -> Result<Vec<Credential>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, token_hash, created_at, created_by, revoked_at, revoked_by \
+             FROM credentials",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let role: String = r.get("role");
+                Ok(Credential {
+                    id: r.get("id"),
+                    name: r.get("name"),
+                    role: role
+                        .parse()
+                        .map_err(|e: String| StoreError::Database(format!("credential: {e}")))?,
+                    token_hash: r.get("token_hash"),
+                    created_at_ms: r.get("created_at"),
+                    created_by: r.get("created_by"),
+                    revoked_at_ms: r.get("revoked_at"),
+                    revoked_by: r.get("revoked_by"),
+                    source: CredentialSource::Store,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_credential(
+        &self,
+        c: &Credential,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query(
+            "INSERT INTO credentials (id, name, role, token_hash, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&c.id)
+        .bind(&c.name)
+        .bind(c.role.as_str())
+        .bind(&c.token_hash)
+        .bind(c.created_at_ms)
+        .bind(&c.created_by)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match db(e) {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict(format!("a credential named {:?} already exists", c.name))
+            }
+            other => other,
+        })?;
+        Self::write_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn revoke_credential(
+        &self,
+        id: &str,
+        at_ms: i64,
+        by: &str,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let done = sqlx::query(
+            "UPDATE credentials SET revoked_at = $2, revoked_by = $3 \
+             WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(at_ms)
+        .bind(by)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        Self::write_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
     }
 }

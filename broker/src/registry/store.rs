@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 
+use super::credential::Credential;
 use super::{AuditEntry, AuditQuery, ClientKeysSpec, StoredApplication};
 
 /// A storage failure.
@@ -93,4 +94,20 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Audit entries, newest first.
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Every credential, valid and revoked.
+    async fn load_credentials(&self) -> Result<Vec<Credential>, StoreError>;
+    /// Stores a new credential; [`StoreError::Conflict`] when a valid one has its name.
+    async fn insert_credential(
+        &self,
+        credential: &Credential,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+    /// Revokes a valid credential; false when there is no valid credential with that id.
+    async fn revoke_credential(
+        &self,
+        id: &str,
+        at_ms: i64,
+        by: &str,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
 }

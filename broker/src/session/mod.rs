@@ -31,7 +31,7 @@ pub use table::SessionTable;
 
 use crate::auth::token::{Principal, TokenVerifier, VerifyError};
 use crate::config::LimitsConfig;
-use crate::fanout::{Bus, PublishRequest, Queued, Reply, Subscriber};
+use crate::fanout::{Bus, Kind, PublishRequest, Queued, Reply, Subscriber};
 use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -84,6 +84,35 @@ impl Hub {
             shutdown,
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Counts and logs a refused connection or API call: `auth_failures_total` by reason,
+    /// `refused_connections_total` by client ID and reason, and a line at `info` with the
+    /// peer. The client ID is read from the (unverified) token only to label it, and only
+    /// when it is registered here; otherwise it counts as `unknown`.
+    pub fn note_refused(
+        &self,
+        token: Option<&str>,
+        peer: std::net::SocketAddr,
+        reason: &'static str,
+        message: &str,
+    ) {
+        let claimed = token
+            .and_then(|t| crate::auth::jwt::peek(t).ok())
+            .and_then(|u| u.str_claim("client_id").map(str::to_owned));
+        let label = claimed
+            .as_deref()
+            .filter(|id| self.registry.client(id).is_some())
+            .unwrap_or(crate::metrics::UNKNOWN_CLIENT);
+        self.metrics
+            .auth_failures
+            .with_label_values(&[reason])
+            .inc();
+        self.metrics
+            .refused_connections
+            .with_label_values(&[label, reason])
+            .inc();
+        tracing::info!(client_id = label, %peer, reason, message, "request refused");
     }
 
     fn limits_frame(&self) -> Limits {
@@ -139,6 +168,11 @@ fn close_for(err: &axum::Error) -> Option<(CloseCode, &'static str)> {
         Some(WsError::Capacity(_)) => {
             Some((CloseCode::MessageTooBig, "frame over max_frame_bytes"))
         }
+        // A peer that drops TCP without a close frame disconnected abruptly: no protocol
+        // error to answer, nobody to answer it to.
+        Some(WsError::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => None,
         Some(WsError::Protocol(_)) => Some((CloseCode::ProtocolError, "WebSocket protocol error")),
         Some(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_)) => None,
         _ if inner.contains("UTF-8") || inner.contains("utf-8") => {
@@ -155,8 +189,8 @@ pub struct Start {
     /// Set when the upgrade request carried a valid token; `None`: the first frame must be
     /// `auth`.
     pub principal: Option<Principal>,
-    /// The peer's socket address, for logs.
-    pub peer: String,
+    /// The peer's socket address.
+    pub peer: std::net::SocketAddr,
 }
 
 /// Runs one session to its end.
@@ -178,34 +212,44 @@ where
         peer,
     } = *start;
     let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("session", session = id, peer = %peer, client_id = tracing::field::Empty);
-    drop(peer);
+    let span = tracing::info_span!("session", session = %format_args!("{id:x}"), %peer, client_id = tracing::field::Empty);
     let fut = async move {
         let mut socket = *socket;
         let principal = match principal {
             Some(p) => p,
             // Boxed, like `inbound` below: the task of an idle session keeps no room for
             // the states of paths it is not in.
-            None => match Box::pin(first_auth(&mut socket, &hub)).await {
+            None => match Box::pin(first_auth(&mut socket, &hub, peer)).await {
                 Some(p) => p,
                 None => return,
             },
         };
         tracing::Span::current().record("client_id", principal.client_id.as_str());
         let client_id: Arc<str> = principal.client_id.as_str().into();
+        let stats = hub.metrics.client(&client_id);
         let subscriber = Arc::new(Subscriber::new(
             id,
             client_id,
             hub.limits.outbound_queue_bytes,
+            stats,
         ));
         let entry = match hub.sessions.register(
             &subscriber,
             &principal.application_id,
+            peer,
             hub.limits.max_connections_per_client,
             &hub.metrics,
         ) {
             Ok(e) => e,
             Err(_) => {
+                hub.metrics
+                    .refused_connections
+                    .with_label_values(&[principal.client_id.as_str(), "too_many_connections"])
+                    .inc();
+                tracing::info!(
+                    reason = "too_many_connections",
+                    "connection refused: the client ID holds its most connections; closing with 4029"
+                );
                 let reason = format!(
                     "client {} already has its most connections",
                     principal.client_id
@@ -219,9 +263,8 @@ where
             }
         };
         hub.metrics.connections.inc();
-        // One line per session at `info`, when it ends (with how long it lasted): a line at
-        // each end cost about 5% of the connect-storm rate (BENCHMARKS.md).
-        tracing::debug!("session open");
+        // The span carries the session, peer and client ID.
+        tracing::info!("session opened");
         let opened = Instant::now();
         let mut session = Session {
             socket,
@@ -235,19 +278,36 @@ where
             last_heard: Instant::now(),
             warned: false,
             refreshed: false,
+            ended: Ended::Abrupt,
         };
         session.serve().await;
         session.finish();
-        tracing::info!(
-            duration_ms = opened.elapsed().as_millis() as u64,
-            "session closed"
-        );
+        let duration_ms = opened.elapsed().as_millis() as u64;
+        let delivered = session.subscriber.delivered.load(Ordering::Relaxed);
+        match session.ended {
+            Ended::Server(code) | Ended::Client(code) => tracing::info!(
+                close_code = code,
+                closed_by = if matches!(session.ended, Ended::Server(_)) {
+                    "broker"
+                } else {
+                    "client"
+                },
+                duration_ms,
+                delivered,
+                "session closed"
+            ),
+            Ended::Abrupt => tracing::info!(
+                duration_ms,
+                delivered,
+                "session closed: abrupt disconnect (TCP closed without a close frame)"
+            ),
+        }
     };
     tracing::Instrument::instrument(fut, span).await;
 }
 
 /// Waits for the first frame, which must be `auth`, within the auth timeout.
-async fn first_auth<S>(socket: &mut S, hub: &Hub) -> Option<Principal>
+async fn first_auth<S>(socket: &mut S, hub: &Hub, peer: std::net::SocketAddr) -> Option<Principal>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -255,10 +315,7 @@ where
     let msg = loop {
         match tokio::time::timeout(deadline, socket.next()).await {
             Err(_) => {
-                hub.metrics
-                    .auth_failures
-                    .with_label_values(&["auth_timeout"])
-                    .inc();
+                hub.note_refused(None, peer, "auth_timeout", "no auth frame in time");
                 return refuse(
                     socket,
                     None,
@@ -295,10 +352,7 @@ where
         Ok(ClientFrame::Auth { token }) => match hub.verifier.verify(&token).await {
             Ok(p) => Some(p),
             Err(e) => {
-                hub.metrics
-                    .auth_failures
-                    .with_label_values(&[e.label()])
-                    .inc();
+                hub.note_refused(Some(&token), peer, e.label(), &e.to_string());
                 let code = if e.reason() == Reason::ClientInactive {
                     CloseCode::Forbidden
                 } else {
@@ -371,6 +425,19 @@ struct Session<S> {
     warned: bool,
     /// Set by an accepted refresh, so the loop re-arms its expiry timers.
     refreshed: bool,
+    /// How the session ended, for its last log line.
+    ended: Ended,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    /// The broker sent this close code.
+    Server(u16),
+    /// The client sent this close code (1005: a close frame without one).
+    Client(u16),
+    /// The connection dropped without a close frame.
+    Abrupt,
 }
 
 /// How a step of the loop ended.
@@ -475,7 +542,11 @@ where
     /// does not read when a dropping close (4008, 4003, 4002) is decided meanwhile.
     async fn write(&mut self) -> Step {
         let drained = self.subscriber.outbox.drain();
-        let oldest = drained.frames.iter().find_map(|q| q.published_at);
+        let oldest = drained.frames.iter().find_map(|q| match q.kind {
+            Kind::Live(at) => Some(at),
+            _ => None,
+        });
+        let events = drained.frames.iter().filter(|q| q.is_event()).count() as u64;
         let outbox_sub = self.subscriber.clone();
         let socket = &mut self.socket;
         let wrote = tokio::select! {
@@ -496,6 +567,16 @@ where
         if !wrote {
             return Step::Stop;
         }
+        if events > 0 {
+            // Written to the socket: what "delivered" means (the access audit counts the same).
+            self.subscriber
+                .delivered
+                .fetch_add(events, Ordering::Relaxed);
+            self.subscriber
+                .stats
+                .delivered
+                .fetch_add(events, Ordering::Relaxed);
+        }
         let close = drained.close.or_else(|| {
             // An abort decided during the write: take its close now.
             if self.subscriber.outbox.is_closed() {
@@ -506,7 +587,8 @@ where
         });
         match close {
             Some((code, reason)) => {
-                tracing::info!(code = code.as_u16(), %reason, "closing");
+                tracing::debug!(code = code.as_u16(), %reason, "closing");
+                self.ended = Ended::Server(code.as_u16());
                 let _ = tokio::time::timeout(
                     CLOSE_WRITE_TIMEOUT,
                     self.socket.send(close_message(code, &reason)),
@@ -564,7 +646,8 @@ where
                 Step::Continue
             }
             Message::Ping(_) | Message::Pong(_) => Step::Continue,
-            Message::Close(_) => {
+            Message::Close(frame) => {
+                self.ended = Ended::Client(frame.map_or(1005, |f| f.code));
                 // The WebSocket layer queued the closing handshake's reply: send it.
                 let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.socket.flush()).await;
                 Step::Stop
@@ -721,6 +804,7 @@ where
         // `head` (live only): later replays on this connection skip those.
         self.subs
             .insert(pattern.clone(), after.map_or(head, |a| a.min(head)));
+        self.entry.subscriptions.lock().push(pattern.clone());
         metrics.subscriptions.inc();
         metrics.subscribe_results.with_label_values(&["ok"]).inc();
         let mut step = match after {
@@ -788,7 +872,7 @@ where
                     .outbox
                     .push(Queued {
                         text,
-                        published_at: None,
+                        kind: Kind::Replayed,
                     })
                     .is_err()
                 {
@@ -813,6 +897,7 @@ where
             return self.reply(&error_frame(Some(id), Reason::SubscriptionNotFound, msg));
         }
         self.hub.bus.unsubscribe(pattern, &self.subscriber);
+        self.entry.subscriptions.lock().retain(|p| p != pattern);
         self.hub.metrics.subscriptions.dec();
         self.reply(&ServerFrame::Unsubscribed(Unsubscribed { id }));
     }
@@ -865,6 +950,7 @@ where
             reply: Reply::Session {
                 subscriber: self.subscriber.clone(),
                 id: id.clone(),
+                rate: self.hub.rate.clone(),
             },
         };
         if self.hub.bus.publish(req).await.is_err() {
@@ -937,6 +1023,7 @@ where
             .collect();
         for p in lost {
             self.subs.remove(&p);
+            self.entry.subscriptions.lock().retain(|x| *x != p);
             self.hub.bus.unsubscribe(&p, &self.subscriber);
             self.hub.metrics.subscriptions.dec();
             let mut e = ErrorFrame::new(

@@ -48,6 +48,19 @@ impl RateLimiter {
     }
 }
 
+impl RateLimiter {
+    /// Gives back the token of a publish that stored nothing (a duplicate `event_id`), up to
+    /// the bucket's size.
+    pub fn refund(&self, client_id: &str) {
+        if self.rate <= 0.0 {
+            return;
+        }
+        if let Some(mut b) = self.buckets.get_mut(client_id) {
+            b.0 = (b.0 + 1.0).min(self.rate);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +78,17 @@ mod tests {
             "{wait:?}"
         );
         assert!(RateLimiter::new(0).take(&c).is_ok());
+    }
+
+    #[test]
+    fn a_refund_gives_one_token_back() {
+        let r = RateLimiter::new(2);
+        let c: Arc<str> = "c".into();
+        r.take(&c).unwrap();
+        r.take(&c).unwrap();
+        assert!(r.take(&c).is_err());
+        r.refund(&c);
+        assert!(r.take(&c).is_ok(), "the refunded token is there");
+        assert!(r.take(&c).is_err());
     }
 }

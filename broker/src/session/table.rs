@@ -2,11 +2,13 @@
 //! registry changes to sessions (deactivation closes them with 4003 at once; a changed scope
 //! ceiling makes them re-check their subscriptions).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::DashMap;
-use scopecast_protocol::CloseCode;
+use parking_lot::Mutex;
+use scopecast_protocol::{CloseCode, Pattern, Timestamp};
 use tokio::sync::Notify;
 
 use crate::fanout::Subscriber;
@@ -20,6 +22,12 @@ pub struct SessionEntry {
     pub subscriber: Arc<Subscriber>,
     /// Its client's application.
     pub application_id: String,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// When it was authenticated.
+    pub connected_since: Timestamp,
+    /// Its live subscriptions' patterns (kept by the session task, read by the admin API).
+    pub subscriptions: Mutex<Vec<Pattern>>,
     /// Set when the session must re-check its subscriptions against the registry.
     recheck: AtomicBool,
     /// Wakes the session's loop for a re-check.
@@ -62,6 +70,7 @@ impl SessionTable {
         &self,
         subscriber: &Arc<Subscriber>,
         application_id: &str,
+        peer: SocketAddr,
         max: usize,
         metrics: &Metrics,
     ) -> Result<Arc<SessionEntry>, TooManyConnections> {
@@ -75,6 +84,9 @@ impl SessionTable {
         let entry = Arc::new(SessionEntry {
             subscriber: subscriber.clone(),
             application_id: application_id.to_owned(),
+            peer,
+            connected_since: Timestamp::now(),
+            subscriptions: Mutex::new(Vec::new()),
             recheck: AtomicBool::new(false),
             wake: Notify::new(),
         });
@@ -112,6 +124,17 @@ impl SessionTable {
             .iter()
             .flat_map(|e| e.value().clone())
             .collect()
+    }
+
+    /// The live session whose id (as its `welcome` shows it, hex) is `session`.
+    pub fn find(&self, session: &str) -> Option<Arc<SessionEntry>> {
+        let id = u64::from_str_radix(session, 16).ok()?;
+        self.by_client.iter().find_map(|e| {
+            e.value()
+                .iter()
+                .find(|s| s.subscriber.session_id == id)
+                .cloned()
+        })
     }
 
     /// Closes every session of `client_id` with `code` at once, dropping what is queued.
