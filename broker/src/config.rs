@@ -280,7 +280,10 @@ impl Default for OAuthConfig {
 }
 
 /// An organisation's own OAuth2 server whose access tokens the broker accepts. Its tokens
-/// must carry a `client_id` registered here.
+/// must carry a client ID registered here, of this environment's kind and active.
+///
+/// The client ID and scope are read from claims named by `client_id_claims` and
+/// `scope_claims`, and only from the claims of a token whose signature has verified.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalIssuer {
@@ -297,10 +300,94 @@ pub struct ExternalIssuer {
     /// Require the RFC 9068 `typ` header `at+jwt`.
     #[serde(default = "yes")]
     pub require_typ: bool,
+    /// Longest token lifetime accepted from this issuer, in seconds (60 to 86400). A token is
+    /// refused when `exp - iat` exceeds it (when it has `iat`), or when its remaining life,
+    /// `exp - now`, exceeds it by more than `oauth.leeway_s` (always): a stolen long-lived
+    /// token would outlive a deactivation at the issuer for that long.
+    #[serde(default = "default_max_token_lifetime_s")]
+    pub max_token_lifetime_s: u64,
+    /// Claims holding the client ID, in order of preference: the first one present in the
+    /// token is used, and it must be a non-empty string. Microsoft Entra ID puts the client
+    /// in `azp` (v2 tokens) or `appid` (v1), Okta in `cid`, Keycloak in `azp`, RFC 9068
+    /// issuers in `client_id`.
+    #[serde(default = "default_client_id_claims")]
+    pub client_id_claims: Vec<String>,
+    /// Claims holding the granted scope, in order of preference. Only the first one present
+    /// in the token is read; the others are ignored, never merged in, so a claim the issuer
+    /// meant for something else (Entra ID's `roles` next to `scp` in a delegated token, say)
+    /// cannot widen the grant. A string claim is space-delimited (`scope`, Keycloak); an
+    /// array claim is a list of single scope tokens (`scp` in Okta, `roles` in Entra ID
+    /// app-only tokens). A token with none of them has an empty scope, which grants nothing.
+    #[serde(default = "default_scope_claims")]
+    pub scope_claims: Vec<String>,
+}
+
+impl ExternalIssuer {
+    /// The default for `max_token_lifetime_s`: one hour.
+    pub const DEFAULT_MAX_TOKEN_LIFETIME_S: u64 = 3_600;
+
+    /// An issuer of `issuer` for `audience` with the default settings (`typ` required, one
+    /// hour at most, the default claim mapping) and no keys yet: set `jwks_file` or `jwks_uri`.
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> ExternalIssuer {
+        ExternalIssuer {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            jwks_file: None,
+            jwks_uri: None,
+            require_typ: true,
+            max_token_lifetime_s: Self::DEFAULT_MAX_TOKEN_LIFETIME_S,
+            client_id_claims: default_client_id_claims(),
+            scope_claims: default_scope_claims(),
+        }
+    }
 }
 
 fn yes() -> bool {
     true
+}
+
+fn default_max_token_lifetime_s() -> u64 {
+    ExternalIssuer::DEFAULT_MAX_TOKEN_LIFETIME_S
+}
+
+fn default_client_id_claims() -> Vec<String> {
+    ["client_id", "azp", "appid", "cid"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+fn default_scope_claims() -> Vec<String> {
+    ["scope", "scp", "roles"].map(str::to_owned).to_vec()
+}
+
+/// Checks a list of claim names from `field`: 1 to 8 names, each 1 to 64 visible ASCII
+/// characters other than `,` (names are listed with commas in refusals), no repeats.
+fn validate_claim_names(
+    issuer: &str,
+    field: &'static str,
+    names: &[String],
+) -> Result<(), ConfigError> {
+    let bad = |message: &str| ConfigError::Invalid {
+        field,
+        message: format!("issuer {issuer}: {message}"),
+    };
+    if !(1..=8).contains(&names.len()) {
+        return Err(bad("must name 1 to 8 claims"));
+    }
+    for (i, name) in names.iter().enumerate() {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+        {
+            return Err(bad(
+                "each claim name must be 1 to 64 visible ASCII characters, no `,`",
+            ));
+        }
+        if names[..i].contains(name) {
+            return Err(bad(&format!("claim `{name}` is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 impl Default for Config {
@@ -559,6 +646,22 @@ impl Config {
                     "each needs exactly one of `jwks_file` and `jwks_uri`",
                 ));
             }
+            if !(60..=86_400).contains(&issuer.max_token_lifetime_s) {
+                return Err(ConfigError::Invalid {
+                    field: "oauth.external_issuers.max_token_lifetime_s",
+                    message: format!("issuer {}: must be 60 to 86400 seconds", issuer.issuer),
+                });
+            }
+            validate_claim_names(
+                &issuer.issuer,
+                "oauth.external_issuers.client_id_claims",
+                &issuer.client_id_claims,
+            )?;
+            validate_claim_names(
+                &issuer.issuer,
+                "oauth.external_issuers.scope_claims",
+                &issuer.scope_claims,
+            )?;
         }
         Ok(())
     }
@@ -684,6 +787,106 @@ mod tests {
                 .to_string()
                 .contains("oauth.public_url")
         );
+    }
+
+    #[test]
+    fn external_issuers_default_their_lifetime_and_claim_mapping() {
+        let toml = r#"
+            [[oauth.external_issuers]]
+            issuer = "https://login.microsoftonline.com/tid/v2.0"
+            audience = "api://scopecast"
+            jwks_uri = "https://login.microsoftonline.com/tid/discovery/v2.0/keys"
+
+            [[oauth.external_issuers]]
+            issuer = "https://hospital.okta.com/oauth2/default"
+            audience = "api://default"
+            jwks_uri = "https://hospital.okta.com/oauth2/default/v1/keys"
+            max_token_lifetime_s = 900
+            client_id_claims = ["cid"]
+            scope_claims = ["scp"]
+        "#;
+        let c: Config = toml::from_str(toml).unwrap();
+        c.validate().unwrap();
+        let [entra, okta] = &c.oauth.external_issuers[..] else {
+            panic!("two issuers");
+        };
+        assert!(entra.require_typ);
+        assert_eq!(entra.max_token_lifetime_s, 3_600);
+        assert_eq!(entra.client_id_claims, ["client_id", "azp", "appid", "cid"]);
+        assert_eq!(entra.scope_claims, ["scope", "scp", "roles"]);
+        assert_eq!(okta.max_token_lifetime_s, 900);
+        assert_eq!(okta.client_id_claims, ["cid"]);
+        assert_eq!(okta.scope_claims, ["scp"]);
+        // `ExternalIssuer::new` (for code and tests) has the same defaults as the file.
+        let built = ExternalIssuer {
+            jwks_uri: entra.jwks_uri.clone(),
+            ..ExternalIssuer::new(&entra.issuer, &entra.audience)
+        };
+        assert_eq!(&built, entra);
+
+        let err = toml::from_str::<Config>(&toml.replace("scope_claims", "scope_claim"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scope_claim"), "{err}");
+    }
+
+    #[test]
+    fn the_readme_external_issuer_examples_are_valid() {
+        let readme = include_str!("../../README.md");
+        let examples: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .filter(|block| block.contains("[[oauth.external_issuers]]"))
+            .collect();
+        assert_eq!(examples.len(), 4, "generic, Entra ID, Okta, Keycloak");
+        for example in examples {
+            let c: Config = toml::from_str(example).unwrap_or_else(|e| panic!("{e}\n{example}"));
+            c.validate().unwrap_or_else(|e| panic!("{e}\n{example}"));
+        }
+    }
+
+    #[test]
+    fn external_issuer_limits_name_their_field() {
+        let with = |edit: fn(&mut ExternalIssuer)| {
+            let mut issuer = ExternalIssuer::new("https://login.example", "scopecast");
+            issuer.jwks_uri = Some("https://login.example/keys".into());
+            edit(&mut issuer);
+            let mut c = Config::default();
+            c.oauth.external_issuers = vec![issuer];
+            c.validate().map_err(|e| e.to_string())
+        };
+        assert_eq!(with(|_| {}), Ok(()));
+        for (edit, field) in [
+            (
+                (|i: &mut ExternalIssuer| i.max_token_lifetime_s = 59) as fn(&mut ExternalIssuer),
+                "oauth.external_issuers.max_token_lifetime_s",
+            ),
+            (
+                |i| i.max_token_lifetime_s = 86_401,
+                "oauth.external_issuers.max_token_lifetime_s",
+            ),
+            (
+                |i| i.client_id_claims.clear(),
+                "oauth.external_issuers.client_id_claims",
+            ),
+            (
+                |i| i.client_id_claims.push("azp".into()),
+                "oauth.external_issuers.client_id_claims",
+            ),
+            (
+                |i| i.scope_claims = vec!["scope, scp".into()],
+                "oauth.external_issuers.scope_claims",
+            ),
+            (
+                |i| i.scope_claims = vec![String::new()],
+                "oauth.external_issuers.scope_claims",
+            ),
+        ] {
+            let err = with(edit).unwrap_err();
+            assert!(err.contains(field), "{err}");
+            assert!(err.contains("https://login.example"), "{err}");
+        }
     }
 
     #[test]

@@ -889,11 +889,9 @@ async fn a_connect_storm_with_random_kids_fetches_no_keys_per_request() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let mut config = test_config();
     config.oauth.external_issuers = vec![ExternalIssuer {
-        issuer: "https://login.hospital.example".into(),
-        audience: "scopecast".into(),
-        jwks_file: None,
         jwks_uri: Some(format!("http://{addr}/jwks.json")),
         require_typ: false,
+        ..ExternalIssuer::new("https://login.hospital.example", "scopecast")
     }];
     let broker = TestBroker::start(config).await;
     let claims = json!({"iss": "https://login.hospital.example", "aud": "scopecast",

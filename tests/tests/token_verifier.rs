@@ -94,8 +94,6 @@ async fn fixture(external_uri: Option<String>) -> Fixture {
     let jwks_file = dir.path().join("foreign.json");
     std::fs::write(&jwks_file, foreign.jwks().to_string()).unwrap();
     let external = vec![ExternalIssuer {
-        issuer: FOREIGN.into(),
-        audience: "scopecast".into(),
         jwks_file: if external_uri.is_some() {
             None
         } else {
@@ -103,6 +101,7 @@ async fn fixture(external_uri: Option<String>) -> Fixture {
         },
         jwks_uri: external_uri,
         require_typ: false,
+        ..ExternalIssuer::new(FOREIGN, "scopecast")
     }];
     let issuer = TokenIssuer::new(ISSUER.into(), 300, keys);
     let jwks = JwksCache::new(Duration::from_secs(2), Duration::from_secs(30));

@@ -5,6 +5,11 @@
 //! never taken from the token alone, so `none` and symmetric algorithms are refused; `exp`,
 //! `iss` and `aud` are required; `nbf` is checked; the leeway is our explicit setting; and the
 //! `client_id` must be registered, of this environment's kind, and active.
+//!
+//! An external issuer's tokens also live at most its `max_token_lifetime_s`, and their client
+//! ID and scope come from the claims its `client_id_claims` and `scope_claims` name. Those
+//! claims are read from the claims `jsonwebtoken` returns after the signature verified; before
+//! that, only `iss` and the header are looked at, to choose the key ([`jwt::peek`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,6 +17,7 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use scopecast_protocol::{Reason, ScopeSet, Timestamp};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::jwks::{self, JwksCache};
 use super::jwt;
@@ -72,8 +78,9 @@ pub enum VerifyError {
     /// `typ` is not `at+jwt`.
     #[error("the token type (typ) must be at+jwt")]
     WrongType,
-    /// A required claim is absent.
-    #[error("the token has no `{0}` claim")]
+    /// A required claim is absent. When any one of several claims would do (an external
+    /// issuer's `client_id_claims`), their names, separated by commas.
+    #[error("the token has {}", missing_claims(.0))]
     MissingClaim(String),
     /// `client_id` is not registered here.
     #[error("the token's client_id is not registered here")]
@@ -87,6 +94,25 @@ pub enum VerifyError {
     /// An issuer's keys could not be fetched and none are cached.
     #[error("the issuer's keys are unavailable")]
     KeysUnavailable,
+    /// An external issuer's token lives longer than that issuer's `max_token_lifetime_s`:
+    /// `exp - iat`, or the time left until `exp`, exceeds it.
+    #[error(
+        "the token lives longer than the {max_s} s accepted from its issuer (the broker \
+         setting `max_token_lifetime_s` of this issuer in `oauth.external_issuers` raises it)"
+    )]
+    LifetimeTooLong {
+        /// The issuer's limit, in seconds.
+        max_s: u64,
+    },
+}
+
+/// "no `exp` claim", or "none of the claims `a`, `b`" for a comma-separated list.
+fn missing_claims(names: &str) -> String {
+    let quoted: Vec<String> = names.split(',').map(|n| format!("`{n}`")).collect();
+    match quoted.as_slice() {
+        [one] => format!("no {one} claim"),
+        many => format!("none of the claims {}", many.join(", ")),
+    }
 }
 
 impl VerifyError {
@@ -116,6 +142,7 @@ impl VerifyError {
             VerifyError::WrongEnvironment => "wrong_environment",
             VerifyError::ClientInactive => "client_inactive",
             VerifyError::KeysUnavailable => "keys_unavailable",
+            VerifyError::LifetimeTooLong { .. } => "lifetime_too_long",
         }
     }
 }
@@ -141,14 +168,19 @@ pub struct AccessClaims {
     pub jti: String,
 }
 
-/// Claims we read from any access token after its signature verified.
+/// Claims of any access token, as `jsonwebtoken` returns them after the signature verified:
+/// `exp`, and the rest for [`client_id_claim`], [`scope_claim`] and `iat`.
 #[derive(Deserialize)]
 struct VerifiedClaims {
     exp: i64,
-    client_id: Option<String>,
-    #[serde(default)]
-    scope: Option<String>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
 }
+
+/// The claim holding the client ID in our own tokens (RFC 9068).
+const OWN_CLIENT_ID_CLAIMS: &[&str] = &["client_id"];
+/// The claim holding the scope in our own tokens: always a string, as we issue them.
+const OWN_SCOPE_CLAIMS: &[&str] = &["scope"];
 
 /// Issues access tokens signed with the broker's current key.
 #[derive(Clone)]
@@ -234,6 +266,20 @@ struct External {
     audience: String,
     require_typ: bool,
     keys: IssuerKeys,
+    max_token_lifetime_s: u64,
+    client_id_claims: Vec<String>,
+    scope_claims: Vec<String>,
+}
+
+/// How a token of one issuer is checked, chosen from its (unverified) `iss` and `kid`.
+struct Route<'a> {
+    audience: &'a str,
+    require_typ: bool,
+    key: DecodingKey,
+    /// The algorithms pinned to `key`.
+    algorithms: Vec<Algorithm>,
+    /// The external issuer, or `None` for our own tokens.
+    external: Option<&'a External>,
 }
 
 /// Verifies access tokens. Cheap to clone.
@@ -297,6 +343,9 @@ impl TokenVerifier {
                 audience: e.audience.clone(),
                 require_typ: e.require_typ,
                 keys,
+                max_token_lifetime_s: e.max_token_lifetime_s,
+                client_id_claims: e.client_id_claims.clone(),
+                scope_claims: e.scope_claims.clone(),
             });
         }
         Ok(TokenVerifier {
@@ -326,36 +375,42 @@ impl TokenVerifier {
             .str_claim("iss")
             .ok_or_else(|| VerifyError::MissingClaim("iss".into()))?
             .to_owned();
-        let (audience, require_typ, key, algorithms): (&str, bool, DecodingKey, Vec<Algorithm>) =
-            if iss == self.own_issuer {
-                let kid = peeked
-                    .header
-                    .kid
-                    .as_deref()
-                    .ok_or(VerifyError::UnknownKey)?;
-                let key = self.keys.decoding_key(kid).ok_or(VerifyError::UnknownKey)?;
-                (&self.own_audience, true, key, vec![Algorithm::ES256])
-            } else if let Some(ext) = self.external.iter().find(|e| e.issuer == iss) {
-                let kid = peeked.header.kid.as_deref();
-                let key = match &ext.keys {
-                    IssuerKeys::Static(keys) => {
-                        jwks::select(keys, kid).ok_or(VerifyError::UnknownKey)?
-                    }
-                    IssuerKeys::Uri(uri) => self.jwks.key(uri, kid).await.map_err(|e| match e {
-                        jwks::JwksError::UnknownKey(_) => VerifyError::UnknownKey,
-                        jwks::JwksError::Unavailable(_) => VerifyError::KeysUnavailable,
-                    })?,
-                };
-                (
-                    &ext.audience,
-                    ext.require_typ,
-                    key.decoding_key,
-                    key.algorithms,
-                )
-            } else {
-                return Err(VerifyError::UnknownIssuer);
+        let route = if iss == self.own_issuer {
+            let kid = peeked
+                .header
+                .kid
+                .as_deref()
+                .ok_or(VerifyError::UnknownKey)?;
+            let key = self.keys.decoding_key(kid).ok_or(VerifyError::UnknownKey)?;
+            Route {
+                audience: &self.own_audience,
+                require_typ: true,
+                key,
+                algorithms: vec![Algorithm::ES256],
+                external: None,
+            }
+        } else if let Some(ext) = self.external.iter().find(|e| e.issuer == iss) {
+            let kid = peeked.header.kid.as_deref();
+            let key = match &ext.keys {
+                IssuerKeys::Static(keys) => {
+                    jwks::select(keys, kid).ok_or(VerifyError::UnknownKey)?
+                }
+                IssuerKeys::Uri(uri) => self.jwks.key(uri, kid).await.map_err(|e| match e {
+                    jwks::JwksError::UnknownKey(_) => VerifyError::UnknownKey,
+                    jwks::JwksError::Unavailable(_) => VerifyError::KeysUnavailable,
+                })?,
             };
-        if require_typ {
+            Route {
+                audience: &ext.audience,
+                require_typ: ext.require_typ,
+                key: key.decoding_key,
+                algorithms: key.algorithms,
+                external: Some(ext),
+            }
+        } else {
+            return Err(VerifyError::UnknownIssuer);
+        };
+        if route.require_typ {
             let typ = peeked.header.typ.as_deref().unwrap_or("");
             if !(typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYP)
                 || typ.eq_ignore_ascii_case("application/at+jwt"))
@@ -364,18 +419,32 @@ impl TokenVerifier {
             }
         }
         let alg = peeked.header.alg.as_str();
-        let pinned = algorithms.iter().find(|a| format!("{a:?}") == alg).copied();
+        let pinned = route
+            .algorithms
+            .iter()
+            .find(|a| format!("{a:?}") == alg)
+            .copied();
         let Some(alg) = pinned else {
             return Err(VerifyError::AlgorithmNotAllowed(
                 alg.chars().take(16).collect(),
             ));
         };
-        let claims = self.check(token, &key, alg, &iss, audience)?;
-        let client_id = claims
-            .client_id
-            .ok_or_else(|| VerifyError::MissingClaim("client_id".into()))?;
-        let scope = ScopeSet::parse(claims.scope.as_deref().unwrap_or(""))
-            .map_err(|e| VerifyError::Malformed(format!("scope: {e}")))?;
+        // Only from here on are claims trusted: the signature, `iss`, `aud`, `exp` and `nbf`
+        // have been checked by `jsonwebtoken` with the key we chose.
+        let claims = self.check(token, &route.key, alg, &iss, route.audience)?;
+        let (client_id, scope) = match route.external {
+            None => (
+                client_id_claim(&claims.other, OWN_CLIENT_ID_CLAIMS)?,
+                scope_claim(&claims.other, OWN_SCOPE_CLAIMS)?,
+            ),
+            Some(ext) => {
+                self.check_lifetime(&claims, ext.max_token_lifetime_s)?;
+                (
+                    client_id_claim(&claims.other, &ext.client_id_claims)?,
+                    scope_claim(&claims.other, &ext.scope_claims)?,
+                )
+            }
+        };
         let expires_at = Timestamp::from_unix_seconds(claims.exp)
             .map_err(|_| VerifyError::Malformed("exp is out of range".into()))?;
         let client = self
@@ -396,6 +465,26 @@ impl TokenVerifier {
             expires_at,
             issuer: iss,
         })
+    }
+
+    /// Refuses a token whose lifetime (`exp - iat`, when it has `iat`) or remaining life
+    /// (`exp - now`, beyond the leeway for a clock ahead of ours) exceeds `max_s`.
+    fn check_lifetime(&self, claims: &VerifiedClaims, max_s: u64) -> Result<(), VerifyError> {
+        let max = i64::try_from(max_s).unwrap_or(i64::MAX);
+        let leeway = i64::try_from(self.leeway_s).unwrap_or(i64::MAX);
+        let iat = match claims.other.get("iat") {
+            None => None,
+            Some(v) => Some(v.as_i64().ok_or_else(|| {
+                VerifyError::Malformed("the `iat` claim must be a whole number of seconds".into())
+            })?),
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let lifetime_too_long = iat.is_some_and(|iat| claims.exp.saturating_sub(iat) > max);
+        let remaining_too_long = claims.exp.saturating_sub(now) > max.saturating_add(leeway);
+        if lifetime_too_long || remaining_too_long {
+            return Err(VerifyError::LifetimeTooLong { max_s });
+        }
+        Ok(())
     }
 
     fn check(
@@ -420,6 +509,71 @@ impl TokenVerifier {
         jsonwebtoken::decode::<VerifiedClaims>(token, key, &v)
             .map(|d| d.claims)
             .map_err(map_jwt_error)
+    }
+}
+
+/// The client ID: the first of `names` present in the verified `claims`, which must be a
+/// non-empty string (a present claim of another type is refused, not skipped).
+fn client_id_claim<S: AsRef<str>>(
+    claims: &Map<String, Value>,
+    names: &[S],
+) -> Result<String, VerifyError> {
+    for name in names.iter().map(AsRef::as_ref) {
+        match claims.get(name) {
+            None => {}
+            Some(Value::String(id)) if !id.is_empty() => return Ok(id.clone()),
+            Some(_) => {
+                return Err(VerifyError::Malformed(format!(
+                    "the `{name}` claim (the client ID) must be a non-empty string"
+                )));
+            }
+        }
+    }
+    let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+    Err(VerifyError::MissingClaim(names.join(",")))
+}
+
+/// The granted scope: the first of `names` present in the verified `claims`, the others
+/// ignored (never merged, so they cannot widen the grant). A string is space-delimited; an
+/// array holds one scope token per element. None present: the empty scope.
+fn scope_claim<S: AsRef<str>>(
+    claims: &Map<String, Value>,
+    names: &[S],
+) -> Result<ScopeSet, VerifyError> {
+    let Some((name, value)) = names
+        .iter()
+        .map(AsRef::as_ref)
+        .find_map(|name| claims.get(name).map(|value| (name, value)))
+    else {
+        return Ok(ScopeSet::default());
+    };
+    let wrong_type = || {
+        VerifyError::Malformed(format!(
+            "the `{name}` claim (the scope) must be a string or an array of strings"
+        ))
+    };
+    match value {
+        Value::String(scope) => ScopeSet::parse(scope)
+            .map_err(|e| VerifyError::Malformed(format!("the `{name}` claim: {e}"))),
+        Value::Array(items) => {
+            let mut set = ScopeSet::default();
+            for (i, item) in items.iter().enumerate() {
+                let token = item.as_str().ok_or_else(wrong_type)?;
+                // One element is one scope token: a space would smuggle in a second.
+                if token.is_empty() || token.contains(' ') {
+                    return Err(VerifyError::Malformed(format!(
+                        "element {} of the `{name}` claim must be one scope token, without spaces",
+                        i + 1
+                    )));
+                }
+                let parsed = ScopeSet::parse(token).map_err(|e| {
+                    VerifyError::Malformed(format!("element {} of the `{name}` claim: {e}", i + 1))
+                })?;
+                parsed.iter().cloned().for_each(|scope| set.insert(scope));
+            }
+            Ok(set)
+        }
+        _ => Err(wrong_type()),
     }
 }
 
@@ -448,5 +602,58 @@ pub(crate) fn map_jwt_error(e: jsonwebtoken::errors::Error) -> VerifyError {
             }
         }
         _ => VerifyError::Malformed("the token could not be decoded".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn the_first_client_id_claim_present_wins() {
+        let names = ["client_id", "azp", "appid", "cid"];
+        let c = claims(json!({"appid": "b", "azp": "a", "cid": "c"}));
+        assert_eq!(client_id_claim(&c, &names), Ok("a".to_owned()));
+        let c = claims(json!({"azp": 7, "appid": "b"}));
+        assert!(matches!(
+            client_id_claim(&c, &names),
+            Err(VerifyError::Malformed(_))
+        ));
+        let e = client_id_claim(&claims(json!({"sub": "x"})), &names).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the token has none of the claims `client_id`, `azp`, `appid`, `cid`"
+        );
+    }
+
+    #[test]
+    fn only_the_first_scope_claim_present_is_read() {
+        let names = ["scope", "scp", "roles"];
+        let c = claims(json!({"scp": ["subscribe:a.>", "openid"], "roles": ["publish:>"]}));
+        assert_eq!(
+            scope_claim(&c, &names).unwrap().to_string(),
+            "subscribe:a.> openid"
+        );
+        let c = claims(json!({"scope": "subscribe:a.> openid", "roles": ["publish:>"]}));
+        assert_eq!(
+            scope_claim(&c, &names).unwrap().to_string(),
+            "subscribe:a.> openid"
+        );
+        assert!(scope_claim(&claims(json!({})), &names).unwrap().is_empty());
+        for bad in [json!(1), json!(true), json!({}), json!([1]), json!(["a b"])] {
+            let c = claims(json!({ "roles": bad }));
+            assert!(
+                matches!(scope_claim(&c, &names), Err(VerifyError::Malformed(m)) if m.contains("`roles`")),
+                "{bad}"
+            );
+        }
     }
 }
