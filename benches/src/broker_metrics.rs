@@ -49,10 +49,12 @@ impl Buckets {
         (!out.is_empty()).then_some(Buckets(out))
     }
 
-    /// Reads `base/metrics`; `None` when it cannot.
-    pub(crate) async fn scrape(http: &reqwest::Client, base: &str) -> Option<Buckets> {
+    /// Reads `base/metrics` with a credential that may (`metrics`, `viewer` or `admin`);
+    /// `None` when it cannot.
+    pub(crate) async fn scrape(http: &reqwest::Client, base: &str, token: &str) -> Option<Buckets> {
         let text = http
             .get(format!("{base}/metrics"))
+            .bearer_auth(token)
             .send()
             .await
             .ok()?

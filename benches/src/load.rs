@@ -122,7 +122,9 @@ async fn phases(
         publishers.push(system.publisher(opts.window, &acks).await?);
     }
     let metrics = match &*system {
-        System::Scopecast(s) => Some((s.http().clone(), s.base.clone())),
+        System::Scopecast(s) => {
+            Some((s.http().clone(), s.base.clone(), s.admin_token().to_owned()))
+        }
         _ => None,
     };
     let run = Run {
@@ -210,8 +212,8 @@ pub(crate) async fn wait_connected(
 
 /// What every phase of one system shares.
 struct Run<'a> {
-    /// Scopecast's HTTP client and base URL, to read its `/metrics`.
-    metrics: Option<(reqwest::Client, String)>,
+    /// Scopecast's HTTP client, base URL and admin credential, to read its `/metrics`.
+    metrics: Option<(reqwest::Client, String, String)>,
     pid: Option<u32>,
     work: &'a Workload,
     opts: &'a LoadOptions,
@@ -255,8 +257,8 @@ impl Run<'_> {
     /// `seconds`, then the drain; gives the publishers back.
     /// Scopecast's publish-to-deliver histogram now; `None` for the baselines.
     async fn broker_histogram(&self) -> Option<crate::broker_metrics::Buckets> {
-        let (http, base) = self.metrics.as_ref()?;
-        crate::broker_metrics::Buckets::scrape(http, base).await
+        let (http, base, token) = self.metrics.as_ref()?;
+        crate::broker_metrics::Buckets::scrape(http, base, token).await
     }
 
     async fn phase(

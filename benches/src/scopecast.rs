@@ -211,7 +211,6 @@ impl Scopecast {
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.admin_token)
-            .header("Scopecast-Actor", "scopecast-bench")
             .json(body)
             .send()
             .await
@@ -283,6 +282,11 @@ impl Scopecast {
     }
 
     /// A client for the HTTP APIs.
+    /// The admin credential (it may also read `/metrics`).
+    pub(crate) fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }

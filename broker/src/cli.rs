@@ -890,12 +890,23 @@ pub(crate) async fn token(target: Target, args: TokenArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Connects with the credentials given.
+/// Connects with the credentials given; what happens to the connection (a failed token
+/// refresh, a drop and the reconnect) is said on stderr as it happens.
 async fn client(target: &Target, auth: &TokenArgs) -> anyhow::Result<scopecast_client::Client> {
     let options = match &auth.token {
         Some(t) => scopecast_client::ConnectOptions::new().token(t),
         None => scopecast_client::ConnectOptions::new().token_source(token_source(target, auth)?),
     };
+    let options = options.event_callback(|e| match e {
+        scopecast_client::ClientEvent::TokenRefreshFailed(why) => {
+            eprintln!("scopecast: token refresh failed: {why}; the current token stays in force until it expires")
+        }
+        scopecast_client::ClientEvent::Disconnected(why) => {
+            eprintln!("scopecast: disconnected ({why}); reconnecting")
+        }
+        scopecast_client::ClientEvent::Reconnected => eprintln!("scopecast: reconnected"),
+        _ => {}
+    });
     Ok(options.connect(&target.url).await?)
 }
 
@@ -921,7 +932,20 @@ pub(crate) async fn sub(
     // Overlapping patterns each yield an event; print it once. The merged streams interleave,
     // so remember recent seqs rather than only the newest.
     let mut seen = std::collections::BTreeSet::new();
-    while let Some(item) = all.next().await {
+    // Ctrl-C or SIGTERM: close the connection properly (1000), then stop.
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let item = tokio::select! {
+            () = &mut stop => {
+                client.close().await;
+                return Ok(());
+            }
+            item = all.next() => match item {
+                Some(item) => item,
+                None => break,
+            },
+        };
         match item {
             scopecast_client::Item::Event(e) => {
                 if !seen.insert(e.seq) {
@@ -951,6 +975,22 @@ pub(crate) async fn sub(
         }
     }
     bail!("the connection closed")
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// `json` on one line: CR and LF, which JSON text holds only as insignificant whitespace (inside
@@ -1023,6 +1063,7 @@ pub(crate) async fn publish(
         }
         _ => bail!("give TOPIC [DATA|-], or --ndjson FILE"),
     }
+    client.close().await;
     Ok(())
 }
 
@@ -1035,5 +1076,7 @@ pub(crate) async fn replay(
 ) -> anyhow::Result<()> {
     let reading = crate::fhir_replay::read_export(&dir)?;
     let client = client(&target, &auth).await?;
-    crate::fhir_replay::publish(&client, reading, pace).await
+    let result = crate::fhir_replay::publish(&client, reading, pace).await;
+    client.close().await;
+    result
 }

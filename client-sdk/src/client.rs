@@ -37,6 +37,25 @@ pub enum ConnectionState {
     Closed(String),
 }
 
+/// Something that happened to the connection, told to the callback of
+/// [`ConnectOptions::event_callback`] as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The connection dropped or the broker closed it; the client reconnects unless the
+    /// close code says not to. Holds the close code and reason, when there were some.
+    Disconnected(String),
+    /// The client connected again after a drop; subscriptions resume from their last `seq`.
+    Reconnected,
+    /// Getting a fresh access token failed (the token endpoint is down or refused the
+    /// credentials). The current token stays in force until it expires; the client tries
+    /// again at the next `token_expiring` or reconnect.
+    TokenRefreshFailed(String),
+}
+
+/// The callback of [`ConnectOptions::event_callback`].
+type EventCallback = Arc<dyn Fn(ClientEvent) + Send + Sync>;
+
 /// What a subscription yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
@@ -161,12 +180,28 @@ const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
 const SUBSCRIPTION_BUFFER: usize = 4096;
 
 /// Options for [`ConnectOptions::connect`]. Builder methods take and return `self`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     token: Option<TokenFn>,
     static_token: Option<String>,
     reconnect: bool,
     max_delay: Duration,
+    on_event: Option<EventCallback>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("token_source", &self.token)
+            .field(
+                "static_token",
+                &self.static_token.as_ref().map(|_| "(hidden)"),
+            )
+            .field("reconnect", &self.reconnect)
+            .field("max_delay", &self.max_delay)
+            .field("event_callback", &self.on_event.is_some())
+            .finish()
+    }
 }
 
 impl Default for ConnectOptions {
@@ -176,6 +211,7 @@ impl Default for ConnectOptions {
             static_token: None,
             reconnect: true,
             max_delay: Duration::from_secs(30),
+            on_event: None,
         }
     }
 }
@@ -207,6 +243,33 @@ impl ConnectOptions {
     /// Longest wait between reconnect attempts (default 30 s).
     pub fn max_reconnect_delay(mut self, d: Duration) -> ConnectOptions {
         self.max_delay = d;
+        self
+    }
+
+    /// Calls `callback` with every [`ClientEvent`] as it happens (from the connection's task:
+    /// keep it short, do not block).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use scopecast_client::{ClientEvent, ConnectOptions, TokenSource};
+    /// let tokens = TokenSource::client_secret("http://127.0.0.1:7070", "CLIENT_ID", "SECRET");
+    /// let client = ConnectOptions::new()
+    ///     .token_source(tokens)
+    ///     .event_callback(|e| {
+    ///         if let ClientEvent::TokenRefreshFailed(why) = e {
+    ///             eprintln!("token refresh failed: {why}");
+    ///         }
+    ///     })
+    ///     .connect("http://127.0.0.1:7070")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn event_callback(
+        mut self,
+        callback: impl Fn(ClientEvent) + Send + Sync + 'static,
+    ) -> ConnectOptions {
+        self.on_event = Some(Arc::new(callback));
         self
     }
 
@@ -310,6 +373,10 @@ enum Command {
         data: RawJson,
         event_id: Option<EventId>,
         reply: oneshot::Sender<Result<Published, PublishError>>,
+    },
+    /// Close the connection with 1000 and stop; `done` fires once the close handshake is over.
+    Close {
+        done: oneshot::Sender<()>,
     },
 }
 
@@ -425,6 +492,17 @@ impl Client {
         self.publish_acked(topic, data, event_id)
             .await
             .map(|p| p.seq)
+    }
+
+    /// Closes the connection with a close frame (1000) and waits for the broker's answer (at
+    /// most a few seconds); subscriptions end with [`SubscribeError::Closed`]. Call it before
+    /// a program exits: a task still running when the runtime stops cannot send the frame,
+    /// and the broker then logs an abrupt disconnect.
+    pub async fn close(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Command::Close { done }).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
     }
 
     /// As [`Client::publish_raw`], returning the whole `published` answer: `seq`, the event id
@@ -566,8 +644,9 @@ enum Internal {
         round: u64,
         error: SubscribeError,
     },
-    /// A refreshed access token (after `token_expiring`), to send as `auth`.
-    Token(Option<String>),
+    /// A refreshed access token (after `token_expiring`), to send as `auth`, or why the
+    /// refresh failed.
+    Token(Result<String, String>),
 }
 
 struct Conn {
@@ -1007,13 +1086,26 @@ impl Conn {
                 }
             }
             self.refreshing = false;
-            let retry = match &ended {
+            let retry = match ended {
                 Ended::Commands => {
-                    let _ = socket.close(None).await;
+                    close_normally(&mut socket).await;
                     let _ = state.send(ConnectionState::Closed("client dropped".to_owned()));
                     return;
                 }
-                Ended::Closed(code, _) => code.map_or(Retry::Reconnect, CloseCode::retry),
+                Ended::Closing(done) => {
+                    close_normally(&mut socket).await;
+                    let _ = state.send(ConnectionState::Closed("closed by the client".to_owned()));
+                    self.end_all(SubscribeError::Closed);
+                    let _ = done.send(());
+                    return;
+                }
+                Ended::Closed(code, ref reason) => {
+                    self.emit(ClientEvent::Disconnected(match code {
+                        Some(c) => format!("{c}: {reason}"),
+                        None => "the connection dropped".to_owned(),
+                    }));
+                    code.map_or(Retry::Reconnect, CloseCode::retry)
+                }
             };
             // A fixed token cannot be renewed: a close that needs a new one is final.
             let renewable = self.opts.token.is_some();
@@ -1066,9 +1158,14 @@ impl Conn {
                         if let Some(source) = &self.opts.token {
                             match source.refresh().await {
                                 Err(e) if e.is_permanent() => {
+                                    self.emit(ClientEvent::TokenRefreshFailed(e.to_string()));
                                     Some(SubscribeError::Unauthorized(e.to_string()))
                                 }
-                                _ => {
+                                Err(e) => {
+                                    self.emit(ClientEvent::TokenRefreshFailed(e.to_string()));
+                                    None
+                                }
+                                Ok(_) => {
                                     refreshed = true;
                                     None
                                 }
@@ -1091,6 +1188,7 @@ impl Conn {
             }
             connected_at = tokio::time::Instant::now();
             let _ = state.send(ConnectionState::Connected);
+            self.emit(ClientEvent::Reconnected);
             // Every subscription goes live again; those behind the new head catch up from
             // the history endpoint when `subscribed` says where the head is.
             let mut sids: Vec<u64> = self.subs.keys().copied().collect();
@@ -1100,6 +1198,12 @@ impl Conn {
                     break;
                 }
             }
+        }
+    }
+
+    fn emit(&self, event: ClientEvent) {
+        if let Some(f) = &self.opts.on_event {
+            f(event);
         }
     }
 
@@ -1120,6 +1224,7 @@ impl Conn {
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     None => return Ended::Commands,
+                    Some(Command::Close { done }) => return Ended::Closing(done),
                     Some(cmd) => {
                         if !self.command(socket, cmd).await {
                             return Ended::Closed(None, String::new());
@@ -1185,8 +1290,13 @@ impl Conn {
             Internal::Token(token) => {
                 self.refreshing = false;
                 match token {
-                    Some(token) => Conn::send(socket, &ClientFrame::Auth { token }).await,
-                    None => true,
+                    Ok(token) => Conn::send(socket, &ClientFrame::Auth { token }).await,
+                    Err(why) => {
+                        // The current token stays in force until it expires; the next
+                        // `token_expiring` tries again. Say so now, not when the socket closes.
+                        self.emit(ClientEvent::TokenRefreshFailed(why));
+                        true
+                    }
                 }
             }
         }
@@ -1248,6 +1358,11 @@ impl Conn {
                     },
                 );
                 self.resubscribe(socket, sid).await
+            }
+            // Handled by the loop before it gets here.
+            Command::Close { done } => {
+                let _ = done.send(());
+                true
             }
             Command::Unsubscribe { sid } => match self.forget(sid, None) {
                 Some(pattern) => self.unsubscribe(socket, pattern).await,
@@ -1371,7 +1486,11 @@ impl Conn {
                     let source = source.clone();
                     let report = self.internal.clone();
                     tokio::spawn(async move {
-                        let token = source.refresh().await.ok().map(|t| t.access_token);
+                        let token = source
+                            .refresh()
+                            .await
+                            .map(|t| t.access_token)
+                            .map_err(|e| e.to_string());
                         let _ = report.send(Internal::Token(token));
                     });
                 }
@@ -1427,8 +1546,26 @@ impl Conn {
 #[derive(Debug)]
 enum Ended {
     Commands,
+    /// [`Client::close`] asked to stop.
+    Closing(oneshot::Sender<()>),
     /// The socket closed: the close code when there was one, and the close reason.
     Closed(Option<CloseCode>, String),
+}
+
+/// Ends the WebSocket as RFC 6455 section 7 asks: a close frame with 1000, then the broker's
+/// close frame, waited for at most two seconds.
+async fn close_normally(socket: &mut Socket) {
+    let frame = tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "client finished".into(),
+    };
+    if socket.close(Some(frame)).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
 }
 
 fn jitter(max: Duration) -> Duration {

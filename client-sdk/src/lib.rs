@@ -15,8 +15,8 @@ pub mod client;
 pub mod token;
 
 pub use client::{
-    Client, ConnectError, ConnectOptions, ConnectionState, Item, PublishError, SubscribeError,
-    Subscription, connect,
+    Client, ClientEvent, ConnectError, ConnectOptions, ConnectionState, Item, PublishError,
+    SubscribeError, Subscription, connect,
 };
 pub use scopecast_protocol as protocol;
 pub use scopecast_protocol::{

@@ -90,6 +90,8 @@ pub struct TestBroker {
     addr: SocketAddr,
     /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
     base: String,
+    /// The operator port's base URL when `admin_listen` is set.
+    admin_base: Option<String>,
     data_dir: PathBuf,
     admin_token: String,
     http: reqwest::Client,
@@ -192,10 +194,36 @@ impl TestBroker {
         if ca_pem.is_some() && config.oauth.public_url.is_none() {
             config.oauth.public_url = Some(base.clone());
         }
+        // With `admin_listen` set, the operator endpoints get a port of their own (port 0 here).
+        let admin_listener = match config.admin_listen {
+            Some(_) => Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind the admin listener"),
+            ),
+            None => None,
+        };
+        let admin_base = admin_listener.as_ref().map(|l| {
+            let a = l.local_addr().expect("admin address");
+            match ca_pem {
+                None => format!("http://{a}"),
+                Some(_) => format!("https://localhost:{}", a.port()),
+            }
+        });
+        if let Some(l) = &admin_listener {
+            config.admin_listen = Some(l.local_addr().expect("admin address"));
+        }
         let kept = config.clone();
-        let task = tokio::spawn(scopecast_broker::run(listener, config, async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(scopecast_broker::run_on(
+            scopecast_broker::Listeners {
+                main: listener,
+                admin: admin_listener,
+            },
+            config,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         let mut builder = reqwest::Client::builder().timeout(WAIT);
         if let Some(pem) = ca_pem {
             builder = builder
@@ -227,6 +255,7 @@ impl TestBroker {
         TestBroker {
             addr,
             base,
+            admin_base,
             data_dir,
             admin_token,
             http,
@@ -272,12 +301,34 @@ impl TestBroker {
         &self.admin_token
     }
 
+    /// The base URL of the operator endpoints (admin API, metrics): the `admin_listen` port
+    /// when set, else the public one.
+    pub fn operator_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin_base.as_deref().unwrap_or(&self.base))
+    }
+
+    /// The HTTP client the helpers use (it trusts the test CA with TLS).
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Calls the admin API with the admin credential.
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
+        self.admin_as(&self.admin_token, method, path, body).await
+    }
+
+    /// Calls the admin API with `credential`.
+    pub async fn admin_as(
+        &self,
+        credential: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Answer {
         let mut req = self
             .http
-            .request(method, self.http_url(&format!("/admin/v1{path}")))
-            .bearer_auth(&self.admin_token);
+            .request(method, self.operator_url(&format!("/admin/v1{path}")))
+            .bearer_auth(credential);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -426,10 +477,11 @@ impl TestBroker {
         Answer::from(resp).await
     }
 
-    /// `GET /metrics` as text.
+    /// `GET /metrics` as text (with the admin credential, which may read metrics).
     pub async fn metrics(&self) -> String {
         self.http
-            .get(self.http_url("/metrics"))
+            .get(self.operator_url("/metrics"))
+            .bearer_auth(&self.admin_token)
             .send()
             .await
             .expect("metrics")

@@ -222,4 +222,16 @@ impl Ws {
             }))
             .await;
     }
+
+    /// The TCP connection under the WebSocket (plain `ws://` only), to drop it without a
+    /// close frame.
+    ///
+    /// # Panics
+    /// On a TLS connection.
+    pub fn into_tcp(self) -> TcpStream {
+        match self.stream.into_inner() {
+            MaybeTlsStream::Plain(tcp) => tcp,
+            _ => panic!("into_tcp needs a plain ws:// connection"),
+        }
+    }
 }
