@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use scopecast_broker::ADMIN_TOKEN_FILE;
-use scopecast_client::{PrivateKey, TokenSource};
+use scopecast_client::{CertificateError, PrivateKey, TlsConfig, TokenSource};
 use serde_json::{Value, json};
 
 /// `println!` that ends quietly when stdout is closed (`scopecast app list | head -1`).
@@ -31,6 +31,22 @@ pub(crate) struct Target {
         global = true
     )]
     pub(crate) url: String,
+    /// PEM file of CA certificates to trust besides the bundled and system roots: the
+    /// organisation's own CA that signed the broker's certificate.
+    #[arg(long, env = "SCOPECAST_CACERT", value_name = "FILE", global = true)]
+    pub(crate) cacert: Option<PathBuf>,
+}
+
+impl Target {
+    /// The CAs every connection to the broker trusts: the bundled Mozilla roots, the system
+    /// trust store (`SSL_CERT_FILE`, `SSL_CERT_DIR`, the OS bundle), and `--cacert`.
+    fn tls(&self) -> anyhow::Result<TlsConfig> {
+        let tls = TlsConfig::new();
+        Ok(match &self.cacert {
+            Some(path) => tls.add_root_certificates(path)?,
+            None => tls,
+        })
+    }
 }
 
 /// Admin credential options.
@@ -284,8 +300,13 @@ struct Admin {
 
 impl Admin {
     fn new(target: &Target, auth: &AdminAuth) -> anyhow::Result<Admin> {
+        let tls = target.tls()?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls.client_config()?).clone())
+            .build()
+            .context("setting up the HTTP client")?;
         Ok(Admin {
-            http: reqwest::Client::new(),
+            http,
             url: target.url.trim_end_matches('/').to_owned(),
             token: auth.token()?,
         })
@@ -314,10 +335,17 @@ impl Admin {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url}"))?;
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                // A refused certificate says what to do about it.
+                let cause = match CertificateError::find(&e) {
+                    Some(certificate) => anyhow::Error::new(certificate),
+                    None => anyhow::Error::new(e),
+                };
+                return Err(cause.context(format!("cannot reach {url}")));
+            }
+        };
         let status = resp.status();
         let value: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -843,8 +871,12 @@ pub(crate) fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The token source that `token`, `sub`, `pub` and `replay` authenticate with.
-pub(crate) fn token_source(target: &Target, args: &TokenArgs) -> anyhow::Result<TokenSource> {
+/// The token source that `token`, `sub`, `pub` and `replay` authenticate with, trusting `tls`.
+pub(crate) fn token_source(
+    target: &Target,
+    args: &TokenArgs,
+    tls: &TlsConfig,
+) -> anyhow::Result<TokenSource> {
     let Some(client_id) = args.client_id.as_deref() else {
         bail!(
             "give --client-id (or SCOPECAST_CLIENT_ID) with --client-secret or --private-key, or a ready --token"
@@ -869,6 +901,7 @@ pub(crate) fn token_source(target: &Target, args: &TokenArgs) -> anyhow::Result<
             bail!("give --client-secret (or SCOPECAST_CLIENT_SECRET) or --private-key FILE")
         }
     };
+    let source = source.with_tls(tls.clone());
     Ok(match &args.scope {
         Some(scope) => source.with_scope(scope),
         None => source,
@@ -877,7 +910,7 @@ pub(crate) fn token_source(target: &Target, args: &TokenArgs) -> anyhow::Result<
 
 /// `scopecast token`: prints an access token (or the whole response with `--json`).
 pub(crate) async fn token(target: Target, args: TokenArgs) -> anyhow::Result<()> {
-    let source = token_source(&target, &args)?;
+    let source = token_source(&target, &args, &target.tls()?)?;
     let t = source.fetch().await?;
     if args.json {
         outln!(
@@ -893,9 +926,11 @@ pub(crate) async fn token(target: Target, args: TokenArgs) -> anyhow::Result<()>
 /// Connects with the credentials given; what happens to the connection (a failed token
 /// refresh, a drop and the reconnect) is said on stderr as it happens.
 async fn client(target: &Target, auth: &TokenArgs) -> anyhow::Result<scopecast_client::Client> {
+    let tls = target.tls()?;
+    let options = scopecast_client::ConnectOptions::new().tls(tls.clone());
     let options = match &auth.token {
-        Some(t) => scopecast_client::ConnectOptions::new().token(t),
-        None => scopecast_client::ConnectOptions::new().token_source(token_source(target, auth)?),
+        Some(t) => options.token(t),
+        None => options.token_source(token_source(target, auth, &tls)?),
     };
     let options = options.event_callback(|e| match e {
         scopecast_client::ClientEvent::TokenRefreshFailed(why) => {
@@ -907,7 +942,10 @@ async fn client(target: &Target, auth: &TokenArgs) -> anyhow::Result<scopecast_c
         scopecast_client::ClientEvent::Reconnected => eprintln!("scopecast: reconnected"),
         _ => {}
     });
-    Ok(options.connect(&target.url).await?)
+    options
+        .connect(&target.url)
+        .await
+        .with_context(|| format!("connecting to {}", target.url))
 }
 
 /// `scopecast sub PATTERN... [--since SEQ]`: prints one event object per line (NDJSON) on

@@ -17,6 +17,7 @@ const CLIENT_ENV: &[&str] = &[
     "CLIENT_SECRET",
     "TOKEN",
     "PRIVATE_KEY",
+    "CACERT",
     "CONFIG",
 ];
 
@@ -720,6 +721,7 @@ mod tests {
             )?;
             jail.set_env("SCOPECAST_LISTEN", "127.0.0.1:9001");
             jail.set_env("SCOPECAST_URL", "http://ignored.example");
+            jail.set_env("SCOPECAST_CACERT", "/etc/ssl/hospital-ca.pem");
             jail.set_env("SCOPECAST_OAUTH__TOKEN_LIFETIME_S", "60");
             let flags = Overrides {
                 log: Some(LogMode::Durable),

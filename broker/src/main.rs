@@ -149,11 +149,27 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` prints the cause chain on one line, without a backtrace.
-            eprintln!("scopecast: {e:#}");
+            eprintln!("scopecast: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The cause chain on one line, without a backtrace (like `{:#}`), leaving out a cause whose
+/// message the line already holds: many errors repeat their source's message in their own.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if line.contains(&message) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&message);
+    }
+    line
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -333,5 +349,21 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_line_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("token endpoint x: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let e = anyhow::Error::new(Outer(std::io::Error::other("refused"))).context("connecting");
+        assert_eq!(one_line(&e), "connecting: token endpoint x: refused");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&e), "outer: inner");
     }
 }

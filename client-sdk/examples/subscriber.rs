@@ -4,6 +4,9 @@
 //! SCOPECAST_URL=http://127.0.0.1:7070 SCOPECAST_CLIENT_ID=... SCOPECAST_CLIENT_SECRET=... \
 //!   cargo run -p scopecast-client --example subscriber -- 'adt.>'
 //! ```
+//!
+//! For a broker whose certificate comes from an organisation's own CA, also set
+//! `SCOPECAST_CACERT=/path/to/ca.pem`.
 
 use futures_util::StreamExt;
 use scopecast_client::{ConnectOptions, Item, SubscribeError, TokenSource};
@@ -17,10 +20,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &std::env::var("SCOPECAST_CLIENT_ID")?,
         &std::env::var("SCOPECAST_CLIENT_SECRET")?,
     );
-    let client = ConnectOptions::new()
-        .token_source(tokens)
-        .connect(&url)
-        .await?;
+    let mut options = ConnectOptions::new().token_source(tokens);
+    if let Ok(ca) = std::env::var("SCOPECAST_CACERT") {
+        // Trusted besides the bundled and system roots, by the token requests too.
+        options = options.add_root_certificates(ca)?;
+    }
+    let client = options.connect(&url).await?;
     let mut events = match client.subscribe(&pattern).await {
         Ok(s) => s,
         Err(SubscribeError::Forbidden { required_scope }) => {

@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::tls::{CertificateError, TlsConfig, TlsError};
 use crate::token::{TokenError, TokenSource};
 
 /// Where the connection is.
@@ -91,6 +92,14 @@ pub enum ConnectError {
         /// The broker's message.
         message: String,
     },
+    /// The broker's TLS certificate was refused, for a reason the message explains (an
+    /// organisation's own CA this client does not trust, a CA certificate served as the
+    /// broker's own).
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+    /// The TLS configuration could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// The broker closed the connection during the handshake.
     #[error("the broker closed the connection: {0}")]
     Closed(String),
@@ -184,6 +193,8 @@ const SUBSCRIPTION_BUFFER: usize = 4096;
 pub struct ConnectOptions {
     token: Option<TokenFn>,
     static_token: Option<String>,
+    /// `None`: the bundled and system roots.
+    tls: Option<TlsConfig>,
     reconnect: bool,
     max_delay: Duration,
     on_event: Option<EventCallback>,
@@ -209,6 +220,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             token: None,
             static_token: None,
+            tls: None,
             reconnect: true,
             max_delay: Duration::from_secs(30),
             on_event: None,
@@ -232,6 +244,44 @@ impl ConnectOptions {
     pub fn token(mut self, token: &str) -> ConnectOptions {
         self.static_token = Some(token.to_owned());
         self
+    }
+
+    /// Trusts the CAs of `tls` for every connection this client makes: the WebSocket, the
+    /// history reads, and the token endpoint (unless the token source has its own, from
+    /// [`TokenSource::with_tls`]). Default: [`TlsConfig::new`], the bundled Mozilla roots and
+    /// the system trust store.
+    pub fn tls(mut self, tls: TlsConfig) -> ConnectOptions {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Also trusts the CA certificates in the PEM file at `path`, such as a hospital's own CA
+    /// that signed the broker's certificate: shorthand for
+    /// `tls(TlsConfig::new().add_root_certificates(path)?)`, adding to a `TlsConfig` given
+    /// before.
+    ///
+    /// # Errors
+    /// [`TlsError`] when the file cannot be read or holds no usable certificate.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use scopecast_client::{ConnectOptions, TokenSource};
+    /// let url = "https://scopecast.hospital.example";
+    /// let client = ConnectOptions::new()
+    ///     .add_root_certificates("/etc/hospital/ca.pem")?
+    ///     .token_source(TokenSource::client_secret(url, "CLIENT_ID", "SECRET"))
+    ///     .connect(url)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_root_certificates(
+        mut self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<ConnectOptions, TlsError> {
+        let tls = self.tls.take().unwrap_or_default();
+        self.tls = Some(tls.add_root_certificates(path)?);
+        Ok(self)
     }
 
     /// Reconnect after a drop (default true).
@@ -276,7 +326,9 @@ impl ConnectOptions {
     /// Connects to the broker at `url` (`http(s)://host:port` or `ws(s)://host:port`).
     ///
     /// # Errors
-    /// [`ConnectError`] when the first connection cannot be made.
+    /// [`ConnectError`] when the first connection cannot be made;
+    /// [`ConnectError::Certificate`] when the broker's certificate is refused, saying what to
+    /// do (for an organisation's own CA: [`ConnectOptions::add_root_certificates`]).
     ///
     /// # Examples
     /// ```no_run
@@ -286,12 +338,13 @@ impl ConnectOptions {
     /// let client = ConnectOptions::new().token_source(tokens).connect("http://127.0.0.1:7070").await?;
     /// # Ok(()) }
     /// ```
-    pub async fn connect(self, url: &str) -> Result<Client, ConnectError> {
+    pub async fn connect(mut self, url: &str) -> Result<Client, ConnectError> {
         let ws_url = stream_url(url);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| ConnectError::Io(e.to_string()))?;
+        // One trust for every connection: the WebSocket, history reads and tokens.
+        let tls = self.tls.take().unwrap_or_default();
+        let tls_config = tls.client_config()?;
+        let http = tls.http_client(Duration::from_secs(30))?;
+        self.token = self.token.map(|t| t.with_tls_unless_set(&tls));
         let (internal, internal_rx) = mpsc::unbounded_channel();
         let conn = Conn {
             history: History {
@@ -300,6 +353,7 @@ impl ConnectOptions {
                 opts: self.clone(),
             },
             opts: self,
+            tls: tls_config,
             url: ws_url,
             subs: HashMap::new(),
             pending: HashMap::new(),
@@ -651,6 +705,9 @@ enum Internal {
 
 struct Conn {
     opts: ConnectOptions,
+    /// The rustls config of every WebSocket this connection opens (the history client and the
+    /// token source use the same trust).
+    tls: Arc<rustls::ClientConfig>,
     url: String,
     history: History,
     subs: HashMap<u64, SubState>,
@@ -965,7 +1022,10 @@ impl Conn {
         let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|e| ConnectError::Io(e.to_string()))?;
         req.headers_mut().insert("authorization", bearer);
-        let (mut socket, _) = match tokio_tungstenite::connect_async(req).await {
+        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+        let connecting =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector));
+        let (mut socket, _) = match connecting.await {
             Ok(s) => s,
             Err(tungstenite::Error::Http(resp)) => {
                 let message = resp
@@ -979,7 +1039,12 @@ impl Conn {
                     message,
                 });
             }
-            Err(e) => return Err(ConnectError::Io(e.to_string())),
+            Err(e) => {
+                return Err(match CertificateError::find(&e) {
+                    Some(certificate) => ConnectError::Certificate(certificate),
+                    None => ConnectError::Io(e.to_string()),
+                });
+            }
         };
         loop {
             match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {

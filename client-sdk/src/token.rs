@@ -2,7 +2,10 @@
 //! authenticating with a client secret (`client_secret_basic`) or a private key
 //! (`private_key_jwt`, RFC 7523, as in SMART Backend Services).
 //!
-//! [`TokenSource`] caches the token and fetches a new one before the old one expires.
+//! [`TokenSource`] caches the token and fetches a new one before the old one expires. It trusts
+//! the CAs of a [`TlsConfig`]: its own ([`TokenSource::with_tls`]), or else the one of the
+//! connection it serves ([`ConnectOptions::tls`](crate::ConnectOptions::tls)), or else the
+//! bundled and system roots.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,7 +19,9 @@ use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::tls::{CertificateError, TlsConfig, TlsError};
 
 /// `client_assertion_type` for JWT client assertions (RFC 7523 section 2.2).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -35,6 +40,18 @@ pub enum TokenError {
         #[source]
         source: reqwest::Error,
     },
+    /// The token endpoint's certificate was refused; the message says what to do.
+    #[error("token endpoint {url}: {source}")]
+    Certificate {
+        /// The URL asked.
+        url: String,
+        /// What is wrong with the certificate.
+        #[source]
+        source: CertificateError,
+    },
+    /// The TLS configuration could not be used.
+    #[error("token endpoint: {0}")]
+    Tls(#[from] TlsError),
     /// The authorization server refused (RFC 6749 section 5.2).
     #[error("token request refused ({status}): {error}: {description}")]
     Refused {
@@ -51,10 +68,26 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    /// True when retrying later cannot help: the server refused the credentials or request.
+    /// True when retrying later cannot help: the server refused the credentials or request, or
+    /// the key or TLS configuration is unusable. A refused certificate is not permanent: the
+    /// broker's may be replaced.
     pub fn is_permanent(&self) -> bool {
         matches!(self, TokenError::Refused { status, .. } if *status < 500)
-            || matches!(self, TokenError::Key(_))
+            || matches!(self, TokenError::Key(_) | TokenError::Tls(_))
+    }
+
+    /// A transport error of a request to `url`, explained when it is a refused certificate.
+    fn transport(url: &str, source: reqwest::Error) -> TokenError {
+        match CertificateError::find(&source) {
+            Some(certificate) => TokenError::Certificate {
+                url: url.to_owned(),
+                source: certificate,
+            },
+            None => TokenError::Http {
+                url: url.to_owned(),
+                source,
+            },
+        }
     }
 }
 
@@ -352,7 +385,11 @@ struct ErrorResponse {
 /// clones share the cache.
 #[derive(Clone)]
 pub struct TokenSource {
-    http: reqwest::Client,
+    /// The CAs to trust; `None`: those of the connection it serves, or the default.
+    tls: Option<TlsConfig>,
+    /// Made with `tls` at the first request (building it may fail, and `new` cannot); shared
+    /// by clones, replaced by `with_tls`.
+    http: Arc<OnceCell<reqwest::Client>>,
     base_url: String,
     credential: Credential,
     scope: Option<String>,
@@ -371,10 +408,8 @@ impl fmt::Debug for TokenSource {
 impl TokenSource {
     fn new(base_url: &str, credential: Credential) -> TokenSource {
         TokenSource {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap_or_default(),
+            tls: None,
+            http: Arc::default(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             credential,
             scope: None,
@@ -408,6 +443,48 @@ impl TokenSource {
     pub fn with_scope(mut self, scope: &str) -> TokenSource {
         self.scope = Some(scope.to_owned());
         self
+    }
+
+    /// Trusts the CAs of `tls` for the token endpoint (by default: those of the connection it is
+    /// given to with [`ConnectOptions::token_source`](crate::ConnectOptions::token_source), or
+    /// else the bundled and system roots). Clones made before share the token cache but keep
+    /// their own trust.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use scopecast_client::{TlsConfig, TokenSource};
+    /// let tls = TlsConfig::new().add_root_certificates("/etc/hospital/ca.pem")?;
+    /// let tokens = TokenSource::client_secret("https://scopecast.hospital.example", "ID", "SECRET")
+    ///     .with_tls(tls);
+    /// let token = tokens.fetch().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_tls(mut self, tls: TlsConfig) -> TokenSource {
+        self.tls = Some(tls);
+        self.http = Arc::default();
+        self
+    }
+
+    /// This source, trusting `tls` unless it was given its own.
+    pub(crate) fn with_tls_unless_set(self, tls: &TlsConfig) -> TokenSource {
+        if self.tls.is_some() {
+            self
+        } else {
+            self.with_tls(tls.clone())
+        }
+    }
+
+    /// The HTTP client, made at the first request.
+    async fn http(&self) -> Result<&reqwest::Client, TlsError> {
+        self.http
+            .get_or_try_init(|| async {
+                self.tls
+                    .clone()
+                    .unwrap_or_default()
+                    .http_client(Duration::from_secs(30))
+            })
+            .await
     }
 
     /// The client ID.
@@ -456,7 +533,8 @@ impl TokenSource {
         if let Some(scope) = &self.scope {
             form.push(("scope", scope.clone()));
         }
-        let mut req = self.http.post(&url);
+        let http = self.http().await?;
+        let mut req = http.post(&url);
         match &self.credential {
             Credential::Secret {
                 client_id,
@@ -467,7 +545,10 @@ impl TokenSource {
                 req = req.basic_auth(enc(client_id), Some(enc(client_secret)));
             }
             Credential::PrivateKey { client_id, key } => {
-                let audience = self.token_endpoint().await.unwrap_or_else(|_| url.clone());
+                let audience = self
+                    .token_endpoint(http)
+                    .await
+                    .unwrap_or_else(|_| url.clone());
                 form.push(("client_assertion_type", JWT_BEARER.to_owned()));
                 form.push(("client_assertion", key.assertion(client_id, &audience)?));
             }
@@ -482,15 +563,12 @@ impl TokenSource {
             .body(body)
             .send()
             .await
-            .map_err(|source| TokenError::Http {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|source| TokenError::transport(&url, source))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|source| TokenError::Http {
-            url: url.clone(),
-            source,
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| TokenError::transport(&url, source))?;
         if status != 200 {
             let err: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or(ErrorResponse {
                 error: "server_error".to_owned(),
@@ -516,14 +594,13 @@ impl TokenSource {
     }
 
     /// The token endpoint URL from the server's RFC 8414 metadata: assertions name it as `aud`.
-    async fn token_endpoint(&self) -> Result<String, reqwest::Error> {
+    async fn token_endpoint(&self, http: &reqwest::Client) -> Result<String, reqwest::Error> {
         #[derive(Deserialize)]
         struct Metadata {
             token_endpoint: String,
         }
         let url = format!("{}/.well-known/oauth-authorization-server", self.base_url);
-        let m: Metadata = self
-            .http
+        let m: Metadata = http
             .get(url)
             .send()
             .await?

@@ -5,8 +5,10 @@
 //! - [`test_config`]: the configuration tests start from.
 //! - [`ws`]: a raw `scopecast.v1` WebSocket client.
 //! - [`keys`]: real key pairs (EC P-256, P-384, RSA) for `private_key_jwt` and foreign issuers.
+//! - [`pki`]: an organisation's own CA, an intermediate and a server certificate, as PEM files.
 
 pub mod keys;
+pub mod pki;
 pub mod raw;
 pub mod ws;
 

@@ -33,28 +33,28 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, t)| t.trim())
 }
 
-/// The credential of `headers`, or a 401 with an RFC 6750 challenge.
-fn authenticate(state: &AppState, headers: &HeaderMap, realm: &str) -> Result<Caller, Response> {
-    let credential = bearer_token(headers).and_then(|t| state.inner.registry.authenticate(t));
-    match credential {
-        Some(c) => Ok(Caller {
-            name: c.name.clone(),
-            role: c.role,
-        }),
-        None => {
-            let mut resp = error_response(
-                ErrorCode::Unauthorized,
-                "invalid_token",
-                "this endpoint needs a valid credential: Authorization: Bearer <token> (scopecast credential create)",
-            );
-            if let Ok(v) = HeaderValue::from_str(&format!(
-                "Bearer realm=\"{realm}\", error=\"invalid_token\""
-            )) {
-                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-            }
-            Err(resp)
-        }
+/// The valid credential of `headers`, if any.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
+    let c = bearer_token(headers).and_then(|t| state.inner.registry.authenticate(t))?;
+    Some(Caller {
+        name: c.name.clone(),
+        role: c.role,
+    })
+}
+
+/// 401 with an RFC 6750 challenge for `realm`.
+fn unauthorized(realm: &str) -> Response {
+    let mut resp = error_response(
+        ErrorCode::Unauthorized,
+        "invalid_token",
+        "this endpoint needs a valid credential: Authorization: Bearer <token> (scopecast credential create)",
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "Bearer realm=\"{realm}\", error=\"invalid_token\""
+    )) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
+    resp
 }
 
 fn forbidden(caller: &Caller, what: &str) -> Response {
@@ -74,9 +74,8 @@ pub(crate) async fn require_admin_api(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let caller = match authenticate(&state, req.headers(), "scopecast-admin") {
-        Ok(c) => c,
-        Err(resp) => return resp,
+    let Some(caller) = authenticate(&state, req.headers()) else {
+        return unauthorized("scopecast-admin");
     };
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let allowed = if read {
@@ -102,9 +101,8 @@ pub(crate) async fn require_metrics(
     req: Request,
     next: Next,
 ) -> Response {
-    let caller = match authenticate(&state, req.headers(), "scopecast-metrics") {
-        Ok(c) => c,
-        Err(resp) => return resp,
+    let Some(caller) = authenticate(&state, req.headers()) else {
+        return unauthorized("scopecast-metrics");
     };
     if !caller.role.can_scrape_metrics() {
         return forbidden(&caller, "read metrics");

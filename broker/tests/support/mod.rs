@@ -33,7 +33,21 @@ impl Drop for Served {
 /// # Panics
 /// When it does not start within 20 s.
 pub(crate) fn serve(data: &Path, log: &str) -> Served {
-    let mut child = Command::new(BIN)
+    start(data, log, None)
+}
+
+/// Like [`serve`] with the in-memory log, serving HTTPS with `cert_file` (a PEM chain) and
+/// `key_file`; the URL is `https://localhost:PORT`.
+///
+/// # Panics
+/// When it does not start within 20 s.
+pub(crate) fn serve_tls(data: &Path, cert_file: &Path, key_file: &Path) -> Served {
+    start(data, "memory", Some((cert_file, key_file)))
+}
+
+fn start(data: &Path, log: &str, tls: Option<(&Path, &Path)>) -> Served {
+    let mut command = Command::new(BIN);
+    command
         .args([
             "serve",
             "--listen",
@@ -45,9 +59,13 @@ pub(crate) fn serve(data: &Path, log: &str) -> Served {
         .arg(data)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn scopecast serve");
+        .stderr(Stdio::piped());
+    if let Some((cert, key)) = tls {
+        command
+            .env("SCOPECAST_TLS__CERT_FILE", cert)
+            .env("SCOPECAST_TLS__KEY_FILE", key);
+    }
+    let mut child = command.spawn().expect("spawn scopecast serve");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -60,8 +78,12 @@ pub(crate) fn serve(data: &Path, log: &str) -> Served {
     let addr = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("serve printed its address");
-    Served {
-        child,
-        url: format!("http://{addr}"),
-    }
+    let url = match tls {
+        None => format!("http://{addr}"),
+        Some(_) => {
+            let port = addr.rsplit(':').next().unwrap_or_default();
+            format!("https://localhost:{port}")
+        }
+    };
+    Served { child, url }
 }
