@@ -647,16 +647,19 @@ mod tests {
         bus.subscribe(&"a.>".parse().unwrap(), &sub, |_| {});
 
         assert_eq!(publish(&bus, "a.b").await.unwrap().seq, 1);
+        assert!(bus.log_writable());
         log.failing.store(true, Ordering::SeqCst);
         assert!(
             matches!(publish(&bus, "a.b").await, Err(Refusal::Unavailable(m)) if m.contains("No space"))
         );
+        assert!(!bus.log_writable(), "readiness follows a failed append");
         log.failing.store(false, Ordering::SeqCst);
         assert_eq!(
             publish(&bus, "a.b").await.unwrap().seq,
             2,
             "the refused batch used no seq"
         );
+        assert!(bus.log_writable(), "and the next stored batch ends it");
 
         let queued = sub.outbox.drain().frames;
         let texts: Vec<String> = queued.iter().map(|q| q.text.to_string()).collect();

@@ -519,12 +519,18 @@ mod tests {
             Err(LogError::Unavailable(_))
         ));
         assert_eq!(log.last_seq(), 2, "nothing counted as stored");
-        // Still full: refused again, never a panic.
+        // Still full: refused again, never a panic; the readiness probe says so too.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert!(log.append(&[ev(3, "a.b")]).await.is_err());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(log.probe().await.is_err(), "the probe writes too");
         // Room again: after the reopen pause the same batch goes in, and nothing is lost.
         disk.full.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(1100)).await;
+        log.probe()
+            .await
+            .expect("room again: the probe passes without storing an event");
+        assert_eq!(log.last_seq(), 2);
         log.append(&[ev(3, "a.b")]).await.unwrap();
         let got = log.read_after(0, 10).await.unwrap();
         assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
