@@ -16,8 +16,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "adt.patient.admitted".into());
     let tokens = TokenSource::client_secret(
         &url,
-        &std::env::var("SCOPECAST_CLIENT_ID")?,
-        &std::env::var("SCOPECAST_CLIENT_SECRET")?,
+        &required("SCOPECAST_CLIENT_ID")?,
+        &required("SCOPECAST_CLIENT_SECRET")?,
     );
     let client = scopecast_client::connect(&url, tokens).await?;
     let encounter =
@@ -29,5 +29,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(e) => return Err(e.into()),
     }
+    // A close frame, so the broker logs a normal close rather than an abrupt disconnect.
+    client.close().await;
     Ok(())
+}
+
+/// An environment variable the example needs, or an error that names it.
+fn required(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| {
+        format!("set {name} (the application's non-production client ID and secret, from `scopecast app create --json`)")
+    })
 }

@@ -17,8 +17,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pattern = std::env::args().nth(1).unwrap_or_else(|| ">".into());
     let tokens = TokenSource::client_secret(
         &url,
-        &std::env::var("SCOPECAST_CLIENT_ID")?,
-        &std::env::var("SCOPECAST_CLIENT_SECRET")?,
+        &required("SCOPECAST_CLIENT_ID")?,
+        &required("SCOPECAST_CLIENT_SECRET")?,
     );
     let mut options = ConnectOptions::new().token_source(tokens);
     if let Ok(ca) = std::env::var("SCOPECAST_CACERT") {
@@ -44,4 +44,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// An environment variable the example needs, or an error that names it.
+fn required(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| {
+        format!("set {name} (the application's non-production client ID and secret, from `scopecast app create --json`)")
+    })
 }
