@@ -112,6 +112,33 @@ async fn refusals_sessions_and_abrupt_disconnects_are_logged_at_info_with_client
     assert!(closed.contains("close_code=1000"), "{closed}");
     assert!(closed.contains("closed_by=\"client\""), "{closed}");
 
+    // The SDK closes with 1000 when told to (the CLI does when it finishes).
+    let sdk = scopecast_client::ConnectOptions::new()
+        .token(&token)
+        .connect(&broker.base_url())
+        .await
+        .unwrap();
+    let sdk_session = broker
+        .admin(reqwest::Method::GET, "/sessions", None)
+        .await
+        .body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session"].as_str().unwrap().to_owned())
+        .max_by_key(|s| u64::from_str_radix(s, 16).unwrap())
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), sdk.close())
+        .await
+        .unwrap();
+    let closed = capture
+        .line_with(&["session closed", &format!("session={sdk_session}")])
+        .await;
+    assert!(
+        closed.contains("close_code=1000") && closed.contains("closed_by=\"client\""),
+        "{closed}"
+    );
+
     // A client that drops TCP without a close frame: an abrupt disconnect, not a 1002.
     let (ws2, welcome2) = Ws::connect(&broker, &token).await;
     let session2 = welcome2["session"].as_str().unwrap().to_owned();
