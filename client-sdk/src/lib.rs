@@ -1,8 +1,12 @@
 //! Scopecast client SDK for subscribers and publishers.
 //!
-//! Modules:
-//! - [`client`]: [`connect`], [`ConnectOptions`], [`Client`] (subscribe, publish),
-//!   [`Subscription`] (a `Stream` of [`Item`]s); reconnects and resumes by `seq`.
+//! Modules (laid out as async-nats's):
+//! - `options`: [`ConnectOptions`] and [`connect`]; [`ClientEvent`]s told to a callback.
+//! - `client`: [`Client`] (subscribe, publish, close), [`Subscription`] (a `Stream` of
+//!   [`Item`]s), [`ConnectionState`].
+//! - `error`: [`ConnectError`], [`SubscribeError`], [`PublishError`].
+//! - `connection`: the task that owns the WebSocket: reconnects and resumes by `seq`.
+//! - `history`: catch-up from `GET /v1/events` for readers that fell behind.
 //! - [`token`]: [`TokenSource`], OAuth2 client credentials with a client secret or a private
 //!   key (`private_key_jwt`), cached and refreshed before expiry.
 //! - [`tls`]: [`TlsConfig`], the CAs trusted for `https://` and `wss://` (bundled roots, the
@@ -14,14 +18,17 @@
 //! The connection and subscription API is modelled on async-nats; see `protocol/PROTOCOL.md`
 //! for the wire rules it follows.
 
-pub mod client;
+mod client;
+mod connection;
+mod error;
+mod history;
+mod options;
 pub mod tls;
 pub mod token;
 
-pub use client::{
-    Client, ClientEvent, ConnectError, ConnectOptions, ConnectionState, Item, PublishError,
-    SubscribeError, Subscription, connect,
-};
+pub use client::{Client, ConnectionState, Item, Subscription};
+pub use error::{ConnectError, PublishError, SubscribeError};
+pub use options::{ClientEvent, ConnectOptions, connect};
 pub use scopecast_protocol as protocol;
 pub use scopecast_protocol::{
     CloseCode, ErrorCode, Pattern, Published, Reason, Retry, ScopeSet, Topic,

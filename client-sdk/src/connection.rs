@@ -1,0 +1,780 @@
+//! The connection task: one task owns the WebSocket, takes commands from [`Client`]
+//! handles, feeds subscriptions, refreshes the token, reconnects with capped jittered backoff
+//! and resumes every subscription from its last `seq`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use scopecast_protocol::{
+    ClientFrame, CloseCode, ErrorFrame, Pattern, Published, Reason, RequestId, Retry, SUBPROTOCOL,
+    ServerFrame,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::client::Command;
+use crate::error::{publish_error, subscribe_error};
+use crate::history::{History, current_token};
+use crate::options::{MIN_RETRY_DELAY, STABLE_CONNECTION};
+use crate::tls::CertificateError;
+use crate::{
+    ClientEvent, ConnectError, ConnectOptions, ConnectionState, Item, PublishError, SubscribeError,
+};
+
+pub(crate) type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub(crate) struct SubState {
+    pub(crate) pattern: Pattern,
+    /// Newest `seq` handed to the reader, or the resume point; `None` until the broker answered
+    /// the first `subscribe`.
+    pub(crate) last_seq: Option<u64>,
+    /// With `subscribe_since`: where the history starts (the first `subscribed` sets it).
+    pub(crate) since: Option<u64>,
+    pub(crate) feed: Feed,
+    /// Waiting for `subscribed` after (re)subscribing: the request id, and the caller to answer.
+    pub(crate) pending: Option<(String, Option<SubscribeReply>)>,
+    /// Set while the subscription is fed from the history endpoint instead of the socket.
+    pub(crate) catch_up: Option<CatchUp>,
+    /// Numbers catch-up rounds, so a report of an aborted round is ignored.
+    pub(crate) rounds: u64,
+    /// The newest matching `seq` the socket carried while `pending` (not handed over).
+    pub(crate) held: u64,
+}
+
+/// A catch-up round in flight: a task reading `GET /v1/events` into the subscription.
+pub(crate) struct CatchUp {
+    pub(crate) round: u64,
+    /// The newest matching `seq` the round must reach: the broker's head when the subscription
+    /// went live, then every matching event the socket carried meanwhile (not handed over).
+    pub(crate) target: u64,
+    pub(crate) task: tokio::task::AbortHandle,
+}
+
+/// Where a subscribe's answer (its id, or why not) goes.
+pub(crate) type SubscribeReply = oneshot::Sender<Result<u64, SubscribeError>>;
+
+pub(crate) enum Pending {
+    Publish(oneshot::Sender<Result<Published, PublishError>>),
+    Unsubscribe,
+}
+
+/// Reports from the tasks the connection task spawns.
+pub(crate) enum Internal {
+    /// A catch-up round handed over every event up to `upto`.
+    CaughtUp { sid: u64, round: u64, upto: u64 },
+    /// A catch-up round cannot go on.
+    CatchUpFailed {
+        sid: u64,
+        round: u64,
+        error: SubscribeError,
+    },
+    /// A refreshed access token (after `token_expiring`), to send as `auth`, or why the
+    /// refresh failed.
+    Token(Result<String, String>),
+}
+
+pub(crate) struct Conn {
+    pub(crate) opts: ConnectOptions,
+    /// The rustls config of every WebSocket this connection opens (the history client and the
+    /// token source use the same trust).
+    pub(crate) tls: Arc<rustls::ClientConfig>,
+    pub(crate) url: String,
+    pub(crate) history: History,
+    pub(crate) subs: HashMap<u64, SubState>,
+    pub(crate) pending: HashMap<String, Pending>,
+    pub(crate) next: u64,
+    pub(crate) internal: mpsc::UnboundedSender<Internal>,
+    pub(crate) refreshing: bool,
+}
+
+/// Ends a subscription's stream with `why` as its last item. The reader may be behind (its
+/// buffer full), so the item waits in a task of its own; the stream ends after it.
+pub(crate) fn end_subscription(mut sub: SubState, why: SubscribeError) {
+    if let Some(c) = sub.catch_up.take() {
+        c.task.abort();
+    }
+    if let Some((_, Some(reply))) = sub.pending.take() {
+        let _ = reply.send(Err(why));
+        return;
+    }
+    let feed = sub.feed;
+    tokio::spawn(feed.end(why));
+}
+
+/// A subscription's way to its reader, shared by the connection task (live events, with
+/// `try_send`), a catch-up task (history, waiting for the reader) and the final
+/// [`Item::Ended`]: once ended, nothing more goes in, whatever a task was doing.
+#[derive(Clone)]
+pub(crate) struct Feed {
+    pub(crate) tx: mpsc::Sender<Item>,
+    pub(crate) ended: Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl Feed {
+    pub(crate) fn new(tx: mpsc::Sender<Item>) -> Feed {
+        Feed {
+            tx,
+            ended: Arc::new(tokio::sync::Mutex::new(false)),
+        }
+    }
+
+    /// Waits for room and hands `item` over; false when the stream ended or the reader left.
+    pub(crate) async fn send(&self, item: Item) -> bool {
+        let ended = self.ended.lock().await;
+        !*ended && self.tx.send(item).await.is_ok()
+    }
+
+    /// Hands over `Ended(why)` as the last item.
+    pub(crate) async fn end(self, why: SubscribeError) {
+        let mut ended = self.ended.lock().await;
+        *ended = true;
+        let _ = self.tx.send(Item::Ended(why)).await;
+    }
+}
+
+/// The wait before retry number `attempt` (from 1): 100 ms doubling, capped at `max`, half of
+/// it random.
+pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(attempt.min(16)));
+    let capped = base.min(max).max(MIN_RETRY_DELAY);
+    capped / 2 + jitter(capped)
+}
+
+impl Conn {
+    /// Opens the WebSocket with a token in the header and reads `welcome`.
+    pub(crate) async fn open(&self) -> Result<Socket, ConnectError> {
+        let token = current_token(&self.opts).await?;
+        let mut req = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ConnectError::Io(e.to_string()))?;
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|e| ConnectError::Io(e.to_string()))?;
+        req.headers_mut().insert("authorization", bearer);
+        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+        let connecting =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector));
+        let (mut socket, _) = match connecting.await {
+            Ok(s) => s,
+            Err(tungstenite::Error::Http(resp)) => {
+                let message = resp
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                    .and_then(|v| v["message"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                return Err(ConnectError::Refused {
+                    status: resp.status().as_u16(),
+                    message,
+                });
+            }
+            Err(e) => {
+                return Err(match CertificateError::find(&e) {
+                    Some(certificate) => ConnectError::Certificate(certificate),
+                    None => ConnectError::Io(e.to_string()),
+                });
+            }
+        };
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => match ServerFrame::decode(&t) {
+                    Ok(ServerFrame::Welcome(_)) => return Ok(socket),
+                    Ok(ServerFrame::Error(e)) => return Err(ConnectError::Closed(e.message)),
+                    _ => continue,
+                },
+                Ok(Some(Ok(Message::Close(c)))) => {
+                    return Err(ConnectError::Closed(
+                        c.map(|c| format!("{} {}", u16::from(c.code), c.reason))
+                            .unwrap_or_default(),
+                    ));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => return Err(ConnectError::Io(e.to_string())),
+                Ok(None) | Err(_) => {
+                    return Err(ConnectError::Io("no welcome from the broker".to_owned()));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn id(&mut self, prefix: char) -> String {
+        self.next += 1;
+        format!("{prefix}{}", self.next)
+    }
+
+    pub(crate) async fn send(socket: &mut Socket, frame: &ClientFrame) -> bool {
+        socket.send(Message::text(frame.encode())).await.is_ok()
+    }
+
+    /// Sends a live `subscribe` (no `since`: history comes from the history endpoint, so a
+    /// subscription never depends on what the connection's other subscriptions received).
+    pub(crate) async fn resubscribe(&mut self, socket: &mut Socket, sid: u64) -> bool {
+        let id = self.id('s');
+        let Some(sub) = self.subs.get_mut(&sid) else {
+            return true;
+        };
+        let reply = sub.pending.take().and_then(|(_, r)| r);
+        sub.pending = Some((id.clone(), reply));
+        let Ok(rid) = RequestId::new(&id) else {
+            return true;
+        };
+        Conn::send(
+            socket,
+            &ClientFrame::Subscribe {
+                id: rid,
+                topic: sub.pattern.clone(),
+                since: None,
+            },
+        )
+        .await
+    }
+
+    /// Starts (or extends) a catch-up of `sid` up to `target`.
+    pub(crate) fn catch_up(&mut self, sid: u64, target: u64) {
+        let Some(sub) = self.subs.get_mut(&sid) else {
+            return;
+        };
+        if let Some(c) = &mut sub.catch_up {
+            c.target = c.target.max(target);
+            return;
+        }
+        let from = sub.last_seq.unwrap_or(0);
+        if target <= from {
+            return;
+        }
+        sub.rounds += 1;
+        let round = sub.rounds;
+        let history = self.history.clone();
+        let pattern = sub.pattern.clone();
+        let feed = sub.feed.clone();
+        let report = self.internal.clone();
+        let task = tokio::spawn(async move {
+            let msg = match history.catch_up(pattern, from, target, feed).await {
+                Ok(upto) => Internal::CaughtUp { sid, round, upto },
+                Err(error) => Internal::CatchUpFailed { sid, round, error },
+            };
+            let _ = report.send(msg);
+        });
+        sub.catch_up = Some(CatchUp {
+            round,
+            target,
+            task: task.abort_handle(),
+        });
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut socket: Socket,
+        mut commands: mpsc::Receiver<Command>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+        state: watch::Sender<ConnectionState>,
+    ) {
+        let mut attempt = 0u32;
+        let mut connected_at = tokio::time::Instant::now();
+        loop {
+            let ended = self.serve(&mut socket, &mut commands, &mut internal).await;
+            // Publishes in flight may or may not be stored.
+            for (_, p) in self.pending.drain() {
+                if let Pending::Publish(tx) = p {
+                    let _ = tx.send(Err(PublishError::Disconnected));
+                }
+            }
+            self.refreshing = false;
+            let retry = match ended {
+                Ended::Commands => {
+                    close_normally(&mut socket).await;
+                    let _ = state.send(ConnectionState::Closed("client dropped".to_owned()));
+                    return;
+                }
+                Ended::Closing(done) => {
+                    close_normally(&mut socket).await;
+                    let _ = state.send(ConnectionState::Closed("closed by the client".to_owned()));
+                    self.end_all(SubscribeError::Closed);
+                    let _ = done.send(());
+                    return;
+                }
+                Ended::Closed(code, ref reason) => {
+                    self.emit(ClientEvent::Disconnected(match code {
+                        Some(c) => format!("{c}: {reason}"),
+                        None => "the connection dropped".to_owned(),
+                    }));
+                    code.map_or(Retry::Reconnect, CloseCode::retry)
+                }
+            };
+            // A fixed token cannot be renewed: a close that needs a new one is final.
+            let renewable = self.opts.token.is_some();
+            if retry == Retry::Never
+                || (retry == Retry::WithNewToken && !renewable)
+                || !self.opts.reconnect
+            {
+                let why = format!("closed by the broker ({ended:?})");
+                let _ = state.send(ConnectionState::Closed(why));
+                // The subscriptions end with the close code's meaning (PROTOCOL.md section 7).
+                let why = match ended {
+                    Ended::Closed(Some(CloseCode::Forbidden), reason) => {
+                        SubscribeError::ClientInactive(reason)
+                    }
+                    Ended::Closed(Some(CloseCode::Unauthorized), reason) => {
+                        SubscribeError::Unauthorized(reason)
+                    }
+                    Ended::Closed(Some(CloseCode::TokenExpired), _) => SubscribeError::TokenExpired,
+                    _ => SubscribeError::Closed,
+                };
+                self.end_all(why);
+                return;
+            }
+            // A connection that did not last does not reset the backoff: a broker that accepts
+            // and closes at once is not hammered.
+            if connected_at.elapsed() >= STABLE_CONNECTION {
+                attempt = 0;
+            }
+            let _ = state.send(ConnectionState::Connecting);
+            let mut refreshed = false;
+            loop {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt, self.opts.max_delay)).await;
+                let refused = match self.open().await {
+                    Ok(s) => {
+                        socket = s;
+                        break;
+                    }
+                    Err(ConnectError::Refused {
+                        status: 403,
+                        message,
+                    }) => Some(SubscribeError::ClientInactive(message)),
+                    // A new token was refused too, or there is no way to get one.
+                    Err(ConnectError::Refused {
+                        status: 401,
+                        message,
+                    }) if refreshed || !renewable => Some(SubscribeError::Unauthorized(message)),
+                    Err(ConnectError::Refused { status: 401, .. }) => {
+                        // The cached token was refused: the next attempt gets a new one.
+                        if let Some(source) = &self.opts.token {
+                            match source.refresh().await {
+                                Err(e) if e.is_permanent() => {
+                                    self.emit(ClientEvent::TokenRefreshFailed(e.to_string()));
+                                    Some(SubscribeError::Unauthorized(e.to_string()))
+                                }
+                                Err(e) => {
+                                    self.emit(ClientEvent::TokenRefreshFailed(e.to_string()));
+                                    None
+                                }
+                                Ok(_) => {
+                                    refreshed = true;
+                                    None
+                                }
+                            }
+                        } else {
+                            None
+                        }
+                    }
+                    // The token endpoint refused the credentials (a rotated secret...).
+                    Err(ConnectError::Token(e)) if e.is_permanent() => {
+                        Some(SubscribeError::Unauthorized(e.to_string()))
+                    }
+                    Err(_) => None,
+                };
+                if let Some(why) = refused {
+                    let _ = state.send(ConnectionState::Closed(why.to_string()));
+                    self.end_all(why);
+                    return;
+                }
+            }
+            connected_at = tokio::time::Instant::now();
+            let _ = state.send(ConnectionState::Connected);
+            self.emit(ClientEvent::Reconnected);
+            // Every subscription goes live again; those behind the new head catch up from
+            // the history endpoint when `subscribed` says where the head is.
+            let mut sids: Vec<u64> = self.subs.keys().copied().collect();
+            sids.sort_unstable();
+            for sid in sids {
+                if !self.resubscribe(&mut socket, sid).await {
+                    break;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn emit(&self, event: ClientEvent) {
+        if let Some(f) = &self.opts.on_event {
+            f(event);
+        }
+    }
+
+    /// Ends every subscription with `why`.
+    pub(crate) fn end_all(&mut self, why: SubscribeError) {
+        for (_, sub) in self.subs.drain() {
+            end_subscription(sub, why.clone());
+        }
+    }
+
+    pub(crate) async fn serve(
+        &mut self,
+        socket: &mut Socket,
+        commands: &mut mpsc::Receiver<Command>,
+        internal: &mut mpsc::UnboundedReceiver<Internal>,
+    ) -> Ended {
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    None => return Ended::Commands,
+                    Some(Command::Close { done }) => return Ended::Closing(done),
+                    Some(cmd) => {
+                        if !self.command(socket, cmd).await {
+                            return Ended::Closed(None, String::new());
+                        }
+                    }
+                },
+                Some(msg) = internal.recv() => {
+                    if !self.internal(socket, msg).await {
+                        return Ended::Closed(None, String::new());
+                    }
+                }
+                msg = socket.next() => match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        if let Ok(frame) = ServerFrame::decode(&t) {
+                            // Subscriptions nobody reads any more (dropped while an unsubscribe
+                            // could not be queued, or a subscribe whose caller gave up).
+                            for pattern in self.frame(frame) {
+                                if !self.unsubscribe(socket, pattern).await {
+                                    return Ended::Closed(None, String::new());
+                                }
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(c))) => {
+                        let reason = c.as_ref().map(|c| c.reason.to_string()).unwrap_or_default();
+                        return Ended::Closed(c.and_then(|c| CloseCode::from_u16(u16::from(c.code))), reason);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return Ended::Closed(None, String::new()),
+                },
+            }
+        }
+    }
+
+    pub(crate) async fn internal(&mut self, socket: &mut Socket, msg: Internal) -> bool {
+        match msg {
+            Internal::CaughtUp { sid, round, upto } => {
+                let Some(sub) = self.subs.get_mut(&sid) else {
+                    return true;
+                };
+                let Some(c) = sub.catch_up.take_if(|c| c.round == round) else {
+                    return true;
+                };
+                sub.last_seq = Some(upto);
+                // Matching events went by on the socket during the round: another round.
+                if c.target > upto {
+                    self.catch_up(sid, c.target);
+                }
+                true
+            }
+            Internal::CatchUpFailed { sid, round, error } => {
+                let current = self
+                    .subs
+                    .get(&sid)
+                    .and_then(|s| s.catch_up.as_ref())
+                    .is_some_and(|c| c.round == round);
+                // Stop the broker's side too, unless another subscription shares it.
+                if current && let Some(pattern) = self.forget(sid, Some(error)) {
+                    return self.unsubscribe(socket, pattern).await;
+                }
+                true
+            }
+            Internal::Token(token) => {
+                self.refreshing = false;
+                match token {
+                    Ok(token) => Conn::send(socket, &ClientFrame::Auth { token }).await,
+                    Err(why) => {
+                        // The current token stays in force until it expires; the next
+                        // `token_expiring` tries again. Say so now, not when the socket closes.
+                        self.emit(ClientEvent::TokenRefreshFailed(why));
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes subscription `sid`, ending its stream with `why` if given; returns its pattern
+    /// when the broker should be told to unsubscribe (no other subscription holds it).
+    pub(crate) fn forget(&mut self, sid: u64, why: Option<SubscribeError>) -> Option<Pattern> {
+        let mut sub = self.subs.remove(&sid)?;
+        let pattern = sub.pattern.clone();
+        match why {
+            Some(why) => end_subscription(sub, why),
+            None => {
+                if let Some(c) = sub.catch_up.take() {
+                    c.task.abort();
+                }
+            }
+        }
+        (!self.subs.values().any(|s| s.pattern == pattern)).then_some(pattern)
+    }
+
+    pub(crate) async fn unsubscribe(&mut self, socket: &mut Socket, pattern: Pattern) -> bool {
+        let id = self.id('u');
+        self.pending.insert(id.clone(), Pending::Unsubscribe);
+        let Ok(rid) = RequestId::new(&id) else {
+            return true;
+        };
+        Conn::send(
+            socket,
+            &ClientFrame::Unsubscribe {
+                id: rid,
+                topic: pattern,
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn command(&mut self, socket: &mut Socket, cmd: Command) -> bool {
+        match cmd {
+            Command::Subscribe {
+                pattern,
+                since,
+                events,
+                reply,
+            } => {
+                let sid = self.next;
+                self.next += 1;
+                self.subs.insert(
+                    sid,
+                    SubState {
+                        pattern,
+                        last_seq: None,
+                        since,
+                        feed: Feed::new(events),
+                        pending: Some((String::new(), Some(reply))),
+                        catch_up: None,
+                        rounds: 0,
+                        held: 0,
+                    },
+                );
+                self.resubscribe(socket, sid).await
+            }
+            // Handled by the loop before it gets here.
+            Command::Close { done } => {
+                let _ = done.send(());
+                true
+            }
+            Command::Unsubscribe { sid } => match self.forget(sid, None) {
+                Some(pattern) => self.unsubscribe(socket, pattern).await,
+                // Unknown, or another subscription holds the same pattern on this connection.
+                None => true,
+            },
+            Command::Publish {
+                topic,
+                data,
+                event_id,
+                reply,
+            } => {
+                let id = self.id('p');
+                let Ok(rid) = RequestId::new(&id) else {
+                    return true;
+                };
+                self.pending.insert(id, Pending::Publish(reply));
+                Conn::send(
+                    socket,
+                    &ClientFrame::Publish {
+                        id: rid,
+                        topic,
+                        data,
+                        event_id,
+                    },
+                )
+                .await
+            }
+        }
+    }
+
+    /// Handles one server frame. Never waits: a reader that is behind is caught up from the
+    /// history endpoint by a task of its own, so acks and other subscriptions flow meanwhile.
+    /// Returns the patterns to unsubscribe: of subscriptions found abandoned or ended here,
+    /// when no other subscription holds the same pattern.
+    pub(crate) fn frame(&mut self, frame: ServerFrame) -> Vec<Pattern> {
+        let mut abandoned = Vec::new();
+        match frame {
+            ServerFrame::Event(e) => {
+                let mut behind = Vec::new();
+                let mut gone = Vec::new();
+                for (&sid, sub) in &mut self.subs {
+                    if !sub.pattern.matches(&e.topic) {
+                        continue;
+                    }
+                    // Waiting for `subscribed` (after a reconnect, while another subscription
+                    // already gets events): remember how far to catch up, deliver nothing yet.
+                    if sub.pending.is_some() {
+                        sub.held = sub.held.max(e.seq);
+                        continue;
+                    }
+                    let Some(last) = sub.last_seq else { continue };
+                    if e.seq <= last {
+                        continue;
+                    }
+                    if let Some(c) = &mut sub.catch_up {
+                        c.target = c.target.max(e.seq);
+                        continue;
+                    }
+                    match sub.feed.tx.try_send(Item::Event(e.clone())) {
+                        Ok(()) => sub.last_seq = Some(e.seq),
+                        // The reader is behind: this event and the next ones come from history.
+                        Err(mpsc::error::TrySendError::Full(_)) => behind.push((sid, e.seq)),
+                        // Dropped; its unsubscribe may not have made it into the queue.
+                        Err(mpsc::error::TrySendError::Closed(_)) => gone.push(sid),
+                    }
+                }
+                for (sid, seq) in behind {
+                    self.catch_up(sid, seq);
+                }
+                abandoned.extend(gone.into_iter().filter_map(|sid| self.forget(sid, None)));
+            }
+            ServerFrame::Subscribed(s) => {
+                let Some((&sid, sub)) = self.subs.iter_mut().find(|(_, x)| {
+                    x.pending
+                        .as_ref()
+                        .is_some_and(|(id, _)| id == s.id.as_str())
+                }) else {
+                    return abandoned;
+                };
+                let (_, reply) = sub.pending.take().unwrap_or_default();
+                if let Some(last) = sub.last_seq
+                    && s.head_seq < last
+                {
+                    // The broker's sequence went back (a memory log that restarted, a restored
+                    // data folder): its seqs no longer name the events this one delivered.
+                    let why = SubscribeError::Protocol(format!(
+                        "the broker's newest seq went back from {last} to {}: its event log was \
+                         reset; subscribe again",
+                        s.head_seq
+                    ));
+                    abandoned.extend(self.forget(sid, Some(why)));
+                    return abandoned;
+                }
+                if sub.last_seq.is_none() {
+                    sub.last_seq = Some(sub.since.take().unwrap_or(s.head_seq));
+                }
+                if let Some(reply) = reply
+                    && reply.send(Ok(sid)).is_err()
+                {
+                    // The caller stopped waiting (a time-out, a `select!`): nobody holds it.
+                    abandoned.extend(self.forget(sid, None));
+                    return abandoned;
+                }
+                // Live after `head_seq`; what lies between the resume point and it is history.
+                let target = s.head_seq.max(std::mem::take(&mut sub.held));
+                self.catch_up(sid, target);
+            }
+            ServerFrame::Published(p) => {
+                if let Some(Pending::Publish(tx)) = self.pending.remove(p.id.as_str()) {
+                    let _ = tx.send(Ok(p));
+                }
+            }
+            ServerFrame::Error(e) => self.error(e),
+            ServerFrame::TokenExpiring(_) => {
+                if let Some(source) = &self.opts.token
+                    && !self.refreshing
+                {
+                    // The token endpoint may be slow: the refresh runs beside the connection.
+                    self.refreshing = true;
+                    let source = source.clone();
+                    let report = self.internal.clone();
+                    tokio::spawn(async move {
+                        let token = source
+                            .refresh()
+                            .await
+                            .map(|t| t.access_token)
+                            .map_err(|e| e.to_string());
+                        let _ = report.send(Internal::Token(token));
+                    });
+                }
+            }
+            ServerFrame::Unsubscribed(u) => {
+                self.pending.remove(u.id.as_str());
+            }
+            ServerFrame::Welcome(_) | ServerFrame::Pong(_) => {}
+        }
+        abandoned
+    }
+
+    pub(crate) fn error(&mut self, e: ErrorFrame) {
+        let id = e.id.as_ref().map(|i| i.as_str().to_owned());
+        if let Some(id) = &id {
+            if let Some(Pending::Publish(tx)) = self.pending.remove(id) {
+                let _ = tx.send(Err(publish_error(&e)));
+                return;
+            }
+            let found = self
+                .subs
+                .iter()
+                .find(|(_, s)| s.pending.as_ref().is_some_and(|(pid, _)| pid == id))
+                .map(|(k, _)| *k);
+            // A refused subscribe: the caller gets the error, or, after a reconnect, the
+            // stream ends with it.
+            if let Some(sid) = found
+                && let Some(sub) = self.subs.remove(&sid)
+            {
+                end_subscription(sub, subscribe_error(&e));
+            }
+            return;
+        }
+        if e.error == Reason::ScopeRevoked
+            && let Some(topic) = &e.topic
+        {
+            // The subscription ended on the broker: end it here too, saying why.
+            let gone: Vec<u64> = self
+                .subs
+                .iter()
+                .filter(|(_, s)| &s.pattern == topic)
+                .map(|(k, _)| *k)
+                .collect();
+            for sid in gone {
+                if let Some(sub) = self.subs.remove(&sid) {
+                    end_subscription(sub, subscribe_error(&e));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Ended {
+    Commands,
+    /// [`Client::close`] asked to stop.
+    Closing(oneshot::Sender<()>),
+    /// The socket closed: the close code when there was one, and the close reason.
+    Closed(Option<CloseCode>, String),
+}
+
+/// Ends the WebSocket as RFC 6455 section 7 asks: a close frame with 1000, then the broker's
+/// close frame, waited for at most two seconds.
+pub(crate) async fn close_normally(socket: &mut Socket) {
+    let frame = tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "client finished".into(),
+    };
+    if socket.close(Some(frame)).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+}
+
+pub(crate) fn jitter(max: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    let r = u32::from_le_bytes(b) as u64;
+    Duration::from_millis(r % (max.as_millis() as u64 / 2 + 1))
+}
