@@ -8,25 +8,20 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use scopecast_protocol::{
-    ClientFrame, CloseCode, ErrorFrame, Pattern, Published, Reason, RequestId, Retry, SUBPROTOCOL,
-    ServerFrame,
+    ClientFrame, CloseCode, ErrorFrame, Pattern, Published, Reason, RequestId, Retry, ServerFrame,
+    Welcome,
 };
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::client::Command;
+use crate::dial::{Dial, WebSocket};
 use crate::error::{publish_error, subscribe_error};
-use crate::history::{History, current_token};
+use crate::history::History;
 use crate::options::{MIN_RETRY_DELAY, STABLE_CONNECTION};
-use crate::tls::CertificateError;
 use crate::{
     ClientEvent, ConnectError, ConnectOptions, ConnectionState, Item, PublishError, SubscribeError,
 };
-
-pub(crate) type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub(crate) struct SubState {
     pub(crate) pattern: Pattern,
@@ -78,12 +73,13 @@ pub(crate) enum Internal {
     Token(Result<String, String>),
 }
 
-pub(crate) struct Conn {
+pub(crate) struct Conn<D: Dial> {
     pub(crate) opts: ConnectOptions,
-    /// The rustls config of every WebSocket this connection opens (the history client and the
-    /// token source use the same trust).
-    pub(crate) tls: Arc<rustls::ClientConfig>,
-    pub(crate) url: String,
+    /// Opens each WebSocket of this connection (the real broker, or channels in tests).
+    pub(crate) dial: D,
+    /// The broker's `log_epoch` from the first `welcome`: a different one later means its log
+    /// was replaced, and every stored position is meaningless.
+    pub(crate) epoch: Option<String>,
     pub(crate) history: History,
     pub(crate) subs: HashMap<u64, SubState>,
     pub(crate) pending: HashMap<String, Pending>,
@@ -145,65 +141,19 @@ pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
     capped / 2 + jitter(capped)
 }
 
-impl Conn {
-    /// Opens the WebSocket with a token in the header and reads `welcome`.
-    pub(crate) async fn open(&self) -> Result<Socket, ConnectError> {
-        let token = current_token(&self.opts).await?;
-        let mut req = self
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ConnectError::Io(e.to_string()))?;
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-        let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|e| ConnectError::Io(e.to_string()))?;
-        req.headers_mut().insert("authorization", bearer);
-        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
-        let connecting =
-            tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector));
-        let (mut socket, _) = match connecting.await {
-            Ok(s) => s,
-            Err(tungstenite::Error::Http(resp)) => {
-                let message = resp
-                    .body()
-                    .as_ref()
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-                    .and_then(|v| v["message"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                return Err(ConnectError::Refused {
-                    status: resp.status().as_u16(),
-                    message,
-                });
+impl<D: Dial> Conn<D> {
+    /// Why every stored position is void, when a new socket's `welcome` names another log
+    /// than the first one did.
+    pub(crate) fn epoch_changed(&mut self, welcome: &Welcome) -> Option<SubscribeError> {
+        match (&self.epoch, &welcome.log_epoch) {
+            (Some(was), Some(now)) if was != now => Some(SubscribeError::LogReplaced(format!(
+                "log_epoch {was} became {now}"
+            ))),
+            (None, Some(now)) => {
+                self.epoch = Some(now.clone());
+                None
             }
-            Err(e) => {
-                return Err(match CertificateError::find(&e) {
-                    Some(certificate) => ConnectError::Certificate(certificate),
-                    None => ConnectError::Io(e.to_string()),
-                });
-            }
-        };
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => match ServerFrame::decode(&t) {
-                    Ok(ServerFrame::Welcome(_)) => return Ok(socket),
-                    Ok(ServerFrame::Error(e)) => return Err(ConnectError::Closed(e.message)),
-                    _ => continue,
-                },
-                Ok(Some(Ok(Message::Close(c)))) => {
-                    return Err(ConnectError::Closed(
-                        c.map(|c| format!("{} {}", u16::from(c.code), c.reason))
-                            .unwrap_or_default(),
-                    ));
-                }
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(e))) => return Err(ConnectError::Io(e.to_string())),
-                Ok(None) | Err(_) => {
-                    return Err(ConnectError::Io("no welcome from the broker".to_owned()));
-                }
-            }
+            _ => None,
         }
     }
 
@@ -212,13 +162,13 @@ impl Conn {
         format!("{prefix}{}", self.next)
     }
 
-    pub(crate) async fn send(socket: &mut Socket, frame: &ClientFrame) -> bool {
+    pub(crate) async fn send(socket: &mut D::Socket, frame: &ClientFrame) -> bool {
         socket.send(Message::text(frame.encode())).await.is_ok()
     }
 
     /// Sends a live `subscribe` (no `since`: history comes from the history endpoint, so a
     /// subscription never depends on what the connection's other subscriptions received).
-    pub(crate) async fn resubscribe(&mut self, socket: &mut Socket, sid: u64) -> bool {
+    pub(crate) async fn resubscribe(&mut self, socket: &mut D::Socket, sid: u64) -> bool {
         let id = self.id('s');
         let Some(sub) = self.subs.get_mut(&sid) else {
             return true;
@@ -228,7 +178,7 @@ impl Conn {
         let Ok(rid) = RequestId::new(&id) else {
             return true;
         };
-        Conn::send(
+        Self::send(
             socket,
             &ClientFrame::Subscribe {
                 id: rid,
@@ -274,7 +224,7 @@ impl Conn {
 
     pub(crate) async fn run(
         mut self,
-        mut socket: Socket,
+        mut socket: D::Socket,
         mut commands: mpsc::Receiver<Command>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
         state: watch::Sender<ConnectionState>,
@@ -343,9 +293,15 @@ impl Conn {
             loop {
                 attempt += 1;
                 tokio::time::sleep(backoff(attempt, self.opts.max_delay)).await;
-                let refused = match self.open().await {
-                    Ok(s) => {
+                let refused = match self.dial.dial(&self.opts).await {
+                    Ok((s, welcome)) => {
                         socket = s;
+                        if let Some(why) = self.epoch_changed(&welcome) {
+                            let _ = state.send(ConnectionState::Closed(why.to_string()));
+                            close_normally(&mut socket).await;
+                            self.end_all(why);
+                            return;
+                        }
                         break;
                     }
                     Err(ConnectError::Refused {
@@ -420,7 +376,7 @@ impl Conn {
 
     pub(crate) async fn serve(
         &mut self,
-        socket: &mut Socket,
+        socket: &mut D::Socket,
         commands: &mut mpsc::Receiver<Command>,
         internal: &mut mpsc::UnboundedReceiver<Internal>,
     ) -> Ended {
@@ -463,7 +419,7 @@ impl Conn {
         }
     }
 
-    pub(crate) async fn internal(&mut self, socket: &mut Socket, msg: Internal) -> bool {
+    pub(crate) async fn internal(&mut self, socket: &mut D::Socket, msg: Internal) -> bool {
         match msg {
             Internal::CaughtUp { sid, round, upto } => {
                 let Some(sub) = self.subs.get_mut(&sid) else {
@@ -494,7 +450,7 @@ impl Conn {
             Internal::Token(token) => {
                 self.refreshing = false;
                 match token {
-                    Ok(token) => Conn::send(socket, &ClientFrame::Auth { token }).await,
+                    Ok(token) => Self::send(socket, &ClientFrame::Auth { token }).await,
                     Err(why) => {
                         // The current token stays in force until it expires; the next
                         // `token_expiring` tries again. Say so now, not when the socket closes.
@@ -522,13 +478,13 @@ impl Conn {
         (!self.subs.values().any(|s| s.pattern == pattern)).then_some(pattern)
     }
 
-    pub(crate) async fn unsubscribe(&mut self, socket: &mut Socket, pattern: Pattern) -> bool {
+    pub(crate) async fn unsubscribe(&mut self, socket: &mut D::Socket, pattern: Pattern) -> bool {
         let id = self.id('u');
         self.pending.insert(id.clone(), Pending::Unsubscribe);
         let Ok(rid) = RequestId::new(&id) else {
             return true;
         };
-        Conn::send(
+        Self::send(
             socket,
             &ClientFrame::Unsubscribe {
                 id: rid,
@@ -538,7 +494,7 @@ impl Conn {
         .await
     }
 
-    pub(crate) async fn command(&mut self, socket: &mut Socket, cmd: Command) -> bool {
+    pub(crate) async fn command(&mut self, socket: &mut D::Socket, cmd: Command) -> bool {
         match cmd {
             Command::Subscribe {
                 pattern,
@@ -584,7 +540,7 @@ impl Conn {
                     return true;
                 };
                 self.pending.insert(id, Pending::Publish(reply));
-                Conn::send(
+                Self::send(
                     socket,
                     &ClientFrame::Publish {
                         id: rid,
@@ -648,14 +604,14 @@ impl Conn {
                     return abandoned;
                 };
                 let (_, reply) = sub.pending.take().unwrap_or_default();
-                if let Some(last) = sub.last_seq
+                // A broker without `log_epoch` (older than it): a head that went back is the
+                // only sign that its log was replaced. With epochs, `welcome` tells.
+                if s.log_epoch.is_none()
+                    && let Some(last) = sub.last_seq
                     && s.head_seq < last
                 {
-                    // The broker's sequence went back (a memory log that restarted, a restored
-                    // data folder): its seqs no longer name the events this one delivered.
-                    let why = SubscribeError::Protocol(format!(
-                        "the broker's newest seq went back from {last} to {}: its event log was \
-                         reset; subscribe again",
+                    let why = SubscribeError::LogReplaced(format!(
+                        "its newest seq went back from {last} to {}",
                         s.head_seq
                     ));
                     abandoned.extend(self.forget(sid, Some(why)));
@@ -758,12 +714,12 @@ pub(crate) enum Ended {
 
 /// Ends the WebSocket as RFC 6455 section 7 asks: a close frame with 1000, then the broker's
 /// close frame, waited for at most two seconds.
-pub(crate) async fn close_normally(socket: &mut Socket) {
+pub(crate) async fn close_normally<S: WebSocket>(socket: &mut S) {
     let frame = tungstenite::protocol::CloseFrame {
         code: tungstenite::protocol::frame::coding::CloseCode::Normal,
         reason: "client finished".into(),
     };
-    if socket.close(Some(frame)).await.is_err() {
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -777,4 +733,288 @@ pub(crate) fn jitter(max: Duration) -> Duration {
     let _ = getrandom::fill(&mut b);
     let r = u32::from_le_bytes(b) as u64;
     Duration::from_millis(r % (max.as_millis() as u64 / 2 + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection task over in-memory sockets, with paused time: subscribing, events,
+    //! reconnecting after a close that allows it, and a replaced log.
+
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use futures_util::{Sink, Stream};
+    use scopecast_protocol::{Limits, ScopeSet, Timestamp};
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+
+    use super::*;
+    use crate::Client;
+    use crate::dial::Dialing;
+
+    /// The client's end of an in-memory WebSocket.
+    struct FakeSocket {
+        rx: UnboundedReceiver<Message>,
+        tx: UnboundedSender<Message>,
+    }
+
+    /// The broker's end.
+    struct BrokerEnd {
+        rx: UnboundedReceiver<Message>,
+        tx: UnboundedSender<Message>,
+    }
+
+    impl BrokerEnd {
+        /// The next text frame the client sent, as JSON.
+        async fn recv(&mut self) -> Value {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), self.rx.recv()).await {
+                    Ok(Some(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+                    Ok(Some(_)) => continue,
+                    other => panic!("the client sent nothing: {other:?}"),
+                }
+            }
+        }
+
+        fn send(&self, v: Value) {
+            self.tx.send(Message::text(v.to_string())).unwrap();
+        }
+
+        fn close(&self, code: u16) {
+            self.tx
+                .send(Message::Close(Some(CloseFrame {
+                    code: WsCloseCode::from(code),
+                    reason: "".into(),
+                })))
+                .unwrap();
+        }
+    }
+
+    fn pair() -> (FakeSocket, BrokerEnd) {
+        let (to_client, from_broker) = unbounded_channel();
+        let (to_broker, from_client) = unbounded_channel();
+        (
+            FakeSocket {
+                rx: from_broker,
+                tx: to_broker,
+            },
+            BrokerEnd {
+                rx: from_client,
+                tx: to_client,
+            },
+        )
+    }
+
+    impl Stream for FakeSocket {
+        type Item = Result<Message, tungstenite::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.rx.poll_recv(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<Message> for FakeSocket {
+        type Error = tungstenite::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.tx
+                .send(item)
+                .map_err(|_| tungstenite::Error::ConnectionClosed)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn welcome(epoch: &str) -> Welcome {
+        Welcome {
+            session: "1".into(),
+            client_id: "c".into(),
+            scope: ScopeSet::parse("subscribe:>").unwrap(),
+            expires_at: Timestamp::from_unix_seconds(4_000_000_000).unwrap(),
+            heartbeat_ms: 20_000,
+            limits: Limits {
+                max_frame_bytes: 1 << 20,
+                max_subscriptions: 100,
+                outbound_queue_bytes: 1 << 20,
+                publish_rate_per_sec: 0,
+            },
+            log_epoch: Some(epoch.to_owned()),
+        }
+    }
+
+    /// Hands out the sockets queued for it, in order; counts the dials.
+    struct FakeDial {
+        sockets: std::sync::Mutex<VecDeque<(FakeSocket, Welcome)>>,
+        dials: Arc<AtomicUsize>,
+    }
+
+    impl Dial for FakeDial {
+        type Socket = FakeSocket;
+        fn dial<'a>(&'a self, _: &'a ConnectOptions) -> Dialing<'a, FakeSocket> {
+            self.dials.fetch_add(1, Ordering::SeqCst);
+            let next = self.sockets.lock().ok().and_then(|mut s| s.pop_front());
+            Box::pin(async move { next.ok_or_else(|| ConnectError::Io("no broker".into())) })
+        }
+    }
+
+    /// A client on a first socket (already welcomed, epoch `e1`) whose later dials get `later`.
+    fn start(later: Vec<(FakeSocket, Welcome)>) -> (Client, BrokerEnd, Arc<AtomicUsize>) {
+        let (socket, broker) = pair();
+        let dials = Arc::new(AtomicUsize::new(0));
+        let opts = ConnectOptions::new().token("static-token");
+        let (internal, internal_rx) = mpsc::unbounded_channel();
+        let conn = Conn {
+            history: History {
+                http: reqwest::Client::new(),
+                url: "http://127.0.0.1:9/v1/events".into(),
+                opts: opts.clone(),
+            },
+            dial: FakeDial {
+                sockets: std::sync::Mutex::new(later.into()),
+                dials: dials.clone(),
+            },
+            epoch: Some("e1".into()),
+            opts,
+            subs: HashMap::new(),
+            pending: HashMap::new(),
+            next: 1,
+            internal,
+            refreshing: false,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let (state_tx, state) = watch::channel(ConnectionState::Connected);
+        tokio::spawn(conn.run(socket, rx, internal_rx, state_tx));
+        (Client { tx, state }, broker, dials)
+    }
+
+    fn event(seq: u64) -> Value {
+        json!({"type": "event", "seq": seq, "topic": "a.b", "id": format!("e{seq}"),
+               "time": "2026-12-02T10:00:00Z", "data": {"n": seq}})
+    }
+
+    /// Answers the next `subscribe` with `subscribed` at `head`.
+    async fn answer_subscribe(broker: &mut BrokerEnd, head: u64, epoch: &str) {
+        let sub = broker.recv().await;
+        assert_eq!(sub["type"], "subscribe", "{sub}");
+        assert!(
+            sub.get("since").is_none(),
+            "live only: history comes over HTTP"
+        );
+        broker.send(
+            json!({"type": "subscribed", "id": sub["id"], "topic": sub["topic"],
+            "head_seq": head, "replay": null, "log_epoch": epoch}),
+        );
+    }
+
+    async fn next(stream: &mut crate::Subscription) -> Item {
+        tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("an item")
+            .expect("the stream goes on")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subscribes_and_delivers_events_in_order() {
+        let (client, mut broker, _) = start(vec![]);
+        let subscribing = tokio::spawn({
+            let client = client.clone();
+            async move { client.subscribe("a.>").await }
+        });
+        answer_subscribe(&mut broker, 5, "e1").await;
+        let mut stream = subscribing.await.unwrap().unwrap();
+        broker.send(event(6));
+        broker.send(event(7));
+        for seq in [6, 7] {
+            match next(&mut stream).await {
+                Item::Event(e) => assert_eq!(e.seq, seq),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_that_allows_it_reconnects_and_resumes_after_the_last_seq() {
+        let (second, mut broker2) = pair();
+        let (client, mut broker, dials) = start(vec![(second, welcome("e1"))]);
+        let subscribing = tokio::spawn({
+            let client = client.clone();
+            async move { client.subscribe("a.>").await }
+        });
+        answer_subscribe(&mut broker, 5, "e1").await;
+        let mut stream = subscribing.await.unwrap().unwrap();
+        broker.send(event(6));
+        assert!(matches!(next(&mut stream).await, Item::Event(e) if e.seq == 6));
+        // An operator closed the session (4010): reconnect with backoff (paused time runs it).
+        broker.close(4010);
+        answer_subscribe(&mut broker2, 6, "e1").await;
+        assert_eq!(dials.load(Ordering::SeqCst), 1);
+        broker2.send(event(7));
+        assert!(matches!(next(&mut stream).await, Item::Event(e) if e.seq == 7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replaced_log_ends_the_subscriptions_instead_of_resuming_into_it() {
+        let (second, _broker2) = pair();
+        let (client, mut broker, _) = start(vec![(second, welcome("e2"))]);
+        let subscribing = tokio::spawn({
+            let client = client.clone();
+            async move { client.subscribe("a.>").await }
+        });
+        answer_subscribe(&mut broker, 5, "e1").await;
+        let mut stream = subscribing.await.unwrap().unwrap();
+        broker.close(1001);
+        match next(&mut stream).await {
+            Item::Ended(SubscribeError::LogReplaced(why)) => {
+                assert!(why.contains("e1") && why.contains("e2"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&*client.state.borrow(), ConnectionState::Closed(_)),
+            "the connection stops"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_sends_1000_and_ends_the_streams() {
+        let (client, mut broker, _) = start(vec![]);
+        let subscribing = tokio::spawn({
+            let client = client.clone();
+            async move { client.subscribe("a.>").await }
+        });
+        answer_subscribe(&mut broker, 0, "e1").await;
+        let mut stream = subscribing.await.unwrap().unwrap();
+        let closing = tokio::spawn({
+            let client = client.clone();
+            async move { client.close().await }
+        });
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), broker.rx.recv())
+                .await
+                .unwrap()
+            {
+                Some(Message::Close(Some(f))) => {
+                    assert_eq!(u16::from(f.code), 1000);
+                    break;
+                }
+                Some(_) => continue,
+                None => panic!("no close frame"),
+            }
+        }
+        drop(broker);
+        closing.await.unwrap();
+        assert!(matches!(
+            next(&mut stream).await,
+            Item::Ended(SubscribeError::Closed)
+        ));
+    }
 }

@@ -67,6 +67,11 @@ pub enum SubscribeError {
     /// The broker answered something this client does not understand.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The broker's event log was replaced (its `log_epoch` changed, or, from a broker that
+    /// does not send one, its newest `seq` went back): the `seq` this subscription had reached
+    /// names nothing there. Subscribe again, from `Some(0)` to read the new log's history.
+    #[error("the broker's event log was replaced ({0}); subscribe again")]
+    LogReplaced(String),
     /// The connection is closed for good.
     #[error("the connection is closed")]
     Closed,

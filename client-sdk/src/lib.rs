@@ -5,7 +5,9 @@
 //! - `client`: [`Client`] (subscribe, publish, close), [`Subscription`] (a `Stream` of
 //!   [`Item`]s), [`ConnectionState`].
 //! - `error`: [`ConnectError`], [`SubscribeError`], [`PublishError`].
-//! - `connection`: the task that owns the WebSocket: reconnects and resumes by `seq`.
+//! - `connection`: the task that owns the WebSocket: reconnects and resumes by `seq`; it is
+//!   generic over `dial`'s [`Dial`](dial), so tests drive it over channels.
+//! - `dial`: opening an authenticated WebSocket to the broker.
 //! - `history`: catch-up from `GET /v1/events` for readers that fell behind.
 //! - [`token`]: [`TokenSource`], OAuth2 client credentials with a client secret or a private
 //!   key (`private_key_jwt`), cached and refreshed before expiry.
@@ -20,6 +22,7 @@
 
 mod client;
 mod connection;
+mod dial;
 mod error;
 mod history;
 mod options;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::connection::Conn;
+use crate::dial::{Dial, WsDial};
 use crate::history::History;
 use crate::tls::{TlsConfig, TlsError};
 use crate::token::TokenSource;
@@ -202,22 +203,27 @@ impl ConnectOptions {
         let http = tls.http_client(Duration::from_secs(30))?;
         self.token = self.token.map(|t| t.with_tls_unless_set(&tls));
         let (internal, internal_rx) = mpsc::unbounded_channel();
-        let conn = Conn {
-            history: History {
-                http,
-                url: history_url(&ws_url),
-                opts: self.clone(),
-            },
-            opts: self,
-            tls: tls_config,
+        let history = History {
+            http,
+            url: history_url(&ws_url),
+            opts: self.clone(),
+        };
+        let dial = WsDial {
             url: ws_url,
+            tls: tls_config,
+        };
+        let (socket, welcome) = dial.dial(&self).await?;
+        let conn = Conn {
+            history,
+            dial,
+            epoch: welcome.log_epoch,
+            opts: self,
             subs: HashMap::new(),
             pending: HashMap::new(),
             next: 1,
             internal,
             refreshing: false,
         };
-        let socket = conn.open().await?;
         let (tx, rx) = mpsc::channel(1024);
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connected);
         tokio::spawn(conn.run(socket, rx, internal_rx, state_tx));

@@ -568,6 +568,9 @@ mod tests {
         fn stored_bytes(&self) -> u64 {
             self.inner.stored_bytes()
         }
+        fn epoch(&self) -> &str {
+            self.inner.epoch()
+        }
     }
 
     async fn publish(bus: &Bus, topic: &str) -> Result<Ack, Refusal> {

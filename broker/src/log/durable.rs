@@ -23,6 +23,10 @@ use super::{EventLog, LogError, StoredEvent};
 const EVENTS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
 const BYTES_KEY: &str = "bytes";
+/// The log's identity (a UUID's 128 bits as two u64s, high then low), written when the file is
+/// created (or, for a file from before epochs existed, at its first open since).
+const EPOCH_HI: &str = "epoch_hi";
+const EPOCH_LO: &str = "epoch_lo";
 
 /// How durable an acknowledged event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +57,8 @@ pub struct DurableLog {
     first: AtomicU64,
     /// Bytes of encoded events, as the `meta` table counts them.
     bytes: AtomicU64,
+    /// The log's identity.
+    epoch: String,
 }
 
 /// The open database, and how to open it again after a failed write.
@@ -218,13 +224,25 @@ impl DurableLog {
 
     fn open_with(path: &Path, sync: SyncMode, open: Opener) -> Result<DurableLog, LogError> {
         let db = open(path).map_err(io)?;
-        let (first, last, bytes) = {
+        let (first, last, bytes, epoch) = {
             let mut w = db.begin_write().map_err(io)?;
             w.set_durability(Durability::Immediate).map_err(io)?;
-            {
+            let epoch = {
                 w.open_table(EVENTS).map_err(io)?;
-                w.open_table(META).map_err(io)?;
-            }
+                let mut meta = w.open_table(META).map_err(io)?;
+                let hi = meta.get(EPOCH_HI).map_err(io)?.map(|v| v.value());
+                let lo = meta.get(EPOCH_LO).map_err(io)?.map(|v| v.value());
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => uuid::Uuid::from_u64_pair(hi, lo),
+                    _ => {
+                        let id = uuid::Uuid::new_v4();
+                        let (hi, lo) = id.as_u64_pair();
+                        meta.insert(EPOCH_HI, hi).map_err(io)?;
+                        meta.insert(EPOCH_LO, lo).map_err(io)?;
+                        id
+                    }
+                }
+            };
             w.commit().map_err(io)?;
             let r = db.begin_read().map_err(io)?;
             let t = r.open_table(EVENTS).map_err(io)?;
@@ -232,7 +250,7 @@ impl DurableLog {
             let last = t.last().map_err(io)?.map(|(k, _)| k.value()).unwrap_or(0);
             let meta = r.open_table(META).map_err(io)?;
             let bytes = meta.get(BYTES_KEY).map_err(io)?.map_or(0, |v| v.value());
-            (first.unwrap_or(last + 1), last, bytes)
+            (first.unwrap_or(last + 1), last, bytes, epoch.to_string())
         };
         let log = DurableLog {
             store: Arc::new(Store {
@@ -246,6 +264,7 @@ impl DurableLog {
             last: AtomicU64::new(last),
             first: AtomicU64::new(first),
             bytes: AtomicU64::new(bytes),
+            epoch,
         };
         if sync == SyncMode::Os {
             log.spawn_flusher();
@@ -411,6 +430,10 @@ impl EventLog for DurableLog {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
     async fn probe(&self) -> Result<(), LogError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -545,7 +568,16 @@ mod tests {
             log.append(&[ev(1, "a.b"), ev(2, "a.c")]).await.unwrap();
             log.append(&[ev(3, "a.b")]).await.unwrap();
         }
+        let epoch = DurableLog::open(&path, SyncMode::Fsync)
+            .unwrap()
+            .epoch()
+            .to_owned();
         let log = DurableLog::open(&path, SyncMode::Fsync).unwrap();
+        assert_eq!(
+            log.epoch(),
+            epoch,
+            "the epoch is the file's, kept across opens"
+        );
         assert_eq!((log.first_seq(), log.last_seq()), (1, 3));
         let got = log.read_after(1, 10).await.unwrap();
         assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);

@@ -13,6 +13,7 @@ pub struct MemoryLog {
     events: RwLock<VecDeque<StoredEvent>>,
     last: std::sync::atomic::AtomicU64,
     bytes: std::sync::atomic::AtomicU64,
+    epoch: String,
 }
 
 impl MemoryLog {
@@ -23,6 +24,7 @@ impl MemoryLog {
             events: RwLock::new(VecDeque::new()),
             last: 0.into(),
             bytes: 0.into(),
+            epoch: uuid::Uuid::new_v4().to_string(),
         }
     }
 }
@@ -70,6 +72,10 @@ impl EventLog for MemoryLog {
 
     fn stored_bytes(&self) -> u64 {
         self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
     }
 }
 

@@ -56,6 +56,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// Bytes of stored events (as the store counts them), for the metrics.
     fn stored_bytes(&self) -> u64;
 
+    /// The log's identity: a UUID made when the log was created (the memory log: when the
+    /// process started). `welcome` and `subscribed` carry it, so a client tells a replaced log
+    /// (its `seq`s start again) from one that went on.
+    fn epoch(&self) -> &str;
+
     /// Checks that the store takes writes again after a failed append, without storing an
     /// event (readiness, `/readyz`).
     ///

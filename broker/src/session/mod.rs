@@ -483,6 +483,7 @@ where
             expires_at: self.principal.expires_at,
             heartbeat_ms: self.hub.limits.heartbeat_ms,
             limits: self.hub.limits_frame(),
+            log_epoch: Some(self.hub.log.epoch().to_owned()),
         });
         self.reply(&w);
     }
@@ -722,6 +723,7 @@ where
                 topic: pattern,
                 head_seq,
                 replay: None,
+                log_epoch: Some(self.hub.log.epoch().to_owned()),
             }));
             return Step::Continue;
         }
@@ -789,6 +791,7 @@ where
         }
         let sub = self.subscriber.clone();
         let topic = pattern.clone();
+        let log_epoch = Some(self.hub.log.epoch().to_owned());
         let head = self
             .hub
             .bus
@@ -798,6 +801,7 @@ where
                     topic,
                     head_seq,
                     replay,
+                    log_epoch,
                 }));
             });
         // This subscription delivers every matching event after `after` (replayed) or after

@@ -40,6 +40,11 @@ pub struct Welcome {
     pub heartbeat_ms: u64,
     /// This connection's limits.
     pub limits: Limits,
+    /// The identity of the broker's event log (a UUID made when the log was created): a
+    /// different value on a later connection means the log was replaced, so `seq` positions
+    /// from before mean nothing there. Absent from brokers that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_epoch: Option<String>,
 }
 
 /// Where a replay really starts, in `subscribed`.
@@ -62,6 +67,9 @@ pub struct Subscribed {
     pub head_seq: u64,
     /// Replay details when `since` was given, else `null`.
     pub replay: Option<Replay>,
+    /// The event log's identity, as in `welcome`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_epoch: Option<String>,
 }
 
 /// `unsubscribed`: a subscription ended at the client's request.

@@ -449,6 +449,7 @@ fn arb_server_frame() -> impl Strategy<Value = ServerFrame> {
                         outbound_queue_bytes: n / 2,
                         publish_rate_per_sec: m / 2,
                     },
+                    log_epoch: (m % 2 == 0).then(|| format!("epoch-{n}")),
                 })
             }),
         (
@@ -466,6 +467,7 @@ fn arb_server_frame() -> impl Strategy<Value = ServerFrame> {
                         from_seq,
                         truncated
                     }),
+                    log_epoch: (head_seq % 2 == 0).then(|| format!("epoch-{head_seq}")),
                 }
             )),
         arb_id().prop_map(|id| ServerFrame::Unsubscribed(Unsubscribed { id })),
