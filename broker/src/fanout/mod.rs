@@ -568,6 +568,9 @@ mod tests {
         fn stored_bytes(&self) -> u64 {
             self.inner.stored_bytes()
         }
+        fn snapshot(&self) -> Result<Box<dyn crate::log::LogSnapshot>, LogError> {
+            self.inner.snapshot()
+        }
     }
 
     async fn publish(bus: &Bus, topic: &str) -> Result<Ack, Refusal> {
