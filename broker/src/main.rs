@@ -125,7 +125,7 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
         /// Restore into a folder that holds files: they are moved to
-        /// DIR/pre-restore-<time>/ first.
+        /// DIR/pre-restore-TIME/ first.
         #[arg(long)]
         force: bool,
     },

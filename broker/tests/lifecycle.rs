@@ -462,6 +462,36 @@ fn a_backup_taken_under_load_restores_into_a_broker_that_goes_on_after_it() {
         err.contains("a broker is running") && err.contains("stop it"),
         "{err}"
     );
+    // So is a second broker on it.
+    let mut second = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "durable",
+            "--data-dir",
+        ])
+        .arg(&data1)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second broker started on the same data folder");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("broker.lock"), "{err}");
 
     // A backup with one byte changed is refused, naming the file.
     let tampered = tmp.path().join("tampered");
