@@ -186,6 +186,15 @@ pub(crate) enum AppCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Delete an application with its two client IDs and their credentials (refused while
+    /// either client ID is active). The audit trail and the activation history are kept.
+    Delete {
+        /// Application id.
+        id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Read the audit trail, newest first.
     Audit {
         /// Only this application.
@@ -330,6 +339,18 @@ impl Admin {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
+        let resp = self.send(method, path, body).await?;
+        Ok(resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends a request; an answer that is not a success becomes an error with the broker's
+    /// code and message.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}/admin/v1{path}", self.url);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(b) = body {
@@ -347,13 +368,13 @@ impl Admin {
             }
         };
         let status = resp.status();
-        let value: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
+            let value: Value = resp.json().await.unwrap_or(Value::Null);
             let msg = value["message"].as_str().unwrap_or("no message");
             let code = value["error"].as_str().unwrap_or("error");
             bail!("{status}: {code}: {msg}");
         }
-        Ok(value)
+        Ok(resp)
     }
 }
 
@@ -626,6 +647,33 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                 )
                 .await?;
             print(j, &v, print_client)
+        }
+        AppCommand::Delete { id, reason } => {
+            let v = admin
+                .call(
+                    M::DELETE,
+                    &format!(
+                        "/applications/{}?reason={}",
+                        percent_encode(&id),
+                        percent_encode(&reason)
+                    ),
+                    None,
+                )
+                .await?;
+            print(j, &v, |v| {
+                let ids: Vec<String> = v["client_ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(s)
+                    .collect();
+                outln!(
+                    "deleted application {} ({}) and its client IDs {}",
+                    s(&v["name"]),
+                    s(&v["id"]),
+                    ids.join(", ")
+                );
+            })
         }
         AppCommand::Audit {
             application,
@@ -1117,4 +1165,151 @@ pub(crate) async fn replay(
     let result = crate::fhir_replay::publish(&client, reading, pace).await;
     client.close().await;
     result
+}
+
+/// Hands the chunks of a download to a blocking reader, in order; an error ends it.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    chunk: bytes::Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// `scopecast backup DIR`: asks the broker for a backup (`POST /admin/v1/backup`) and writes
+/// it into DIR (new or empty; 0700, files 0600) as it arrives, checking each file against the
+/// manifest's SHA-256; prints what it holds.
+pub(crate) async fn backup(target: Target, auth: AdminAuth, dir: PathBuf) -> anyhow::Result<()> {
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{} is not empty: give a new or empty folder for the backup",
+            dir.display()
+        );
+    }
+    let admin = Admin::new(&target, &auth)?;
+    let mut resp = admin.send(reqwest::Method::POST, "/backup", None).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let into = dir.clone();
+    let unpacking = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
+            rx,
+            chunk: bytes::Bytes::new(),
+        };
+        scopecast_broker::backup::unpack(reader, &into)
+    });
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                // The unpacking stopped (it says why below).
+                if tx.send(Ok(chunk)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(std::io::Error::other(format!(
+                        "the download broke off: {e}"
+                    ))))
+                    .await;
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let manifest = unpacking
+        .await
+        .context("the unpacking task failed")?
+        .with_context(|| format!("writing the backup into {}", dir.display()))?;
+    if auth.json {
+        outln!("{}", serde_json::to_string_pretty(&manifest)?);
+        return Ok(());
+    }
+    outln!(
+        "backup written to {} (taken {} by scopecast {}, environment {} {:?})",
+        dir.display(),
+        manifest.created_at,
+        manifest.broker_version,
+        manifest.environment.kind,
+        manifest.environment.name
+    );
+    outln!("  events: {}", seq_range(&manifest));
+    let mut t = table(&["file", "bytes", "sha256"]);
+    for f in &manifest.files {
+        t.add_row(vec![f.name.clone(), f.bytes.to_string(), f.sha256.clone()]);
+    }
+    outln!("{t}");
+    outln!(
+        "  {} bytes in all; every file matches the manifest's SHA-256. The backup holds PHI and the signing keys: keep it as private as the data folder.",
+        manifest.bytes()
+    );
+    Ok(())
+}
+
+/// "seq 1 to 42 (42 events)", or "none".
+fn seq_range(m: &scopecast_broker::backup::Manifest) -> String {
+    if m.events == 0 {
+        format!("none (last seq {})", m.last_seq)
+    } else {
+        format!(
+            "seq {} to {} ({} events)",
+            m.first_seq, m.last_seq, m.events
+        )
+    }
+}
+
+/// `scopecast restore BACKUP_DIR --data-dir DIR [--force]`: puts a backup into the data
+/// folder of a stopped broker and says what to do next.
+pub(crate) fn restore(backup: PathBuf, data_dir: PathBuf, force: bool) -> anyhow::Result<()> {
+    let restored = scopecast_broker::backup::restore(&backup, &data_dir, force)?;
+    let m = &restored.manifest;
+    outln!(
+        "restored the backup taken {} (scopecast {}, environment {} {:?}) into {}",
+        m.created_at,
+        m.broker_version,
+        m.environment.kind,
+        m.environment.name,
+        data_dir.display()
+    );
+    outln!(
+        "  events: {}; the next event published gets seq {}",
+        seq_range(m),
+        m.last_seq + 1
+    );
+    if let Some(aside) = &restored.moved_aside {
+        outln!("  the folder's previous files are in {}", aside.display());
+    }
+    outln!("next:");
+    outln!(
+        "  1. start the broker on it, with the configuration it had (environment {}): scopecast serve --data-dir {}",
+        m.environment.kind,
+        data_dir.display()
+    );
+    outln!(
+        "  2. the credentials are those of the backup; admin.token is not part of a backup: use the admin credential of that time (--admin-token, SCOPECAST_ADMIN_TOKEN, or that admin.token copied into {} with mode 0600)",
+        data_dir.display()
+    );
+    outln!(
+        "  3. events published after the backup was taken (seq above {}) are not in it, and new events get those seqs again: a subscriber that saw them resumes from seq {}",
+        m.last_seq,
+        m.last_seq
+    );
+    Ok(())
 }

@@ -88,3 +88,67 @@ pub(crate) fn private_if_present(path: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The file whose lock (an exclusive advisory lock, `flock`) says that a process uses the
+/// data folder: a running broker, or a restore into it. The OS lets the lock go when the
+/// process ends, however it ends, so a stale file never blocks anyone.
+pub const LOCK_FILE: &str = "broker.lock";
+
+/// Why [`lock`] failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LockError {
+    /// Another process holds the lock.
+    #[error(
+        "another process uses the data folder {0} (a running `scopecast serve`, or a restore): it holds {0}/broker.lock"
+    )]
+    Held(String),
+    /// The lock file could not be made or locked.
+    #[error("locking {path}: {source}")]
+    Io {
+        /// The lock file.
+        path: String,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+/// Takes the data folder `dir` (which must exist) for this process: creates
+/// [`LOCK_FILE`] (mode 0600) if needed and locks it without waiting. The lock lasts as long as
+/// the returned file is open.
+///
+/// # Errors
+/// [`LockError::Held`] when another process holds it, [`LockError::Io`] otherwise.
+pub(crate) fn lock(dir: &Path) -> Result<std::fs::File, LockError> {
+    let path = dir.join(LOCK_FILE);
+    let wrap = |source| LockError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&path).map_err(wrap)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Held(dir.display().to_string())),
+        Err(std::fs::TryLockError::Error(e)) => Err(wrap(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_folder_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock(dir.path()).unwrap();
+        assert!(matches!(lock(dir.path()), Err(LockError::Held(_))));
+        drop(first);
+        lock(dir.path()).unwrap();
+    }
+}

@@ -3,7 +3,9 @@
 //! Modules:
 //! - `config`: [`Config`], loaded from defaults, a TOML file, `SCOPECAST_*` variables and flags.
 //! - `server`: [`run`]: start-up on a bound listener, graceful shutdown.
-//! - `data_dir`: the data folder and the modes of the files in it.
+//! - `data_dir`: the data folder, the modes of the files in it, and its lock.
+//! - [`backup`]: backups taken while the broker runs (`POST /admin/v1/backup`), their
+//!   manifest, and restore.
 //! - [`registry`]: applications, client IDs, credentials, activations, audit; SQLite store.
 //! - [`auth`]: OAuth2 secrets, signing keys, tokens and verification.
 //! - [`fanout`]: the sequencer, the topic index and per-session outboxes.
@@ -17,6 +19,7 @@
 //! [`run`].
 
 pub mod auth;
+pub mod backup;
 mod config;
 mod data_dir;
 pub mod fanout;
@@ -32,6 +35,7 @@ pub use config::{
     Config, ConfigError, EnvironmentKind, ExternalIssuer, HttpConfig, LimitsConfig, LogFormat,
     LogMode, LogSync, OAuthConfig, Overrides, RetentionConfig, TlsConfig,
 };
+pub use data_dir::LOCK_FILE;
 pub use server::{
     ADMIN_TOKEN_FILE, EVENT_LOG_FILE, Listeners, REGISTRY_FILE, SIGNING_KEYS_FILE, ServeError, run,
     run_on,

@@ -1,5 +1,5 @@
-//! The `scopecast` command: `scopecast serve` runs the broker; `app`, `keys` and `token` talk
-//! to a running one.
+//! The `scopecast` command: `scopecast serve` runs the broker; `app`, `keys`, `token` and
+//! `backup` talk to a running one; `restore` works on the data folder of a stopped one.
 
 mod cli;
 mod fhir_replay;
@@ -106,6 +106,29 @@ enum Command {
         #[arg(long)]
         speedup: Option<f64>,
     },
+    /// Take a backup of a running broker (admin API) into DIR (new or empty): the registry and
+    /// the event log at one instant, the signing keys, and a manifest with SHA-256s.
+    Backup {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        auth: cli::AdminAuth,
+        /// Folder to write the backup into (made 0700; must be new or empty).
+        dir: PathBuf,
+    },
+    /// Restore a backup into the data folder of a stopped broker (checks every SHA-256 first).
+    Restore {
+        /// The backup folder (`scopecast backup DIR` made it).
+        backup: PathBuf,
+        /// The data folder to restore into (made 0700 when missing; a broker must not be
+        /// running on it).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Restore into a folder that holds files: they are moved to
+        /// DIR/pre-restore-TIME/ first.
+        #[arg(long)]
+        force: bool,
+    },
     /// Make a key pair for private_key_jwt: writes the private key, prints the public JWK Set.
     Keygen(cli::KeygenArgs),
     /// Get an access token by the client credentials grant and print it.
@@ -195,6 +218,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             auth,
             command,
         } => client_runtime()?.block_on(cli::sessions(target, auth, command)),
+        Command::Backup { target, auth, dir } => {
+            client_runtime()?.block_on(cli::backup(target, auth, dir))
+        }
+        Command::Restore {
+            backup,
+            data_dir,
+            force,
+        } => cli::restore(backup, data_dir, force),
         Command::Keygen(args) => cli::keygen(args),
         Command::Sub {
             target,

@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     pub(crate) hub: Arc<Hub>,
     /// Every WebSocket session task, so shutdown can wait for them.
     pub(crate) sessions: TaskTracker,
+    /// One permit: a backup holds it until its stream is written, so two never run at once.
+    pub(crate) backups: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -144,6 +146,13 @@ pub async fn run_on(
     crate::data_dir::prepare(&config.data_dir).map_err(|source| ServeError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
+    })?;
+    // Held until `run_on` returns: a second broker, or a restore, on this folder is refused.
+    let _data_lock = crate::data_dir::lock(&config.data_dir).map_err(|e| match e {
+        crate::data_dir::LockError::Held(_) => ServeError::Startup(format!(
+            "{e}; stop it first, or give this broker another --data-dir"
+        )),
+        other => ServeError::Startup(other.to_string()),
     })?;
     let grace = config.shutdown_grace();
     let o = &config.oauth;
@@ -276,6 +285,7 @@ pub async fn run_on(
             client_auth,
             hub,
             sessions: sessions.clone(),
+            backups: Arc::new(tokio::sync::Semaphore::new(1)),
         }),
     };
     let (app, admin_app): (Router, Option<Router>) = http::routers(state.clone());
@@ -362,7 +372,8 @@ pub async fn run_on(
 /// named `admin (config)`. Otherwise `<data_dir>/admin.token` (mode 0600, 256 random bits) is
 /// created on first start and stored in the credential store as `admin`; a file from before
 /// the credential store existed is imported the same way (the upgrade path). A revoked
-/// `admin` stays revoked.
+/// `admin` stays revoked. Without the file, when the store already has a valid credential
+/// named `admin` (a restored backup: backups hold the store, not the file), no file is made.
 async fn admin_credential(config: &Config, registry: &Registry) -> Result<(), ServeError> {
     if let Some(t) = &config.admin_token {
         return registry
@@ -387,6 +398,19 @@ async fn admin_credential(config: &Config, registry: &Registry) -> Result<(), Se
             )));
         }
         token
+    } else if registry
+        .credentials()
+        .all()
+        .iter()
+        .any(|c| c.is_valid() && c.name == "admin")
+    {
+        // A restored backup (or a data folder whose admin.token was removed) already has its
+        // admin credential; a new file would hold a token the store refuses.
+        tracing::info!(
+            path = %path.display(),
+            "no admin.token; the credential store already has the admin credential `admin` (a restored backup keeps its credentials): use that credential, or one made with `scopecast credential create`"
+        );
+        return Ok(());
     } else {
         let token = format!(
             "{}{}",

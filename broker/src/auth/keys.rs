@@ -261,6 +261,22 @@ impl KeyRing {
         json!({ "keys": keys })
     }
 
+    /// The key file as it is now, never halfway through a rotation: what a backup keeps, so
+    /// that tokens signed before it still verify after a restore.
+    ///
+    /// # Errors
+    /// [`KeyError::Io`] when the file cannot be read.
+    pub fn file_bytes(&self) -> Result<Vec<u8>, KeyError> {
+        let _guard = self
+            .rotate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::fs::read(&self.path).map_err(|source| KeyError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+
     /// Retires the signing key (still published for `retain_for_s`) and makes a new one.
     /// Returns the new `kid`.
     ///

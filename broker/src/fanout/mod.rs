@@ -571,6 +571,9 @@ mod tests {
         fn epoch(&self) -> &str {
             self.inner.epoch()
         }
+        fn snapshot(&self) -> Result<Box<dyn crate::log::LogSnapshot>, LogError> {
+            self.inner.snapshot()
+        }
     }
 
     async fn publish(bus: &Bus, topic: &str) -> Result<Ack, Refusal> {

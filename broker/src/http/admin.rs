@@ -255,6 +255,40 @@ pub(crate) async fn update_application(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteParams {
+    #[serde(default)]
+    reason: String,
+}
+
+/// `DELETE /admin/v1/applications/{id}?reason=...`: removes the application, its client IDs
+/// and their credentials; 409 while a client ID is active, 404 when there is no such
+/// application (also the second time). Answers `{"id", "name", "client_ids"}`.
+pub(crate) async fn delete_application(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
+    params: Result<Query<DeleteParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(p) = match params {
+        Ok(p) => p,
+        Err(e) => return error(ErrorCode::BadRequest, &e.body_text(), Some("query")),
+    };
+    match state
+        .inner
+        .registry
+        .delete_application(&id, &caller.name, &p.reason)
+        .await
+    {
+        Ok(d) => {
+            tracing::info!(actor = %caller.name, application_id = %d.id, client_ids = ?d.client_ids, "application deleted");
+            Json(json!({"id": d.id, "name": d.name, "client_ids": d.client_ids})).into_response()
+        }
+        Err(e) => registry_error(e),
+    }
+}
+
 fn find_client(
     state: &AppState,
     client_id: &str,

@@ -4,6 +4,7 @@
 //!   `/.well-known/oauth-authorization-server`.
 //! - `auth`: the credential gate of the operator endpoints (admin API, metrics).
 //! - `admin`: `/admin/v1/...` applications, clients, audit, keys.
+//! - `backup`: `POST /admin/v1/backup`, a consistent copy of the data folder as a tar stream.
 //! - `credentials`: `/admin/v1/credentials`.
 //! - `sessions`: `/admin/v1/sessions`, live sessions and closing one.
 //! - `stream`: `GET /v1/stream`, the WebSocket upgrade.
@@ -15,6 +16,7 @@
 
 mod admin;
 mod auth;
+mod backup;
 mod credentials;
 mod oauth;
 mod publish;
@@ -45,7 +47,9 @@ pub(crate) fn routers(state: AppState) -> (Router, Option<Router>) {
         )
         .route(
             "/applications/{id}",
-            get(admin::show_application).patch(admin::update_application),
+            get(admin::show_application)
+                .patch(admin::update_application)
+                .delete(admin::delete_application),
         )
         .route("/clients/{client_id}", get(admin::show_client))
         .route(
@@ -61,6 +65,7 @@ pub(crate) fn routers(state: AppState) -> (Router, Option<Router>) {
         .route("/clients/{client_id}/deactivate", post(admin::deactivate))
         .route("/audit", get(admin::audit))
         .route("/keys/rotate", post(admin::rotate_keys))
+        .route("/backup", post(backup::backup))
         .route(
             "/credentials",
             get(credentials::list).post(credentials::create),

@@ -14,11 +14,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
 };
 use scopecast_protocol::{EventId, RawJson, Timestamp, Topic};
 
-use super::{EventLog, LogError, StoredEvent};
+use super::{EventLog, LogError, LogRange, LogSnapshot, StoredEvent};
+
+/// The version of this file layout (tables and record encoding), recorded in backups: a
+/// change to either is a new version, with its conversion.
+pub const LOG_FORMAT: u32 = 1;
 
 const EVENTS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
@@ -161,7 +166,7 @@ fn io(e: impl std::fmt::Display) -> LogError {
 }
 
 /// Encodes an event: `u16 topic len, topic, u16 id len, id, i64 unix nanos, data`.
-fn encode(e: &StoredEvent) -> Vec<u8> {
+pub(super) fn encode(e: &StoredEvent) -> Vec<u8> {
     let (topic, id, data) = (
         e.topic.as_str().as_bytes(),
         e.event_id.as_str().as_bytes(),
@@ -434,6 +439,12 @@ impl EventLog for DurableLog {
         &self.epoch
     }
 
+    fn snapshot(&self) -> Result<Box<dyn LogSnapshot>, LogError> {
+        let db = self.store.db()?;
+        let read = db.begin_read().map_err(io)?;
+        Ok(Box::new(DurableSnapshot { read, _db: db }))
+    }
+
     async fn probe(&self) -> Result<(), LogError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -445,6 +456,102 @@ impl EventLog for DurableLog {
         })
         .await
         .map_err(io)?
+    }
+}
+
+/// Bytes of records a [`FileWriter`] collects before it commits them.
+const WRITE_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+/// Writes records, in `seq` order, into a new log file (a backup's `events.redb`), committing
+/// every [`WRITE_CHUNK_BYTES`] so memory stays bounded whatever the log's size; the last
+/// commit flushes the file to the disk.
+pub(super) struct FileWriter {
+    db: Database,
+    pending: Vec<(u64, Vec<u8>)>,
+    pending_bytes: usize,
+    total_bytes: u64,
+    first: Option<u64>,
+    last: u64,
+    events: u64,
+}
+
+impl FileWriter {
+    /// Creates the log file at `path` (mode 0600; it must not exist yet, or be empty).
+    pub(super) fn create(path: &Path) -> Result<FileWriter, LogError> {
+        crate::data_dir::private_file(path).map_err(io)?;
+        let db = Database::builder()
+            .set_cache_size(16 * 1024 * 1024)
+            .create(path)
+            .map_err(io)?;
+        Ok(FileWriter {
+            db,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            total_bytes: 0,
+            first: None,
+            last: 0,
+            events: 0,
+        })
+    }
+
+    /// Adds the record of event `seq` (as [`encode`] makes it).
+    pub(super) fn push(&mut self, seq: u64, record: &[u8]) -> Result<(), LogError> {
+        self.first.get_or_insert(seq);
+        self.last = seq;
+        self.events += 1;
+        self.pending_bytes += record.len();
+        self.pending.push((seq, record.to_vec()));
+        if self.pending_bytes >= WRITE_CHUNK_BYTES {
+            self.commit(Durability::None)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, durability: Durability) -> Result<(), LogError> {
+        let mut w = self.db.begin_write().map_err(io)?;
+        w.set_durability(durability).map_err(io)?;
+        {
+            let mut t = w.open_table(EVENTS).map_err(io)?;
+            for (seq, bytes) in self.pending.drain(..) {
+                t.insert(seq, bytes.as_slice()).map_err(io)?;
+                self.total_bytes += bytes.len() as u64;
+            }
+            let mut meta = w.open_table(META).map_err(io)?;
+            meta.insert(BYTES_KEY, self.total_bytes).map_err(io)?;
+        }
+        self.pending_bytes = 0;
+        w.commit().map_err(io)
+    }
+
+    /// Commits the rest, flushed to the disk, and says what the file holds.
+    pub(super) fn finish(mut self) -> Result<LogRange, LogError> {
+        self.commit(Durability::Immediate)?;
+        Ok(LogRange {
+            first_seq: self.first.unwrap_or(self.last + 1),
+            last_seq: self.last,
+            events: self.events,
+        })
+    }
+}
+
+/// A read transaction on the log: the events committed when it began, whatever is appended
+/// or removed by retention later.
+struct DurableSnapshot {
+    /// Dropped first: redb wants its transactions gone before the database.
+    read: ReadTransaction,
+    /// Keeps the database open meanwhile (a reopen after a failed write waits for it).
+    _db: Arc<Database>,
+}
+
+impl LogSnapshot for DurableSnapshot {
+    fn write_to(self: Box<Self>, path: &Path) -> Result<LogRange, LogError> {
+        let events = self.read.open_table(EVENTS).map_err(io)?;
+        let mut out = FileWriter::create(path)?;
+        for item in events.iter().map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            out.push(k.value(), v.value())?;
+        }
+        out.finish()
     }
 }
 
@@ -637,6 +744,75 @@ mod tests {
         .unwrap();
         // Removal stops at the first event young enough, scanning from the front.
         assert_eq!((aged.first_seq(), aged.last_seq()), (3, 4));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_holds_the_events_of_its_instant_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = DurableLog::open(&dir.path().join("events.redb"), SyncMode::Fsync).unwrap();
+        let first: Vec<_> = (1..=5).map(|s| ev(s, "a.b")).collect();
+        log.append(&first).await.unwrap();
+        log.enforce(Retention {
+            max_events: 4,
+            max_bytes: 0,
+            max_age_s: 0,
+        })
+        .unwrap();
+        let snapshot = log.snapshot().unwrap();
+        // After the snapshot: neither new events nor retention reach it.
+        log.append(&[ev(6, "a.c")]).await.unwrap();
+        log.enforce(Retention {
+            max_events: 1,
+            max_bytes: 0,
+            max_age_s: 0,
+        })
+        .unwrap();
+        let out = dir.path().join("backup.redb");
+        let range = tokio::task::spawn_blocking({
+            let out = out.clone();
+            move || snapshot.write_to(&out)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            range,
+            LogRange {
+                first_seq: 2,
+                last_seq: 5,
+                events: 4
+            }
+        );
+        let copy = DurableLog::open(&out, SyncMode::Fsync).unwrap();
+        assert_eq!((copy.first_seq(), copy.last_seq()), (2, 5));
+        assert_eq!(copy.read_after(0, 10).await.unwrap(), first[1..].to_vec());
+        assert_eq!(
+            copy.stored_bytes(),
+            first[1..]
+                .iter()
+                .map(|e| encode(e).len() as u64)
+                .sum::<u64>()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_memory_log_backs_up_in_the_same_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = crate::log::MemoryLog::new(3);
+        let events: Vec<_> = (1..=4).map(|s| ev(s, "m.n")).collect();
+        log.append(&events).await.unwrap();
+        let snapshot = log.snapshot().unwrap();
+        log.append(&[ev(5, "m.n")]).await.unwrap();
+        let out = dir.path().join("events.redb");
+        let range = snapshot.write_to(&out).unwrap();
+        assert_eq!((range.first_seq, range.last_seq, range.events), (2, 4, 3));
+        let copy = DurableLog::open(&out, SyncMode::Fsync).unwrap();
+        assert_eq!(copy.read_after(0, 10).await.unwrap(), events[1..].to_vec());
+        // A restored broker goes on after the backup's last seq.
+        assert_eq!(copy.last_seq(), 4);
+        let empty = crate::log::MemoryLog::new(3).snapshot().unwrap();
+        let range = empty.write_to(&dir.path().join("empty.redb")).unwrap();
+        assert_eq!((range.first_seq, range.last_seq, range.events), (1, 0, 0));
     }
 
     impl StoredEvent {

@@ -5,7 +5,21 @@ use std::collections::VecDeque;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 
-use super::{EventLog, LogError, StoredEvent};
+use super::durable::{FileWriter, encode};
+use super::{EventLog, LogError, LogRange, LogSnapshot, StoredEvent};
+
+/// The memory log's events at one instant (a copy: the log keeps changing).
+struct MemorySnapshot(Vec<StoredEvent>);
+
+impl LogSnapshot for MemorySnapshot {
+    fn write_to(self: Box<Self>, path: &std::path::Path) -> Result<LogRange, LogError> {
+        let mut out = FileWriter::create(path)?;
+        for e in &self.0 {
+            out.push(e.seq, &encode(e))?;
+        }
+        out.finish()
+    }
+}
 
 /// Events in memory, lost on restart. Keeps the newest `max_events`.
 pub struct MemoryLog {
@@ -76,6 +90,11 @@ impl EventLog for MemoryLog {
 
     fn epoch(&self) -> &str {
         &self.epoch
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn LogSnapshot>, LogError> {
+        let events: Vec<StoredEvent> = self.events.read().iter().cloned().collect();
+        Ok(Box::new(MemorySnapshot(events)))
     }
 }
 

@@ -4,15 +4,18 @@
 //!
 //! - `memory`: [`MemoryLog`], in memory with a retention by count (tests, `--log memory`).
 //! - `durable`: [`DurableLog`], on disk (redb), group commit, `fsync` or `os` durability,
-//!   retention by count, bytes and age.
+//!   retention by count, bytes and age; also the file format of a backup's events
+//!   ([`LogSnapshot`]).
 
 mod durable;
 mod memory;
 
+use std::path::Path;
+
 use async_trait::async_trait;
 use scopecast_protocol::{EventId, RawJson, Timestamp, Topic};
 
-pub use durable::{DEFAULT_CACHE_BYTES, DurableLog, Retention, SyncMode};
+pub use durable::{DEFAULT_CACHE_BYTES, DurableLog, LOG_FORMAT, Retention, SyncMode};
 pub use memory::MemoryLog;
 
 /// One stored event.
@@ -38,6 +41,30 @@ pub enum LogError {
     Unavailable(String),
 }
 
+/// The events a [`LogSnapshot`] held: `first_seq..=last_seq`, `events` of them (0 events:
+/// `first_seq` is `last_seq + 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRange {
+    /// The oldest `seq` in it.
+    pub first_seq: u64,
+    /// The newest `seq` in it (0 for a log that never had an event).
+    pub last_seq: u64,
+    /// How many events.
+    pub events: u64,
+}
+
+/// A log's retained events, fixed at the instant [`EventLog::snapshot`] was called: appends
+/// and retention that come later are not in it.
+pub trait LogSnapshot: Send {
+    /// Writes every event of the snapshot, byte for byte and with its `seq`, to a new
+    /// durable log file at `path` (which must not exist yet, or be empty): the format of
+    /// `events.redb`, which [`DurableLog::open`] opens. Blocking: call it on a blocking thread.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when reading the log or writing the file fails.
+    fn write_to(self: Box<Self>, path: &Path) -> Result<LogRange, LogError>;
+}
+
 /// An append-only log of events, ordered by `seq`.
 ///
 /// Only the broker's sequencer appends, one batch at a time, with `seq`s it assigned:
@@ -60,6 +87,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// process started). `welcome` and `subscribed` carry it, so a client tells a replaced log
     /// (its `seq`s start again) from one that went on.
     fn epoch(&self) -> &str;
+
+    /// Fixes the retained events as they are now, for a backup. Quick (nothing is copied
+    /// here, or only what the memory log holds), so it can run while registry changes are held
+    /// off; the copy is made later by [`LogSnapshot::write_to`].
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when the store cannot be read.
+    fn snapshot(&self) -> Result<Box<dyn LogSnapshot>, LogError>;
 
     /// Checks that the store takes writes again after a failed append, without storing an
     /// event (readiness, `/readyz`).

@@ -26,7 +26,7 @@ use tokio::sync::{Mutex, broadcast};
 
 use credential::{Credential, CredentialSet, CredentialSource};
 pub use sqlite::SqliteStore;
-pub use store::{ApplicationPatch, NewApplication, RegistryStore, StoreError};
+pub use store::{ApplicationPatch, Deletion, NewApplication, RegistryStore, StoreError};
 use validate::{ClientKey, InvalidInput, invalid};
 
 use crate::auth::secret;
@@ -226,6 +226,14 @@ pub enum RegistryChange {
         /// The application.
         application_id: String,
     },
+    /// An application and its client IDs were deleted. Only an application whose client IDs
+    /// are both inactive can be, so none of them has a live session.
+    ApplicationDeleted {
+        /// The application.
+        application_id: String,
+        /// Its client IDs (production first).
+        client_ids: Vec<String>,
+    },
 }
 
 /// One audit trail entry.
@@ -314,6 +322,17 @@ pub struct IssuedSecret {
     pub kind: EnvironmentKind,
     /// The secret: shown once, never stored in clear.
     pub client_secret: String,
+}
+
+/// What [`Registry::delete_application`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedApplication {
+    /// Its id.
+    pub id: String,
+    /// Its name (free for another application from now on).
+    pub name: String,
+    /// Its client IDs (production first); they no longer authenticate.
+    pub client_ids: Vec<String>,
 }
 
 /// Handle to the registry: cheap to clone.
@@ -577,6 +596,96 @@ impl Registry {
             })
     }
 
+    /// Deletes an application, its two client IDs and their credentials (secret hash, keys)
+    /// in one transaction with an `application.delete` audit entry naming it, its client IDs
+    /// and `reason`. The audit trail and the activation history stay. Refused while either
+    /// client ID is active: a deletion never cuts a live session.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] for a malformed id or reason, [`RegistryError::NotFound`]
+    /// (also when it was deleted before), [`RegistryError::Conflict`] naming the active
+    /// client IDs, or a storage failure.
+    pub async fn delete_application(
+        &self,
+        id: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<DeletedApplication, RegistryError> {
+        let id = validate::uuid_id("id", id)?;
+        let reason = validate::note("reason", reason)?;
+        let not_found = || RegistryError::NotFound {
+            what: "application",
+            id: id.clone(),
+        };
+        // Under the write lock the snapshot is the store's current state: no activation can
+        // slip in between the check below and the deletion.
+        let _guard = self.inner.writes.lock().await;
+        let app = self
+            .snapshot()
+            .application(&id)
+            .cloned()
+            .ok_or_else(not_found)?;
+        let deleted = DeletedApplication {
+            id: id.clone(),
+            name: app.record.name.clone(),
+            client_ids: app
+                .record
+                .clients
+                .iter()
+                .map(|c| c.client_id.clone())
+                .collect(),
+        };
+        let entry = audit(
+            actor,
+            "application.delete",
+            Some(&id),
+            None,
+            serde_json::json!({"name": deleted.name, "client_ids": deleted.client_ids, "reason": reason}),
+        );
+        match self.inner.store.delete_application(&id, &entry).await? {
+            Deletion::Deleted => {}
+            Deletion::NotFound => return Err(not_found()),
+            Deletion::Active(active) => {
+                let (noun, verb, them) = if active.len() == 1 {
+                    ("client ID", "is", "it")
+                } else {
+                    ("client IDs", "are", "them")
+                };
+                let list = active.join(", ");
+                return Err(RegistryError::Conflict(format!(
+                    "application {:?} cannot be deleted while its {noun} {list} {verb} active: deactivate {them} first (scopecast app deactivate CLIENT_ID)",
+                    deleted.name
+                )));
+            }
+        }
+        self.reload(vec![RegistryChange::ApplicationDeleted {
+            application_id: id.clone(),
+            client_ids: deleted.client_ids.clone(),
+        }])
+        .await?;
+        Ok(deleted)
+    }
+
+    /// Writes a consistent copy of the registry (applications, client IDs, credentials,
+    /// activations, audit trail) to the file `path` (which must not exist yet, or be empty)
+    /// while every registry change is held off, then runs `at_the_same_instant` before letting
+    /// changes go on: what it captures (the event log's read transaction, for a backup) and
+    /// the copy describe the same instant. Keep `at_the_same_instant` short: admin changes
+    /// wait for it.
+    ///
+    /// # Errors
+    /// A storage failure; `at_the_same_instant` then does not run.
+    pub async fn copy_to<T>(
+        &self,
+        path: &std::path::Path,
+        at_the_same_instant: impl FnOnce() -> T,
+    ) -> Result<T, RegistryError> {
+        // Held across the copy on purpose: no registry change may land in between.
+        let _guard = self.inner.writes.lock().await;
+        self.inner.store.copy_to(path).await?;
+        Ok(at_the_same_instant())
+    }
+
     fn existing_client(&self, client_id: &str) -> Result<Arc<ClientEntry>, RegistryError> {
         let client_id = validate::uuid_id("client_id", client_id)?;
         self.client(&client_id).ok_or(RegistryError::NotFound {
@@ -725,6 +834,8 @@ impl Registry {
         detail: Value,
     ) -> Result<(), RegistryError> {
         let entry = audit(actor, action, None, None, detail);
+        // Under the write lock like every change, so a backup's copy never splits it.
+        let _guard = self.inner.writes.lock().await;
         Ok(self.inner.store.append_audit(&entry).await?)
     }
 

@@ -12,9 +12,12 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::credential::{Credential, CredentialSource};
-use super::store::{ApplicationPatch, NewApplication, RegistryStore, StoreError};
+use super::store::{ApplicationPatch, Deletion, NewApplication, RegistryStore, StoreError};
 use super::{AuditEntry, AuditQuery, ClientKeysSpec, StoredApplication, StoredClient};
 use crate::config::EnvironmentKind;
+
+/// The registry's migrations (`broker/migrations/`), applied by [`SqliteStore::open`].
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The registry in a SQLite file.
 #[derive(Clone)]
@@ -65,11 +68,18 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db)?;
-        sqlx::migrate!("./migrations")
+        MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migrations: {e}")))?;
         Ok(SqliteStore { pool })
+    }
+
+    /// The registry's schema version this build writes: the number of its last migration
+    /// (`broker/migrations/NNNN_*.sql`). A database migrated by a newer build has a higher
+    /// one, and [`SqliteStore::open`] refuses it.
+    pub fn schema_version() -> i64 {
+        MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
     }
 
     async fn write_audit(
@@ -387,6 +397,71 @@ impl RegistryStore for SqliteStore {
         Ok(true)
     }
 
+    async fn delete_application(
+        &self,
+        id: &str,
+        audit: &AuditEntry,
+    ) -> Result<Deletion, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let exists = sqlx::query("SELECT id FROM applications WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            return Ok(Deletion::NotFound);
+        }
+        let active: Vec<String> = sqlx::query(
+            "SELECT client_id FROM clients WHERE application_id = $1 AND active = 1 \
+             ORDER BY kind",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| r.get("client_id"))
+        .collect();
+        if !active.is_empty() {
+            return Ok(Deletion::Active(active));
+        }
+        sqlx::query(
+            "DELETE FROM client_credentials WHERE client_id IN \
+             (SELECT client_id FROM clients WHERE application_id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query("DELETE FROM clients WHERE application_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query("DELETE FROM applications WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        Self::write_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Deletion::Deleted)
+    }
+
+    async fn copy_to(&self, path: &Path) -> Result<(), StoreError> {
+        let target = path.to_str().ok_or_else(|| {
+            StoreError::Database(format!("{} is not a UTF-8 path", path.display()))
+        })?;
+        // One read transaction: the copy is the database as of its start, whatever is written
+        // meanwhile (the WAL journal lets writers go on).
+        sqlx::query("VACUUM INTO $1")
+            .bind(target)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     async fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         Self::write_audit(&mut tx, audit).await?;
@@ -502,5 +577,259 @@ impl RegistryStore for SqliteStore {
         Self::write_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(db)?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(action: &str, application_id: &str) -> AuditEntry {
+        AuditEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            at_ms: 1,
+            actor: "tester".to_owned(),
+            action: action.to_owned(),
+            application_id: Some(application_id.to_owned()),
+            client_id: None,
+            detail: json!({}),
+        }
+    }
+
+    fn client(kind: EnvironmentKind) -> StoredClient {
+        StoredClient {
+            client_id: uuid::Uuid::new_v4().to_string(),
+            kind,
+            active: false,
+            secret_hash: Some("$argon2id$fake".to_owned()),
+            keys: ClientKeysSpec::JwksUri("https://keys.example/jwks.json".to_owned()),
+            client_id_header: false,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    async fn app(store: &SqliteStore, name: &str) -> StoredApplication {
+        let app = StoredApplication {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.to_owned(),
+            vendor: "V".to_owned(),
+            description: String::new(),
+            scope: "subscribe:adt.>".to_owned(),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            clients: vec![
+                client(EnvironmentKind::Production),
+                client(EnvironmentKind::NonProduction),
+            ],
+        };
+        store
+            .insert_application(
+                &NewApplication {
+                    application: app.clone(),
+                },
+                &entry("application.create", &app.id),
+            )
+            .await
+            .unwrap();
+        app
+    }
+
+    async fn count(store: &SqliteStore, sql: &str, id: &str) -> i64 {
+        sqlx::query(sql)
+            .bind(id)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    #[tokio::test]
+    async fn delete_is_refused_while_a_client_is_active_and_keeps_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("r.sqlite"))
+            .await
+            .unwrap();
+        let doomed = app(&store, "Doomed").await;
+        let kept = app(&store, "Kept").await;
+        let np = &doomed.clients[1].client_id;
+        let act = entry("client.activate", &doomed.id);
+        assert!(
+            store
+                .set_active(np, true, "t", "pilot", 2, &act)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store
+                .delete_application(&doomed.id, &entry("application.delete", &doomed.id))
+                .await
+                .unwrap(),
+            Deletion::Active(vec![np.clone()])
+        );
+        assert_eq!(store.load().await.unwrap().len(), 2, "nothing deleted");
+        let deact = entry("client.deactivate", &doomed.id);
+        assert!(
+            store
+                .set_active(np, false, "t", "done", 3, &deact)
+                .await
+                .unwrap()
+        );
+        let delete = entry("application.delete", &doomed.id);
+        assert_eq!(
+            store.delete_application(&doomed.id, &delete).await.unwrap(),
+            Deletion::Deleted
+        );
+        let left = store.load().await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, kept.id);
+        assert_eq!(
+            left[0].clients.len(),
+            2,
+            "the other application is untouched"
+        );
+        for c in &doomed.clients {
+            let rows = |sql| count(&store, sql, &c.client_id);
+            assert_eq!(
+                rows("SELECT COUNT(*) FROM clients WHERE client_id = $1").await,
+                0
+            );
+            assert_eq!(
+                rows("SELECT COUNT(*) FROM client_credentials WHERE client_id = $1").await,
+                0
+            );
+        }
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM activations WHERE client_id = $1",
+                np
+            )
+            .await,
+            2,
+            "the activation history stays"
+        );
+        let trail = store
+            .audit(&AuditQuery {
+                application_id: Some(doomed.id.clone()),
+                client_id: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(trail[0].action, "application.delete");
+        assert_eq!(trail.len(), 4, "create, activate, deactivate, delete");
+        assert_eq!(
+            store.delete_application(&doomed.id, &delete).await.unwrap(),
+            Deletion::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn the_activations_migration_keeps_every_row_of_an_older_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        // A registry as the build before migration 0004 left it.
+        let old_migrations = dir.path().join("migrations");
+        std::fs::create_dir(&old_migrations).unwrap();
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for m in MIGRATOR.iter().filter(|m| m.version < 4) {
+            let name = format!("{:04}_{}.sql", m.version, m.description.replace(' ', "_"));
+            std::fs::copy(here.join(&name), old_migrations.join(&name)).unwrap();
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(&path)
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(old_migrations.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO applications (id, name, vendor, description, scope, created_at, updated_at) \
+             VALUES ('a', 'A', 'V', '', 'subscribe:a', 1, 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO clients (client_id, application_id, kind, active, created_at, updated_at) \
+             VALUES ('c', 'a', 'production', 1, 1, 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO activations (id, client_id, active, actor, reason, at) \
+             VALUES ('x1', 'c', 1, 'admin', 'pilot', 5)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let row =
+            sqlx::query("SELECT client_id, actor, reason, at FROM activations WHERE id = 'x1'")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            (
+                row.get::<String, _>("client_id"),
+                row.get::<String, _>("actor"),
+                row.get::<String, _>("reason"),
+                row.get::<i64, _>("at")
+            ),
+            ("c".to_owned(), "admin".to_owned(), "pilot".to_owned(), 5)
+        );
+        // The history no longer depends on the client row.
+        sqlx::query("DELETE FROM clients WHERE client_id = 'c'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM activations WHERE client_id = $1",
+                "c"
+            )
+            .await,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_copy_opens_as_a_registry_with_the_same_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("r.sqlite"))
+            .await
+            .unwrap();
+        let a = app(&store, "Copied").await;
+        let copy = dir.path().join("copy.sqlite");
+        crate::data_dir::private_file(&copy).unwrap();
+        store.copy_to(&copy).await.unwrap();
+        // Written after the copy: not in it.
+        app(&store, "Later").await;
+        let copied = SqliteStore::open(&copy)
+            .await
+            .unwrap()
+            .load()
+            .await
+            .unwrap();
+        assert_eq!(copied.len(), 1);
+        assert_eq!(copied[0].id, a.id);
+        assert_eq!(copied[0].clients.len(), 2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
     }
 }

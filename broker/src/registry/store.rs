@@ -1,6 +1,8 @@
 //! The registry's storage, behind a small trait so that PostgreSQL (cluster mode) plugs in
 //! without touching the broker. The SQLite implementation is in `sqlite.rs`.
 
+use std::path::Path;
+
 use async_trait::async_trait;
 
 use super::credential::Credential;
@@ -35,6 +37,17 @@ pub struct ApplicationPatch {
     pub description: Option<String>,
     /// New scope ceiling, as its canonical string.
     pub scope: Option<String>,
+}
+
+/// What [`RegistryStore::delete_application`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    /// The application, its client IDs and their credentials are gone; the audit entry is in.
+    Deleted,
+    /// There is no application with that id.
+    NotFound,
+    /// Nothing was changed: these client IDs of the application are active.
+    Active(Vec<String>),
 }
 
 /// Durable registry storage. Every write also appends its audit entry in the same transaction.
@@ -90,6 +103,19 @@ pub trait RegistryStore: Send + Sync + 'static {
         at_ms: i64,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError>;
+    /// Deletes an application with its client IDs and their credentials, and appends `audit`,
+    /// in one transaction, unless one of its client IDs is active (checked in that
+    /// transaction). The audit trail and the activation history are kept: they name client
+    /// IDs as text.
+    async fn delete_application(
+        &self,
+        id: &str,
+        audit: &AuditEntry,
+    ) -> Result<Deletion, StoreError>;
+    /// Writes a transactionally consistent copy of the whole store, as it is at one instant,
+    /// to the file `path` (which must not exist yet, or be empty), in the store's own format
+    /// (SQLite: a database file that [`super::SqliteStore::open`] opens).
+    async fn copy_to(&self, path: &Path) -> Result<(), StoreError>;
     /// Appends an audit entry for a change outside the registry (e.g. key rotation).
     async fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Audit entries, newest first.

@@ -150,8 +150,9 @@ impl SessionTable {
         list.len()
     }
 
-    /// Follows registry changes until the registry is dropped: a deactivated client's sessions
-    /// close with 4003; an application's narrowed ceiling makes its sessions re-check.
+    /// Follows registry changes until the registry is dropped: a deactivated (or deleted)
+    /// client's sessions close with 4003; an application's narrowed ceiling makes its sessions
+    /// re-check.
     pub async fn follow(self, registry: Registry) {
         let mut changes = registry.changes();
         loop {
@@ -161,6 +162,18 @@ impl SessionTable {
                         self.close_client(&client_id, CloseCode::Forbidden, "client deactivated");
                     if n > 0 {
                         tracing::info!(%client_id, sessions = n, "client deactivated: sessions closed with 4003");
+                    }
+                }
+                // Only an application whose client IDs are inactive can be deleted, and an
+                // inactive client has no session; should one remain, it must not outlive its
+                // client ID.
+                Ok(RegistryChange::ApplicationDeleted { client_ids, .. }) => {
+                    for client_id in client_ids {
+                        let n =
+                            self.close_client(&client_id, CloseCode::Forbidden, "client deleted");
+                        if n > 0 {
+                            tracing::warn!(%client_id, sessions = n, "client deleted: sessions closed with 4003");
+                        }
                     }
                 }
                 Ok(RegistryChange::CeilingChanged { application_id }) => {

@@ -33,7 +33,15 @@ impl Drop for Served {
 /// # Panics
 /// When it does not start within 20 s.
 pub(crate) fn serve(data: &Path, log: &str) -> Served {
-    start(data, log, None)
+    start(data, log, None, &[])
+}
+
+/// Like [`serve`], with `env` set for the broker (settings as `SCOPECAST_*` variables).
+///
+/// # Panics
+/// When it does not start within 20 s.
+pub(crate) fn serve_env(data: &Path, log: &str, env: &[(&str, &str)]) -> Served {
+    start(data, log, None, env)
 }
 
 /// Like [`serve`] with the in-memory log, serving HTTPS with `cert_file` (a PEM chain) and
@@ -42,10 +50,10 @@ pub(crate) fn serve(data: &Path, log: &str) -> Served {
 /// # Panics
 /// When it does not start within 20 s.
 pub(crate) fn serve_tls(data: &Path, cert_file: &Path, key_file: &Path) -> Served {
-    start(data, "memory", Some((cert_file, key_file)))
+    start(data, "memory", Some((cert_file, key_file)), &[])
 }
 
-fn start(data: &Path, log: &str, tls: Option<(&Path, &Path)>) -> Served {
+fn start(data: &Path, log: &str, tls: Option<(&Path, &Path)>, env: &[(&str, &str)]) -> Served {
     let mut command = Command::new(BIN);
     command
         .args([
@@ -58,6 +66,7 @@ fn start(data: &Path, log: &str, tls: Option<(&Path, &Path)>) -> Served {
         ])
         .arg(data)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if let Some((cert, key)) = tls {
