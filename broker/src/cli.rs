@@ -101,7 +101,9 @@ pub(crate) enum AppCommand {
         /// Vendor (developer).
         #[arg(long)]
         vendor: String,
-        /// Scope ceiling, e.g. "subscribe:fhir.> publish:adt.*".
+        /// Scope ceiling, space-separated, e.g. "subscribe:fhir.> publish:adt.*"; families:
+        /// subscribe:<pattern>, publish:<pattern>, webhook:manage,
+        /// system/<Type|*>.<cruds|read|write>.
         #[arg(long)]
         scope: String,
         /// Free-text description.
@@ -136,7 +138,7 @@ pub(crate) enum AppCommand {
     SetScope {
         /// Application id.
         id: String,
-        /// The new ceiling.
+        /// The new ceiling, space-separated (families as for `app create --scope`).
         scope: String,
     },
     /// Set a client's public keys for private_key_jwt.

@@ -1,6 +1,11 @@
 //! The accept loop: plain TCP or TLS (rustls), HTTP/1.1 with upgrades, handshake limits
 //! (header bytes, header count, time to send the headers or finish TLS), and graceful
 //! shutdown of plain HTTP connections. WebSocket sessions are tracked by the server.
+//!
+//! - `first_line`: reads a connection's first request line before hyper does, to answer a URL
+//!   with an unencoded `>` (which hyper refuses with an empty body) in JSON, with a hint.
+
+mod first_line;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -81,10 +86,11 @@ pub async fn serve(
 ) {
     let mut make: IntoMakeServiceWithConnectInfo<Router, SocketAddr> =
         app.into_make_service_with_connect_info();
+    let head_limit = limits.max_header_bytes.max(8192);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.handshake_timeout_ms))
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(head_limit)
         .max_headers(limits.max_headers);
     let handshake = Duration::from_millis(limits.handshake_timeout_ms);
     let conns = TaskTracker::new();
@@ -111,19 +117,31 @@ pub async fn serve(
         let tls = tls.clone();
         let cancel = cancel.clone();
         conns.spawn(async move {
+            // Before hyper: the first request line, within the handshake time, or nothing
+            // (shutting down).
+            macro_rules! screened {
+                ($io:expr) => {
+                    tokio::select! {
+                        io = first_line::screen($io, head_limit, handshake, peer) => io,
+                        () = cancel.cancelled() => None,
+                    }
+                };
+            }
             match tls {
-                None => drive!(
-                    http.serve_connection(TokioIo::new(tcp), svc)
-                        .with_upgrades(),
-                    cancel,
-                    peer
-                ),
+                None => {
+                    let Some(io) = screened!(tcp) else { return };
+                    drive!(
+                        http.serve_connection(TokioIo::new(io), svc).with_upgrades(),
+                        cancel,
+                        peer
+                    )
+                }
                 Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(stream)) => {
+                        let Some(io) = screened!(stream) else { return };
                         drive!(
-                            http.serve_connection(TokioIo::new(stream), svc)
-                                .with_upgrades(),
+                            http.serve_connection(TokioIo::new(io), svc).with_upgrades(),
                             cancel,
                             peer
                         )

@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 
-use scopecast_protocol::{Pattern, Scope, ScopeSet, Segment, Topic, TopicError};
+use scopecast_protocol::{Pattern, Scope, ScopeSet, Segment, SystemScope, Topic, TopicError};
 
 /// Checks every property below on `data`.
 pub(crate) fn check(data: &[u8]) {
@@ -25,7 +25,8 @@ pub(crate) fn check(data: &[u8]) {
 }
 
 /// Parsing arbitrary text: topics round-trip, every topic is an exact pattern, a pattern covers
-/// itself, and a scope set prints as text that parses back to the same set.
+/// itself, a scope set prints as text that parses back to the same set, and the ceiling parser
+/// accepts exactly the values whose every token is of a known family.
 fn check_text(s: &str) {
     let topic = Topic::new(s);
     let pattern = Pattern::new(s);
@@ -127,7 +128,37 @@ fn check_scope_text(s: &str) {
                     assert!(set.check_publish(&t).is_ok(), "{s:?}: {t}");
                 }
             }
-            Scope::Other(_) => {}
+            Scope::System(sys) => {
+                assert!(sys.covers(sys), "{s:?}: {sys}");
+                assert_eq!(
+                    SystemScope::parse(&sys.to_string()).as_ref(),
+                    Ok(sys),
+                    "{s:?}"
+                );
+            }
+            Scope::WebhookManage | Scope::Other(_) => assert!(set.covers(scope), "{s:?}"),
+        }
+    }
+    check_ceiling_text(s, &set);
+}
+
+/// The ceiling parser is the token parser with every token outside the families refused: what
+/// it accepts, the token parser reads the same, with no foreign token.
+fn check_ceiling_text(s: &str, lenient: &ScopeSet) {
+    match ScopeSet::parse_ceiling(s) {
+        Ok(strict) => {
+            assert_eq!(&strict, lenient, "{s:?}");
+            assert!(
+                strict.iter().all(|t| !matches!(t, Scope::Other(_))),
+                "{s:?}: a ceiling with a foreign token"
+            );
+        }
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            assert!(
+                lenient.iter().any(|t| matches!(t, Scope::Other(_))),
+                "{s:?} is refused as a ceiling ({e}) but holds no foreign token"
+            );
         }
     }
 }

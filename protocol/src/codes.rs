@@ -127,6 +127,9 @@ string_enum! {
         TokenInUrl = "token_in_url",
         /// A plain HTTP request reached the WebSocket endpoint.
         UpgradeRequired = "upgrade_required",
+        /// An HTTP request URL holds a character that must be percent-encoded (`>`, `<`, `"`,
+        /// a backquote), as `curl 'http://h/v1/events?topic=adt.>'` sends it.
+        InvalidUri = "invalid_uri",
         /// An HTTP body of a type the endpoint does not take (HTTP 415).
         UnsupportedMediaType = "unsupported_media_type",
         /// A frame other than `auth` arrived before the connection was authenticated.
@@ -173,6 +176,7 @@ impl Reason {
             | Reason::InvalidTopic
             | Reason::TokenInUrl
             | Reason::UpgradeRequired
+            | Reason::InvalidUri
             | Reason::UnsupportedMediaType => ErrorCode::BadRequest,
             Reason::AuthRequired | Reason::InvalidToken | Reason::TokenExpired => {
                 ErrorCode::Unauthorized

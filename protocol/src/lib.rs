@@ -3,8 +3,10 @@
 //! Modules:
 //! - `topic`: [`Topic`] and [`Pattern`], their grammar (DESIGN section 3), matching and
 //!   containment ([`Pattern::matches`], [`Pattern::covers`]).
-//! - `scope`: OAuth2 `scope` values ([`ScopeSet`], RFC 6749 section 3.3) and the topic rights
-//!   they grant (`subscribe:<pattern>`, `publish:<pattern>`).
+//! - `scope`: OAuth2 `scope` values ([`ScopeSet`], RFC 6749 section 3.3) and the rights they
+//!   grant: the closed list of scope families (`subscribe:<pattern>`, `publish:<pattern>`,
+//!   `webhook:manage`, SMART `system/<Type|*>.<permissions>` as [`SystemScope`]), each with its
+//!   containment rule; [`ScopeSet::parse_ceiling`] refuses tokens outside them.
 //! - `frame`: [`ClientFrame`] and [`ServerFrame`], their precise decoder ([`FrameError`]), and
 //!   [`encode_event`], which writes an `event` frame once for every subscriber.
 //! - `timestamp`: [`Timestamp`], an instant that always has an RFC 3339 form.
@@ -28,7 +30,10 @@ pub use frame::{
     RequestId, SUBPROTOCOL, ServerFrame, Since, Subscribed, TokenExpiring, Unsubscribed, Welcome,
     encode_event,
 };
-pub use scope::{MissingScope, PUBLISH_PREFIX, SUBSCRIBE_PREFIX, Scope, ScopeError, ScopeSet};
+pub use scope::{
+    MissingScope, PUBLISH_PREFIX, Permissions, SCOPE_FAMILIES, SUBSCRIBE_PREFIX, SYSTEM_PREFIX,
+    Scope, ScopeError, ScopeSet, SystemScope, SystemScopeError, WEBHOOK_MANAGE,
+};
 pub use topic::{
     MAX_SEGMENT_BYTES, MAX_SEGMENTS, MAX_TOPIC_BYTES, Pattern, Segment, Topic, TopicError,
 };

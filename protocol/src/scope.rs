@@ -1,9 +1,19 @@
-//! OAuth2 scopes that grant topic rights (DESIGN section 3).
+//! OAuth2 scopes and the rights they grant (DESIGN section 3, PROTOCOL.md section 2).
 //!
 //! A `scope` value is a list of scope tokens separated by single spaces (RFC 6749 section 3.3:
 //! `scope = scope-token *( SP scope-token )`, `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`).
-//! Two kinds of token grant rights here: `subscribe:<pattern>` and `publish:<pattern>`. Any
-//! other token is kept (tokens from other issuers carry scopes of their own) but grants nothing.
+//! The tokens that grant rights come from a closed list of families, each with its own
+//! containment rule ([`Scope::covers`]):
+//!
+//! - `subscribe:<pattern>` and `publish:<pattern>`: topic rights, by pattern containment;
+//! - `webhook:manage`: managing webhooks; covers only itself;
+//! - `system/<Type|*>.<permissions>`: SMART App Launch v2 system scopes ([`SystemScope`]).
+//!
+//! Two parsers. [`ScopeSet::parse`] reads the scope of an access token, which may carry tokens
+//! of other issuers (`openid`, `profile`, SMART scopes with parameters): they are kept as
+//! [`Scope::Other`] and grant nothing. [`ScopeSet::parse_ceiling`] reads what an admin sets as
+//! an application's ceiling and refuses every token outside the families, saying which
+//! families there are.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +26,17 @@ use crate::topic::{Pattern, Topic, TopicError};
 pub const SUBSCRIBE_PREFIX: &str = "subscribe:";
 /// Prefix of scope tokens that allow publishing.
 pub const PUBLISH_PREFIX: &str = "publish:";
+/// Prefix of SMART App Launch system scopes (`system/Encounter.rs`).
+pub const SYSTEM_PREFIX: &str = "system/";
+/// The one scope token of the webhook family.
+pub const WEBHOOK_MANAGE: &str = "webhook:manage";
+/// The scope families, each with an example: what the refusal of an unknown token lists.
+pub const SCOPE_FAMILIES: &str = "`subscribe:<pattern>` (e.g. `subscribe:adt.>`), \
+     `publish:<pattern>` (e.g. `publish:lab.result.final`), `webhook:manage`, \
+     `system/<Type|*>.<cruds|read|write>` (e.g. `system/Encounter.rs`)";
+
+/// Longest FHIR resource type name a system scope may name.
+const MAX_RESOURCE_TYPE_BYTES: usize = 64;
 
 /// Why a `scope` string is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +66,306 @@ pub enum ScopeError {
         /// What is wrong with its pattern.
         source: TopicError,
     },
+    /// Scopes written as a comma-separated list (`subscribe:a.>,publish:b`).
+    #[error(
+        "scope `{token}` contains a comma: scopes are separated by spaces, not commas \
+         (`{respaced}`)"
+    )]
+    CommaSeparated {
+        /// The token holding the comma.
+        token: String,
+        /// The whole value with its commas turned into single spaces.
+        respaced: String,
+    },
+    /// A `system/` token that breaks the SMART scope grammar (ceilings only: an access token
+    /// keeps it as [`Scope::Other`]).
+    #[error("scope `{token}`: {source}")]
+    InvalidSystemScope {
+        /// The whole token.
+        token: String,
+        /// What is wrong with it.
+        source: SystemScopeError,
+    },
+    /// A `webhook:` token other than `webhook:manage` (ceilings only).
+    #[error("scope `{token}`: the webhook family has one scope, `{WEBHOOK_MANAGE}`")]
+    InvalidWebhookScope {
+        /// The whole token.
+        token: String,
+    },
+    /// A token of no family (ceilings only: an access token keeps it as [`Scope::Other`]).
+    #[error(
+        "unknown scope `{token}`{}; scopes come from these families: {SCOPE_FAMILIES}",
+        did_you_mean(.suggestion)
+    )]
+    UnknownFamily {
+        /// The whole token.
+        token: String,
+        /// The token as it was probably meant, when it is a near miss (`subscibe:x`).
+        suggestion: Option<String>,
+    },
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    suggestion
+        .as_ref()
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
+}
+
+/// Why a `system/` scope token breaks the SMART App Launch grammar
+/// (`system/<Type|*>.<permissions>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SystemScopeError {
+    /// The token does not start with `system/`.
+    #[error("a system scope starts with `{SYSTEM_PREFIX}`")]
+    MissingPrefix,
+    /// No `.` between the resource type and the permissions.
+    #[error("no permissions: write `system/<Type|*>.<permissions>`, e.g. `system/Encounter.rs`")]
+    MissingPermissions,
+    /// A resource type that is not shaped like a FHIR resource type name.
+    #[error(
+        "`{found}` is not a FHIR resource type: write the name as FHIR spells it, an upper-case \
+         letter then up to 63 letters (e.g. `Encounter`), or `*` for every type"
+    )]
+    ResourceType {
+        /// The resource type found.
+        found: String,
+    },
+    /// SMART scope parameters (`?category=...`) after the permissions.
+    #[error("SMART scope parameters (`?{found}`) are not supported")]
+    Parameters {
+        /// The parameters found, after the `?`.
+        found: String,
+    },
+    /// Nothing after the `.`.
+    #[error(
+        "the permissions after `.` are empty: use SMART v2 letters from `cruds` (e.g. `rs`), or \
+         v1 `read` or `write`"
+    )]
+    EmptyPermissions,
+    /// The SMART v1 `*` permission.
+    #[error(
+        "the SMART v1 permission `*` is not supported: write `cruds` for all five, or `read` or \
+         `write`"
+    )]
+    StarPermission,
+    /// A letter that is not one of `c r u d s`.
+    #[error(
+        "{found:?} is not a SMART permission: use SMART v2 letters from `cruds` (e.g. `rs`), or \
+         v1 `read` or `write`"
+    )]
+    PermissionLetter {
+        /// The character found.
+        found: char,
+    },
+    /// SMART v2 letters out of order or repeated (`sr`, `rr`).
+    #[error(
+        "permissions `{found}` are out of order: SMART v2 writes each of c, r, u, d, s at most \
+         once, in that order (`{ordered}`)"
+    )]
+    PermissionOrder {
+        /// The permissions as written.
+        found: String,
+        /// The same set in SMART v2 order.
+        ordered: String,
+    },
+}
+
+/// A set of SMART v2 permissions on FHIR resources: create, read, update, delete, search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Permissions(u8);
+
+impl Permissions {
+    /// `c`: create.
+    pub const CREATE: Permissions = Permissions(1);
+    /// `r`: read.
+    pub const READ: Permissions = Permissions(1 << 1);
+    /// `u`: update.
+    pub const UPDATE: Permissions = Permissions(1 << 2);
+    /// `d`: delete.
+    pub const DELETE: Permissions = Permissions(1 << 3);
+    /// `s`: search.
+    pub const SEARCH: Permissions = Permissions(1 << 4);
+    /// `cruds`: all five.
+    pub const ALL: Permissions = Permissions(0b1_1111);
+    /// What SMART v1 `read` grants: `rs`.
+    pub const V1_READ: Permissions = Permissions(Self::READ.0 | Self::SEARCH.0);
+    /// What SMART v1 `write` grants: `cud`.
+    pub const V1_WRITE: Permissions = Permissions(Self::CREATE.0 | Self::UPDATE.0 | Self::DELETE.0);
+
+    /// The letters in SMART v2 order.
+    const LETTERS: [(char, Permissions); 5] = [
+        ('c', Self::CREATE),
+        ('r', Self::READ),
+        ('u', Self::UPDATE),
+        ('d', Self::DELETE),
+        ('s', Self::SEARCH),
+    ];
+
+    /// True when every permission of `other` is in `self`.
+    pub const fn contains(self, other: Permissions) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The permissions of both.
+    pub const fn union(self, other: Permissions) -> Permissions {
+        Permissions(self.0 | other.0)
+    }
+
+    /// True when there is no permission at all.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Reads SMART v2 letters, which must be in the order `c r u d s`, each at most once.
+    fn from_letters(letters: &str) -> Result<Permissions, SystemScopeError> {
+        let mut set = Permissions(0);
+        let mut in_order = true;
+        let mut last = None;
+        for found in letters.chars() {
+            let position = Self::LETTERS
+                .iter()
+                .position(|(c, _)| *c == found)
+                .ok_or(SystemScopeError::PermissionLetter { found })?;
+            in_order &= last.is_none_or(|l| position > l);
+            last = Some(position);
+            set = set.union(Self::LETTERS[position].1);
+        }
+        if set.is_empty() {
+            return Err(SystemScopeError::EmptyPermissions);
+        }
+        if !in_order {
+            return Err(SystemScopeError::PermissionOrder {
+                found: letters.to_owned(),
+                ordered: set.to_string(),
+            });
+        }
+        Ok(set)
+    }
+}
+
+impl fmt::Display for Permissions {
+    /// The SMART v2 letters, in order (`rs`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (c, p) in Self::LETTERS {
+            if self.contains(p) {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the permissions of a [`SystemScope`] were written, so it prints as it came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Spelling {
+    /// SMART v2 letters (`rs`).
+    Letters,
+    /// SMART v1 `read`.
+    Read,
+    /// SMART v1 `write`.
+    Write,
+}
+
+/// A SMART App Launch system scope: `system/<Type|*>.<permissions>`, the FHIR access of a
+/// backend service.
+///
+/// The resource type is a FHIR resource type name (`[A-Z][A-Za-z]{0,63}`) or `*` for every
+/// type; the permissions are SMART v2 letters (a non-empty subset of `cruds`, in that order)
+/// or SMART v1 `read` (= `rs`) or `write` (= `cud`). SMART scope parameters (`?category=...`)
+/// are not supported.
+///
+/// Containment ([`SystemScope::covers`]): `system/*.X` covers `system/T.Y` and `system/*.Y`,
+/// and `system/T.X` covers `system/T.Y`, whenever the permissions Y are a subset of X. The v1
+/// and v2 spellings compare by their permissions: `system/Encounter.read` and
+/// `system/Encounter.rs` cover each other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SystemScope {
+    /// The FHIR resource type; `None` is `*`, every type.
+    resource_type: Option<Box<str>>,
+    permissions: Permissions,
+    spelling: Spelling,
+}
+
+impl SystemScope {
+    /// Parses a whole token such as `system/Encounter.rs`.
+    ///
+    /// # Errors
+    /// A [`SystemScopeError`] naming what breaks the grammar.
+    pub fn parse(token: &str) -> Result<SystemScope, SystemScopeError> {
+        let rest = token
+            .strip_prefix(SYSTEM_PREFIX)
+            .ok_or(SystemScopeError::MissingPrefix)?;
+        let (resource, permissions) = rest
+            .split_once('.')
+            .ok_or(SystemScopeError::MissingPermissions)?;
+        let resource_type = if resource == "*" {
+            None
+        } else if is_resource_type(resource) {
+            Some(resource.into())
+        } else {
+            return Err(SystemScopeError::ResourceType {
+                found: resource.to_owned(),
+            });
+        };
+        if let Some((_, parameters)) = permissions.split_once('?') {
+            return Err(SystemScopeError::Parameters {
+                found: parameters.to_owned(),
+            });
+        }
+        let (permissions, spelling) = match permissions {
+            "read" => (Permissions::V1_READ, Spelling::Read),
+            "write" => (Permissions::V1_WRITE, Spelling::Write),
+            "*" => return Err(SystemScopeError::StarPermission),
+            letters => (Permissions::from_letters(letters)?, Spelling::Letters),
+        };
+        Ok(SystemScope {
+            resource_type,
+            permissions,
+            spelling,
+        })
+    }
+
+    /// The FHIR resource type, or `None` for `*` (every type).
+    pub fn resource_type(&self) -> Option<&str> {
+        self.resource_type.as_deref()
+    }
+
+    /// The permissions granted, whichever way they were written.
+    pub fn permissions(&self) -> Permissions {
+        self.permissions
+    }
+
+    /// True when holding `self` grants everything that `other` grants: the same type or `*`,
+    /// and a superset of the permissions.
+    pub fn covers(&self, other: &SystemScope) -> bool {
+        let types = match (&self.resource_type, &other.resource_type) {
+            (None, _) => true,
+            (Some(mine), Some(theirs)) => mine == theirs,
+            (Some(_), None) => false,
+        };
+        types && self.permissions.contains(other.permissions)
+    }
+}
+
+impl fmt::Display for SystemScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(SYSTEM_PREFIX)?;
+        f.write_str(self.resource_type.as_deref().unwrap_or("*"))?;
+        match self.spelling {
+            Spelling::Read => f.write_str(".read"),
+            Spelling::Write => f.write_str(".write"),
+            Spelling::Letters => write!(f, ".{}", self.permissions),
+        }
+    }
+}
+
+/// `[A-Z][A-Za-z]{0,63}`: the shape of a FHIR resource type name.
+fn is_resource_type(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_uppercase())
+        && bytes.all(|b| b.is_ascii_alphabetic())
+        && s.len() <= MAX_RESOURCE_TYPE_BYTES
 }
 
 /// One scope token.
@@ -54,7 +375,12 @@ pub enum Scope {
     Subscribe(Pattern),
     /// `publish:<pattern>`: may publish to any topic this pattern matches.
     Publish(Pattern),
-    /// A scope token of some other meaning, kept verbatim, granting nothing here.
+    /// `webhook:manage`: may manage webhooks. Covers only itself.
+    WebhookManage,
+    /// `system/<Type|*>.<permissions>`: a SMART App Launch system scope (FHIR access).
+    System(SystemScope),
+    /// A scope token of some other meaning, kept verbatim, granting nothing here. Only access
+    /// tokens carry these; a ceiling never does.
     Other(Box<str>),
 }
 
@@ -75,12 +401,21 @@ impl Scope {
             (Scope::Subscribe(a), Scope::Subscribe(b)) | (Scope::Publish(a), Scope::Publish(b)) => {
                 a.covers(b)
             }
+            (Scope::WebhookManage, Scope::WebhookManage) => true,
+            (Scope::System(a), Scope::System(b)) => a.covers(b),
             (Scope::Other(a), Scope::Other(b)) => a == b,
             _ => false,
         }
     }
 
-    fn parse_token(index: usize, token: &str) -> Result<Self, ScopeError> {
+    /// Reads token number `index` of the value `whole`. `strict` (a ceiling) refuses tokens
+    /// outside the families; otherwise (an access token) they are kept as [`Scope::Other`].
+    fn parse_token(
+        index: usize,
+        token: &str,
+        whole: &str,
+        strict: bool,
+    ) -> Result<Self, ScopeError> {
         if token.is_empty() {
             return Err(ScopeError::EmptyToken { index });
         }
@@ -91,18 +426,48 @@ impl Scope {
             return Err(ScopeError::InvalidCharacter { index, found });
         }
         let pattern = |rest: &str| {
+            if rest.contains(',') {
+                return Err(comma_separated(token, whole));
+            }
             Pattern::new(rest).map_err(|source| ScopeError::InvalidPattern {
                 token: token.to_owned(),
                 source,
             })
         };
         if let Some(rest) = token.strip_prefix(SUBSCRIBE_PREFIX) {
-            Ok(Scope::Subscribe(pattern(rest)?))
-        } else if let Some(rest) = token.strip_prefix(PUBLISH_PREFIX) {
-            Ok(Scope::Publish(pattern(rest)?))
-        } else {
-            Ok(Scope::Other(token.into()))
+            return Ok(Scope::Subscribe(pattern(rest)?));
         }
+        if let Some(rest) = token.strip_prefix(PUBLISH_PREFIX) {
+            return Ok(Scope::Publish(pattern(rest)?));
+        }
+        if token == WEBHOOK_MANAGE {
+            return Ok(Scope::WebhookManage);
+        }
+        if token.starts_with(SYSTEM_PREFIX) {
+            match SystemScope::parse(token) {
+                Ok(s) => return Ok(Scope::System(s)),
+                Err(source) if strict => {
+                    return Err(ScopeError::InvalidSystemScope {
+                        token: token.to_owned(),
+                        source,
+                    });
+                }
+                Err(_) => {}
+            }
+        }
+        // An access token's foreign scope: kept, and no refusal worked out on this hot path.
+        if !strict {
+            return Ok(Scope::Other(token.into()));
+        }
+        if token.starts_with("webhook:") {
+            return Err(ScopeError::InvalidWebhookScope {
+                token: token.to_owned(),
+            });
+        }
+        Err(ScopeError::UnknownFamily {
+            token: token.to_owned(),
+            suggestion: near_miss(token),
+        })
     }
 }
 
@@ -111,9 +476,76 @@ impl fmt::Display for Scope {
         match self {
             Scope::Subscribe(p) => write!(f, "{SUBSCRIBE_PREFIX}{p}"),
             Scope::Publish(p) => write!(f, "{PUBLISH_PREFIX}{p}"),
+            Scope::WebhookManage => f.write_str(WEBHOOK_MANAGE),
+            Scope::System(s) => fmt::Display::fmt(s, f),
             Scope::Other(s) => f.write_str(s),
         }
     }
+}
+
+/// The refusal of a comma-separated list, with the value as it should have been written.
+fn comma_separated(token: &str, whole: &str) -> ScopeError {
+    let respaced: Vec<&str> = whole.split([',', ' ']).filter(|t| !t.is_empty()).collect();
+    ScopeError::CommaSeparated {
+        token: token.to_owned(),
+        respaced: respaced.join(" "),
+    }
+}
+
+/// The family prefixes a near miss is compared with.
+const FAMILY_PREFIXES: [&str; 4] = [SUBSCRIBE_PREFIX, PUBLISH_PREFIX, "webhook:", SYSTEM_PREFIX];
+
+/// What `token` was probably meant to be, when its prefix (up to the first `:` or `/`) is
+/// within two edits of a family's (`subscibe:`, `Publish:`, `webhooks:`), or is SMART's
+/// `user/` or `patient/` (a backend's ceiling uses `system/`).
+fn near_miss(token: &str) -> Option<String> {
+    let (prefix, rest) = match token.find([':', '/']) {
+        Some(end) => token.split_at(end + 1),
+        // A bare family name (`subscribe`) is compared as if it had its `:`.
+        None => (token, ""),
+    };
+    let mut lower = prefix.to_ascii_lowercase();
+    if !lower.ends_with([':', '/']) {
+        lower.push(':');
+    }
+    let family = if matches!(lower.as_str(), "user/" | "patient/") {
+        SYSTEM_PREFIX
+    } else {
+        FAMILY_PREFIXES
+            .into_iter()
+            .map(|f| (edit_distance(&lower, f), f))
+            .filter(|(d, _)| *d <= 2)
+            .min_by_key(|(d, _)| *d)?
+            .1
+    };
+    Some(if family == "webhook:" {
+        WEBHOOK_MANAGE.to_owned()
+    } else if rest.is_empty() {
+        let placeholder = if family == SYSTEM_PREFIX {
+            "<Type|*>.<permissions>"
+        } else {
+            "<pattern>"
+        };
+        format!("{family}{placeholder}")
+    } else {
+        format!("{family}{rest}")
+    })
+}
+
+/// Levenshtein distance over bytes (both sides are short ASCII prefixes).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// A parsed `scope` value: the rights of a token or the ceiling of an application.
@@ -126,17 +558,40 @@ pub struct ScopeSet {
 }
 
 impl ScopeSet {
-    /// Parses a space-separated `scope` value.
+    /// Parses the space-separated `scope` of an access token.
+    ///
+    /// Tokens of our families must be well formed where they grant topic rights
+    /// (`subscribe:`, `publish:`); every other token, including a malformed `system/` or
+    /// `webhook:` one, is kept as [`Scope::Other`] and grants nothing, since tokens from other
+    /// issuers carry scopes of their own.
     ///
     /// # Errors
     /// A [`ScopeError`] naming the token at fault.
     pub fn parse(s: &str) -> Result<Self, ScopeError> {
+        ScopeSet::parse_with(s, false)
+    }
+
+    /// Parses an application's scope ceiling, as an admin sets it: every token must belong to
+    /// one of the families (see the module documentation), and a comma-separated list is
+    /// refused with a message that says scopes are separated by spaces.
+    ///
+    /// # Errors
+    /// A [`ScopeError`] naming the token at fault: [`ScopeError::UnknownFamily`] lists the
+    /// families, [`ScopeError::CommaSeparated`] shows the value with spaces.
+    pub fn parse_ceiling(s: &str) -> Result<Self, ScopeError> {
+        ScopeSet::parse_with(s, true)
+    }
+
+    fn parse_with(s: &str, strict: bool) -> Result<Self, ScopeError> {
         let mut set = ScopeSet::default();
         if s.is_empty() {
             return Ok(set);
         }
+        if strict && let Some(token) = s.split(' ').find(|t| t.contains(',')) {
+            return Err(comma_separated(token, s));
+        }
         for (i, token) in s.split(' ').enumerate() {
-            set.insert(Scope::parse_token(i + 1, token)?);
+            set.insert(Scope::parse_token(i + 1, token, s, strict)?);
         }
         Ok(set)
     }
@@ -276,6 +731,14 @@ mod tests {
         Topic::new(s).unwrap()
     }
 
+    fn system(s: &str) -> SystemScope {
+        SystemScope::parse(s).unwrap()
+    }
+
+    fn ceiling_error(s: &str) -> String {
+        ScopeSet::parse_ceiling(s).unwrap_err().to_string()
+    }
+
     #[test]
     fn parses_ours_and_keeps_other_tokens() {
         let s = set("subscribe:adt.> publish:lab.result.final openid system/Patient.read");
@@ -286,6 +749,246 @@ mod tests {
         );
         assert!(s.covers(&Scope::Other("openid".into())));
         assert!(!s.allows_subscribe(&pattern("openid")));
+        assert!(s.iter().any(|t| matches!(t, Scope::System(_))));
+    }
+
+    #[test]
+    fn access_tokens_keep_foreign_and_malformed_family_tokens_as_other() {
+        // Another issuer's SMART scopes (parameters, v1 `*`, user-level) and near misses are
+        // kept, granting nothing, so that the token is still accepted.
+        let raw = "openid profile system/Observation.rs?category=laboratory system/*.* \
+                   user/Patient.read webhook:manage:x subscibe:adt.> launch/patient";
+        let s = set(raw);
+        assert_eq!(s.to_string(), raw);
+        assert!(s.iter().all(|t| matches!(t, Scope::Other(_))), "{s:?}");
+        assert!(!s.covers(&Scope::System(system("system/Observation.rs"))));
+        assert!(!s.covers(&Scope::WebhookManage));
+    }
+
+    #[test]
+    fn ceilings_take_every_family() {
+        let raw = "subscribe:adt.> publish:lab.result.final webhook:manage system/Encounter.rs \
+                   system/*.read system/Patient.write system/Observation.cruds";
+        let s = ScopeSet::parse_ceiling(raw).unwrap();
+        assert_eq!(s.to_string(), raw);
+        assert_eq!(s, set(raw));
+        assert!(ScopeSet::parse_ceiling("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn ceilings_refuse_unknown_families_and_list_them() {
+        assert_eq!(
+            ceiling_error("subscribe:adt.> read:x"),
+            "unknown scope `read:x`; scopes come from these families: `subscribe:<pattern>` \
+             (e.g. `subscribe:adt.>`), `publish:<pattern>` (e.g. `publish:lab.result.final`), \
+             `webhook:manage`, `system/<Type|*>.<cruds|read|write>` (e.g. `system/Encounter.rs`)"
+        );
+        assert_eq!(
+            ScopeSet::parse_ceiling("openid"),
+            Err(ScopeError::UnknownFamily {
+                token: "openid".into(),
+                suggestion: None
+            })
+        );
+        for (token, meant) in [
+            ("subscibe:adt.>", "subscribe:adt.>"),
+            ("Subscribe:adt.>", "subscribe:adt.>"),
+            ("pubish:lab.x", "publish:lab.x"),
+            ("webhooks:manage", "webhook:manage"),
+            ("System/Patient.rs", "system/Patient.rs"),
+            ("user/Patient.read", "system/Patient.read"),
+            ("subscribe", "subscribe:<pattern>"),
+            ("webhook", "webhook:manage"),
+            ("system", "system/<Type|*>.<permissions>"),
+        ] {
+            let msg = ceiling_error(token);
+            assert!(
+                msg.starts_with(&format!(
+                    "unknown scope `{token}` (did you mean `{meant}`?); "
+                )),
+                "{msg}"
+            );
+            assert!(msg.ends_with(SCOPE_FAMILIES), "{msg}");
+        }
+        assert!(!ceiling_error("read:x").contains("did you mean"));
+    }
+
+    #[test]
+    fn comma_separated_lists_are_refused_with_the_spaced_form() {
+        let spaces = "scopes are separated by spaces, not commas";
+        for (value, token, respaced) in [
+            (
+                "subscribe:a.>,publish:b",
+                "subscribe:a.>,publish:b",
+                "subscribe:a.> publish:b",
+            ),
+            (
+                "subscribe:a.>, publish:b",
+                "subscribe:a.>,",
+                "subscribe:a.> publish:b",
+            ),
+            ("openid,profile", "openid,profile", "openid profile"),
+            (
+                "webhook:manage,system/*.read",
+                "webhook:manage,system/*.read",
+                "webhook:manage system/*.read",
+            ),
+        ] {
+            let err = ScopeSet::parse_ceiling(value).unwrap_err();
+            assert_eq!(
+                err,
+                ScopeError::CommaSeparated {
+                    token: token.into(),
+                    respaced: respaced.into()
+                }
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("scope `{token}` contains a comma: {spaces} (`{respaced}`)")
+            );
+        }
+        // An access token's own families say the same; a foreign token may hold a comma.
+        let err = ScopeSet::parse("subscribe:a.>,publish:b").unwrap_err();
+        assert!(err.to_string().contains(spaces), "{err}");
+        assert_eq!(set("a,b").to_string(), "a,b");
+    }
+
+    #[test]
+    fn ceilings_refuse_malformed_system_and_webhook_scopes() {
+        let cases = [
+            (
+                "system/encounter.r",
+                "scope `system/encounter.r`: `encounter` is not a FHIR resource type: write the \
+                 name as FHIR spells it, an upper-case letter then up to 63 letters (e.g. \
+                 `Encounter`), or `*` for every type",
+            ),
+            (
+                "system/Encounter.sr",
+                "scope `system/Encounter.sr`: permissions `sr` are out of order: SMART v2 writes \
+                 each of c, r, u, d, s at most once, in that order (`rs`)",
+            ),
+            (
+                "system/Encounter.rr",
+                "scope `system/Encounter.rr`: permissions `rr` are out of order: SMART v2 writes \
+                 each of c, r, u, d, s at most once, in that order (`r`)",
+            ),
+            (
+                "system/Encounter.rx",
+                "scope `system/Encounter.rx`: 'x' is not a SMART permission: use SMART v2 letters \
+                 from `cruds` (e.g. `rs`), or v1 `read` or `write`",
+            ),
+            (
+                "system/Encounter.",
+                "scope `system/Encounter.`: the permissions after `.` are empty: use SMART v2 \
+                 letters from `cruds` (e.g. `rs`), or v1 `read` or `write`",
+            ),
+            (
+                "system/Encounter",
+                "scope `system/Encounter`: no permissions: write \
+                 `system/<Type|*>.<permissions>`, e.g. `system/Encounter.rs`",
+            ),
+            (
+                "system/Observation.rs?category=laboratory",
+                "scope `system/Observation.rs?category=laboratory`: SMART scope parameters \
+                 (`?category=laboratory`) are not supported",
+            ),
+            (
+                "system/*.*",
+                "scope `system/*.*`: the SMART v1 permission `*` is not supported: write `cruds` \
+                 for all five, or `read` or `write`",
+            ),
+            (
+                "webhook:manage:x",
+                "scope `webhook:manage:x`: the webhook family has one scope, `webhook:manage`",
+            ),
+        ];
+        for (token, message) in cases {
+            assert_eq!(ceiling_error(token), message);
+        }
+        let long = format!("system/{}.r", "A".repeat(65));
+        assert!(ScopeSet::parse_ceiling(&long).is_err());
+        let longest = format!("system/{}.r", "A".repeat(64));
+        assert!(ScopeSet::parse_ceiling(&longest).is_ok());
+        for bad in [
+            "system/1Patient.r",
+            "system/Pat_ient.r",
+            "system/.r",
+            "system/**.r",
+        ] {
+            assert!(
+                matches!(
+                    ScopeSet::parse_ceiling(bad),
+                    Err(ScopeError::InvalidSystemScope {
+                        source: SystemScopeError::ResourceType { .. },
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn system_scopes_cover_by_type_and_permission_set() {
+        let cases = [
+            ("system/*.read", "system/Encounter.r", true),
+            ("system/*.read", "system/Encounter.rs", true),
+            ("system/*.read", "system/*.s", true),
+            ("system/*.read", "system/Patient.c", false),
+            ("system/*.read", "system/*.cruds", false),
+            ("system/Encounter.read", "system/Encounter.rs", true),
+            ("system/Encounter.rs", "system/Encounter.read", true),
+            ("system/Encounter.write", "system/Encounter.cud", true),
+            ("system/Encounter.write", "system/Encounter.r", false),
+            ("system/Encounter.cruds", "system/Encounter.write", true),
+            ("system/Encounter.cruds", "system/*.r", false),
+            ("system/Encounter.rs", "system/Patient.rs", false),
+            ("system/*.cruds", "system/*.write", true),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(system(a).covers(&system(b)), want, "{a} covers {b}");
+            assert_eq!(
+                Scope::System(system(a)).covers(&Scope::System(system(b))),
+                want,
+                "{a} covers {b}"
+            );
+        }
+        assert_eq!(
+            system("system/Encounter.read").permissions(),
+            Permissions::V1_READ
+        );
+        assert_eq!(system("system/*.write").resource_type(), None);
+        assert_eq!(
+            system("system/Encounter.rs").resource_type(),
+            Some("Encounter")
+        );
+    }
+
+    #[test]
+    fn webhook_manage_covers_only_itself() {
+        let s = ScopeSet::parse_ceiling("webhook:manage").unwrap();
+        assert!(s.covers(&Scope::WebhookManage));
+        assert_eq!(s.to_string(), WEBHOOK_MANAGE);
+        let wide = ScopeSet::parse_ceiling("subscribe:> publish:> system/*.cruds").unwrap();
+        assert!(!wide.covers(&Scope::WebhookManage));
+        assert!(!s.allows_subscribe(&pattern("webhook")));
+    }
+
+    #[test]
+    fn narrowing_works_for_every_family() {
+        let ceiling =
+            ScopeSet::parse_ceiling("system/*.read webhook:manage subscribe:adt.>").unwrap();
+        let ok = set("system/Encounter.r system/*.rs system/Patient.read webhook:manage");
+        assert_eq!(ceiling.first_uncovered(&ok), None);
+        let beyond = set("system/Encounter.r system/Patient.c");
+        assert_eq!(
+            ceiling
+                .first_uncovered(&beyond)
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("system/Patient.c")
+        );
+        assert!(ceiling.first_uncovered(&set("openid")).is_some());
     }
 
     #[test]
@@ -405,5 +1108,99 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(json, "\"subscribe:a.> openid\"");
         assert_eq!(serde_json::from_str::<ScopeSet>(&json).unwrap(), s);
+    }
+
+    // ---- property tests: SMART system scopes ----
+
+    use proptest::prelude::*;
+
+    /// Resource types the strategies name; the reference adds one that none of them names.
+    const TYPES: [&str; 2] = ["Patient", "Encounter"];
+    /// A type no generated scope names, so that `*` and a named type can be told apart.
+    const UNNAMED_TYPE: &str = "Observation";
+
+    /// The text of a system scope: `*` or a type, and its permissions spelt in SMART v2
+    /// letters, or in v1 `read` / `write` where they mean the same set.
+    fn arb_system_text() -> impl Strategy<Value = String> {
+        (0..=TYPES.len(), 1u8..=31, any::<bool>()).prop_map(|(t, bits, v1)| {
+            let resource = TYPES.get(t).copied().unwrap_or("*");
+            let perms = Permissions(bits);
+            let spelt = match (v1, perms) {
+                (true, Permissions::V1_READ) => "read".to_owned(),
+                (true, Permissions::V1_WRITE) => "write".to_owned(),
+                _ => perms.to_string(),
+            };
+            format!("system/{resource}.{spelt}")
+        })
+    }
+
+    fn arb_system() -> impl Strategy<Value = SystemScope> {
+        arb_system_text().prop_map(|t| system(&t))
+    }
+
+    /// What a system scope grants, by the set definition: (resource type, permission) pairs
+    /// over the named types and one more.
+    fn grants(s: &SystemScope) -> std::collections::HashSet<(&'static str, char)> {
+        TYPES
+            .iter()
+            .chain([&UNNAMED_TYPE])
+            .filter(|t| s.resource_type().is_none_or(|mine| mine == **t))
+            .flat_map(|t| {
+                Permissions::LETTERS
+                    .iter()
+                    .filter(|(_, p)| s.permissions().contains(*p))
+                    .map(move |(c, _)| (*t, *c))
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn system_scope_text_round_trips_in_both_parsers(text in arb_system_text()) {
+            prop_assert_eq!(&system(&text).to_string(), &text);
+            let strict = ScopeSet::parse_ceiling(&text).unwrap();
+            prop_assert_eq!(&strict.to_string(), &text);
+            prop_assert_eq!(strict, set(&text));
+        }
+
+        #[test]
+        fn system_covers_is_reflexive(a in arb_system()) {
+            prop_assert!(a.covers(&a));
+        }
+
+        #[test]
+        fn system_covers_is_transitive(a in arb_system(), b in arb_system(), c in arb_system()) {
+            if a.covers(&b) && b.covers(&c) {
+                prop_assert!(a.covers(&c), "{} covers {} covers {}", a, b, c);
+            }
+        }
+
+        #[test]
+        fn system_covers_is_the_subset_relation_of_grants(a in arb_system(), b in arb_system()) {
+            prop_assert_eq!(
+                a.covers(&b),
+                grants(&b).is_subset(&grants(&a)),
+                "{} vs {}", a, b
+            );
+        }
+
+        #[test]
+        fn v1_and_v2_spellings_cover_each_other(t in 0..=TYPES.len()) {
+            let resource = TYPES.get(t).copied().unwrap_or("*");
+            for (v1, v2) in [("read", "rs"), ("write", "cud")] {
+                let a = system(&format!("system/{resource}.{v1}"));
+                let b = system(&format!("system/{resource}.{v2}"));
+                prop_assert!(a.covers(&b) && b.covers(&a), "{} and {}", a, b);
+            }
+        }
+
+        #[test]
+        fn ceiling_parse_never_panics_and_agrees_with_the_token_parser(s in "\\PC{0,40}") {
+            if let Ok(strict) = ScopeSet::parse_ceiling(&s) {
+                prop_assert!(strict.iter().all(|t| !matches!(t, Scope::Other(_))));
+                prop_assert_eq!(ScopeSet::parse(&s), Ok(strict.clone()));
+                prop_assert_eq!(ScopeSet::parse_ceiling(&strict.to_string()), Ok(strict));
+            }
+        }
     }
 }

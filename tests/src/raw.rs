@@ -1,6 +1,9 @@
 //! A byte-level WebSocket client (RFC 6455 section 5) for hostile-input tests: it writes frames
 //! that no well-behaved library would (unmasked, RSV bits, oversized control frames, lying
 //! lengths, stray continuations) and reads what the broker answers, every wait bounded.
+//!
+//! [`http_exchange`] does the same for plain HTTP: a request written byte for byte, as no HTTP
+//! library would send it (an unencoded `>` in the URL, as curl sends it).
 
 use std::time::Duration;
 
@@ -93,6 +96,54 @@ impl RawFrame {
             );
         }
         out
+    }
+}
+
+/// An HTTP answer read off a raw socket: for requests no HTTP library would send as they are
+/// (an unencoded `>` in the URL).
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// Status of the first response.
+    pub status: u16,
+    /// Head of the first response (status line and headers), lower-cased.
+    pub head: String,
+    /// Everything after the first head: its body, then any later responses.
+    pub body: String,
+}
+
+impl RawAnswer {
+    /// The body as JSON, or `Null`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Writes `request` byte for byte on a new connection and reads until the broker closes it
+/// (so send `Connection: close`) or [`crate::WAIT`] ends.
+///
+/// # Panics
+/// When the broker cannot be reached or answers no HTTP head.
+pub async fn http_exchange(broker: &TestBroker, request: &str) -> RawAnswer {
+    let mut tcp = TcpStream::connect(broker.addr()).await.expect("connect");
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(crate::WAIT, tcp.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {text:?}"));
+    let head = head.to_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    RawAnswer {
+        status,
+        head,
+        body: body.to_owned(),
     }
 }
 

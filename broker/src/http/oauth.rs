@@ -304,8 +304,10 @@ async fn issue(
                 "`scope` is empty; leave it out to get the application's whole scope",
             ));
         }
-        Some(requested) => {
-            let requested = match ScopeSet::parse(requested) {
+        Some(requested_text) => {
+            // The token parser: a ceiling saved before the scope families were closed may
+            // hold a foreign token, which a request may still name.
+            let requested = match ScopeSet::parse(requested_text) {
                 Ok(s) => s,
                 Err(e) => {
                     return Err(refused(
@@ -316,13 +318,19 @@ async fn issue(
                 }
             };
             if let Some(beyond) = client.ceiling.first_uncovered(&requested) {
-                return Err(refused(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_scope",
-                    &format!(
+                // A token of no family, or a comma-separated list, is explained as an admin
+                // setting the ceiling would hear it; otherwise the scope too wide is named.
+                let description = match ScopeSet::parse_ceiling(requested_text) {
+                    Err(e) => e.to_string(),
+                    Ok(_) => format!(
                         "`{beyond}` is beyond the application's scope ({})",
                         client.ceiling
                     ),
+                };
+                return Err(refused(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    &description,
                 ));
             }
             requested

@@ -293,18 +293,12 @@ pub(crate) async fn publish(
     }
 }
 
-/// Query of `GET /v1/events`.
-#[derive(serde::Deserialize)]
-pub(crate) struct HistoryQuery {
-    topic: String,
-    #[serde(default)]
-    since: u64,
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
 /// Most events in one history answer.
 const MAX_HISTORY_LIMIT: usize = 1000;
+/// Events in a history answer when the query sets no `limit`.
+const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// Most characters of a refused query value quoted back in the message.
+const MAX_QUOTED_CHARS: usize = 40;
 /// Most events scanned for one history answer (a rare pattern over a long log continues with
 /// `next_since` instead of scanning everything at once).
 const MAX_HISTORY_SCAN: usize = 100_000;
@@ -313,6 +307,105 @@ const MAX_HISTORY_SCAN: usize = 100_000;
 /// events stays a few MiB: `next_since` then stops before the event that would not fit.
 const MAX_HISTORY_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// The query of `GET /v1/events`, read by hand: a refusal names the parameter and says in
+/// plain words what it takes, where the query extractor's own texts name Rust types
+/// (`invalid digit found in string`). Parameters other than these three, or one given twice,
+/// are refused: a misspelt `sinse=` read silently from the start would be worse.
+struct HistoryQuery {
+    topic: String,
+    since: u64,
+    limit: usize,
+}
+
+impl HistoryQuery {
+    fn parse(query: Option<&str>) -> Result<HistoryQuery, Response> {
+        let mut topic = None;
+        let mut since = None;
+        let mut limit = None;
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let slot = match key.as_ref() {
+                "topic" => &mut topic,
+                "since" => &mut since,
+                "limit" => &mut limit,
+                other => {
+                    return Err(invalid_query(&format!(
+                        "unknown query parameter `{}`: GET /v1/events takes `topic`, `since` \
+                         and `limit`",
+                        quoted(other)
+                    )));
+                }
+            };
+            if slot.is_some() {
+                return Err(invalid_query(&format!(
+                    "query parameter `{key}` is given twice"
+                )));
+            }
+            *slot = Some(value.into_owned());
+        }
+        let Some(topic) = topic else {
+            return Err(json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                Reason::MissingField,
+                "query parameter `topic` is required: the pattern to read, percent-encoded \
+                 (`?topic=adt.%3E` for `adt.>`)",
+            ));
+        };
+        let since = match since {
+            None => 0,
+            Some(v) => whole_number(&v).ok_or_else(|| {
+                invalid_query(&format!(
+                    "`since` must be a whole number ≥ 0, the seq after which to read (got `{}`)",
+                    quoted(&v)
+                ))
+            })?,
+        };
+        let limit = match limit {
+            None => DEFAULT_HISTORY_LIMIT,
+            Some(v) => whole_number(&v)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (1..=MAX_HISTORY_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    invalid_query(&format!(
+                        "`limit` must be a whole number from 1 to {MAX_HISTORY_LIMIT}, the most \
+                         events to return (got `{}`)",
+                        quoted(&v)
+                    ))
+                })?,
+        };
+        Ok(HistoryQuery {
+            topic,
+            since,
+            limit,
+        })
+    }
+}
+
+/// Decimal digits only (no sign, point or space) that fit a `u64`.
+fn whole_number(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A value as quoted back in a refusal: at most [`MAX_QUOTED_CHARS`] characters.
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((end, _)) => format!("{}...", &s[..end]),
+        None => s.to_owned(),
+    }
+}
+
+fn invalid_query(message: &str) -> Response {
+    json_error(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::BadRequest,
+        Reason::InvalidField,
+        message,
+    )
+}
+
 /// `GET /v1/events?topic=PATTERN&since=SEQ&limit=N`: stored events of `PATTERN` after `SEQ`, in
 /// `seq` order, with the same scope check as a subscribe. `next_since` continues the read.
 pub(crate) async fn history(
@@ -320,7 +413,6 @@ pub(crate) async fn history(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
-    query: Result<axum::extract::Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let hub = state.inner.hub.clone();
     if token_in_query(&uri) {
@@ -332,16 +424,9 @@ pub(crate) async fn history(
             "tokens are refused in URLs; send Authorization: Bearer",
         );
     }
-    let axum::extract::Query(q) = match query {
+    let q = match HistoryQuery::parse(uri.query()) {
         Ok(q) => q,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                Reason::InvalidField,
-                &e.body_text(),
-            );
-        }
+        Err(resp) => return resp,
     };
     let pattern = match scopecast_protocol::Pattern::new(&q.topic) {
         Ok(p) => p,
@@ -354,15 +439,7 @@ pub(crate) async fn history(
             );
         }
     };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_HISTORY_LIMIT {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadRequest,
-            Reason::InvalidField,
-            &format!("`limit` must be 1 to {MAX_HISTORY_LIMIT}"),
-        );
-    }
+    let limit = q.limit;
     let caller = match caller(&state, &headers, peer).await {
         Ok(c) => c,
         Err(resp) => return resp,

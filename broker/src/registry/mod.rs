@@ -137,8 +137,10 @@ impl Snapshot {
     fn build(apps: Vec<StoredApplication>) -> Snapshot {
         let mut snap = Snapshot::default();
         for app in apps {
-            // Stored scopes were validated on the way in; a row edited by hand that no longer
-            // parses grants nothing rather than stopping the broker.
+            // Stored scopes were validated on the way in, and are read back with the token
+            // parser: a ceiling saved before the scope families were closed may hold a foreign
+            // token, kept and granting nothing. A row edited by hand that no longer parses
+            // grants nothing rather than stopping the broker.
             let ceiling = Arc::new(ScopeSet::parse(&app.scope).unwrap_or_else(|e| {
                 tracing::error!(application_id = %app.id, error = %e, "stored scope ceiling does not parse; granting nothing");
                 ScopeSet::default()
@@ -383,8 +385,10 @@ async fn hash(secret: String) -> Result<String, RegistryError> {
         .map_err(|e| RegistryError::Internal(e.to_string()))
 }
 
+/// Validates a scope ceiling as an admin sets it: every token of a known family
+/// ([`ScopeSet::parse_ceiling`]), at least one. Returns its canonical text.
 fn scope_ceiling(scope: &str) -> Result<String, InvalidInput> {
-    let set = ScopeSet::parse(scope.trim()).map_err(|e| invalid("scope", e.to_string()))?;
+    let set = ScopeSet::parse_ceiling(scope.trim()).map_err(|e| invalid("scope", e.to_string()))?;
     if set.is_empty() {
         return Err(invalid(
             "scope",
