@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use scopecast_broker::log::{DurableLog, EventLog, MemoryLog, StoredEvent, SyncMode};
+use scopecast_broker::log::{
+    DurableLog, EventLog, MemoryLog, NewEvent, Storage, StoredEvent, SyncMode,
+};
 use scopecast_protocol::{EventId, RawJson, Timestamp, Topic};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
@@ -25,15 +27,17 @@ fn payload() -> RawJson {
     .expect("json")
 }
 
-fn batch(next: &AtomicU64, n: usize, data: &RawJson, topic: &Topic) -> Vec<StoredEvent> {
+fn batch(next: &AtomicU64, n: usize, data: &RawJson, topic: &Topic) -> Vec<Arc<StoredEvent>> {
     let first = next.fetch_add(n as u64, Ordering::Relaxed);
     (0..n as u64)
-        .map(|i| StoredEvent {
-            seq: first + i,
-            topic: topic.clone(),
-            event_id: EventId::from_uuid([7; 16]),
-            time: Timestamp::now(),
-            data: data.clone(),
+        .map(|i| {
+            Arc::new(StoredEvent::new(
+                first + i,
+                topic.clone(),
+                EventId::from_uuid([7; 16]),
+                Timestamp::now(),
+                data.clone(),
+            ))
         })
         .collect()
 }
@@ -66,7 +70,7 @@ impl SqliteLog {
         SqliteLog { pool }
     }
 
-    async fn append(&self, events: &[StoredEvent]) {
+    async fn append(&self, events: &[Arc<StoredEvent>]) {
         let mut tx = self.pool.begin().await.expect("begin");
         for e in events {
             sqlx::query(
@@ -117,14 +121,34 @@ fn append(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500));
     for size in [1usize, 64, 512] {
         group.throughput(Throughput::Elements(size as u64));
-        let memory = Arc::new(MemoryLog::new(1_000_000));
+        let memory = MemoryLog::new(1_000_000);
         let next = AtomicU64::new(1);
         group.bench_with_input(BenchmarkId::new("memory", size), &size, |b, &n| {
             b.iter(|| {
-                rt.block_on(memory.append(&batch(&next, n, &data, &topic)))
+                memory
+                    .write(&batch(&next, n, &data, &topic))
                     .expect("append")
             })
         });
+        // The whole local log: the writer task numbers the events (idempotency on), stores
+        // them and answers, as a publish goes.
+        let local = rt.block_on(async {
+            MemoryLog::start(1_000_000, 8192, (Duration::from_secs(600), 200_000))
+        });
+        let new_events = |n: usize| -> Vec<NewEvent> {
+            (0..n)
+                .map(|_| NewEvent {
+                    topic: topic.clone(),
+                    data: data.clone(),
+                    event_id: None,
+                })
+                .collect()
+        };
+        group.bench_with_input(
+            BenchmarkId::new("local_log_memory", size),
+            &size,
+            |b, &n| b.iter(|| rt.block_on(local.append(new_events(n)))),
+        );
         for (name, sync) in [("redb_fsync", SyncMode::Fsync), ("redb_os", SyncMode::Os)] {
             let path = dir.path().join(format!("{name}-{size}.redb"));
             let log = rt
@@ -133,8 +157,8 @@ fn append(c: &mut Criterion) {
             let next = AtomicU64::new(1);
             group.bench_with_input(BenchmarkId::new(name, size), &size, |b, &n| {
                 b.iter(|| {
-                    rt.block_on(log.append(&batch(&next, n, &data, &topic)))
-                        .expect("append")
+                    let events = batch(&next, n, &data, &topic);
+                    rt.block_on(async { log.write(&events) }).expect("append")
                 })
             });
         }
@@ -167,7 +191,7 @@ fn replay(c: &mut Criterion) {
     let next = AtomicU64::new(1);
     for _ in 0..EVENTS / 500 {
         let b = batch(&next, 500, &data, &topic);
-        rt.block_on(redb.append(&b)).expect("append");
+        redb.write(&b).expect("append");
         rt.block_on(sqlite.append(&b));
     }
     let mut group = c.benchmark_group("log_replay");
@@ -181,7 +205,7 @@ fn replay(c: &mut Criterion) {
                 let mut cursor = 0;
                 let mut n = 0;
                 loop {
-                    let page = redb.read_after(cursor, 512).await.expect("read");
+                    let page = redb.read(cursor + 1, 512).expect("read");
                     let Some(last) = page.last() else { break };
                     cursor = last.seq;
                     n += page.len();

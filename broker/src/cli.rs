@@ -102,8 +102,8 @@ pub(crate) enum AppCommand {
         #[arg(long)]
         vendor: String,
         /// Scope ceiling, space-separated, e.g. "subscribe:fhir.> publish:adt.*"; families:
-        /// subscribe:<pattern>, publish:<pattern>, webhook:manage,
-        /// system/<Type|*>.<cruds|read|write>.
+        /// subscribe:PATTERN, publish:PATTERN, webhook:manage,
+        /// system/TYPE.PERMS (TYPE a FHIR type or *, PERMS cruds, read or write).
         #[arg(long)]
         scope: String,
         /// Free-text description.
@@ -374,7 +374,10 @@ impl Admin {
             let value: Value = resp.json().await.unwrap_or(Value::Null);
             let msg = value["message"].as_str().unwrap_or("no message");
             let code = value["error"].as_str().unwrap_or("error");
-            bail!("{status}: {code}: {msg}");
+            match value["reason"].as_str() {
+                Some(reason) if reason != code => bail!("{status}: {code} ({reason}): {msg}"),
+                _ => bail!("{status}: {code}: {msg}"),
+            }
         }
         Ok(resp)
     }

@@ -1,35 +1,43 @@
 //! Scopecast broker: an OAuth2-scoped event broker for health IT.
 //!
-//! Modules:
+//! Modules (ARCHITECTURE.md walks one event and one token through them):
 //! - `config`: [`Config`], loaded from defaults, a TOML file, `SCOPECAST_*` variables and flags.
-//! - `server`: [`run`]: start-up on a bound listener, graceful shutdown.
-//! - `data_dir`: the data folder, the modes of the files in it, and its lock.
-//! - [`backup`]: backups taken while the broker runs (`POST /admin/v1/backup`), their
-//!   manifest, and restore.
+//! - `server`: [`run`]: wires the parts on a bound listener; graceful shutdown.
+//! - `state`: the broker-wide services every front end shares, one cheap-clone handle.
+//! - `access`: the one access check (token scope AND grant AND active client) and the one
+//!   publish admission.
+//! - [`log`]: the event log: it assigns `seq`, deduplicates, and can be tailed; memory and
+//!   redb stores; the history reader.
+//! - `fanout`: the task that tails the log and offers each event to local subscribers.
+//! - `session`: one WebSocket session of `scopecast.v1`, split by job.
+//! - `http`: the HTTP surface (OAuth2, publish, history, the WebSocket upgrade, the admin
+//!   API, metrics, health), with one error shape.
 //! - [`registry`]: applications, client IDs, credentials, activations, audit; SQLite store.
 //! - [`auth`]: OAuth2 secrets, signing keys, tokens and verification.
-//! - [`fanout`]: the sequencer, the topic index and per-session outboxes.
-//! - [`log`]: the [`log::EventLog`] trait and its stores.
-//! - [`session`]: one WebSocket session of `scopecast.v1`.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`listener`]: the accept loop, TLS and handshake limits.
-//! - `http`: the HTTP routes on the one port (health, readiness; more with each issue).
+//! - [`backup`]: backups taken while the broker runs, their manifest, and restore.
+//! - `rate`: publish rates per client ID.
+//! - `metrics`: Prometheus metrics.
+//! - `listener`: the accept loop, TLS and handshake limits.
+//! - `data_dir`: the data folder, the modes of the files in it, and its lock.
 //!
 //! `src/main.rs` is the thin `scopecast` binary: it parses the CLI, installs tracing and calls
 //! [`run`].
 
+mod access;
 pub mod auth;
 pub mod backup;
 mod config;
 mod data_dir;
-pub mod fanout;
+mod fanout;
 mod http;
-pub mod listener;
+mod listener;
 pub mod log;
-pub mod metrics;
+mod metrics;
+mod rate;
 pub mod registry;
 mod server;
-pub mod session;
+mod session;
+mod state;
 
 pub use config::{
     Config, ConfigError, EnvironmentKind, ExternalIssuer, HttpConfig, LimitsConfig, LogFormat,

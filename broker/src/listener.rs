@@ -29,13 +29,13 @@ use crate::config::LimitsConfig;
 /// A TLS configuration that cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("TLS: {0}")]
-pub struct TlsError(pub String);
+pub(crate) struct TlsError(pub String);
 
 /// Builds a TLS acceptor from PEM files: a certificate chain and its private key.
 ///
 /// # Errors
 /// [`TlsError`] naming the file at fault.
-pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
+pub(crate) fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .map_err(|e| TlsError(format!("{}: {e}", cert_file.display())))?
         .collect::<Result<_, _>>()
@@ -76,7 +76,7 @@ macro_rules! drive {
 
 /// Serves `app` on `listener` until `cancel`, then lets in-flight HTTP requests (not upgraded
 /// WebSockets, which the server tracks) finish, up to `grace`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,

@@ -12,12 +12,12 @@ use prometheus::{
 
 /// The label value for a client ID that is not registered here (or not known yet): client IDs
 /// become labels only once an admin registered them, so a caller cannot add series at will.
-pub const UNKNOWN_CLIENT: &str = "unknown";
+pub(crate) const UNKNOWN_CLIENT: &str = "unknown";
 
 /// Counters one client ID's sessions and publishes add to; read into the per-client metrics
 /// when `/metrics` is scraped (no metric lookup on the delivery path).
 #[derive(Debug, Default)]
-pub struct ClientStats {
+pub(crate) struct ClientStats {
     /// Events written to the client's sockets.
     pub delivered: AtomicU64,
     /// Events the client published that were stored (duplicates not counted).
@@ -25,7 +25,7 @@ pub struct ClientStats {
 }
 
 /// Every metric the broker exports. Cheap to share behind an `Arc`.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Open WebSocket connections.
     pub connections: IntGauge,
@@ -80,7 +80,7 @@ impl Metrics {
     /// # Errors
     /// Only if a metric definition here is invalid (names and labels are constants; the unit
     /// test below builds them all).
-    pub fn new() -> Result<Metrics, prometheus::Error> {
+    pub(crate) fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(Some("scopecast".into()), None)?;
         let connections = IntGauge::new("connections", "Open WebSocket connections")?;
         let client_connections = IntGaugeVec::new(
@@ -235,7 +235,7 @@ impl Metrics {
 
     /// The counters of `client_id` (a verified, registered client ID: the caller makes sure of
     /// that, so the label set stays bounded by the registry).
-    pub fn client(&self, client_id: &str) -> Arc<ClientStats> {
+    pub(crate) fn client(&self, client_id: &str) -> Arc<ClientStats> {
         if let Some(s) = self.clients.get(client_id) {
             return s.clone();
         }
@@ -246,7 +246,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let _one_at_a_time = self.render_lock.lock();
         for entry in self.clients.iter() {
             let (id, stats) = (entry.key(), entry.value());

@@ -6,11 +6,10 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::client_auth::ClientAuthenticator;
 use crate::auth::jwks::JwksCache;
@@ -19,15 +18,14 @@ use crate::auth::secret;
 use crate::auth::token::{TokenIssuer, TokenVerifier};
 use crate::config::Config;
 use crate::config::LogMode;
-use crate::fanout::Bus;
+use crate::fanout::Fanout;
 use crate::http;
 use crate::listener;
 use crate::log::{DurableLog, EventLog, MemoryLog, Retention, SyncMode};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, SqliteStore};
-use crate::session::Hub;
+use crate::state::{Broker, Parts};
 use std::time::Duration;
-use tokio_util::task::TaskTracker;
 
 /// The admin credential file in the data folder.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -55,33 +53,6 @@ pub enum ServeError {
     /// The listener failed.
     #[error("serving HTTP: {0}")]
     Io(#[from] io::Error),
-}
-
-/// State shared by every request handler: a cheap `Clone` over `Arc`s.
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) config: Config,
-    /// False once shutdown has begun; `/readyz` reports it so load balancers drain us first.
-    pub(crate) ready: AtomicBool,
-    pub(crate) registry: Registry,
-    pub(crate) issuer: TokenIssuer,
-    pub(crate) client_auth: ClientAuthenticator,
-    /// What WebSocket sessions and the publish API share.
-    pub(crate) hub: Arc<Hub>,
-    /// Every WebSocket session task, so shutdown can wait for them.
-    pub(crate) sessions: TaskTracker,
-    /// One permit: a backup holds it until its stream is written, so two never run at once.
-    pub(crate) backups: Arc<tokio::sync::Semaphore>,
-}
-
-impl AppState {
-    pub(crate) fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
-    }
 }
 
 /// The sockets the broker serves on, bound by the caller (so tests can use port 0).
@@ -208,27 +179,40 @@ pub async fn run_on(
         max_bytes: config.retention.max_bytes,
         max_age_s: config.retention.max_age_s,
     };
+    let queue = config.limits.publish_queue;
+    let idempotency = (
+        Duration::from_secs(config.limits.idempotency_window_s),
+        config.limits.idempotency_max_keys,
+    );
     let (log, retainer): (Arc<dyn EventLog>, Option<tokio::task::JoinHandle<()>>) = match config.log
     {
-        LogMode::Memory => (Arc::new(MemoryLog::new(config.memory_log_events)), None),
+        LogMode::Memory => (
+            Arc::new(MemoryLog::start(
+                config.memory_log_events,
+                queue,
+                idempotency,
+            )),
+            None,
+        ),
         LogMode::Durable => {
             let path = config.data_dir.join(EVENT_LOG_FILE);
             let sync = match config.log_sync {
                 crate::config::LogSync::Fsync => SyncMode::Fsync,
                 crate::config::LogSync::Os => SyncMode::Os,
             };
-            let durable = Arc::new(
-                DurableLog::open_cached(&path, sync, config.log_cache_bytes)
-                    .map_err(|e| ServeError::Startup(format!("{}: {e}", path.display())))?,
-            );
-            tracing::info!(path = %path.display(), last_seq = durable.last_seq(), "event log opened");
+            let durable = DurableLog::open_cached(&path, sync, config.log_cache_bytes)
+                .map_err(|e| ServeError::Startup(format!("{}: {e}", path.display())))?
+                .start(queue, idempotency);
+            tracing::info!(path = %path.display(), last_seq = durable.bounds().last, "event log opened");
             let every = Duration::from_millis(config.retention.interval_ms);
-            let weak = Arc::downgrade(&durable);
+            let retained = durable.clone();
             let retainer = tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let Some(log) = weak.upgrade() else { return };
-                    match tokio::task::spawn_blocking(move || log.enforce(retention)).await {
+                    let log = retained.clone();
+                    match tokio::task::spawn_blocking(move || log.storage().enforce(retention))
+                        .await
+                    {
                         Ok(Ok(n)) if n > 0 => {
                             tracing::info!(removed = n, "retention removed old events")
                         }
@@ -237,57 +221,37 @@ pub async fn run_on(
                     }
                 }
             });
-            (durable, Some(retainer))
+            (Arc::new(durable), Some(retainer))
         }
     };
-    let (bus, sequencer) = Bus::start(
-        log.clone(),
-        metrics.clone(),
-        config.limits.publish_queue,
-        (
-            Duration::from_secs(config.limits.idempotency_window_s),
-            config.limits.idempotency_max_keys,
-        ),
-    );
-    let cancel = CancellationToken::new();
-    let hub = Arc::new(Hub::new(
-        bus,
-        log,
+    let (fanout, fanout_task) = Fanout::start(log.clone(), metrics.clone());
+    let state = Broker::new(Parts {
+        config,
+        registry: registry.clone(),
+        issuer,
         verifier,
-        registry.clone(),
+        client_auth,
+        log,
+        fanout,
         metrics,
-        config.limits.clone(),
-        cancel.clone(),
-    ));
-    let follower = tokio::spawn(hub.sessions.clone().follow(registry.clone()));
+    });
+    let cancel = state.shutdown.clone();
+    let follower = tokio::spawn(state.sessions.clone().follow(registry.clone()));
     // After a failed append, find out when the log takes writes again even if nobody
     // publishes (readiness follows it).
     let prober = {
-        let hub = hub.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if !hub.bus.log_writable() && hub.log.probe().await.is_ok() {
-                    hub.bus.set_log_writable(&hub.metrics);
-                    tracing::info!("event log takes writes again (probe)");
+                if !state.admission.log_writable() && state.log.probe().await.is_ok() {
+                    state.admission.set_log_writable();
                 }
             }
         })
     };
-    let sessions = TaskTracker::new();
-    let state = AppState {
-        inner: Arc::new(Inner {
-            config,
-            ready: AtomicBool::new(true),
-            registry,
-            issuer,
-            client_auth,
-            hub,
-            sessions: sessions.clone(),
-            backups: Arc::new(tokio::sync::Semaphore::new(1)),
-        }),
-    };
+    let sessions = state.session_tasks.clone();
     let (app, admin_app): (Router, Option<Router>) = http::routers(state.clone());
 
     let on_signal = {
@@ -295,17 +259,14 @@ pub async fn run_on(
         let state = state.clone();
         async move {
             shutdown.await;
-            state.inner.ready.store(false, Ordering::Release);
+            state.ready.store(false, Ordering::Release);
             tracing::info!(
                 "shutdown requested; no longer accepting connections; closing sessions with 1001"
             );
             cancel.cancel();
         }
     };
-    let tls = match (
-        &state.inner.config.tls.cert_file,
-        &state.inner.config.tls.key_file,
-    ) {
+    let tls = match (&state.config.tls.cert_file, &state.config.tls.key_file) {
         (Some(cert), Some(key)) => Some(
             listener::tls_acceptor(cert, key).map_err(|e| ServeError::Startup(e.to_string()))?,
         ),
@@ -317,7 +278,7 @@ pub async fn run_on(
         (Some(l), Some(app)) => {
             let admin_local = l.local_addr()?;
             tracing::info!(%admin_local, tls = tls.is_some(), "admin API and metrics listening");
-            let limits = state.inner.config.limits.clone();
+            let limits = state.config.limits.clone();
             let cancel = cancel.clone();
             let tls = tls.clone();
             Some(tokio::spawn(async move {
@@ -327,7 +288,7 @@ pub async fn run_on(
         _ => None,
     };
     let server = {
-        let limits = state.inner.config.limits.clone();
+        let limits = state.config.limits.clone();
         let cancel = cancel.clone();
         tokio::spawn(
             async move { listener::serve(listener, app, tls, &limits, cancel, grace).await },
@@ -356,9 +317,10 @@ pub async fn run_on(
             "grace period over; stopping"
         );
     }
-    // Dropping the last Bus handles (in the state) stops the sequencer after its last batch.
+    // Dropping the last handles of the log (in the state) stops its writer after its last
+    // batch, and with it the fan-out's tail.
     drop(state);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sequencer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), fanout_task).await;
     follower.abort();
     prober.abort();
     if let Some(r) = retainer {

@@ -6,7 +6,7 @@
 //!   [`Item`]s), [`ConnectionState`].
 //! - `error`: [`ConnectError`], [`SubscribeError`], [`PublishError`].
 //! - `connection`: the task that owns the WebSocket: reconnects and resumes by `seq`; it is
-//!   generic over `dial`'s [`Dial`](dial), so tests drive it over channels.
+//!   generic over `dial::Dial`, so tests drive it over channels.
 //! - `dial`: opening an authenticated WebSocket to the broker.
 //! - `history`: catch-up from `GET /v1/events` for readers that fell behind.
 //! - [`token`]: [`TokenSource`], OAuth2 client credentials with a client secret or a private

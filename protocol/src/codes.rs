@@ -148,6 +148,14 @@ string_enum! {
         ClientMismatch = "client_mismatch",
         /// `unsubscribe` named a subscription this connection does not hold.
         SubscriptionNotFound = "subscription_not_found",
+        /// The thing an HTTP request names (an application, a client ID, a session, a
+        /// credential, a path) does not exist.
+        NotFound = "not_found",
+        /// An HTTP request conflicts with the current state (a name taken, an active client,
+        /// a backup already running).
+        Conflict = "conflict",
+        /// The credential is valid but its role does not allow this (admin API, metrics).
+        InsufficientRole = "insufficient_role",
         /// The connection already holds the most subscriptions allowed.
         TooManySubscriptions = "too_many_subscriptions",
         /// The client ID already holds its most connections.
@@ -184,13 +192,14 @@ impl Reason {
             Reason::InsufficientScope
             | Reason::ScopeRevoked
             | Reason::ClientInactive
-            | Reason::ClientMismatch => ErrorCode::Forbidden,
-            Reason::SubscriptionNotFound => ErrorCode::NotFound,
+            | Reason::ClientMismatch
+            | Reason::InsufficientRole => ErrorCode::Forbidden,
+            Reason::SubscriptionNotFound | Reason::NotFound => ErrorCode::NotFound,
             Reason::FrameTooLarge => ErrorCode::TooLarge,
             Reason::TooManySubscriptions
             | Reason::TooManyConnections
             | Reason::PublishRateExceeded => ErrorCode::RateLimited,
-            Reason::EventIdConflict => ErrorCode::Conflict,
+            Reason::EventIdConflict | Reason::Conflict => ErrorCode::Conflict,
             Reason::LogUnavailable | Reason::ShuttingDown => ErrorCode::Unavailable,
             Reason::InternalError => ErrorCode::Internal,
         }

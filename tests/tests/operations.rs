@@ -84,7 +84,8 @@ async fn credentials_have_roles_the_audit_names_them_and_revocation_is_immediate
         )
         .await;
     assert_eq!(refused.status, 403, "{:?}", refused.body);
-    assert_eq!(refused.body["error"], "insufficient_role");
+    assert_eq!(refused.body["error"], "forbidden");
+    assert_eq!(refused.body["reason"], "insufficient_role");
     assert_eq!(
         broker
             .admin_as(&prometheus, Method::GET, "/applications", None)

@@ -10,16 +10,24 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use scopecast_protocol::{Pattern, Segment, Topic};
 
-use super::Subscriber;
+use super::Deliver;
+
+/// A subscriber in the index.
+type Sub = Arc<dyn Deliver>;
+
+/// The same subscriber (by the address of its data, whatever the vtable pointer).
+fn same(a: &Sub, b: &Sub) -> bool {
+    std::ptr::eq(Arc::as_ptr(a) as *const (), Arc::as_ptr(b) as *const ())
+}
 
 #[derive(Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
     any: Option<Box<Node>>,
     /// Patterns that end at this node.
-    here: Vec<Arc<Subscriber>>,
+    here: Vec<Sub>,
     /// Patterns that end with `>` after this node.
-    tail: Vec<Arc<Subscriber>>,
+    tail: Vec<Sub>,
 }
 
 impl Node {
@@ -30,7 +38,18 @@ impl Node {
             && self.tail.is_empty()
     }
 
-    fn walk(&self, segs: &[&str], f: &mut impl FnMut(&Arc<Subscriber>)) {
+    fn all(&self, f: &mut impl FnMut(&Sub)) {
+        self.here.iter().for_each(&mut *f);
+        self.tail.iter().for_each(&mut *f);
+        for child in self.children.values() {
+            child.all(f);
+        }
+        if let Some(any) = &self.any {
+            any.all(f);
+        }
+    }
+
+    fn walk(&self, segs: &[&str], f: &mut impl FnMut(&Sub)) {
         let Some((first, rest)) = segs.split_first() else {
             self.here.iter().for_each(&mut *f);
             return;
@@ -45,8 +64,8 @@ impl Node {
     }
 
     /// Removes `sub` under `segs`; returns true when this node became empty.
-    fn remove(&mut self, segs: &[Segment<'_>], sub: &Arc<Subscriber>) -> bool {
-        let drop_from = |v: &mut Vec<Arc<Subscriber>>| v.retain(|s| !Arc::ptr_eq(s, sub));
+    fn remove(&mut self, segs: &[Segment<'_>], sub: &Sub) -> bool {
+        let drop_from = |v: &mut Vec<Sub>| v.retain(|s| !same(s, sub));
         match segs.split_first() {
             None => drop_from(&mut self.here),
             Some((Segment::Tail, _)) => drop_from(&mut self.tail),
@@ -71,15 +90,15 @@ impl Node {
 
 /// Subscriptions by topic and pattern.
 #[derive(Default)]
-pub struct TopicIndex {
-    exact: DashMap<Topic, Vec<Arc<Subscriber>>>,
+pub(crate) struct TopicIndex {
+    exact: DashMap<Topic, Vec<Sub>>,
     wild: RwLock<Node>,
     wild_count: AtomicUsize,
 }
 
 impl TopicIndex {
     /// Adds `sub` under `pattern`. The caller makes sure a session adds a pattern once.
-    pub fn insert(&self, pattern: &Pattern, sub: &Arc<Subscriber>) {
+    pub(crate) fn insert(&self, pattern: &Pattern, sub: &Sub) {
         if let Some(topic) = pattern.as_topic() {
             self.exact.entry(topic).or_default().push(sub.clone());
             return;
@@ -101,10 +120,10 @@ impl TopicIndex {
     }
 
     /// Removes `sub` from under `pattern`, pruning emptied branches.
-    pub fn remove(&self, pattern: &Pattern, sub: &Arc<Subscriber>) {
+    pub(crate) fn remove(&self, pattern: &Pattern, sub: &Sub) {
         if let Some(topic) = pattern.as_topic() {
             if let dashmap::Entry::Occupied(mut e) = self.exact.entry(topic) {
-                e.get_mut().retain(|s| !Arc::ptr_eq(s, sub));
+                e.get_mut().retain(|s| !same(s, sub));
                 if e.get().is_empty() {
                     e.remove();
                 }
@@ -118,7 +137,7 @@ impl TopicIndex {
 
     /// Calls `f` for each subscription that matches `topic` (a session with overlapping
     /// subscriptions is visited once per subscription; the caller deduplicates by `seq`).
-    pub fn for_each_match(&self, topic: &Topic, mut f: impl FnMut(&Arc<Subscriber>)) {
+    pub(crate) fn for_each_match(&self, topic: &Topic, mut f: impl FnMut(&Sub)) {
         if let Some(list) = self.exact.get(topic.as_str()) {
             list.iter().for_each(&mut f);
         }
@@ -128,8 +147,18 @@ impl TopicIndex {
         }
     }
 
-    /// Number of exact topics with subscribers, and of wildcard subscriptions.
-    pub fn sizes(&self) -> (usize, usize) {
+    /// Calls `f` for every subscription (a subscriber with several is visited once per
+    /// subscription).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Sub)) {
+        for list in self.exact.iter() {
+            list.value().iter().for_each(&mut f);
+        }
+        self.wild.read().all(&mut f);
+    }
+
+    /// Number of exact topics with subscribers, and of wildcard subscriptions (tests).
+    #[cfg(test)]
+    pub(crate) fn sizes(&self) -> (usize, usize) {
         (self.exact.len(), self.wild_count.load(Ordering::Relaxed))
     }
 }
@@ -138,26 +167,70 @@ impl TopicIndex {
 mod tests {
     use super::*;
 
-    fn sub(id: u64) -> Arc<Subscriber> {
-        Arc::new(Subscriber::new(
-            id,
-            "client".into(),
-            1 << 20,
-            Arc::default(),
-        ))
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A subscriber that remembers the last `seq` offered to it.
+    struct Probe {
+        seen: AtomicU64,
     }
 
+    impl Deliver for Probe {
+        fn offer(&self, e: &Arc<crate::log::StoredEvent>) -> bool {
+            self.seen.store(e.seq, Ordering::Relaxed);
+            true
+        }
+        fn gap(&self, _: u64, _: u64) {}
+    }
+
+    fn sub() -> Sub {
+        Arc::new(Probe {
+            seen: AtomicU64::new(0),
+        })
+    }
+
+    /// The ids of the subscribers matching `topic`.
     fn matches(index: &TopicIndex, topic: &str) -> Vec<u64> {
-        let mut v = Vec::new();
-        index.for_each_match(&topic.parse().unwrap(), |s| v.push(s.session_id));
+        let e = Arc::new(crate::log::StoredEvent::new(
+            7,
+            topic.parse().unwrap(),
+            scopecast_protocol::EventId::new("x").unwrap(),
+            scopecast_protocol::Timestamp::now(),
+            scopecast_protocol::RawJson::from_string("1".into()).unwrap(),
+        ));
+        let mut hit = Vec::new();
+        index.for_each_match(&e.topic, |s| {
+            s.offer(&e);
+            hit.push(Arc::as_ptr(s) as *const () as usize);
+        });
+        let mut v: Vec<u64> = PROBES.with(|p| {
+            p.borrow()
+                .iter()
+                .filter(|(addr, _)| hit.contains(addr))
+                .map(|(_, id)| *id)
+                .collect()
+        });
         v.sort_unstable();
         v
+    }
+
+    thread_local! {
+        /// Address of each probe made in this test thread, with its id.
+        static PROBES: std::cell::RefCell<Vec<(usize, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn probe(id: u64) -> Sub {
+        let s = sub();
+        PROBES.with(|p| {
+            p.borrow_mut()
+                .push((Arc::as_ptr(&s) as *const () as usize, id))
+        });
+        s
     }
 
     #[test]
     fn exact_star_and_tail_match_like_pattern_matches() {
         let index = TopicIndex::default();
-        let (a, b, c, d) = (sub(1), sub(2), sub(3), sub(4));
+        let (a, b, c, d) = (probe(1), probe(2), probe(3), probe(4));
         index.insert(&"adt.patient.admitted".parse().unwrap(), &a);
         index.insert(&"adt.*.admitted".parse().unwrap(), &b);
         index.insert(&"adt.>".parse().unwrap(), &c);
@@ -182,7 +255,7 @@ mod tests {
         ];
         let topics = ["a", "b", "a.b", "a.c", "b.b", "a.b.c", "a.x.c", "b.c.d"];
         let index = TopicIndex::default();
-        let subs: Vec<_> = (0..patterns.len() as u64).map(sub).collect();
+        let subs: Vec<_> = (0..patterns.len() as u64).map(probe).collect();
         for (p, s) in patterns.iter().zip(&subs) {
             index.insert(&p.parse().unwrap(), s);
         }

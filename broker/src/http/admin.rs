@@ -22,21 +22,21 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::auth::Caller;
+use super::error::ApiError;
 use crate::registry::validate::{self, InvalidInput};
 use crate::registry::{
     Application, ApplicationPatch, AuditQuery, ClientKeysSpec, CreateApplication, IssuedSecret,
     RegistryError, StoredClient,
 };
-use crate::server::AppState;
+use crate::state::Broker;
 
+/// The admin API's error answer: the one shape ([`ApiError`]), naming the field at fault.
 fn error(code: ErrorCode, message: &str, field: Option<&str>) -> Response {
-    let status =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut body = json!({"error": code.as_str(), "message": message});
+    let mut e = ApiError::for_code(code, message);
     if let Some(f) = field {
-        body["field"] = json!(f);
+        e = e.field(f);
     }
-    (status, Json(body)).into_response()
+    e.into_response()
 }
 
 fn invalid(e: &InvalidInput) -> Response {
@@ -155,7 +155,7 @@ pub(crate) struct CreateBody {
 
 /// `POST /admin/v1/applications`: 201 with both client IDs and their secrets (shown once).
 pub(crate) async fn create_application(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
@@ -170,16 +170,15 @@ pub(crate) async fn create_application(
         description: b.description,
         scope: b.scope,
     };
-    match state.inner.registry.create_application(req, &who).await {
+    match state.registry.create_application(req, &who).await {
         Ok((app, secrets)) => (StatusCode::CREATED, Json(app_view(&app, &secrets))).into_response(),
         Err(e) => registry_error(e),
     }
 }
 
 /// `GET /admin/v1/applications`.
-pub(crate) async fn list_applications(State(state): State<AppState>) -> Response {
+pub(crate) async fn list_applications(State(state): State<Broker>) -> Response {
     let apps: Vec<Value> = state
-        .inner
         .registry
         .snapshot()
         .applications()
@@ -189,10 +188,9 @@ pub(crate) async fn list_applications(State(state): State<AppState>) -> Response
     Json(json!({ "applications": apps })).into_response()
 }
 
-fn find_app(state: &AppState, id: &str) -> Result<Arc<Application>, Response> {
+fn find_app(state: &Broker, id: &str) -> Result<Arc<Application>, Response> {
     let id = validate::uuid_id("id", id).map_err(|e| invalid(&e))?;
     state
-        .inner
         .registry
         .snapshot()
         .application(&id)
@@ -208,7 +206,7 @@ fn find_app(state: &AppState, id: &str) -> Result<Arc<Application>, Response> {
 
 /// `GET /admin/v1/applications/{id}`.
 pub(crate) async fn show_application(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Path(id): Path<String>,
 ) -> Response {
     match find_app(&state, &id) {
@@ -228,7 +226,7 @@ pub(crate) struct PatchBody {
 
 /// `PATCH /admin/v1/applications/{id}`: name, vendor, description, scope ceiling.
 pub(crate) async fn update_application(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Path(id): Path<String>,
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
@@ -244,12 +242,7 @@ pub(crate) async fn update_application(
         description: b.description,
         scope: b.scope,
     };
-    match state
-        .inner
-        .registry
-        .update_application(&id, patch, &who)
-        .await
-    {
+    match state.registry.update_application(&id, patch, &who).await {
         Ok(app) => Json(app_view(&app, &[])).into_response(),
         Err(e) => registry_error(e),
     }
@@ -266,7 +259,7 @@ pub(crate) struct DeleteParams {
 /// and their credentials; 409 while a client ID is active, 404 when there is no such
 /// application (also the second time). Answers `{"id", "name", "client_ids"}`.
 pub(crate) async fn delete_application(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Path(id): Path<String>,
     Extension(caller): Extension<Caller>,
     params: Result<Query<DeleteParams>, axum::extract::rejection::QueryRejection>,
@@ -276,7 +269,6 @@ pub(crate) async fn delete_application(
         Err(e) => return error(ErrorCode::BadRequest, &e.body_text(), Some("query")),
     };
     match state
-        .inner
         .registry
         .delete_application(&id, &caller.name, &p.reason)
         .await
@@ -290,11 +282,11 @@ pub(crate) async fn delete_application(
 }
 
 fn find_client(
-    state: &AppState,
+    state: &Broker,
     client_id: &str,
 ) -> Result<(Arc<Application>, StoredClient), Response> {
     let client_id = validate::uuid_id("client_id", client_id).map_err(|e| invalid(&e))?;
-    let snap = state.inner.registry.snapshot();
+    let snap = state.registry.snapshot();
     let not_found = || {
         error(
             ErrorCode::NotFound,
@@ -319,7 +311,7 @@ fn find_client(
 
 /// `GET /admin/v1/clients/{client_id}`.
 pub(crate) async fn show_client(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Path(client_id): Path<String>,
 ) -> Response {
     match find_client(&state, &client_id) {
@@ -335,12 +327,12 @@ pub(crate) async fn show_client(
 
 /// `POST /admin/v1/clients/{client_id}/rotate-secret`: the new secret, shown once.
 pub(crate) async fn rotate_secret(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Path(client_id): Path<String>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
     let who = caller.name.clone();
-    match state.inner.registry.rotate_secret(&client_id, &who).await {
+    match state.registry.rotate_secret(&client_id, &who).await {
         Ok(s) => Json(json!({"client_id": s.client_id, "kind": s.kind.as_str(), "client_secret": s.client_secret})).into_response(),
         Err(e) => registry_error(e),
     }
@@ -356,7 +348,7 @@ pub(crate) struct KeysBody {
 /// `PUT /admin/v1/clients/{client_id}/keys`: `{"jwks": {...}}`, `{"jwks_uri": "..."}`, or
 /// `{}` to remove the keys.
 pub(crate) async fn set_keys(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Path(client_id): Path<String>,
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
@@ -378,7 +370,7 @@ pub(crate) async fn set_keys(
         (None, Some(u)) => ClientKeysSpec::JwksUri(u),
         (None, None) => ClientKeysSpec::None,
     };
-    match state.inner.registry.set_keys(&client_id, spec, &who).await {
+    match state.registry.set_keys(&client_id, spec, &who).await {
         Ok(()) => match find_client(&state, &client_id) {
             Ok((_, c)) => Json(client_view(&c, None)).into_response(),
             Err(r) => r,
@@ -395,7 +387,7 @@ pub(crate) struct ReasonBody {
 }
 
 async fn set_active(
-    state: AppState,
+    state: Broker,
     client_id: String,
     caller: Caller,
     bytes: Bytes,
@@ -407,7 +399,6 @@ async fn set_active(
         Err(r) => return r,
     };
     match state
-        .inner
         .registry
         .set_active(&client_id, active, &who, &b.reason)
         .await
@@ -422,7 +413,7 @@ async fn set_active(
 
 /// `POST /admin/v1/clients/{client_id}/activate`, body `{"reason": "..."}` optional.
 pub(crate) async fn activate(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Path(client_id): Path<String>,
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
@@ -432,7 +423,7 @@ pub(crate) async fn activate(
 
 /// `POST /admin/v1/clients/{client_id}/deactivate`, body `{"reason": "..."}` optional.
 pub(crate) async fn deactivate(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Path(client_id): Path<String>,
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
@@ -448,7 +439,7 @@ pub(crate) struct HeaderBody {
 
 /// `PUT /admin/v1/clients/{client_id}/client-id-header`, body `{"enabled": true|false}`.
 pub(crate) async fn set_client_id_header(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Path(client_id): Path<String>,
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
@@ -459,7 +450,6 @@ pub(crate) async fn set_client_id_header(
         Err(r) => return r,
     };
     match state
-        .inner
         .registry
         .set_client_id_header(&client_id, b.enabled, &who)
         .await
@@ -482,7 +472,7 @@ pub(crate) struct AuditParams {
 
 /// `GET /admin/v1/audit?application_id=&client_id=&limit=`: newest first.
 pub(crate) async fn audit(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Query(p) = match params {
@@ -511,7 +501,7 @@ pub(crate) async fn audit(
         client_id: p.client_id,
         limit: p.limit.unwrap_or(100),
     };
-    match state.inner.registry.audit(q).await {
+    match state.registry.audit(q).await {
         Ok(entries) => {
             let entries: Vec<Value> = entries
                 .into_iter()
@@ -529,16 +519,15 @@ pub(crate) async fn audit(
 /// `POST /admin/v1/keys/rotate`: a new signing key; the old one stays published until the
 /// tokens it signed have expired.
 pub(crate) async fn rotate_keys(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
     let who = caller.name.clone();
-    let keys = state.inner.issuer.keys().clone();
+    let keys = state.issuer.keys().clone();
     match tokio::task::spawn_blocking(move || keys.rotate()).await {
         Ok(Ok(kid)) => {
             tracing::info!(actor = %who, %kid, "signing key rotated");
             if let Err(e) = state
-                .inner
                 .registry
                 .record(&who, "keys.rotate", json!({"kid": kid}))
                 .await

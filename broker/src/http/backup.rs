@@ -9,14 +9,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use scopecast_protocol::ErrorCode;
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::auth::Caller;
-use super::error_response;
+use super::error::ApiError;
 use crate::backup::create::{self, Sources};
-use crate::server::AppState;
+use crate::state::Broker;
 
 /// Bytes of tar stream collected before they are handed to the connection.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -24,21 +23,21 @@ const CHUNK_BYTES: usize = 64 * 1024;
 /// `POST /admin/v1/backup`: 200 with the tar stream; 409 while another backup runs; 500 when
 /// the copy cannot be taken (the broker's log says why; nothing is left behind).
 pub(crate) async fn backup(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    let Ok(permit) = state.inner.backups.clone().try_acquire_owned() else {
-        return error_response(
-            ErrorCode::Conflict,
-            ErrorCode::Conflict.as_str(),
+    let Ok(permit) = state.backups.clone().try_acquire_owned() else {
+        return ApiError::new(
+            scopecast_protocol::Reason::Conflict,
             "a backup is being taken already: try again when it is done",
-        );
+        )
+        .into_response();
     };
-    let inner = &state.inner;
+    let inner = &state;
     let taken = match create::take(Sources {
         config: &inner.config,
         registry: &inner.registry,
-        log: &inner.hub.log,
+        log: &inner.log,
         keys: inner.issuer.keys(),
     })
     .await
@@ -46,11 +45,11 @@ pub(crate) async fn backup(
         Ok(taken) => taken,
         Err(e) => {
             tracing::error!(actor = %caller.name, error = %e, "backup failed");
-            return error_response(
-                ErrorCode::Internal,
-                ErrorCode::Internal.as_str(),
+            return ApiError::new(
+                scopecast_protocol::Reason::InternalError,
                 "the backup failed; see the broker's log",
-            );
+            )
+            .into_response();
         }
     };
     let m = &taken.manifest;

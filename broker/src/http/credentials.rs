@@ -13,7 +13,7 @@ use scopecast_protocol::admin::{CredentialList, CredentialView, IssuedCredential
 use super::admin::{body, registry_error};
 use super::auth::Caller;
 use crate::registry::credential::Credential;
-use crate::server::AppState;
+use crate::state::Broker;
 
 fn rfc3339(ms: i64) -> String {
     Timestamp::from_unix_ms(ms)
@@ -36,9 +36,8 @@ pub(crate) fn view(c: &Credential) -> CredentialView {
 }
 
 /// `GET /admin/v1/credentials`.
-pub(crate) async fn list(State(state): State<AppState>) -> Response {
+pub(crate) async fn list(State(state): State<Broker>) -> Response {
     let credentials = state
-        .inner
         .registry
         .credentials()
         .all()
@@ -50,7 +49,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Response {
 
 /// `POST /admin/v1/credentials` `{"name", "role"}`: 201 with the token, shown once.
 pub(crate) async fn create(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
@@ -59,7 +58,6 @@ pub(crate) async fn create(
         Err(r) => return r,
     };
     match state
-        .inner
         .registry
         .create_credential(&b.name, b.role, &caller.name)
         .await
@@ -81,16 +79,11 @@ pub(crate) async fn create(
 
 /// `DELETE /admin/v1/credentials/{name or id}`: revoked at once.
 pub(crate) async fn revoke(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Response {
-    match state
-        .inner
-        .registry
-        .revoke_credential(&name, &caller.name)
-        .await
-    {
+    match state.registry.revoke_credential(&name, &caller.name).await {
         Ok(c) => {
             tracing::info!(actor = %caller.name, name = %c.name, "credential revoked");
             Json(view(&c)).into_response()

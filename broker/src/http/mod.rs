@@ -1,14 +1,18 @@
 //! The HTTP surface on the broker's one port (DESIGN section 6).
 //!
+//! - `error`: [`ApiError`](error::ApiError), the one error shape of every endpoint but the
+//!   token endpoint.
+//! - `auth`: bearer tokens of applications (never in URLs) and the credential gate of the
+//!   operator endpoints (admin API, metrics).
 //! - `oauth`: `POST /oauth2/token`, `/.well-known/jwks.json`,
 //!   `/.well-known/oauth-authorization-server`.
-//! - `auth`: the credential gate of the operator endpoints (admin API, metrics).
 //! - `admin`: `/admin/v1/...` applications, clients, audit, keys.
 //! - `backup`: `POST /admin/v1/backup`, a consistent copy of the data folder as a tar stream.
 //! - `credentials`: `/admin/v1/credentials`.
 //! - `sessions`: `/admin/v1/sessions`, live sessions and closing one.
 //! - `stream`: `GET /v1/stream`, the WebSocket upgrade.
-//! - `publish`: `POST /v1/events/{topic}` and `GET /v1/events`.
+//! - `publish`: `POST /v1/events/{topic}`.
+//! - `events`: `GET /v1/events`, history.
 //! - here: the routers, `/healthz`, `/readyz`, `/metrics`, and JSON errors.
 //!
 //! With `admin_listen` set, the operator endpoints (`/admin/v1`, `/metrics`) are served on
@@ -18,6 +22,8 @@ mod admin;
 mod auth;
 mod backup;
 mod credentials;
+mod error;
+mod events;
 mod oauth;
 mod publish;
 mod sessions;
@@ -26,20 +32,23 @@ mod stream;
 use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use scopecast_protocol::ErrorCode;
+use scopecast_protocol::{ErrorCode, Reason};
 use serde_json::json;
 
-use crate::server::AppState;
+pub(crate) use error::ApiError;
+
+use crate::access::Denied;
+use crate::auth::token::Principal;
+use crate::state::Broker;
 
 /// Largest admin request body, in bytes (a JWK Set of 10 RSA keys fits well within).
 const MAX_ADMIN_BODY_BYTES: usize = 256 * 1024;
 
 /// The routers: the public one, and the operator one when `admin_listen` is set (else the
 /// operator endpoints are part of the public router).
-pub(crate) fn routers(state: AppState) -> (Router, Option<Router>) {
+pub(crate) fn routers(state: Broker) -> (Router, Option<Router>) {
     let admin = Router::new()
         .route(
             "/applications",
@@ -101,12 +110,12 @@ pub(crate) fn routers(state: AppState) -> (Router, Option<Router>) {
             "/v1/events/{topic}",
             post(publish::publish).layer(DefaultBodyLimit::disable()),
         )
-        .route("/v1/events", get(publish::history))
+        .route("/v1/events", get(events::history))
         .route(
             "/.well-known/oauth-authorization-server",
             get(oauth::metadata),
         );
-    let finish = |r: Router<AppState>| {
+    let finish = |r: Router<Broker>| {
         r.fallback(not_found)
             .layer(axum::middleware::from_fn(json_errors))
             .layer(axum::middleware::from_fn_with_state(
@@ -115,7 +124,7 @@ pub(crate) fn routers(state: AppState) -> (Router, Option<Router>) {
             ))
             .with_state(state.clone())
     };
-    if state.inner.config.admin_listen.is_some() {
+    if state.config.admin_listen.is_some() {
         (finish(public), Some(finish(operator.merge(health))))
     } else {
         (finish(public.merge(operator)), None)
@@ -123,13 +132,13 @@ pub(crate) fn routers(state: AppState) -> (Router, Option<Router>) {
 }
 
 /// Prometheus text exposition.
-async fn metrics(State(state): State<AppState>) -> Response {
-    let hub = &state.inner.hub;
-    let m = &hub.metrics;
-    m.log_first_seq.set(hub.log.first_seq() as i64);
-    m.log_last_seq.set(hub.log.last_seq() as i64);
-    m.log_bytes.set(hub.log.stored_bytes() as i64);
-    let r = &state.inner.config.retention;
+async fn metrics(State(state): State<Broker>) -> Response {
+    let m = &state.metrics;
+    let b = state.log.bounds();
+    m.log_first_seq.set(b.first as i64);
+    m.log_last_seq.set(b.last as i64);
+    m.log_bytes.set(state.log.stored_bytes() as i64);
+    let r = &state.config.retention;
     for (limit, v) in [
         ("max_events", r.max_events),
         ("max_bytes", r.max_bytes),
@@ -151,7 +160,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// Counts every HTTP request by its route template (`/admin/v1/clients/{client_id}`, never
 /// the raw path, so the label set is fixed) and status.
 async fn count_requests(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -162,8 +171,6 @@ async fn count_requests(
     let resp = next.run(req).await;
     let route = route.as_deref().unwrap_or("unmatched");
     state
-        .inner
-        .hub
         .metrics
         .http_requests
         .with_label_values(&[route, resp.status().as_str()])
@@ -178,23 +185,23 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Readiness: 200 while accepting work; 503 once shutdown has begun, or while the event log
 /// refuses writes (a full disk): a load balancer then sends publishers elsewhere.
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Broker>) -> Result<Response, ApiError> {
     if !state.is_ready() {
-        return error_response(
-            ErrorCode::Unavailable,
-            "shutting_down",
+        return Err(ApiError::new(
+            Reason::ShuttingDown,
             "the broker is shutting down",
-        );
+        ));
     }
-    if !state.inner.hub.bus.log_writable() {
-        return error_response(
-            ErrorCode::Unavailable,
-            "log_unavailable",
+    if !state.admission.log_writable() {
+        return Err(ApiError::new(
+            Reason::LogUnavailable,
             "the event log refuses writes (see the broker's log); publishes answer 503 until it recovers",
-        );
+        ));
     }
-    Json(json!({"status": "ready", "environment": state.inner.config.environment.as_str()}))
-        .into_response()
+    Ok(
+        Json(json!({"status": "ready", "environment": state.config.environment.as_str()}))
+            .into_response(),
+    )
 }
 
 /// Turns the few error answers produced outside our handlers (a body over its limit, a wrong
@@ -229,12 +236,22 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
         _ => ErrorCode::BadRequest,
     };
     let (parts, _) = resp.into_parts();
-    let body = if token_endpoint {
-        json!({"error": if status.as_u16() >= 500 { "server_error" } else { "invalid_request" }, "error_description": message})
+    let mut out = if token_endpoint {
+        let error = if status.as_u16() >= 500 {
+            "server_error"
+        } else {
+            "invalid_request"
+        };
+        (
+            status,
+            Json(json!({"error": error, "error_description": message})),
+        )
+            .into_response()
     } else {
-        json!({"error": code.as_str(), "message": message})
+        ApiError::for_code(code, message)
+            .status(status)
+            .into_response()
     };
-    let mut out = (status, Json(body)).into_response();
     // Keep headers such as `Allow`, but not the old body's type or length.
     for (name, value) in parts.headers.iter() {
         if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
@@ -250,14 +267,30 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     out
 }
 
-async fn not_found() -> Response {
-    error_response(ErrorCode::NotFound, "not_found", "no such endpoint")
+async fn not_found() -> ApiError {
+    ApiError::new(Reason::NotFound, "no such endpoint")
 }
 
-/// A JSON error body `{error, message}` with the status that goes with `code`
-/// (PROTOCOL.md section 6).
-pub(crate) fn error_response(code: ErrorCode, error: &str, message: &str) -> Response {
-    let status =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(json!({"error": error, "message": message}))).into_response()
+/// The HTTP answer to a refused access check: 403 `client_inactive`, or 403
+/// `insufficient_scope` naming the scope (and the RFC 6750 challenge) for the `verb`
+/// ("publish to", "read").
+pub(crate) fn scope_refusal(principal: &Principal, denied: &Denied, verb: &str) -> ApiError {
+    match denied {
+        Denied::Inactive => ApiError::new(
+            Reason::ClientInactive,
+            "client ID is not active in this environment",
+        ),
+        Denied::Scope {
+            required_scope,
+            whose,
+        } => ApiError::new(
+            Reason::InsufficientScope,
+            format!(
+                "client {} may not {verb} this: {} does not include {required_scope}",
+                principal.client_id,
+                whose.words()
+            ),
+        )
+        .required_scope(required_scope.clone()),
+    }
 }

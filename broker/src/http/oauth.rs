@@ -15,7 +15,7 @@ use scopecast_protocol::ScopeSet;
 use serde_json::json;
 
 use crate::auth::client_auth::{AuthFailure, Credentials, JWT_BEARER, Method};
-use crate::server::AppState;
+use crate::state::Broker;
 
 /// Largest token request body, in bytes.
 pub(crate) const MAX_TOKEN_REQUEST_BYTES: usize = 16 * 1024;
@@ -103,7 +103,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Re
 /// registered one, else `unknown`) and outcome; a refusal is logged at `info` with the client
 /// ID and the peer's address (never the secret or the assertion).
 pub(crate) async fn token(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
@@ -112,15 +112,13 @@ pub(crate) async fn token(
     let result = issue(&state, &headers, &body, &mut claimed).await;
     let registered = claimed
         .as_deref()
-        .filter(|id| state.inner.registry.client(id).is_some());
+        .filter(|id| state.registry.client(id).is_some());
     let label = registered.unwrap_or(crate::metrics::UNKNOWN_CLIENT);
     let outcome = match &result {
         Ok(_) => "issued",
         Err(r) => r.error,
     };
     state
-        .inner
-        .hub
         .metrics
         .token_requests
         .with_label_values(&[label, outcome])
@@ -148,7 +146,7 @@ pub(crate) async fn token(
 /// The token request's work: a token, or why not. `claimed` is set to the client ID the
 /// request names as soon as it is known (for the metric and the log line).
 async fn issue(
-    state: &AppState,
+    state: &Broker,
     headers: &HeaderMap,
     body: &Bytes,
     claimed: &mut Option<String>,
@@ -250,7 +248,7 @@ async fn issue(
         Credentials::Secret { method, .. } => *method,
         Credentials::Assertion { .. } => Method::PrivateKeyJwt,
     };
-    let client = match state.inner.client_auth.authenticate(creds).await {
+    let client = match state.client_auth.authenticate(creds).await {
         Ok(c) => c,
         Err(AuthFailure::Busy) => {
             tracing::warn!("token request refused: too many secret checks in progress");
@@ -272,7 +270,7 @@ async fn issue(
         }
     };
     *claimed = Some(client.client_id.clone());
-    let environment = state.inner.config.environment;
+    let environment = state.config.environment;
     if client.kind != environment {
         return Err(refused(
             StatusCode::BAD_REQUEST,
@@ -336,7 +334,7 @@ async fn issue(
             requested
         }
     };
-    let issued = match state.inner.issuer.issue(&client.client_id, &granted) {
+    let issued = match state.issuer.issue(&client.client_id, &granted) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "cannot sign an access token");
@@ -362,8 +360,8 @@ async fn issue(
 }
 
 /// `GET /.well-known/jwks.json`.
-pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
-    let mut resp = Json(state.inner.issuer.keys().jwks()).into_response();
+pub(crate) async fn jwks(State(state): State<Broker>) -> Response {
+    let mut resp = Json(state.issuer.keys().jwks()).into_response();
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
@@ -372,8 +370,8 @@ pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /.well-known/oauth-authorization-server` (RFC 8414 section 2).
-pub(crate) async fn metadata(State(state): State<AppState>) -> Response {
-    let issuer = state.inner.issuer.issuer();
+pub(crate) async fn metadata(State(state): State<Broker>) -> Response {
+    let issuer = state.issuer.issuer();
     Json(json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/oauth2/token"),

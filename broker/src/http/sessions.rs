@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use scopecast_protocol::CloseCode;
 use scopecast_protocol::admin::{SessionList, SessionView};
-use scopecast_protocol::{CloseCode, ErrorCode};
 use serde::Deserialize;
 
 use super::auth::Caller;
-use super::error_response;
-use crate::server::AppState;
-use crate::session::table::SessionEntry;
+use super::error::ApiError;
+use crate::session::SessionHandle;
+use crate::state::Broker;
 
 /// Query of `GET /admin/v1/sessions`.
 #[derive(Deserialize)]
@@ -23,11 +23,11 @@ pub(crate) struct SessionsQuery {
     client_id: Option<String>,
 }
 
-fn view(state: &AppState, e: &SessionEntry) -> SessionView {
-    let snap = state.inner.registry.snapshot();
-    let s = &e.subscriber;
+fn view(state: &Broker, e: &SessionHandle) -> SessionView {
+    let snap = state.registry.snapshot();
+    let s = e;
     SessionView {
-        session: format!("{:x}", s.session_id),
+        session: format!("{:x}", s.id),
         client_id: s.client_id.to_string(),
         application_id: e.application_id.clone(),
         application_name: snap
@@ -50,24 +50,24 @@ fn view(state: &AppState, e: &SessionEntry) -> SessionView {
 
 /// `GET /admin/v1/sessions[?client_id=]`: live sessions, oldest first.
 pub(crate) async fn list(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     query: Result<Query<SessionsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Query(q) = match query {
         Ok(q) => q,
         Err(e) => {
-            return error_response(
-                ErrorCode::BadRequest,
-                "invalid_field",
-                &format!("query: {}; the only parameter is client_id", e.body_text()),
-            );
+            return ApiError::new(
+                scopecast_protocol::Reason::InvalidField,
+                format!("query: {}; the only parameter is client_id", e.body_text()),
+            )
+            .into_response();
         }
     };
-    let mut entries = state.inner.hub.sessions.all();
+    let mut entries = state.sessions.all();
     if let Some(c) = &q.client_id {
-        entries.retain(|e| &*e.subscriber.client_id == c.as_str());
+        entries.retain(|e| &*e.client_id == c.as_str());
     }
-    entries.sort_by_key(|e| e.subscriber.session_id);
+    entries.sort_by_key(|e| e.id);
     let sessions = entries.iter().map(|e| view(&state, e)).collect();
     Json(SessionList { sessions }).into_response()
 }
@@ -75,26 +75,24 @@ pub(crate) async fn list(
 /// `POST /admin/v1/sessions/{session}/close`: closes the session with 4010 at once (what it
 /// had queued is dropped); the client reconnects with backoff and resumes by `seq`.
 pub(crate) async fn close(
-    State(state): State<AppState>,
+    State(state): State<Broker>,
     Extension(caller): Extension<Caller>,
     Path(session): Path<String>,
 ) -> Response {
-    let Some(entry) = state.inner.hub.sessions.find(&session) else {
-        return error_response(
-            ErrorCode::NotFound,
-            "not_found",
-            &format!("no live session {session} (scopecast sessions lists them)"),
-        );
+    let Some(entry) = state.sessions.find(&session) else {
+        return ApiError::new(
+            scopecast_protocol::Reason::NotFound,
+            format!("no live session {session} (scopecast sessions lists them)"),
+        )
+        .into_response();
     };
     let shown = view(&state, &entry);
     entry
-        .subscriber
         .outbox
         .close(CloseCode::ClosedByOperator, "closed by an operator", false);
     tracing::info!(actor = %caller.name, session = %session, client_id = %shown.client_id, "session closed by an operator with 4010");
     if let Err(e) = state
-        .inner
-        .registry
+                .registry
         .record(
             &caller.name,
             "session.close",

@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
 };
 use scopecast_protocol::{EventId, RawJson, Timestamp, Topic};
 
-use super::{EventLog, LogError, LogRange, LogSnapshot, StoredEvent};
+use super::local::{LocalLog, Storage};
+use super::{Bounds, LogError, LogRange, LogSnapshot, StoredEvent};
 
 /// The version of this file layout (tables and record encoding), recorded in backups: a
 /// change to either is a new version, with its conversion.
@@ -193,13 +193,13 @@ fn decode(seq: u64, b: &[u8]) -> Result<StoredEvent, LogError> {
     let at = 4 + tl + il;
     let nanos = i64::from_le_bytes(take(b, at, 8)?.try_into().map_err(|_| bad())?);
     let data = String::from_utf8(b.get(at + 8..).ok_or_else(bad)?.to_vec()).map_err(|_| bad())?;
-    Ok(StoredEvent {
+    Ok(StoredEvent::new(
         seq,
-        topic: Topic::new(&topic).map_err(|_| bad())?,
-        event_id: EventId::new(&id).map_err(|_| bad())?,
-        time: Timestamp::from_unix_nanos(i128::from(nanos)).map_err(|_| bad())?,
-        data: RawJson::from_string(data).map_err(|_| bad())?,
-    })
+        Topic::new(&topic).map_err(|_| bad())?,
+        EventId::new(&id).map_err(|_| bad())?,
+        Timestamp::from_unix_nanos(i128::from(nanos)).map_err(|_| bad())?,
+        RawJson::from_string(data).map_err(|_| bad())?,
+    ))
 }
 
 impl DurableLog {
@@ -375,60 +375,63 @@ impl DurableLog {
         Ok((removed, Some(new_first), left))
     }
 
-    fn read_sync(db: &Database, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
+    fn read_sync(
+        db: &Database,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
         let r = db.begin_read().map_err(io)?;
         let t = r.open_table(EVENTS).map_err(io)?;
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in t.range(after.saturating_add(1)..).map_err(io)?.take(limit) {
+        for item in t.range(from..).map_err(io)?.take(limit) {
             let (k, v) = item.map_err(io)?;
-            out.push(decode(k.value(), v.value())?);
+            out.push(Arc::new(decode(k.value(), v.value())?));
         }
         Ok(out)
     }
+
+    /// A running log over this file (see [`LocalLog::start`] for `queue` and `idempotency`).
+    pub fn start(
+        self,
+        queue: usize,
+        idempotency: (std::time::Duration, usize),
+    ) -> LocalLog<DurableLog> {
+        LocalLog::start(self, queue, idempotency)
+    }
 }
 
-#[async_trait]
-impl EventLog for DurableLog {
-    async fn append(&self, batch: &[StoredEvent]) -> Result<(), LogError> {
+impl Storage for DurableLog {
+    fn write(&self, batch: &[Arc<StoredEvent>]) -> Result<(), LogError> {
         let Some(last) = batch.last().map(|e| e.seq) else {
             return Ok(());
         };
         let encoded: Vec<(u64, Vec<u8>)> = batch.iter().map(|e| (e.seq, encode(e))).collect();
         let added: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
-        let store = self.store.clone();
         let durability = match self.sync {
             SyncMode::Fsync => Durability::Immediate,
             SyncMode::Os => Durability::None,
         };
-        tokio::task::spawn_blocking(move || -> Result<(), LogError> {
-            store.with(|db| DurableLog::append_sync(db, durability, &encoded))
-        })
-        .await
-        .map_err(io)??;
+        self.store
+            .with(|db| DurableLog::append_sync(db, durability, &encoded))?;
         self.last.store(last, Ordering::Release);
         self.bytes.fetch_add(added, Ordering::Relaxed);
         Ok(())
     }
 
-    fn last_seq(&self) -> u64 {
-        self.last.load(Ordering::Acquire)
+    fn read(&self, from: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, LogError> {
+        if self.store.broken.load(Ordering::Acquire) {
+            self.store.reopen()?;
+        }
+        let db = self.store.db()?;
+        DurableLog::read_sync(&db, from, limit)
     }
 
-    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            if store.broken.load(Ordering::Acquire) {
-                store.reopen()?;
-            }
-            let db = store.db()?;
-            DurableLog::read_sync(&db, after, limit)
-        })
-        .await
-        .map_err(io)?
-    }
-
-    fn first_seq(&self) -> u64 {
-        self.first.load(Ordering::Acquire).max(1)
+    fn bounds(&self) -> Bounds {
+        let last = self.last.load(Ordering::Acquire);
+        Bounds {
+            first: self.first.load(Ordering::Acquire).max(1),
+            last,
+        }
     }
 
     fn stored_bytes(&self) -> u64 {
@@ -445,17 +448,16 @@ impl EventLog for DurableLog {
         Ok(Box::new(DurableSnapshot { read, _db: db }))
     }
 
-    async fn probe(&self) -> Result<(), LogError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.with(|db| {
-                let mut w = db.begin_write().map_err(io)?;
-                w.set_durability(Durability::Immediate).map_err(io)?;
-                w.commit().map_err(io)
-            })
+    fn probe(&self) -> Result<(), LogError> {
+        self.store.with(|db| {
+            let mut w = db.begin_write().map_err(io)?;
+            w.set_durability(Durability::Immediate).map_err(io)?;
+            w.commit().map_err(io)
         })
-        .await
-        .map_err(io)?
+    }
+
+    fn blocks(&self) -> bool {
+        true
     }
 }
 
@@ -582,15 +584,47 @@ impl DurableLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::conformance::{Made, Maker, conformance_tests};
 
-    fn ev(seq: u64, topic: &str) -> StoredEvent {
-        StoredEvent {
-            seq,
-            topic: topic.parse().unwrap(),
-            event_id: EventId::new(&format!("e{seq}")).unwrap(),
-            time: Timestamp::now(),
-            data: RawJson::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
+    struct Redb;
+
+    impl Maker for Redb {
+        fn make(&self, keep: usize) -> Made {
+            let dir = tempfile::tempdir().unwrap();
+            let storage =
+                DurableLog::open(&dir.path().join("events.redb"), SyncMode::Fsync).unwrap();
+            let log = storage.start(64, (Duration::from_secs(600), 10_000));
+            let kept = log.clone();
+            Made {
+                log: Arc::new(log),
+                retain: Box::new(move || {
+                    let _folder = &dir;
+                    kept.storage()
+                        .enforce(Retention {
+                            max_events: keep as u64,
+                            max_bytes: 0,
+                            max_age_s: 0,
+                        })
+                        .unwrap();
+                }),
+            }
         }
+    }
+
+    conformance_tests!(Redb);
+
+    fn at(seq: u64, topic: &str, time: Timestamp) -> Arc<StoredEvent> {
+        Arc::new(StoredEvent::new(
+            seq,
+            topic.parse().unwrap(),
+            EventId::new(&format!("e{seq}")).unwrap(),
+            time,
+            RawJson::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
+        ))
+    }
+
+    fn ev(seq: u64, topic: &str) -> Arc<StoredEvent> {
+        at(seq, topic, Timestamp::now())
     }
 
     /// A disk that can be made to fail every write (as a full one does), shared by every
@@ -642,27 +676,26 @@ mod tests {
             Box::new(move |_: &Path| Database::builder().create_with_backend(disk.clone()))
         };
         let log = DurableLog::open_with(Path::new("flaky"), SyncMode::Fsync, opener).unwrap();
-        log.append(&[ev(1, "a.b"), ev(2, "a.b")]).await.unwrap();
+        log.write(&[ev(1, "a.b"), ev(2, "a.b")]).unwrap();
         disk.full.store(true, Ordering::SeqCst);
         assert!(matches!(
-            log.append(&[ev(3, "a.b")]).await,
+            log.write(&[ev(3, "a.b")]),
             Err(LogError::Unavailable(_))
         ));
-        assert_eq!(log.last_seq(), 2, "nothing counted as stored");
+        assert_eq!(log.bounds().last, 2, "nothing counted as stored");
         // Still full: refused again, never a panic; the readiness probe says so too.
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert!(log.append(&[ev(3, "a.b")]).await.is_err());
+        assert!(log.write(&[ev(3, "a.b")]).is_err());
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert!(log.probe().await.is_err(), "the probe writes too");
+        assert!(log.probe().is_err(), "the probe writes too");
         // Room again: after the reopen pause the same batch goes in, and nothing is lost.
         disk.full.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(1100)).await;
         log.probe()
-            .await
             .expect("room again: the probe passes without storing an event");
-        assert_eq!(log.last_seq(), 2);
-        log.append(&[ev(3, "a.b")]).await.unwrap();
-        let got = log.read_after(0, 10).await.unwrap();
+        assert_eq!(log.bounds().last, 2);
+        log.write(&[ev(3, "a.b")]).unwrap();
+        let got = log.read(1, 10).unwrap();
         assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
     }
 
@@ -672,8 +705,8 @@ mod tests {
         let path = dir.path().join("events.redb");
         {
             let log = DurableLog::open(&path, SyncMode::Fsync).unwrap();
-            log.append(&[ev(1, "a.b"), ev(2, "a.c")]).await.unwrap();
-            log.append(&[ev(3, "a.b")]).await.unwrap();
+            log.write(&[ev(1, "a.b"), ev(2, "a.c")]).unwrap();
+            log.write(&[ev(3, "a.b")]).unwrap();
         }
         let epoch = DurableLog::open(&path, SyncMode::Fsync)
             .unwrap()
@@ -685,10 +718,10 @@ mod tests {
             epoch,
             "the epoch is the file's, kept across opens"
         );
-        assert_eq!((log.first_seq(), log.last_seq()), (1, 3));
-        let got = log.read_after(1, 10).await.unwrap();
+        assert_eq!((log.bounds().first, log.bounds().last), (1, 3));
+        let got = log.read(2, 10).unwrap();
         assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
-        assert_eq!(got[0], ev(2, "a.c").with_time(got[0].time));
+        assert_eq!(got[0], at(2, "a.c", got[0].time));
         // Retention keeps the newest event, so the next seq is never reused.
         let removed = log
             .enforce(Retention {
@@ -698,10 +731,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(removed, 2);
-        assert_eq!((log.first_seq(), log.last_seq()), (3, 3));
+        assert_eq!((log.bounds().first, log.bounds().last), (3, 3));
         drop(log);
         let log = DurableLog::open(&path, SyncMode::Fsync).unwrap();
-        assert_eq!((log.first_seq(), log.last_seq()), (3, 3));
+        assert_eq!((log.bounds().first, log.bounds().last), (3, 3));
     }
 
     #[tokio::test]
@@ -709,7 +742,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = DurableLog::open(&dir.path().join("e.redb"), SyncMode::Fsync).unwrap();
         let batch: Vec<_> = (1..=10).map(|s| ev(s, "a")).collect();
-        log.append(&batch).await.unwrap();
+        log.write(&batch).unwrap();
         let one = encode(&batch[0]).len() as u64;
         log.enforce(Retention {
             max_events: 0,
@@ -718,24 +751,26 @@ mod tests {
         })
         .unwrap();
         // Event 10 is two bytes longer than the others ("e10", 10): keeping events 8 to 10 fits.
-        assert_eq!(log.first_seq(), 8);
+        assert_eq!(log.bounds().first, 8);
         // Age: old events go from the front; the newest stays even when it is old.
         let dir2 = tempfile::tempdir().unwrap();
         let aged = DurableLog::open(&dir2.path().join("e.redb"), SyncMode::Fsync).unwrap();
         let old = |seq| {
-            let mut e = ev(seq, "a");
-            e.time = Timestamp::from_unix_seconds(1_000_000_000).unwrap();
-            e
+            at(
+                seq,
+                "a",
+                Timestamp::from_unix_seconds(1_000_000_000).unwrap(),
+            )
         };
-        aged.append(&[old(1), old(2), ev(3, "a")]).await.unwrap();
+        aged.write(&[old(1), old(2), ev(3, "a")]).unwrap();
         aged.enforce(Retention {
             max_events: 0,
             max_bytes: 0,
             max_age_s: 60,
         })
         .unwrap();
-        assert_eq!(aged.first_seq(), 3);
-        aged.append(&[old(4)]).await.unwrap();
+        assert_eq!(aged.bounds().first, 3);
+        aged.write(&[old(4)]).unwrap();
         aged.enforce(Retention {
             max_events: 0,
             max_bytes: 0,
@@ -743,7 +778,7 @@ mod tests {
         })
         .unwrap();
         // Removal stops at the first event young enough, scanning from the front.
-        assert_eq!((aged.first_seq(), aged.last_seq()), (3, 4));
+        assert_eq!((aged.bounds().first, aged.bounds().last), (3, 4));
     }
 
     #[tokio::test]
@@ -751,7 +786,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = DurableLog::open(&dir.path().join("events.redb"), SyncMode::Fsync).unwrap();
         let first: Vec<_> = (1..=5).map(|s| ev(s, "a.b")).collect();
-        log.append(&first).await.unwrap();
+        log.write(&first).unwrap();
         log.enforce(Retention {
             max_events: 4,
             max_bytes: 0,
@@ -760,7 +795,7 @@ mod tests {
         .unwrap();
         let snapshot = log.snapshot().unwrap();
         // After the snapshot: neither new events nor retention reach it.
-        log.append(&[ev(6, "a.c")]).await.unwrap();
+        log.write(&[ev(6, "a.c")]).unwrap();
         log.enforce(Retention {
             max_events: 1,
             max_bytes: 0,
@@ -784,8 +819,8 @@ mod tests {
             }
         );
         let copy = DurableLog::open(&out, SyncMode::Fsync).unwrap();
-        assert_eq!((copy.first_seq(), copy.last_seq()), (2, 5));
-        assert_eq!(copy.read_after(0, 10).await.unwrap(), first[1..].to_vec());
+        assert_eq!((copy.bounds().first, copy.bounds().last), (2, 5));
+        assert_eq!(copy.read(1, 10).unwrap(), first[1..].to_vec());
         assert_eq!(
             copy.stored_bytes(),
             first[1..]
@@ -799,26 +834,20 @@ mod tests {
     async fn the_memory_log_backs_up_in_the_same_format() {
         let dir = tempfile::tempdir().unwrap();
         let log = crate::log::MemoryLog::new(3);
+        use crate::log::local::Storage as _;
         let events: Vec<_> = (1..=4).map(|s| ev(s, "m.n")).collect();
-        log.append(&events).await.unwrap();
+        log.write(&events).unwrap();
         let snapshot = log.snapshot().unwrap();
-        log.append(&[ev(5, "m.n")]).await.unwrap();
+        log.write(&[ev(5, "m.n")]).unwrap();
         let out = dir.path().join("events.redb");
         let range = snapshot.write_to(&out).unwrap();
         assert_eq!((range.first_seq, range.last_seq, range.events), (2, 4, 3));
         let copy = DurableLog::open(&out, SyncMode::Fsync).unwrap();
-        assert_eq!(copy.read_after(0, 10).await.unwrap(), events[1..].to_vec());
+        assert_eq!(copy.read(1, 10).unwrap(), events[1..].to_vec());
         // A restored broker goes on after the backup's last seq.
-        assert_eq!(copy.last_seq(), 4);
+        assert_eq!(copy.bounds().last, 4);
         let empty = crate::log::MemoryLog::new(3).snapshot().unwrap();
         let range = empty.write_to(&dir.path().join("empty.redb")).unwrap();
         assert_eq!((range.first_seq, range.last_seq, range.events), (1, 0, 0));
-    }
-
-    impl StoredEvent {
-        fn with_time(mut self, t: Timestamp) -> Self {
-            self.time = t;
-            self
-        }
     }
 }

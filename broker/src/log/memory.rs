@@ -1,15 +1,19 @@
-//! [`MemoryLog`]: the event log in memory, keeping the newest `max_events` events.
+//! [`MemoryLog`]: the event log's storage in memory, keeping the newest `max_events` events;
+//! lost on restart (`--log memory`, tests). Run it as a [`LocalLog`](super::LocalLog) with
+//! [`MemoryLog::start`].
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use async_trait::async_trait;
 use parking_lot::RwLock;
 
 use super::durable::{FileWriter, encode};
-use super::{EventLog, LogError, LogRange, LogSnapshot, StoredEvent};
+use super::local::{LocalLog, Storage};
+use super::{Bounds, LogError, LogRange, LogSnapshot, StoredEvent};
 
-/// The memory log's events at one instant (a copy: the log keeps changing).
-struct MemorySnapshot(Vec<StoredEvent>);
+/// The memory log's events at one instant (a copy of the pointers: the log keeps changing).
+struct MemorySnapshot(Vec<Arc<StoredEvent>>);
 
 impl LogSnapshot for MemorySnapshot {
     fn write_to(self: Box<Self>, path: &std::path::Path) -> Result<LogRange, LogError> {
@@ -21,12 +25,14 @@ impl LogSnapshot for MemorySnapshot {
     }
 }
 
-/// Events in memory, lost on restart. Keeps the newest `max_events`.
+/// Events in memory. Keeps the newest `max_events`.
+#[derive(Debug)]
 pub struct MemoryLog {
     max_events: usize,
-    events: RwLock<VecDeque<StoredEvent>>,
-    last: std::sync::atomic::AtomicU64,
-    bytes: std::sync::atomic::AtomicU64,
+    events: RwLock<VecDeque<Arc<StoredEvent>>>,
+    last: AtomicU64,
+    first: AtomicU64,
+    bytes: AtomicU64,
     epoch: String,
 }
 
@@ -36,19 +42,32 @@ impl MemoryLog {
         MemoryLog {
             max_events: max_events.max(1),
             events: RwLock::new(VecDeque::new()),
-            last: 0.into(),
-            bytes: 0.into(),
+            last: AtomicU64::new(0),
+            first: AtomicU64::new(1),
+            bytes: AtomicU64::new(0),
             epoch: uuid::Uuid::new_v4().to_string(),
         }
     }
+
+    /// A running log over a new memory storage of at most `max_events` events (see
+    /// [`LocalLog::start`] for `queue` and `idempotency`).
+    pub fn start(
+        max_events: usize,
+        queue: usize,
+        idempotency: (std::time::Duration, usize),
+    ) -> LocalLog<MemoryLog> {
+        LocalLog::start(MemoryLog::new(max_events), queue, idempotency)
+    }
 }
 
-#[async_trait]
-impl EventLog for MemoryLog {
-    async fn append(&self, batch: &[StoredEvent]) -> Result<(), LogError> {
+fn size(e: &StoredEvent) -> u64 {
+    (e.data.get().len() + e.topic.as_str().len()) as u64
+}
+
+impl Storage for MemoryLog {
+    fn write(&self, batch: &[Arc<StoredEvent>]) -> Result<(), LogError> {
         let mut events = self.events.write();
-        let size = |e: &StoredEvent| (e.data.get().len() + e.topic.as_str().len()) as u64;
-        let mut bytes = self.bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let mut bytes = self.bytes.load(Ordering::Relaxed);
         for e in batch {
             bytes += size(e);
             events.push_back(e.clone());
@@ -58,34 +77,31 @@ impl EventLog for MemoryLog {
                 bytes -= size(&e);
             }
         }
-        self.bytes
-            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        if let Some(front) = events.front() {
+            self.first.store(front.seq, Ordering::Release);
+        }
         if let Some(last) = batch.last() {
-            self.last
-                .store(last.seq, std::sync::atomic::Ordering::Release);
+            self.last.store(last.seq, Ordering::Release);
         }
         Ok(())
     }
 
-    fn last_seq(&self) -> u64 {
-        self.last.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
+    fn read(&self, from: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, LogError> {
         let events = self.events.read();
-        let start = events.partition_point(|e| e.seq <= after);
+        let start = events.partition_point(|e| e.seq < from);
         Ok(events.iter().skip(start).take(limit).cloned().collect())
     }
 
-    fn first_seq(&self) -> u64 {
-        self.events
-            .read()
-            .front()
-            .map_or(self.last_seq() + 1, |e| e.seq)
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            first: self.first.load(Ordering::Acquire),
+            last: self.last.load(Ordering::Acquire),
+        }
     }
 
     fn stored_bytes(&self) -> u64 {
-        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.bytes.load(Ordering::Relaxed)
     }
 
     fn epoch(&self) -> &str {
@@ -93,58 +109,38 @@ impl EventLog for MemoryLog {
     }
 
     fn snapshot(&self) -> Result<Box<dyn LogSnapshot>, LogError> {
-        let events: Vec<StoredEvent> = self.events.read().iter().cloned().collect();
+        let events: Vec<Arc<StoredEvent>> = self.events.read().iter().cloned().collect();
         Ok(Box::new(MemorySnapshot(events)))
+    }
+
+    fn probe(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    fn blocks(&self) -> bool {
+        false
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scopecast_protocol::{EventId, RawJson, Timestamp};
+    use crate::log::conformance::{Made, Maker, conformance_tests};
 
-    fn ev(seq: u64) -> StoredEvent {
-        StoredEvent {
-            seq,
-            topic: "a.b".parse().unwrap(),
-            event_id: EventId::new(&format!("e{seq}")).unwrap(),
-            time: Timestamp::now(),
-            data: RawJson::from_string("1".into()).unwrap(),
+    struct Memory;
+
+    impl Maker for Memory {
+        fn make(&self, keep: usize) -> Made {
+            Made {
+                log: Arc::new(MemoryLog::start(
+                    keep,
+                    64,
+                    (std::time::Duration::from_secs(600), 10_000),
+                )),
+                retain: Box::new(|| {}),
+            }
         }
     }
 
-    #[tokio::test]
-    async fn finds_the_first_seq_at_a_time() {
-        let log = MemoryLog::new(100);
-        let at = |s: i64| Timestamp::from_unix_seconds(1_700_000_000 + s).unwrap();
-        let batch: Vec<StoredEvent> = (1..=10)
-            .map(|seq| StoredEvent {
-                time: at(seq as i64 * 10),
-                ..ev(seq)
-            })
-            .collect();
-        log.append(&batch).await.unwrap();
-        assert_eq!(log.seq_at(at(0)).await.unwrap(), 1);
-        assert_eq!(log.seq_at(at(35)).await.unwrap(), 4);
-        assert_eq!(log.seq_at(at(40)).await.unwrap(), 4);
-        assert_eq!(log.seq_at(at(1000)).await.unwrap(), 11);
-    }
-
-    #[tokio::test]
-    async fn keeps_the_newest_and_reads_in_order() {
-        let log = MemoryLog::new(3);
-        assert_eq!((log.last_seq(), log.first_seq()), (0, 1));
-        log.append(&[ev(1), ev(2)]).await.unwrap();
-        log.append(&[ev(3), ev(4)]).await.unwrap();
-        assert_eq!((log.last_seq(), log.first_seq()), (4, 2));
-        let seqs: Vec<u64> = log
-            .read_after(2, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        assert_eq!(seqs, [3, 4]);
-        assert_eq!(log.read_after(0, 1).await.unwrap()[0].seq, 2);
-    }
+    conformance_tests!(Memory);
 }

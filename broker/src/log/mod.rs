@@ -1,45 +1,91 @@
-//! The event log: every accepted event with its broker-wide `seq` (DESIGN section 7), behind a
-//! small trait so that durable stores (on disk, NATS JetStream) plug in without touching the
-//! sessions or the fan-out.
+//! The event log: every accepted event with its broker-wide `seq` (DESIGN section 7). The log
+//! assigns `seq` and the acceptance time, deduplicates by event id, and can be tailed: the
+//! fan-out offers to local subscribers whatever the tail yields, whoever appended it (this
+//! process, or in cluster mode another node).
 //!
-//! - `memory`: [`MemoryLog`], in memory with a retention by count (tests, `--log memory`).
-//! - `durable`: [`DurableLog`], on disk (redb), group commit, `fsync` or `os` durability,
-//!   retention by count, bytes and age; also the file format of a backup's events
-//!   ([`LogSnapshot`]).
+//! - `event`: [`StoredEvent`] (with its per-format [`Encodings`]), [`NewEvent`], [`Appended`].
+//! - `local`: [`LocalLog`], the core of the single-node logs: a writer task with group commit
+//!   and the idempotency window (`dedupe`), and a tail fed from recent events in memory.
+//! - `memory`: [`MemoryLog`], events in memory, retention by count (`--log memory`, tests).
+//! - `durable`: [`DurableLog`], events on disk (redb), `fsync` or `os` durability, retention by
+//!   count, bytes and age; also the file format of a backup's events ([`LogSnapshot`]).
+//! - `history`: [`History`], the one history reader (replay, `GET /v1/events`).
 
+#[cfg(test)]
+pub(crate) mod conformance;
+mod dedupe;
 mod durable;
+mod event;
+mod history;
+mod local;
 mod memory;
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use scopecast_protocol::{EventId, RawJson, Timestamp, Topic};
+use futures_util::Stream;
+use scopecast_protocol::Timestamp;
 
 pub use durable::{DEFAULT_CACHE_BYTES, DurableLog, LOG_FORMAT, Retention, SyncMode};
+pub use event::{Appended, Encodings, Format, NewEvent, StoredEvent};
+pub use history::{History, HistoryPage, HistoryQuery};
+pub use local::{LocalLog, Storage};
 pub use memory::MemoryLog;
 
-/// One stored event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEvent {
-    /// Its place in the broker-wide sequence, from 1.
-    pub seq: u64,
-    /// The topic it was published to.
-    pub topic: Topic,
-    /// Its event id.
-    pub event_id: EventId,
-    /// When the broker accepted it.
-    pub time: Timestamp,
-    /// The payload, exactly as published.
-    pub data: RawJson,
-}
-
-/// A failure of the log's store.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why an append or a read failed. An append answers one of these per event: a remote log's
+/// batch is not atomic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
-    /// The store cannot take events now (disk full, I/O error); nothing was stored.
+    /// The store cannot take (or give) events now (disk full, no quorum); nothing was
+    /// stored. Retry later.
     #[error("event log unavailable: {0}")]
     Unavailable(String),
+    /// The outcome is unknown (a time-out after the store may have stored it): retry with the
+    /// same event id, which the idempotency window answers with the original `seq` if it was
+    /// stored.
+    #[error("event log outcome unknown: {0}")]
+    Unknown(String),
+    /// The event id was stored within the idempotency window with another topic or payload.
+    #[error("event id already stored (seq {seq}) with another topic or payload")]
+    Conflict {
+        /// The `seq` stored under that id.
+        seq: u64,
+    },
 }
+
+/// The retained range: `first..=last` (`first == last + 1` when nothing is retained; `last`
+/// is 0 for a log that never had an event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// The oldest retained `seq`.
+    pub first: u64,
+    /// The newest stored `seq`.
+    pub last: u64,
+}
+
+/// What a tail yields, in `seq` order.
+#[derive(Debug, Clone)]
+pub enum TailItem {
+    /// The next event.
+    Event(Arc<StoredEvent>),
+    /// Events `from..=to` are gone (past retention) and will never be yielded: the reader
+    /// was that far behind. The next item follows `to`.
+    Gap {
+        /// The first missing `seq`.
+        from: u64,
+        /// The last missing `seq`.
+        to: u64,
+    },
+}
+
+/// The outcome of a submitted batch: one result per event, in the batch's order.
+pub type AppendFuture = Pin<Box<dyn Future<Output = Vec<Result<Appended, LogError>>> + Send>>;
+
+/// A tail of the log: every event from a `seq` on, then each new one as it is stored.
+pub type Tail = Pin<Box<dyn Stream<Item = TailItem> + Send>>;
 
 /// The events a [`LogSnapshot`] held: `first_seq..=last_seq`, `events` of them (0 events:
 /// `first_seq` is `last_seq + 1`).
@@ -65,28 +111,47 @@ pub trait LogSnapshot: Send {
     fn write_to(self: Box<Self>, path: &Path) -> Result<LogRange, LogError>;
 }
 
-/// An append-only log of events, ordered by `seq`.
+/// An append-only log of events, ordered by `seq`, which it assigns.
 ///
-/// Only the broker's sequencer appends, one batch at a time, with `seq`s it assigned:
-/// contiguous and greater than [`EventLog::last_seq`].
+/// The contract every implementation keeps (checked by the conformance suite, `conformance`):
+/// `seq`s are consecutive from 1, never reused (also after a restart); a rejected event takes
+/// no `seq`; an event id stored within the idempotency window is answered with the original
+/// `seq` and `duplicate`, or [`LogError::Conflict`] when its topic or payload differ; a tail
+/// yields every retained event once, in order, with a [`TailItem::Gap`] for what retention took.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
-    /// Stores a batch. When it returns `Ok`, the events are as durable as the log promises.
-    async fn append(&self, events: &[StoredEvent]) -> Result<(), LogError>;
-    /// The newest stored `seq` (0 when empty, and never lower after a restart).
-    fn last_seq(&self) -> u64;
-    /// Up to `limit` events with `seq` greater than `after`, in `seq` order.
-    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError>;
-    /// The oldest `seq` still retained (`last_seq() + 1` when empty).
-    fn first_seq(&self) -> u64;
+    /// Hands `batch` to the log, in order with other submissions from the same caller; the
+    /// returned future resolves once each event is stored with the log's durability (or
+    /// refused). Waits only while the log's intake is full, so a front end can submit without
+    /// waiting for the store and answer its client when the future resolves.
+    async fn submit(&self, batch: Vec<NewEvent>) -> AppendFuture;
 
-    /// Bytes of stored events (as the store counts them), for the metrics.
-    fn stored_bytes(&self) -> u64;
+    /// Stores `batch` and waits for the outcome: one result per event.
+    async fn append(&self, batch: Vec<NewEvent>) -> Vec<Result<Appended, LogError>> {
+        self.submit(batch).await.await
+    }
+
+    /// Up to `limit` retained events with `seq >= from`, in `seq` order.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when the store cannot be read.
+    async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, LogError>;
+
+    /// The retained range now.
+    fn bounds(&self) -> Bounds;
+
+    /// Every event with `seq >= from`, then each new one as it is stored; a [`TailItem::Gap`]
+    /// for events that retention removed before the tail reached them. Never ends while the
+    /// log lives.
+    fn tail(&self, from: u64) -> Tail;
 
     /// The log's identity: a UUID made when the log was created (the memory log: when the
     /// process started). `welcome` and `subscribed` carry it, so a client tells a replaced log
     /// (its `seq`s start again) from one that went on.
     fn epoch(&self) -> &str;
+
+    /// Bytes of stored events (as the store counts them), for the metrics.
+    fn stored_bytes(&self) -> u64;
 
     /// Fixes the retained events as they are now, for a backup. Quick (nothing is copied
     /// here, or only what the memory log holds), so it can run while registry changes are held
@@ -105,13 +170,17 @@ pub trait EventLog: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The first retained `seq` of an event accepted at or after `t` (`last_seq() + 1` when
-    /// none is): a binary search over `seq`, since the sequencer stamps times in `seq` order.
-    async fn seq_at(&self, t: scopecast_protocol::Timestamp) -> Result<u64, LogError> {
-        let (mut lo, mut hi) = (self.first_seq(), self.last_seq() + 1);
+    /// The first retained `seq` of an event accepted at or after `t` (`last + 1` when none
+    /// is): a binary search over `seq`, since a log stamps times in `seq` order.
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when the store cannot be read.
+    async fn seq_at(&self, t: Timestamp) -> Result<u64, LogError> {
+        let b = self.bounds();
+        let (mut lo, mut hi) = (b.first, b.last + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.read_after(mid - 1, 1).await?.first() {
+            match self.read_from(mid, 1).await?.first() {
                 Some(e) if e.time < t => lo = e.seq + 1,
                 Some(_) | None => hi = mid,
             }

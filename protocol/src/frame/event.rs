@@ -1,18 +1,47 @@
-//! The `event` frame written once per event: [`encode_event`] copies `data` verbatim into one
-//! shared buffer for every subscriber.
+//! The `event` frame written once per event: [`encode_event_text`] copies `data` verbatim into
+//! one buffer that every subscriber shares ([`encode_event`] gives it as [`Bytes`]).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::EventId;
 use crate::timestamp::Timestamp;
 use crate::topic::Topic;
 
-/// Writes a whole `event` frame once, for every subscriber to share.
+/// Writes a whole `event` frame once, for every subscriber to share, as text (a `String`
+/// becomes WebSocket text without another UTF-8 check).
 ///
 /// Shape: `{"type":"event","seq":N,"topic":"...","id":"...","time":"RFC 3339","data":<raw>}`.
-/// `data` is copied verbatim, never parsed. The result decodes with [`ServerFrame::decode`]
-/// to the same [`Event`].
+/// `data` is copied verbatim, never parsed. The result decodes with
+/// [`ServerFrame::decode`](super::ServerFrame::decode) to the same [`Event`](super::Event).
+pub fn encode_event_text(
+    seq: u64,
+    topic: &Topic,
+    id: &EventId,
+    time: Timestamp,
+    data: &RawValue,
+) -> String {
+    let time = time.to_rfc3339();
+    let data = data.get();
+    let mut buf = String::with_capacity(
+        64 + topic.as_str().len() + id.as_str().len() + time.len() + data.len(),
+    );
+    buf.push_str("{\"type\":\"event\",\"seq\":");
+    buf.push_str(itoa::Buffer::new().format(seq));
+    // Topics are `[a-z0-9_.*>-]` only: nothing to escape.
+    buf.push_str(",\"topic\":\"");
+    buf.push_str(topic.as_str());
+    buf.push_str("\",\"id\":");
+    push_json_string(&mut buf, id.as_str());
+    buf.push_str(",\"time\":\"");
+    buf.push_str(&time);
+    buf.push_str("\",\"data\":");
+    buf.push_str(data);
+    buf.push('}');
+    buf
+}
+
+/// [`encode_event_text`] as shared [`Bytes`].
 pub fn encode_event(
     seq: u64,
     topic: &Topic,
@@ -20,34 +49,17 @@ pub fn encode_event(
     time: Timestamp,
     data: &RawValue,
 ) -> Bytes {
-    let time = time.to_rfc3339();
-    let data = data.get();
-    let mut buf = BytesMut::with_capacity(
-        64 + topic.as_str().len() + id.as_str().len() + time.len() + data.len(),
-    );
-    buf.put_slice(b"{\"type\":\"event\",\"seq\":");
-    buf.put_slice(itoa::Buffer::new().format(seq).as_bytes());
-    // Topics are `[a-z0-9_.*>-]` only: nothing to escape.
-    buf.put_slice(b",\"topic\":\"");
-    buf.put_slice(topic.as_str().as_bytes());
-    buf.put_slice(b"\",\"id\":");
-    put_json_string(&mut buf, id.as_str());
-    buf.put_slice(b",\"time\":\"");
-    buf.put_slice(time.as_bytes());
-    buf.put_slice(b"\",\"data\":");
-    buf.put_slice(data.as_bytes());
-    buf.put_u8(b'}');
-    buf.freeze()
+    Bytes::from(encode_event_text(seq, topic, id, time, data))
 }
 
 /// Writes `s` (visible ASCII only, as event ids are) as a JSON string.
-fn put_json_string(buf: &mut BytesMut, s: &str) {
-    buf.put_u8(b'"');
-    for &b in s.as_bytes() {
-        if b == b'"' || b == b'\\' {
-            buf.put_u8(b'\\');
+fn push_json_string(buf: &mut String, s: &str) {
+    buf.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            buf.push('\\');
         }
-        buf.put_u8(b);
+        buf.push(c);
     }
-    buf.put_u8(b'"');
+    buf.push('"');
 }

@@ -1,5 +1,6 @@
 //! Publish rate limits per client ID: a token bucket refilled at `rate` per second, holding at
-//! most one second's worth.
+//! most one second's worth. Per node: in cluster mode each node enforces the configured rate
+//! for the publishes it admits.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,25 +10,30 @@ use dashmap::DashMap;
 /// Per-client token buckets. Keys are client IDs of verified principals only, so the map is
 /// bounded by the registry.
 #[derive(Clone)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f64,
     buckets: Arc<DashMap<Arc<str>, (f64, Instant)>>,
 }
 
 impl RateLimiter {
     /// A limiter allowing `per_sec` events per second per client; 0 allows everything.
-    pub fn new(per_sec: u32) -> RateLimiter {
+    pub(crate) fn new(per_sec: u32) -> RateLimiter {
         RateLimiter {
             rate: f64::from(per_sec),
             buckets: Arc::new(DashMap::new()),
         }
     }
 
+    /// The rate, per second (0: no limit).
+    pub(crate) fn per_sec(&self) -> u32 {
+        self.rate as u32
+    }
+
     /// Takes one token for `client_id`, or says how long until one is available.
     ///
     /// # Errors
     /// The wait before a token is available.
-    pub fn take(&self, client_id: &Arc<str>) -> Result<(), Duration> {
+    pub(crate) fn take(&self, client_id: &Arc<str>) -> Result<(), Duration> {
         if self.rate <= 0.0 {
             return Ok(());
         }
@@ -51,7 +57,7 @@ impl RateLimiter {
 impl RateLimiter {
     /// Gives back the token of a publish that stored nothing (a duplicate `event_id`), up to
     /// the bucket's size.
-    pub fn refund(&self, client_id: &str) {
+    pub(crate) fn refund(&self, client_id: &str) {
         if self.rate <= 0.0 {
             return;
         }

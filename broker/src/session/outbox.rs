@@ -1,23 +1,21 @@
 //! A session's outbound queue: bounded in bytes, shared by the fan-out (which pushes without
 //! ever waiting) and the session task (which drains everything queued, writes it all, then
-//! flushes once).
+//! flushes once). Frames are `scopecast.v1` WebSocket text, shared between sessions.
 //!
 //! Overflow policy (DESIGN section 5, "Back-pressure"): a push that would take the queue past
 //! its byte limit drops the whole queue and marks the session closed with 4008 (slow
 //! consumer); publishers and other sessions never wait for it.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
-
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
-use scopecast_protocol::CloseCode;
+use scopecast_protocol::{CloseCode, Timestamp};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 
 /// One queued frame: its text, and what it is.
 #[derive(Debug, Clone)]
-pub struct Queued {
+pub(crate) struct Queued {
     /// The frame's text, shared between sessions.
     pub text: Utf8Bytes,
     /// An event or a reply.
@@ -26,18 +24,18 @@ pub struct Queued {
 
 /// What a queued frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A reply or notice (not an event).
     Reply,
-    /// A live event, accepted by the broker at this instant (for the latency metric).
-    Live(Instant),
+    /// A live event, accepted by the broker at this time (for the latency metric).
+    Live(Timestamp),
     /// A replayed (stored) event.
     Replayed,
 }
 
 impl Queued {
     /// A reply or notice frame.
-    pub fn reply(text: Utf8Bytes) -> Queued {
+    pub(crate) fn reply(text: Utf8Bytes) -> Queued {
         Queued {
             text,
             kind: Kind::Reply,
@@ -45,14 +43,14 @@ impl Queued {
     }
 
     /// True for event frames (live or replayed).
-    pub fn is_event(&self) -> bool {
+    pub(crate) fn is_event(&self) -> bool {
         self.kind != Kind::Reply
     }
 }
 
 /// What the session task takes from the outbox in one go.
 #[derive(Debug, Default)]
-pub struct Drained {
+pub(crate) struct Drained {
     /// Frames to write, in order.
     pub frames: VecDeque<Queued>,
     /// Set when the session must close after writing `frames`.
@@ -68,16 +66,17 @@ struct State {
 
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushError {
+pub(crate) enum PushError {
     /// The session is closing; the frame was dropped.
     Closed,
     /// This push overflowed the queue: the session is now closing with 4008.
     Overflow,
 }
 
-/// A bounded outbound queue. Owned by an `Arc<SessionHandle>`; lives as long as the session.
+/// A bounded outbound queue. Owned by a [`SessionHandle`](super::SessionHandle); lives as long
+/// as the session.
 #[derive(Debug)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     limit_bytes: usize,
     state: Mutex<State>,
     /// True once a close is decided: later pushes are dropped without taking the lock.
@@ -91,7 +90,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// An empty queue holding at most `limit_bytes` bytes of frames.
-    pub fn new(limit_bytes: usize) -> Outbox {
+    pub(crate) fn new(limit_bytes: usize) -> Outbox {
         Outbox {
             limit_bytes,
             state: Mutex::new(State::default()),
@@ -107,7 +106,7 @@ impl Outbox {
     /// # Errors
     /// [`PushError::Closed`] when the session is closing, [`PushError::Overflow`] when this
     /// push overflowed the byte limit (the session now closes with 4008).
-    pub fn push(&self, frame: Queued) -> Result<(), PushError> {
+    pub(crate) fn push(&self, frame: Queued) -> Result<(), PushError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed);
         }
@@ -141,7 +140,7 @@ impl Outbox {
 
     /// Asks the session to close with `code` after what is already queued (`flush: true`), or
     /// at once, dropping what is queued (`flush: false`). The first close decided wins.
-    pub fn close(&self, code: CloseCode, reason: &str, flush: bool) {
+    pub(crate) fn close(&self, code: CloseCode, reason: &str, flush: bool) {
         let mut st = self.state.lock();
         let first = st.close.is_none() && !self.closed.load(Ordering::Acquire);
         if first {
@@ -166,7 +165,7 @@ impl Outbox {
     }
 
     /// Completes once a close that drops queued frames has been decided.
-    pub async fn aborted(&self) {
+    pub(crate) async fn aborted(&self) {
         loop {
             let notified = self.abort.notified();
             if self.aborted.load(Ordering::Acquire) {
@@ -177,22 +176,22 @@ impl Outbox {
     }
 
     /// The byte limit.
-    pub fn limit_bytes(&self) -> usize {
+    pub(crate) fn limit_bytes(&self) -> usize {
         self.limit_bytes
     }
 
     /// True once a close has been decided.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     /// Bytes queued now.
-    pub fn queued_bytes(&self) -> usize {
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
     }
 
     /// Waits until something is queued or a close is decided.
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         loop {
             let notified = self.notify.notified();
             {
@@ -206,7 +205,7 @@ impl Outbox {
     }
 
     /// Takes everything queued (and the close decision, if any).
-    pub fn drain(&self) -> Drained {
+    pub(crate) fn drain(&self) -> Drained {
         let mut st = self.state.lock();
         st.bytes = 0;
         Drained {

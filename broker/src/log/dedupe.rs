@@ -1,47 +1,64 @@
-//! Idempotent publishing: an `event_id` (or HTTP `Idempotency-Key`) seen within the window is
-//! answered with the original `seq` and not stored or delivered again; the same id with another
-//! topic or payload is a conflict. Owned by the sequencer alone, so no lock.
+//! Idempotent publishing, behind the local logs: an `event_id` (or HTTP `Idempotency-Key`)
+//! stored within the window is answered with the original `seq` and not stored or delivered
+//! again; the same id with another topic or payload is a conflict. Owned by the log's writer
+//! task alone, so no lock. (JetStream does the same with `Nats-Msg-Id`.)
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
-use scopecast_protocol::{EventId, RawJson, Topic};
+use scopecast_protocol::{EventId, RawJson, Timestamp, Topic};
 
 /// What an earlier event with the same id was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// Its `seq`.
-    pub seq: u64,
+    pub(crate) seq: u64,
+    /// When it was accepted.
+    pub(crate) time: Timestamp,
     /// A hash of its topic and payload.
-    pub fingerprint: u64,
+    pub(crate) fingerprint: u64,
 }
 
 /// Event ids seen within the window, oldest first.
-pub struct Dedupe {
+pub(crate) struct Dedupe {
     window: Duration,
     max_keys: usize,
     seen: HashMap<EventId, (Seen, Instant)>,
     order: VecDeque<(Instant, EventId)>,
-}
-
-/// A hash of what makes two publishes "the same event".
-pub fn fingerprint(topic: &Topic, data: &RawJson) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    topic.as_str().hash(&mut h);
-    data.get().hash(&mut h);
-    h.finish()
+    /// Keyed at random per process: which bodies share a fingerprint cannot be worked out
+    /// from outside, so another body cannot pass for a duplicate.
+    keys: std::collections::hash_map::RandomState,
 }
 
 impl Dedupe {
     /// Remembers ids for `window`, at most `max_keys` of them (the oldest go first).
-    pub fn new(window: Duration, max_keys: usize) -> Dedupe {
+    pub(crate) fn new(window: Duration, max_keys: usize) -> Dedupe {
         Dedupe {
             window,
             max_keys,
             seen: HashMap::new(),
             order: VecDeque::new(),
+            keys: std::collections::hash_map::RandomState::new(),
         }
+    }
+
+    /// A hash of what makes two publishes "the same event": the topic and the payload bytes.
+    pub(crate) fn fingerprint(&self, topic: &Topic, data: &RawJson) -> u64 {
+        let mut h = self.keys.build_hasher();
+        topic.as_str().hash(&mut h);
+        data.get().hash(&mut h);
+        h.finish()
+    }
+
+    /// True when ids are remembered at all (a window of zero turns idempotency off).
+    pub(crate) fn enabled(&self) -> bool {
+        !self.window.is_zero()
+    }
+
+    /// How long ids are remembered.
+    pub(crate) fn window(&self) -> Duration {
+        self.window
     }
 
     fn expire(&mut self, now: Instant) {
@@ -59,7 +76,7 @@ impl Dedupe {
     }
 
     /// The earlier event with `id`, if one was seen within the window.
-    pub fn get(&mut self, id: &EventId, now: Instant) -> Option<Seen> {
+    pub(crate) fn get(&mut self, id: &EventId, now: Instant) -> Option<Seen> {
         if self.window.is_zero() {
             return None;
         }
@@ -68,7 +85,7 @@ impl Dedupe {
     }
 
     /// Remembers `id` as accepted at `at`.
-    pub fn insert(&mut self, id: EventId, seen: Seen, at: Instant) {
+    pub(crate) fn insert(&mut self, id: EventId, seen: Seen, at: Instant) {
         if self.window.is_zero() {
             return;
         }
@@ -77,7 +94,7 @@ impl Dedupe {
     }
 
     /// Forgets `id` (its batch was not stored).
-    pub fn remove(&mut self, id: &EventId) {
+    pub(crate) fn remove(&mut self, id: &EventId) {
         self.seen.remove(id);
     }
 }
@@ -98,6 +115,7 @@ mod tests {
             id("a"),
             Seen {
                 seq: 1,
+                time: Timestamp::now(),
                 fingerprint: 7,
             },
             t0,
@@ -118,6 +136,7 @@ mod tests {
                 id(k),
                 Seen {
                     seq: i as u64,
+                    time: Timestamp::now(),
                     fingerprint: 0,
                 },
                 t0,
@@ -133,8 +152,9 @@ mod tests {
         let u: Topic = "a.c".parse().unwrap();
         let x = RawJson::from_string("1".into()).unwrap();
         let y = RawJson::from_string("2".into()).unwrap();
-        assert_ne!(fingerprint(&t, &x), fingerprint(&u, &x));
-        assert_ne!(fingerprint(&t, &x), fingerprint(&t, &y));
-        assert_eq!(fingerprint(&t, &x), fingerprint(&t, &x));
+        let d = Dedupe::new(Duration::from_secs(1), 1);
+        assert_ne!(d.fingerprint(&t, &x), d.fingerprint(&u, &x));
+        assert_ne!(d.fingerprint(&t, &x), d.fingerprint(&t, &y));
+        assert_eq!(d.fingerprint(&t, &x), d.fingerprint(&t, &x));
     }
 }

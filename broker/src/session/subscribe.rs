@@ -1,0 +1,263 @@
+//! A session's subscriptions: subscribe (with a replay when `since` is given), unsubscribe,
+//! and the re-check that ends exactly the subscriptions a refresh or an admin change no
+//! longer allows (PROTOCOL.md sections 3 and 5).
+
+use scopecast_protocol::{
+    ErrorFrame, Pattern, Reason, Replay, RequestId, ServerFrame, Since, Subscribed, Unsubscribed,
+};
+
+use super::outbox::{Kind, Queued};
+use super::transport::{self, Socket};
+use super::{Session, Step, error_frame};
+use crate::access::{Action, Denied};
+use crate::log::HistoryQuery;
+
+/// Events a replay reads per page.
+const REPLAY_PAGE: usize = 512;
+
+impl<S: Socket> Session<S> {
+    fn subscribed(&self, id: RequestId, topic: Pattern, head_seq: u64, replay: Option<Replay>) {
+        self.reply(&ServerFrame::Subscribed(Subscribed {
+            id,
+            topic,
+            head_seq,
+            replay,
+            log_epoch: Some(self.broker.log.epoch().to_owned()),
+        }));
+    }
+
+    pub(super) async fn subscribe(
+        &mut self,
+        id: RequestId,
+        pattern: Pattern,
+        since: Option<Since>,
+    ) -> Step {
+        let metrics = self.broker.metrics.clone();
+        match self
+            .broker
+            .access
+            .check(&self.principal, Action::Subscribe(&pattern))
+        {
+            Ok(()) => {}
+            Err(Denied::Inactive) => {
+                self.inactive();
+                return Step::Continue;
+            }
+            Err(Denied::Scope {
+                required_scope,
+                whose,
+            }) => {
+                metrics
+                    .subscribe_results
+                    .with_label_values(&["forbidden"])
+                    .inc();
+                let mut e = ErrorFrame::new(
+                    Some(id),
+                    Reason::InsufficientScope,
+                    format!(
+                        "client {} may not subscribe to {pattern}: {} does not include {required_scope}",
+                        self.principal.client_id,
+                        whose.words()
+                    ),
+                );
+                e.required_scope = Some(required_scope);
+                self.reply(&ServerFrame::Error(e));
+                return Step::Continue;
+            }
+        }
+        if self.subs.contains_key(&pattern) {
+            // Idempotent: the subscription already runs; nothing is replayed again.
+            metrics.subscribe_results.with_label_values(&["ok"]).inc();
+            self.subscribed(id, pattern, self.broker.fanout.head_seq(), None);
+            return Step::Continue;
+        }
+        if self.subs.len() >= self.broker.config.limits.max_subscriptions {
+            metrics
+                .subscribe_results
+                .with_label_values(&["limit"])
+                .inc();
+            let msg = format!(
+                "this connection already holds {} subscriptions",
+                self.subs.len()
+            );
+            self.reply(&error_frame(Some(id), Reason::TooManySubscriptions, msg));
+            return Step::Continue;
+        }
+        // Where the replay starts: after `seq` N, or from the first event at or after a time.
+        let after = match since {
+            None => None,
+            Some(Since::Seq(n)) => Some(n),
+            Some(Since::Time(t)) => match self.broker.log.seq_at(t).await {
+                Ok(first) => Some(first.saturating_sub(1)),
+                Err(e) => {
+                    self.reply(&error_frame(
+                        Some(id),
+                        Reason::LogUnavailable,
+                        format!("cannot read the event log: {e}"),
+                    ));
+                    return Step::Continue;
+                }
+            },
+        };
+        let replay = after.map(|after| {
+            let first = self.broker.log.bounds().first;
+            Replay {
+                from_seq: after.saturating_add(1).max(first),
+                truncated: after.saturating_add(1) < first,
+            }
+        });
+        if replay.is_some() {
+            // Live events wait until the replayed ones are queued.
+            self.handle.hold();
+        }
+        let handle = self.handle.clone();
+        let topic = pattern.clone();
+        let log_epoch = Some(self.broker.log.epoch().to_owned());
+        let head = self
+            .broker
+            .fanout
+            .subscribe(&pattern, &self.deliver, move |head_seq| {
+                let _ = handle.reply(&ServerFrame::Subscribed(Subscribed {
+                    id,
+                    topic,
+                    head_seq,
+                    replay,
+                    log_epoch,
+                }));
+            });
+        // This subscription delivers every matching event after `after` (replayed) or after
+        // `head` (live only): later replays on this connection skip those.
+        self.subs
+            .insert(pattern.clone(), after.map_or(head, |a| a.min(head)));
+        self.handle.subscriptions.lock().push(pattern.clone());
+        metrics.subscriptions.inc();
+        metrics.subscribe_results.with_label_values(&["ok"]).inc();
+        let mut step = match after {
+            Some(after) => self.replay(&pattern, after, head).await,
+            None => Step::Continue,
+        };
+        if after.is_some()
+            && matches!(step, Step::Continue)
+            && self.handle.outbox.queued_bytes() > 0
+        {
+            // Send the replay before the held live events join the queue.
+            step = self.write().await;
+        }
+        self.handle.release();
+        step
+    }
+
+    /// Queues the stored events of `pattern` with `after < seq <= head`, writing as it goes so
+    /// a long replay never overflows the queue. An event already delivered on this connection
+    /// (through another subscription that was live when it was published) is skipped.
+    async fn replay(&mut self, pattern: &Pattern, after: u64, head: u64) -> Step {
+        let half_queue = self.broker.config.limits.outbound_queue_bytes / 2;
+        let mut q = HistoryQuery {
+            pattern: pattern.clone(),
+            after,
+            upto: head,
+            limit: REPLAY_PAGE,
+            max_bytes: half_queue.max(1),
+            max_scan: usize::MAX,
+        };
+        loop {
+            let subs = &self.subs;
+            let page = self
+                .broker
+                .history
+                .page(&q, |e| {
+                    !subs
+                        .iter()
+                        .any(|(p, start)| p != pattern && *start < e.seq && p.matches(&e.topic))
+                })
+                .await;
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    let mut err = ErrorFrame::new(
+                        None,
+                        Reason::LogUnavailable,
+                        format!("replay of {pattern} stopped: {e}"),
+                    );
+                    err.topic = Some(pattern.clone());
+                    self.reply(&ServerFrame::Error(err));
+                    return Step::Continue;
+                }
+            };
+            for e in &page.events {
+                let text = transport::event_text(e);
+                // Write out before this event could overflow the queue: a replay never makes a
+                // reader that keeps up a slow consumer.
+                if self.handle.outbox.queued_bytes() + text.len() > half_queue
+                    && let Step::Stop = self.write().await
+                {
+                    return Step::Stop;
+                }
+                if self
+                    .handle
+                    .outbox
+                    .push(Queued {
+                        text,
+                        kind: Kind::Replayed,
+                    })
+                    .is_err()
+                {
+                    return Step::Continue;
+                }
+            }
+            if self.handle.outbox.queued_bytes() > half_queue
+                && let Step::Stop = self.write().await
+            {
+                return Step::Stop;
+            }
+            if page.done || page.scanned_to <= q.after {
+                return Step::Continue;
+            }
+            q.after = page.scanned_to;
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, id: RequestId, pattern: &Pattern) {
+        if self.subs.remove(pattern).is_none() {
+            let msg = format!("this connection holds no subscription to {pattern}");
+            return self.reply(&error_frame(Some(id), Reason::SubscriptionNotFound, msg));
+        }
+        self.broker.fanout.unsubscribe(pattern, &self.deliver);
+        self.handle.subscriptions.lock().retain(|p| p != pattern);
+        self.broker.metrics.subscriptions.dec();
+        self.reply(&ServerFrame::Unsubscribed(Unsubscribed { id }));
+    }
+
+    /// Ends exactly the subscriptions the token's scope and the application's grant no
+    /// longer allow, each with `scope_revoked`; closes with 4003 if the client is inactive.
+    pub(super) fn recheck(&mut self) {
+        if !self.broker.access.active(&self.principal) {
+            return self.inactive();
+        }
+        let lost: Vec<Pattern> = self
+            .subs
+            .keys()
+            .filter(|p| {
+                self.broker
+                    .access
+                    .check(&self.principal, Action::Subscribe(p))
+                    .is_err()
+            })
+            .cloned()
+            .collect();
+        for p in lost {
+            self.subs.remove(&p);
+            self.handle.subscriptions.lock().retain(|x| *x != p);
+            self.broker.fanout.unsubscribe(&p, &self.deliver);
+            self.broker.metrics.subscriptions.dec();
+            let mut e = ErrorFrame::new(
+                None,
+                Reason::ScopeRevoked,
+                format!("the subscription to {p} ended: subscribe:{p} is no longer granted"),
+            );
+            e.required_scope = Some(format!("subscribe:{p}"));
+            e.topic = Some(p);
+            self.reply(&ServerFrame::Error(e));
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! [`Broker`]: the broker-wide services every front end uses (HTTP handlers, WebSocket
+//! sessions, and next the webhook and FHIR front ends), in one cheap-clone handle, as
+//! mini-redis's `Db` is. `server.rs` builds it and runs the parts; nothing here knows HTTP or
+//! WebSocket.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access::{Access, Admission};
+use crate::auth::client_auth::ClientAuthenticator;
+use crate::auth::token::{TokenIssuer, TokenVerifier};
+use crate::config::Config;
+use crate::fanout::Fanout;
+use crate::log::{EventLog, History};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::session::SessionTable;
+
+/// The broker's services. Cheap to clone (one `Arc`); derefs to [`Services`].
+#[derive(Clone)]
+pub(crate) struct Broker(Arc<Services>);
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("environment", &self.config.environment)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Broker`] holds. Each field lives as long as the broker; the tasks that run them
+/// (fan-out, registry follower, log writer) are owned by `server::run_on`.
+pub(crate) struct Services {
+    /// The configuration it runs with.
+    pub(crate) config: Config,
+    /// False once shutdown has begun; `/readyz` reports it so load balancers drain us first.
+    pub(crate) ready: AtomicBool,
+    /// Applications, client IDs, credentials, audit.
+    pub(crate) registry: Registry,
+    /// Signs access tokens; holds the signing keys.
+    pub(crate) issuer: TokenIssuer,
+    /// Verifies access tokens into principals.
+    pub(crate) verifier: TokenVerifier,
+    /// Authenticates clients at the token endpoint.
+    pub(crate) client_auth: ClientAuthenticator,
+    /// The event log.
+    pub(crate) log: Arc<dyn EventLog>,
+    /// Reads stored events by pattern (replay, `GET /v1/events`).
+    pub(crate) history: History,
+    /// The topic index and the task that offers the log's events to local sessions.
+    pub(crate) fanout: Fanout,
+    /// The one access check, and the refusals it counts.
+    pub(crate) access: Access,
+    /// The one publish admission (scope, ceiling, rate, log).
+    pub(crate) admission: Admission,
+    /// Prometheus metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Live sessions by client ID.
+    pub(crate) sessions: SessionTable,
+    /// Every WebSocket session task, so shutdown can wait for them.
+    pub(crate) session_tasks: TaskTracker,
+    /// Cancelled when the broker shuts down: sessions close with 1001.
+    pub(crate) shutdown: CancellationToken,
+    /// One permit: a backup holds it until its stream is written, so two never run at once.
+    pub(crate) backups: Arc<tokio::sync::Semaphore>,
+    /// The next session id.
+    next_session: AtomicU64,
+}
+
+impl Deref for Broker {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The parts [`Broker::new`] takes.
+pub(crate) struct Parts {
+    pub(crate) config: Config,
+    pub(crate) registry: Registry,
+    pub(crate) issuer: TokenIssuer,
+    pub(crate) verifier: TokenVerifier,
+    pub(crate) client_auth: ClientAuthenticator,
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) fanout: Fanout,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Broker {
+    /// Assembles the services around `parts`.
+    pub(crate) fn new(parts: Parts) -> Broker {
+        let Parts {
+            config,
+            registry,
+            issuer,
+            verifier,
+            client_auth,
+            log,
+            fanout,
+            metrics,
+        } = parts;
+        let access = Access::new(registry.clone(), metrics.clone());
+        let admission = Admission::new(
+            access.clone(),
+            log.clone(),
+            metrics.clone(),
+            config.limits.publish_rate_per_sec,
+        );
+        Broker(Arc::new(Services {
+            ready: AtomicBool::new(true),
+            history: History::new(log.clone()),
+            registry,
+            issuer,
+            verifier,
+            client_auth,
+            log,
+            fanout,
+            access,
+            admission,
+            metrics,
+            sessions: SessionTable::default(),
+            session_tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            backups: Arc::new(tokio::sync::Semaphore::new(1)),
+            next_session: AtomicU64::new(1),
+            config,
+        }))
+    }
+
+    /// True until shutdown begins.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// A new session id.
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
