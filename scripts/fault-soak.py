@@ -6,7 +6,7 @@ over real sockets, observes it from outside (/proc for RSS and open files, /metr
 API), and prints one JSON object per scenario; `--out FILE` also writes them all as JSON.
 docs/FAULTS.md reports a run.
 
-    cargo build --release -p scopecast-broker
+    cargo build --release -p scopecast-cli
     pip install -r tests/python/requirements.txt
     python3 scripts/fault-soak.py                       # all scenarios, 10-minute churn
     python3 scripts/fault-soak.py --minutes 1 --only churn,unread
@@ -493,7 +493,7 @@ def main():
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
     if not os.path.exists(BIN):
-        sys.exit(f"{BIN} is missing: cargo build --release -p scopecast-broker")
+        sys.exit(f"{BIN} is missing: cargo build --release -p scopecast-cli")
     results = []
     with tempfile.TemporaryDirectory(prefix="scopecast-soak-") as work:
         for name in args.only.split(","):

@@ -257,7 +257,7 @@ fn broker_target(args: &BrokerArgs) -> anyhow::Result<BrokerTarget> {
         Some(b) => b.clone(),
         None => scopecast::sibling_binary().context(
             "no `scopecast` binary next to scopecast-bench: build it (cargo build --release -p \
-             scopecast-broker) or pass --broker-bin or --broker-url",
+             scopecast-cli) or pass --broker-bin or --broker-url",
         )?,
     };
     if !bin.is_file() {

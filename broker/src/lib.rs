@@ -20,8 +20,8 @@
 //! - `listener`: the accept loop, TLS and handshake limits.
 //! - `data_dir`: the data folder, the modes of the files in it, and its lock.
 //!
-//! `src/main.rs` is the thin `scopecast` binary: it parses the CLI, installs tracing and calls
-//! [`run`].
+//! The `scopecast` binary is the `scopecast-cli` package (`cli/`): it parses the command line,
+//! installs tracing and calls [`run`].
 
 mod access;
 pub mod auth;

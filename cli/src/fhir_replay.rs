@@ -2,15 +2,8 @@
 //! line, files named `<ResourceType>.*.ndjson`) into one event per clinical happening, in order
 //! of clinical time, the payload being the resource itself.
 //!
-//! | resource | topic | time |
-//! |---|---|---|
-//! | Encounter | `fhir.encounter.started` | `period.start` |
-//! | Encounter (status finished) | `fhir.encounter.finished` | `period.end` |
-//! | Condition | `fhir.condition.recorded` | `recordedDate`, else `onsetDateTime` |
-//! | MedicationRequest | `fhir.medicationrequest.ordered` | `authoredOn` |
-//! | Procedure | `fhir.procedure.performed` | `performedPeriod.start`, else `performedDateTime` |
-//! | Immunization | `fhir.immunization.given` | `occurrenceDateTime` |
-//! | AllergyIntolerance | `fhir.allergyintolerance.recorded` | `recordedDate` |
+//! The resource-to-topic table is `scopecast_protocol::fhir` (shared with the FHIR front
+//! ends).
 //!
 //! Other resource types are reference data: counted as skipped. Event ids are
 //! `<ResourceType>-<id>-<happening>`, so running a replay twice publishes nothing twice
@@ -23,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use scopecast_client::{Client, PublishError};
-use scopecast_protocol::{RawJson, Timestamp};
+use scopecast_protocol::{RawJson, Timestamp, fhir};
 use serde_json::Value;
-use time::format_description::well_known::Rfc3339;
 
 /// One event to publish.
 #[derive(Debug)]
@@ -45,88 +37,6 @@ pub(crate) struct Reading {
     /// `file:line: what` for each malformed line.
     pub(crate) errors: Vec<String>,
 }
-
-/// A FHIR `dateTime`: full RFC 3339, or a partial date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) taken
-/// at its first instant in UTC.
-fn fhir_time(v: &Value) -> Option<Timestamp> {
-    let s = v.as_str()?;
-    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
-        return Timestamp::new(t).ok();
-    }
-    let mut parts = s.split('-');
-    let year: i32 = parts.next()?.parse().ok()?;
-    let month: u8 = parts.next().map_or(Some(1), |m| m.parse().ok())?;
-    let day: u8 = parts.next().map_or(Some(1), |d| d.parse().ok())?;
-    let date =
-        time::Date::from_calendar_date(year, time::Month::try_from(month).ok()?, day).ok()?;
-    Timestamp::new(date.midnight().assume_utc()).ok()
-}
-
-/// The happenings of one resource: `(time, topic, suffix)`.
-fn happenings(r: &Value) -> Result<Vec<(Timestamp, &'static str, &'static str)>, String> {
-    let kind = r["resourceType"].as_str().unwrap_or("");
-    let need = |t: Option<Timestamp>, field: &str| {
-        t.ok_or_else(|| format!("{kind} without a usable {field}"))
-    };
-    Ok(match kind {
-        "Encounter" => {
-            let mut v = Vec::new();
-            if let Some(start) = fhir_time(&r["period"]["start"]) {
-                v.push((start, "fhir.encounter.started", "started"));
-            }
-            if r["status"] == "finished"
-                && let Some(end) = fhir_time(&r["period"]["end"])
-            {
-                v.push((end, "fhir.encounter.finished", "finished"));
-            }
-            v
-        }
-        "Condition" => {
-            vec![(
-                need(
-                    fhir_time(&r["recordedDate"]).or_else(|| fhir_time(&r["onsetDateTime"])),
-                    "recordedDate",
-                )?,
-                "fhir.condition.recorded",
-                "recorded",
-            )]
-        }
-        "MedicationRequest" => vec![(
-            need(fhir_time(&r["authoredOn"]), "authoredOn")?,
-            "fhir.medicationrequest.ordered",
-            "ordered",
-        )],
-        "Procedure" => vec![(
-            need(
-                fhir_time(&r["performedPeriod"]["start"])
-                    .or_else(|| fhir_time(&r["performedDateTime"])),
-                "performedPeriod.start",
-            )?,
-            "fhir.procedure.performed",
-            "performed",
-        )],
-        "Immunization" => vec![(
-            need(fhir_time(&r["occurrenceDateTime"]), "occurrenceDateTime")?,
-            "fhir.immunization.given",
-            "given",
-        )],
-        "AllergyIntolerance" => vec![(
-            need(fhir_time(&r["recordedDate"]), "recordedDate")?,
-            "fhir.allergyintolerance.recorded",
-            "recorded",
-        )],
-        _ => Vec::new(),
-    })
-}
-
-const EVENT_TYPES: [&str; 6] = [
-    "Encounter",
-    "Condition",
-    "MedicationRequest",
-    "Procedure",
-    "Immunization",
-    "AllergyIntolerance",
-];
 
 /// Reads every `*.ndjson` file of `dir` and sorts the happenings by clinical time (stable:
 /// ties keep file order).
@@ -166,7 +76,7 @@ pub(crate) fn read_export(dir: &Path) -> anyhow::Result<Reading> {
             if line.trim().is_empty() {
                 continue;
             }
-            if !EVENT_TYPES.contains(&kind.as_str()) {
+            if !fhir::is_event_type(&kind) {
                 *out.skipped.entry(kind.clone()).or_default() += 1;
                 continue;
             }
@@ -185,10 +95,11 @@ pub(crate) fn read_export(dir: &Path) -> anyhow::Result<Reading> {
                     continue;
                 }
             };
-            match happenings(&value) {
+            match fhir::happenings(&value) {
                 Ok(hs) => {
-                    for (time, topic, suffix) in hs {
-                        let event_id: String = format!("{kind}-{id}-{suffix}")
+                    for (time, event) in hs {
+                        let topic = event.topic;
+                        let event_id: String = format!("{kind}-{id}-{}", event.happening)
                             .chars()
                             .filter(|c| c.is_ascii_graphic())
                             .take(128)
@@ -317,45 +228,4 @@ pub(crate) async fn publish(client: &Client, reading: Reading, pace: Pace) -> an
         reading.errors.len()
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn fhir_times_full_and_partial() {
-        assert_eq!(
-            fhir_time(&json!("2014-05-18T01:06:23-04:00"))
-                .unwrap()
-                .to_string(),
-            "2014-05-18T05:06:23Z"
-        );
-        assert_eq!(
-            fhir_time(&json!("2019-03-04")).unwrap().to_string(),
-            "2019-03-04T00:00:00Z"
-        );
-        assert_eq!(
-            fhir_time(&json!("2019")).unwrap().to_string(),
-            "2019-01-01T00:00:00Z"
-        );
-        assert!(fhir_time(&json!("yesterday")).is_none());
-    }
-
-    #[test]
-    fn encounters_give_start_and_finish() {
-        let r = json!({"resourceType": "Encounter", "status": "finished",
-            "period": {"start": "2020-01-01T10:00:00Z", "end": "2020-01-01T11:00:00Z"}});
-        let h = happenings(&r).unwrap();
-        assert_eq!(
-            h.iter().map(|x| x.1).collect::<Vec<_>>(),
-            ["fhir.encounter.started", "fhir.encounter.finished"]
-        );
-        let open = json!({"resourceType": "Encounter", "status": "in-progress", "period": {"start": "2020-01-01T10:00:00Z", "end": "2020-01-01T11:00:00Z"}});
-        assert_eq!(happenings(&open).unwrap().len(), 1);
-        let proc = json!({"resourceType": "Procedure", "performedDateTime": "2020-02-02"});
-        assert_eq!(happenings(&proc).unwrap()[0].1, "fhir.procedure.performed");
-        assert!(happenings(&json!({"resourceType": "Condition"})).is_err());
-    }
 }
