@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use scopecast_protocol::admin;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::Semaphore;
@@ -181,26 +182,31 @@ impl Scopecast {
     /// # Errors
     /// The admin API refused.
     pub(crate) async fn register(&self, name: &str, scope: &str) -> anyhow::Result<Credentials> {
-        let created: Value = self
+        let created = self
             .admin(
                 "/admin/v1/applications",
-                &json!({"name": name, "vendor": "scopecast-bench", "scope": scope}),
+                &serde_json::to_value(admin::NewApplication {
+                    name: name.to_owned(),
+                    vendor: "scopecast-bench".to_owned(),
+                    description: String::new(),
+                    scope: scope.to_owned(),
+                })?,
             )
             .await?;
-        let client = &created["clients"]["non_production"];
+        let created: admin::ApplicationView =
+            serde_json::from_value(created).context("the broker's answer is not an application")?;
+        let client = created.clients.non_production;
         let creds = Credentials {
-            client_id: client["client_id"]
-                .as_str()
-                .context("application without a non-production client_id")?
-                .to_owned(),
-            secret: client["client_secret"]
-                .as_str()
-                .context("application without a client_secret")?
-                .to_owned(),
+            client_id: client.client_id,
+            secret: client
+                .client_secret
+                .context("application without a client_secret")?,
         };
         self.admin(
             &format!("/admin/v1/clients/{}/activate", creds.client_id),
-            &json!({"reason": "load harness"}),
+            &serde_json::to_value(admin::Reason {
+                reason: "load harness".to_owned(),
+            })?,
         )
         .await?;
         Ok(creds)

@@ -8,6 +8,13 @@ use clap::{Args, Subcommand};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use scopecast_broker::ADMIN_TOKEN_FILE;
 use scopecast_client::{CertificateError, PrivateKey, TlsConfig, TokenSource};
+use scopecast_protocol::admin::{
+    ApplicationList, ApplicationPatch, ApplicationView, AuditList, ClientIdHeader, ClientKeysView,
+    ClientView, CredentialView, DeletedApplication, IssuedSecret, NewApplication, Reason,
+    RotatedKey, SetKeys,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 /// `println!` that ends quietly when stdout is closed (`scopecast app list | head -1`).
@@ -391,73 +398,92 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-fn print_app(app: &Value) {
+fn print_app(app: &ApplicationView) {
     let mut t = table(&["field", "value"]);
-    for f in [
-        "id",
-        "name",
-        "vendor",
-        "description",
-        "scope",
-        "created_at",
-        "updated_at",
+    for (f, v) in [
+        ("id", &app.id),
+        ("name", &app.name),
+        ("vendor", &app.vendor),
+        ("description", &app.description),
+        ("scope", &app.scope),
+        ("created_at", &app.created_at),
+        ("updated_at", &app.updated_at),
     ] {
-        t.add_row(vec![f.to_owned(), s(&app[f])]);
+        t.add_row(vec![f.to_owned(), v.clone()]);
     }
     outln!("{t}");
     let mut c = table(&["kind", "client_id", "active", "keys", "client_secret"]);
-    for kind in ["production", "non_production"] {
-        let client = &app["clients"][kind];
+    for client in app.clients.both() {
         c.add_row(vec![
-            s(&client["kind"]),
-            s(&client["client_id"]),
-            s(&client["active"]),
-            s(&client["keys"]["type"]),
-            client["client_secret"]
-                .as_str()
-                .map_or_else(|| "(hidden)".to_owned(), str::to_owned),
+            client.kind.clone(),
+            client.client_id.clone(),
+            client.active.to_string(),
+            keys_kind(&client.keys).to_owned(),
+            client
+                .client_secret
+                .clone()
+                .unwrap_or_else(|| "(hidden)".to_owned()),
         ]);
     }
     outln!("{c}");
-    if app["clients"]["production"]["client_secret"].is_string() {
+    if app.clients.production.client_secret.is_some() {
         outln!("Store the client secrets now: they are not shown again.");
     }
 }
 
-fn print_client(client: &Value) {
-    let mut t = table(&["field", "value"]);
-    for f in [
-        "client_id",
-        "kind",
-        "active",
-        "has_secret",
-        "client_id_header",
-        "updated_at",
-        "application_id",
-    ] {
-        if !client[f].is_null() {
-            t.add_row(vec![f.to_owned(), s(&client[f])]);
-        }
+fn keys_kind(keys: &ClientKeysView) -> &'static str {
+    match keys {
+        ClientKeysView::None => "none",
+        ClientKeysView::Jwks { .. } => "jwks",
+        ClientKeysView::JwksUri { .. } => "jwks_uri",
     }
-    t.add_row(vec!["keys".to_owned(), client["keys"].to_string()]);
+}
+
+fn print_client(client: &ClientView) {
+    let mut t = table(&["field", "value"]);
+    let mut row = |f: &str, v: String| {
+        t.add_row(vec![f.to_owned(), v]);
+    };
+    row("client_id", client.client_id.clone());
+    row("kind", client.kind.clone());
+    row("active", client.active.to_string());
+    row("has_secret", client.has_secret.to_string());
+    row("client_id_header", client.client_id_header.to_string());
+    row("updated_at", client.updated_at.clone());
+    if let Some(id) = &client.application_id {
+        row("application_id", id.clone());
+    }
+    row(
+        "keys",
+        match &client.keys {
+            ClientKeysView::None => "none".to_owned(),
+            ClientKeysView::Jwks { kids } => format!("jwks: {}", kids.join(", ")),
+            ClientKeysView::JwksUri { jwks_uri } => format!("jwks_uri: {jwks_uri}"),
+        },
+    );
     outln!("{t}");
 }
 
-fn print(json_out: bool, value: &Value, human: impl FnOnce(&Value)) -> anyhow::Result<()> {
+/// Prints the broker's answer: as it came with `--json` (fields this CLI does not know
+/// included), else through `human` after reading it as `T`, the admin API's typed shape.
+fn print<T: DeserializeOwned>(
+    json_out: bool,
+    value: &Value,
+    human: impl FnOnce(&T),
+) -> anyhow::Result<()> {
     if json_out {
         outln!("{}", serde_json::to_string_pretty(value)?);
     } else {
-        human(value);
+        let typed: T = serde_json::from_value(value.clone())
+            .context("the broker's answer does not have the admin API's shape")?;
+        human(&typed);
     }
     Ok(())
+}
+
+/// A request body of the admin API's typed shape.
+fn body(v: &impl Serialize) -> anyhow::Result<Option<Value>> {
+    Ok(Some(serde_json::to_value(v)?))
 }
 
 /// Runs an `app` subcommand.
@@ -473,13 +499,22 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
             description,
         } => {
             let app = admin
-                .call(M::POST, "/applications", Some(json!({"name": name, "vendor": vendor, "scope": scope, "description": description})))
+                .call(
+                    M::POST,
+                    "/applications",
+                    body(&NewApplication {
+                        name,
+                        vendor,
+                        scope,
+                        description,
+                    })?,
+                )
                 .await?;
             print(j, &app, print_app)
         }
         AppCommand::List => {
             let list = admin.call(M::GET, "/applications", None).await?;
-            print(j, &list, |v| {
+            print(j, &list, |v: &ApplicationList| {
                 let mut t = table(&[
                     "id",
                     "name",
@@ -488,26 +523,18 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                     "production",
                     "non-production",
                 ]);
-                for a in v["applications"].as_array().into_iter().flatten() {
-                    let client = |k: &str| {
-                        let c = &a["clients"][k];
-                        format!(
-                            "{} ({})",
-                            s(&c["client_id"]),
-                            if c["active"] == json!(true) {
-                                "active"
-                            } else {
-                                "inactive"
-                            }
-                        )
+                for a in &v.applications {
+                    let client = |c: &ClientView| {
+                        let state = if c.active { "active" } else { "inactive" };
+                        format!("{} ({state})", c.client_id)
                     };
                     t.add_row(vec![
-                        s(&a["id"]),
-                        s(&a["name"]),
-                        s(&a["vendor"]),
-                        s(&a["scope"]),
-                        client("production"),
-                        client("non_production"),
+                        a.id.clone(),
+                        a.name.clone(),
+                        a.vendor.clone(),
+                        a.scope.clone(),
+                        client(&a.clients.production),
+                        client(&a.clients.non_production),
                     ]);
                 }
                 outln!("{t}");
@@ -520,16 +547,14 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
             {
                 Ok(app) => app,
                 Err(first) => {
-                    let client = admin
+                    let client: ClientView = admin
                         .call(M::GET, &format!("/clients/{id}"), None)
                         .await
+                        .and_then(|v| Ok(serde_json::from_value(v)?))
                         .map_err(|_| first)?;
+                    let app_id = client.application_id.unwrap_or_default();
                     admin
-                        .call(
-                            M::GET,
-                            &format!("/applications/{}", s(&client["application_id"])),
-                            None,
-                        )
+                        .call(M::GET, &format!("/applications/{app_id}"), None)
                         .await?
                 }
             };
@@ -542,23 +567,14 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
             description,
             scope,
         } => {
-            let mut body = serde_json::Map::new();
-            for (k, v) in [
-                ("name", name),
-                ("vendor", vendor),
-                ("description", description),
-                ("scope", scope),
-            ] {
-                if let Some(v) = v {
-                    body.insert(k.to_owned(), json!(v));
-                }
-            }
+            let patch = ApplicationPatch {
+                name,
+                vendor,
+                description,
+                scope,
+            };
             let app = admin
-                .call(
-                    M::PATCH,
-                    &format!("/applications/{id}"),
-                    Some(Value::Object(body)),
-                )
+                .call(M::PATCH, &format!("/applications/{id}"), body(&patch)?)
                 .await?;
             print(j, &app, print_app)
         }
@@ -567,7 +583,10 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                 .call(
                     M::PATCH,
                     &format!("/applications/{id}"),
-                    Some(json!({"scope": scope})),
+                    body(&ApplicationPatch {
+                        scope: Some(scope),
+                        ..ApplicationPatch::default()
+                    })?,
                 )
                 .await?;
             print(j, &app, print_app)
@@ -578,7 +597,7 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
             jwks_uri,
             none,
         } => {
-            let body = match (jwks, jwks_uri, none) {
+            let keys = match (jwks, jwks_uri, none) {
                 (Some(path), _, _) => {
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| format!("reading {}", path.display()))?;
@@ -590,14 +609,20 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                     } else {
                         json!({"keys": [value]})
                     };
-                    json!({"jwks": set})
+                    SetKeys {
+                        jwks: Some(set),
+                        jwks_uri: None,
+                    }
                 }
-                (None, Some(uri), _) => json!({"jwks_uri": uri}),
-                (None, None, true) => json!({}),
+                (None, Some(uri), _) => SetKeys {
+                    jwks: None,
+                    jwks_uri: Some(uri),
+                },
+                (None, None, true) => SetKeys::default(),
                 (None, None, false) => bail!("give --jwks FILE, --jwks-uri URL or --none"),
             };
             let client = admin
-                .call(M::PUT, &format!("/clients/{client_id}/keys"), Some(body))
+                .call(M::PUT, &format!("/clients/{client_id}/keys"), body(&keys)?)
                 .await?;
             print(j, &client, print_client)
         }
@@ -610,7 +635,7 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                 .call(
                     M::PUT,
                     &format!("/clients/{client_id}/client-id-header"),
-                    Some(json!({"enabled": enable})),
+                    body(&ClientIdHeader { enabled: enable })?,
                 )
                 .await?;
             print(j, &v, print_client)
@@ -623,12 +648,12 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                     None,
                 )
                 .await?;
-            print(j, &v, |v| {
+            print(j, &v, |v: &IssuedSecret| {
                 let mut t = table(&["client_id", "kind", "client_secret"]);
                 t.add_row(vec![
-                    s(&v["client_id"]),
-                    s(&v["kind"]),
-                    s(&v["client_secret"]),
+                    v.client_id.clone(),
+                    v.kind.clone(),
+                    v.client_secret.clone(),
                 ]);
                 outln!("{t}\nStore the new secret now: it is not shown again.");
             })
@@ -638,7 +663,7 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                 .call(
                     M::POST,
                     &format!("/clients/{client_id}/activate"),
-                    Some(json!({"reason": reason})),
+                    body(&Reason { reason })?,
                 )
                 .await?;
             print(j, &v, print_client)
@@ -648,7 +673,7 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                 .call(
                     M::POST,
                     &format!("/clients/{client_id}/deactivate"),
-                    Some(json!({"reason": reason})),
+                    body(&Reason { reason })?,
                 )
                 .await?;
             print(j, &v, print_client)
@@ -665,18 +690,12 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                     None,
                 )
                 .await?;
-            print(j, &v, |v| {
-                let ids: Vec<String> = v["client_ids"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(s)
-                    .collect();
+            print(j, &v, |v: &DeletedApplication| {
                 outln!(
                     "deleted application {} ({}) and its client IDs {}",
-                    s(&v["name"]),
-                    s(&v["id"]),
-                    ids.join(", ")
+                    v.name,
+                    v.id,
+                    v.client_ids.join(", ")
                 );
             })
         }
@@ -695,16 +714,16 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
             let v = admin
                 .call(M::GET, &format!("/audit?{}", q.join("&")), None)
                 .await?;
-            print(j, &v, |v| {
+            print(j, &v, |v: &AuditList| {
                 let mut t = table(&["at", "actor", "action", "application", "client", "detail"]);
-                for e in v["entries"].as_array().into_iter().flatten() {
+                for e in &v.entries {
                     t.add_row(vec![
-                        s(&e["at"]),
-                        s(&e["actor"]),
-                        s(&e["action"]),
-                        s(&e["application_id"]),
-                        s(&e["client_id"]),
-                        e["detail"].to_string(),
+                        e.at.clone(),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        e.application_id.clone().unwrap_or_default(),
+                        e.client_id.clone().unwrap_or_default(),
+                        e.detail.to_string(),
                     ]);
                 }
                 outln!("{t}");
@@ -777,8 +796,8 @@ pub(crate) async fn credential(
                     None,
                 )
                 .await?;
-            print(auth.json, &v, |v| {
-                outln!("revoked {} ({})", s(&v["name"]), s(&v["role"]))
+            print(auth.json, &v, |v: &CredentialView| {
+                outln!("revoked {} ({})", v.name, v.role)
             })
         }
     }
@@ -866,8 +885,8 @@ pub(crate) async fn keys(target: Target, auth: AdminAuth, cmd: KeysCommand) -> a
             let v = admin
                 .call(reqwest::Method::POST, "/keys/rotate", None)
                 .await?;
-            print(auth.json, &v, |v| {
-                outln!("new signing key: {}", s(&v["kid"]))
+            print(auth.json, &v, |v: &RotatedKey| {
+                outln!("new signing key: {}", v.kid)
             })
         }
     }

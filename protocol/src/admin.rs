@@ -1,10 +1,231 @@
 //! Request and response shapes of the admin API (`/admin/v1/...`, JSON), shared by the broker,
 //! the CLI, the tests and the load harness, so the API is typed once.
 //!
+//! - Applications: [`NewApplication`], [`ApplicationPatch`], [`ApplicationView`] (with its two
+//!   [`ClientView`]s), [`ApplicationList`], [`DeletedApplication`].
+//! - Client IDs: [`ClientView`], [`ClientKeysView`], [`SetKeys`], [`Reason`],
+//!   [`ClientIdHeader`], [`IssuedSecret`].
+//! - The audit trail: [`AuditEntry`], [`AuditList`]. Signing keys: [`RotatedKey`].
 //! - Credentials: [`Role`], [`NewCredential`], [`CredentialView`], [`IssuedCredential`].
 //! - Live sessions: [`SessionView`], [`SessionList`].
+//!
+//! Times are RFC 3339 strings in UTC (`2026-12-02T10:00:00.123Z`). Request shapes refuse
+//! unknown fields, so a misspelt field is a 400 naming it, never silently ignored.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `POST /admin/v1/applications`: a new application; the broker makes its two client IDs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApplication {
+    /// Its name, 1 to 128 characters.
+    pub name: String,
+    /// Who makes it (the developer or vendor), 1 to 128 characters.
+    pub vendor: String,
+    /// Free text, at most 2,000 characters.
+    #[serde(default)]
+    pub description: String,
+    /// Its scope ceiling: space-separated scopes of the documented families
+    /// (`subscribe:<pattern>`, `publish:<pattern>`, `webhook:manage`, SMART system scopes).
+    pub scope: String,
+}
+
+/// `PATCH /admin/v1/applications/{id}`: the fields to change; absent fields stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplicationPatch {
+    /// A new name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A new vendor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// A new description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A new scope ceiling; narrowing it ends the subscriptions it no longer covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// The keys a client ID authenticates with at the token endpoint (`private_key_jwt`,
+/// RFC 7523), as the API shows them: key ids, never key material.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientKeysView {
+    /// No keys: the client authenticates with its secret.
+    None,
+    /// A registered JWK Set.
+    Jwks {
+        /// The `kid` of each key in the set.
+        kids: Vec<String>,
+    },
+    /// A JWK Set fetched from the application's URL.
+    JwksUri {
+        /// The `https` URL.
+        jwks_uri: String,
+    },
+}
+
+/// One client ID of an application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientView {
+    /// The OAuth2 client ID (UUID).
+    pub client_id: String,
+    /// `production` or `non-production`: the environments it may be used in.
+    pub kind: String,
+    /// True while it is active in this environment; only an active client ID gets tokens,
+    /// keeps its sessions and receives events.
+    pub active: bool,
+    /// True when it has a client secret (`client_secret_basic` / `client_secret_post`).
+    pub has_secret: bool,
+    /// True when requests may name it in the `Scopecast-Client-Id` header.
+    pub client_id_header: bool,
+    /// Its `private_key_jwt` keys.
+    pub keys: ClientKeysView,
+    /// When it last changed.
+    pub updated_at: String,
+    /// The client secret: only in the answer that made it (creation, rotation), shown once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// The application it belongs to (in `GET /admin/v1/clients/{client_id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_id: Option<String>,
+    /// The application's name (in `GET /admin/v1/clients/{client_id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_name: Option<String>,
+}
+
+/// An application's two client IDs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplicationClients {
+    /// The client ID for production environments.
+    pub production: ClientView,
+    /// The client ID for test, training and development environments.
+    pub non_production: ClientView,
+}
+
+impl ApplicationClients {
+    /// Both client IDs, production first.
+    pub fn both(&self) -> [&ClientView; 2] {
+        [&self.production, &self.non_production]
+    }
+}
+
+/// An application as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplicationView {
+    /// Its id (UUID).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its vendor.
+    pub vendor: String,
+    /// Its description.
+    pub description: String,
+    /// Its scope ceiling.
+    pub scope: String,
+    /// When it was registered.
+    pub created_at: String,
+    /// When it last changed.
+    pub updated_at: String,
+    /// Its two client IDs.
+    pub clients: ApplicationClients,
+}
+
+/// `GET /admin/v1/applications`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplicationList {
+    /// Every application, by name.
+    pub applications: Vec<ApplicationView>,
+}
+
+/// The answer to `DELETE /admin/v1/applications/{id}`: what was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedApplication {
+    /// The application's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its client IDs, now unknown to the broker.
+    pub client_ids: Vec<String>,
+}
+
+/// `PUT /admin/v1/clients/{client_id}/keys`: a JWK Set, a JWK Set URL, or neither (`{}`)
+/// to remove the keys. Both at once is a 400.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetKeys {
+    /// A JWK Set (`{"keys": [...]}`, RFC 7517 section 5): public keys only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
+    /// An `https` URL serving the JWK Set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+}
+
+/// The body of activation and deactivation (`POST .../activate`, `.../deactivate`) and the
+/// query of application deletion: why, for the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    /// Free text; may be empty.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `PUT /admin/v1/clients/{client_id}/client-id-header`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIdHeader {
+    /// Whether requests may name the client ID in the `Scopecast-Client-Id` header.
+    pub enabled: bool,
+}
+
+/// A new client secret (`POST /admin/v1/clients/{client_id}/rotate-secret`), shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedSecret {
+    /// The client ID.
+    pub client_id: String,
+    /// `production` or `non-production`.
+    pub kind: String,
+    /// The secret; only its argon2id hash is stored.
+    pub client_secret: String,
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its id.
+    pub id: String,
+    /// When it happened.
+    pub at: String,
+    /// The credential's name that made the change (`bootstrap` for the first start).
+    pub actor: String,
+    /// What was done, e.g. `client.activate`, `application.update`.
+    pub action: String,
+    /// The application concerned, if any.
+    pub application_id: Option<String>,
+    /// The client ID concerned, if any.
+    pub client_id: Option<String>,
+    /// The change's details (the fields before and after, the reason).
+    pub detail: Value,
+}
+
+/// `GET /admin/v1/audit`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditList {
+    /// The entries.
+    pub entries: Vec<AuditEntry>,
+}
+
+/// The answer to `POST /admin/v1/keys/rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedKey {
+    /// The new signing key's `kid`; the old key stays published until its tokens expire.
+    pub kid: String,
+}
 
 /// What a credential of the one credential store may do (SECURITY.md, "Credentials").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use scopecast_broker::{Config, LogMode};
-use serde_json::{Value, json};
+use scopecast_protocol::admin;
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -337,30 +338,36 @@ impl TestBroker {
         Answer::from(req.send().await.expect("admin request")).await
     }
 
-    /// Registers an application with `scope` as its ceiling; both client IDs start inactive.
+    /// Registers an application with `scope` as its ceiling; both client IDs start inactive
+    /// (the admin API's typed shapes, [`admin::NewApplication`] and
+    /// [`admin::ApplicationView`]).
     pub async fn create_app(&self, name: &str, scope: &str) -> TestApp {
         let a = self
             .admin(
                 reqwest::Method::POST,
                 "/applications",
-                Some(json!({"name": name, "vendor": "Test Vendor", "scope": scope})),
+                Some(
+                    serde_json::to_value(admin::NewApplication {
+                        name: name.to_owned(),
+                        vendor: "Test Vendor".to_owned(),
+                        description: String::new(),
+                        scope: scope.to_owned(),
+                    })
+                    .expect("a typed body"),
+                ),
             )
             .await;
         assert_eq!(a.status, 201, "create_app: {:?}", a.body);
-        let client = |k: &str| TestClient {
-            client_id: a.body["clients"][k]["client_id"]
-                .as_str()
-                .expect("client_id")
-                .to_owned(),
-            secret: a.body["clients"][k]["client_secret"]
-                .as_str()
-                .expect("client_secret")
-                .to_owned(),
+        let app: admin::ApplicationView =
+            serde_json::from_value(a.body).expect("the admin API's application shape");
+        let client = |c: &admin::ClientView| TestClient {
+            client_id: c.client_id.clone(),
+            secret: c.client_secret.clone().expect("client_secret shown once"),
         };
         TestApp {
-            id: a.body["id"].as_str().expect("id").to_owned(),
-            production: client("production"),
-            non_production: client("non_production"),
+            production: client(&app.clients.production),
+            non_production: client(&app.clients.non_production),
+            id: app.id,
         }
     }
 
@@ -370,7 +377,7 @@ impl TestBroker {
             .admin(
                 reqwest::Method::POST,
                 &format!("/clients/{client_id}/activate"),
-                Some(json!({"reason": "test"})),
+                Some(reason("test")),
             )
             .await;
         assert_eq!(a.status, 200, "activate: {:?}", a.body);
@@ -382,7 +389,7 @@ impl TestBroker {
             .admin(
                 reqwest::Method::POST,
                 &format!("/clients/{client_id}/deactivate"),
-                Some(json!({"reason": "test"})),
+                Some(reason("test")),
             )
             .await;
         assert_eq!(a.status, 200, "deactivate: {:?}", a.body);
@@ -546,4 +553,12 @@ impl Drop for TestBroker {
             task.abort();
         }
     }
+}
+
+/// The body of an activation or deactivation ([`admin::Reason`]).
+fn reason(text: &str) -> Value {
+    serde_json::to_value(admin::Reason {
+        reason: text.to_owned(),
+    })
+    .expect("a typed body")
 }

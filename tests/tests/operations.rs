@@ -448,3 +448,213 @@ async fn metrics_count_per_registered_client_and_unknown_for_the_rest() {
         "process metrics"
     );
 }
+
+/// Reads `body` as the admin API's typed shape `T`, strictly: every field the type names is
+/// there with its type.
+fn typed<T: serde::de::DeserializeOwned>(what: &str, body: &Value) -> T {
+    serde_json::from_value(body.clone())
+        .unwrap_or_else(|e| panic!("{what}: not the typed shape: {e}: {body}"))
+}
+
+#[tokio::test]
+async fn every_admin_answer_has_its_typed_shape() {
+    use scopecast_protocol::admin::*;
+    let broker = TestBroker::start(test_config()).await;
+    let new = NewApplication {
+        name: "Typed".to_owned(),
+        vendor: "V".to_owned(),
+        description: "d".to_owned(),
+        scope: "subscribe:adt.>".to_owned(),
+    };
+    let a = broker
+        .admin(
+            Method::POST,
+            "/applications",
+            Some(serde_json::to_value(&new).unwrap()),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let app: ApplicationView = typed("create", &a.body);
+    assert_eq!(
+        (app.name.as_str(), app.scope.as_str()),
+        ("Typed", "subscribe:adt.>")
+    );
+    for c in app.clients.both() {
+        assert!(c.client_secret.is_some(), "secrets shown once at creation");
+        assert!(!c.active);
+        assert_eq!(c.keys, ClientKeysView::None);
+    }
+    assert_eq!(app.clients.production.kind, "production");
+    assert_eq!(app.clients.non_production.kind, "non-production");
+    let cid = app.clients.non_production.client_id.clone();
+
+    let list: ApplicationList = typed(
+        "list",
+        &broker.admin(Method::GET, "/applications", None).await.body,
+    );
+    assert!(list.applications.iter().any(|x| x.id == app.id));
+    let shown: ApplicationView = typed(
+        "show",
+        &broker
+            .admin(Method::GET, &format!("/applications/{}", app.id), None)
+            .await
+            .body,
+    );
+    assert!(
+        shown
+            .clients
+            .both()
+            .iter()
+            .all(|c| c.client_secret.is_none())
+    );
+
+    let patch = ApplicationPatch {
+        scope: Some("subscribe:adt.a".to_owned()),
+        ..ApplicationPatch::default()
+    };
+    let patched: ApplicationView = typed(
+        "patch",
+        &broker
+            .admin(
+                Method::PATCH,
+                &format!("/applications/{}", app.id),
+                Some(serde_json::to_value(&patch).unwrap()),
+            )
+            .await
+            .body,
+    );
+    assert_eq!(patched.scope, "subscribe:adt.a");
+
+    let reason = serde_json::to_value(Reason {
+        reason: "go-live".to_owned(),
+    })
+    .unwrap();
+    let active: ClientView = typed(
+        "activate",
+        &broker
+            .admin(
+                Method::POST,
+                &format!("/clients/{cid}/activate"),
+                Some(reason.clone()),
+            )
+            .await
+            .body,
+    );
+    assert!(active.active);
+    let client: ClientView = typed(
+        "client",
+        &broker
+            .admin(Method::GET, &format!("/clients/{cid}"), None)
+            .await
+            .body,
+    );
+    assert_eq!(client.application_id.as_deref(), Some(app.id.as_str()));
+    assert_eq!(client.application_name.as_deref(), Some("Typed"));
+
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256",
+        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]});
+    let keyed: ClientView = typed(
+        "set keys",
+        &broker
+            .admin(
+                Method::PUT,
+                &format!("/clients/{cid}/keys"),
+                Some(
+                    serde_json::to_value(SetKeys {
+                        jwks: Some(jwks),
+                        jwks_uri: None,
+                    })
+                    .unwrap(),
+                ),
+            )
+            .await
+            .body,
+    );
+    assert_eq!(
+        keyed.keys,
+        ClientKeysView::Jwks {
+            kids: vec!["k1".to_owned()]
+        }
+    );
+    let header: ClientView = typed(
+        "client-id header",
+        &broker
+            .admin(
+                Method::PUT,
+                &format!("/clients/{cid}/client-id-header"),
+                Some(serde_json::to_value(ClientIdHeader { enabled: true }).unwrap()),
+            )
+            .await
+            .body,
+    );
+    assert!(header.client_id_header);
+    let secret: IssuedSecret = typed(
+        "rotate secret",
+        &broker
+            .admin(Method::POST, &format!("/clients/{cid}/rotate-secret"), None)
+            .await
+            .body,
+    );
+    assert_eq!(secret.client_id, cid);
+    let rotated: RotatedKey = typed(
+        "rotate keys",
+        &broker.admin(Method::POST, "/keys/rotate", None).await.body,
+    );
+    assert!(!rotated.kid.is_empty());
+    let audit: AuditList = typed(
+        "audit",
+        &broker
+            .admin(
+                Method::GET,
+                &format!("/audit?application_id={}", app.id),
+                None,
+            )
+            .await
+            .body,
+    );
+    let actions: Vec<&str> = audit.entries.iter().map(|e| e.action.as_str()).collect();
+    assert!(actions.len() >= 5, "{actions:?}");
+    assert!(
+        audit.entries.iter().all(|e| e.actor == "admin"),
+        "{actions:?}"
+    );
+    let deactivated: ClientView = typed(
+        "deactivate",
+        &broker
+            .admin(
+                Method::POST,
+                &format!("/clients/{cid}/deactivate"),
+                Some(reason),
+            )
+            .await
+            .body,
+    );
+    assert!(!deactivated.active);
+    let deleted: DeletedApplication = typed(
+        "delete",
+        &broker
+            .admin(
+                Method::DELETE,
+                &format!("/applications/{}?reason=done", app.id),
+                None,
+            )
+            .await
+            .body,
+    );
+    assert_eq!(deleted.client_ids.len(), 2);
+    assert!(deleted.client_ids.contains(&cid));
+    // A misspelt request field is refused by name, never ignored.
+    let typo = broker
+        .admin(
+            Method::PATCH,
+            "/applications/00000000-0000-0000-0000-000000000000",
+            Some(json!({"scpoe": "subscribe:a"})),
+        )
+        .await;
+    assert_eq!(
+        (typo.status, typo.body["field"].as_str()),
+        (400, Some("scpoe")),
+        "{:?}",
+        typo.body
+    );
+}

@@ -1,8 +1,9 @@
 //! The admin API, `/admin/v1/...` (JSON): applications, client IDs, credentials, activation,
 //! the audit trail and key rotation. Every route needs the admin bearer credential.
 //!
-//! Errors are `{"error": code, "message": ..., "field"?: ...}` with the status of the code
-//! (PROTOCOL.md section 6): 400 names the field, 401, 404, 409.
+//! Request and answer bodies are the typed shapes of `scopecast_protocol::admin`. Errors are
+//! the one JSON shape of [`ApiError`] (`{"error", "reason", "message", "field"?}`, PROTOCOL.md):
+//! 400 names the field, 401, 403, 404, 409.
 
 // Handlers return `Result<_, Response>`: the error is a ready HTTP answer, built only on the
 // error path, so its size does not matter.
@@ -16,13 +17,18 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use scopecast_protocol::admin::{
+    self, ApplicationClients, ApplicationList, ApplicationView, AuditList, ClientIdHeader,
+    ClientKeysView, ClientView, NewApplication, Reason, RotatedKey, SetKeys,
+};
 use scopecast_protocol::{ErrorCode, Timestamp};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::auth::Caller;
 use super::error::ApiError;
+use crate::config::EnvironmentKind;
 use crate::registry::validate::{self, InvalidInput};
 use crate::registry::{
     Application, ApplicationPatch, AuditQuery, ClientKeysSpec, CreateApplication, IssuedSecret,
@@ -84,73 +90,77 @@ pub(crate) fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Response> {
     })
 }
 
-fn time(ms: i64) -> Value {
+/// An instant of the registry (Unix milliseconds) as the API writes it (RFC 3339).
+fn time(ms: i64) -> String {
     Timestamp::from_unix_ms(ms)
-        .map(|t| json!(t.to_string()))
-        .unwrap_or(Value::Null)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
-fn client_view(c: &StoredClient, secret: Option<&IssuedSecret>) -> Value {
+fn client_view(c: &StoredClient, secret: Option<&IssuedSecret>) -> ClientView {
     let keys = match &c.keys {
-        ClientKeysSpec::None => json!({"type": "none"}),
-        ClientKeysSpec::Jwks(v) => {
-            let kids: Vec<&str> = v["keys"]
+        ClientKeysSpec::None => ClientKeysView::None,
+        ClientKeysSpec::Jwks(v) => ClientKeysView::Jwks {
+            kids: v["keys"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|k| k["kid"].as_str())
-                .collect();
-            json!({"type": "jwks", "kids": kids})
-        }
-        ClientKeysSpec::JwksUri(u) => json!({"type": "jwks_uri", "jwks_uri": u}),
+                .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                .collect(),
+        },
+        ClientKeysSpec::JwksUri(u) => ClientKeysView::JwksUri {
+            jwks_uri: u.clone(),
+        },
     };
-    let mut v = json!({
-        "client_id": c.client_id,
-        "kind": c.kind.as_str(),
-        "active": c.active,
-        "has_secret": c.secret_hash.is_some(),
-        "client_id_header": c.client_id_header,
-        "keys": keys,
-        "updated_at": time(c.updated_at_ms),
-    });
-    if let Some(s) = secret {
-        v["client_secret"] = json!(s.client_secret);
+    ClientView {
+        client_id: c.client_id.clone(),
+        kind: c.kind.as_str().to_owned(),
+        active: c.active,
+        has_secret: c.secret_hash.is_some(),
+        client_id_header: c.client_id_header,
+        keys,
+        updated_at: time(c.updated_at_ms),
+        client_secret: secret.map(|s| s.client_secret.clone()),
+        application_id: None,
+        application_name: None,
     }
-    v
 }
 
-fn app_view(app: &Application, secrets: &[IssuedSecret]) -> Value {
+fn app_view(app: &Application, secrets: &[IssuedSecret]) -> ApplicationView {
     let r = &app.record;
-    let mut clients = serde_json::Map::new();
-    for c in &r.clients {
-        let key = if c.kind == crate::config::EnvironmentKind::Production {
-            "production"
-        } else {
-            "non_production"
-        };
-        let secret = secrets.iter().find(|s| s.client_id == c.client_id);
-        clients.insert(key.to_owned(), client_view(c, secret));
+    let view = |kind: EnvironmentKind| {
+        r.clients.iter().find(|c| c.kind == kind).map(|c| {
+            let secret = secrets.iter().find(|s| s.client_id == c.client_id);
+            client_view(c, secret)
+        })
+    };
+    // The registry makes both client IDs with the application and deletes them with it; an
+    // empty view would only show a damaged registry file.
+    let missing = || ClientView {
+        client_id: String::new(),
+        kind: String::new(),
+        active: false,
+        has_secret: false,
+        client_id_header: false,
+        keys: ClientKeysView::None,
+        updated_at: String::new(),
+        client_secret: None,
+        application_id: None,
+        application_name: None,
+    };
+    ApplicationView {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        vendor: r.vendor.clone(),
+        description: r.description.clone(),
+        scope: r.scope.clone(),
+        created_at: time(r.created_at_ms),
+        updated_at: time(r.updated_at_ms),
+        clients: ApplicationClients {
+            production: view(EnvironmentKind::Production).unwrap_or_else(missing),
+            non_production: view(EnvironmentKind::NonProduction).unwrap_or_else(missing),
+        },
     }
-    json!({
-        "id": r.id,
-        "name": r.name,
-        "vendor": r.vendor,
-        "description": r.description,
-        "scope": r.scope,
-        "created_at": time(r.created_at_ms),
-        "updated_at": time(r.updated_at_ms),
-        "clients": clients,
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateBody {
-    name: String,
-    vendor: String,
-    #[serde(default)]
-    description: String,
-    scope: String,
 }
 
 /// `POST /admin/v1/applications`: 201 with both client IDs and their secrets (shown once).
@@ -160,7 +170,7 @@ pub(crate) async fn create_application(
     bytes: Bytes,
 ) -> Response {
     let who = caller.name.clone();
-    let b: CreateBody = match body(&bytes) {
+    let b: NewApplication = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -178,14 +188,14 @@ pub(crate) async fn create_application(
 
 /// `GET /admin/v1/applications`.
 pub(crate) async fn list_applications(State(state): State<Broker>) -> Response {
-    let apps: Vec<Value> = state
+    let applications = state
         .registry
         .snapshot()
         .applications()
         .iter()
         .map(|a| app_view(a, &[]))
         .collect();
-    Json(json!({ "applications": apps })).into_response()
+    Json(ApplicationList { applications }).into_response()
 }
 
 fn find_app(state: &Broker, id: &str) -> Result<Arc<Application>, Response> {
@@ -215,15 +225,6 @@ pub(crate) async fn show_application(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PatchBody {
-    name: Option<String>,
-    vendor: Option<String>,
-    description: Option<String>,
-    scope: Option<String>,
-}
-
 /// `PATCH /admin/v1/applications/{id}`: name, vendor, description, scope ceiling.
 pub(crate) async fn update_application(
     State(state): State<Broker>,
@@ -232,7 +233,7 @@ pub(crate) async fn update_application(
     bytes: Bytes,
 ) -> Response {
     let who = caller.name.clone();
-    let b: PatchBody = match body(&bytes) {
+    let b: admin::ApplicationPatch = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -248,13 +249,6 @@ pub(crate) async fn update_application(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DeleteParams {
-    #[serde(default)]
-    reason: String,
-}
-
 /// `DELETE /admin/v1/applications/{id}?reason=...`: removes the application, its client IDs
 /// and their credentials; 409 while a client ID is active, 404 when there is no such
 /// application (also the second time). Answers `{"id", "name", "client_ids"}`.
@@ -262,7 +256,7 @@ pub(crate) async fn delete_application(
     State(state): State<Broker>,
     Path(id): Path<String>,
     Extension(caller): Extension<Caller>,
-    params: Result<Query<DeleteParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<Reason>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Query(p) = match params {
         Ok(p) => p,
@@ -275,7 +269,12 @@ pub(crate) async fn delete_application(
     {
         Ok(d) => {
             tracing::info!(actor = %caller.name, application_id = %d.id, client_ids = ?d.client_ids, "application deleted");
-            Json(json!({"id": d.id, "name": d.name, "client_ids": d.client_ids})).into_response()
+            Json(admin::DeletedApplication {
+                id: d.id,
+                name: d.name,
+                client_ids: d.client_ids,
+            })
+            .into_response()
         }
         Err(e) => registry_error(e),
     }
@@ -317,8 +316,8 @@ pub(crate) async fn show_client(
     match find_client(&state, &client_id) {
         Ok((app, c)) => {
             let mut v = client_view(&c, None);
-            v["application_id"] = json!(app.record.id);
-            v["application_name"] = json!(app.record.name);
+            v.application_id = Some(app.record.id.clone());
+            v.application_name = Some(app.record.name.clone());
             Json(v).into_response()
         }
         Err(r) => r,
@@ -333,16 +332,14 @@ pub(crate) async fn rotate_secret(
 ) -> Response {
     let who = caller.name.clone();
     match state.registry.rotate_secret(&client_id, &who).await {
-        Ok(s) => Json(json!({"client_id": s.client_id, "kind": s.kind.as_str(), "client_secret": s.client_secret})).into_response(),
+        Ok(s) => Json(admin::IssuedSecret {
+            client_id: s.client_id,
+            kind: s.kind.as_str().to_owned(),
+            client_secret: s.client_secret,
+        })
+        .into_response(),
         Err(e) => registry_error(e),
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct KeysBody {
-    jwks: Option<Value>,
-    jwks_uri: Option<String>,
 }
 
 /// `PUT /admin/v1/clients/{client_id}/keys`: `{"jwks": {...}}`, `{"jwks_uri": "..."}`, or
@@ -354,7 +351,7 @@ pub(crate) async fn set_keys(
     bytes: Bytes,
 ) -> Response {
     let who = caller.name.clone();
-    let b: KeysBody = match body(&bytes) {
+    let b: SetKeys = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -379,13 +376,6 @@ pub(crate) async fn set_keys(
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ReasonBody {
-    #[serde(default)]
-    reason: String,
-}
-
 async fn set_active(
     state: Broker,
     client_id: String,
@@ -394,7 +384,7 @@ async fn set_active(
     active: bool,
 ) -> Response {
     let who = caller.name.clone();
-    let b: ReasonBody = match body(&bytes) {
+    let b: Reason = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -431,12 +421,6 @@ pub(crate) async fn deactivate(
     set_active(state, client_id, caller, bytes, false).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct HeaderBody {
-    enabled: bool,
-}
-
 /// `PUT /admin/v1/clients/{client_id}/client-id-header`, body `{"enabled": true|false}`.
 pub(crate) async fn set_client_id_header(
     State(state): State<Broker>,
@@ -445,7 +429,7 @@ pub(crate) async fn set_client_id_header(
     bytes: Bytes,
 ) -> Response {
     let who = caller.name.clone();
-    let b: HeaderBody = match body(&bytes) {
+    let b: ClientIdHeader = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -503,14 +487,19 @@ pub(crate) async fn audit(
     };
     match state.registry.audit(q).await {
         Ok(entries) => {
-            let entries: Vec<Value> = entries
+            let entries = entries
                 .into_iter()
-                .map(|e| {
-                    json!({"id": e.id, "at": time(e.at_ms), "actor": e.actor, "action": e.action,
-                           "application_id": e.application_id, "client_id": e.client_id, "detail": e.detail})
+                .map(|e| admin::AuditEntry {
+                    id: e.id,
+                    at: time(e.at_ms),
+                    actor: e.actor,
+                    action: e.action,
+                    application_id: e.application_id,
+                    client_id: e.client_id,
+                    detail: e.detail,
                 })
                 .collect();
-            Json(json!({ "entries": entries })).into_response()
+            Json(AuditList { entries }).into_response()
         }
         Err(e) => registry_error(e),
     }
@@ -534,7 +523,7 @@ pub(crate) async fn rotate_keys(
             {
                 tracing::error!(error = %e, "could not record the key rotation in the audit trail");
             }
-            Json(json!({"kid": kid})).into_response()
+            Json(RotatedKey { kid }).into_response()
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "signing key rotation failed");
