@@ -126,6 +126,108 @@ pub async fn run_on(
         other => ServeError::Startup(other.to_string()),
     })?;
     let grace = config.shutdown_grace();
+    let public_url = config.public_url(listener.local_addr()?);
+    let Assembled {
+        state,
+        fanout_task,
+        background,
+    } = assemble(config, public_url).await?;
+    let cancel = state.shutdown.clone();
+    let sessions = state.session_tasks.clone();
+    let (app, admin_app): (Router, Option<Router>) = http::routers(state.clone());
+
+    let on_signal = {
+        let cancel = cancel.clone();
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            state.ready.store(false, Ordering::Release);
+            tracing::info!(
+                "shutdown requested; no longer accepting connections; closing sessions with 1001"
+            );
+            cancel.cancel();
+        }
+    };
+    let tls = match (&state.config.tls.cert_file, &state.config.tls.key_file) {
+        (Some(cert), Some(key)) => Some(
+            listener::tls_acceptor(cert, key).map_err(|e| ServeError::Startup(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let local = listener.local_addr()?;
+    tracing::info!(%local, tls = tls.is_some(), "scopecast listening");
+    let admin_server = match (admin_listener, admin_app) {
+        (Some(l), Some(app)) => {
+            let admin_local = l.local_addr()?;
+            tracing::info!(%admin_local, tls = tls.is_some(), "admin API and metrics listening");
+            let limits = state.config.limits.clone();
+            let cancel = cancel.clone();
+            let tls = tls.clone();
+            Some(tokio::spawn(async move {
+                listener::serve(l, app, tls, &limits, cancel, grace).await
+            }))
+        }
+        _ => None,
+    };
+    let server = {
+        let limits = state.config.limits.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(
+            async move { listener::serve(listener, app, tls, &limits, cancel, grace).await },
+        )
+    };
+    tokio::spawn(on_signal);
+    cancel.cancelled().await;
+    // Sessions see the cancellation, queue a 1001 close after what they hold, and end.
+    sessions.close();
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "grace period over with sessions still open"
+        );
+    }
+    if let Some(a) = admin_server {
+        let _ = tokio::time::timeout_at(deadline, a).await;
+    }
+    if tokio::time::timeout_at(deadline, server).await.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "grace period over; stopping"
+        );
+    }
+    // Dropping the last handles of the log (in the state) stops its writer after its last
+    // batch, and with it the fan-out's tail.
+    drop(state);
+    let _ = tokio::time::timeout(Duration::from_secs(1), fanout_task).await;
+    for task in background {
+        task.abort();
+    }
+    tracing::info!("scopecast stopped");
+    Ok(())
+}
+
+/// A broker's services, assembled and running, without listeners.
+pub(crate) struct Assembled {
+    /// The services.
+    pub(crate) state: Broker,
+    /// The fan-out task: it ends after the log's last handle is dropped.
+    pub(crate) fanout_task: tokio::task::JoinHandle<()>,
+    /// Background tasks (registry follower, log prober, retention) to abort at the end.
+    pub(crate) background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Opens the stores in `config.data_dir` (prepared and locked by the caller) and wires the
+/// services: signing keys, registry and the first admin credential, token issuer (`public_url`
+/// is its `iss`) and verifier, metrics, event log, fan-out, access and admission; starts the
+/// registry follower, the log prober and retention.
+///
+/// # Errors
+/// [`ServeError::Startup`] when a store cannot be opened.
+pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assembled, ServeError> {
     let o = &config.oauth;
     // A retired key stays published until every token it signed has expired.
     let retain_for = (o.token_lifetime_s + o.leeway_s + 60) as i64;
@@ -143,7 +245,6 @@ pub async fn run_on(
     admin_credential(&config, &registry).await?;
     // The files SQLite made beside the database (`-wal`, `-shm`) copy its mode; check anyway.
     private_files(&config)?;
-    let public_url = config.public_url(listener.local_addr()?);
     let issuer = TokenIssuer::new(public_url.clone(), o.token_lifetime_s, keys);
     let jwks = JwksCache::new(
         std::time::Duration::from_millis(o.jwks_fetch_timeout_ms),
@@ -235,7 +336,6 @@ pub async fn run_on(
         fanout,
         metrics,
     });
-    let cancel = state.shutdown.clone();
     let follower = tokio::spawn(state.sessions.clone().follow(registry.clone()));
     // After a failed append, find out when the log takes writes again even if nobody
     // publishes (readiness follows it).
@@ -251,83 +351,13 @@ pub async fn run_on(
             }
         })
     };
-    let sessions = state.session_tasks.clone();
-    let (app, admin_app): (Router, Option<Router>) = http::routers(state.clone());
-
-    let on_signal = {
-        let cancel = cancel.clone();
-        let state = state.clone();
-        async move {
-            shutdown.await;
-            state.ready.store(false, Ordering::Release);
-            tracing::info!(
-                "shutdown requested; no longer accepting connections; closing sessions with 1001"
-            );
-            cancel.cancel();
-        }
-    };
-    let tls = match (&state.config.tls.cert_file, &state.config.tls.key_file) {
-        (Some(cert), Some(key)) => Some(
-            listener::tls_acceptor(cert, key).map_err(|e| ServeError::Startup(e.to_string()))?,
-        ),
-        _ => None,
-    };
-    let local = listener.local_addr()?;
-    tracing::info!(%local, tls = tls.is_some(), "scopecast listening");
-    let admin_server = match (admin_listener, admin_app) {
-        (Some(l), Some(app)) => {
-            let admin_local = l.local_addr()?;
-            tracing::info!(%admin_local, tls = tls.is_some(), "admin API and metrics listening");
-            let limits = state.config.limits.clone();
-            let cancel = cancel.clone();
-            let tls = tls.clone();
-            Some(tokio::spawn(async move {
-                listener::serve(l, app, tls, &limits, cancel, grace).await
-            }))
-        }
-        _ => None,
-    };
-    let server = {
-        let limits = state.config.limits.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(
-            async move { listener::serve(listener, app, tls, &limits, cancel, grace).await },
-        )
-    };
-    tokio::spawn(on_signal);
-    cancel.cancelled().await;
-    // Sessions see the cancellation, queue a 1001 close after what they hold, and end.
-    sessions.close();
-    let deadline = tokio::time::Instant::now() + grace;
-    if tokio::time::timeout_at(deadline, sessions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_ms = grace.as_millis() as u64,
-            "grace period over with sessions still open"
-        );
-    }
-    if let Some(a) = admin_server {
-        let _ = tokio::time::timeout_at(deadline, a).await;
-    }
-    if tokio::time::timeout_at(deadline, server).await.is_err() {
-        tracing::warn!(
-            grace_ms = grace.as_millis() as u64,
-            "grace period over; stopping"
-        );
-    }
-    // Dropping the last handles of the log (in the state) stops its writer after its last
-    // batch, and with it the fan-out's tail.
-    drop(state);
-    let _ = tokio::time::timeout(Duration::from_secs(1), fanout_task).await;
-    follower.abort();
-    prober.abort();
-    if let Some(r) = retainer {
-        r.abort();
-    }
-    tracing::info!("scopecast stopped");
-    Ok(())
+    let mut background = vec![follower, prober];
+    background.extend(retainer);
+    Ok(Assembled {
+        state,
+        fanout_task,
+        background,
+    })
 }
 
 /// The first admin credential. The `admin_token` setting, when given, is valid as a credential

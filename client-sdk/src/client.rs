@@ -261,6 +261,15 @@ pub struct Subscription {
     pub(crate) done: bool,
 }
 
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pattern", &self.pattern)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Subscription {
     /// The pattern subscribed.
     pub fn pattern(&self) -> &Pattern {

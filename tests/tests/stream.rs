@@ -682,7 +682,10 @@ async fn an_admin_narrowing_the_ceiling_ends_exactly_the_affected_subscriptions(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_reading_is_closed_4008_while_others_keep_full_speed() {
     let mut config = test_config();
-    config.limits.outbound_queue_bytes = 64 * 1024;
+    // Small enough that 12 MB of events overflow it and the kernel's socket buffers; large
+    // enough (64 events) that the fast reader, on a machine busy with other builds, is not
+    // taken for a slow one when the fan-out hands it a burst (acks do not wait for fan-out).
+    config.limits.outbound_queue_bytes = 256 * 1024;
     config.limits.publish_rate_per_sec = 0;
     let broker = TestBroker::start(config).await;
     let p = pair(&broker).await;

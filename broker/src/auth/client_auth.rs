@@ -101,6 +101,14 @@ pub struct ClientAuthenticator {
     secret_checks: Arc<tokio::sync::Semaphore>,
 }
 
+impl std::fmt::Debug for ClientAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAuthenticator")
+            .field("token_endpoint", &self.token_endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
 fn now_s() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }

@@ -49,6 +49,15 @@ pub struct JwksCache {
     min_refresh: Duration,
 }
 
+impl std::fmt::Debug for JwksCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksCache")
+            .field("urls", &self.slots.len())
+            .field("min_refresh", &self.min_refresh)
+            .finish_non_exhaustive()
+    }
+}
+
 fn max_age(headers: &reqwest::header::HeaderMap) -> Duration {
     let Some(cc) = headers
         .get(reqwest::header::CACHE_CONTROL)

@@ -72,6 +72,17 @@ pub struct SigningKey {
     retired_at: Option<i64>,
 }
 
+/// The key id and dates only: never key material.
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The broker's signing keys. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyRing {
@@ -80,6 +91,15 @@ pub struct KeyRing {
     keys: Arc<ArcSwap<Vec<SigningKey>>>,
     /// Serialises rotations (file rewrite and swap).
     rotate: Arc<std::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("path", &self.path)
+            .field("keys", &*self.keys.load())
+            .finish_non_exhaustive()
+    }
 }
 
 fn now_s() -> i64 {

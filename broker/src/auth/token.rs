@@ -191,6 +191,16 @@ pub struct TokenIssuer {
     keys: KeyRing,
 }
 
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIssuer")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("lifetime_s", &self.lifetime_s)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A freshly issued token.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
@@ -293,6 +303,15 @@ pub struct TokenVerifier {
     registry: Registry,
     environment: EnvironmentKind,
     leeway_s: u64,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("own_issuer", &self.own_issuer)
+            .field("own_audience", &self.own_audience)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A verifier could not be built from the configuration.

@@ -66,6 +66,17 @@ pub struct DurableLog {
     epoch: String,
 }
 
+impl std::fmt::Debug for DurableLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableLog")
+            .field("sync", &self.sync)
+            .field("first", &self.first)
+            .field("last", &self.last)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The open database, and how to open it again after a failed write.
 ///
 /// After a write fails (a full disk, an I/O error), redb refuses every later transaction

@@ -128,6 +128,15 @@ pub struct Encodings {
     slots: [OnceLock<Box<dyn Any + Send + Sync>>; FORMATS],
 }
 
+impl fmt::Debug for Encodings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let made: Vec<usize> = (0..FORMATS)
+            .filter(|i| self.slots[*i].get().is_some())
+            .collect();
+        f.debug_struct("Encodings").field("made", &made).finish()
+    }
+}
+
 impl Encodings {
     /// The encoding of `format`, made by `make` the first time. `None` only if the slot holds
     /// another type than `T` (two front ends disagreeing on a format's type: a bug), in which

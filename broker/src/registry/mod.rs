@@ -1082,3 +1082,11 @@ impl Registry {
             .ok_or_else(|| RegistryError::Internal("revoked credential vanished".into()))
     }
 }
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("applications", &self.snapshot().applications().len())
+            .finish_non_exhaustive()
+    }
+}

@@ -17,6 +17,8 @@ mod outbox;
 mod publish;
 mod subscribe;
 pub(crate) mod table;
+#[cfg(test)]
+mod tests;
 mod transport;
 
 use std::collections::{HashMap, VecDeque};
