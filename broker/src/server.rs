@@ -166,7 +166,7 @@ pub async fn run_on(
     let store = SqliteStore::open(&registry_path)
         .await
         .map_err(|e| ServeError::Startup(e.to_string()))?;
-    let registry = Registry::open(store)
+    let registry = Registry::open_following(store, Duration::from_millis(config.registry_poll_ms))
         .await
         .map_err(|e| ServeError::Startup(e.to_string()))?;
     admin_credential(&config, &registry).await?;
@@ -260,6 +260,8 @@ pub async fn run_on(
         cancel.clone(),
     ));
     let follower = tokio::spawn(hub.sessions.clone().follow(registry.clone()));
+    // Kept to stop the registry's feed follower at the end (tasks may outlive `state`).
+    let feed = registry.clone();
     // After a failed append, find out when the log takes writes again even if nobody
     // publishes (readiness follows it).
     let prober = {
@@ -361,6 +363,7 @@ pub async fn run_on(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sequencer).await;
     follower.abort();
     prober.abort();
+    feed.stop_following();
     if let Some(r) = retainer {
         r.abort();
     }
