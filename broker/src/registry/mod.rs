@@ -1290,3 +1290,226 @@ impl Registry {
             .ok_or_else(|| RegistryError::Internal("revoked credential vanished".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sqlite(path: &std::path::Path) -> SqliteStore {
+        SqliteStore::open(path).await.unwrap()
+    }
+
+    fn app(name: &str) -> CreateApplication {
+        CreateApplication {
+            name: name.to_owned(),
+            vendor: "Vendor".to_owned(),
+            description: String::new(),
+            scope: "subscribe:adt.>".to_owned(),
+        }
+    }
+
+    async fn next(rx: &mut broadcast::Receiver<RegistryChange>) -> RegistryChange {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a registry change within 5 s")
+            .unwrap()
+    }
+
+    /// Waits (at most 5 s) until `done` holds for `registry`.
+    async fn until(registry: &Registry, done: impl Fn(&Registry) -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !done(registry) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("applied within 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_writer_returns_with_its_change_applied_and_broadcast_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(sqlite(&dir.path().join("r.sqlite")).await)
+            .await
+            .unwrap();
+        let mut rx = registry.changes();
+        let (a, _) = registry.create_application(app("One"), "t").await.unwrap();
+        let id = a.record.id.clone();
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::ApplicationChanged {
+                application_id: id.clone()
+            }
+        );
+        let patch = ApplicationPatch {
+            scope: Some("subscribe:lab.>".to_owned()),
+            ..ApplicationPatch::default()
+        };
+        let updated = registry.update_application(&id, patch, "t").await.unwrap();
+        assert_eq!(updated.record.scope, "subscribe:lab.>");
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::ApplicationChanged {
+                application_id: id.clone()
+            }
+        );
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::CeilingChanged {
+                application_id: id.clone()
+            }
+        );
+        let c = a.record.clients[1].client_id.clone();
+        assert!(
+            registry
+                .set_active(&c, true, "t", "pilot")
+                .await
+                .unwrap()
+                .active
+        );
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::ClientActivated {
+                client_id: c.clone()
+            }
+        );
+        registry.set_active(&c, false, "t", "done").await.unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::ClientDeactivated {
+                client_id: c.clone()
+            }
+        );
+        registry.rotate_secret(&c, "t").await.unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::CredentialsChanged {
+                client_id: c.clone()
+            }
+        );
+        let deleted = registry.delete_application(&id, "t", "gone").await.unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::ApplicationDeleted {
+                application_id: id.clone(),
+                client_ids: deleted.client_ids.clone(),
+            }
+        );
+        assert_eq!(deleted.client_ids.len(), 2);
+        assert!(registry.snapshot().application(&id).is_none());
+        assert!(registry.client(&c).is_none());
+        assert_eq!(registry.applied_change().await, 6);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err(),
+            "each change is applied once: the follower, woken too, finds nothing new"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_made_through_one_node_is_applied_by_the_other_nodes_follower() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        // Two registries over one file, each with its own store (its own pool and in-process
+        // signal): as two nodes sharing a database, they learn of each other by polling.
+        let poll = Duration::from_millis(50);
+        let one = Registry::open_following(sqlite(&path).await, poll)
+            .await
+            .unwrap();
+        let two = Registry::open_following(sqlite(&path).await, poll)
+            .await
+            .unwrap();
+        let mut seen_by_two = two.changes();
+        let (a, _) = one.create_application(app("Shared"), "t").await.unwrap();
+        let c = a.record.clients[0].client_id.clone();
+        let started = tokio::time::Instant::now();
+        until(&two, |r| r.client(&c).is_some()).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "within a few polls: {:?}",
+            started.elapsed()
+        );
+        one.set_active(&c, true, "t", "pilot").await.unwrap();
+        one.set_active(&c, false, "t", "done").await.unwrap();
+        // The other node's sessions hear of it, in order, though the client ends inactive.
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            got.push(next(&mut seen_by_two).await);
+        }
+        assert_eq!(
+            got,
+            [
+                RegistryChange::ApplicationChanged {
+                    application_id: a.record.id.clone()
+                },
+                RegistryChange::ClientActivated {
+                    client_id: c.clone()
+                },
+                RegistryChange::ClientDeactivated {
+                    client_id: c.clone()
+                },
+            ]
+        );
+        assert!(!two.client(&c).unwrap().active);
+        // Credentials follow too: one made through `two` authenticates on `one`.
+        let (cred, token) = two
+            .create_credential("ops", Role::Viewer, "t")
+            .await
+            .unwrap();
+        until(&one, |r| r.authenticate(&token).is_some()).await;
+        two.bootstrap_admin("scc_admin").await.unwrap();
+        one.revoke_credential(&cred.id, "t").await.unwrap();
+        until(&two, |r| r.authenticate(&token).is_none()).await;
+        assert_eq!(one.applied_change().await, two.applied_change().await);
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_missed_its_wakeup_catches_up_by_polling() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        let registry = Registry::open_following(sqlite(&path).await, Duration::from_millis(50))
+            .await
+            .unwrap();
+        // Written behind the registry's back, through a store whose signal it never hears.
+        let other = Registry::open_following(sqlite(&path).await, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        other.stop_following();
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let (a, _) = other
+                .create_application(app(&format!("Quiet {n}")), "t")
+                .await
+                .unwrap();
+            ids.push(a.record.id.clone());
+        }
+        until(&registry, |r| {
+            ids.iter().all(|id| r.snapshot().application(id).is_some())
+        })
+        .await;
+        assert_eq!(registry.applied_change().await, 5);
+    }
+
+    #[tokio::test]
+    async fn the_follower_stops_when_the_last_handle_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite(&dir.path().join("r.sqlite")).await;
+        let registry = Registry::open_following(store.clone(), Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert_eq!(store.wake_listeners(), 1, "the follower listens");
+        let clone = registry.clone();
+        drop(registry);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(store.wake_listeners(), 1, "a handle is left");
+        drop(clone);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while store.wake_listeners() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the follower ends with the registry");
+    }
+}

@@ -96,6 +96,12 @@ impl SqliteStore {
         })
     }
 
+    /// How many wake-up streams are alive (tests: a follower that stopped holds none).
+    #[cfg(test)]
+    pub(crate) fn wake_listeners(&self) -> usize {
+        self.wake.receiver_count()
+    }
+
     /// The registry's schema version this build writes: the number of its last migration
     /// (`broker/migrations/NNNN_*.sql`). A database migrated by a newer build has a higher
     /// one, and [`SqliteStore::open`] refuses it.
@@ -793,6 +799,25 @@ impl RegistryStore for SqliteStore {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Fresh SQLite stores, each in its own temporary folder.
+    struct SqliteMaker;
+
+    #[async_trait]
+    impl crate::registry::conformance::Maker for SqliteMaker {
+        async fn make(&self) -> crate::registry::conformance::Made {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(&dir.path().join("r.sqlite"))
+                .await
+                .unwrap();
+            crate::registry::conformance::Made {
+                store: Arc::new(store),
+                _keep: Box::new(dir),
+            }
+        }
+    }
+
+    crate::registry::conformance::conformance_tests!(SqliteMaker);
 
     fn entry(action: &str, application_id: &str) -> AuditEntry {
         AuditEntry {
