@@ -6,7 +6,8 @@
 //! - `data_dir`: the data folder, the modes of the files in it, and its lock.
 //! - [`backup`]: backups taken while the broker runs (`POST /admin/v1/backup`), their
 //!   manifest, and restore.
-//! - [`registry`]: applications, client IDs, credentials, activations, audit; SQLite store.
+//! - [`registry`]: applications, client IDs, credentials, activations, audit; the SQLite store
+//!   and its change feed, which the in-memory snapshot follows.
 //! - [`auth`]: OAuth2 secrets, signing keys, tokens and verification.
 //! - [`fanout`]: the sequencer, the topic index and per-session outboxes.
 //! - [`log`]: the [`log::EventLog`] trait and its stores.
