@@ -108,6 +108,10 @@ pub struct Config {
     pub log_cache_bytes: usize,
     /// How long events are kept (both logs; the memory log also stops at `memory_log_events`).
     pub retention: RetentionConfig,
+    /// How often the registry's change feed is read when nothing signalled a change, in ms:
+    /// the longest a change written by another process or node sharing the registry takes
+    /// to reach this broker (this broker's own changes apply at once).
+    pub registry_poll_ms: u64,
 }
 
 /// Durability of acknowledged events in the durable log.
@@ -410,6 +414,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             log_sync: LogSync::Fsync,
             log_cache_bytes: crate::log::DEFAULT_CACHE_BYTES,
+            registry_poll_ms: 1_000,
             retention: RetentionConfig::default(),
         }
     }
@@ -591,6 +596,9 @@ impl Config {
                 "retention.interval_ms",
                 "must be 100 to 3600000 ms",
             ));
+        }
+        if !(10..=60_000).contains(&self.registry_poll_ms) {
+            return Err(invalid("registry_poll_ms", "must be 10 to 60000 ms"));
         }
         if self.memory_log_events == 0 {
             return Err(invalid("memory_log_events", "must be at least 1"));

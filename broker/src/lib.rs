@@ -12,7 +12,8 @@
 //! - `session`: one WebSocket session of `scopecast.v1`, split by job.
 //! - `http`: the HTTP surface (OAuth2, publish, history, the WebSocket upgrade, the admin
 //!   API, metrics, health), with one error shape.
-//! - [`registry`]: applications, client IDs, credentials, activations, audit; SQLite store.
+//! - [`registry`]: applications, client IDs, credentials, activations, audit; the SQLite store
+//!   and its change feed, which the in-memory snapshot follows.
 //! - [`auth`]: OAuth2 secrets, signing keys, tokens and verification.
 //! - [`backup`]: backups taken while the broker runs, their manifest, and restore.
 //! - `rate`: publish rates per client ID.

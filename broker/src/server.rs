@@ -133,6 +133,8 @@ pub async fn run_on(
         background,
     } = assemble(config, public_url).await?;
     let cancel = state.shutdown.clone();
+    // Kept to stop the registry's feed follower at the end (tasks may outlive `state`).
+    let feed = state.registry.clone();
     let sessions = state.session_tasks.clone();
     let (app, admin_app): (Router, Option<Router>) = http::routers(state.clone());
 
@@ -206,6 +208,7 @@ pub async fn run_on(
     for task in background {
         task.abort();
     }
+    feed.stop_following();
     tracing::info!("scopecast stopped");
     Ok(())
 }
@@ -239,7 +242,7 @@ pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assem
     let store = SqliteStore::open(&registry_path)
         .await
         .map_err(|e| ServeError::Startup(e.to_string()))?;
-    let registry = Registry::open(store)
+    let registry = Registry::open_following(store, Duration::from_millis(config.registry_poll_ms))
         .await
         .map_err(|e| ServeError::Startup(e.to_string()))?;
     admin_credential(&config, &registry).await?;

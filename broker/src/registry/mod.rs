@@ -1,32 +1,45 @@
 //! The application registry (DESIGN section 2): applications, their two client IDs, credentials
 //! and activations, with an audit trail.
 //!
-//! Reads on the hot path go to an in-memory [`Snapshot`] (never the database); every change is
-//! written to the [`RegistryStore`] first, then the snapshot is rebuilt and a
-//! [`RegistryChange`] is broadcast so live sessions can be cut or narrowed.
+//! Reads on the hot path go to an in-memory [`Snapshot`] (never the database). Every change is
+//! written to the [`RegistryStore`] with a row of its change feed in the same transaction; the
+//! snapshot follows the feed: it keeps a cursor, applies the changes after it in id order
+//! (reloading the rows they name) and broadcasts a [`RegistryChange`] for each, so live
+//! sessions can be cut or narrowed. The writer applies the feed before it returns, and a
+//! follower task (woken by the store, and polling) applies what others wrote: another node
+//! sharing the database, or another process on the same file.
 //!
-//! - `store`: the storage trait; `sqlite`: its SQLite implementation (sqlx, portable SQL).
+//! - `store`: the storage trait and its change feed; `sqlite`: its SQLite implementation
+//!   (sqlx, portable SQL); `conformance` (tests): the checks every store must pass.
 //! - `validate`: input rules for names, ids and uploaded keys.
 //! - [`credential`]: the one credential store (admin API, metrics, console, developer API).
 
+#[cfg(test)]
+mod conformance;
 pub mod credential;
 mod sqlite;
 mod store;
 pub mod validate;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use futures_util::StreamExt;
 use scopecast_protocol::ScopeSet;
 use scopecast_protocol::admin::Role;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, broadcast};
+use tokio_util::sync::CancellationToken;
 
 use credential::{Credential, CredentialSet, CredentialSource};
 pub use sqlite::SqliteStore;
-pub use store::{ApplicationPatch, Deletion, NewApplication, RegistryStore, StoreError};
+pub use store::{
+    ApplicationPatch, Change, ChangeKind, Deletion, NewApplication, RegistryStore, StoreError,
+    Wakeups,
+};
 use validate::{ClientKey, InvalidInput, invalid};
 
 use crate::auth::secret;
@@ -180,6 +193,27 @@ impl Snapshot {
             );
         }
         snap
+    }
+
+    /// This snapshot with the application `id` replaced by `app` (removed when `None`), its
+    /// client IDs with it.
+    fn with_application(&self, id: &str, app: Option<StoredApplication>) -> Snapshot {
+        let mut applications = self.applications.clone();
+        let mut clients = self.clients.clone();
+        if let Some(old) = applications.remove(id) {
+            for c in &old.record.clients {
+                clients.remove(&c.client_id);
+            }
+        }
+        if let Some(app) = app {
+            let part = Snapshot::build(vec![app]);
+            applications.extend(part.applications);
+            clients.extend(part.clients);
+        }
+        Snapshot {
+            applications,
+            clients,
+        }
     }
 
     /// A client by `client_id`.
@@ -351,9 +385,188 @@ struct Inner {
     /// The `admin_token` setting as a credential (not in the store).
     config_credential: ArcSwapOption<Credential>,
     changes: broadcast::Sender<RegistryChange>,
-    /// Serialises writes so that snapshot rebuilds happen in write order. Held across the
-    /// store's await on purpose: writes are admin actions, rare and short.
+    /// Serialises writes, so that a writer that checked the snapshot (e.g. the last admin
+    /// credential) writes before anyone else changes it. Held across the store's await on
+    /// purpose: writes are admin actions, rare and short.
     writes: Mutex<()>,
+    /// The id of the last change of the store's feed applied to `snapshot` and `credentials`.
+    /// Whoever applies the feed (a writer catching up, the follower task) holds it across the
+    /// store's awaits on purpose: changes are applied by one at a time, in id order, once.
+    cursor: Mutex<u64>,
+    /// Stops the follower task; cancelled when the last handle goes (see `Drop`) or by
+    /// [`Registry::stop_following`].
+    follower: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.follower.cancel();
+    }
+}
+
+/// How many changes the feed is read in at a time.
+const FEED_BATCH: usize = 256;
+
+/// How often the follower reads the feed when nothing wakes it, by default.
+pub const DEFAULT_FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Inner {
+    /// Applies every change after the cursor, in id order, each once; see [`Inner::apply`].
+    /// On a storage failure the cursor stays after the last change applied, and the next call
+    /// goes on from there.
+    async fn catch_up(&self) -> Result<(), RegistryError> {
+        let mut cursor = self.cursor.lock().await;
+        loop {
+            let batch = self.store.changes_after(*cursor, FEED_BATCH).await?;
+            let full = batch.len() == FEED_BATCH;
+            for change in batch {
+                if change.id != *cursor + 1 {
+                    // The store's contract rules this out; applying what is there is still
+                    // the best that can be done.
+                    tracing::warn!(
+                        after = *cursor,
+                        got = change.id,
+                        "registry change feed skipped ids"
+                    );
+                }
+                self.apply(&change).await?;
+                *cursor = change.id;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies one change: reloads the rows it names from the store into the snapshot (or the
+    /// credential set), then broadcasts what live sessions need to know, as the local writer
+    /// used to. The rows read are the store's current ones, which may be newer than the
+    /// change; the changes after it reload them again.
+    async fn apply(&self, change: &Change) -> Result<(), RegistryError> {
+        let app_id = change.application_id.clone().or_else(|| {
+            let client_id = change.client_id.as_deref()?;
+            Some(
+                self.snapshot
+                    .load()
+                    .client(client_id)?
+                    .application_id
+                    .clone(),
+            )
+        });
+        let client_id = change.client_id.clone().unwrap_or_default();
+        let mut events = Vec::new();
+        match &change.kind {
+            ChangeKind::CredentialCreated | ChangeKind::CredentialRevoked => {
+                return self.reload_credentials().await;
+            }
+            ChangeKind::Unknown(kind) => {
+                tracing::warn!(
+                    id = change.id,
+                    kind,
+                    "registry change of a kind this build does not know; reloading everything"
+                );
+                let apps = self.store.load().await?;
+                self.snapshot.store(Arc::new(Snapshot::build(apps)));
+                return self.reload_credentials().await;
+            }
+            ChangeKind::ApplicationDeleted => {
+                // A deleted application's client IDs are no longer in the store: take them
+                // from the snapshot (none there: it was created and deleted before this
+                // registry saw it, so it has no session here).
+                let application_id = app_id.clone().unwrap_or_default();
+                let client_ids = self
+                    .snapshot
+                    .load()
+                    .application(&application_id)
+                    .map(|a| {
+                        a.record
+                            .clients
+                            .iter()
+                            .map(|c| c.client_id.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                events.push(RegistryChange::ApplicationDeleted {
+                    application_id,
+                    client_ids,
+                });
+            }
+            ChangeKind::ApplicationCreated | ChangeKind::ApplicationUpdated => {
+                events.push(RegistryChange::ApplicationChanged {
+                    application_id: app_id.clone().unwrap_or_default(),
+                });
+            }
+            ChangeKind::CeilingChanged => {
+                let application_id = app_id.clone().unwrap_or_default();
+                events.push(RegistryChange::ApplicationChanged {
+                    application_id: application_id.clone(),
+                });
+                events.push(RegistryChange::CeilingChanged { application_id });
+            }
+            ChangeKind::ClientActivated => {
+                events.push(RegistryChange::ClientActivated { client_id });
+            }
+            ChangeKind::ClientDeactivated => {
+                events.push(RegistryChange::ClientDeactivated { client_id });
+            }
+            ChangeKind::SecretChanged
+            | ChangeKind::KeysChanged
+            | ChangeKind::ClientIdHeaderChanged => {
+                events.push(RegistryChange::CredentialsChanged { client_id });
+            }
+        }
+        match app_id {
+            Some(id) => {
+                let app = self.store.load_application(&id).await?;
+                let next = self.snapshot.load().with_application(&id, app);
+                self.snapshot.store(Arc::new(next));
+            }
+            None => {
+                // A client change for a client this registry never saw and the store no
+                // longer has: nothing to update, but stay exact.
+                let apps = self.store.load().await?;
+                self.snapshot.store(Arc::new(Snapshot::build(apps)));
+            }
+        }
+        for event in events {
+            // No receiver is fine: nobody is connected.
+            let _ = self.changes.send(event);
+        }
+        Ok(())
+    }
+
+    async fn reload_credentials(&self) -> Result<(), RegistryError> {
+        let mut all = self.store.load_credentials().await?;
+        if let Some(c) = self.config_credential.load_full() {
+            all.push((*c).clone());
+        }
+        self.credentials.store(Arc::new(CredentialSet::new(all)));
+        Ok(())
+    }
+}
+
+/// The follower task: applies the feed whenever `wakeups` fires, and every `poll` in any case,
+/// until `stop` is cancelled or the registry is gone. It holds the registry only while
+/// applying, so dropping the last handle ends it.
+async fn follow(inner: Weak<Inner>, stop: CancellationToken, mut wakeups: Wakeups, poll: Duration) {
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            woke = wakeups.next() => {
+                if woke.is_none() {
+                    // The store stopped signalling: polling alone from now on.
+                    wakeups = futures_util::stream::pending().boxed();
+                }
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.catch_up().await {
+            tracing::warn!(error = %e, "registry change feed: applying changes failed; retrying");
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -399,15 +612,35 @@ fn scope_ceiling(scope: &str) -> Result<String, InvalidInput> {
 }
 
 impl Registry {
-    /// Opens the registry over `store` and loads the snapshot.
+    /// Opens the registry over `store`, loads the snapshot and starts following the store's
+    /// change feed, polling every [`DEFAULT_FOLLOW_INTERVAL`]. See [`Registry::open_following`].
     ///
     /// # Errors
     /// [`RegistryError::Store`] when the store cannot be read.
     pub async fn open(store: impl RegistryStore) -> Result<Registry, RegistryError> {
+        Registry::open_following(store, DEFAULT_FOLLOW_INTERVAL).await
+    }
+
+    /// Opens the registry over `store` and loads the snapshot, then spawns the follower task
+    /// (on the current Tokio runtime): it applies the store's changes after the loaded state
+    /// whenever [`RegistryStore::wakeups`] fires, and every `poll` in any case (so a lost
+    /// wake-up, or a write by another process or node, is applied within `poll`). The task
+    /// stops when the last handle is dropped or at [`Registry::stop_following`].
+    ///
+    /// # Errors
+    /// [`RegistryError::Store`] when the store cannot be read.
+    pub async fn open_following(
+        store: impl RegistryStore,
+        poll: Duration,
+    ) -> Result<Registry, RegistryError> {
+        // The cursor first: a change that lands between it and the loads is applied again
+        // later, which is harmless; the other way round it could be missed.
+        let cursor = store.latest_change().await?;
         let apps = store.load().await?;
         let credentials = store.load_credentials().await?;
+        let wakeups = store.wakeups();
         let (changes, _) = broadcast::channel(1024);
-        Ok(Registry {
+        let registry = Registry {
             inner: Arc::new(Inner {
                 store: Box::new(store),
                 snapshot: ArcSwap::from_pointee(Snapshot::build(apps)),
@@ -415,8 +648,28 @@ impl Registry {
                 config_credential: ArcSwapOption::empty(),
                 changes,
                 writes: Mutex::new(()),
+                cursor: Mutex::new(cursor),
+                follower: CancellationToken::new(),
             }),
-        })
+        };
+        tokio::spawn(follow(
+            Arc::downgrade(&registry.inner),
+            registry.inner.follower.clone(),
+            wakeups,
+            poll,
+        ));
+        Ok(registry)
+    }
+
+    /// Stops the follower task: from now on only this handle's own writes update the
+    /// snapshot. For shutdown; dropping the last handle does the same.
+    pub fn stop_following(&self) {
+        self.inner.follower.cancel();
+    }
+
+    /// The id of the last change of the store's feed this registry has applied.
+    pub async fn applied_change(&self) -> u64 {
+        *self.inner.cursor.lock().await
     }
 
     /// The current snapshot.
@@ -434,14 +687,10 @@ impl Registry {
         self.inner.changes.subscribe()
     }
 
-    async fn reload(&self, changes: Vec<RegistryChange>) -> Result<(), RegistryError> {
-        let apps = self.inner.store.load().await?;
-        self.inner.snapshot.store(Arc::new(Snapshot::build(apps)));
-        for change in changes {
-            // No receiver is fine: nobody is connected.
-            let _ = self.inner.changes.send(change);
-        }
-        Ok(())
+    /// Applies every change of the feed not applied yet: after a write, so that the writer
+    /// returns with its change in the snapshot (and its [`RegistryChange`] sent).
+    async fn catch_up(&self) -> Result<(), RegistryError> {
+        self.inner.catch_up().await
     }
 
     /// Creates an application with a production and a non-production client ID, each with a
@@ -507,10 +756,7 @@ impl Registry {
             .store
             .insert_application(&NewApplication { application: app }, &entry)
             .await?;
-        self.reload(vec![RegistryChange::ApplicationChanged {
-            application_id: id.clone(),
-        }])
-        .await?;
+        self.catch_up().await?;
         let app = self
             .snapshot()
             .application(&id)
@@ -582,15 +828,7 @@ impl Registry {
                 id,
             });
         }
-        let mut changes = vec![RegistryChange::ApplicationChanged {
-            application_id: id.clone(),
-        }];
-        if patch.scope.is_some() {
-            changes.push(RegistryChange::CeilingChanged {
-                application_id: id.clone(),
-            });
-        }
-        self.reload(changes).await?;
+        self.catch_up().await?;
         self.snapshot()
             .application(&id)
             .cloned()
@@ -662,11 +900,7 @@ impl Registry {
                 )));
             }
         }
-        self.reload(vec![RegistryChange::ApplicationDeleted {
-            application_id: id.clone(),
-            client_ids: deleted.client_ids.clone(),
-        }])
-        .await?;
+        self.catch_up().await?;
         Ok(deleted)
     }
 
@@ -723,10 +957,7 @@ impl Registry {
             .store
             .set_secret_hash(&client.client_id, &secret_hash, now_ms(), &entry)
             .await?;
-        self.reload(vec![RegistryChange::CredentialsChanged {
-            client_id: client.client_id.clone(),
-        }])
-        .await?;
+        self.catch_up().await?;
         Ok(IssuedSecret {
             client_id: client.client_id.clone(),
             kind: client.kind,
@@ -777,10 +1008,7 @@ impl Registry {
             .store
             .set_keys(&client.client_id, &keys, now_ms(), &entry)
             .await?;
-        self.reload(vec![RegistryChange::CredentialsChanged {
-            client_id: client.client_id.clone(),
-        }])
-        .await
+        self.catch_up().await
     }
 
     /// Activates or deactivates a client ID, recording who and why. Deactivation is broadcast
@@ -814,16 +1042,7 @@ impl Registry {
             .store
             .set_active(&client.client_id, active, actor, &reason, now_ms(), &entry)
             .await?;
-        let change = if active {
-            RegistryChange::ClientActivated {
-                client_id: client.client_id.clone(),
-            }
-        } else {
-            RegistryChange::ClientDeactivated {
-                client_id: client.client_id.clone(),
-            }
-        };
-        self.reload(vec![change]).await?;
+        self.catch_up().await?;
         self.existing_client(&client.client_id)
     }
 
@@ -867,10 +1086,7 @@ impl Registry {
             .store
             .set_client_id_header(&client.client_id, enabled, now_ms(), &entry)
             .await?;
-        self.reload(vec![RegistryChange::CredentialsChanged {
-            client_id: client.client_id.clone(),
-        }])
-        .await
+        self.catch_up().await
     }
 
     /// Reads the audit trail, newest first.
@@ -896,17 +1112,6 @@ impl Registry {
         self.inner.credentials.load_full()
     }
 
-    async fn reload_credentials(&self) -> Result<(), RegistryError> {
-        let mut all = self.inner.store.load_credentials().await?;
-        if let Some(c) = self.inner.config_credential.load_full() {
-            all.push((*c).clone());
-        }
-        self.inner
-            .credentials
-            .store(Arc::new(CredentialSet::new(all)));
-        Ok(())
-    }
-
     /// Makes the `admin_token` setting a valid admin credential named `admin (config)`, kept in
     /// memory only.
     ///
@@ -926,7 +1131,10 @@ impl Registry {
                 revoked_by: None,
                 source: CredentialSource::Config,
             })));
-        self.reload_credentials().await
+        // Under the feed's cursor, so that a credential change applied meanwhile cannot put
+        // back a set read before this one.
+        let _cursor = self.inner.cursor.lock().await;
+        self.inner.reload_credentials().await
     }
 
     /// Stores `token` as the admin credential named `admin` unless the store already knows it
@@ -968,7 +1176,7 @@ impl Registry {
             serde_json::json!({"credential_id": c.id, "name": c.name, "role": c.role.as_str()}),
         );
         self.inner.store.insert_credential(&c, &entry).await?;
-        self.reload_credentials().await?;
+        self.catch_up().await?;
         Ok(true)
     }
 
@@ -1011,7 +1219,7 @@ impl Registry {
         );
         let _guard = self.inner.writes.lock().await;
         self.inner.store.insert_credential(&c, &entry).await?;
-        self.reload_credentials().await?;
+        self.catch_up().await?;
         let stored = self
             .credentials()
             .find(&c.id)
@@ -1076,7 +1284,7 @@ impl Registry {
                 id: name_or_id.to_owned(),
             });
         }
-        self.reload_credentials().await?;
+        self.catch_up().await?;
         self.credentials()
             .find(&c.id)
             .ok_or_else(|| RegistryError::Internal("revoked credential vanished".into()))
@@ -1088,5 +1296,228 @@ impl std::fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("applications", &self.snapshot().applications().len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sqlite(path: &std::path::Path) -> SqliteStore {
+        SqliteStore::open(path).await.unwrap()
+    }
+
+    fn app(name: &str) -> CreateApplication {
+        CreateApplication {
+            name: name.to_owned(),
+            vendor: "Vendor".to_owned(),
+            description: String::new(),
+            scope: "subscribe:adt.>".to_owned(),
+        }
+    }
+
+    async fn next(rx: &mut broadcast::Receiver<RegistryChange>) -> RegistryChange {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a registry change within 5 s")
+            .unwrap()
+    }
+
+    /// Waits (at most 5 s) until `done` holds for `registry`.
+    async fn until(registry: &Registry, done: impl Fn(&Registry) -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !done(registry) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("applied within 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_writer_returns_with_its_change_applied_and_broadcast_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(sqlite(&dir.path().join("r.sqlite")).await)
+            .await
+            .unwrap();
+        let mut rx = registry.changes();
+        let (a, _) = registry.create_application(app("One"), "t").await.unwrap();
+        let id = a.record.id.clone();
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::ApplicationChanged {
+                application_id: id.clone()
+            }
+        );
+        let patch = ApplicationPatch {
+            scope: Some("subscribe:lab.>".to_owned()),
+            ..ApplicationPatch::default()
+        };
+        let updated = registry.update_application(&id, patch, "t").await.unwrap();
+        assert_eq!(updated.record.scope, "subscribe:lab.>");
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::ApplicationChanged {
+                application_id: id.clone()
+            }
+        );
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::CeilingChanged {
+                application_id: id.clone()
+            }
+        );
+        let c = a.record.clients[1].client_id.clone();
+        assert!(
+            registry
+                .set_active(&c, true, "t", "pilot")
+                .await
+                .unwrap()
+                .active
+        );
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::ClientActivated {
+                client_id: c.clone()
+            }
+        );
+        registry.set_active(&c, false, "t", "done").await.unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::ClientDeactivated {
+                client_id: c.clone()
+            }
+        );
+        registry.rotate_secret(&c, "t").await.unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::CredentialsChanged {
+                client_id: c.clone()
+            }
+        );
+        let deleted = registry.delete_application(&id, "t", "gone").await.unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            RegistryChange::ApplicationDeleted {
+                application_id: id.clone(),
+                client_ids: deleted.client_ids.clone(),
+            }
+        );
+        assert_eq!(deleted.client_ids.len(), 2);
+        assert!(registry.snapshot().application(&id).is_none());
+        assert!(registry.client(&c).is_none());
+        assert_eq!(registry.applied_change().await, 6);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err(),
+            "each change is applied once: the follower, woken too, finds nothing new"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_made_through_one_node_is_applied_by_the_other_nodes_follower() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        // Two registries over one file, each with its own store (its own pool and in-process
+        // signal): as two nodes sharing a database, they learn of each other by polling.
+        let poll = Duration::from_millis(50);
+        let one = Registry::open_following(sqlite(&path).await, poll)
+            .await
+            .unwrap();
+        let two = Registry::open_following(sqlite(&path).await, poll)
+            .await
+            .unwrap();
+        let mut seen_by_two = two.changes();
+        let (a, _) = one.create_application(app("Shared"), "t").await.unwrap();
+        let c = a.record.clients[0].client_id.clone();
+        let started = tokio::time::Instant::now();
+        until(&two, |r| r.client(&c).is_some()).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "within a few polls: {:?}",
+            started.elapsed()
+        );
+        one.set_active(&c, true, "t", "pilot").await.unwrap();
+        one.set_active(&c, false, "t", "done").await.unwrap();
+        // The other node's sessions hear of it, in order, though the client ends inactive.
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            got.push(next(&mut seen_by_two).await);
+        }
+        assert_eq!(
+            got,
+            [
+                RegistryChange::ApplicationChanged {
+                    application_id: a.record.id.clone()
+                },
+                RegistryChange::ClientActivated {
+                    client_id: c.clone()
+                },
+                RegistryChange::ClientDeactivated {
+                    client_id: c.clone()
+                },
+            ]
+        );
+        assert!(!two.client(&c).unwrap().active);
+        // Credentials follow too: one made through `two` authenticates on `one`.
+        let (cred, token) = two
+            .create_credential("ops", Role::Viewer, "t")
+            .await
+            .unwrap();
+        until(&one, |r| r.authenticate(&token).is_some()).await;
+        two.bootstrap_admin("scc_admin").await.unwrap();
+        one.revoke_credential(&cred.id, "t").await.unwrap();
+        until(&two, |r| r.authenticate(&token).is_none()).await;
+        assert_eq!(one.applied_change().await, two.applied_change().await);
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_missed_its_wakeup_catches_up_by_polling() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        let registry = Registry::open_following(sqlite(&path).await, Duration::from_millis(50))
+            .await
+            .unwrap();
+        // Written behind the registry's back, through a store whose signal it never hears.
+        let other = Registry::open_following(sqlite(&path).await, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        other.stop_following();
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let (a, _) = other
+                .create_application(app(&format!("Quiet {n}")), "t")
+                .await
+                .unwrap();
+            ids.push(a.record.id.clone());
+        }
+        until(&registry, |r| {
+            ids.iter().all(|id| r.snapshot().application(id).is_some())
+        })
+        .await;
+        assert_eq!(registry.applied_change().await, 5);
+    }
+
+    #[tokio::test]
+    async fn the_follower_stops_when_the_last_handle_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite(&dir.path().join("r.sqlite")).await;
+        let registry = Registry::open_following(store.clone(), Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert_eq!(store.wake_listeners(), 1, "the follower listens");
+        let clone = registry.clone();
+        drop(registry);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(store.wake_listeners(), 1, "a handle is left");
+        drop(clone);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while store.wake_listeners() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the follower ends with the registry");
     }
 }

@@ -1,18 +1,25 @@
 //! [`RegistryStore`] on SQLite through sqlx: one file in the data folder, WAL journal, foreign
 //! keys on. The SQL is kept portable to PostgreSQL (`$n` parameters, no SQLite-only types).
+//! Change-feed wake-ups are an in-process signal: a write through one [`SqliteStore`] (or a
+//! clone) wakes its followers; another process's writes are found by polling.
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::credential::{Credential, CredentialSource};
-use super::store::{ApplicationPatch, Deletion, NewApplication, RegistryStore, StoreError};
+use super::store::{
+    ApplicationPatch, Change, ChangeKind, Deletion, NewApplication, RegistryStore, StoreError,
+    Wakeups,
+};
 use super::{AuditEntry, AuditQuery, ClientKeysSpec, StoredApplication, StoredClient};
 use crate::config::EnvironmentKind;
 
@@ -23,6 +30,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Bumped after every committed write; [`RegistryStore::wakeups`] streams subscribe to it.
+    /// Shared by clones; dropped with the last one, which ends those streams.
+    wake: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// The keys a change row names.
+#[derive(Default)]
+struct Keys<'a> {
+    application_id: Option<&'a str>,
+    client_id: Option<&'a str>,
+    credential_id: Option<&'a str>,
 }
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -72,7 +90,16 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migrations: {e}")))?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            wake: Arc::new(tokio::sync::watch::channel(0).0),
+        })
+    }
+
+    /// How many wake-up streams are alive (tests: a follower that stopped holds none).
+    #[cfg(test)]
+    pub(crate) fn wake_listeners(&self) -> usize {
+        self.wake.receiver_count()
     }
 
     /// The registry's schema version this build writes: the number of its last migration
@@ -82,53 +109,60 @@ impl SqliteStore {
         MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
     }
 
-    async fn write_audit(
+    /// Commits `tx`, then wakes the feed's followers.
+    async fn commit(&self, tx: Transaction<'_, Sqlite>) -> Result<(), StoreError> {
+        tx.commit().await.map_err(db)?;
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
+    /// Adds the change row of a write, in its transaction. A client's application id is looked
+    /// up when not given (the client row must still exist then).
+    async fn write_change(
         tx: &mut Transaction<'_, Sqlite>,
-        a: &AuditEntry,
+        kind: ChangeKind,
+        keys: Keys<'_>,
+        at_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO audit_log (id, at, actor, action, application_id, client_id, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO changes (kind, application_id, client_id, credential_id, at) \
+             VALUES ($1, COALESCE($2, (SELECT application_id FROM clients WHERE client_id = $3)), \
+                     $3, $4, $5)",
         )
-        .bind(&a.id)
-        .bind(a.at_ms)
-        .bind(&a.actor)
-        .bind(&a.action)
-        .bind(&a.application_id)
-        .bind(&a.client_id)
-        .bind(a.detail.to_string())
+        .bind(kind.as_str())
+        .bind(keys.application_id)
+        .bind(keys.client_id)
+        .bind(keys.credential_id)
+        .bind(at_ms)
         .execute(&mut **tx)
         .await
         .map_err(db)?;
         Ok(())
     }
-}
 
-fn keys_columns(keys: &ClientKeysSpec) -> (Option<String>, Option<String>) {
-    match keys {
-        ClientKeysSpec::None => (None, None),
-        ClientKeysSpec::Jwks(v) => (Some(v.to_string()), None),
-        ClientKeysSpec::JwksUri(u) => (None, Some(u.clone())),
-    }
-}
-
-#[async_trait]
-impl RegistryStore for SqliteStore {
-    async fn load(&self) -> Result<Vec<StoredApplication>, StoreError> {
+    /// Applications (one, or every one when `id` is `None`) with their clients.
+    async fn load_where(&self, id: Option<&str>) -> Result<Vec<StoredApplication>, StoreError> {
+        // One read transaction, so the applications and the clients are of the same instant.
+        let mut tx = self.pool.begin().await.map_err(db)?;
         let apps = sqlx::query(
-            "SELECT id, name, vendor, description, scope, created_at, updated_at FROM applications",
+            "SELECT id, name, vendor, description, scope, created_at, updated_at FROM applications \
+             WHERE ($1 IS NULL OR id = $1)",
         )
-        .fetch_all(&self.pool)
+        .bind(id)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
         let clients = sqlx::query(
             "SELECT c.client_id, c.application_id, c.kind, c.active, c.client_id_header, c.created_at, c.updated_at, \
                     k.secret_hash, k.jwks, k.jwks_uri \
-             FROM clients c LEFT JOIN client_credentials k ON k.client_id = c.client_id",
+             FROM clients c LEFT JOIN client_credentials k ON k.client_id = c.client_id \
+             WHERE ($1 IS NULL OR c.application_id = $1)",
         )
-        .fetch_all(&self.pool)
+        .bind(id)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         let mut out: Vec<StoredApplication> = apps
             .iter()
             .map(|r| StoredApplication {
@@ -180,6 +214,87 @@ impl RegistryStore for SqliteStore {
                 .sort_by_key(|c| c.kind != EnvironmentKind::Production);
         }
         Ok(out)
+    }
+
+    async fn write_audit(
+        tx: &mut Transaction<'_, Sqlite>,
+        a: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, actor, action, application_id, client_id, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&a.id)
+        .bind(a.at_ms)
+        .bind(&a.actor)
+        .bind(&a.action)
+        .bind(&a.application_id)
+        .bind(&a.client_id)
+        .bind(a.detail.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+}
+
+fn keys_columns(keys: &ClientKeysSpec) -> (Option<String>, Option<String>) {
+    match keys {
+        ClientKeysSpec::None => (None, None),
+        ClientKeysSpec::Jwks(v) => (Some(v.to_string()), None),
+        ClientKeysSpec::JwksUri(u) => (None, Some(u.clone())),
+    }
+}
+
+#[async_trait]
+impl RegistryStore for SqliteStore {
+    async fn load(&self) -> Result<Vec<StoredApplication>, StoreError> {
+        self.load_where(None).await
+    }
+
+    async fn load_application(&self, id: &str) -> Result<Option<StoredApplication>, StoreError> {
+        Ok(self.load_where(Some(id)).await?.pop())
+    }
+
+    async fn changes_after(&self, cursor: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, application_id, client_id, credential_id, at FROM changes \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(i64::try_from(cursor).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| Change {
+                id: r.get::<i64, _>("id") as u64,
+                kind: ChangeKind::parse(r.get("kind")),
+                application_id: r.get("application_id"),
+                client_id: r.get("client_id"),
+                credential_id: r.get("credential_id"),
+                at_ms: r.get("at"),
+            })
+            .collect())
+    }
+
+    async fn latest_change(&self) -> Result<u64, StoreError> {
+        let id: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM changes")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?
+            .get(0);
+        Ok(id as u64)
+    }
+
+    fn wakeups(&self) -> Wakeups {
+        let rx = self.wake.subscribe();
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+        .boxed()
     }
 
     async fn insert_application(
@@ -234,8 +349,18 @@ impl RegistryStore for SqliteStore {
             .await
             .map_err(db)?;
         }
+        Self::write_change(
+            &mut tx,
+            ChangeKind::ApplicationCreated,
+            Keys {
+                application_id: Some(&app.id),
+                ..Keys::default()
+            },
+            audit.at_ms,
+        )
+        .await?;
         Self::write_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn update_application(
@@ -269,8 +394,23 @@ impl RegistryStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
+        let kind = if patch.scope.is_some() {
+            ChangeKind::CeilingChanged
+        } else {
+            ChangeKind::ApplicationUpdated
+        };
+        Self::write_change(
+            &mut tx,
+            kind,
+            Keys {
+                application_id: Some(id),
+                ..Keys::default()
+            },
+            audit.at_ms,
+        )
+        .await?;
         Self::write_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -300,8 +440,18 @@ impl RegistryStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        Self::write_change(
+            &mut tx,
+            ChangeKind::SecretChanged,
+            Keys {
+                client_id: Some(client_id),
+                ..Keys::default()
+            },
+            audit.at_ms,
+        )
+        .await?;
         Self::write_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -331,8 +481,18 @@ impl RegistryStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        Self::write_change(
+            &mut tx,
+            ChangeKind::KeysChanged,
+            Keys {
+                client_id: Some(client_id),
+                ..Keys::default()
+            },
+            audit.at_ms,
+        )
+        .await?;
         Self::write_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -367,8 +527,23 @@ impl RegistryStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        let kind = if active {
+            ChangeKind::ClientActivated
+        } else {
+            ChangeKind::ClientDeactivated
+        };
+        Self::write_change(
+            &mut tx,
+            kind,
+            Keys {
+                client_id: Some(client_id),
+                ..Keys::default()
+            },
+            audit.at_ms,
+        )
+        .await?;
         Self::write_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -392,8 +567,18 @@ impl RegistryStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
+        Self::write_change(
+            &mut tx,
+            ChangeKind::ClientIdHeaderChanged,
+            Keys {
+                client_id: Some(client_id),
+                ..Keys::default()
+            },
+            audit.at_ms,
+        )
+        .await?;
         Self::write_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -443,8 +628,18 @@ impl RegistryStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        Self::write_change(
+            &mut tx,
+            ChangeKind::ApplicationDeleted,
+            Keys {
+                application_id: Some(id),
+                ..Keys::default()
+            },
+            audit.at_ms,
+        )
+        .await?;
         Self::write_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(Deletion::Deleted)
     }
 
@@ -549,8 +744,18 @@ impl RegistryStore for SqliteStore {
             }
             other => other,
         })?;
+        Self::write_change(
+            &mut tx,
+            ChangeKind::CredentialCreated,
+            Keys {
+                credential_id: Some(&c.id),
+                ..Keys::default()
+            },
+            audit.at_ms,
+        )
+        .await?;
         Self::write_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(db)
+        self.commit(tx).await
     }
 
     async fn revoke_credential(
@@ -574,8 +779,18 @@ impl RegistryStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
+        Self::write_change(
+            &mut tx,
+            ChangeKind::CredentialRevoked,
+            Keys {
+                credential_id: Some(id),
+                ..Keys::default()
+            },
+            audit.at_ms,
+        )
+        .await?;
         Self::write_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(db)?;
+        self.commit(tx).await?;
         Ok(true)
     }
 }
@@ -592,6 +807,25 @@ impl std::fmt::Debug for SqliteStore {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Fresh SQLite stores, each in its own temporary folder.
+    struct SqliteMaker;
+
+    #[async_trait]
+    impl crate::registry::conformance::Maker for SqliteMaker {
+        async fn make(&self) -> crate::registry::conformance::Made {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(&dir.path().join("r.sqlite"))
+                .await
+                .unwrap();
+            crate::registry::conformance::Made {
+                store: Arc::new(store),
+                _keep: Box::new(dir),
+            }
+        }
+    }
+
+    crate::registry::conformance::conformance_tests!(SqliteMaker);
 
     fn entry(action: &str, application_id: &str) -> AuditEntry {
         AuditEntry {

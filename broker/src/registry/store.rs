@@ -1,9 +1,12 @@
 //! The registry's storage, behind a small trait so that PostgreSQL (cluster mode) plugs in
-//! without touching the broker. The SQLite implementation is in `sqlite.rs`.
+//! without touching the broker: [`RegistryStore`], what it reads and writes, and its change
+//! feed ([`Change`], [`ChangeKind`], [`Wakeups`]). The SQLite implementation is in `sqlite.rs`;
+//! the checks every implementation must pass are in `conformance.rs`.
 
 use std::path::Path;
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 
 use super::credential::Credential;
 use super::{AuditEntry, AuditQuery, ClientKeysSpec, StoredApplication};
@@ -50,11 +53,133 @@ pub enum Deletion {
     Active(Vec<String>),
 }
 
-/// Durable registry storage. Every write also appends its audit entry in the same transaction.
+/// What a [`Change`] was: one kind per write of [`RegistryStore`], named like the audit
+/// actions. Stored as its [`ChangeKind::as_str`] text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// [`RegistryStore::insert_application`]: an application and its two client IDs.
+    ApplicationCreated,
+    /// [`RegistryStore::update_application`] without a new scope ceiling.
+    ApplicationUpdated,
+    /// [`RegistryStore::update_application`] with a scope ceiling (perhaps other fields too):
+    /// live sessions of the application must re-check their subscriptions.
+    CeilingChanged,
+    /// [`RegistryStore::delete_application`]: the application and its client IDs are gone.
+    ApplicationDeleted,
+    /// [`RegistryStore::set_active`] with `true`.
+    ClientActivated,
+    /// [`RegistryStore::set_active`] with `false`: the client's live sessions must close.
+    ClientDeactivated,
+    /// [`RegistryStore::set_secret_hash`].
+    SecretChanged,
+    /// [`RegistryStore::set_keys`].
+    KeysChanged,
+    /// [`RegistryStore::set_client_id_header`].
+    ClientIdHeaderChanged,
+    /// [`RegistryStore::insert_credential`].
+    CredentialCreated,
+    /// [`RegistryStore::revoke_credential`].
+    CredentialRevoked,
+    /// A kind this build does not know (written by a newer node sharing the database). A
+    /// follower reloads everything for it.
+    Unknown(String),
+}
+
+impl ChangeKind {
+    /// The stored spelling, e.g. `client.deactivate`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ChangeKind::ApplicationCreated => "application.create",
+            ChangeKind::ApplicationUpdated => "application.update",
+            ChangeKind::CeilingChanged => "application.set_scope",
+            ChangeKind::ApplicationDeleted => "application.delete",
+            ChangeKind::ClientActivated => "client.activate",
+            ChangeKind::ClientDeactivated => "client.deactivate",
+            ChangeKind::SecretChanged => "client.rotate_secret",
+            ChangeKind::KeysChanged => "client.set_keys",
+            ChangeKind::ClientIdHeaderChanged => "client.set_client_id_header",
+            ChangeKind::CredentialCreated => "credential.create",
+            ChangeKind::CredentialRevoked => "credential.revoke",
+            ChangeKind::Unknown(s) => s,
+        }
+    }
+
+    /// The kind spelled `s`; never fails: an unknown spelling is [`ChangeKind::Unknown`].
+    pub fn parse(s: &str) -> ChangeKind {
+        match s {
+            "application.create" => ChangeKind::ApplicationCreated,
+            "application.update" => ChangeKind::ApplicationUpdated,
+            "application.set_scope" => ChangeKind::CeilingChanged,
+            "application.delete" => ChangeKind::ApplicationDeleted,
+            "client.activate" => ChangeKind::ClientActivated,
+            "client.deactivate" => ChangeKind::ClientDeactivated,
+            "client.rotate_secret" => ChangeKind::SecretChanged,
+            "client.set_keys" => ChangeKind::KeysChanged,
+            "client.set_client_id_header" => ChangeKind::ClientIdHeaderChanged,
+            "credential.create" => ChangeKind::CredentialCreated,
+            "credential.revoke" => ChangeKind::CredentialRevoked,
+            other => ChangeKind::Unknown(other.to_owned()),
+        }
+    }
+}
+
+/// One row of the change feed: which write happened and which keys it concerns. It names rows,
+/// it does not carry them: a follower reloads the named rows from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The cursor: consecutive from 1, in commit order (see [`RegistryStore`]).
+    pub id: u64,
+    /// What was written.
+    pub kind: ChangeKind,
+    /// The application concerned: set for every application and client kind.
+    pub application_id: Option<String>,
+    /// The client ID concerned: set for client kinds.
+    pub client_id: Option<String>,
+    /// The credential concerned: set for credential kinds.
+    pub credential_id: Option<String>,
+    /// When, Unix ms (the write's audit time).
+    pub at_ms: i64,
+}
+
+/// Wake-ups of a change feed: an item some time after one or more writes committed. Items
+/// carry nothing and may be merged or lost (a follower also polls); the stream ends only
+/// when the store is gone.
+pub type Wakeups = BoxStream<'static, ()>;
+
+/// Durable registry storage. Every write also appends its audit entry, and one [`Change`] row,
+/// in the same transaction: a write that fails leaves neither.
+///
+/// # The change feed
+/// [`RegistryStore::changes_after`] reads the changes after a cursor in id order, and
+/// [`RegistryStore::wakeups`] says when to read (a hint, never the data). Whoever holds a view
+/// of the registry (this broker's snapshot, another node sharing the database) keeps a cursor
+/// and applies every change after it, in id order, once.
+///
+/// That only works if a reader never sees a change while one with a lower id can still appear.
+/// An implementation must guarantee: change ids are consecutive from 1 (a failed write gives
+/// its id back) and become visible in id order, so that once id N is readable every id below
+/// N is readable too. SQLite has it for free: one writer at a time, and an `AUTOINCREMENT` id
+/// given inside the write transaction. PostgreSQL sequences give neither (ids are taken before
+/// commit, and a rollback leaves a hole), so the PostgreSQL store takes a transaction-level
+/// advisory lock (`pg_advisory_xact_lock`, one key for the registry) before it inserts its
+/// change row, and assigns `MAX(id) + 1` under it: change-writing transactions then commit one
+/// after the other, in id order, without holes, and readers need no look-back window.
+/// `LISTEN/NOTIFY` only wakes readers there, like [`Wakeups`] here.
 #[async_trait]
 pub trait RegistryStore: Send + Sync + 'static {
     /// Every application with its clients.
     async fn load(&self) -> Result<Vec<StoredApplication>, StoreError>;
+    /// One application with its clients; `None` when there is none with that id.
+    async fn load_application(&self, id: &str) -> Result<Option<StoredApplication>, StoreError>;
+    /// Up to `limit` changes with an id above `cursor`, in id order (none when the feed has
+    /// nothing after `cursor`). Cursor 0 reads from the first change.
+    async fn changes_after(&self, cursor: u64, limit: usize) -> Result<Vec<Change>, StoreError>;
+    /// The id of the newest committed change; 0 when there is none. Read it before
+    /// [`RegistryStore::load`] to start following from a loaded state.
+    async fn latest_change(&self) -> Result<u64, StoreError>;
+    /// Wake-ups after committed writes made through this store (SQLite: an in-process signal,
+    /// so writes by another process arrive only by polling).
+    fn wakeups(&self) -> Wakeups;
     /// Inserts a new application and its two clients.
     async fn insert_application(
         &self,
@@ -116,7 +241,8 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// to the file `path` (which must not exist yet, or be empty), in the store's own format
     /// (SQLite: a database file that [`super::SqliteStore::open`] opens).
     async fn copy_to(&self, path: &Path) -> Result<(), StoreError>;
-    /// Appends an audit entry for a change outside the registry (e.g. key rotation).
+    /// Appends an audit entry for a change outside the registry (e.g. key rotation). Adds no
+    /// [`Change`]: nothing a follower holds changes.
     async fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Audit entries, newest first.
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;

@@ -1,0 +1,671 @@
+//! The conformance suite of [`RegistryStore`]: every implementation runs it
+//! (`conformance_tests!` in its module), so a new store starts green or red on its first day.
+//! Each check states one rule of the trait's contract: round trips of what it stores, and its
+//! change feed (one change per write, in the write's transaction; ids consecutive and visible
+//! in order; catch-up by cursor whatever the wake-ups did).
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use scopecast_protocol::admin::Role;
+use serde_json::json;
+
+use super::credential::{Credential, CredentialSource};
+use super::store::{
+    ApplicationPatch, Change, ChangeKind, Deletion, NewApplication, RegistryStore, StoreError,
+};
+use super::{AuditEntry, AuditQuery, ClientKeysSpec, StoredApplication, StoredClient};
+use crate::config::EnvironmentKind;
+
+/// A fresh, empty store under test.
+pub(crate) struct Made {
+    pub(crate) store: Arc<dyn RegistryStore>,
+    /// Whatever the store needs to outlive (a temporary folder).
+    pub(crate) _keep: Box<dyn Any + Send + Sync>,
+}
+
+/// Makes fresh, empty stores of one implementation.
+#[async_trait]
+pub(crate) trait Maker: Sync {
+    /// A new store with nothing in it.
+    async fn make(&self) -> Made;
+}
+
+fn entry(action: &str) -> AuditEntry {
+    AuditEntry {
+        id: uuid::Uuid::now_v7().to_string(),
+        at_ms: 7,
+        actor: "tester".to_owned(),
+        action: action.to_owned(),
+        application_id: None,
+        client_id: None,
+        detail: json!({}),
+    }
+}
+
+fn client(kind: EnvironmentKind) -> StoredClient {
+    StoredClient {
+        client_id: uuid::Uuid::new_v4().to_string(),
+        kind,
+        active: false,
+        secret_hash: Some("$argon2id$first".to_owned()),
+        keys: ClientKeysSpec::None,
+        client_id_header: false,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    }
+}
+
+fn application(name: &str) -> StoredApplication {
+    StoredApplication {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: name.to_owned(),
+        vendor: "Vendor".to_owned(),
+        description: "about".to_owned(),
+        scope: "subscribe:adt.>".to_owned(),
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        clients: vec![
+            client(EnvironmentKind::Production),
+            client(EnvironmentKind::NonProduction),
+        ],
+    }
+}
+
+async fn insert(store: &dyn RegistryStore, name: &str) -> StoredApplication {
+    let app = application(name);
+    store
+        .insert_application(
+            &NewApplication {
+                application: app.clone(),
+            },
+            &entry("application.create"),
+        )
+        .await
+        .unwrap();
+    app
+}
+
+fn credential(name: &str) -> Credential {
+    Credential {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: name.to_owned(),
+        role: Role::Viewer,
+        token_hash: uuid::Uuid::new_v4().simple().to_string(),
+        created_at_ms: 1,
+        created_by: "tester".to_owned(),
+        revoked_at_ms: None,
+        revoked_by: None,
+        source: CredentialSource::Store,
+    }
+}
+
+/// The changes after `cursor`, read in pages of `page`, asserting they come in id order.
+async fn all_after(store: &dyn RegistryStore, cursor: u64, page: usize) -> Vec<Change> {
+    let mut out: Vec<Change> = Vec::new();
+    let mut at = cursor;
+    loop {
+        let batch = store.changes_after(at, page).await.unwrap();
+        assert!(batch.len() <= page, "at most `limit` changes");
+        let Some(last) = batch.last() else {
+            return out;
+        };
+        at = last.id;
+        out.extend(batch);
+    }
+}
+
+fn ids(changes: &[Change]) -> Vec<u64> {
+    changes.iter().map(|c| c.id).collect()
+}
+
+/// Applications and their clients read back as written, one or all; every client write
+/// changes only what it names; a write to a missing row says so.
+pub(crate) async fn applications_round_trip(m: &dyn Maker) {
+    let made = m.make().await;
+    let store = &*made.store;
+    assert!(store.load().await.unwrap().is_empty());
+    let app = insert(store, "Round trip").await;
+    let other = insert(store, "Other").await;
+    let got = store.load_application(&app.id).await.unwrap().unwrap();
+    assert_eq!(
+        (&got.name, &got.vendor, &got.description, &got.scope),
+        (&app.name, &app.vendor, &app.description, &app.scope)
+    );
+    assert_eq!(got.clients.len(), 2);
+    assert_eq!(got.clients[0].kind, EnvironmentKind::Production, "first");
+    assert_eq!(got.clients[0].client_id, app.clients[0].client_id);
+    assert_eq!(store.load().await.unwrap().len(), 2);
+    assert!(store.load_application("nope").await.unwrap().is_none());
+
+    let patch = ApplicationPatch {
+        name: Some("Renamed".to_owned()),
+        scope: Some("subscribe:lab.>".to_owned()),
+        ..ApplicationPatch::default()
+    };
+    assert!(
+        store
+            .update_application(&app.id, &patch, 9, &entry("application.update"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .update_application("nope", &patch, 9, &entry("application.update"))
+            .await
+            .unwrap()
+    );
+    let c = &app.clients[1].client_id;
+    assert!(
+        store
+            .set_secret_hash(c, "$argon2id$second", 9, &entry("x"))
+            .await
+            .unwrap()
+    );
+    let jwks = ClientKeysSpec::JwksUri("https://keys.example/jwks.json".to_owned());
+    assert!(store.set_keys(c, &jwks, 9, &entry("x")).await.unwrap());
+    assert!(
+        store
+            .set_active(c, true, "tester", "pilot", 9, &entry("x"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_client_id_header(c, true, 9, &entry("x"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_secret_hash("nope", "x", 9, &entry("x"))
+            .await
+            .unwrap()
+    );
+    assert!(!store.set_keys("nope", &jwks, 9, &entry("x")).await.unwrap());
+    assert!(
+        !store
+            .set_active("nope", true, "t", "r", 9, &entry("x"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_client_id_header("nope", true, 9, &entry("x"))
+            .await
+            .unwrap()
+    );
+
+    let got = store.load_application(&app.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.name.as_str(), got.scope.as_str()),
+        ("Renamed", "subscribe:lab.>")
+    );
+    assert_eq!(
+        got.vendor, app.vendor,
+        "a patch leaves what it does not name"
+    );
+    let np = &got.clients[1];
+    assert_eq!(np.secret_hash.as_deref(), Some("$argon2id$second"));
+    assert_eq!(np.keys, jwks);
+    assert!(np.active && np.client_id_header);
+    let prod = &got.clients[0];
+    assert!(
+        !prod.active && !prod.client_id_header,
+        "the other client is untouched"
+    );
+    assert_eq!(prod.secret_hash.as_deref(), Some("$argon2id$first"));
+
+    assert_eq!(
+        store
+            .delete_application(&app.id, &entry("application.delete"))
+            .await
+            .unwrap(),
+        Deletion::Active(vec![c.clone()])
+    );
+    assert!(
+        store
+            .set_active(c, false, "tester", "done", 9, &entry("x"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .delete_application(&app.id, &entry("application.delete"))
+            .await
+            .unwrap(),
+        Deletion::Deleted
+    );
+    assert_eq!(
+        store
+            .delete_application(&app.id, &entry("application.delete"))
+            .await
+            .unwrap(),
+        Deletion::NotFound
+    );
+    let left = store.load().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, other.id);
+}
+
+/// Credentials read back as written; a valid name is unique; a revoked one frees it; the audit
+/// trail holds every write's entry, newest first.
+pub(crate) async fn credentials_and_audit_round_trip(m: &dyn Maker) {
+    let made = m.make().await;
+    let store = &*made.store;
+    let a = credential("alice");
+    store
+        .insert_credential(&a, &entry("credential.create"))
+        .await
+        .unwrap();
+    let all = store.load_credentials().await.unwrap();
+    assert_eq!(all, vec![a.clone()]);
+    let again = credential("alice");
+    assert!(matches!(
+        store
+            .insert_credential(&again, &entry("credential.create"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        store
+            .revoke_credential(&a.id, 5, "bob", &entry("credential.revoke"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_credential(&a.id, 6, "bob", &entry("credential.revoke"))
+            .await
+            .unwrap(),
+        "already revoked"
+    );
+    store
+        .insert_credential(&again, &entry("credential.create"))
+        .await
+        .unwrap();
+    let all = store.load_credentials().await.unwrap();
+    let revoked = all.iter().find(|c| c.id == a.id).unwrap();
+    assert_eq!(
+        (revoked.revoked_at_ms, revoked.revoked_by.as_deref()),
+        (Some(5), Some("bob"))
+    );
+    assert_eq!(all.len(), 2);
+    store.append_audit(&entry("keys.rotate")).await.unwrap();
+    let trail = store
+        .audit(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let mut actions: Vec<_> = trail.iter().map(|e| e.action.as_str()).collect();
+    actions.sort_unstable();
+    assert_eq!(
+        actions,
+        [
+            "credential.create",
+            "credential.create",
+            "credential.revoke",
+            "keys.rotate"
+        ]
+    );
+}
+
+/// The one change a write just added after `before`: its id is `before + 1`, it is the
+/// newest, and it has `kind` and names exactly `keys` (application, client, credential).
+async fn one_change(
+    store: &dyn RegistryStore,
+    before: u64,
+    kind: ChangeKind,
+    keys: (Option<&str>, Option<&str>, Option<&str>),
+) -> u64 {
+    let got = store.changes_after(before, 100).await.unwrap();
+    assert_eq!(ids(&got), [before + 1], "one change for {kind:?}");
+    let c = &got[0];
+    assert_eq!(c.kind, kind);
+    assert_eq!(
+        (
+            c.application_id.as_deref(),
+            c.client_id.as_deref(),
+            c.credential_id.as_deref()
+        ),
+        keys,
+        "the keys of {kind:?}"
+    );
+    assert_eq!(c.at_ms, 7, "the write's audit time");
+    assert_eq!(store.latest_change().await.unwrap(), before + 1);
+    before + 1
+}
+
+/// Every write adds exactly one change, of its kind and naming its keys, and the feed's
+/// latest id moves by one; a write that changes nothing (a missing row, an audit-only entry)
+/// adds none.
+pub(crate) async fn every_write_adds_exactly_one_change(m: &dyn Maker) {
+    let made = m.make().await;
+    let store = &*made.store;
+    assert_eq!(store.latest_change().await.unwrap(), 0);
+    assert!(store.changes_after(0, 10).await.unwrap().is_empty());
+    let app = insert(store, "Feed").await;
+    let a = Some(app.id.as_str());
+    let c = app.clients[0].client_id.as_str();
+    let cred = credential("carol");
+    let mut at = one_change(store, 0, ChangeKind::ApplicationCreated, (a, None, None)).await;
+
+    let name_only = ApplicationPatch {
+        name: Some("Feed 2".to_owned()),
+        ..ApplicationPatch::default()
+    };
+    store
+        .update_application(&app.id, &name_only, 8, &entry("x"))
+        .await
+        .unwrap();
+    at = one_change(store, at, ChangeKind::ApplicationUpdated, (a, None, None)).await;
+    let scope = ApplicationPatch {
+        scope: Some("subscribe:lab.>".to_owned()),
+        ..ApplicationPatch::default()
+    };
+    store
+        .update_application(&app.id, &scope, 8, &entry("x"))
+        .await
+        .unwrap();
+    at = one_change(store, at, ChangeKind::CeilingChanged, (a, None, None)).await;
+    let client = (a, Some(c), None);
+    store
+        .set_secret_hash(c, "$h", 8, &entry("x"))
+        .await
+        .unwrap();
+    at = one_change(store, at, ChangeKind::SecretChanged, client).await;
+    store
+        .set_keys(c, &ClientKeysSpec::None, 8, &entry("x"))
+        .await
+        .unwrap();
+    at = one_change(store, at, ChangeKind::KeysChanged, client).await;
+    store
+        .set_active(c, true, "t", "r", 8, &entry("x"))
+        .await
+        .unwrap();
+    at = one_change(store, at, ChangeKind::ClientActivated, client).await;
+    store
+        .set_active(c, false, "t", "r", 8, &entry("x"))
+        .await
+        .unwrap();
+    at = one_change(store, at, ChangeKind::ClientDeactivated, client).await;
+    store
+        .set_client_id_header(c, true, 8, &entry("x"))
+        .await
+        .unwrap();
+    at = one_change(store, at, ChangeKind::ClientIdHeaderChanged, client).await;
+    let credential_keys = (None, None, Some(cred.id.as_str()));
+    store.insert_credential(&cred, &entry("x")).await.unwrap();
+    at = one_change(store, at, ChangeKind::CredentialCreated, credential_keys).await;
+    store
+        .revoke_credential(&cred.id, 8, "t", &entry("x"))
+        .await
+        .unwrap();
+    at = one_change(store, at, ChangeKind::CredentialRevoked, credential_keys).await;
+
+    // Writes that change nothing add nothing.
+    store.append_audit(&entry("x")).await.unwrap();
+    store
+        .update_application("nope", &name_only, 8, &entry("x"))
+        .await
+        .unwrap();
+    store
+        .set_secret_hash("nope", "$h", 8, &entry("x"))
+        .await
+        .unwrap();
+    store
+        .set_keys("nope", &ClientKeysSpec::None, 8, &entry("x"))
+        .await
+        .unwrap();
+    store
+        .set_active("nope", true, "t", "r", 8, &entry("x"))
+        .await
+        .unwrap();
+    store
+        .set_client_id_header("nope", true, 8, &entry("x"))
+        .await
+        .unwrap();
+    store
+        .revoke_credential(&cred.id, 8, "t", &entry("x"))
+        .await
+        .unwrap();
+    store.delete_application("nope", &entry("x")).await.unwrap();
+    assert_eq!(store.latest_change().await.unwrap(), at);
+
+    store
+        .delete_application(&app.id, &entry("x"))
+        .await
+        .unwrap();
+    let at = one_change(store, at, ChangeKind::ApplicationDeleted, (a, None, None)).await;
+    assert_eq!(
+        ids(&all_after(store, 0, 100).await),
+        (1..=at).collect::<Vec<_>>()
+    );
+}
+
+/// A write that fails leaves no change row (and no audit entry): both roll back with it, and
+/// the next write takes the next id, leaving no hole.
+pub(crate) async fn a_failed_write_adds_no_change(m: &dyn Maker) {
+    let made = m.make().await;
+    let store = &*made.store;
+    let app = insert(store, "Taken").await;
+    let cred = credential("dave");
+    store.insert_credential(&cred, &entry("x")).await.unwrap();
+    let before = store.latest_change().await.unwrap();
+    assert_eq!(before, 2);
+
+    let clash = insert_err(store, application("Taken")).await;
+    assert!(matches!(clash, StoreError::Conflict(_)), "{clash}");
+    let mut renamed = application("Fresh");
+    renamed.clients[1].client_id = app.clients[0].client_id.clone();
+    // The first rows go in, the second client clashes: the whole write rolls back.
+    assert!(matches!(
+        insert_err(store, renamed.clone()).await,
+        StoreError::Conflict(_)
+    ));
+    assert!(store.load_application(&renamed.id).await.unwrap().is_none());
+    let rename = ApplicationPatch {
+        name: Some("Taken".to_owned()),
+        ..ApplicationPatch::default()
+    };
+    let second = insert(store, "Second").await;
+    let third = store.latest_change().await.unwrap();
+    assert_eq!(third, before + 1);
+    assert!(matches!(
+        store
+            .update_application(&second.id, &rename, 9, &entry("x"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .insert_credential(&credential("dave"), &entry("x"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let c = &app.clients[0].client_id;
+    store
+        .set_active(c, true, "t", "r", 9, &entry("x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_application(&app.id, &entry("x"))
+            .await
+            .unwrap(),
+        Deletion::Active(vec![c.clone()])
+    );
+    assert_eq!(store.latest_change().await.unwrap(), third + 1);
+    let all = all_after(store, 0, 100).await;
+    assert_eq!(ids(&all), (1..=third + 1).collect::<Vec<_>>(), "no hole");
+    assert_eq!(
+        store
+            .audit(&AuditQuery {
+                limit: 100,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        4,
+        "only the writes that went in are audited"
+    );
+}
+
+async fn insert_err(store: &dyn RegistryStore, app: StoredApplication) -> StoreError {
+    store
+        .insert_application(&NewApplication { application: app }, &entry("x"))
+        .await
+        .unwrap_err()
+}
+
+/// Ids are consecutive from 1 and come in id order, whatever the page size: reading by cursor
+/// skips no id and repeats none.
+pub(crate) async fn changes_are_read_by_cursor_in_order_without_skipping(m: &dyn Maker) {
+    let made = m.make().await;
+    let store = &*made.store;
+    let app = insert(store, "Paged").await;
+    let c = &app.clients[0].client_id;
+    for i in 0..20 {
+        store
+            .set_active(c, i % 2 == 0, "t", "r", i, &entry("x"))
+            .await
+            .unwrap();
+    }
+    let all = all_after(store, 0, 1000).await;
+    assert_eq!(ids(&all), (1..=21).collect::<Vec<_>>());
+    for page in [1, 3, 7, 21, 22] {
+        assert_eq!(all_after(store, 0, page).await, all, "pages of {page}");
+    }
+    let tail = all_after(store, 15, 4).await;
+    assert_eq!(ids(&tail), (16..=21).collect::<Vec<_>>());
+    assert!(store.changes_after(21, 10).await.unwrap().is_empty());
+    assert!(store.changes_after(1000, 10).await.unwrap().is_empty());
+    assert_eq!(all[1].kind, ChangeKind::ClientActivated);
+    assert_eq!(all[2].kind, ChangeKind::ClientDeactivated);
+}
+
+/// Wake-ups are only hints: a follower that was not listening while several writes went in
+/// finds every one of them by cursor; one that listens is woken after a write commits.
+pub(crate) async fn a_follower_catches_up_after_missed_wakeups(m: &dyn Maker) {
+    let made = m.make().await;
+    let store = made.store.clone();
+    let cursor = store.latest_change().await.unwrap();
+    // Taken, never polled while the writes go in: every signal is missed.
+    let mut missed = store.wakeups();
+    let app = insert(&*store, "Quiet").await;
+    for i in 0..4 {
+        store
+            .set_secret_hash(&app.clients[0].client_id, &format!("$h{i}"), i, &entry("x"))
+            .await
+            .unwrap();
+    }
+    let got = all_after(&*store, cursor, 2).await;
+    assert_eq!(ids(&got), (cursor + 1..=cursor + 5).collect::<Vec<_>>());
+    assert_eq!(got[0].kind, ChangeKind::ApplicationCreated);
+    assert!(got[1..].iter().all(|c| c.kind == ChangeKind::SecretChanged));
+    // The missed signals may be merged, but at least one is there for a late listener.
+    tokio::time::timeout(Duration::from_secs(5), missed.next())
+        .await
+        .expect("a wake-up after the writes")
+        .expect("the wake-ups go on while the store lives");
+
+    // A listener waiting when a write commits is woken, and then finds the write.
+    let mut listening = store.wakeups();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move { insert(&*store, "Loud").await })
+    };
+    tokio::time::timeout(Duration::from_secs(5), listening.next())
+        .await
+        .expect("woken after the write")
+        .expect("the wake-ups go on while the store lives");
+    let loud = writer.await.unwrap();
+    let last = all_after(&*store, cursor + 5, 10).await;
+    assert_eq!(ids(&last), [cursor + 6]);
+    assert_eq!(last[0].application_id.as_deref(), Some(loud.id.as_str()));
+}
+
+/// With writers racing, a reader never sees an id while a lower one can still appear: every
+/// read by cursor starts right after it, and in the end every write is there once.
+pub(crate) async fn concurrent_writes_become_visible_in_id_order(m: &dyn Maker) {
+    let made = m.make().await;
+    let store = made.store.clone();
+    let app = insert(&*store, "Busy").await;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            let c = app.clients[w % 2].client_id.clone();
+            tokio::spawn(async move {
+                for i in 0..15 {
+                    store
+                        .set_secret_hash(&c, &format!("$w{w}-{i}"), i, &entry("x"))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let total = 1 + 4 * 15;
+    let mut cursor = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while cursor < total {
+        assert!(tokio::time::Instant::now() < deadline, "stuck at {cursor}");
+        for c in store.changes_after(cursor, 7).await.unwrap() {
+            assert_eq!(c.id, cursor + 1, "a reader saw an id before a lower one");
+            cursor = c.id;
+        }
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(store.latest_change().await.unwrap(), total);
+}
+
+/// One `#[tokio::test]` per check, for the store made by `$maker` (an expression of a type
+/// that implements [`Maker`]).
+macro_rules! conformance_tests {
+    ($maker:expr) => {
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            use crate::registry::conformance as c;
+
+            #[tokio::test]
+            async fn applications_round_trip() {
+                c::applications_round_trip(&$maker).await;
+            }
+            #[tokio::test]
+            async fn credentials_and_audit_round_trip() {
+                c::credentials_and_audit_round_trip(&$maker).await;
+            }
+            #[tokio::test]
+            async fn every_write_adds_exactly_one_change() {
+                c::every_write_adds_exactly_one_change(&$maker).await;
+            }
+            #[tokio::test]
+            async fn a_failed_write_adds_no_change() {
+                c::a_failed_write_adds_no_change(&$maker).await;
+            }
+            #[tokio::test]
+            async fn changes_are_read_by_cursor_in_order_without_skipping() {
+                c::changes_are_read_by_cursor_in_order_without_skipping(&$maker).await;
+            }
+            #[tokio::test]
+            async fn a_follower_catches_up_after_missed_wakeups() {
+                c::a_follower_catches_up_after_missed_wakeups(&$maker).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_writes_become_visible_in_id_order() {
+                c::concurrent_writes_become_visible_in_id_order(&$maker).await;
+            }
+        }
+    };
+}
+pub(crate) use conformance_tests;
