@@ -766,10 +766,10 @@ async fn not_an_application(admin: &Admin, id: &str, first: anyhow::Error) -> an
     });
     if known_client {
         anyhow::anyhow!(
-            "no application has the client ID {id} (any more: the audit trail has it; `scopecast app audit --client {id}`)"
+            "404 Not Found: not_found: no application has the client ID {id} (any more: the audit trail has it; `scopecast app audit --client {id}`)"
         )
     } else {
-        anyhow::anyhow!("no application has the id or the client ID {id}")
+        anyhow::anyhow!("404 Not Found: not_found: no application has the id or the client ID {id}")
     }
 }
 
