@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 /// Environment variables that belong to the client subcommands, not to `serve`.
 const CLIENT_ENV: &[&str] = &[
     "URL",
+    "ADMIN_URL",
     "ADMIN_TOKEN",
     "CLIENT_ID",
     "CLIENT_SECRET",
@@ -438,6 +439,28 @@ pub enum ConfigError {
     },
 }
 
+/// The `SCOPECAST_*` variables, as figment's [`Env`] reads them, but with errors that name the
+/// variable as it is set (`SCOPECAST_LIMITS__MAX_FRAME_BYTES`) rather than figment's key
+/// (`"LIMITS.MAX_FRAME_BYTES" in SCOPECAST_ environment variable(s)`).
+struct PrefixedEnv(Env);
+
+impl figment::Provider for PrefixedEnv {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable").interpolater(
+            |_: &figment::Profile, path: &[&str]| {
+                let name: Vec<String> = path.iter().map(|k| k.to_ascii_uppercase()).collect();
+                format!("SCOPECAST_{}", name.join("__"))
+            },
+        )
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        self.0.data()
+    }
+}
+
 /// Values given on the command line; `None` leaves the lower layers in force.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
@@ -479,7 +502,9 @@ impl Config {
                     .any(|c| key.as_str().eq_ignore_ascii_case(c))
             })
             .split("__");
-        figment = figment.merge(env).merge(Serialized::defaults(flags));
+        figment = figment
+            .merge(PrefixedEnv(env))
+            .merge(Serialized::defaults(flags));
         let config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
@@ -754,6 +779,18 @@ mod tests {
             jail.create_file("b.toml", "environment = \"prod\"\n")?;
             let err = Config::load(Some(Path::new("b.toml")), &Overrides::default()).unwrap_err();
             assert!(err.to_string().contains("environment"), "{err}");
+            jail.set_env("SCOPECAST_LISTEN", "localhost-ish");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("\"SCOPECAST_LISTEN\""), "{err}");
+            jail.set_env("SCOPECAST_LISTEN", "127.0.0.1:1");
+            jail.set_env("SCOPECAST_LIMITS__MAX_FRAME_BYTES", "lots");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("\"SCOPECAST_LIMITS__MAX_FRAME_BYTES\""),
+                "{err}"
+            );
+            jail.set_env("SCOPECAST_LIMITS__MAX_FRAME_BYTES", "65536");
             jail.create_file("c.toml", "environment_name = \"\"\n")?;
             let err = Config::load(Some(Path::new("c.toml")), &Overrides::default()).unwrap_err();
             assert!(err.to_string().contains("environment_name"), "{err}");

@@ -56,9 +56,13 @@ impl Target {
     }
 }
 
-/// Admin credential options.
+/// Admin credential options, and where the admin API is.
 #[derive(Args, Clone)]
 pub(crate) struct AdminAuth {
+    /// Base URL of the admin API, when the broker serves it on a separate listener
+    /// (`admin_listen`) [default: --url].
+    #[arg(long, env = "SCOPECAST_ADMIN_URL", global = true)]
+    admin_url: Option<String>,
     /// Admin bearer credential [env: SCOPECAST_ADMIN_TOKEN].
     #[arg(
         long,
@@ -152,8 +156,11 @@ pub(crate) enum AppCommand {
     SetKeys {
         /// Client ID.
         client_id: String,
-        /// A JWK Set file (public keys only).
-        #[arg(long, conflicts_with_all = ["jwks_uri", "none"])]
+        /// A JWK Set file (public keys only), or a PEM public key (`PUBLIC KEY`, SPKI, as
+        /// `openssl pkey -pubout` writes it) of EC P-256, EC P-384 or RSA, which is sent as a
+        /// JWK Set (`kid` its RFC 7638 thumbprint; `alg` ES256 or ES384; RSA without `alg`, so
+        /// RS256 and RS384 both verify).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["jwks_uri", "none"])]
         jwks: Option<PathBuf>,
         /// A JWK Set URL (https).
         #[arg(long, conflicts_with = "none")]
@@ -303,9 +310,6 @@ pub(crate) struct TokenArgs {
     /// A ready access token instead of client credentials (it is not refreshed).
     #[arg(long, env = "SCOPECAST_TOKEN", hide_env_values = true, conflicts_with_all = ["client_secret", "private_key"], allow_hyphen_values = true)]
     pub(crate) token: Option<String>,
-    /// Print the whole token response as JSON (`scopecast token` only).
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 /// The admin API, called with a credential of the one credential store (its name is the
@@ -323,9 +327,10 @@ impl Admin {
             .use_preconfigured_tls((*tls.client_config()?).clone())
             .build()
             .context("setting up the HTTP client")?;
+        let url = auth.admin_url.as_deref().unwrap_or(&target.url);
         Ok(Admin {
             http,
-            url: target.url.trim_end_matches('/').to_owned(),
+            url: url.trim_end_matches('/').to_owned(),
             token: auth.token()?,
         })
     }
@@ -381,13 +386,29 @@ impl Admin {
             let value: Value = resp.json().await.unwrap_or(Value::Null);
             let msg = value["message"].as_str().unwrap_or("no message");
             let code = value["error"].as_str().unwrap_or("error");
+            // Not an application or a client that is missing, but the admin API itself: the
+            // broker serves it on another listener, or this URL is not a broker's.
+            let hint = if status == reqwest::StatusCode::NOT_FOUND && no_endpoint(msg) {
+                "; if the broker sets admin_listen, point --admin-url (SCOPECAST_ADMIN_URL) at it"
+            } else {
+                ""
+            };
             match value["reason"].as_str() {
-                Some(reason) if reason != code => bail!("{status}: {code} ({reason}): {msg}"),
-                _ => bail!("{status}: {code}: {msg}"),
+                Some(reason) if reason != code => {
+                    bail!("{status}: {code} ({reason}): {msg}{hint}")
+                }
+                _ => bail!("{status}: {code}: {msg}{hint}"),
             }
         }
         Ok(resp)
     }
+}
+
+/// Whether a 404's message says the path itself is not served (rather than naming a missing
+/// application, client, credential or session): the broker's "no such endpoint", its answer on
+/// a public port when the admin API is on `admin_listen`, or no message at all.
+fn no_endpoint(message: &str) -> bool {
+    message == "no such endpoint" || message == "no message" || message.contains("admin listener")
 }
 
 fn table(header: &[&str]) -> Table {
@@ -547,11 +568,11 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
             {
                 Ok(app) => app,
                 Err(first) => {
-                    let client: ClientView = admin
-                        .call(M::GET, &format!("/clients/{id}"), None)
-                        .await
-                        .and_then(|v| Ok(serde_json::from_value(v)?))
-                        .map_err(|_| first)?;
+                    let client: ClientView =
+                        match admin.call(M::GET, &format!("/clients/{id}"), None).await {
+                            Ok(client) => serde_json::from_value(client)?,
+                            Err(_) => return Err(not_an_application(&admin, &id, first).await),
+                        };
                     let app_id = client.application_id.unwrap_or_default();
                     admin
                         .call(M::GET, &format!("/applications/{app_id}"), None)
@@ -601,16 +622,10 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                 (Some(path), _, _) => {
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| format!("reading {}", path.display()))?;
-                    let value: Value = serde_json::from_str(&text)
-                        .with_context(|| format!("{} is not JSON", path.display()))?;
-                    // Accept a single JWK as well as a set.
-                    let set = if value.get("keys").is_some() {
-                        value
-                    } else {
-                        json!({"keys": [value]})
-                    };
+                    let value = jwks_file(&text)
+                        .with_context(|| format!("reading the keys in {}", path.display()))?;
                     SetKeys {
-                        jwks: Some(set),
+                        jwks: Some(value),
                         jwks_uri: None,
                     }
                 }
@@ -732,6 +747,51 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
     }
 }
 
+/// The keys of a `--jwks` file: a JWK Set, one JWK, or a PEM public key.
+fn jwks_file(text: &str) -> anyhow::Result<Value> {
+    if text.trim_start().starts_with("-----BEGIN") {
+        return crate::public_key::jwk_set_from_pem(text);
+    }
+    let value: Value = serde_json::from_str(text)
+        .context("neither JSON (a JWK Set) nor a PEM public key (-----BEGIN PUBLIC KEY-----)")?;
+    // Accept a single JWK as well as a set.
+    Ok(if value.get("keys").is_some() {
+        value
+    } else {
+        json!({"keys": [value]})
+    })
+}
+
+/// `app show ID` found neither an application nor a client ID `id`: says which it was when
+/// the audit trail knows `id` as a client ID (a deleted application's, say), else both.
+/// `first` (the answer to the application lookup) stands when it was not a 404.
+async fn not_an_application(admin: &Admin, id: &str, first: anyhow::Error) -> anyhow::Error {
+    let said = first.to_string();
+    // Another failure, or no admin API at this URL at all: that is the answer.
+    if !said.starts_with("404") || said.contains("--admin-url") {
+        return first;
+    }
+    let audit = admin
+        .call(
+            reqwest::Method::GET,
+            &format!("/audit?limit=1&client_id={}", percent_encode(id)),
+            None,
+        )
+        .await;
+    let known_client = audit.is_ok_and(|v| {
+        v["entries"]
+            .as_array()
+            .is_some_and(|entries| !entries.is_empty())
+    });
+    if known_client {
+        anyhow::anyhow!(
+            "404 Not Found: not_found: no application has the client ID {id} (any more: the audit trail has it; `scopecast app audit --client {id}`)"
+        )
+    } else {
+        anyhow::anyhow!("404 Not Found: not_found: no application has the id or the client ID {id}")
+    }
+}
+
 /// Runs a `credential` subcommand.
 pub(crate) async fn credential(
     target: Target,
@@ -803,15 +863,28 @@ pub(crate) async fn credential(
     }
 }
 
-/// Runs a `sessions` subcommand.
+/// Runs a `sessions` subcommand; `sessions [--client-id C]` without one lists.
 pub(crate) async fn sessions(
     target: Target,
     auth: AdminAuth,
+    client_id: Option<String>,
     cmd: Option<SessionsCommand>,
 ) -> anyhow::Result<()> {
     use scopecast_protocol::admin::{SessionList, SessionView};
+    let cmd = match (cmd, client_id) {
+        (None, client_id) => SessionsCommand::List { client_id },
+        (Some(cmd), None) => cmd,
+        (Some(SessionsCommand::List { client_id: None }), Some(c)) => {
+            SessionsCommand::List { client_id: Some(c) }
+        }
+        (Some(_), Some(_)) => {
+            bail!(
+                "give --client-id once: `scopecast sessions --client-id C` or `scopecast sessions list --client-id C`"
+            )
+        }
+    };
     let admin = Admin::new(&target, &auth)?;
-    match cmd.unwrap_or(SessionsCommand::List { client_id: None }) {
+    match cmd {
         SessionsCommand::List { client_id } => {
             let path = match client_id {
                 Some(c) => format!("/sessions?client_id={}", percent_encode(&c)),
@@ -981,10 +1054,10 @@ pub(crate) fn token_source(
 }
 
 /// `scopecast token`: prints an access token (or the whole response with `--json`).
-pub(crate) async fn token(target: Target, args: TokenArgs) -> anyhow::Result<()> {
+pub(crate) async fn token(target: Target, args: TokenArgs, json_out: bool) -> anyhow::Result<()> {
     let source = token_source(&target, &args, &target.tls()?)?;
     let t = source.fetch().await?;
-    if args.json {
+    if json_out {
         outln!(
             "{}",
             json!({"access_token": t.access_token, "token_type": "Bearer", "expires_in": t.expires_in, "scope": t.scope})
@@ -1032,12 +1105,20 @@ pub(crate) async fn sub(
     let client = client(&target, &auth).await?;
     let mut streams = Vec::new();
     for p in &patterns {
-        let sub = client
-            .subscribe_since(p, since)
-            .await
-            .with_context(|| format!("subscribing to {p}"))?;
-        streams.push(sub);
+        let sub = match client.subscribe_since(p, since).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                client.close().await;
+                return Err(anyhow::Error::new(e).context(format!("subscribing to {p}")));
+            }
+        };
+        // Each item says which pattern it came from, so an ended one can be named.
+        let pattern = p.clone();
+        streams.push(sub.map(move |item| (pattern.clone(), item)).boxed());
     }
+    // A subscription that ends (the scope was narrowed) is said on stderr; the others go on.
+    // The command ends, closing the connection properly, once none is left.
+    let mut live = streams.len();
     let mut all = futures_util::stream::select_all(streams);
     // Overlapping patterns each yield an event; print it once. The merged streams interleave,
     // so remember recent seqs rather than only the newest.
@@ -1056,6 +1137,7 @@ pub(crate) async fn sub(
                 None => break,
             },
         };
+        let (pattern, item) = item;
         match item {
             scopecast_client::Item::Event(e) => {
                 if !seen.insert(e.seq) {
@@ -1081,9 +1163,19 @@ pub(crate) async fn sub(
             scopecast_client::Item::Gap { from_seq, to_seq } => {
                 eprintln!("gap: events {from_seq} to {to_seq} are past the broker's retention");
             }
-            scopecast_client::Item::Ended(why) => bail!("a subscription ended: {why}"),
+            scopecast_client::Item::Ended(why) => {
+                live -= 1;
+                if live == 0 {
+                    client.close().await;
+                    bail!("the subscription to {pattern} ended: {why}; no subscription is left");
+                }
+                eprintln!(
+                    "scopecast: the subscription to {pattern} ended: {why}; {live} other subscription(s) go on"
+                );
+            }
         }
     }
+    client.close().await;
     bail!("the connection closed")
 }
 
@@ -1331,9 +1423,8 @@ pub(crate) fn restore(backup: PathBuf, data_dir: PathBuf, force: bool) -> anyhow
         data_dir.display()
     );
     outln!(
-        "  3. events published after the backup was taken (seq above {}) are not in it, and new events get those seqs again: a subscriber that saw them resumes from seq {}",
-        m.last_seq,
-        m.last_seq
+        "  3. the restored event log is a new log, with a new log_epoch: events published after the backup was taken (seq above {last}) are not in it, and new events get those seqs again. Subscribers that resume by seq (the SDK after a reconnect, scopecast sub) stop with \"the broker's event log was replaced (log_epoch ... became ...); subscribe again\": subscribe again, live, or with --since {last} for every event published from now on",
+        last = m.last_seq
     );
     Ok(())
 }

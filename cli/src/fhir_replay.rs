@@ -206,7 +206,7 @@ pub(crate) async fn publish(client: &Client, reading: Reading, pace: Pace) -> an
     let secs = started.elapsed().as_secs_f64();
     let published: u64 = by_topic.values().sum();
     println!(
-        "published {} events in {secs:.1} s ({:.0} events/s): {published} new, {duplicates} duplicates already stored",
+        "published {} events in {secs:.1} s ({:.0} events/s): {published} new, {duplicates} duplicates already stored within the broker's idempotency window",
         published + duplicates,
         (published + duplicates) as f64 / secs.max(1e-9)
     );

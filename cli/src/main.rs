@@ -3,6 +3,7 @@
 
 mod cli;
 mod fhir_replay;
+mod public_key;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,12 +45,16 @@ enum Command {
         #[command(subcommand)]
         command: cli::CredentialCommand,
     },
-    /// List live WebSocket sessions, or close one (admin API).
+    /// List live WebSocket sessions (`sessions [--client-id C]`, the same as `sessions list`),
+    /// or close one (`sessions kill SESSION`) (admin API).
     Sessions {
         #[command(flatten)]
         target: cli::Target,
         #[command(flatten)]
         auth: cli::AdminAuth,
+        /// Only this client ID's sessions.
+        #[arg(long)]
+        client_id: Option<String>,
         #[command(subcommand)]
         command: Option<cli::SessionsCommand>,
     },
@@ -90,7 +95,9 @@ enum Command {
         #[arg(long, conflicts_with_all = ["topic", "data"])]
         ndjson: Option<PathBuf>,
     },
-    /// Publish a FHIR Bulk Data export as events, in order of clinical time.
+    /// Publish a FHIR Bulk Data export as events, in order of clinical time. Event ids come
+    /// from the resources: a rerun within the broker's idempotency window
+    /// (`limits.idempotency_window_s`, 600 s by default) publishes nothing twice.
     Replay {
         #[command(flatten)]
         target: cli::Target,
@@ -137,6 +144,9 @@ enum Command {
         target: cli::Target,
         #[command(flatten)]
         args: cli::TokenArgs,
+        /// Print the whole token response as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -216,8 +226,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sessions {
             target,
             auth,
+            client_id,
             command,
-        } => client_runtime()?.block_on(cli::sessions(target, auth, command)),
+        } => client_runtime()?.block_on(cli::sessions(target, auth, client_id, command)),
         Command::Backup { target, auth, dir } => {
             client_runtime()?.block_on(cli::backup(target, auth, dir))
         }
@@ -255,7 +266,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             client_runtime()?.block_on(cli::replay(target, auth, fhir_bulk, pace))
         }
-        Command::Token { target, args } => client_runtime()?.block_on(cli::token(target, args)),
+        Command::Token { target, args, json } => {
+            client_runtime()?.block_on(cli::token(target, args, json))
+        }
     }
 }
 

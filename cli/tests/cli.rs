@@ -841,3 +841,470 @@ fn sub_says_at_once_on_stderr_when_a_token_refresh_fails() {
     let _ = sub.kill();
     let _ = sub.wait();
 }
+
+/// Reads a child's stream line by line on a thread; the lines arrive on the channel.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// The first line on `rx` within `wait` that `want` accepts; the lines before it are skipped.
+fn wait_for(
+    rx: &std::sync::mpsc::Receiver<String>,
+    wait: Duration,
+    want: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if want(&line) {
+            return Some(line);
+        }
+    }
+    None
+}
+
+#[test]
+fn sub_goes_on_when_one_subscription_ends_and_closes_properly_when_none_is_left() {
+    let data = tempfile::tempdir().unwrap();
+    let (served, broker_log, _) = serve_collecting(
+        &[
+            "--log",
+            "memory",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let admin = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--url", &served.url])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env_remove("SCOPECAST_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let app: Value = serde_json::from_slice(
+        &admin(&[
+            "app",
+            "create",
+            "--name",
+            "Two patterns",
+            "--vendor",
+            "V",
+            "--scope",
+            "subscribe:adt.> subscribe:fhir.encounter.> publish:adt.>",
+            "--json",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let np = &app["clients"]["non_production"];
+    let id = np["client_id"].as_str().unwrap().to_owned();
+    let secret = np["client_secret"].as_str().unwrap().to_owned();
+    admin(&["app", "activate", &id]);
+    let mut sub = Command::new(BIN)
+        .args(["sub", "adt.>", "fhir.encounter.>", "--url", &served.url])
+        .args(["--client-id", &id, "--client-secret", &secret])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = lines_of(sub.stdout.take().unwrap());
+    let stderr = lines_of(sub.stderr.take().unwrap());
+    // Both subscriptions are live (the bare `sessions --client-id` form lists).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(Instant::now() < deadline, "the sub never subscribed twice");
+        let list: Value =
+            serde_json::from_slice(&admin(&["sessions", "--client-id", &id, "--json"]).stdout)
+                .unwrap();
+        if list["sessions"][0]["subscriptions"]
+            .as_array()
+            .is_some_and(|s| s.len() == 2)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The scope no longer covers fhir.encounter.>: that subscription ends, said on stderr.
+    admin(&["app", "set-scope", &app_id, "subscribe:adt.> publish:adt.>"]);
+    let said = wait_for(&stderr, Duration::from_secs(10), |l| l.contains("ended"))
+        .expect("sub said nothing about the ended subscription");
+    assert!(
+        said.contains("fhir.encounter.>") && said.contains("subscribe:fhir.encounter.>"),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sub.try_wait().unwrap().is_none(), "sub stopped: {said}");
+    // adt.> goes on.
+    let out = Command::new(BIN)
+        .args(["pub", "adt.x", r#"{"still":"here"}"#, "--url", &served.url])
+        .args(["--client-id", &id, "--client-secret", &secret])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the adt.> subscription printed nothing");
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["topic"], "adt.x");
+
+    // No subscription left: sub ends with status 1, after a proper close frame.
+    admin(&["app", "set-scope", &app_id, "publish:adt.>"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = sub.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sub still runs with no subscription"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1));
+    let said = wait_for(&stderr, Duration::from_secs(5), |l| {
+        l.contains("no subscription is left")
+    })
+    .expect("sub did not say why it stopped");
+    assert!(said.contains("adt.>"), "{said}");
+    let closed = wait_for(&broker_log, Duration::from_secs(10), |l| {
+        l.contains("session closed")
+    })
+    .expect("the broker logged no session end");
+    assert!(
+        closed.contains("closed_by=\"client\"") || closed.contains("closed_by=client"),
+        "{closed}"
+    );
+    assert!(!closed.contains("abrupt"), "{closed}");
+}
+
+#[test]
+fn admin_commands_use_admin_url_and_the_public_port_says_where_the_admin_api_went() {
+    let data = tempfile::tempdir().unwrap();
+    let (served, broker_log, _) = serve_collecting(
+        &[
+            "--log",
+            "memory",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let admin_addr = wait_for(&broker_log, Duration::from_secs(10), |l| {
+        l.contains("admin_local=")
+    })
+    .expect("the admin listener's address")
+    .split("admin_local=")
+    .nth(1)
+    .unwrap()
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .to_owned();
+    let admin_url = format!("http://{admin_addr}");
+    let cli = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--url", &served.url])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env_remove("SCOPECAST_ADMIN_TOKEN")
+            .env_remove("SCOPECAST_ADMIN_URL")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    // On the public URL alone: a 404 that says what to do.
+    let out = cli(&["app", "list"], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404"), "{err}");
+    assert!(err.contains("separate admin listener"), "{err}");
+    assert!(
+        err.contains("point --admin-url (SCOPECAST_ADMIN_URL) at it"),
+        "{err}"
+    );
+    // The public port's answers, in the broker's JSON error shape, without the admin address.
+    let http = reqwest::blocking::Client::new();
+    for path in ["/admin/v1/applications", "/metrics", "/admin"] {
+        let r = http.get(format!("{}{path}", served.url)).send().unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let body: Value = r.json().unwrap();
+        assert_eq!(body["error"], "not_found", "{body}");
+        assert_eq!(body["reason"], "not_found", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("separate admin listener"), "{message}");
+        assert!(!message.contains(&admin_addr), "{message}");
+    }
+    // --admin-url, or SCOPECAST_ADMIN_URL, reaches it; --url stays the public one.
+    let listed = json(&cli(
+        &["app", "list", "--json", "--admin-url", &admin_url],
+        &[],
+    ));
+    assert!(listed["applications"].is_array());
+    let created = json(&cli(
+        &[
+            "app",
+            "create",
+            "--name",
+            "Split",
+            "--vendor",
+            "V",
+            "--scope",
+            "subscribe:adt.>",
+            "--json",
+        ],
+        &[("SCOPECAST_ADMIN_URL", &admin_url)],
+    ));
+    let client_id = created["clients"]["non_production"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for args in [
+        vec!["credential", "list", "--json"],
+        vec!["sessions", "--json"],
+        vec!["app", "activate", &client_id, "--json"],
+    ] {
+        let out = cli(&args, &[("SCOPECAST_ADMIN_URL", &admin_url)]);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A missing application is not taken for a missing endpoint: no hint there.
+    let out = cli(
+        &["app", "show", "00000000-0000-4000-8000-000000000000"],
+        &[("SCOPECAST_ADMIN_URL", &admin_url)],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!err.contains("--admin-url"), "{err}");
+}
+
+#[test]
+fn set_keys_takes_an_openssl_pem_public_key_and_a_wrong_key_counts_under_the_client_id() {
+    let served = serve();
+    let created = json(&run(
+        &served,
+        &[
+            "app",
+            "create",
+            "--name",
+            "Openssl",
+            "--vendor",
+            "V",
+            "--scope",
+            "subscribe:adt.>",
+            "--json",
+        ],
+    ));
+    let client_id = created["clients"]["non_production"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json(&run(&served, &["app", "activate", &client_id, "--json"]));
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("ossl-private.pem");
+    let public = dir.path().join("ossl-public.pem");
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "genpkey".as_ref(),
+        "-algorithm".as_ref(),
+        "EC".as_ref(),
+        "-pkeyopt".as_ref(),
+        "ec_paramgen_curve:P-256".as_ref(),
+        "-out".as_ref(),
+        private.as_os_str(),
+    ]);
+    openssl(&[
+        "pkey".as_ref(),
+        "-in".as_ref(),
+        private.as_os_str(),
+        "-pubout".as_ref(),
+        "-out".as_ref(),
+        public.as_os_str(),
+    ]);
+    let set = json(&run(
+        &served,
+        &[
+            "app",
+            "set-keys",
+            &client_id,
+            "--jwks",
+            public.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    assert_eq!(set["keys"]["type"], "jwks", "{set}");
+    // The kid is the key's thumbprint, which `token` uses without --kid.
+    let token = |key: &std::path::Path| {
+        run(
+            &served,
+            &[
+                "token",
+                "--client-id",
+                &client_id,
+                "--private-key",
+                key.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = token(&private);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A private key is refused as --jwks, saying how to get the public one.
+    let out = run(
+        &served,
+        &[
+            "app",
+            "set-keys",
+            &client_id,
+            "--jwks",
+            private.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-pubout"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An assertion signed by another key: refused, and counted under this client ID.
+    let other = dir.path().join("other.pem");
+    let out = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = token(&other);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid_client"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin_token = std::fs::read_to_string(served.data_dir.path().join("admin.token")).unwrap();
+    let metrics = reqwest::blocking::Client::new()
+        .get(format!("{}/metrics", served.url))
+        .bearer_auth(admin_token.trim())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let counted = |client: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("scopecast_token_requests_total")
+                && l.contains(&format!("client_id=\"{client}\""))
+                && l.contains("outcome=\"invalid_client\"")
+        })
+    };
+    assert!(counted(&client_id), "{metrics}");
+    assert!(!counted("unknown"), "{metrics}");
+}
+
+#[test]
+fn each_command_help_lists_its_own_flags() {
+    let help = |cmd: &str| {
+        let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let sub = help("sub");
+    assert!(!sub.contains("--json"), "{sub}");
+    assert!(!sub.contains("token` only"), "{sub}");
+    assert!(help("token").contains("--json"));
+    for admin in ["app", "credential", "sessions", "keys", "backup"] {
+        let h = help(admin);
+        assert!(h.contains("--admin-url"), "{admin}: {h}");
+        assert!(h.contains("SCOPECAST_ADMIN_URL"), "{admin}: {h}");
+    }
+    assert!(help("sessions").contains("--client-id"));
+}
+
+#[test]
+fn a_bad_environment_variable_is_named_in_full() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--log", "memory", "--data-dir"])
+        .arg(data.path())
+        .env("SCOPECAST_LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SCOPECAST_LISTEN"), "{err}");
+    assert!(!err.contains("\"LISTEN\""), "{err}");
+}
+
+#[test]
+fn app_show_of_a_deleted_client_id_says_no_application_has_it() {
+    let served = serve();
+    let created = json(&run(
+        &served,
+        &[
+            "app",
+            "create",
+            "--name",
+            "Gone",
+            "--vendor",
+            "V",
+            "--scope",
+            "subscribe:adt.>",
+            "--json",
+        ],
+    ));
+    let app_id = created["id"].as_str().unwrap().to_owned();
+    let client_id = created["clients"]["non_production"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json(&run(&served, &["app", "activate", &client_id, "--json"]));
+    json(&run(&served, &["app", "deactivate", &client_id, "--json"]));
+    json(&run(&served, &["app", "delete", &app_id, "--json"]));
+    let out = run(&served, &["app", "show", &client_id]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("no application has the client ID {client_id}")),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&format!("application {client_id} not found")),
+        "{err}"
+    );
+}

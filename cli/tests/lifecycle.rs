@@ -522,6 +522,10 @@ fn a_backup_taken_under_load_restores_into_a_broker_that_goes_on_after_it() {
         "{err}"
     );
     assert!(!data3.join("registry.sqlite").exists());
+    assert!(
+        !data3.exists(),
+        "the folder the refused restore made, broker.lock and all, is gone"
+    );
 
     // Restore into a new folder.
     let data2 = tmp.path().join("data2");

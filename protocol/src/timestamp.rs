@@ -7,7 +7,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-/// An instant in UTC between years 1 and 9999, written as RFC 3339 (`2026-11-29T10:00:00.123Z`).
+/// An instant in UTC between years 1 and 9999, written as RFC 3339 with `Z` and 0 to 9
+/// fractional digits, trailing zeros dropped (`2026-11-29T10:00:00.123456789Z`,
+/// `2026-11-29T10:00:00.5Z`, `2026-11-29T10:00:00Z`).
 ///
 /// Parsing accepts any RFC 3339 offset and converts to UTC; instants outside the range are
 /// refused, so [`fmt::Display`] and serialization never fail.
@@ -134,6 +136,20 @@ impl<'de> Deserialize<'de> for Timestamp {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn writes_z_and_up_to_nine_fractional_digits_without_trailing_zeros() {
+        let at = |ns: i128| {
+            Timestamp::from_unix_nanos(1_795_946_400_000_000_000 + ns)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(at(0), "2026-11-29T10:00:00Z");
+        assert_eq!(at(500_000_000), "2026-11-29T10:00:00.5Z");
+        assert_eq!(at(123_000_000), "2026-11-29T10:00:00.123Z");
+        assert_eq!(at(123_456_780), "2026-11-29T10:00:00.12345678Z");
+        assert_eq!(at(123_456_789), "2026-11-29T10:00:00.123456789Z");
+    }
 
     #[test]
     fn parses_any_offset_into_utc() {

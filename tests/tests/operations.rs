@@ -197,6 +197,24 @@ async fn with_admin_listen_the_public_port_has_no_admin_api_and_no_metrics() {
         .await
         .unwrap();
     assert_eq!(public_metrics.status(), 404);
+    // Each says where they went, in the one JSON error shape, without the admin address.
+    let admin_port = broker
+        .operator_url("")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    for body in [
+        public.json::<serde_json::Value>().await.unwrap(),
+        public_metrics.json::<serde_json::Value>().await.unwrap(),
+    ] {
+        assert_eq!(body["error"], "not_found", "{body}");
+        assert_eq!(body["reason"], "not_found", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("separate admin listener"), "{message}");
+        assert!(!message.contains(&admin_port), "{message}");
+    }
     // The operator port has them, and health too (for its own probes).
     assert_ne!(broker.operator_url(""), broker.http_url(""));
     assert_eq!(

@@ -442,19 +442,61 @@ pub fn restore(backup: &Path, data: &Path, force: bool) -> Result<Restored, Back
         .map_err(io_error(&manifest_path))?;
     let manifest = read_manifest(&bytes, &manifest_path)?;
 
-    if !data.exists() {
+    // What this restore adds besides the backup's files (the folder, the lock file) goes
+    // again when it fails, so that a refused restore leaves `data` as it was.
+    let made_folder = !data.exists();
+    if made_folder {
         std::fs::create_dir_all(data).map_err(io_error(data))?;
         private_dir(data)?;
     }
+    let lock_path = data.join(LOCK_FILE);
+    let made_lock_file = !lock_path.exists();
+    let undo = |lock: Option<std::fs::File>| {
+        // Removed while still locked, so no broker takes the file in between.
+        if made_lock_file {
+            let _ = std::fs::remove_file(&lock_path);
+        }
+        drop(lock);
+        if made_folder {
+            // Only when empty: it holds nothing else of this restore by now.
+            let _ = std::fs::remove_dir(data);
+        }
+    };
     // Held to the end: a broker started meanwhile on `data` is refused, and the other way round.
-    let _lock = crate::data_dir::lock(data).map_err(|e| match e {
-        LockError::Held(_) => BackupError::InUse(format!(
-            "a broker is running on the data folder {} (it holds {}): stop it before restoring",
-            data.display(),
-            data.join(LOCK_FILE).display()
-        )),
-        LockError::Io { path, source } => BackupError::Io { path, source },
-    })?;
+    let lock = match crate::data_dir::lock(data) {
+        Ok(lock) => lock,
+        Err(e) => {
+            // A held lock means the file was there: `undo` leaves it.
+            undo(None);
+            return Err(match e {
+                LockError::Held(_) => BackupError::InUse(format!(
+                    "a broker is running on the data folder {} (it holds {}): stop it before restoring",
+                    data.display(),
+                    lock_path.display()
+                )),
+                LockError::Io { path, source } => BackupError::Io { path, source },
+            });
+        }
+    };
+    match restore_locked(backup, data, force, manifest) {
+        Ok(restored) => {
+            drop(lock);
+            Ok(restored)
+        }
+        Err(e) => {
+            undo(Some(lock));
+            Err(e)
+        }
+    }
+}
+
+/// [`restore`] once the data folder `data` exists and is locked.
+fn restore_locked(
+    backup: &Path,
+    data: &Path,
+    force: bool,
+    manifest: Manifest,
+) -> Result<Restored, BackupError> {
     let mut present = Vec::new();
     for entry in std::fs::read_dir(data).map_err(io_error(data))? {
         let name = entry.map_err(io_error(data))?.file_name();
@@ -680,8 +722,8 @@ mod tests {
         assert!(err.to_string().contains("events.redb"), "{err}");
         assert_eq!(
             names(&data),
-            [LOCK_FILE, "pre-restore-20260101T000000Z"],
-            "nothing restored, nothing moved, no staging left"
+            ["pre-restore-20260101T000000Z"],
+            "nothing restored, nothing moved, no staging and no lock file left"
         );
     }
 
@@ -745,6 +787,38 @@ mod tests {
         assert!(err.to_string().contains("stop it"), "{err}");
         drop(held);
         restore(&backup, &data, true).unwrap();
+    }
+
+    #[test]
+    fn a_refused_restore_leaves_no_lock_file_and_no_folder_it_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backup = tmp.path().join("backup");
+        backup_folder(&backup);
+        let keys = backup.join(SIGNING_KEYS_FILE);
+        let mut bytes = std::fs::read(&keys).unwrap();
+        bytes[0] ^= 0x20;
+        std::fs::write(&keys, bytes).unwrap();
+        // A folder the restore made goes again.
+        let new = tmp.path().join("new");
+        let err = restore(&backup, &new, false).unwrap_err();
+        assert!(matches!(err, BackupError::Damaged { .. }), "{err}");
+        assert!(!new.exists(), "the folder it made is gone");
+        // An existing empty folder stays, empty: no broker.lock, no staging folder.
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        restore(&backup, &empty, false).unwrap_err();
+        assert!(names(&empty).is_empty(), "{:?}", names(&empty));
+        // A folder with files, refused without --force, keeps exactly its files.
+        let full = tmp.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        std::fs::write(full.join("registry.sqlite"), "x").unwrap();
+        let err = restore(&backup, &full, false).unwrap_err();
+        assert!(matches!(err, BackupError::NotEmpty(_)), "{err}");
+        assert_eq!(names(&full), ["registry.sqlite"]);
+        // A lock file that was there before stays.
+        std::fs::write(full.join(LOCK_FILE), "").unwrap();
+        restore(&backup, &full, true).unwrap_err();
+        assert_eq!(names(&full), [LOCK_FILE, "registry.sqlite"]);
     }
 
     #[test]

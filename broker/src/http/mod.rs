@@ -16,7 +16,8 @@
 //! - here: the routers, `/healthz`, `/readyz`, `/metrics`, and JSON errors.
 //!
 //! With `admin_listen` set, the operator endpoints (`/admin/v1`, `/metrics`) are served on
-//! that listener only, beside `/healthz` and `/readyz`; the public port no longer has them.
+//! that listener only, beside `/healthz` and `/readyz`; the public port no longer has them and
+//! answers them with a 404 that says so (without the admin address).
 
 mod admin;
 mod auth;
@@ -125,7 +126,16 @@ pub(crate) fn routers(state: Broker) -> (Router, Option<Router>) {
             .with_state(state.clone())
     };
     if state.config.admin_listen.is_some() {
-        (finish(public), Some(finish(operator.merge(health))))
+        // The operator paths answer with where they went, not a bare "no such endpoint"; the
+        // admin address itself is not given away on a public port.
+        let moved = Router::new()
+            .route("/admin", axum::routing::any(on_admin_listener))
+            .route("/admin/{*rest}", axum::routing::any(on_admin_listener))
+            .route("/metrics", axum::routing::any(on_admin_listener));
+        (
+            finish(public.merge(moved)),
+            Some(finish(operator.merge(health))),
+        )
     } else {
         (finish(public.merge(operator)), None)
     }
@@ -270,6 +280,14 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
 async fn not_found() -> ApiError {
     ApiError::new(Reason::NotFound, "no such endpoint")
 }
+
+/// `/admin/...` and `/metrics` on the public port of a broker with `admin_listen` set.
+async fn on_admin_listener() -> ApiError {
+    ApiError::new(Reason::NotFound, ON_ADMIN_LISTENER)
+}
+
+/// What the public port says about the operator endpoints when they have their own listener.
+const ON_ADMIN_LISTENER: &str = "no such endpoint on this port: this broker serves the admin API and metrics on a separate admin listener (admin_listen)";
 
 /// The HTTP answer to a refused access check: 403 `client_inactive`, or 403
 /// `insufficient_scope` naming the scope (and the RFC 6750 challenge) for the `verb`

@@ -233,6 +233,14 @@ async fn issue(
                 "`client_assertion_type` must be {JWT_BEARER}"
             )));
         }
+        // Without a `client_id` parameter the assertion's `iss` names the client (RFC 7523
+        // section 3): read unverified, it only labels the metric and the log line, and the
+        // label is kept only for a registered client ID.
+        if claimed.is_none() {
+            *claimed = crate::auth::jwt::peek(assertion)
+                .ok()
+                .and_then(|p| p.str_claim("iss").map(str::to_owned));
+        }
         Credentials::Assertion {
             client_id: param("client_id").map(str::to_owned),
             assertion: assertion.to_owned(),
