@@ -26,7 +26,12 @@ fn token_verify(c: &mut Criterion) {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let keys = KeyRing::open(&dir.path().join("keys.json"), 600).expect("keys");
-    let issuer = TokenIssuer::new("https://bench.example".into(), 300, keys.clone());
+    let issuer = TokenIssuer::new(
+        "https://bench.example".into(),
+        300,
+        keys.clone(),
+        "non-production/bench".into(),
+    );
     let (registry, client_id) = rt.block_on(async {
         let store = SqliteStore::open(&dir.path().join("registry.sqlite"))
             .await

@@ -485,6 +485,12 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// This deployment's environment as tokens, `/readyz`, the logs and the metrics name it:
+    /// `<kind>/<name>`, e.g. `non-production/test`.
+    pub fn environment_id(&self) -> String {
+        format!("{}/{}", self.environment.as_str(), self.environment_name)
+    }
+
     /// Defaults, then `file` (TOML) if given, then `SCOPECAST_*` variables (nested fields with
     /// `__`, e.g. `SCOPECAST_LIMITS__MAX_FRAME_BYTES`), then `flags`; then [`Config::validate`].
     ///

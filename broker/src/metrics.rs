@@ -72,6 +72,8 @@ pub(crate) struct Metrics {
     clients: DashMap<Arc<str>, Arc<ClientStats>>,
     /// Serialises scrapes: the per-client counters are brought up to date during a render.
     render_lock: parking_lot::Mutex<()>,
+    /// `scopecast_environment_info`.
+    environment_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -177,6 +179,13 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let environment_info = IntGaugeVec::new(
+            Opts::new(
+                "environment_info",
+                "This deployment's environment (always 1): env is <kind>/<name>",
+            ),
+            &["env", "kind", "name"],
+        )?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -194,6 +203,7 @@ impl Metrics {
             Box::new(client_delivered.clone()),
             Box::new(client_published.clone()),
             Box::new(build_info),
+            Box::new(environment_info.clone()),
             Box::new(client_connections.clone()),
             Box::new(subscriptions.clone()),
             Box::new(subscribe_results.clone()),
@@ -228,9 +238,17 @@ impl Metrics {
             log_writable,
             client_delivered,
             client_published,
+            environment_info,
             clients: DashMap::new(),
             render_lock: parking_lot::Mutex::new(()),
         })
+    }
+
+    /// Sets `scopecast_environment_info{env, kind, name} 1` (once, at start).
+    pub(crate) fn set_environment(&self, kind: &str, name: &str) {
+        self.environment_info
+            .with_label_values(&[&format!("{kind}/{name}"), kind, name])
+            .set(1);
     }
 
     /// The counters of `client_id` (a verified, registered client ID: the caller makes sure of

@@ -248,7 +248,12 @@ pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assem
     admin_credential(&config, &registry).await?;
     // The files SQLite made beside the database (`-wal`, `-shm`) copy its mode; check anyway.
     private_files(&config)?;
-    let issuer = TokenIssuer::new(public_url.clone(), o.token_lifetime_s, keys);
+    let issuer = TokenIssuer::new(
+        public_url.clone(),
+        o.token_lifetime_s,
+        keys,
+        config.environment_id(),
+    );
     let jwks = JwksCache::new(
         std::time::Duration::from_millis(o.jwks_fetch_timeout_ms),
         std::time::Duration::from_secs(o.jwks_min_refresh_s),
@@ -272,12 +277,15 @@ pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assem
     tracing::info!(
         issuer = %public_url,
         environment = config.environment.as_str(),
+        environment_name = %config.environment_name,
+        env = %config.environment_id(),
         registry = %registry_path.display(),
         signing_keys = %keys_path.display(),
         "authorization server ready"
     );
     let metrics =
         Arc::new(Metrics::new().map_err(|e| ServeError::Startup(format!("metrics: {e}")))?);
+    metrics.set_environment(config.environment.as_str(), &config.environment_name);
     let retention = Retention {
         max_events: config.retention.max_events,
         max_bytes: config.retention.max_bytes,

@@ -142,7 +142,12 @@ async fn fixture() -> Fixture {
             ..ExternalIssuer::new(CUSTOM, "scopecast")
         },
     ];
-    let issuer = TokenIssuer::new(OWN.into(), 300, keys.clone());
+    let issuer = TokenIssuer::new(
+        OWN.into(),
+        300,
+        keys.clone(),
+        "non-production/default".into(),
+    );
     let verifier = TokenVerifier::new(
         &issuer,
         &external,
@@ -524,7 +529,12 @@ async fn tokens_living_longer_than_the_issuers_limit_are_refused() {
 #[tokio::test]
 async fn our_own_tokens_are_not_subject_to_the_external_limit() {
     let f = fixture().await;
-    let long = TokenIssuer::new(OWN.into(), 7_200, f.keys.clone());
+    let long = TokenIssuer::new(
+        OWN.into(),
+        7_200,
+        f.keys.clone(),
+        "non-production/default".into(),
+    );
     let t = long.issue(&f.client_id, &scope("subscribe:adt.>")).unwrap();
     let p = f.accepted(&t.access_token).await;
     assert_eq!(p.issuer, OWN);

@@ -7,7 +7,9 @@ use scopecast_tests::{TestBroker, WAIT, test_config};
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_while_running() {
-    let broker = TestBroker::start(test_config()).await;
+    let mut config = test_config();
+    config.environment_name = "test-ward".to_owned();
+    let broker = TestBroker::start(config).await;
     let http = reqwest::Client::new();
     let health = tokio::time::timeout(WAIT, http.get(broker.http_url("/healthz")).send())
         .await
@@ -21,6 +23,22 @@ async fn healthz_and_readyz_answer_while_running() {
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["environment"], "non-production");
+    assert_eq!(body["environment_name"], "test-ward");
+    assert_eq!(body["env"], "non-production/test-ward");
+    // The same in the metrics, and in the access tokens this environment issues.
+    let metrics = broker.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"scopecast_environment_info{env="non-production/test-ward",kind="non-production",name="test-ward"} 1"#
+        ),
+        "{metrics}"
+    );
+    let client = broker.active_client("Env", "subscribe:adt.>").await;
+    let token = broker.token(&client, None).await;
+    assert_eq!(
+        TestBroker::claims_of(&token)["env"],
+        "non-production/test-ward"
+    );
     broker.stop().await.unwrap();
 }
 

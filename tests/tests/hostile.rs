@@ -481,7 +481,7 @@ async fn token_table() {
     let broker = TestBroker::start(config).await;
     let app = broker.create_app("Tokens", "subscribe:adt.>").await;
     broker.activate(&app.production.client_id).await;
-    broker.activate(&app.non_production.client_id).await;
+    // The non-production client ID stays inactive: a production broker refuses to activate it.
     let good = broker.token(&app.production, None).await;
     let claims = TestBroker::claims_of(&good);
     let key = broker.signing_key();

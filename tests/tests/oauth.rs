@@ -281,9 +281,30 @@ async fn inactive_and_other_environment_clients_are_unauthorized_client() {
             .contains("not active")
     );
 
-    // A production client ID, even activated, is refused by a non-production broker.
+    // A production client ID cannot be activated on a non-production broker: the refusal
+    // names the client ID to activate instead.
     let prod = &app.production;
-    broker.activate(&prod.client_id).await;
+    let refused = broker
+        .admin(
+            reqwest::Method::POST,
+            &format!("/clients/{}/activate", prod.client_id),
+            Some(json!({"reason": "wrong kind"})),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.body["reason"].as_str()),
+        (409, Some("conflict")),
+        "{:?}",
+        refused.body
+    );
+    let message = refused.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("production client ID")
+            && message.contains("non-production environment")
+            && message.contains(&np.client_id),
+        "{message}"
+    );
+    // And its token requests are refused as another environment's.
     let a = broker
         .token_request(&[GRANT], Some((&prod.client_id, &prod.secret)))
         .await;

@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 
 const ISSUER: &str = "https://events.hospital.example";
 const FOREIGN: &str = "https://login.hospital.example";
+/// This environment, as its tokens name it.
+const ENV: &str = "non-production/test";
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -103,7 +105,7 @@ async fn fixture(external_uri: Option<String>) -> Fixture {
         require_typ: false,
         ..ExternalIssuer::new(FOREIGN, "scopecast")
     }];
-    let issuer = TokenIssuer::new(ISSUER.into(), 300, keys);
+    let issuer = TokenIssuer::new(ISSUER.into(), 300, keys, ENV.into());
     let jwks = JwksCache::new(Duration::from_secs(2), Duration::from_secs(30));
     let verifier = TokenVerifier::new(
         &issuer,
@@ -129,7 +131,7 @@ async fn fixture(external_uri: Option<String>) -> Fixture {
 impl Fixture {
     fn claims(&self) -> Value {
         json!({"iss": ISSUER, "aud": ISSUER, "sub": self.client_id, "client_id": self.client_id,
-               "scope": "subscribe:adt.*", "iat": now(), "exp": now() + 120, "jti": "t1"})
+               "scope": "subscribe:adt.*", "iat": now(), "exp": now() + 120, "jti": "t1", "env": ENV})
     }
 
     fn own_token(&self, claims: &Value) -> String {
@@ -419,4 +421,51 @@ async fn an_unknown_kid_storm_causes_one_fetch_and_cached_keys_survive_an_outage
         .verify(&good)
         .await
         .expect("cached key still works with the JWKS endpoint down");
+}
+
+#[tokio::test]
+async fn a_token_naming_another_environment_is_refused_though_our_key_signed_it() {
+    let f = fixture(None).await;
+    let scope = ScopeSet::parse("subscribe:adt.*").unwrap();
+    let t = f.issuer.issue(&f.client_id, &scope).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            t.access_token.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["env"], ENV, "{claims}");
+    // Signed with this environment's own key, naming another environment (a copied data
+    // folder or backup serving a second environment with the same key).
+    for other in [
+        json!("production/main"),
+        json!("non-production/train"),
+        json!(null),
+    ] {
+        let mut c = f.claims();
+        c["env"] = other.clone();
+        let e = f.refused(&f.own_token(&c)).await;
+        assert!(
+            matches!(&e, VerifyError::OtherEnvironment { expected, .. } if expected == ENV),
+            "{other}: {e:?}"
+        );
+        assert_eq!(e.reason(), Reason::InvalidToken);
+        assert_eq!(e.label(), "other_environment");
+    }
+    let mut c = f.claims();
+    c.as_object_mut().unwrap().remove("env");
+    assert!(matches!(
+        f.refused(&f.own_token(&c)).await,
+        VerifyError::OtherEnvironment { .. }
+    ));
+    // The same token issued by a broker of another environment sharing the key.
+    let keys = f.issuer.keys().clone();
+    let other = TokenIssuer::new(ISSUER.into(), 300, keys, "production/main".into());
+    let foreign = other.issue(&f.client_id, &scope).unwrap();
+    assert!(matches!(
+        f.refused(&foreign.access_token).await,
+        VerifyError::OtherEnvironment { named, .. } if named == "production/main"
+    ));
 }

@@ -91,6 +91,16 @@ pub enum VerifyError {
     /// `client_id` is not active here.
     #[error("the token's client_id is not active in this environment")]
     ClientInactive,
+    /// One of this broker's tokens whose `env` claim names another environment (or none): a
+    /// token is valid only in the environment that issued it, even where the signing key is
+    /// shared (a copied data folder, a restored backup).
+    #[error("the token was issued for the environment {named:?}, not {expected:?}")]
+    OtherEnvironment {
+        /// The token's `env` claim, at most 64 characters; empty when it has none.
+        named: String,
+        /// This environment's `<kind>/<name>`.
+        expected: String,
+    },
     /// An issuer's keys could not be fetched and none are cached.
     #[error("the issuer's keys are unavailable")]
     KeysUnavailable,
@@ -121,6 +131,7 @@ impl VerifyError {
         match self {
             VerifyError::Expired => Reason::TokenExpired,
             VerifyError::WrongEnvironment | VerifyError::ClientInactive => Reason::ClientInactive,
+            VerifyError::OtherEnvironment { .. } => Reason::InvalidToken,
             _ => Reason::InvalidToken,
         }
     }
@@ -141,6 +152,7 @@ impl VerifyError {
             VerifyError::UnknownClient => "unknown_client",
             VerifyError::WrongEnvironment => "wrong_environment",
             VerifyError::ClientInactive => "client_inactive",
+            VerifyError::OtherEnvironment { .. } => "other_environment",
             VerifyError::KeysUnavailable => "keys_unavailable",
             VerifyError::LifetimeTooLong { .. } => "lifetime_too_long",
         }
@@ -166,6 +178,9 @@ pub struct AccessClaims {
     pub exp: i64,
     /// Unique token id.
     pub jti: String,
+    /// The environment the token is for, `<kind>/<name>` (`non-production/test`): the
+    /// issuing broker's, and the only one where it is accepted.
+    pub env: String,
 }
 
 /// Claims of any access token, as `jsonwebtoken` returns them after the signature verified:
@@ -189,6 +204,7 @@ pub struct TokenIssuer {
     audience: String,
     lifetime_s: i64,
     keys: KeyRing,
+    env: String,
 }
 
 impl std::fmt::Debug for TokenIssuer {
@@ -197,6 +213,7 @@ impl std::fmt::Debug for TokenIssuer {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("lifetime_s", &self.lifetime_s)
+            .field("env", &self.env)
             .finish_non_exhaustive()
     }
 }
@@ -213,14 +230,22 @@ pub struct IssuedToken {
 }
 
 impl TokenIssuer {
-    /// An issuer writing `iss` and `aud` = `issuer`, valid for `lifetime_s` seconds.
-    pub fn new(issuer: String, lifetime_s: u64, keys: KeyRing) -> TokenIssuer {
+    /// An issuer writing `iss` and `aud` = `issuer`, valid for `lifetime_s` seconds, for the
+    /// environment `env` (`<kind>/<name>`, [`Config::environment_id`](crate::Config::environment_id)),
+    /// written as the `env` claim.
+    pub fn new(issuer: String, lifetime_s: u64, keys: KeyRing, env: String) -> TokenIssuer {
         TokenIssuer {
             audience: issuer.clone(),
             issuer,
             lifetime_s: lifetime_s as i64,
             keys,
+            env,
         }
+    }
+
+    /// The environment its tokens are for (`env`).
+    pub fn env(&self) -> &str {
+        &self.env
     }
 
     /// The issuer URL (`iss`).
@@ -249,6 +274,7 @@ impl TokenIssuer {
             iat: now,
             exp: now + self.lifetime_s,
             jti: uuid::Uuid::new_v4().to_string(),
+            env: self.env.clone(),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
@@ -297,6 +323,8 @@ struct Route<'a> {
 pub struct TokenVerifier {
     own_issuer: String,
     own_audience: String,
+    /// The `env` our own tokens must carry.
+    own_env: String,
     keys: KeyRing,
     external: Arc<Vec<External>>,
     jwks: JwksCache,
@@ -370,6 +398,7 @@ impl TokenVerifier {
         Ok(TokenVerifier {
             own_issuer: issuer.issuer.clone(),
             own_audience: issuer.audience.clone(),
+            own_env: issuer.env.clone(),
             keys: issuer.keys.clone(),
             external: Arc::new(ext),
             jwks,
@@ -452,10 +481,20 @@ impl TokenVerifier {
         // have been checked by `jsonwebtoken` with the key we chose.
         let claims = self.check(token, &route.key, alg, &iss, route.audience)?;
         let (client_id, scope) = match route.external {
-            None => (
-                client_id_claim(&claims.other, OWN_CLIENT_ID_CLAIMS)?,
-                scope_claim(&claims.other, OWN_SCOPE_CLAIMS)?,
-            ),
+            None => {
+                // Our own token is valid only in the environment that issued it.
+                let env = claims.other.get("env").and_then(Value::as_str);
+                if env != Some(self.own_env.as_str()) {
+                    return Err(VerifyError::OtherEnvironment {
+                        named: env.unwrap_or("").chars().take(64).collect(),
+                        expected: self.own_env.clone(),
+                    });
+                }
+                (
+                    client_id_claim(&claims.other, OWN_CLIENT_ID_CLAIMS)?,
+                    scope_claim(&claims.other, OWN_SCOPE_CLAIMS)?,
+                )
+            }
             Some(ext) => {
                 self.check_lifetime(&claims, ext.max_token_lifetime_s)?;
                 (

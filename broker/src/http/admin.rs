@@ -388,6 +388,37 @@ async fn set_active(
         Ok(b) => b,
         Err(r) => return r,
     };
+    if active {
+        // A client ID works only in environments of its kind: activating the other kind's
+        // here would give a client ID that every token request then refuses.
+        let (app, c) = match find_client(&state, &client_id) {
+            Ok(found) => found,
+            Err(r) => return r,
+        };
+        let here = state.config.environment;
+        if c.kind != here {
+            let right = app
+                .record
+                .clients
+                .iter()
+                .find(|o| o.kind == here)
+                .map(|o| o.client_id.clone())
+                .unwrap_or_default();
+            return error(
+                ErrorCode::Conflict,
+                &format!(
+                    "client ID {} is the {} client ID of {:?}; this is a {} environment ({}): activate its {} client ID {right} here",
+                    c.client_id,
+                    c.kind.as_str(),
+                    app.record.name,
+                    here.as_str(),
+                    state.config.environment_id(),
+                    here.as_str(),
+                ),
+                Some("client_id"),
+            );
+        }
+    }
     match state
         .registry
         .set_active(&client_id, active, &who, &b.reason)

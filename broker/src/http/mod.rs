@@ -208,10 +208,13 @@ async fn readyz(State(state): State<Broker>) -> Result<Response, ApiError> {
             "the event log refuses writes (see the broker's log); publishes answer 503 until it recovers",
         ));
     }
-    Ok(
-        Json(json!({"status": "ready", "environment": state.config.environment.as_str()}))
-            .into_response(),
-    )
+    Ok(Json(json!({
+        "status": "ready",
+        "environment": state.config.environment.as_str(),
+        "environment_name": state.config.environment_name,
+        "env": state.config.environment_id(),
+    }))
+    .into_response())
 }
 
 /// Turns the few error answers produced outside our handlers (a body over its limit, a wrong

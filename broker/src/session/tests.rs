@@ -202,6 +202,7 @@ impl Fixture {
             self.broker.issuer.issuer().to_owned(),
             lifetime_s,
             self.broker.issuer.keys().clone(),
+            self.broker.issuer.env().to_owned(),
         );
         issuer
             .issue(&self.client_id, &self.scope)
