@@ -10,6 +10,8 @@ use std::sync::Arc;
 use scopecast_protocol::admin::Role;
 use sha2::{Digest, Sha256};
 
+use super::{RegistryError, audit, now_ms, secret, validate};
+
 /// Prefix of every token the store issues, so secret scanners can recognise a leaked one.
 pub const TOKEN_PREFIX: &str = "scc_";
 
@@ -126,6 +128,198 @@ impl CredentialSet {
             .iter()
             .filter(|c| c.is_valid() && c.role == Role::Admin)
             .count()
+    }
+}
+
+/// The registry's credential operations (the one credential store).
+impl super::Registry {
+    /// The valid credential whose bearer token is `token` (from the store, or the configured
+    /// `admin_token`).
+    pub fn authenticate(&self, token: &str) -> Option<Arc<Credential>> {
+        self.inner.credentials.load().authenticate(token)
+    }
+
+    /// Every credential at this instant.
+    pub fn credentials(&self) -> Arc<CredentialSet> {
+        self.inner.credentials.load_full()
+    }
+
+    /// Makes the `admin_token` setting a valid admin credential named `admin (config)`, kept in
+    /// memory only.
+    ///
+    /// # Errors
+    /// A storage failure while reloading the store's credentials.
+    pub async fn set_config_credential(&self, token: &str) -> Result<(), RegistryError> {
+        self.inner
+            .config_credential
+            .store(Some(Arc::new(Credential {
+                id: "config".to_owned(),
+                name: "admin (config)".to_owned(),
+                role: Role::Admin,
+                token_hash: token_hash(token),
+                created_at_ms: now_ms(),
+                created_by: "config".to_owned(),
+                revoked_at_ms: None,
+                revoked_by: None,
+                source: CredentialSource::Config,
+            })));
+        // Under the feed's cursor, so that a credential change applied meanwhile cannot put
+        // back a set read before this one.
+        let _cursor = self.inner.cursor.lock().await;
+        self.inner.reload_credentials().await
+    }
+
+    /// Stores `token` as the admin credential named `admin` unless the store already knows it
+    /// (valid or revoked): the first start's `admin.token`, and the upgrade of a data folder
+    /// made before the credential store existed. True when it was added.
+    ///
+    /// # Errors
+    /// [`RegistryError::Conflict`] when a valid credential is already named `admin`, or a
+    /// storage failure.
+    pub async fn bootstrap_admin(&self, token: &str) -> Result<bool, RegistryError> {
+        let hash = token_hash(token);
+        let _guard = self.inner.writes.lock().await;
+        if self
+            .inner
+            .store
+            .load_credentials()
+            .await?
+            .iter()
+            .any(|c| c.token_hash == hash)
+        {
+            return Ok(false);
+        }
+        let c = Credential {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: "admin".to_owned(),
+            role: Role::Admin,
+            token_hash: hash,
+            created_at_ms: now_ms(),
+            created_by: "bootstrap".to_owned(),
+            revoked_at_ms: None,
+            revoked_by: None,
+            source: CredentialSource::Store,
+        };
+        let entry = audit(
+            "bootstrap",
+            "credential.create",
+            None,
+            None,
+            serde_json::json!({"credential_id": c.id, "name": c.name, "role": c.role.as_str()}),
+        );
+        self.inner.store.insert_credential(&c, &entry).await?;
+        self.catch_up().await?;
+        Ok(true)
+    }
+
+    /// Makes a credential named `name` with `role`; returns it and its token, which is shown
+    /// this once (only its SHA-256 is stored).
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] for a bad name, [`RegistryError::Conflict`] when a valid
+    /// credential has that name, or a storage failure.
+    pub async fn create_credential(
+        &self,
+        name: &str,
+        role: Role,
+        actor: &str,
+    ) -> Result<(Arc<Credential>, String), RegistryError> {
+        let name = validate::name("name", name)?;
+        let token = format!(
+            "{}{}",
+            TOKEN_PREFIX,
+            secret::random_token(secret::SECRET_BYTES)
+                .map_err(|e| RegistryError::Internal(e.to_string()))?
+        );
+        let c = Credential {
+            id: uuid::Uuid::new_v4().to_string(),
+            name,
+            role,
+            token_hash: token_hash(&token),
+            created_at_ms: now_ms(),
+            created_by: actor.to_owned(),
+            revoked_at_ms: None,
+            revoked_by: None,
+            source: CredentialSource::Store,
+        };
+        let entry = audit(
+            actor,
+            "credential.create",
+            None,
+            None,
+            serde_json::json!({"credential_id": c.id, "name": c.name, "role": c.role.as_str()}),
+        );
+        let _guard = self.inner.writes.lock().await;
+        self.inner.store.insert_credential(&c, &entry).await?;
+        self.catch_up().await?;
+        let stored = self
+            .credentials()
+            .find(&c.id)
+            .ok_or_else(|| RegistryError::Internal("created credential vanished".into()))?;
+        Ok((stored, token))
+    }
+
+    /// Revokes the valid credential named (or with id) `name_or_id`; it stops working at once.
+    /// The last valid admin credential of the store cannot be revoked (nobody could make
+    /// another), nor the configured one.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], [`RegistryError::Conflict`] for the last admin or a
+    /// configured credential, or a storage failure.
+    pub async fn revoke_credential(
+        &self,
+        name_or_id: &str,
+        actor: &str,
+    ) -> Result<Arc<Credential>, RegistryError> {
+        let _guard = self.inner.writes.lock().await;
+        let set = self.credentials();
+        let c = set
+            .find(name_or_id)
+            .filter(|c| c.is_valid())
+            .ok_or_else(|| RegistryError::NotFound {
+                what: "credential",
+                id: name_or_id.to_owned(),
+            })?;
+        if c.source == CredentialSource::Config {
+            return Err(RegistryError::Conflict(
+                "this credential is the broker's admin_token setting: remove it from the configuration".into(),
+            ));
+        }
+        let store_admins = set
+            .all()
+            .iter()
+            .filter(|x| {
+                x.is_valid() && x.role == Role::Admin && x.source == CredentialSource::Store
+            })
+            .count();
+        if c.role == Role::Admin && store_admins <= 1 {
+            return Err(RegistryError::Conflict(format!(
+                "{:?} is the last admin credential: create another admin credential first",
+                c.name
+            )));
+        }
+        let entry = audit(
+            actor,
+            "credential.revoke",
+            None,
+            None,
+            serde_json::json!({"credential_id": c.id, "name": c.name, "role": c.role.as_str()}),
+        );
+        if !self
+            .inner
+            .store
+            .revoke_credential(&c.id, now_ms(), actor, &entry)
+            .await?
+        {
+            return Err(RegistryError::NotFound {
+                what: "credential",
+                id: name_or_id.to_owned(),
+            });
+        }
+        self.catch_up().await?;
+        self.credentials()
+            .find(&c.id)
+            .ok_or_else(|| RegistryError::Internal("revoked credential vanished".into()))
     }
 }
 

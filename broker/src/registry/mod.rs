@@ -12,11 +12,16 @@
 //! - `store`: the storage trait and its change feed; `sqlite`: its SQLite implementation
 //!   (sqlx, portable SQL); `conformance` (tests): the checks every store must pass.
 //! - `validate`: input rules for names, ids and uploaded keys.
-//! - [`credential`]: the one credential store (admin API, metrics, console, developer API).
+//! - `snapshot`: the in-memory view: applications, client entries, the [`Snapshot`].
+//! - `follow`: applying the change feed to the snapshot by cursor, and the follower task.
+//! - [`credential`]: the one credential store (admin API, metrics, console, developer API),
+//!   and the registry's credential operations.
 
 #[cfg(test)]
 mod conformance;
 pub mod credential;
+mod follow;
+mod snapshot;
 mod sqlite;
 mod store;
 pub mod validate;
@@ -28,13 +33,15 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::StreamExt;
 use scopecast_protocol::ScopeSet;
-use scopecast_protocol::admin::Role;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use credential::{Credential, CredentialSet, CredentialSource};
+use credential::{Credential, CredentialSet};
+pub use snapshot::{
+    Application, ClientEntry, ClientKeys, ClientKeysSpec, Snapshot, StoredApplication, StoredClient,
+};
 pub use sqlite::SqliteStore;
 pub use store::{
     ApplicationPatch, Change, ChangeKind, Deletion, NewApplication, RegistryStore, StoreError,
@@ -44,195 +51,6 @@ use validate::{ClientKey, InvalidInput, invalid};
 
 use crate::auth::secret;
 use crate::config::EnvironmentKind;
-
-/// The public keys a client registered for `private_key_jwt`, as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ClientKeysSpec {
-    /// None: the client authenticates with its secret only.
-    None,
-    /// An inline JWK Set (public keys only, validated).
-    Jwks(Value),
-    /// A JWK Set URL, fetched and cached.
-    JwksUri(String),
-}
-
-/// A client ID as stored.
-#[derive(Debug, Clone)]
-pub struct StoredClient {
-    /// The OAuth2 `client_id` (UUID v4).
-    pub client_id: String,
-    /// Which environment kind it is for.
-    pub kind: EnvironmentKind,
-    /// Whether an admin has activated it.
-    pub active: bool,
-    /// argon2id PHC hash of its secret.
-    pub secret_hash: Option<String>,
-    /// Its public keys.
-    pub keys: ClientKeysSpec,
-    /// May the HTTP APIs identify it by the `Scopecast-Client-Id` header instead of a token.
-    pub client_id_header: bool,
-    /// Creation time, Unix ms.
-    pub created_at_ms: i64,
-    /// Last change, Unix ms.
-    pub updated_at_ms: i64,
-}
-
-/// An application as stored.
-#[derive(Debug, Clone)]
-pub struct StoredApplication {
-    /// Its id (UUID v4).
-    pub id: String,
-    /// Display name, unique.
-    pub name: String,
-    /// The vendor (developer).
-    pub vendor: String,
-    /// Free text.
-    pub description: String,
-    /// The scope ceiling, canonical string.
-    pub scope: String,
-    /// Creation time, Unix ms.
-    pub created_at_ms: i64,
-    /// Last change, Unix ms.
-    pub updated_at_ms: i64,
-    /// Its client IDs: one production, one non-production.
-    pub clients: Vec<StoredClient>,
-}
-
-/// A client's verified public keys, ready for signature checks.
-#[derive(Debug, Clone)]
-pub enum ClientKeys {
-    /// No keys registered.
-    None,
-    /// Inline keys, parsed once when loaded.
-    Inline(Arc<Vec<ClientKey>>),
-    /// A JWK Set URL; keys are fetched and cached by the authorization server.
-    Uri(String),
-}
-
-/// A client ID as the hot path sees it.
-#[derive(Debug, Clone)]
-pub struct ClientEntry {
-    /// The OAuth2 `client_id`.
-    pub client_id: String,
-    /// Its application's id.
-    pub application_id: String,
-    /// Its environment kind.
-    pub kind: EnvironmentKind,
-    /// Whether it is active.
-    pub active: bool,
-    /// Its application's current scope ceiling.
-    pub ceiling: Arc<ScopeSet>,
-    /// argon2id hash of its secret, if it has one.
-    pub secret_hash: Option<String>,
-    /// Its public keys.
-    pub keys: ClientKeys,
-    /// May the HTTP APIs identify it by the `Scopecast-Client-Id` header instead of a token.
-    pub client_id_header: bool,
-}
-
-/// An application as the admin API shows it (never with secret hashes).
-#[derive(Debug, Clone)]
-pub struct Application {
-    /// The stored record.
-    pub record: StoredApplication,
-    /// Its parsed scope ceiling.
-    pub ceiling: Arc<ScopeSet>,
-}
-
-/// The registry's state at one instant, shared read-only by every reader.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    applications: HashMap<String, Arc<Application>>,
-    clients: HashMap<String, Arc<ClientEntry>>,
-}
-
-impl Snapshot {
-    fn build(apps: Vec<StoredApplication>) -> Snapshot {
-        let mut snap = Snapshot::default();
-        for app in apps {
-            // Stored scopes were validated on the way in, and are read back with the token
-            // parser: a ceiling saved before the scope families were closed may hold a foreign
-            // token, kept and granting nothing. A row edited by hand that no longer parses
-            // grants nothing rather than stopping the broker.
-            let ceiling = Arc::new(ScopeSet::parse(&app.scope).unwrap_or_else(|e| {
-                tracing::error!(application_id = %app.id, error = %e, "stored scope ceiling does not parse; granting nothing");
-                ScopeSet::default()
-            }));
-            for c in &app.clients {
-                let keys = match &c.keys {
-                    ClientKeysSpec::None => ClientKeys::None,
-                    ClientKeysSpec::JwksUri(u) => ClientKeys::Uri(u.clone()),
-                    ClientKeysSpec::Jwks(v) => match validate::jwk_set(v) {
-                        Ok(keys) => ClientKeys::Inline(Arc::new(keys)),
-                        Err(e) => {
-                            tracing::error!(client_id = %c.client_id, error = %e, "stored JWK Set is invalid; ignoring it");
-                            ClientKeys::None
-                        }
-                    },
-                };
-                snap.clients.insert(
-                    c.client_id.clone(),
-                    Arc::new(ClientEntry {
-                        client_id: c.client_id.clone(),
-                        application_id: app.id.clone(),
-                        kind: c.kind,
-                        active: c.active,
-                        ceiling: ceiling.clone(),
-                        secret_hash: c.secret_hash.clone(),
-                        keys,
-                        client_id_header: c.client_id_header,
-                    }),
-                );
-            }
-            snap.applications.insert(
-                app.id.clone(),
-                Arc::new(Application {
-                    record: app,
-                    ceiling,
-                }),
-            );
-        }
-        snap
-    }
-
-    /// This snapshot with the application `id` replaced by `app` (removed when `None`), its
-    /// client IDs with it.
-    fn with_application(&self, id: &str, app: Option<StoredApplication>) -> Snapshot {
-        let mut applications = self.applications.clone();
-        let mut clients = self.clients.clone();
-        if let Some(old) = applications.remove(id) {
-            for c in &old.record.clients {
-                clients.remove(&c.client_id);
-            }
-        }
-        if let Some(app) = app {
-            let part = Snapshot::build(vec![app]);
-            applications.extend(part.applications);
-            clients.extend(part.clients);
-        }
-        Snapshot {
-            applications,
-            clients,
-        }
-    }
-
-    /// A client by `client_id`.
-    pub fn client(&self, client_id: &str) -> Option<&Arc<ClientEntry>> {
-        self.clients.get(client_id)
-    }
-
-    /// An application by id.
-    pub fn application(&self, id: &str) -> Option<&Arc<Application>> {
-        self.applications.get(id)
-    }
-
-    /// Every application, sorted by name.
-    pub fn applications(&self) -> Vec<Arc<Application>> {
-        let mut v: Vec<_> = self.applications.values().cloned().collect();
-        v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
-        v
-    }
-}
 
 /// A change that live sessions may need to act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,165 +228,6 @@ const FEED_BATCH: usize = 256;
 /// How often the follower reads the feed when nothing wakes it, by default.
 pub const DEFAULT_FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
-impl Inner {
-    /// Applies every change after the cursor, in id order, each once; see [`Inner::apply`].
-    /// On a storage failure the cursor stays after the last change applied, and the next call
-    /// goes on from there.
-    async fn catch_up(&self) -> Result<(), RegistryError> {
-        let mut cursor = self.cursor.lock().await;
-        loop {
-            let batch = self.store.changes_after(*cursor, FEED_BATCH).await?;
-            let full = batch.len() == FEED_BATCH;
-            for change in batch {
-                if change.id != *cursor + 1 {
-                    // The store's contract rules this out; applying what is there is still
-                    // the best that can be done.
-                    tracing::warn!(
-                        after = *cursor,
-                        got = change.id,
-                        "registry change feed skipped ids"
-                    );
-                }
-                self.apply(&change).await?;
-                *cursor = change.id;
-            }
-            if !full {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Applies one change: reloads the rows it names from the store into the snapshot (or the
-    /// credential set), then broadcasts what live sessions need to know, as the local writer
-    /// used to. The rows read are the store's current ones, which may be newer than the
-    /// change; the changes after it reload them again.
-    async fn apply(&self, change: &Change) -> Result<(), RegistryError> {
-        let app_id = change.application_id.clone().or_else(|| {
-            let client_id = change.client_id.as_deref()?;
-            Some(
-                self.snapshot
-                    .load()
-                    .client(client_id)?
-                    .application_id
-                    .clone(),
-            )
-        });
-        let client_id = change.client_id.clone().unwrap_or_default();
-        let mut events = Vec::new();
-        match &change.kind {
-            ChangeKind::CredentialCreated | ChangeKind::CredentialRevoked => {
-                return self.reload_credentials().await;
-            }
-            ChangeKind::Unknown(kind) => {
-                tracing::warn!(
-                    id = change.id,
-                    kind,
-                    "registry change of a kind this build does not know; reloading everything"
-                );
-                let apps = self.store.load().await?;
-                self.snapshot.store(Arc::new(Snapshot::build(apps)));
-                return self.reload_credentials().await;
-            }
-            ChangeKind::ApplicationDeleted => {
-                // A deleted application's client IDs are no longer in the store: take them
-                // from the snapshot (none there: it was created and deleted before this
-                // registry saw it, so it has no session here).
-                let application_id = app_id.clone().unwrap_or_default();
-                let client_ids = self
-                    .snapshot
-                    .load()
-                    .application(&application_id)
-                    .map(|a| {
-                        a.record
-                            .clients
-                            .iter()
-                            .map(|c| c.client_id.clone())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                events.push(RegistryChange::ApplicationDeleted {
-                    application_id,
-                    client_ids,
-                });
-            }
-            ChangeKind::ApplicationCreated | ChangeKind::ApplicationUpdated => {
-                events.push(RegistryChange::ApplicationChanged {
-                    application_id: app_id.clone().unwrap_or_default(),
-                });
-            }
-            ChangeKind::CeilingChanged => {
-                let application_id = app_id.clone().unwrap_or_default();
-                events.push(RegistryChange::ApplicationChanged {
-                    application_id: application_id.clone(),
-                });
-                events.push(RegistryChange::CeilingChanged { application_id });
-            }
-            ChangeKind::ClientActivated => {
-                events.push(RegistryChange::ClientActivated { client_id });
-            }
-            ChangeKind::ClientDeactivated => {
-                events.push(RegistryChange::ClientDeactivated { client_id });
-            }
-            ChangeKind::SecretChanged
-            | ChangeKind::KeysChanged
-            | ChangeKind::ClientIdHeaderChanged => {
-                events.push(RegistryChange::CredentialsChanged { client_id });
-            }
-        }
-        match app_id {
-            Some(id) => {
-                let app = self.store.load_application(&id).await?;
-                let next = self.snapshot.load().with_application(&id, app);
-                self.snapshot.store(Arc::new(next));
-            }
-            None => {
-                // A client change for a client this registry never saw and the store no
-                // longer has: nothing to update, but stay exact.
-                let apps = self.store.load().await?;
-                self.snapshot.store(Arc::new(Snapshot::build(apps)));
-            }
-        }
-        for event in events {
-            // No receiver is fine: nobody is connected.
-            let _ = self.changes.send(event);
-        }
-        Ok(())
-    }
-
-    async fn reload_credentials(&self) -> Result<(), RegistryError> {
-        let mut all = self.store.load_credentials().await?;
-        if let Some(c) = self.config_credential.load_full() {
-            all.push((*c).clone());
-        }
-        self.credentials.store(Arc::new(CredentialSet::new(all)));
-        Ok(())
-    }
-}
-
-/// The follower task: applies the feed whenever `wakeups` fires, and every `poll` in any case,
-/// until `stop` is cancelled or the registry is gone. It holds the registry only while
-/// applying, so dropping the last handle ends it.
-async fn follow(inner: Weak<Inner>, stop: CancellationToken, mut wakeups: Wakeups, poll: Duration) {
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            woke = wakeups.next() => {
-                if woke.is_none() {
-                    // The store stopped signalling: polling alone from now on.
-                    wakeups = futures_util::stream::pending().boxed();
-                }
-            }
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        if let Err(e) = inner.catch_up().await {
-            tracing::warn!(error = %e, "registry change feed: applying changes failed; retrying");
-        }
-    }
-}
-
 fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
@@ -652,7 +311,7 @@ impl Registry {
                 follower: CancellationToken::new(),
             }),
         };
-        tokio::spawn(follow(
+        tokio::spawn(follow::follow(
             Arc::downgrade(&registry.inner),
             registry.inner.follower.clone(),
             wakeups,
@@ -1100,195 +759,6 @@ impl Registry {
         query.limit = query.limit.min(1000);
         Ok(self.inner.store.audit(&query).await?)
     }
-
-    /// The valid credential whose bearer token is `token` (from the store, or the configured
-    /// `admin_token`).
-    pub fn authenticate(&self, token: &str) -> Option<Arc<Credential>> {
-        self.inner.credentials.load().authenticate(token)
-    }
-
-    /// Every credential at this instant.
-    pub fn credentials(&self) -> Arc<CredentialSet> {
-        self.inner.credentials.load_full()
-    }
-
-    /// Makes the `admin_token` setting a valid admin credential named `admin (config)`, kept in
-    /// memory only.
-    ///
-    /// # Errors
-    /// A storage failure while reloading the store's credentials.
-    pub async fn set_config_credential(&self, token: &str) -> Result<(), RegistryError> {
-        self.inner
-            .config_credential
-            .store(Some(Arc::new(Credential {
-                id: "config".to_owned(),
-                name: "admin (config)".to_owned(),
-                role: Role::Admin,
-                token_hash: credential::token_hash(token),
-                created_at_ms: now_ms(),
-                created_by: "config".to_owned(),
-                revoked_at_ms: None,
-                revoked_by: None,
-                source: CredentialSource::Config,
-            })));
-        // Under the feed's cursor, so that a credential change applied meanwhile cannot put
-        // back a set read before this one.
-        let _cursor = self.inner.cursor.lock().await;
-        self.inner.reload_credentials().await
-    }
-
-    /// Stores `token` as the admin credential named `admin` unless the store already knows it
-    /// (valid or revoked): the first start's `admin.token`, and the upgrade of a data folder
-    /// made before the credential store existed. True when it was added.
-    ///
-    /// # Errors
-    /// [`RegistryError::Conflict`] when a valid credential is already named `admin`, or a
-    /// storage failure.
-    pub async fn bootstrap_admin(&self, token: &str) -> Result<bool, RegistryError> {
-        let hash = credential::token_hash(token);
-        let _guard = self.inner.writes.lock().await;
-        if self
-            .inner
-            .store
-            .load_credentials()
-            .await?
-            .iter()
-            .any(|c| c.token_hash == hash)
-        {
-            return Ok(false);
-        }
-        let c = Credential {
-            id: uuid::Uuid::new_v4().to_string(),
-            name: "admin".to_owned(),
-            role: Role::Admin,
-            token_hash: hash,
-            created_at_ms: now_ms(),
-            created_by: "bootstrap".to_owned(),
-            revoked_at_ms: None,
-            revoked_by: None,
-            source: CredentialSource::Store,
-        };
-        let entry = audit(
-            "bootstrap",
-            "credential.create",
-            None,
-            None,
-            serde_json::json!({"credential_id": c.id, "name": c.name, "role": c.role.as_str()}),
-        );
-        self.inner.store.insert_credential(&c, &entry).await?;
-        self.catch_up().await?;
-        Ok(true)
-    }
-
-    /// Makes a credential named `name` with `role`; returns it and its token, which is shown
-    /// this once (only its SHA-256 is stored).
-    ///
-    /// # Errors
-    /// [`RegistryError::Invalid`] for a bad name, [`RegistryError::Conflict`] when a valid
-    /// credential has that name, or a storage failure.
-    pub async fn create_credential(
-        &self,
-        name: &str,
-        role: Role,
-        actor: &str,
-    ) -> Result<(Arc<Credential>, String), RegistryError> {
-        let name = validate::name("name", name)?;
-        let token = format!(
-            "{}{}",
-            credential::TOKEN_PREFIX,
-            secret::random_token(secret::SECRET_BYTES)
-                .map_err(|e| RegistryError::Internal(e.to_string()))?
-        );
-        let c = Credential {
-            id: uuid::Uuid::new_v4().to_string(),
-            name,
-            role,
-            token_hash: credential::token_hash(&token),
-            created_at_ms: now_ms(),
-            created_by: actor.to_owned(),
-            revoked_at_ms: None,
-            revoked_by: None,
-            source: CredentialSource::Store,
-        };
-        let entry = audit(
-            actor,
-            "credential.create",
-            None,
-            None,
-            serde_json::json!({"credential_id": c.id, "name": c.name, "role": c.role.as_str()}),
-        );
-        let _guard = self.inner.writes.lock().await;
-        self.inner.store.insert_credential(&c, &entry).await?;
-        self.catch_up().await?;
-        let stored = self
-            .credentials()
-            .find(&c.id)
-            .ok_or_else(|| RegistryError::Internal("created credential vanished".into()))?;
-        Ok((stored, token))
-    }
-
-    /// Revokes the valid credential named (or with id) `name_or_id`; it stops working at once.
-    /// The last valid admin credential of the store cannot be revoked (nobody could make
-    /// another), nor the configured one.
-    ///
-    /// # Errors
-    /// [`RegistryError::NotFound`], [`RegistryError::Conflict`] for the last admin or a
-    /// configured credential, or a storage failure.
-    pub async fn revoke_credential(
-        &self,
-        name_or_id: &str,
-        actor: &str,
-    ) -> Result<Arc<Credential>, RegistryError> {
-        let _guard = self.inner.writes.lock().await;
-        let set = self.credentials();
-        let c = set
-            .find(name_or_id)
-            .filter(|c| c.is_valid())
-            .ok_or_else(|| RegistryError::NotFound {
-                what: "credential",
-                id: name_or_id.to_owned(),
-            })?;
-        if c.source == CredentialSource::Config {
-            return Err(RegistryError::Conflict(
-                "this credential is the broker's admin_token setting: remove it from the configuration".into(),
-            ));
-        }
-        let store_admins = set
-            .all()
-            .iter()
-            .filter(|x| {
-                x.is_valid() && x.role == Role::Admin && x.source == CredentialSource::Store
-            })
-            .count();
-        if c.role == Role::Admin && store_admins <= 1 {
-            return Err(RegistryError::Conflict(format!(
-                "{:?} is the last admin credential: create another admin credential first",
-                c.name
-            )));
-        }
-        let entry = audit(
-            actor,
-            "credential.revoke",
-            None,
-            None,
-            serde_json::json!({"credential_id": c.id, "name": c.name, "role": c.role.as_str()}),
-        );
-        if !self
-            .inner
-            .store
-            .revoke_credential(&c.id, now_ms(), actor, &entry)
-            .await?
-        {
-            return Err(RegistryError::NotFound {
-                what: "credential",
-                id: name_or_id.to_owned(),
-            });
-        }
-        self.catch_up().await?;
-        self.credentials()
-            .find(&c.id)
-            .ok_or_else(|| RegistryError::Internal("revoked credential vanished".into()))
-    }
 }
 
 impl std::fmt::Debug for Registry {
@@ -1302,6 +772,7 @@ impl std::fmt::Debug for Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scopecast_protocol::admin::Role;
 
     async fn sqlite(path: &std::path::Path) -> SqliteStore {
         SqliteStore::open(path).await.unwrap()
