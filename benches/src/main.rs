@@ -10,8 +10,10 @@
 //! - `system`: the three systems behind one face; `scopecast`, `nats`, `ceiling`: each one's
 //!   server process and clients; `ws`: WebSocket connections from chosen source addresses;
 //! - `payload`: payloads that carry their send time; `stats`: histograms, counters, /proc;
-//! - `report`, `plot`: the table, the JSON and the SVG; `process`: child processes.
+//! - `report`, `plot`: the table, the JSON and the SVG; `process`: child processes;
+//! - `ab`: two broker binaries compared on the same runs, in interleaved pairs.
 
+mod ab;
 mod broker_metrics;
 mod ceiling;
 mod idle;
@@ -58,6 +60,10 @@ enum Command {
     /// Run every scenario at the sizes of the benchmark issue; write results.json, results.md
     /// and one SVG plot per run into --out.
     All(AllArgs),
+    /// Compare two broker binaries (e.g. the previous commit's and this one's) on the same
+    /// runs: interleaved A/B pairs, the median ratio B/A of the max-phase throughput and its
+    /// spread, and a verdict against a tolerance.
+    Ab(AbArgs),
     /// Serve the ceiling baseline (the harness starts it by itself).
     CeilingServer {
         /// Address to listen on; prints `local=ADDR` on stdout.
@@ -199,6 +205,52 @@ struct AllArgs {
     broker: BrokerArgs,
 }
 
+#[derive(Args)]
+struct AbArgs {
+    /// The baseline broker binary ("before").
+    #[arg(long)]
+    a: PathBuf,
+    /// The candidate broker binary ("after").
+    #[arg(long)]
+    b: PathBuf,
+    /// A's name in the table (e.g. its commit).
+    #[arg(long, default_value = "A")]
+    a_name: String,
+    /// B's name in the table.
+    #[arg(long, default_value = "B")]
+    b_name: String,
+    /// A/B pairs per run; the order within a pair alternates (A B, B A, ...).
+    #[arg(long, default_value_t = 5)]
+    pairs: usize,
+    /// Runs to compare, named as the harness names them (`fanout-n1000-200B`,
+    /// `fanout-n1-encounter`, `durable-p4-w256-1024B`, `topics-t1000-n1000-p4-1024B`,
+    /// `wildcards-n1000-w50-1024B`, `connect-c32`, `tokens-c8`).
+    #[arg(long, value_delimiter = ',', default_value = ab::DEFAULT_RUNS)]
+    runs: Vec<String>,
+    /// A median ratio B/A within this many percent of 1 is "within"; beyond, "faster" or
+    /// "slower".
+    #[arg(long, default_value_t = 5.0)]
+    tolerance: f64,
+    /// Length of each run's max phase, in seconds (after a warm-up of a third of it).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Unacknowledged publishes per publisher (a `durable-...-w<W>-...` name sets its own).
+    #[arg(long, default_value_t = 256)]
+    window: u32,
+    /// In the max phase, published events not yet delivered to every subscriber, at most.
+    #[arg(long, default_value_t = 500)]
+    inflight: u64,
+    /// 127.0.0.x source addresses to spread client sockets over.
+    #[arg(long, default_value_t = 4)]
+    source_ips: u8,
+    /// Event log of both brokers, for all but `durable` runs (always the durable log).
+    #[arg(long, value_enum, default_value = "memory")]
+    log: LogArg,
+    /// Write the results here as JSON (every run of every pair).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn main() -> std::process::ExitCode {
     match main_inner(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -231,6 +283,7 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             .block_on(idle::child(system, addr, count, first, source_ip)),
         Command::Run(args) => runtime()?.block_on(run_one(args)),
         Command::All(args) => runtime()?.block_on(run_all(args)),
+        Command::Ab(args) => runtime()?.block_on(run_ab(args)),
     }
 }
 
@@ -297,20 +350,27 @@ fn baselines(args: &LoadArgs) -> Vec<SystemKind> {
     }
 }
 
-fn log_kind(args: &BrokerArgs) -> LogKind {
-    match args.log {
+fn log_kind(log: LogArg) -> LogKind {
+    match log {
         LogArg::Memory => LogKind::Memory,
         LogArg::Durable => LogKind::Durable,
     }
 }
 
-fn new_report() -> Report {
-    let date = time::OffsetDateTime::now_utc()
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+fn new_report() -> Report {
     Report {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        date,
+        command: command_line(),
+        date: now(),
         machine: Machine::read(),
         runs: Vec::new(),
     }
@@ -336,7 +396,7 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
         load: load_options(&args.load)?,
         baselines: baselines(&args.load),
         broker: broker_target(&args.broker)?,
-        log: log_kind(&args.broker),
+        log: log_kind(args.broker.log),
     };
     let mut report = new_report();
     let mut run = scenario::run(&params, Clock::new()).await;
@@ -364,7 +424,7 @@ fn draw(run: &mut RunReport, path: &Path) {
     }
 }
 
-fn write_json(report: &Report, path: &Path) -> anyhow::Result<()> {
+fn write_json(report: &impl serde::Serialize, path: &Path) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(report).context("encoding the results")?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
@@ -384,7 +444,7 @@ fn all_params(args: &AllArgs) -> anyhow::Result<Vec<Params>> {
         load: load_options(&args.load)?,
         baselines: baselines(&args.load),
         broker: broker_target(&args.broker)?,
-        log: log_kind(&args.broker),
+        log: log_kind(args.broker.log),
     };
     let cap = args.max_connections.unwrap_or(usize::MAX);
     let payloads = [
@@ -473,5 +533,54 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", md.display()))?;
     }
     eprintln!("wrote {} and {}", json.display(), md.display());
+    Ok(())
+}
+
+async fn run_ab(args: AbArgs) -> anyhow::Result<()> {
+    for (flag, bin) in [("--a", &args.a), ("--b", &args.b)] {
+        if !bin.is_file() {
+            bail!("{flag} {}: no such file", bin.display());
+        }
+    }
+    if args.pairs == 0 {
+        bail!("--pairs must be at least 1");
+    }
+    if !args.tolerance.is_finite() || args.tolerance < 0.0 {
+        bail!("--tolerance is a percentage, 0 or more");
+    }
+    let load = load_options(&LoadArgs {
+        seconds: args.seconds,
+        loads: Vec::new(),
+        baselines: Vec::new(),
+        no_baselines: true,
+        window: args.window,
+        inflight: args.inflight,
+        source_ips: args.source_ips,
+    })?;
+    let base = ab::base_params(load, log_kind(args.log));
+    let runs = args
+        .runs
+        .iter()
+        .map(|name| ab::parse_run(name.trim(), &base))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let plan = ab::AbPlan {
+        a: ab::Side {
+            name: args.a_name,
+            bin: args.a,
+        },
+        b: ab::Side {
+            name: args.b_name,
+            bin: args.b,
+        },
+        pairs: args.pairs,
+        runs,
+        tolerance_pct: args.tolerance,
+    };
+    let report = ab::run(&plan, command_line(), now()).await;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        write_json(&report, path)?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }

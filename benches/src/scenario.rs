@@ -61,7 +61,8 @@ impl Scenario {
         }
     }
 
-    fn unit(self) -> &'static str {
+    /// What the scenario's throughput counts.
+    pub(crate) fn unit(self) -> &'static str {
         match self {
             Scenario::Fanout | Scenario::Topics | Scenario::Wildcards => "events delivered/s",
             Scenario::Connect => "authenticated connections/s",
