@@ -8,7 +8,8 @@
 //!   publish admission.
 //! - [`log`]: the event log: it assigns `seq`, deduplicates, and can be tailed; memory and
 //!   redb stores; the history reader.
-//! - `fanout`: the task that tails the log and offers each event to local subscribers.
+//! - `fanout`: offers each stored event to local subscribers (handed batches by a local log's
+//!   writer, or tailing a remote log).
 //! - `session`: one WebSocket session of `scopecast.v1`, split by job.
 //! - `http`: the HTTP surface (OAuth2, publish, history, the WebSocket upgrade, the admin
 //!   API, metrics, health), with one error shape.

@@ -175,7 +175,7 @@ mod tests {
     }
 
     impl Deliver for Probe {
-        fn offer(&self, e: &Arc<crate::log::StoredEvent>) -> bool {
+        fn offer(&self, e: &Arc<crate::log::StoredEvent>, _: &crate::log::Encodings) -> bool {
             self.seen.store(e.seq, Ordering::Relaxed);
             true
         }
@@ -199,7 +199,7 @@ mod tests {
         ));
         let mut hit = Vec::new();
         index.for_each_match(&e.topic, |s| {
-            s.offer(&e);
+            s.offer(&e, &crate::log::Encodings::default());
             hit.push(Arc::as_ptr(s) as *const () as usize);
         });
         let mut v: Vec<u64> = PROBES.with(|p| {

@@ -1,11 +1,13 @@
-//! Fan-out (DESIGN section 1): one task tails the event log and offers each event, as the
-//! shared stored event (`Arc<StoredEvent>`), to every local subscriber whose subscription
-//! matches its topic. It does not know any wire format: a subscriber ([`Deliver`]) encodes
-//! the event its own way (the WebSocket session through the event's cached `scopecast.v1`
-//! encoding), and never makes the fan-out wait.
+//! Fan-out (DESIGN section 1): offers each stored event, shared (`Arc<StoredEvent>`), to every
+//! local subscriber whose subscription matches its topic. It does not know any wire format: a
+//! subscriber ([`Deliver`]) encodes the event its own way, through the event's [`Encodings`]
+//! (so the `scopecast.v1` frame is made once however many sessions get it), and never makes
+//! the fan-out wait.
 //!
-//! Whatever the tail yields is fanned out, whoever appended it (this process, or in cluster
-//! mode another node), so every node delivers in `seq` order.
+//! Whatever the log stores is fanned out, whoever appended it (this process, or in cluster
+//! mode another node), so every node delivers in `seq` order: a log of this process hands each
+//! stored batch to the fan-out from its writer ([`EventLog::attach_sink`], no task hop); any
+//! other log is tailed by the fan-out's own task.
 //!
 //! - `index`: [`TopicIndex`], exact topics in a `DashMap` plus a wildcard trie.
 
@@ -19,19 +21,21 @@ use scopecast_protocol::Pattern;
 
 pub(crate) use index::TopicIndex;
 
-use crate::log::{EventLog, StoredEvent, TailItem};
+use crate::log::{Encodings, EventLog, StoredEvent, TailItem};
 use crate::metrics::Metrics;
 
 /// Most tail items handled under one hold of the head lock.
 const MAX_CHUNK: usize = 512;
 
 /// A local subscriber as the fan-out sees it (a WebSocket session; next, FHIR and webhook
-/// front ends). Called from the fan-out task: it must not block or wait.
+/// front ends). Called from the log's writer or the fan-out's tail task: it must not block or
+/// wait.
 pub(crate) trait Deliver: Send + Sync + 'static {
-    /// Offers an event that matches one of its subscriptions; true when it took it (a
-    /// subscriber with overlapping subscriptions is offered an event once per subscription
-    /// and takes it once).
-    fn offer(&self, event: &Arc<StoredEvent>) -> bool;
+    /// Offers an event that matches one of its subscriptions, with the event's encodings made
+    /// so far (a front end takes its format from there, or makes it there for the next
+    /// subscriber); true when it took it (a subscriber with overlapping subscriptions is
+    /// offered an event once per subscription and takes it once).
+    fn offer(&self, event: &Arc<StoredEvent>, encodings: &Encodings) -> bool;
     /// Events `from..=to` are gone from the log before the fan-out reached them (retention
     /// overtook it): whatever matched is lost for this subscriber, which must be told.
     fn gap(&self, from: u64, to: u64);
@@ -41,7 +45,7 @@ pub(crate) trait Deliver: Send + Sync + 'static {
 #[derive(Clone)]
 pub(crate) struct Fanout {
     index: Arc<TopicIndex>,
-    /// The newest `seq` fanned out. The fan-out task holds this lock while it offers a chunk
+    /// The newest `seq` fanned out. The fan-out holds this lock while it offers a chunk
     /// of events; a subscribe holds it while it joins the index, so a new subscription gets
     /// exactly the events after the `head_seq` it is told.
     head: Arc<Mutex<u64>>,
@@ -69,6 +73,18 @@ impl Fanout {
             index: index.clone(),
             head: head.clone(),
         };
+        // A log of this process hands each stored batch over from its writer; any other log
+        // (one that other nodes append to) is tailed by a task of our own.
+        let sink: crate::log::Sink = {
+            let (index, head, metrics) = (index.clone(), head.clone(), metrics.clone());
+            Arc::new(move |batch: &[Arc<StoredEvent>]| {
+                offer_all(&index, &head, &metrics, batch.iter().map(TailRef::Event));
+            })
+        };
+        if log.attach_sink(sink) {
+            tracing::debug!("fan-out: handed each batch by the log's writer");
+            return (fanout, tokio::spawn(async {}));
+        }
         let tail = log.tail(last + 1);
         let task = tokio::spawn(run(tail, index, head, metrics));
         (fanout, task)
@@ -115,37 +131,67 @@ async fn run(
 ) {
     let mut chunks = tail.ready_chunks(MAX_CHUNK);
     while let Some(chunk) = chunks.next().await {
-        let mut delivered = 0u64;
-        let mut events = 0u64;
-        {
-            let mut head = head.lock();
-            for item in chunk {
-                match item {
-                    TailItem::Event(e) => {
-                        events += 1;
-                        index.for_each_match(&e.topic, |s| {
-                            if s.offer(&e) {
-                                delivered += 1;
-                            }
-                        });
-                        *head = e.seq;
+        offer_all(
+            &index,
+            &head,
+            &metrics,
+            chunk.iter().map(|item| match item {
+                TailItem::Event(e) => TailRef::Event(e),
+                TailItem::Gap { from, to } => TailRef::Gap(*from, *to),
+            }),
+        );
+    }
+    tracing::debug!("fan-out stopped: the log's tail ended");
+}
+
+/// A tail item, borrowed.
+enum TailRef<'a> {
+    Event(&'a Arc<StoredEvent>),
+    Gap(u64, u64),
+}
+
+/// Offers `items` in order under one hold of the head lock: each event to every matching
+/// subscriber, each gap to every subscriber. Events at or below the head (already fanned
+/// out) are skipped.
+fn offer_all<'a>(
+    index: &TopicIndex,
+    head: &Mutex<u64>,
+    metrics: &Metrics,
+    items: impl Iterator<Item = TailRef<'a>>,
+) {
+    let mut delivered = 0u64;
+    let mut events = 0u64;
+    {
+        let mut head = head.lock();
+        for item in items {
+            match item {
+                TailRef::Event(e) => {
+                    if e.seq <= *head {
+                        continue;
                     }
-                    TailItem::Gap { from, to } => {
-                        tracing::warn!(
-                            from,
-                            to,
-                            "the fan-out fell behind retention: events lost for every subscriber"
-                        );
-                        index.for_each(|s| s.gap(from, to));
-                        *head = to;
-                    }
+                    events += 1;
+                    let encodings = Encodings::default();
+                    index.for_each_match(&e.topic, |s| {
+                        if s.offer(e, &encodings) {
+                            delivered += 1;
+                        }
+                    });
+                    *head = e.seq;
+                }
+                TailRef::Gap(from, to) => {
+                    tracing::warn!(
+                        from,
+                        to,
+                        "the fan-out fell behind retention: events lost for every subscriber"
+                    );
+                    index.for_each(|s| s.gap(from, to));
+                    *head = to;
                 }
             }
         }
-        metrics.events_published.inc_by(events);
-        metrics.events_delivered.inc_by(delivered);
     }
-    tracing::debug!("fan-out stopped: the log's tail ended");
+    metrics.events_published.inc_by(events);
+    metrics.events_delivered.inc_by(delivered);
 }
 
 #[cfg(test)]
@@ -162,7 +208,7 @@ mod tests {
     }
 
     impl Deliver for Counting {
-        fn offer(&self, e: &Arc<StoredEvent>) -> bool {
+        fn offer(&self, e: &Arc<StoredEvent>, _: &Encodings) -> bool {
             if self.last.fetch_max(e.seq, Ordering::Relaxed) >= e.seq {
                 return false;
             }
@@ -172,10 +218,56 @@ mod tests {
         fn gap(&self, _: u64, _: u64) {}
     }
 
+    /// A log that takes no sink, as a remote one: the fan-out tails it with its own task.
+    struct Tailed(crate::log::LocalLog<MemoryLog>);
+
+    #[async_trait::async_trait]
+    impl EventLog for Tailed {
+        async fn submit(&self, batch: Vec<NewEvent>) -> crate::log::AppendFuture {
+            self.0.submit(batch).await
+        }
+        async fn read_from(
+            &self,
+            from: u64,
+            limit: usize,
+        ) -> Result<Vec<Arc<StoredEvent>>, crate::log::LogError> {
+            self.0.read_from(from, limit).await
+        }
+        fn bounds(&self) -> crate::log::Bounds {
+            self.0.bounds()
+        }
+        fn tail(&self, from: u64) -> crate::log::Tail {
+            self.0.tail(from)
+        }
+        fn epoch(&self) -> &str {
+            self.0.epoch()
+        }
+        fn stored_bytes(&self) -> u64 {
+            self.0.stored_bytes()
+        }
+        fn snapshot(&self) -> Result<Box<dyn crate::log::LogSnapshot>, crate::log::LogError> {
+            self.0.snapshot()
+        }
+    }
+
     #[tokio::test]
     async fn a_subscriber_gets_exactly_the_events_after_its_head_in_order() {
         let log: Arc<dyn EventLog> =
             Arc::new(MemoryLog::start(1000, 16, (Duration::from_secs(60), 100)));
+        exactly_after_head(log).await;
+    }
+
+    #[tokio::test]
+    async fn a_tailed_log_gives_the_same_as_one_that_hands_batches_over() {
+        let log: Arc<dyn EventLog> = Arc::new(Tailed(MemoryLog::start(
+            1000,
+            16,
+            (Duration::from_secs(60), 100),
+        )));
+        exactly_after_head(log).await;
+    }
+
+    async fn exactly_after_head(log: Arc<dyn EventLog>) {
         let publish = |n: usize| {
             let log = log.clone();
             async move {

@@ -46,12 +46,10 @@ pub struct StoredEvent {
     pub time: Timestamp,
     /// The payload, exactly as published.
     pub data: RawJson,
-    /// Its wire encodings, each made once (see [`Encodings`]).
-    pub encodings: Encodings,
 }
 
 impl StoredEvent {
-    /// An event with no encoding made yet.
+    /// An event.
     pub fn new(
         seq: u64,
         topic: Topic,
@@ -65,13 +63,12 @@ impl StoredEvent {
             event_id,
             time,
             data,
-            encodings: Encodings::default(),
         }
     }
 }
 
 impl Clone for StoredEvent {
-    /// A copy without the cached encodings (they are made again on demand).
+    /// A copy (the payload is copied).
     fn clone(&self) -> Self {
         StoredEvent::new(
             self.seq,
@@ -119,10 +116,13 @@ pub enum Format {
 
 const FORMATS: usize = 2;
 
-/// The encodings of one event, one slot per [`Format`], each made by the first front end that
-/// needs it and then shared by every session or endpoint it goes to: however many subscribers
-/// an event reaches, each format is encoded once. A slot holds the type its front end writes
-/// (`scopecast.v1`: the WebSocket text), which the fan-out never needs to know.
+/// The encodings of one event while the fan-out offers it, one slot per [`Format`], each made
+/// by the first front end that needs it and then shared by every session or endpoint it goes
+/// to: however many subscribers an event reaches, each format is encoded once. A slot holds
+/// the type its front end writes (`scopecast.v1`: the WebSocket text, reference-counted, so
+/// each outbox keeps its share after the fan-out drops the cache), which the fan-out never
+/// needs to know. Kept beside the event, not in it: a stored event retained for hours must not
+/// carry its frames too.
 #[derive(Default)]
 pub struct Encodings {
     slots: [OnceLock<Box<dyn Any + Send + Sync>>; FORMATS],
@@ -160,16 +160,10 @@ mod tests {
 
     #[test]
     fn each_format_is_made_once_and_shared() {
-        let e = StoredEvent::new(
-            1,
-            "a.b".parse().unwrap(),
-            EventId::new("x").unwrap(),
-            Timestamp::now(),
-            RawJson::from_string("{}".into()).unwrap(),
-        );
+        let encodings = Encodings::default();
         let mut made = 0;
         for _ in 0..3 {
-            let v = e.encodings.get_or_make(Format::ScopecastV1, || {
+            let v = encodings.get_or_make(Format::ScopecastV1, || {
                 made += 1;
                 String::from("frame")
             });
@@ -177,11 +171,10 @@ mod tests {
         }
         assert_eq!(made, 1);
         assert!(
-            e.encodings
+            encodings
                 .get_or_make(Format::ScopecastV1, || 7u32)
                 .is_none(),
             "another type in the same slot is refused, not mistaken"
         );
-        assert_eq!(e.clone(), e, "equality ignores the cache");
     }
 }

@@ -109,6 +109,8 @@ impl Recent {
 struct Shared<S> {
     storage: Arc<S>,
     recent: RwLock<Recent>,
+    /// The fan-out, when it asked to be handed each stored batch (`attach_sink`).
+    sink: std::sync::OnceLock<super::Sink>,
 }
 
 /// A single node's event log over `S`. Cheap to clone; the writer task stops when every clone
@@ -155,6 +157,7 @@ impl<S: Storage> LocalLog<S> {
         let shared = Arc::new(Shared {
             storage,
             recent: RwLock::new(Recent::default()),
+            sink: std::sync::OnceLock::new(),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -227,6 +230,10 @@ impl<S: Storage> EventLog for LocalLog<S> {
 
     fn bounds(&self) -> Bounds {
         self.shared.storage.bounds()
+    }
+
+    fn attach_sink(&self, sink: super::Sink) -> bool {
+        self.shared.sink.set(sink).is_ok()
     }
 
     fn tail(&self, from: u64) -> Tail {
@@ -477,6 +484,11 @@ impl<S: Storage> Writer<S> {
                 }
             }
             self.next = newest + 1;
+            // Fanned out here, in the writer, when the fan-out asked for it: no task hop
+            // between storing a batch and offering it to subscribers.
+            if let Some(sink) = self.shared.sink.get() {
+                sink(&fresh);
+            }
             // After the window holds them: a tail that sees the new head finds them there.
             let _ = self.last.send(newest);
         }

@@ -70,11 +70,7 @@ impl Storage for MemoryLog {
         let mut bytes = self.bytes.load(Ordering::Relaxed);
         for e in batch {
             bytes += size(e);
-            // A copy without the event's cached wire encodings: those live only as long as the
-            // log's window of recent events holds the shared event (what tails and the fan-out
-            // read), not for the whole retention (the A/B run of issue 14 saw the memory log
-            // keep each event's `scopecast.v1` frame beside its payload: 2.8x the RSS).
-            events.push_back(Arc::new(StoredEvent::clone(e)));
+            events.push_back(e.clone());
         }
         while events.len() > self.max_events {
             if let Some(e) = events.pop_front() {

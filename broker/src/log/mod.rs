@@ -111,6 +111,10 @@ pub trait LogSnapshot: Send {
     fn write_to(self: Box<Self>, path: &Path) -> Result<LogRange, LogError>;
 }
 
+/// What a log hands each stored batch to ([`EventLog::attach_sink`]): the fan-out. Called
+/// from the log's writer: it must not block or wait.
+pub type Sink = Arc<dyn Fn(&[Arc<StoredEvent>]) + Send + Sync>;
+
 /// An append-only log of events, ordered by `seq`, which it assigns.
 ///
 /// The contract every implementation keeps (checked by the conformance suite, `conformance`):
@@ -144,6 +148,16 @@ pub trait EventLog: Send + Sync + 'static {
     /// for events that retention removed before the tail reached them. Never ends while the
     /// log lives.
     fn tail(&self, from: u64) -> Tail;
+
+    /// Asks the log to hand each batch it stores from now on to `sink`, in `seq` order, from
+    /// its writer (after the batch is stored and before its submitters are answered), instead
+    /// of the fan-out tailing it: one task hop less per batch, which a single process's log
+    /// can offer and a remote one (whose events other nodes append) cannot. True when the log
+    /// took the sink (only the first one is taken); the caller then does not tail it. Call it
+    /// before events are submitted.
+    fn attach_sink(&self, _sink: Sink) -> bool {
+        false
+    }
 
     /// The log's identity: a UUID made when the log was created (the memory log: when the
     /// process started). `welcome` and `subscribed` carry it, so a client tells a replaced log

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use super::outbox::{Kind, Outbox, PushError, Queued};
 use super::transport;
 use crate::fanout::Deliver;
-use crate::log::StoredEvent;
+use crate::log::{Encodings, StoredEvent};
 use crate::metrics::{ClientStats, Metrics};
 
 /// One live, authenticated WebSocket session, shared by its task, the fan-out and the session
@@ -155,7 +155,7 @@ impl SessionHandle {
 }
 
 impl Deliver for SessionHandle {
-    fn offer(&self, e: &Arc<StoredEvent>) -> bool {
+    fn offer(&self, e: &Arc<StoredEvent>, encodings: &Encodings) -> bool {
         // An event accepted at or after the token's end is never delivered (PROTOCOL.md
         // section 3): the comparison is on whole milliseconds, so "at" counts as after.
         if e.time.unix_ms() >= self.deadline_ms.load(Ordering::Acquire) {
@@ -165,7 +165,7 @@ impl Deliver for SessionHandle {
             return false;
         }
         let frame = Queued {
-            text: transport::event_text(e),
+            text: transport::event_text(e, encodings),
             kind: Kind::Live(e.time),
         };
         if self.holding.load(Ordering::Acquire) {

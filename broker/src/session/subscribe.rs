@@ -10,7 +10,7 @@ use super::outbox::{Kind, Queued};
 use super::transport::{self, Socket};
 use super::{Session, Step, error_frame};
 use crate::access::{Action, Denied};
-use crate::log::HistoryQuery;
+use crate::log::{Encodings, HistoryQuery};
 
 /// Events a replay reads per page.
 const REPLAY_PAGE: usize = 512;
@@ -185,7 +185,8 @@ impl<S: Socket> Session<S> {
                 }
             };
             for e in &page.events {
-                let text = transport::event_text(e);
+                // A replay is one session's: nothing to share the encoding with.
+                let text = transport::event_text(e, &Encodings::default());
                 // Write out before this event could overflow the queue: a replay never makes a
                 // reader that keeps up a slow consumer.
                 if self.handle.outbox.queued_bytes() + text.len() > half_queue

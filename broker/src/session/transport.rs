@@ -12,7 +12,7 @@ use futures_util::{Sink, SinkExt, Stream};
 use scopecast_protocol::{CloseCode, ServerFrame, encode_event_text};
 
 use super::outbox::{Outbox, Queued};
-use crate::log::{Format, StoredEvent};
+use crate::log::{Encodings, Format, StoredEvent};
 
 /// A WebSocket as a session uses it: axum messages in and out.
 pub(crate) trait Socket:
@@ -73,9 +73,9 @@ pub(crate) fn text(frame: &ServerFrame) -> Utf8Bytes {
     Utf8Bytes::from(frame.encode())
 }
 
-/// The `scopecast.v1` `event` frame of `e`: made once per event (cached on it) and shared by
-/// every session it goes to.
-pub(crate) fn event_text(e: &StoredEvent) -> Utf8Bytes {
+/// The `scopecast.v1` `event` frame of `e`: made once per event (cached in `encodings`, the
+/// fan-out's for this event) and shared by every session it goes to.
+pub(crate) fn event_text(e: &StoredEvent, encodings: &Encodings) -> Utf8Bytes {
     let make = || {
         Utf8Bytes::from(encode_event_text(
             e.seq,
@@ -85,7 +85,7 @@ pub(crate) fn event_text(e: &StoredEvent) -> Utf8Bytes {
             e.data.as_raw(),
         ))
     };
-    match e.encodings.get_or_make(Format::ScopecastV1, make) {
+    match encodings.get_or_make(Format::ScopecastV1, make) {
         Some(text) => text.clone(),
         None => make(),
     }
