@@ -141,16 +141,25 @@ impl TestBroker {
                 }
             }
         };
-        let (tx, rx) = oneshot::channel::<()>();
-        self.task = Some(tokio::spawn(scopecast_broker::run(
-            listener,
-            config,
-            async move {
-                let _ = rx.await;
-            },
-        )));
-        self.shutdown = Some(tx);
+        let mut listener = Some(listener);
         loop {
+            if self.task.is_none() {
+                let (tx, rx) = oneshot::channel::<()>();
+                let l = match listener.take() {
+                    Some(l) => l,
+                    None => tokio::net::TcpListener::bind(self.addr)
+                        .await
+                        .expect("rebind after a failed start"),
+                };
+                self.task = Some(tokio::spawn(scopecast_broker::run(
+                    l,
+                    config.clone(),
+                    async move {
+                        let _ = rx.await;
+                    },
+                )));
+                self.shutdown = Some(tx);
+            }
             if self
                 .http
                 .get(format!("{}/healthz", self.base))
@@ -159,6 +168,15 @@ impl TestBroker {
                 .is_ok()
             {
                 break;
+            }
+            // A start that failed (the old broker's resources not yet let go) is tried again
+            // until the deadline, and its error is shown if it never succeeds.
+            if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+                let ended = self.task.take().expect("task").await;
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "broker did not come back: {ended:?}"
+                );
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
