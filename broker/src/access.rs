@@ -335,7 +335,9 @@ impl Future for PendingAck {
                 } else {
                     self.stats.published.fetch_add(1, Ordering::Relaxed);
                 }
-                if !self.writable.swap(true, Ordering::AcqRel) {
+                if !self.writable.load(Ordering::Acquire)
+                    && !self.writable.swap(true, Ordering::AcqRel)
+                {
                     self.metrics.log_writable.set(1);
                 }
                 Ok(Ack {

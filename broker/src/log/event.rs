@@ -46,6 +46,9 @@ pub struct StoredEvent {
     pub time: Timestamp,
     /// The payload, exactly as published.
     pub data: RawJson,
+    /// `time` in whole Unix milliseconds, computed once (each delivery compares it with the
+    /// receiver's token deadline).
+    time_ms: i64,
 }
 
 impl StoredEvent {
@@ -63,7 +66,13 @@ impl StoredEvent {
             event_id,
             time,
             data,
+            time_ms: time.unix_ms(),
         }
+    }
+
+    /// When the broker accepted it, in whole Unix milliseconds (`time`, truncated).
+    pub fn time_ms(&self) -> i64 {
+        self.time_ms
     }
 }
 

@@ -27,10 +27,13 @@ use super::{
 /// Most events the writer takes in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
 
-/// Recent events kept in memory for tails: at most this many...
-const RECENT_EVENTS: usize = 16_384;
+/// Recent events kept in memory for tails (a replay or a slow reader just behind the head):
+/// at most this many... Small on purpose: a larger window cycles its payloads through the CPU
+/// caches on every write (measured: a 16,384-event window cost durable publish ~18%,
+/// BENCHMARKS.md); a tail further behind reads from the storage.
+const RECENT_EVENTS: usize = 1_024;
 /// ...and at most about this many bytes of payload.
-const RECENT_BYTES: usize = 32 * 1024 * 1024;
+const RECENT_BYTES: usize = 2 * 1024 * 1024;
 
 /// Events a tail reads from the storage in one go when it is behind the recent window.
 const TAIL_PAGE: usize = 512;

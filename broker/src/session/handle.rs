@@ -158,7 +158,7 @@ impl Deliver for SessionHandle {
     fn offer(&self, e: &Arc<StoredEvent>, encodings: &Encodings) -> bool {
         // An event accepted at or after the token's end is never delivered (PROTOCOL.md
         // section 3): the comparison is on whole milliseconds, so "at" counts as after.
-        if e.time.unix_ms() >= self.deadline_ms.load(Ordering::Acquire) {
+        if e.time_ms() >= self.deadline_ms.load(Ordering::Acquire) {
             return false;
         }
         if self.last_seq.fetch_max(e.seq, Ordering::Relaxed) >= e.seq {

@@ -208,6 +208,19 @@ async fn front_ack(
 }
 
 impl<S: Socket> Session<S> {
+    /// The oldest pending acknowledgement if the log has answered it already (never waits).
+    fn ready_ack(
+        &mut self,
+    ) -> Option<(
+        RequestId,
+        Result<crate::access::Ack, crate::access::PublishRefused>,
+    )> {
+        let (_, pending) = self.acks.front_mut()?;
+        let result = futures_util::FutureExt::now_or_never(pending)?;
+        let (id, _) = self.acks.pop_front()?;
+        Some((id, result))
+    }
+
     fn reply(&self, frame: &ServerFrame) {
         let _ = self.handle.reply(frame);
     }
@@ -253,6 +266,12 @@ impl<S: Socket> Session<S> {
                 () = self.handle.outbox.ready() => self.write().await,
                 Some((id, result)) = front_ack(&mut self.acks), if !self.acks.is_empty() => {
                     self.acknowledge(id, result);
+                    // The log answers a whole batch at once: every answer already in is
+                    // queued now, so that one socket write carries them all (the outbox
+                    // comes first in this loop and would otherwise write each alone).
+                    while let Some((id, result)) = self.ready_ack() {
+                        self.acknowledge(id, result);
+                    }
                     Step::Continue
                 }
                 msg = self.socket.next() => {
