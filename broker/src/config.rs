@@ -113,6 +113,18 @@ pub struct Config {
     /// the longest a change written by another process or node sharing the registry takes
     /// to reach this broker (this broker's own changes apply at once).
     pub registry_poll_ms: u64,
+    /// Application records from a catalog (README, "Environments and the catalog").
+    pub catalog: CatalogConfig,
+}
+
+/// Where this environment's application records may come from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// A JWK Set file with the record-signing public keys of the catalog(s) this environment
+    /// trusts (what `scopecast catalog keys` prints on the catalog). Without it, no record is
+    /// imported. The keys are pinned: an offline environment verifies records with them alone.
+    pub trusted_keys_file: Option<PathBuf>,
 }
 
 /// Durability of acknowledged events in the durable log.
@@ -416,6 +428,7 @@ impl Default for Config {
             log_sync: LogSync::Fsync,
             log_cache_bytes: crate::log::DEFAULT_CACHE_BYTES,
             registry_poll_ms: 1_000,
+            catalog: CatalogConfig::default(),
             retention: RetentionConfig::default(),
         }
     }

@@ -16,6 +16,8 @@
 //! - [`registry`]: applications, client IDs, credentials, activations, audit; the SQLite store
 //!   and its change feed, which the in-memory snapshot follows.
 //! - [`auth`]: OAuth2 secrets, signing keys, tokens and verification.
+//! - [`catalog`]: signed application records: the catalog's record signer, the catalog
+//!   keys an environment pins.
 //! - [`backup`]: backups taken while the broker runs, their manifest, and restore.
 //! - `rate`: publish rates per client ID.
 //! - `metrics`: Prometheus metrics.
@@ -28,6 +30,7 @@
 mod access;
 pub mod auth;
 pub mod backup;
+pub mod catalog;
 mod config;
 mod data_dir;
 mod fanout;
@@ -47,6 +50,6 @@ pub use config::{
 };
 pub use data_dir::LOCK_FILE;
 pub use server::{
-    ADMIN_TOKEN_FILE, EVENT_LOG_FILE, Listeners, REGISTRY_FILE, SIGNING_KEYS_FILE, ServeError, run,
-    run_on,
+    ADMIN_TOKEN_FILE, EVENT_LOG_FILE, Listeners, RECORD_KEYS_FILE, REGISTRY_FILE,
+    SIGNING_KEYS_FILE, ServeError, run, run_on,
 };

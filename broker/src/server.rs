@@ -31,6 +31,8 @@ use std::time::Duration;
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// The signing key file in the data folder.
 pub const SIGNING_KEYS_FILE: &str = "signing-keys.json";
+/// The record-signing keys of this deployment as a catalog (never the token keys).
+pub const RECORD_KEYS_FILE: &str = "record-signing-keys.json";
 /// The registry database in the data folder.
 pub const REGISTRY_FILE: &str = "registry.sqlite";
 /// The durable event log in the data folder.
@@ -246,6 +248,15 @@ pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assem
         .await
         .map_err(|e| ServeError::Startup(e.to_string()))?;
     admin_credential(&config, &registry).await?;
+    registry.set_environment(&config.environment_id());
+    let records = crate::catalog::RecordSigner::open(&config.data_dir.join(RECORD_KEYS_FILE))
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    let trusted =
+        crate::catalog::TrustedCatalogs::load(config.catalog.trusted_keys_file.as_deref())
+            .map_err(ServeError::Startup)?;
+    if !trusted.kids().is_empty() {
+        tracing::info!(kids = ?trusted.kids(), "trusting application records signed by these catalog keys");
+    }
     // The files SQLite made beside the database (`-wal`, `-shm`) copy its mode; check anyway.
     private_files(&config)?;
     let issuer = TokenIssuer::new(
@@ -346,6 +357,9 @@ pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assem
         log,
         fanout,
         metrics,
+        records,
+        trusted,
+        public_url: public_url.clone(),
     });
     let follower = tokio::spawn(state.sessions.clone().follow(registry.clone()));
     // After a failed append, find out when the log takes writes again even if nobody

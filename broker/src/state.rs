@@ -67,6 +67,12 @@ pub(crate) struct Services {
     pub(crate) shutdown: CancellationToken,
     /// One permit: a backup holds it until its stream is written, so two never run at once.
     pub(crate) backups: Arc<tokio::sync::Semaphore>,
+    /// Signs the application records this deployment exports (as a catalog).
+    pub(crate) records: crate::catalog::RecordSigner,
+    /// The catalog keys this environment pins, to verify records it imports.
+    pub(crate) trusted: crate::catalog::TrustedCatalogs,
+    /// This deployment's public URL: the `iss` of the records it signs.
+    pub(crate) public_url: String,
     /// The next session id.
     next_session: AtomicU64,
 }
@@ -88,6 +94,9 @@ pub(crate) struct Parts {
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) fanout: Fanout,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) records: crate::catalog::RecordSigner,
+    pub(crate) trusted: crate::catalog::TrustedCatalogs,
+    pub(crate) public_url: String,
 }
 
 impl Broker {
@@ -102,6 +111,9 @@ impl Broker {
             log,
             fanout,
             metrics,
+            records,
+            trusted,
+            public_url,
         } = parts;
         let access = Access::new(registry.clone(), metrics.clone());
         let admission = Admission::new(
@@ -126,6 +138,9 @@ impl Broker {
             session_tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             backups: Arc::new(tokio::sync::Semaphore::new(1)),
+            records,
+            trusted,
+            public_url,
             next_session: AtomicU64::new(1),
             config,
         }))

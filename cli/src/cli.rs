@@ -145,12 +145,51 @@ pub(crate) enum AppCommand {
         #[arg(long)]
         scope: Option<String>,
     },
-    /// Replace an application's scope ceiling; live subscriptions it no longer covers end.
+    /// Replace an application's scope ceiling (given an application id registered here), or
+    /// set this environment's grant for a client ID (given a client ID: at most the record's
+    /// scope; the way to narrow an imported application here). Live subscriptions it no
+    /// longer covers end within a second.
     SetScope {
+        /// Application id, or client ID.
+        id: String,
+        /// The new scope, space-separated (families as for `app create --scope`).
+        scope: String,
+        /// Why (recorded in the audit trail; for a client ID's grant).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Grant a client ID the record's current scope here: the scopes a newer version added
+    /// (`pending_scope` in `app show`) take effect.
+    Approve {
+        /// Client ID.
+        client_id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Write an application's signed record (JWS) to a file, for `app import` in another
+    /// environment: signed here with this deployment's record-signing key, or as imported.
+    Export {
         /// Application id.
         id: String,
-        /// The new ceiling, space-separated (families as for `app create --scope`).
-        scope: String,
+        /// The file to write (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Import a signed application record (from `app export`); verified against the catalog
+    /// keys pinned in `catalog.trusted_keys_file`. Idempotent; keeps the record's client IDs.
+    Import {
+        /// The record file.
+        file: PathBuf,
+    },
+    /// Retire an application registered here: a new version, both client IDs deactivated;
+    /// environments that import the new version deactivate them too.
+    Retire {
+        /// Application id.
+        id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Set a client's public keys for private_key_jwt.
     SetKeys {
@@ -429,16 +468,38 @@ fn print_app(app: &ApplicationView) {
         ("scope", &app.scope),
         ("created_at", &app.created_at),
         ("updated_at", &app.updated_at),
+        ("version", &app.version.to_string()),
+        (
+            "origin",
+            &app.origin
+                .as_ref()
+                .map_or("registered here".to_owned(), |k| {
+                    format!("imported (catalog key {k})")
+                }),
+        ),
     ] {
         t.add_row(vec![f.to_owned(), v.clone()]);
     }
+    if let Some(at) = &app.retired_at {
+        t.add_row(vec!["retired_at".to_owned(), at.clone()]);
+    }
     outln!("{t}");
-    let mut c = table(&["kind", "client_id", "active", "keys", "client_secret"]);
+    let mut c = table(&[
+        "kind",
+        "client_id",
+        "active",
+        "effective scope",
+        "pending",
+        "keys",
+        "client_secret",
+    ]);
     for client in app.clients.both() {
         c.add_row(vec![
             client.kind.clone(),
             client.client_id.clone(),
             client.active.to_string(),
+            client.effective_scope.clone(),
+            client.pending_scope.clone(),
             keys_kind(&client.keys).to_owned(),
             client
                 .client_secret
@@ -470,6 +531,19 @@ fn print_client(client: &ClientView) {
     row("active", client.active.to_string());
     row("has_secret", client.has_secret.to_string());
     row("client_id_header", client.client_id_header.to_string());
+    row("effective_scope", client.effective_scope.clone());
+    if let Some(g) = &client.granted_scope {
+        row("granted_scope", g.clone());
+    }
+    if !client.pending_scope.is_empty() {
+        row(
+            "pending_scope (waits for `app approve`)",
+            client.pending_scope.clone(),
+        );
+    }
+    if let Some(secret) = &client.client_secret {
+        row("client_secret (shown once)", secret.clone());
+    }
     row("updated_at", client.updated_at.clone());
     if let Some(id) = &client.application_id {
         row("application_id", id.clone());
@@ -599,7 +673,22 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                 .await?;
             print(j, &app, print_app)
         }
-        AppCommand::SetScope { id, scope } => {
+        AppCommand::SetScope { id, scope, reason } => {
+            // A client ID: this environment's grant. An application id: its record's scope.
+            let client: Option<ClientView> = admin
+                .typed::<ClientView>(M::GET, &format!("/clients/{id}"), None)
+                .await
+                .ok();
+            if client.is_some() {
+                let v = admin
+                    .call(
+                        M::PUT,
+                        &format!("/clients/{id}/grant"),
+                        body(&scopecast_protocol::admin::Grant { scope, reason })?,
+                    )
+                    .await?;
+                return print(j, &v, print_client);
+            }
             let app = admin
                 .call(
                     M::PATCH,
@@ -672,6 +761,57 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                 ]);
                 outln!("{t}\nStore the new secret now: it is not shown again.");
             })
+        }
+        AppCommand::Approve { client_id, reason } => {
+            let v = admin
+                .call(
+                    M::POST,
+                    &format!("/clients/{client_id}/approve"),
+                    body(&Reason { reason })?,
+                )
+                .await?;
+            print(j, &v, print_client)
+        }
+        AppCommand::Export { id, out } => {
+            let doc: scopecast_protocol::admin::RecordDocument = admin
+                .typed(M::GET, &format!("/applications/{id}/record"), None)
+                .await?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, format!("{}\n", doc.record))
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("wrote the signed record of {id} to {}", path.display());
+                }
+                None => outln!("{}", doc.record),
+            }
+            Ok(())
+        }
+        AppCommand::Import { file } => {
+            let record = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let v = admin
+                .call(
+                    M::POST,
+                    "/records",
+                    body(&scopecast_protocol::admin::RecordDocument {
+                        record: record.trim().to_owned(),
+                    })?,
+                )
+                .await?;
+            print(j, &v, |v: &scopecast_protocol::admin::Imported| {
+                outln!("{}: version {}", v.outcome, v.application.version);
+                print_app(&v.application);
+            })
+        }
+        AppCommand::Retire { id, reason } => {
+            let v = admin
+                .call(
+                    M::POST,
+                    &format!("/applications/{id}/retire"),
+                    body(&Reason { reason })?,
+                )
+                .await?;
+            print(j, &v, print_app)
         }
         AppCommand::Activate { client_id, reason } => {
             let v = admin
@@ -963,6 +1103,47 @@ pub(crate) async fn keys(target: Target, auth: AdminAuth, cmd: KeysCommand) -> a
             })
         }
     }
+}
+
+/// `scopecast catalog keys`: the catalog's record-signing public keys (a JWK Set, from the
+/// public `GET /catalog/v1/keys`), to pin in each environment's `catalog.trusted_keys_file`.
+/// Compare the printed `kid`s with the catalog operator's by another channel before pinning.
+pub(crate) async fn catalog_keys(target: Target, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let tls = target.tls()?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls.client_config()?).clone())
+        .build()
+        .context("setting up the HTTP client")?;
+    let url = format!("{}/catalog/v1/keys", target.url.trim_end_matches('/'));
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    if !resp.status().is_success() {
+        bail!("{url}: {}", resp.status());
+    }
+    let jwks: Value = resp.json().await.context("the answer is not JSON")?;
+    let text = serde_json::to_string_pretty(&jwks)?;
+    match out {
+        Some(path) => {
+            std::fs::write(&path, format!("{text}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            let kids: Vec<&str> = jwks["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k["kid"].as_str())
+                .collect();
+            eprintln!(
+                "wrote {} (kid {}); set catalog.trusted_keys_file to it",
+                path.display(),
+                kids.join(", ")
+            );
+        }
+        None => outln!("{text}"),
+    }
+    Ok(())
 }
 
 /// `scopecast keygen`: writes a private key and prints the public JWK Set to register with

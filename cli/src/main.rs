@@ -23,6 +23,17 @@ struct Cli {
     command: Command,
 }
 
+/// `scopecast catalog ...`.
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Print the catalog's record-signing public keys (a JWK Set), or write them to a file.
+    Keys {
+        /// The file to write (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker.
@@ -57,6 +68,14 @@ enum Command {
         client_id: Option<String>,
         #[command(subcommand)]
         command: Option<cli::SessionsCommand>,
+    },
+    /// The catalog side of application records: `catalog keys` prints the record-signing
+    /// public keys that environments pin (`catalog.trusted_keys_file`).
+    Catalog {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: CatalogCommand,
     },
     /// Manage the broker's token signing keys (admin API).
     Keys {
@@ -218,6 +237,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             auth,
             command,
         } => client_runtime()?.block_on(cli::keys(target, auth, command)),
+        Command::Catalog {
+            target,
+            command: CatalogCommand::Keys { out },
+        } => client_runtime()?.block_on(cli::catalog_keys(target, out)),
         Command::Credential {
             target,
             auth,

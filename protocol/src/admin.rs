@@ -95,6 +95,16 @@ pub struct ClientView {
     /// The application's name (in `GET /admin/v1/clients/{client_id}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application_name: Option<String>,
+    /// This environment's grant (set at the first activation here); absent before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_scope: Option<String>,
+    /// What the client ID may do here now: the record's scope intersected with the grant.
+    #[serde(default)]
+    pub effective_scope: String,
+    /// The record's scopes the grant does not include yet: they wait for
+    /// `POST /admin/v1/clients/{client_id}/approve`. Empty when nothing waits.
+    #[serde(default)]
+    pub pending_scope: String,
 }
 
 /// An application's two client IDs.
@@ -130,8 +140,114 @@ pub struct ApplicationView {
     pub created_at: String,
     /// When it last changed.
     pub updated_at: String,
+    /// The record's version, from 1: every change makes the next one.
+    #[serde(default = "first_version")]
+    pub version: u64,
+    /// Where the record comes from: absent when registered here; for an imported record, the
+    /// `kid` of the catalog key that signed it (edit it in the catalog, not here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// When it was retired; its client IDs cannot be activated any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
     /// Its two client IDs.
     pub clients: ApplicationClients,
+}
+
+fn first_version() -> u64 {
+    1
+}
+
+/// An application record as it travels between a catalog and the environments: the claims
+/// of a JWS (RFC 7515 compact serialisation, `alg` `ES256`, `typ` `scopecast-record+jwt`,
+/// `kid` of the catalog's record-signing key; never its token-signing key). It holds no
+/// secret and no secret's hash: each environment makes its own client secrets.
+///
+/// Exported by `GET /admin/v1/applications/{id}/record` ([`RecordDocument`]), imported by
+/// `POST /admin/v1/records`. An environment accepts a record only when its signature verifies
+/// with a catalog key pinned in its configuration (`catalog.trusted_keys_file`), its version is
+/// newer than the one it holds (the same version again is accepted only byte for byte:
+/// idempotent), and its client IDs are the ones it holds for that application (or unknown
+/// there, for a new one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplicationRecord {
+    /// The catalog that signed it (its public URL).
+    pub iss: String,
+    /// When it was signed, Unix seconds.
+    pub iat: i64,
+    /// The application's id (UUID), the same in every environment.
+    pub application_id: String,
+    /// The record's version, from 1.
+    pub version: u64,
+    /// Its name.
+    pub name: String,
+    /// Its vendor (developer).
+    pub vendor: String,
+    /// Its description.
+    #[serde(default)]
+    pub description: String,
+    /// The scope it asks for: an environment grants at most this.
+    pub scope: String,
+    /// Its two client IDs with their public keys.
+    pub clients: RecordClients,
+    /// True once retired: every environment deactivates both client IDs.
+    #[serde(default)]
+    pub retired: bool,
+}
+
+/// The two client IDs of an [`ApplicationRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordClients {
+    /// For production environments.
+    pub production: RecordClient,
+    /// For test, training and development environments.
+    pub non_production: RecordClient,
+}
+
+/// One client ID of an [`ApplicationRecord`]: its id and its `private_key_jwt` public keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordClient {
+    /// The OAuth2 client ID (UUID).
+    pub client_id: String,
+    /// An inline JWK Set of public keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
+    /// A JWK Set URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+}
+
+/// `GET /admin/v1/applications/{id}/record` (answer) and `POST /admin/v1/records` (request): a
+/// signed application record, JWS compact serialisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordDocument {
+    /// The JWS.
+    pub record: String,
+}
+
+/// The answer to `POST /admin/v1/records`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Imported {
+    /// `created` (new here), `updated` (a newer version) or `unchanged` (this version was
+    /// imported before).
+    pub outcome: String,
+    /// The application as it is here now.
+    pub application: ApplicationView,
+}
+
+/// `PUT /admin/v1/clients/{client_id}/grant`: this environment's grant for a client ID, at most
+/// the record's scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Space-separated scopes, each covered by the record's scope.
+    pub scope: String,
+    /// Why (kept in the audit trail).
+    pub reason: String,
 }
 
 /// `GET /admin/v1/applications`.
@@ -209,6 +325,10 @@ pub struct AuditEntry {
     pub application_id: Option<String>,
     /// The client ID concerned, if any.
     pub client_id: Option<String>,
+    /// The environment (`<kind>/<name>`) of the deployment that wrote it; absent on entries
+    /// written before environments were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
     /// The change's details (the fields before and after, the reason).
     pub detail: Value,
 }

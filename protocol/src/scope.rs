@@ -401,6 +401,30 @@ impl ScopeSet {
         self.scopes.iter().any(|held| held.covers(scope))
     }
 
+    /// What both grant, by containment: every scope of `self` that `other` covers, then every
+    /// scope of `other` that `self` covers (duplicates dropped). Never wider than either: an
+    /// environment's grant intersected with an application record's scope is the client's
+    /// effective scope (PROTOCOL.md section 2b). Two scopes that only overlap (`subscribe:a.*.c`
+    /// and `subscribe:a.b.*`) grant nothing together.
+    pub fn intersection(&self, other: &ScopeSet) -> ScopeSet {
+        self.scopes
+            .iter()
+            .filter(|s| other.covers(s))
+            .chain(other.scopes.iter().filter(|s| self.covers(s)))
+            .cloned()
+            .collect()
+    }
+
+    /// The scopes of `self` that `other` does not cover, in order (a record's scopes an
+    /// environment's grant does not yet include).
+    pub fn not_covered_by(&self, other: &ScopeSet) -> ScopeSet {
+        self.scopes
+            .iter()
+            .filter(|s| !other.covers(s))
+            .cloned()
+            .collect()
+    }
+
     /// The first scope of `requested` that `self` does not cover, if any.
     ///
     /// A token request may narrow the application's ceiling but never widen it
@@ -462,6 +486,43 @@ pub struct MissingScope(pub Scope);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn intersection_keeps_what_both_grant_and_nothing_more() {
+        let record = ScopeSet::parse_ceiling(
+            "subscribe:fhir.> publish:fhir.encounter.started webhook:manage",
+        )
+        .unwrap();
+        let grant =
+            ScopeSet::parse_ceiling("subscribe:fhir.encounter.> subscribe:adt.> webhook:manage")
+                .unwrap();
+        let both = record.intersection(&grant);
+        assert_eq!(
+            both.to_string(),
+            "webhook:manage subscribe:fhir.encounter.>"
+        );
+        assert!(both.allows_subscribe(&"fhir.encounter.started".parse().unwrap()));
+        assert!(!both.allows_subscribe(&"fhir.patient.created".parse().unwrap()));
+        assert!(
+            !both.allows_subscribe(&"adt.a01".parse().unwrap()),
+            "not in the record"
+        );
+        assert!(
+            !both.allows_publish(&"fhir.encounter.started".parse().unwrap()),
+            "not granted"
+        );
+        assert_eq!(
+            record.not_covered_by(&grant).to_string(),
+            "subscribe:fhir.> publish:fhir.encounter.started"
+        );
+        let a = ScopeSet::parse_ceiling("subscribe:a.*.c").unwrap();
+        let b = ScopeSet::parse_ceiling("subscribe:a.b.*").unwrap();
+        assert!(
+            a.intersection(&b).is_empty(),
+            "an overlap alone grants nothing"
+        );
+        assert_eq!(record.intersection(&record), record);
+    }
+
     use super::*;
 
     fn set(s: &str) -> ScopeSet {

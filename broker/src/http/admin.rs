@@ -97,7 +97,21 @@ fn time(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn client_view(c: &StoredClient, secret: Option<&IssuedSecret>) -> ClientView {
+pub(crate) fn client_view(
+    app: &Application,
+    c: &StoredClient,
+    secret: Option<&IssuedSecret>,
+) -> ClientView {
+    let (effective_scope, pending_scope) = match &c.granted_scope {
+        None => (app.ceiling.to_string(), String::new()),
+        Some(g) => {
+            let grant = scopecast_protocol::ScopeSet::parse(g).unwrap_or_default();
+            (
+                app.ceiling.intersection(&grant).to_string(),
+                app.ceiling.not_covered_by(&grant).to_string(),
+            )
+        }
+    };
     let keys = match &c.keys {
         ClientKeysSpec::None => ClientKeysView::None,
         ClientKeysSpec::Jwks(v) => ClientKeysView::Jwks {
@@ -123,15 +137,18 @@ fn client_view(c: &StoredClient, secret: Option<&IssuedSecret>) -> ClientView {
         client_secret: secret.map(|s| s.client_secret.clone()),
         application_id: None,
         application_name: None,
+        granted_scope: c.granted_scope.clone(),
+        effective_scope,
+        pending_scope,
     }
 }
 
-fn app_view(app: &Application, secrets: &[IssuedSecret]) -> ApplicationView {
+pub(crate) fn app_view(app: &Application, secrets: &[IssuedSecret]) -> ApplicationView {
     let r = &app.record;
     let view = |kind: EnvironmentKind| {
         r.clients.iter().find(|c| c.kind == kind).map(|c| {
             let secret = secrets.iter().find(|s| s.client_id == c.client_id);
-            client_view(c, secret)
+            client_view(app, c, secret)
         })
     };
     // The registry makes both client IDs with the application and deletes them with it; an
@@ -147,6 +164,9 @@ fn app_view(app: &Application, secrets: &[IssuedSecret]) -> ApplicationView {
         client_secret: None,
         application_id: None,
         application_name: None,
+        granted_scope: None,
+        effective_scope: String::new(),
+        pending_scope: String::new(),
     };
     ApplicationView {
         id: r.id.clone(),
@@ -156,6 +176,9 @@ fn app_view(app: &Application, secrets: &[IssuedSecret]) -> ApplicationView {
         scope: r.scope.clone(),
         created_at: time(r.created_at_ms),
         updated_at: time(r.updated_at_ms),
+        version: r.version,
+        origin: r.origin.clone(),
+        retired_at: r.retired_at_ms.map(time),
         clients: ApplicationClients {
             production: view(EnvironmentKind::Production).unwrap_or_else(missing),
             non_production: view(EnvironmentKind::NonProduction).unwrap_or_else(missing),
@@ -198,7 +221,7 @@ pub(crate) async fn list_applications(State(state): State<Broker>) -> Response {
     Json(ApplicationList { applications }).into_response()
 }
 
-fn find_app(state: &Broker, id: &str) -> Result<Arc<Application>, Response> {
+pub(crate) fn find_app(state: &Broker, id: &str) -> Result<Arc<Application>, Response> {
     let id = validate::uuid_id("id", id).map_err(|e| invalid(&e))?;
     state
         .registry
@@ -280,7 +303,7 @@ pub(crate) async fn delete_application(
     }
 }
 
-fn find_client(
+pub(crate) fn find_client(
     state: &Broker,
     client_id: &str,
 ) -> Result<(Arc<Application>, StoredClient), Response> {
@@ -315,7 +338,7 @@ pub(crate) async fn show_client(
 ) -> Response {
     match find_client(&state, &client_id) {
         Ok((app, c)) => {
-            let mut v = client_view(&c, None);
+            let mut v = client_view(&app, &c, None);
             v.application_id = Some(app.record.id.clone());
             v.application_name = Some(app.record.name.clone());
             Json(v).into_response()
@@ -369,7 +392,7 @@ pub(crate) async fn set_keys(
     };
     match state.registry.set_keys(&client_id, spec, &who).await {
         Ok(()) => match find_client(&state, &client_id) {
-            Ok((_, c)) => Json(client_view(&c, None)).into_response(),
+            Ok((app, c)) => Json(client_view(&app, &c, None)).into_response(),
             Err(r) => r,
         },
         Err(e) => registry_error(e),
@@ -419,16 +442,29 @@ async fn set_active(
             );
         }
     }
-    match state
+    if let Err(e) = state
         .registry
         .set_active(&client_id, active, &who, &b.reason)
         .await
     {
-        Ok(_) => match find_client(&state, &client_id) {
-            Ok((_, c)) => Json(client_view(&c, None)).into_response(),
-            Err(r) => r,
-        },
-        Err(e) => registry_error(e),
+        return registry_error(e);
+    }
+    // An imported client ID has no secret (records never carry one): its first activation
+    // here makes one, shown once in this answer, unless the app signs in with its keys.
+    let mut issued = None;
+    if active
+        && let Ok((_, c)) = find_client(&state, &client_id)
+        && c.secret_hash.is_none()
+        && c.keys == ClientKeysSpec::None
+    {
+        match state.registry.rotate_secret(&client_id, &who).await {
+            Ok(s) => issued = Some(s),
+            Err(e) => return registry_error(e),
+        }
+    }
+    match find_client(&state, &client_id) {
+        Ok((app, c)) => Json(client_view(&app, &c, issued.as_ref())).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -470,7 +506,7 @@ pub(crate) async fn set_client_id_header(
         .await
     {
         Ok(()) => match find_client(&state, &client_id) {
-            Ok((_, c)) => Json(client_view(&c, None)).into_response(),
+            Ok((app, c)) => Json(client_view(&app, &c, None)).into_response(),
             Err(r) => r,
         },
         Err(e) => registry_error(e),
@@ -527,6 +563,7 @@ pub(crate) async fn audit(
                     action: e.action,
                     application_id: e.application_id,
                     client_id: e.client_id,
+                    environment: e.environment,
                     detail: e.detail,
                 })
                 .collect();

@@ -27,6 +27,7 @@ mod error;
 mod events;
 mod oauth;
 mod publish;
+mod records;
 mod sessions;
 mod stream;
 
@@ -61,6 +62,11 @@ pub(crate) fn routers(state: Broker) -> (Router, Option<Router>) {
                 .patch(admin::update_application)
                 .delete(admin::delete_application),
         )
+        .route("/applications/{id}/record", get(records::export))
+        .route("/applications/{id}/retire", post(records::retire))
+        .route("/records", post(records::import))
+        .route("/clients/{client_id}/grant", put(records::set_grant))
+        .route("/clients/{client_id}/approve", post(records::approve))
         .route("/clients/{client_id}", get(admin::show_client))
         .route(
             "/clients/{client_id}/rotate-secret",
@@ -106,6 +112,7 @@ pub(crate) fn routers(state: Broker) -> (Router, Option<Router>) {
             post(oauth::token).layer(DefaultBodyLimit::max(oauth::MAX_TOKEN_REQUEST_BYTES)),
         )
         .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route("/catalog/v1/keys", get(records::keys))
         .route("/v1/stream", get(stream::stream))
         .route(
             "/v1/events/{topic}",

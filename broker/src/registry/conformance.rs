@@ -42,6 +42,7 @@ fn entry(action: &str) -> AuditEntry {
         action: action.to_owned(),
         application_id: None,
         client_id: None,
+        environment: Some("non-production/test".to_owned()),
         detail: json!({}),
     }
 }
@@ -54,6 +55,7 @@ fn client(kind: EnvironmentKind) -> StoredClient {
         secret_hash: Some("$argon2id$first".to_owned()),
         keys: ClientKeysSpec::None,
         client_id_header: false,
+        granted_scope: None,
         created_at_ms: 1,
         updated_at_ms: 1,
     }
@@ -68,6 +70,10 @@ fn application(name: &str) -> StoredApplication {
         scope: "subscribe:adt.>".to_owned(),
         created_at_ms: 1,
         updated_at_ms: 1,
+        version: 1,
+        origin: None,
+        record_jws: None,
+        retired_at_ms: None,
         clients: vec![
             client(EnvironmentKind::Production),
             client(EnvironmentKind::NonProduction),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use scopecast_protocol::admin::Role;
 use sha2::{Digest, Sha256};
 
-use super::{RegistryError, audit, now_ms, secret, validate};
+use super::{RegistryError, now_ms, secret, validate};
 
 /// Prefix of every token the store issues, so secret scanners can recognise a leaked one.
 pub const TOKEN_PREFIX: &str = "scc_";
@@ -200,7 +200,7 @@ impl super::Registry {
             revoked_by: None,
             source: CredentialSource::Store,
         };
-        let entry = audit(
+        let entry = self.audit_entry(
             "bootstrap",
             "credential.create",
             None,
@@ -242,7 +242,7 @@ impl super::Registry {
             revoked_by: None,
             source: CredentialSource::Store,
         };
-        let entry = audit(
+        let entry = self.audit_entry(
             actor,
             "credential.create",
             None,
@@ -298,7 +298,7 @@ impl super::Registry {
                 c.name
             )));
         }
-        let entry = audit(
+        let entry = self.audit_entry(
             actor,
             "credential.revoke",
             None,

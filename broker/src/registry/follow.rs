@@ -91,7 +91,7 @@ impl Inner {
                     application_id: app_id.clone().unwrap_or_default(),
                 });
             }
-            ChangeKind::CeilingChanged => {
+            ChangeKind::CeilingChanged | ChangeKind::GrantChanged | ChangeKind::RecordPut => {
                 let application_id = app_id.clone().unwrap_or_default();
                 events.push(RegistryChange::ApplicationChanged {
                     application_id: application_id.clone(),

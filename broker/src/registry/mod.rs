@@ -21,6 +21,7 @@
 mod conformance;
 pub mod credential;
 mod follow;
+mod record;
 mod snapshot;
 mod sqlite;
 mod store;
@@ -39,6 +40,7 @@ use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use credential::{Credential, CredentialSet};
+pub use record::ImportOutcome;
 pub use snapshot::{
     Application, ClientEntry, ClientKeys, ClientKeysSpec, Snapshot, StoredApplication, StoredClient,
 };
@@ -105,6 +107,9 @@ pub struct AuditEntry {
     pub application_id: Option<String>,
     /// The client concerned.
     pub client_id: Option<String>,
+    /// The environment (`<kind>/<name>`) of the deployment that wrote it; `None` for entries
+    /// written before environments were recorded.
+    pub environment: Option<String>,
     /// Details as JSON; never a secret.
     pub detail: Value,
 }
@@ -214,6 +219,8 @@ struct Inner {
     /// Stops the follower task; cancelled when the last handle goes (see `Drop`) or by
     /// [`Registry::stop_following`].
     follower: CancellationToken,
+    /// The deployment's environment, stamped on audit entries.
+    environment: ArcSwapOption<String>,
 }
 
 impl Drop for Inner {
@@ -232,21 +239,34 @@ fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn audit(
-    actor: &str,
-    action: &str,
-    application_id: Option<&str>,
-    client_id: Option<&str>,
-    detail: Value,
-) -> AuditEntry {
-    AuditEntry {
-        id: uuid::Uuid::now_v7().to_string(),
-        at_ms: now_ms(),
-        actor: actor.to_owned(),
-        action: action.to_owned(),
-        application_id: application_id.map(str::to_owned),
-        client_id: client_id.map(str::to_owned),
-        detail,
+impl Registry {
+    /// An audit entry written now in this deployment's environment.
+    fn audit_entry(
+        &self,
+        actor: &str,
+        action: &str,
+        application_id: Option<&str>,
+        client_id: Option<&str>,
+        detail: Value,
+    ) -> AuditEntry {
+        AuditEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            at_ms: now_ms(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            application_id: application_id.map(str::to_owned),
+            client_id: client_id.map(str::to_owned),
+            environment: self.inner.environment.load_full().map(|e| e.to_string()),
+            detail,
+        }
+    }
+
+    /// Names the environment (`<kind>/<name>`) every audit entry written from now on is
+    /// stamped with (the deployment's, set once at start).
+    pub fn set_environment(&self, environment: &str) {
+        self.inner
+            .environment
+            .store(Some(Arc::new(environment.to_owned())));
     }
 }
 
@@ -309,6 +329,7 @@ impl Registry {
                 writes: Mutex::new(()),
                 cursor: Mutex::new(cursor),
                 follower: CancellationToken::new(),
+                environment: ArcSwapOption::empty(),
             }),
         };
         tokio::spawn(follow::follow(
@@ -383,6 +404,7 @@ impl Registry {
                 secret_hash: Some(secret_hash),
                 keys: ClientKeysSpec::None,
                 client_id_header: false,
+                granted_scope: None,
                 created_at_ms: now,
                 updated_at_ms: now,
             });
@@ -400,9 +422,13 @@ impl Registry {
             scope: scope.clone(),
             created_at_ms: now,
             updated_at_ms: now,
+            version: 1,
+            origin: None,
+            record_jws: None,
+            retired_at_ms: None,
             clients,
         };
-        let entry = audit(
+        let entry = self.audit_entry(
             actor,
             "application.create",
             Some(&id),
@@ -450,6 +476,16 @@ impl Registry {
                 .transpose()?,
             scope: patch.scope.map(|v| scope_ceiling(&v)).transpose()?,
         };
+        if let Some(app) = self.snapshot().application(&id)
+            && let Some(kid) = &app.record.origin
+        {
+            return Err(RegistryError::Conflict(format!(
+                "application {} was imported from a catalog (key {kid}): change it in the \
+                 catalog and import the new version; `scopecast app set-scope CLIENT_ID SCOPE` \
+                 narrows this environment's grant",
+                app.record.name
+            )));
+        }
         let mut detail = serde_json::Map::new();
         for (k, v) in [
             ("name", &patch.name),
@@ -468,7 +504,7 @@ impl Registry {
             )
             .into());
         }
-        let entry = audit(
+        let entry = self.audit_entry(
             actor,
             "application.update",
             Some(&id),
@@ -488,6 +524,9 @@ impl Registry {
             });
         }
         self.catch_up().await?;
+        if let Some(scope) = &patch.scope {
+            self.regrant_after_update(&id, scope, actor).await?;
+        }
         self.snapshot()
             .application(&id)
             .cloned()
@@ -536,7 +575,7 @@ impl Registry {
                 .map(|c| c.client_id.clone())
                 .collect(),
         };
-        let entry = audit(
+        let entry = self.audit_entry(
             actor,
             "application.delete",
             Some(&id),
@@ -604,7 +643,7 @@ impl Registry {
         let client_secret =
             secret::new_secret().map_err(|e| RegistryError::Internal(e.to_string()))?;
         let secret_hash = hash(client_secret.clone()).await?;
-        let entry = audit(
+        let entry = self.audit_entry(
             actor,
             "client.rotate_secret",
             Some(&client.application_id),
@@ -655,7 +694,7 @@ impl Registry {
                 )
             }
         };
-        let entry = audit(
+        let entry = self.audit_entry(
             actor,
             "client.set_keys",
             Some(&client.application_id),
@@ -684,12 +723,21 @@ impl Registry {
     ) -> Result<Arc<ClientEntry>, RegistryError> {
         let client = self.existing_client(client_id)?;
         let reason = validate::note("reason", reason)?;
+        if active
+            && let Some(app) = self.snapshot().application(&client.application_id)
+            && app.record.retired_at_ms.is_some()
+        {
+            return Err(RegistryError::Conflict(format!(
+                "application {} is retired: its client IDs cannot be activated",
+                app.record.name
+            )));
+        }
         let action = if active {
             "client.activate"
         } else {
             "client.deactivate"
         };
-        let entry = audit(
+        let entry = self.audit_entry(
             actor,
             action,
             Some(&client.application_id),
@@ -715,7 +763,7 @@ impl Registry {
         action: &str,
         detail: Value,
     ) -> Result<(), RegistryError> {
-        let entry = audit(actor, action, None, None, detail);
+        let entry = self.audit_entry(actor, action, None, None, detail);
         // Under the write lock like every change, so a backup's copy never splits it.
         let _guard = self.inner.writes.lock().await;
         Ok(self.inner.store.append_audit(&entry).await?)
@@ -733,7 +781,7 @@ impl Registry {
         actor: &str,
     ) -> Result<(), RegistryError> {
         let client = self.existing_client(client_id)?;
-        let entry = audit(
+        let entry = self.audit_entry(
             actor,
             "client.set_client_id_header",
             Some(&client.application_id),

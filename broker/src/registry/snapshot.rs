@@ -30,6 +30,10 @@ pub struct StoredClient {
     pub keys: ClientKeysSpec,
     /// May the HTTP APIs identify it by the `Scopecast-Client-Id` header instead of a token.
     pub client_id_header: bool,
+    /// This environment's grant, canonical string: set when the client ID is first activated
+    /// here (to the record's scope then), narrowed by `set-scope`, widened by `approve`.
+    /// `None`: never activated here; the record's scope applies.
+    pub granted_scope: Option<String>,
     /// Creation time, Unix ms.
     pub created_at_ms: i64,
     /// Last change, Unix ms.
@@ -53,6 +57,14 @@ pub struct StoredApplication {
     pub created_at_ms: i64,
     /// Last change, Unix ms.
     pub updated_at_ms: i64,
+    /// The record's version, from 1: every change makes the next one.
+    pub version: u64,
+    /// `None`: registered here. Imported: the `kid` of the catalog key that signed it.
+    pub origin: Option<String>,
+    /// The signed record as imported (exported again unchanged); `None` for a local record.
+    pub record_jws: Option<String>,
+    /// When it was retired, Unix ms: its client IDs cannot be activated any more.
+    pub retired_at_ms: Option<i64>,
     /// Its client IDs: one production, one non-production.
     pub clients: Vec<StoredClient>,
 }
@@ -79,8 +91,13 @@ pub struct ClientEntry {
     pub kind: EnvironmentKind,
     /// Whether it is active.
     pub active: bool,
-    /// Its application's current scope ceiling.
+    /// Its effective scope: its application's current scope ceiling intersected with this
+    /// environment's grant ([`ScopeSet::intersection`]); the ceiling alone before the first
+    /// activation.
     pub ceiling: Arc<ScopeSet>,
+    /// The record's scopes this environment's grant does not include yet (waiting for an
+    /// admin's approval); empty when nothing waits.
+    pub pending: Arc<ScopeSet>,
     /// argon2id hash of its secret, if it has one.
     pub secret_hash: Option<String>,
     /// Its public keys.
@@ -129,6 +146,19 @@ impl Snapshot {
                         }
                     },
                 };
+                let (effective, pending) = match &c.granted_scope {
+                    None => (ceiling.clone(), Arc::new(ScopeSet::default())),
+                    Some(g) => {
+                        let grant = ScopeSet::parse(g).unwrap_or_else(|e| {
+                            tracing::error!(client_id = %c.client_id, error = %e, "stored grant does not parse; granting nothing");
+                            ScopeSet::default()
+                        });
+                        (
+                            Arc::new(ceiling.intersection(&grant)),
+                            Arc::new(ceiling.not_covered_by(&grant)),
+                        )
+                    }
+                };
                 snap.clients.insert(
                     c.client_id.clone(),
                     Arc::new(ClientEntry {
@@ -136,7 +166,8 @@ impl Snapshot {
                         application_id: app.id.clone(),
                         kind: c.kind,
                         active: c.active,
-                        ceiling: ceiling.clone(),
+                        ceiling: effective,
+                        pending,
                         secret_hash: c.secret_hash.clone(),
                         keys,
                         client_id_header: c.client_id_header,

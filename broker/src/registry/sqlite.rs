@@ -145,7 +145,8 @@ impl SqliteStore {
         // One read transaction, so the applications and the clients are of the same instant.
         let mut tx = self.pool.begin().await.map_err(db)?;
         let apps = sqlx::query(
-            "SELECT id, name, vendor, description, scope, created_at, updated_at FROM applications \
+            "SELECT id, name, vendor, description, scope, created_at, updated_at, version, origin, \
+                    record_jws, retired_at FROM applications \
              WHERE ($1 IS NULL OR id = $1)",
         )
         .bind(id)
@@ -153,7 +154,7 @@ impl SqliteStore {
         .await
         .map_err(db)?;
         let clients = sqlx::query(
-            "SELECT c.client_id, c.application_id, c.kind, c.active, c.client_id_header, c.created_at, c.updated_at, \
+            "SELECT c.client_id, c.application_id, c.kind, c.active, c.client_id_header, c.created_at, c.updated_at, c.granted_scope, \
                     k.secret_hash, k.jwks, k.jwks_uri \
              FROM clients c LEFT JOIN client_credentials k ON k.client_id = c.client_id \
              WHERE ($1 IS NULL OR c.application_id = $1)",
@@ -173,6 +174,10 @@ impl SqliteStore {
                 scope: r.get("scope"),
                 created_at_ms: r.get("created_at"),
                 updated_at_ms: r.get("updated_at"),
+                version: r.get::<i64, _>("version").max(1) as u64,
+                origin: r.get("origin"),
+                record_jws: r.get("record_jws"),
+                retired_at_ms: r.get("retired_at"),
                 clients: Vec::new(),
             })
             .collect();
@@ -202,6 +207,7 @@ impl SqliteStore {
                 secret_hash: r.get("secret_hash"),
                 keys,
                 client_id_header: client_id_header == 1,
+                granted_scope: r.get("granted_scope"),
                 created_at_ms: r.get("created_at"),
                 updated_at_ms: r.get("updated_at"),
             };
@@ -216,13 +222,72 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// The rows of a new application: it, its two clients and their credentials.
+    async fn insert_rows(
+        tx: &mut Transaction<'_, Sqlite>,
+        app: &StoredApplication,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO applications (id, name, vendor, description, scope, created_at, updated_at, \
+             version, origin, record_jws, retired_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&app.id)
+        .bind(&app.name)
+        .bind(&app.vendor)
+        .bind(&app.description)
+        .bind(&app.scope)
+        .bind(app.created_at_ms)
+        .bind(app.updated_at_ms)
+        .bind(app.version as i64)
+        .bind(&app.origin)
+        .bind(&app.record_jws)
+        .bind(app.retired_at_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| match db(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!("an application named {:?} already exists", app.name)),
+            other => other,
+        })?;
+        for c in &app.clients {
+            sqlx::query(
+                "INSERT INTO clients (client_id, application_id, kind, active, created_at, updated_at, granted_scope) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&c.client_id)
+            .bind(&app.id)
+            .bind(kind_str(c.kind))
+            .bind(i64::from(c.active))
+            .bind(c.created_at_ms)
+            .bind(c.updated_at_ms)
+            .bind(&c.granted_scope)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+            let (jwks, jwks_uri) = keys_columns(&c.keys);
+            sqlx::query(
+                "INSERT INTO client_credentials (client_id, secret_hash, jwks, jwks_uri, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&c.client_id)
+            .bind(&c.secret_hash)
+            .bind(jwks)
+            .bind(jwks_uri)
+            .bind(c.updated_at_ms)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
     async fn write_audit(
         tx: &mut Transaction<'_, Sqlite>,
         a: &AuditEntry,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO audit_log (id, at, actor, action, application_id, client_id, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO audit_log (id, at, actor, action, application_id, client_id, detail, environment) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&a.id)
         .bind(a.at_ms)
@@ -231,6 +296,7 @@ impl SqliteStore {
         .bind(&a.application_id)
         .bind(&a.client_id)
         .bind(a.detail.to_string())
+        .bind(&a.environment)
         .execute(&mut **tx)
         .await
         .map_err(db)?;
@@ -304,51 +370,7 @@ impl RegistryStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let app = &new.application;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(
-            "INSERT INTO applications (id, name, vendor, description, scope, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&app.id)
-        .bind(&app.name)
-        .bind(&app.vendor)
-        .bind(&app.description)
-        .bind(&app.scope)
-        .bind(app.created_at_ms)
-        .bind(app.updated_at_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match db(e) {
-            StoreError::Conflict(_) => StoreError::Conflict(format!("an application named {:?} already exists", app.name)),
-            other => other,
-        })?;
-        for c in &app.clients {
-            sqlx::query(
-                "INSERT INTO clients (client_id, application_id, kind, active, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&c.client_id)
-            .bind(&app.id)
-            .bind(kind_str(c.kind))
-            .bind(i64::from(c.active))
-            .bind(c.created_at_ms)
-            .bind(c.updated_at_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            let (jwks, jwks_uri) = keys_columns(&c.keys);
-            sqlx::query(
-                "INSERT INTO client_credentials (client_id, secret_hash, jwks, jwks_uri, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&c.client_id)
-            .bind(&c.secret_hash)
-            .bind(jwks)
-            .bind(jwks_uri)
-            .bind(c.updated_at_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        }
+        Self::insert_rows(&mut tx, app).await?;
         Self::write_change(
             &mut tx,
             ChangeKind::ApplicationCreated,
@@ -373,8 +395,8 @@ impl RegistryStore for SqliteStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let done = sqlx::query(
             "UPDATE applications SET name = COALESCE($2, name), vendor = COALESCE($3, vendor), \
-             description = COALESCE($4, description), scope = COALESCE($5, scope), updated_at = $6 \
-             WHERE id = $1",
+             description = COALESCE($4, description), scope = COALESCE($5, scope), updated_at = $6, \
+             version = version + 1 WHERE id = $1",
         )
         .bind(id)
         .bind(&patch.name)
@@ -506,14 +528,21 @@ impl RegistryStore for SqliteStore {
         audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let done =
-            sqlx::query("UPDATE clients SET active = $2, updated_at = $3 WHERE client_id = $1")
-                .bind(client_id)
-                .bind(i64::from(active))
-                .bind(at_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+        // The first activation here grants what the record asks for then; a later widening
+        // of the record waits for `approve` (RegistryStore::set_grant).
+        let done = sqlx::query(
+            "UPDATE clients SET active = $2, updated_at = $3, \
+                         granted_scope = CASE WHEN $2 = 1 THEN COALESCE(granted_scope, \
+                           (SELECT scope FROM applications a WHERE a.id = clients.application_id)) \
+                         ELSE granted_scope END \
+                         WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .bind(i64::from(active))
+        .bind(at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
@@ -580,6 +609,153 @@ impl RegistryStore for SqliteStore {
         Self::write_audit(&mut tx, audit).await?;
         self.commit(tx).await?;
         Ok(true)
+    }
+
+    async fn set_grant(
+        &self,
+        client_id: &str,
+        grant: &str,
+        at_ms: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let done = sqlx::query(
+            "UPDATE clients SET granted_scope = $2, updated_at = $3 WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .bind(grant)
+        .bind(at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        Self::write_change(
+            &mut tx,
+            ChangeKind::GrantChanged,
+            Keys {
+                client_id: Some(client_id),
+                ..Keys::default()
+            },
+            audit.at_ms,
+        )
+        .await?;
+        Self::write_audit(&mut tx, audit).await?;
+        self.commit(tx).await?;
+        Ok(true)
+    }
+
+    async fn put_record(
+        &self,
+        app: &StoredApplication,
+        insert: bool,
+        deactivate: &[String],
+        actor: &str,
+        reason: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        if insert {
+            // A new record: the same rows as a new application, then its change.
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            Self::insert_rows(&mut tx, app).await?;
+            Self::write_change(
+                &mut tx,
+                ChangeKind::RecordPut,
+                Keys {
+                    application_id: Some(&app.id),
+                    ..Keys::default()
+                },
+                audit.at_ms,
+            )
+            .await?;
+            Self::write_audit(&mut tx, audit).await?;
+            return self.commit(tx).await;
+        }
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let done = sqlx::query(
+            "UPDATE applications SET name = $2, vendor = $3, description = $4, scope = $5, \
+             updated_at = $6, version = $7, origin = $8, record_jws = $9, retired_at = $10 \
+             WHERE id = $1",
+        )
+        .bind(&app.id)
+        .bind(&app.name)
+        .bind(&app.vendor)
+        .bind(&app.description)
+        .bind(&app.scope)
+        .bind(app.updated_at_ms)
+        .bind(app.version as i64)
+        .bind(&app.origin)
+        .bind(&app.record_jws)
+        .bind(app.retired_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match db(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!(
+                "an application named {:?} already exists",
+                app.name
+            )),
+            other => other,
+        })?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Database(format!(
+                "application {} vanished during the write",
+                app.id
+            )));
+        }
+        for c in &app.clients {
+            let (jwks, jwks_uri) = keys_columns(&c.keys);
+            sqlx::query(
+                "UPDATE client_credentials SET jwks = $2, jwks_uri = $3, updated_at = $4 \
+                 WHERE client_id = $1",
+            )
+            .bind(&c.client_id)
+            .bind(jwks)
+            .bind(jwks_uri)
+            .bind(app.updated_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        Self::write_change(
+            &mut tx,
+            ChangeKind::RecordPut,
+            Keys {
+                application_id: Some(&app.id),
+                ..Keys::default()
+            },
+            audit.at_ms,
+        )
+        .await?;
+        for client_id in deactivate {
+            sqlx::query("UPDATE clients SET active = 0, updated_at = $2 WHERE client_id = $1")
+                .bind(client_id)
+                .bind(app.updated_at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            sqlx::query("INSERT INTO activations (id, client_id, active, actor, reason, at) VALUES ($1, $2, 0, $3, $4, $5)")
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(client_id)
+                .bind(actor)
+                .bind(reason)
+                .bind(app.updated_at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            Self::write_change(
+                &mut tx,
+                ChangeKind::ClientDeactivated,
+                Keys {
+                    client_id: Some(client_id),
+                    ..Keys::default()
+                },
+                audit.at_ms,
+            )
+            .await?;
+        }
+        Self::write_audit(&mut tx, audit).await?;
+        self.commit(tx).await
     }
 
     async fn delete_application(
@@ -665,7 +841,7 @@ impl RegistryStore for SqliteStore {
 
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, at, actor, action, application_id, client_id, detail FROM audit_log \
+            "SELECT id, at, actor, action, application_id, client_id, detail, environment FROM audit_log \
              WHERE ($1 IS NULL OR application_id = $1) AND ($2 IS NULL OR client_id = $2) \
              ORDER BY id DESC LIMIT $3",
         )
@@ -685,6 +861,7 @@ impl RegistryStore for SqliteStore {
                     action: r.get("action"),
                     application_id: r.get("application_id"),
                     client_id: r.get("client_id"),
+                    environment: r.get("environment"),
                     detail: serde_json::from_str(&detail)
                         .map_err(|e| StoreError::Database(format!("audit detail: {e}")))?,
                 })
@@ -835,6 +1012,7 @@ mod tests {
             action: action.to_owned(),
             application_id: Some(application_id.to_owned()),
             client_id: None,
+            environment: None,
             detail: json!({}),
         }
     }
@@ -847,6 +1025,7 @@ mod tests {
             secret_hash: Some("$argon2id$fake".to_owned()),
             keys: ClientKeysSpec::JwksUri("https://keys.example/jwks.json".to_owned()),
             client_id_header: false,
+            granted_scope: None,
             created_at_ms: 1,
             updated_at_ms: 1,
         }
@@ -861,6 +1040,10 @@ mod tests {
             scope: "subscribe:adt.>".to_owned(),
             created_at_ms: 1,
             updated_at_ms: 1,
+            version: 1,
+            origin: None,
+            record_jws: None,
+            retired_at_ms: None,
             clients: vec![
                 client(EnvironmentKind::Production),
                 client(EnvironmentKind::NonProduction),

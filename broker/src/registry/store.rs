@@ -80,6 +80,12 @@ pub enum ChangeKind {
     CredentialCreated,
     /// [`RegistryStore::revoke_credential`].
     CredentialRevoked,
+    /// [`RegistryStore::set_grant`]: the client's effective scope changed; live sessions of
+    /// its application must re-check their subscriptions.
+    GrantChanged,
+    /// [`RegistryStore::put_record`]: an application record replaced as a whole (imported,
+    /// retired); its sessions must re-check their subscriptions.
+    RecordPut,
     /// A kind this build does not know (written by a newer node sharing the database). A
     /// follower reloads everything for it.
     Unknown(String),
@@ -100,6 +106,8 @@ impl ChangeKind {
             ChangeKind::ClientIdHeaderChanged => "client.set_client_id_header",
             ChangeKind::CredentialCreated => "credential.create",
             ChangeKind::CredentialRevoked => "credential.revoke",
+            ChangeKind::GrantChanged => "client.set_grant",
+            ChangeKind::RecordPut => "application.put_record",
             ChangeKind::Unknown(s) => s,
         }
     }
@@ -118,6 +126,8 @@ impl ChangeKind {
             "client.set_client_id_header" => ChangeKind::ClientIdHeaderChanged,
             "credential.create" => ChangeKind::CredentialCreated,
             "credential.revoke" => ChangeKind::CredentialRevoked,
+            "client.set_grant" => ChangeKind::GrantChanged,
+            "application.put_record" => ChangeKind::RecordPut,
             other => ChangeKind::Unknown(other.to_owned()),
         }
     }
@@ -228,6 +238,30 @@ pub trait RegistryStore: Send + Sync + 'static {
         at_ms: i64,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError>;
+    /// Sets this environment's grant for a client ID (a canonical scope string); false when
+    /// the client does not exist.
+    async fn set_grant(
+        &self,
+        client_id: &str,
+        grant: &str,
+        at_ms: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
+    /// Writes a whole application record in one transaction: inserts it with its clients
+    /// (`insert`, for an imported record new here: clients without secrets, inactive), or
+    /// replaces its record fields (name, vendor, description, scope, version, origin,
+    /// signed record, retirement) and its clients' public keys, leaving secrets, activation
+    /// and grants as they are; then deactivates the client IDs in `deactivate` (recording
+    /// `actor` and `reason` in their activation history), and appends `audit`.
+    async fn put_record(
+        &self,
+        app: &StoredApplication,
+        insert: bool,
+        deactivate: &[String],
+        actor: &str,
+        reason: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
     /// Deletes an application with its client IDs and their credentials, and appends `audit`,
     /// in one transaction, unless one of its client IDs is active (checked in that
     /// transaction). The audit trail and the activation history are kept: they name client

@@ -1,0 +1,505 @@
+//! Application records across environments (README, "Environments and the catalog"): a
+//! record's export as an [`ApplicationRecord`], its import from a signed record checked by
+//! `crate::catalog`, this environment's grant per client ID (narrowed by `set-scope`, widened
+//! by `approve`), and retirement.
+
+use scopecast_protocol::admin::{ApplicationRecord, RecordClient, RecordClients};
+
+use super::*;
+
+/// What [`Registry::import_record`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// The application was new here: both client IDs exist now, inactive, without secrets.
+    Created,
+    /// A newer version replaced the one here.
+    Updated,
+    /// This very version was imported before: nothing changed.
+    Unchanged,
+}
+
+impl ImportOutcome {
+    /// `created`, `updated` or `unchanged`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImportOutcome::Created => "created",
+            ImportOutcome::Updated => "updated",
+            ImportOutcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+fn record_client(c: &StoredClient) -> RecordClient {
+    let (jwks, jwks_uri) = match &c.keys {
+        ClientKeysSpec::None => (None, None),
+        ClientKeysSpec::Jwks(v) => (Some(v.clone()), None),
+        ClientKeysSpec::JwksUri(u) => (None, Some(u.clone())),
+    };
+    RecordClient {
+        client_id: c.client_id.clone(),
+        jwks,
+        jwks_uri,
+    }
+}
+
+fn conflict(m: String) -> RegistryError {
+    RegistryError::Conflict(m)
+}
+
+impl Registry {
+    /// The record of a local application as it is now (its current version), for the
+    /// catalog to sign; `Err(Conflict)` for an imported one, whose signed record is exported
+    /// as it came ([`StoredApplication::record_jws`]).
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], [`RegistryError::Conflict`].
+    pub fn record_of(
+        &self,
+        id: &str,
+        issuer: &str,
+        now_s: i64,
+    ) -> Result<ApplicationRecord, RegistryError> {
+        let id = validate::uuid_id("id", id)?;
+        let app = self
+            .snapshot()
+            .application(&id)
+            .cloned()
+            .ok_or(RegistryError::NotFound {
+                what: "application",
+                id: id.clone(),
+            })?;
+        let r = &app.record;
+        let of = |kind| {
+            r.clients
+                .iter()
+                .find(|c| c.kind == kind)
+                .map(record_client)
+                .ok_or_else(|| RegistryError::Internal(format!("application {id} lacks a client")))
+        };
+        Ok(ApplicationRecord {
+            iss: issuer.to_owned(),
+            iat: now_s,
+            application_id: r.id.clone(),
+            version: r.version,
+            name: r.name.clone(),
+            vendor: r.vendor.clone(),
+            description: r.description.clone(),
+            scope: r.scope.clone(),
+            clients: RecordClients {
+                production: of(EnvironmentKind::Production)?,
+                non_production: of(EnvironmentKind::NonProduction)?,
+            },
+            retired: r.retired_at_ms.is_some(),
+        })
+    }
+
+    /// Imports a record whose signature `crate::catalog` verified with the pinned catalog
+    /// key `kid`; `jws` is the signed record as received (kept, and exported again as is).
+    ///
+    /// Idempotent: the same version again changes nothing. Keeps the record's client IDs;
+    /// never touches this environment's secrets, activation or grants, except that a retired
+    /// record deactivates both client IDs. `source` (`file`, `sync`) goes into the audit.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] for a record whose fields break the registry's rules;
+    /// [`RegistryError::Conflict`] for an older version, a different record under a version
+    /// held here, client IDs other than the ones held here (or held by another
+    /// application), a name taken by another application, or an application registered here;
+    /// a storage failure.
+    pub async fn import_record(
+        &self,
+        record: &ApplicationRecord,
+        kid: &str,
+        jws: &str,
+        actor: &str,
+        source: &str,
+    ) -> Result<(Arc<Application>, ImportOutcome), RegistryError> {
+        let id = validate::uuid_id("application_id", &record.application_id)?;
+        let name = validate::name("name", &record.name)?;
+        let vendor = validate::name("vendor", &record.vendor)?;
+        let description = validate::description(&record.description)?;
+        let scope = scope_ceiling(&record.scope)?;
+        if record.version == 0 {
+            return Err(invalid("version", "versions start at 1").into());
+        }
+        let mut clients = Vec::new();
+        for (kind, c, field) in [
+            (
+                EnvironmentKind::Production,
+                &record.clients.production,
+                "clients.production",
+            ),
+            (
+                EnvironmentKind::NonProduction,
+                &record.clients.non_production,
+                "clients.non_production",
+            ),
+        ] {
+            let client_id = validate::uuid_id(&format!("{field}.client_id"), &c.client_id)?;
+            let keys = match (&c.jwks, &c.jwks_uri) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(field, "give jwks or jwks_uri, not both").into());
+                }
+                (Some(j), None) => {
+                    validate::jwk_set(j)?;
+                    ClientKeysSpec::Jwks(j.clone())
+                }
+                (None, Some(u)) => ClientKeysSpec::JwksUri(validate::jwks_uri(u)?),
+                (None, None) => ClientKeysSpec::None,
+            };
+            clients.push((kind, client_id, keys));
+        }
+        let _guard = self.inner.writes.lock().await;
+        let snap = self.snapshot();
+        let now = now_ms();
+        let existing = snap.application(&id).cloned();
+        let (insert, mut app) = match &existing {
+            Some(held) => {
+                let h = &held.record;
+                if h.origin.is_none() {
+                    return Err(conflict(format!(
+                        "application {id} ({}) was registered here: an import cannot replace it",
+                        h.name
+                    )));
+                }
+                for (kind, client_id, _) in &clients {
+                    let here = h.clients.iter().find(|c| c.kind == *kind);
+                    if here.map(|c| &c.client_id) != Some(client_id) {
+                        return Err(conflict(format!(
+                            "the record's {} client ID {client_id} is not the one held here for \
+                             application {id} ({}): client IDs never change",
+                            kind.as_str(),
+                            here.map_or("none", |c| c.client_id.as_str())
+                        )));
+                    }
+                }
+                if record.version < h.version {
+                    return Err(conflict(format!(
+                        "version {} of application {id} is older than version {} held here",
+                        record.version, h.version
+                    )));
+                }
+                if record.version == h.version {
+                    if h.record_jws.as_deref() == Some(jws) || same_record(h, record) {
+                        return Ok((held.clone(), ImportOutcome::Unchanged));
+                    }
+                    return Err(conflict(format!(
+                        "version {} of application {id} is held here with other contents: a \
+                         version is never edited",
+                        record.version
+                    )));
+                }
+                (false, h.clone())
+            }
+            None => {
+                for (_, client_id, _) in &clients {
+                    if snap.client(client_id).is_some() {
+                        return Err(conflict(format!(
+                            "client ID {client_id} already belongs to another application here"
+                        )));
+                    }
+                }
+                let app = StoredApplication {
+                    id: id.clone(),
+                    name: String::new(),
+                    vendor: String::new(),
+                    description: String::new(),
+                    scope: String::new(),
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                    version: 0,
+                    origin: None,
+                    record_jws: None,
+                    retired_at_ms: None,
+                    clients: clients
+                        .iter()
+                        .map(|(kind, client_id, _)| StoredClient {
+                            client_id: client_id.clone(),
+                            kind: *kind,
+                            active: false,
+                            secret_hash: None,
+                            keys: ClientKeysSpec::None,
+                            client_id_header: false,
+                            granted_scope: None,
+                            created_at_ms: now,
+                            updated_at_ms: now,
+                        })
+                        .collect(),
+                };
+                (true, app)
+            }
+        };
+        app.name = name.clone();
+        app.vendor = vendor;
+        app.description = description;
+        app.scope = scope.clone();
+        app.updated_at_ms = now;
+        app.version = record.version;
+        app.origin = Some(kid.to_owned());
+        app.record_jws = Some(jws.to_owned());
+        if record.retired {
+            app.retired_at_ms = app.retired_at_ms.or(Some(now));
+        } else {
+            app.retired_at_ms = None;
+        }
+        for c in &mut app.clients {
+            if let Some((_, _, keys)) = clients.iter().find(|(k, _, _)| *k == c.kind) {
+                c.keys = keys.clone();
+            }
+        }
+        let deactivate: Vec<String> = if record.retired {
+            app.clients
+                .iter()
+                .filter(|c| c.active)
+                .map(|c| c.client_id.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let outcome = if insert {
+            ImportOutcome::Created
+        } else {
+            ImportOutcome::Updated
+        };
+        let entry = self.audit_entry(
+            actor,
+            "application.import",
+            Some(&id),
+            None,
+            serde_json::json!({
+                "outcome": outcome.as_str(), "version": record.version, "name": name,
+                "scope": scope, "catalog": record.iss, "kid": kid, "source": source,
+                "retired": record.retired, "deactivated": deactivate,
+                "client_ids": app.clients.iter().map(|c| &c.client_id).collect::<Vec<_>>(),
+            }),
+        );
+        let reason = "the application was retired in its catalog";
+        self.inner
+            .store
+            .put_record(&app, insert, &deactivate, actor, reason, &entry)
+            .await?;
+        self.catch_up().await?;
+        let app = self
+            .snapshot()
+            .application(&id)
+            .cloned()
+            .ok_or_else(|| RegistryError::Internal("imported application vanished".into()))?;
+        Ok((app, outcome))
+    }
+
+    /// Retires an application registered here: a new version marked retired, both client IDs
+    /// deactivated (live sessions close), recorded with `actor` and `reason`. An imported
+    /// application is retired by its catalog.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], [`RegistryError::Conflict`] (imported, or retired
+    /// already), a storage failure.
+    pub async fn retire(
+        &self,
+        id: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Arc<Application>, RegistryError> {
+        let id = validate::uuid_id("id", id)?;
+        let reason = validate::note("reason", reason)?;
+        let _guard = self.inner.writes.lock().await;
+        let held = self
+            .snapshot()
+            .application(&id)
+            .cloned()
+            .ok_or(RegistryError::NotFound {
+                what: "application",
+                id: id.clone(),
+            })?;
+        if let Some(kid) = &held.record.origin {
+            return Err(conflict(format!(
+                "application {} was imported from a catalog (key {kid}): it is retired there",
+                held.record.name
+            )));
+        }
+        if held.record.retired_at_ms.is_some() {
+            return Err(conflict(format!(
+                "application {} is retired already",
+                held.record.name
+            )));
+        }
+        let mut app = held.record.clone();
+        let now = now_ms();
+        app.version += 1;
+        app.retired_at_ms = Some(now);
+        app.updated_at_ms = now;
+        let deactivate: Vec<String> = app
+            .clients
+            .iter()
+            .filter(|c| c.active)
+            .map(|c| c.client_id.clone())
+            .collect();
+        let entry = self.audit_entry(
+            actor,
+            "application.retire",
+            Some(&id),
+            None,
+            serde_json::json!({"reason": reason, "version": app.version, "deactivated": deactivate}),
+        );
+        self.inner
+            .store
+            .put_record(&app, false, &deactivate, actor, &reason, &entry)
+            .await?;
+        self.catch_up().await?;
+        self.snapshot()
+            .application(&id)
+            .cloned()
+            .ok_or(RegistryError::NotFound {
+                what: "application",
+                id,
+            })
+    }
+
+    /// Sets this environment's grant for a client ID: `scope` must lie inside the record's
+    /// scope (each of its scopes covered by one of the record's). Narrowing ends live
+    /// subscriptions outside it at once, as a narrower record does.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] (a malformed scope, or one the record does not cover, named),
+    /// [`RegistryError::NotFound`], a storage failure.
+    pub async fn set_grant(
+        &self,
+        client_id: &str,
+        scope: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Arc<ClientEntry>, RegistryError> {
+        let client = self.existing_client(client_id)?;
+        let reason = validate::note("reason", reason)?;
+        let grant = scope_ceiling(scope)?;
+        let app = self
+            .snapshot()
+            .application(&client.application_id)
+            .cloned()
+            .ok_or_else(|| RegistryError::Internal("client without application".into()))?;
+        let parsed = ScopeSet::parse(&grant).map_err(|e| invalid("scope", e.to_string()))?;
+        if let Some(beyond) = app.ceiling.first_uncovered(&parsed) {
+            return Err(invalid(
+                "scope",
+                format!(
+                    "{beyond} is outside the application's record ({}): a grant can only narrow it",
+                    app.record.scope
+                ),
+            )
+            .into());
+        }
+        self.write_grant(&client, &grant, actor, "client.set_grant", &reason)
+            .await
+    }
+
+    /// Approves the record's current scope for a client ID here: the grant becomes the
+    /// record's scope, so scopes a newer version added (`pending_scope`) take effect.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], a storage failure.
+    pub async fn approve_scope(
+        &self,
+        client_id: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Arc<ClientEntry>, RegistryError> {
+        let client = self.existing_client(client_id)?;
+        let reason = validate::note("reason", reason)?;
+        let scope = self
+            .snapshot()
+            .application(&client.application_id)
+            .map(|a| a.record.scope.clone())
+            .ok_or_else(|| RegistryError::Internal("client without application".into()))?;
+        self.write_grant(&client, &scope, actor, "client.approve_scope", &reason)
+            .await
+    }
+
+    async fn write_grant(
+        &self,
+        client: &ClientEntry,
+        grant: &str,
+        actor: &str,
+        action: &str,
+        reason: &str,
+    ) -> Result<Arc<ClientEntry>, RegistryError> {
+        let entry = self.audit_entry(
+            actor,
+            action,
+            Some(&client.application_id),
+            Some(&client.client_id),
+            serde_json::json!({"granted_scope": grant, "reason": reason,
+                "previous": self.stored_grant(&client.client_id)}),
+        );
+        let _guard = self.inner.writes.lock().await;
+        self.inner
+            .store
+            .set_grant(&client.client_id, grant, now_ms(), &entry)
+            .await?;
+        self.catch_up().await?;
+        self.existing_client(&client.client_id)
+    }
+
+    /// The stored grant of a client ID, if any.
+    fn stored_grant(&self, client_id: &str) -> Option<String> {
+        let snap = self.snapshot();
+        let entry = snap.client(client_id)?;
+        snap.application(&entry.application_id)?
+            .record
+            .clients
+            .iter()
+            .find(|c| c.client_id == client_id)?
+            .granted_scope
+            .clone()
+    }
+
+    /// After an admin changed the scope of a record registered here: each client ID that has
+    /// a grant gets the new scope as its grant (the admin who changed the record approved
+    /// it). Called with the write lock held.
+    pub(super) async fn regrant_after_update(
+        &self,
+        id: &str,
+        scope: &str,
+        actor: &str,
+    ) -> Result<(), RegistryError> {
+        let Some(app) = self.snapshot().application(id).cloned() else {
+            return Ok(());
+        };
+        for c in app
+            .record
+            .clients
+            .iter()
+            .filter(|c| c.granted_scope.is_some())
+        {
+            if c.granted_scope.as_deref() == Some(scope) {
+                continue;
+            }
+            let entry = self.audit_entry(
+                actor,
+                "client.set_grant",
+                Some(id),
+                Some(&c.client_id),
+                serde_json::json!({"granted_scope": scope,
+                    "reason": "the record's scope was changed here by an admin",
+                    "previous": c.granted_scope}),
+            );
+            self.inner
+                .store
+                .set_grant(&c.client_id, scope, now_ms(), &entry)
+                .await?;
+        }
+        self.catch_up().await
+    }
+}
+
+/// True when the record held here says what `r` says (another signature of the same version,
+/// e.g. signed again at another time).
+fn same_record(h: &StoredApplication, r: &ApplicationRecord) -> bool {
+    let keys_of = |kind| h.clients.iter().find(|c| c.kind == kind).map(record_client);
+    h.name == r.name
+        && h.vendor == r.vendor
+        && h.description == r.description
+        && ScopeSet::parse(&h.scope).ok() == ScopeSet::parse(&r.scope).ok()
+        && h.retired_at_ms.is_some() == r.retired
+        && keys_of(EnvironmentKind::Production).as_ref() == Some(&r.clients.production)
+        && keys_of(EnvironmentKind::NonProduction).as_ref() == Some(&r.clients.non_production)
+}
