@@ -200,6 +200,123 @@ impl TrustedCatalogs {
     }
 }
 
+/// Why a catalog sync did not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SyncError {
+    /// `catalog.url` is not set.
+    #[error("no catalog configured")]
+    NotConfigured,
+    /// The catalog could not be read.
+    #[error("{0}")]
+    Catalog(String),
+}
+
+/// Pulls the catalog's record list once (`GET {catalog.url}/catalog/v1/records` with the
+/// credential of `catalog.token_file`) and imports each record as `scopecast app import`
+/// would, with `source` `sync` and `actor` in the audit. A refused record does not stop the
+/// others; the report lists it.
+pub(crate) async fn sync(
+    state: &crate::state::Broker,
+    actor: &str,
+) -> Result<scopecast_protocol::admin::SyncReport, SyncError> {
+    let c = &state.config.catalog;
+    let Some(url) = &c.url else {
+        return Err(SyncError::NotConfigured);
+    };
+    let token = match &c.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    SyncError::Catalog(format!("catalog.token_file {}: {e}", path.display()))
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| SyncError::Catalog(e.to_string()))?;
+    let list_url = format!("{}/catalog/v1/records", url.trim_end_matches('/'));
+    let mut req = http.get(&list_url);
+    if let Some(t) = &token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| SyncError::Catalog(format!("cannot reach {list_url}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(SyncError::Catalog(format!(
+            "{list_url} answered {}",
+            resp.status()
+        )));
+    }
+    let list: scopecast_protocol::admin::RecordList = resp
+        .json()
+        .await
+        .map_err(|e| SyncError::Catalog(format!("{list_url}: not a record list: {e}")))?;
+    let mut report = scopecast_protocol::admin::SyncReport::default();
+    for jws in list.records {
+        let (record, kid) = match state.trusted.verify(&jws) {
+            Ok(v) => v,
+            Err(e) => {
+                report.refused.push(e.to_string());
+                continue;
+            }
+        };
+        match state
+            .registry
+            .import_record(&record, &kid, jws.trim(), actor, "sync")
+            .await
+        {
+            Ok((_, crate::registry::ImportOutcome::Created)) => report.created += 1,
+            Ok((_, crate::registry::ImportOutcome::Updated)) => report.updated += 1,
+            Ok((_, crate::registry::ImportOutcome::Unchanged)) => report.unchanged += 1,
+            Err(e) => report
+                .refused
+                .push(format!("application {}: {e}", record.application_id)),
+        }
+    }
+    if !report.refused.is_empty() {
+        tracing::warn!(refused = ?report.refused, "catalog sync refused records");
+    }
+    Ok(report)
+}
+
+/// Syncs every `catalog.sync_interval_s` until `stop` (when a catalog URL is set and the
+/// interval is not 0).
+pub(crate) async fn sync_loop(
+    state: crate::state::Broker,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let every = state.config.catalog.sync_interval_s;
+    if state.config.catalog.url.is_none() || every == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match sync(&state, "catalog-sync").await {
+            Ok(r) if r.created + r.updated > 0 => {
+                tracing::info!(
+                    created = r.created,
+                    updated = r.updated,
+                    "catalog sync imported records"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "catalog sync failed; trying again at the next interval")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

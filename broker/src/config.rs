@@ -118,13 +118,36 @@ pub struct Config {
 }
 
 /// Where this environment's application records may come from.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CatalogConfig {
     /// A JWK Set file with the record-signing public keys of the catalog(s) this environment
     /// trusts (what `scopecast catalog keys` prints on the catalog). Without it, no record is
     /// imported. The keys are pinned: an offline environment verifies records with them alone.
     pub trusted_keys_file: Option<PathBuf>,
+    /// The catalog to sync records from (its base URL); `None`: records arrive by file only.
+    pub url: Option<String>,
+    /// A file holding a `viewer` credential of the catalog, sent when syncing (the catalog's
+    /// record list needs one).
+    pub token_file: Option<PathBuf>,
+    /// How often to sync, in seconds (default 300; 0: only on demand, `scopecast app sync`).
+    pub sync_interval_s: u64,
+    /// On a catalog: may developers register themselves (`POST /dev/v1/register`)? Off: a
+    /// catalog admin creates developer credentials (`scopecast credential create --role
+    /// developer`).
+    pub self_registration: bool,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            trusted_keys_file: None,
+            url: None,
+            token_file: None,
+            sync_interval_s: 300,
+            self_registration: false,
+        }
+    }
 }
 
 /// Durability of acknowledged events in the durable log.

@@ -362,6 +362,11 @@ pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assem
         public_url: public_url.clone(),
     });
     let follower = tokio::spawn(state.sessions.clone().follow(registry.clone()));
+    // Pulls the catalog's records on an interval, when one is configured.
+    tokio::spawn(crate::catalog::sync_loop(
+        state.clone(),
+        state.shutdown.clone(),
+    ));
     // After a failed append, find out when the log takes writes again even if nobody
     // publishes (readiness follows it).
     let prober = {

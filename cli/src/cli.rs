@@ -79,6 +79,273 @@ pub(crate) struct AdminAuth {
     json: bool,
 }
 
+/// A developer's credential (the developer API of a catalog).
+#[derive(clap::Args)]
+pub(crate) struct DevAuth {
+    /// Developer bearer credential.
+    #[arg(
+        long,
+        env = "SCOPECAST_DEV_TOKEN",
+        hide_env_values = true,
+        global = true,
+        allow_hyphen_values = true
+    )]
+    dev_token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// `scopecast dev ...`: a developer's side of a catalog.
+#[derive(Subcommand)]
+pub(crate) enum DevCommand {
+    /// Make a developer account where the catalog allows self-registration; prints its
+    /// credential once (use it as --dev-token / SCOPECAST_DEV_TOKEN).
+    Register {
+        /// The account's name: the owner of its applications.
+        #[arg(long)]
+        name: String,
+    },
+    /// Manage your applications.
+    App {
+        #[command(subcommand)]
+        command: DevAppCommand,
+    },
+}
+
+/// `scopecast dev app ...`.
+#[derive(Subcommand)]
+pub(crate) enum DevAppCommand {
+    /// Register an application (version 1, a draft until `ready`); its two client IDs are
+    /// made now and never change.
+    Create {
+        /// Display name (unique in the catalog).
+        #[arg(long)]
+        name: String,
+        /// Vendor.
+        #[arg(long)]
+        vendor: String,
+        /// The scope it asks for (families as for `app create --scope`).
+        #[arg(long)]
+        scope: String,
+        /// Free-text description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Change a draft, or make the next version (a draft) of a ready one.
+    Update {
+        /// Application id.
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New vendor.
+        #[arg(long)]
+        vendor: Option<String>,
+        /// New description.
+        #[arg(long)]
+        description: Option<String>,
+        /// New requested scope.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Show one of your applications.
+    Show {
+        /// Application id.
+        id: String,
+    },
+    /// List your applications.
+    List,
+    /// Set a client ID's public keys for private_key_jwt (part of the record: a new draft).
+    SetKeys {
+        /// Application id.
+        id: String,
+        /// Client ID (one of the application's two).
+        client_id: String,
+        /// A JWK Set file or a PEM public key (as for `app set-keys`).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["jwks_uri", "none"])]
+        jwks: Option<PathBuf>,
+        /// A JWK Set URL (https).
+        #[arg(long, conflicts_with = "none")]
+        jwks_uri: Option<String>,
+        /// Remove the keys.
+        #[arg(long)]
+        none: bool,
+    },
+    /// Mark the current version ready for production: it is frozen, and the catalog hands it
+    /// to environments.
+    Ready {
+        /// Application id.
+        id: String,
+    },
+    /// Retire an application: environments deactivate its client IDs when they import it.
+    Retire {
+        /// Application id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// The keys of `set-keys` (`--jwks FILE`, `--jwks-uri URL` or `--none`) as the API's body.
+fn keys_arg(
+    jwks: Option<PathBuf>,
+    jwks_uri: Option<String>,
+    none: bool,
+) -> anyhow::Result<SetKeys> {
+    Ok(match (jwks, jwks_uri, none) {
+        (Some(path), _, _) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let value = jwks_file(&text)
+                .with_context(|| format!("reading the keys in {}", path.display()))?;
+            SetKeys {
+                jwks: Some(value),
+                jwks_uri: None,
+            }
+        }
+        (None, Some(uri), _) => SetKeys {
+            jwks: None,
+            jwks_uri: Some(uri),
+        },
+        (None, None, true) => SetKeys::default(),
+        (None, None, false) => bail!("give --jwks FILE, --jwks-uri URL or --none"),
+    })
+}
+
+/// `scopecast dev ...`.
+pub(crate) async fn dev(target: Target, auth: DevAuth, cmd: DevCommand) -> anyhow::Result<()> {
+    use reqwest::Method as M;
+    let j = auth.json;
+    let cmd = match cmd {
+        DevCommand::Register { name } => {
+            let tls = target.tls()?;
+            let http = reqwest::Client::builder()
+                .use_preconfigured_tls((*tls.client_config()?).clone())
+                .build()
+                .context("setting up the HTTP client")?;
+            let url = format!("{}/dev/v1/register", target.url.trim_end_matches('/'));
+            let resp = http
+                .post(&url)
+                .json(&scopecast_protocol::admin::NewDeveloper { name })
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {url}"))?;
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                bail!(
+                    "{status}: {}",
+                    v["message"].as_str().unwrap_or("no message")
+                );
+            }
+            return print(j, &v, |c: &scopecast_protocol::admin::IssuedCredential| {
+                outln!(
+                    "developer {}: your credential (shown once; use it as SCOPECAST_DEV_TOKEN):\n{}",
+                    c.credential.name,
+                    c.token
+                );
+            });
+        }
+        DevCommand::App { command } => command,
+    };
+    let dev = Admin::developer(&target, &auth)?;
+    let v = match cmd {
+        DevAppCommand::Create {
+            name,
+            vendor,
+            scope,
+            description,
+        } => {
+            dev.call(
+                M::POST,
+                "/apps",
+                body(&NewApplication {
+                    name,
+                    vendor,
+                    description,
+                    scope,
+                })?,
+            )
+            .await?
+        }
+        DevAppCommand::Update {
+            id,
+            name,
+            vendor,
+            description,
+            scope,
+        } => {
+            dev.call(
+                M::PATCH,
+                &format!("/apps/{id}"),
+                body(&ApplicationPatch {
+                    name,
+                    vendor,
+                    description,
+                    scope,
+                })?,
+            )
+            .await?
+        }
+        DevAppCommand::Show { id } => dev.call(M::GET, &format!("/apps/{id}"), None).await?,
+        DevAppCommand::List => {
+            let v = dev.call(M::GET, "/apps", None).await?;
+            return print(j, &v, |l: &ApplicationList| {
+                for a in &l.applications {
+                    outln!(
+                        "{}  {}  version {}{}",
+                        a.id,
+                        a.name,
+                        a.version,
+                        if a.ready { " (ready)" } else { " (draft)" }
+                    );
+                }
+            });
+        }
+        DevAppCommand::SetKeys {
+            id,
+            client_id,
+            jwks,
+            jwks_uri,
+            none,
+        } => {
+            let keys = keys_arg(jwks, jwks_uri, none)?;
+            dev.call(
+                M::PUT,
+                &format!("/apps/{id}/clients/{client_id}/keys"),
+                body(&keys)?,
+            )
+            .await?
+        }
+        DevAppCommand::Ready { id } => {
+            dev.call(M::POST, &format!("/apps/{id}/ready"), None)
+                .await?
+        }
+        DevAppCommand::Retire { id, reason } => {
+            dev.call(
+                M::POST,
+                &format!("/apps/{id}/retire"),
+                body(&Reason { reason })?,
+            )
+            .await?
+        }
+    };
+    print(j, &v, |a: &ApplicationView| {
+        outln!(
+            "version {}: {}",
+            a.version,
+            if a.ready {
+                "ready for production"
+            } else {
+                "draft (`scopecast dev app ready` freezes it)"
+            }
+        );
+        print_app(a);
+    })
+}
+
 impl AdminAuth {
     fn token(&self) -> anyhow::Result<String> {
         if let Some(t) = &self.admin_token {
@@ -182,6 +449,8 @@ pub(crate) enum AppCommand {
         /// The record file.
         file: PathBuf,
     },
+    /// Pull the configured catalog now (`catalog.url`) and import what is new there.
+    Sync,
     /// Retire an application registered here: a new version, both client IDs deactivated;
     /// environments that import the new version deactivate them too.
     Retire {
@@ -351,12 +620,14 @@ pub(crate) struct TokenArgs {
     pub(crate) token: Option<String>,
 }
 
-/// The admin API, called with a credential of the one credential store (its name is the
-/// actor the audit trail records).
+/// The admin API (or the developer API), called with a credential of the one credential
+/// store (its name is the actor the audit trail records).
 struct Admin {
     http: reqwest::Client,
     url: String,
     token: String,
+    /// `/admin/v1` or `/dev/v1`.
+    prefix: &'static str,
 }
 
 impl Admin {
@@ -371,6 +642,26 @@ impl Admin {
             http,
             url: url.trim_end_matches('/').to_owned(),
             token: auth.token()?,
+            prefix: "/admin/v1",
+        })
+    }
+
+    /// The developer API of the catalog at `--url`, with a developer credential.
+    fn developer(target: &Target, auth: &DevAuth) -> anyhow::Result<Admin> {
+        let tls = target.tls()?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls.client_config()?).clone())
+            .build()
+            .context("setting up the HTTP client")?;
+        let token = auth.dev_token.clone().filter(|t| !t.is_empty()).context(
+            "no developer credential: pass --dev-token or set SCOPECAST_DEV_TOKEN \
+             (`scopecast dev register`, or ask the catalog's admin)",
+        )?;
+        Ok(Admin {
+            http,
+            url: target.url.trim_end_matches('/').to_owned(),
+            token,
+            prefix: "/dev/v1",
         })
     }
 
@@ -404,7 +695,7 @@ impl Admin {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<reqwest::Response> {
-        let url = format!("{}/admin/v1{path}", self.url);
+        let url = format!("{}{}{path}", self.url, self.prefix);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -707,24 +998,7 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
             jwks_uri,
             none,
         } => {
-            let keys = match (jwks, jwks_uri, none) {
-                (Some(path), _, _) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    let value = jwks_file(&text)
-                        .with_context(|| format!("reading the keys in {}", path.display()))?;
-                    SetKeys {
-                        jwks: Some(value),
-                        jwks_uri: None,
-                    }
-                }
-                (None, Some(uri), _) => SetKeys {
-                    jwks: None,
-                    jwks_uri: Some(uri),
-                },
-                (None, None, true) => SetKeys::default(),
-                (None, None, false) => bail!("give --jwks FILE, --jwks-uri URL or --none"),
-            };
+            let keys = keys_arg(jwks, jwks_uri, none)?;
             let client = admin
                 .call(M::PUT, &format!("/clients/{client_id}/keys"), body(&keys)?)
                 .await?;
@@ -801,6 +1075,21 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
             print(j, &v, |v: &scopecast_protocol::admin::Imported| {
                 outln!("{}: version {}", v.outcome, v.application.version);
                 print_app(&v.application);
+            })
+        }
+        AppCommand::Sync => {
+            let v = admin.call(M::POST, "/catalog/sync", None).await?;
+            print(j, &v, |r: &scopecast_protocol::admin::SyncReport| {
+                outln!(
+                    "created {}, updated {}, unchanged {}, refused {}",
+                    r.created,
+                    r.updated,
+                    r.unchanged,
+                    r.refused.len()
+                );
+                for why in &r.refused {
+                    outln!("  refused: {why}");
+                }
             })
         }
         AppCommand::Retire { id, reason } => {

@@ -77,6 +77,15 @@ enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+    /// A developer's side of a catalog: register, and manage your applications (developer API).
+    Dev {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        auth: cli::DevAuth,
+        #[command(subcommand)]
+        command: cli::DevCommand,
+    },
     /// Manage the broker's token signing keys (admin API).
     Keys {
         #[command(flatten)]
@@ -237,6 +246,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             auth,
             command,
         } => client_runtime()?.block_on(cli::keys(target, auth, command)),
+        Command::Dev {
+            target,
+            auth,
+            command,
+        } => client_runtime()?.block_on(cli::dev(target, auth, command)),
         Command::Catalog {
             target,
             command: CatalogCommand::Keys { out },

@@ -150,12 +150,53 @@ pub struct ApplicationView {
     /// When it was retired; its client IDs cannot be activated any more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_at: Option<String>,
+    /// The developer account that registered it (in a catalog); absent when an admin did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// True when the current version is frozen, ready for production; false while it is a
+    /// developer's draft (the catalog hands out the newest ready version).
+    #[serde(default = "ready_default")]
+    pub ready: bool,
     /// Its two client IDs.
     pub clients: ApplicationClients,
 }
 
 fn first_version() -> u64 {
     1
+}
+
+fn ready_default() -> bool {
+    true
+}
+
+/// `POST /dev/v1/register` (self-registration, where the catalog allows it): a developer
+/// account; the answer is an [`IssuedCredential`] with role `developer`, its token shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDeveloper {
+    /// The account's name, 1 to 128 characters: the owner of its applications.
+    pub name: String,
+}
+
+/// `GET /catalog/v1/records`: the newest ready version of every application registered in
+/// the catalog, each a signed record (JWS), for environments to sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordList {
+    /// The signed records.
+    pub records: Vec<String>,
+}
+
+/// The answer to `POST /admin/v1/catalog/sync`: what one pull of the catalog did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// Applications new here.
+    pub created: u32,
+    /// Applications updated to a newer version.
+    pub updated: u32,
+    /// Records already held.
+    pub unchanged: u32,
+    /// Records refused, each with why.
+    pub refused: Vec<String>,
 }
 
 /// An application record as it travels between a catalog and the environments: the claims

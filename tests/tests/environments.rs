@@ -3,6 +3,9 @@
 //! between them as signed files, client IDs activated per environment, grants, versions,
 //! retirement, and each step in each deployment's audit trail.
 
+// A test that cannot go on should stop at once, with the value it choked on.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use reqwest::Method;
@@ -55,6 +58,52 @@ async fn activate(env: &TestBroker, client_id: &str) -> TestClient {
     }
 }
 
+/// The application ids a developer's `create` answered.
+struct App {
+    id: String,
+    production: String,
+    non_production: String,
+}
+
+/// Makes a credential with `role` on `broker`; returns its token.
+async fn credential(broker: &TestBroker, name: &str, role: &str) -> String {
+    let a = broker
+        .admin(
+            Method::POST,
+            "/credentials",
+            Some(json!({"name": name, "role": role})),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    a.body["token"].as_str().unwrap().to_owned()
+}
+
+/// Calls the developer API with `token`.
+async fn dev(
+    broker: &TestBroker,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> scopecast_tests::Answer {
+    let mut req = broker
+        .http_client()
+        .request(method, broker.http_url(&format!("/dev/v1{path}")))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+    scopecast_tests::Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
 async fn client_view(env: &TestBroker, client_id: &str) -> Value {
     let a = env
         .admin(Method::GET, &format!("/clients/{client_id}"), None)
@@ -94,20 +143,109 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
     let pins = tempfile::tempdir().unwrap();
     let pinned = pins.path().join("catalog-keys.json");
     std::fs::write(&pinned, &keys).unwrap();
+    // The production environment syncs from the catalog with a viewer credential of it; the
+    // test environment gets records as files.
+    let viewer = credential(&catalog, "prod-sync", "viewer").await;
+    let viewer_file = pins.path().join("catalog.token");
+    std::fs::write(&viewer_file, &viewer).unwrap();
     let test = TestBroker::start(env(EnvironmentKind::NonProduction, "test", Some(&pinned))).await;
-    let prod = TestBroker::start(env(EnvironmentKind::Production, "prod", Some(&pinned))).await;
+    let mut prod_config = env(EnvironmentKind::Production, "prod", Some(&pinned));
+    prod_config.catalog.url = Some(catalog.base_url());
+    prod_config.catalog.token_file = Some(viewer_file);
+    prod_config.catalog.sync_interval_s = 0;
+    let prod = TestBroker::start(prod_config).await;
 
-    // Registered once, in the catalog.
-    let app = catalog
-        .create_app("Bed board", "subscribe:adt.> publish:adt.bed.*")
+    // Registered once, in the catalog, by a developer.
+    let acme = credential(&catalog, "acme", "developer").await;
+    let other = credential(&catalog, "globex", "developer").await;
+    let created = dev(
+        &catalog,
+        &acme,
+        Method::POST,
+        "/apps",
+        Some(json!({"name": "Bed board", "vendor": "Acme", "scope": "subscribe:adt.> publish:adt.bed.*"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(
+        (
+            created.body["version"].as_u64(),
+            created.body["ready"].as_bool()
+        ),
+        (Some(1), Some(false))
+    );
+    assert!(
+        created.body["clients"]["production"]["client_secret"].is_null(),
+        "no secret for a developer"
+    );
+    let app = App {
+        id: created.body["id"].as_str().unwrap().to_owned(),
+        production: created.body["clients"]["production"]["client_id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        non_production: created.body["clients"]["non_production"]["client_id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    };
+    // Nothing is handed out before the developer marks a version ready.
+    let early = catalog
+        .admin(
+            Method::GET,
+            &format!("/applications/{}/record", app.id),
+            None,
+        )
         .await;
+    assert_eq!(early.status, 409, "{:?}", early.body);
+    // Another developer neither sees nor changes it; a developer activates nothing.
+    for (m, path) in [
+        (Method::GET, format!("/apps/{}", app.id)),
+        (Method::POST, format!("/apps/{}/ready", app.id)),
+    ] {
+        assert_eq!(dev(&catalog, &other, m, &path, None).await.status, 404);
+    }
+    let listed = dev(&catalog, &other, Method::GET, "/apps", None).await;
+    assert_eq!(listed.body["applications"], json!([]));
+    let activate_as_dev = catalog
+        .admin_as(
+            &acme,
+            Method::POST,
+            &format!("/clients/{}/activate", app.non_production),
+            Some(reason("me")),
+        )
+        .await;
+    assert_eq!(activate_as_dev.status, 403, "{:?}", activate_as_dev.body);
+    let ready = dev(
+        &catalog,
+        &acme,
+        Method::POST,
+        &format!("/apps/{}/ready", app.id),
+        None,
+    )
+    .await;
+    assert_eq!(ready.body["ready"], true, "{:?}", ready.body);
     let v1 = export(&catalog, &app.id).await;
 
-    // Both environments import it: the same application id, the same two client IDs.
+    // Both environments import it: the same application id, the same two client IDs (the
+    // test environment from the file, production by syncing with the catalog).
+    let synced = prod.admin(Method::POST, "/catalog/sync", None).await;
+    assert_eq!(synced.status, 200, "{:?}", synced.body);
+    assert_eq!(
+        (
+            synced.body["created"].as_u64(),
+            synced.body["refused"].clone()
+        ),
+        (Some(1), json!([]))
+    );
+    let again = prod.admin(Method::POST, "/catalog/sync", None).await;
+    assert_eq!(again.body["unchanged"], 1, "{:?}", again.body);
+    let a = import(&test, &v1).await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
     for e in [&test, &prod] {
         let a = import(e, &v1).await;
-        assert_eq!(a.status, 201, "{:?}", a.body);
-        assert_eq!(a.body["outcome"], "created");
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        assert_eq!(a.body["outcome"], "unchanged", "idempotent");
         let view = &a.body["application"];
         assert_eq!(view["id"], app.id.as_str());
         assert_eq!(view["version"], 1);
@@ -117,21 +255,15 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
         );
         assert_eq!(
             view["clients"]["production"]["client_id"],
-            app.production.client_id.as_str()
+            app.production.as_str()
         );
         assert_eq!(
             view["clients"]["non_production"]["client_id"],
-            app.non_production.client_id.as_str()
+            app.non_production.as_str()
         );
         assert_eq!(
             view["clients"]["production"]["has_secret"], false,
             "no secret travels"
-        );
-        // Idempotent.
-        let again = import(e, &v1).await;
-        assert_eq!(
-            (again.status, again.body["outcome"].as_str()),
-            (200, Some("unchanged"))
         );
     }
 
@@ -139,7 +271,7 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
     let wrong = test
         .admin(
             Method::POST,
-            &format!("/clients/{}/activate", app.production.client_id),
+            &format!("/clients/{}/activate", app.production),
             Some(reason("wrong kind")),
         )
         .await;
@@ -148,12 +280,12 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
         wrong.body["message"]
             .as_str()
             .unwrap()
-            .contains(&app.non_production.client_id),
+            .contains(&app.non_production),
         "the refusal names the right client ID: {:?}",
         wrong.body
     );
-    let np = activate(&test, &app.non_production.client_id).await;
-    let p = activate(&prod, &app.production.client_id).await;
+    let np = activate(&test, &app.non_production).await;
+    let p = activate(&prod, &app.production).await;
     let np_token = test.token(&np, None).await;
     let p_token = prod.token(&p, None).await;
     assert_eq!(
@@ -162,7 +294,7 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
     );
     // The app subscribes in the test environment.
     let (mut ws, welcome) = Ws::connect(&test, &np_token).await;
-    assert_eq!(welcome["client_id"], app.non_production.client_id.as_str());
+    assert_eq!(welcome["client_id"], app.non_production.as_str());
     assert_eq!(ws.subscribe("s1", "adt.>").await["type"], "subscribed");
     assert_eq!(ws.subscribe("s2", "adt.bed.>").await["type"], "subscribed");
     // A token of one environment is refused in the other.
@@ -211,15 +343,36 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
         .await;
     assert_eq!(edit.status, 409, "{:?}", edit.body);
 
-    // Version 2 asks for more: nothing widens until the admin approves.
-    let v2_view = catalog
-        .admin(
-            Method::PATCH,
-            &format!("/applications/{}", app.id),
-            Some(json!({"scope": "subscribe:adt.> publish:adt.bed.* subscribe:lab.>"})),
-        )
-        .await;
-    assert_eq!(v2_view.body["version"], 2);
+    // Version 2 asks for more: a draft first (the frozen version 1 is what the catalog still
+    // hands out), then ready; nothing widens in an environment until its admin approves.
+    let v2_view = dev(
+        &catalog,
+        &acme,
+        Method::PATCH,
+        &format!("/apps/{}", app.id),
+        Some(json!({"scope": "subscribe:adt.> publish:adt.bed.* subscribe:lab.>"})),
+    )
+    .await;
+    assert_eq!(
+        (
+            v2_view.body["version"].as_u64(),
+            v2_view.body["ready"].as_bool()
+        ),
+        (Some(2), Some(false))
+    );
+    let still_v1 = import(&test, &export(&catalog, &app.id).await).await;
+    assert_eq!(
+        still_v1.body["outcome"], "unchanged",
+        "a draft is not handed out"
+    );
+    dev(
+        &catalog,
+        &acme,
+        Method::POST,
+        &format!("/apps/{}/ready", app.id),
+        None,
+    )
+    .await;
     let v2 = export(&catalog, &app.id).await;
     let a = import(&test, &v2).await;
     assert_eq!(
@@ -314,6 +467,7 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
             &[
                 "application.create",
                 "application.update",
+                "application.ready",
                 "application.retire",
             ][..],
         ),
@@ -350,6 +504,39 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
             assert!(hit["actor"].is_string());
         }
     }
+    // The developer is the actor of their changes in the catalog; production's import came
+    // by sync.
+    let cat = catalog
+        .admin(
+            Method::GET,
+            &format!("/audit?application_id={}", app.id),
+            None,
+        )
+        .await;
+    let created_entry = cat.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["action"] == "application.create")
+        .cloned()
+        .unwrap();
+    assert_eq!(created_entry["actor"], "acme");
+    let p_audit = prod
+        .admin(
+            Method::GET,
+            &format!("/audit?application_id={}", app.id),
+            None,
+        )
+        .await;
+    assert!(
+        p_audit.body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["action"] == "application.import" && x["detail"]["source"] == "sync"),
+        "{:?}",
+        p_audit.body
+    );
     // The retirement's import names the client ID it deactivated.
     let a = test
         .admin(
@@ -372,4 +559,59 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
     for b in [catalog, test, prod, rogue] {
         b.stop().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn self_registration_is_off_unless_the_catalog_allows_it_and_developers_see_no_admin_api() {
+    let off = TestBroker::start(test_config()).await;
+    let a = off
+        .http_client()
+        .post(off.http_url("/dev/v1/register"))
+        .json(&json!({"name": "mallory"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 404);
+    let mut config = test_config();
+    config.catalog.self_registration = true;
+    let on = TestBroker::start(config).await;
+    let a = on
+        .http_client()
+        .post(on.http_url("/dev/v1/register"))
+        .json(&json!({"name": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 201);
+    let body: Value = a.json().await.unwrap();
+    assert_eq!(body["role"], "developer");
+    let token = body["token"].as_str().unwrap();
+    // The name is taken now; a developer credential reads and changes nothing of the admin API.
+    let again = on
+        .http_client()
+        .post(on.http_url("/dev/v1/register"))
+        .json(&json!({"name": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    for (m, path) in [
+        (Method::GET, "/applications"),
+        (Method::GET, "/audit"),
+        (Method::POST, "/records"),
+    ] {
+        let a = on.admin_as(token, m, path, None).await;
+        assert_eq!(a.status, 403, "{path}: {:?}", a.body);
+    }
+    // And an admin credential is not a developer's: the developer API wants the role.
+    let a = on
+        .http_client()
+        .get(on.http_url("/dev/v1/apps"))
+        .bearer_auth(on.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 403);
+    off.stop().await.unwrap();
+    on.stop().await.unwrap();
 }

@@ -90,6 +90,22 @@ pub(crate) fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Response> {
     })
 }
 
+/// The body of a keys change (`{"jwks"}`, `{"jwks_uri"}` or `{}`): a [`SetKeys`], at most
+/// one of the two.
+pub(crate) fn keys_body(bytes: &Bytes) -> Result<ClientKeysSpec, Response> {
+    let b: SetKeys = body(bytes)?;
+    match (b.jwks, b.jwks_uri) {
+        (Some(_), Some(_)) => Err(error(
+            ErrorCode::BadRequest,
+            "give `jwks` or `jwks_uri`, not both",
+            Some("jwks"),
+        )),
+        (Some(j), None) => Ok(ClientKeysSpec::Jwks(j)),
+        (None, Some(u)) => Ok(ClientKeysSpec::JwksUri(u)),
+        (None, None) => Ok(ClientKeysSpec::None),
+    }
+}
+
 /// An instant of the registry (Unix milliseconds) as the API writes it (RFC 3339).
 fn time(ms: i64) -> String {
     Timestamp::from_unix_ms(ms)
@@ -179,6 +195,8 @@ pub(crate) fn app_view(app: &Application, secrets: &[IssuedSecret]) -> Applicati
         version: r.version,
         origin: r.origin.clone(),
         retired_at: r.retired_at_ms.map(time),
+        owner: r.owner.clone(),
+        ready: r.frozen,
         clients: ApplicationClients {
             production: view(EnvironmentKind::Production).unwrap_or_else(missing),
             non_production: view(EnvironmentKind::NonProduction).unwrap_or_else(missing),
@@ -265,6 +283,7 @@ pub(crate) async fn update_application(
         vendor: b.vendor,
         description: b.description,
         scope: b.scope,
+        ..ApplicationPatch::default()
     };
     match state.registry.update_application(&id, patch, &who).await {
         Ok(app) => Json(app_view(&app, &[])).into_response(),
@@ -374,21 +393,9 @@ pub(crate) async fn set_keys(
     bytes: Bytes,
 ) -> Response {
     let who = caller.name.clone();
-    let b: SetKeys = match body(&bytes) {
-        Ok(b) => b,
+    let spec = match keys_body(&bytes) {
+        Ok(s) => s,
         Err(r) => return r,
-    };
-    let spec = match (b.jwks, b.jwks_uri) {
-        (Some(_), Some(_)) => {
-            return error(
-                ErrorCode::BadRequest,
-                "give `jwks` or `jwks_uri`, not both",
-                Some("jwks"),
-            );
-        }
-        (Some(j), None) => ClientKeysSpec::Jwks(j),
-        (None, Some(u)) => ClientKeysSpec::JwksUri(u),
-        (None, None) => ClientKeysSpec::None,
     };
     match state.registry.set_keys(&client_id, spec, &who).await {
         Ok(()) => match find_client(&state, &client_id) {

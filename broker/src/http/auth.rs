@@ -235,6 +235,42 @@ pub(crate) async fn require_admin_api(
     next.run(req).await
 }
 
+/// Developer API gate (`/dev/v1/...` except self-registration): a `developer` credential only.
+/// Its name is the developer account, the owner of the applications it registers.
+pub(crate) async fn require_developer(
+    State(state): State<Broker>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(caller) = operator(&state, req.headers()) else {
+        return no_credential("scopecast-developer");
+    };
+    if caller.role != Role::Developer {
+        return forbidden(
+            &caller,
+            "use the developer API (a developer credential is needed)",
+        );
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// Catalog record list gate (`GET /catalog/v1/records`): `viewer` or `admin`, the credential
+/// an environment syncs with.
+pub(crate) async fn require_catalog_reader(
+    State(state): State<Broker>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(caller) = operator(&state, req.headers()) else {
+        return no_credential("scopecast-catalog");
+    };
+    if !caller.role.can_read_admin() {
+        return forbidden(&caller, "read the catalog's records");
+    }
+    next.run(req).await
+}
+
 /// `/metrics` gate: `metrics`, `viewer` or `admin`.
 pub(crate) async fn require_metrics(
     State(state): State<Broker>,

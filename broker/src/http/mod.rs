@@ -23,6 +23,7 @@ mod admin;
 mod auth;
 mod backup;
 mod credentials;
+mod developer;
 mod error;
 mod events;
 mod oauth;
@@ -65,6 +66,7 @@ pub(crate) fn routers(state: Broker) -> (Router, Option<Router>) {
         .route("/applications/{id}/record", get(records::export))
         .route("/applications/{id}/retire", post(records::retire))
         .route("/records", post(records::import))
+        .route("/catalog/sync", post(records::sync))
         .route("/clients/{client_id}/grant", put(records::set_grant))
         .route("/clients/{client_id}/approve", post(records::approve))
         .route("/clients/{client_id}", get(admin::show_client))
@@ -113,6 +115,28 @@ pub(crate) fn routers(state: Broker) -> (Router, Option<Router>) {
         )
         .route("/.well-known/jwks.json", get(oauth::jwks))
         .route("/catalog/v1/keys", get(records::keys))
+        .route(
+            "/catalog/v1/records",
+            get(records::list).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_catalog_reader,
+            )),
+        )
+        .route("/dev/v1/register", post(developer::register))
+        .nest(
+            "/dev/v1/apps",
+            Router::new()
+                .route("/", get(developer::list).post(developer::create))
+                .route("/{id}", get(developer::show).patch(developer::update))
+                .route("/{id}/clients/{client_id}/keys", put(developer::set_keys))
+                .route("/{id}/ready", post(developer::ready))
+                .route("/{id}/retire", post(developer::retire))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::require_developer,
+                ))
+                .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES)),
+        )
         .route("/v1/stream", get(stream::stream))
         .route(
             "/v1/events/{topic}",

@@ -27,6 +27,51 @@ pub(crate) async fn keys(State(state): State<Broker>) -> Response {
     Json(state.records.jwks()).into_response()
 }
 
+/// `GET /catalog/v1/records` (a `viewer` or `admin` credential of the catalog): the newest
+/// ready version of every application registered here, each signed, for environments to sync.
+pub(crate) async fn list(State(state): State<Broker>) -> Response {
+    let now_s = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut records = Vec::new();
+    for r in state.registry.frozen_records(&state.public_url, now_s) {
+        match state.records.sign(&r) {
+            Ok(jws) => records.push(jws),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign an application record");
+                return ApiError::for_code(
+                    ErrorCode::Internal,
+                    "cannot sign the records; see the broker's log",
+                )
+                .into_response();
+            }
+        }
+    }
+    Json(scopecast_protocol::admin::RecordList { records }).into_response()
+}
+
+/// `POST /admin/v1/catalog/sync`: pulls the configured catalog now (`catalog.url`) and
+/// imports what is new; 409 when no catalog is configured, 502 when it cannot be reached.
+pub(crate) async fn sync(
+    State(state): State<Broker>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    match crate::catalog::sync(&state, &caller.name).await {
+        Ok(report) => Json(report).into_response(),
+        Err(crate::catalog::SyncError::NotConfigured) => ApiError::for_code(
+            ErrorCode::Conflict,
+            "no catalog to sync from: set catalog.url (and catalog.token_file)",
+        )
+        .into_response(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            Json(
+                serde_json::json!({"error": "bad_gateway", "reason": "catalog_unreachable",
+                "message": e.to_string()}),
+            ),
+        )
+            .into_response(),
+    }
+}
+
 /// `GET /admin/v1/applications/{id}/record`: the application's signed record (its current
 /// version): signed here for a record registered here, or the signed record as imported.
 pub(crate) async fn export(State(state): State<Broker>, Path(id): Path<String>) -> Response {
@@ -181,7 +226,16 @@ pub(crate) async fn retire(
         Ok(b) => b,
         Err(r) => return r,
     };
-    match state.registry.retire(&id, &caller.name, &b.reason).await {
+    match state
+        .registry
+        .retire(
+            &id,
+            &caller.name,
+            &b.reason,
+            &crate::registry::Editor::Admin,
+        )
+        .await
+    {
         Ok(app) => Json(app_view(&app, &[])).into_response(),
         Err(e) => registry_error(e),
     }

@@ -74,6 +74,9 @@ fn application(name: &str) -> StoredApplication {
         origin: None,
         record_jws: None,
         retired_at_ms: None,
+        owner: None,
+        frozen: true,
+        frozen_record: None,
         clients: vec![
             client(EnvironmentKind::Production),
             client(EnvironmentKind::NonProduction),
@@ -350,6 +353,161 @@ async fn one_change(
 /// Every write adds exactly one change, of its kind and naming its keys, and the feed's
 /// latest id moves by one; a write that changes nothing (a missing row, an audit-only entry)
 /// adds none.
+/// Record versions, grants, imported and retired records, and the audit's environment.
+pub(crate) async fn records_grants_and_versions_round_trip(m: &dyn Maker) {
+    let made = m.make().await;
+    let store = &*made.store;
+    let app = insert(store, "Records").await;
+    let np = app.clients[1].client_id.clone();
+    // The first activation grants the record's scope then; a deactivation keeps the grant.
+    store
+        .set_active(&np, true, "tester", "go", 2, &entry("client.activate"))
+        .await
+        .unwrap();
+    let held = store.load_application(&app.id).await.unwrap().unwrap();
+    assert_eq!(
+        held.clients[1].granted_scope.as_deref(),
+        Some("subscribe:adt.>")
+    );
+    assert_eq!(
+        held.clients[0].granted_scope, None,
+        "never activated: no grant"
+    );
+    let before = store.latest_change().await.unwrap();
+    assert!(
+        store
+            .set_grant(&np, "subscribe:adt.a01", 3, &entry("client.set_grant"))
+            .await
+            .unwrap()
+    );
+    let changes = store.changes_after(before, 10).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].kind, ChangeKind::GrantChanged);
+    assert_eq!(changes[0].application_id.as_deref(), Some(app.id.as_str()));
+    assert!(
+        !store
+            .set_grant("no-such-client", "subscribe:a", 3, &entry("x"))
+            .await
+            .unwrap()
+    );
+    // A version bump with a frozen record, then a draft that keeps the frozen record.
+    let v2 = ApplicationPatch {
+        scope: Some("subscribe:adt.> subscribe:lab.>".to_owned()),
+        version: Some(2),
+        frozen: Some(true),
+        frozen_record: Some("{\"v\":2}".to_owned()),
+        ..ApplicationPatch::default()
+    };
+    store
+        .update_application(&app.id, &v2, 4, &entry("application.update"))
+        .await
+        .unwrap();
+    let draft = ApplicationPatch {
+        description: Some("draft".to_owned()),
+        version: Some(3),
+        frozen: Some(false),
+        ..ApplicationPatch::default()
+    };
+    store
+        .update_application(&app.id, &draft, 5, &entry("application.update"))
+        .await
+        .unwrap();
+    let held = store.load_application(&app.id).await.unwrap().unwrap();
+    assert_eq!((held.version, held.frozen), (3, false));
+    assert_eq!(
+        held.frozen_record.as_deref(),
+        Some("{\"v\":2}"),
+        "a draft keeps the frozen record"
+    );
+    assert_eq!(
+        held.clients[1].granted_scope.as_deref(),
+        Some("subscribe:adt.a01"),
+        "a record change never touches the grant"
+    );
+    // A whole record put: retired, imported, one client deactivated, secrets kept.
+    let mut put = held.clone();
+    put.version = 4;
+    put.origin = Some("kid-1".to_owned());
+    put.record_jws = Some("a.b.c".to_owned());
+    put.retired_at_ms = Some(6);
+    put.updated_at_ms = 6;
+    let before = store.latest_change().await.unwrap();
+    store
+        .put_record(
+            &put,
+            false,
+            std::slice::from_ref(&np),
+            "tester",
+            "retired",
+            &entry("application.import"),
+        )
+        .await
+        .unwrap();
+    let kinds: Vec<ChangeKind> = store
+        .changes_after(before, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [ChangeKind::RecordPut, ChangeKind::ClientDeactivated]
+    );
+    let held = store.load_application(&app.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            held.version,
+            held.origin.as_deref(),
+            held.record_jws.as_deref(),
+            held.retired_at_ms
+        ),
+        (4, Some("kid-1"), Some("a.b.c"), Some(6))
+    );
+    assert!(!held.clients[1].active);
+    assert_eq!(
+        held.clients[1].secret_hash, app.clients[1].secret_hash,
+        "secrets stay"
+    );
+    // A new record inserted whole.
+    let mut fresh = application("Imported");
+    fresh.origin = Some("kid-1".to_owned());
+    fresh.version = 7;
+    for c in &mut fresh.clients {
+        c.secret_hash = None;
+    }
+    store
+        .put_record(
+            &fresh,
+            true,
+            &[],
+            "tester",
+            "",
+            &entry("application.import"),
+        )
+        .await
+        .unwrap();
+    let got = store.load_application(&fresh.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            got.version,
+            got.clients.len(),
+            got.clients[0].secret_hash.clone()
+        ),
+        (7, 2, None)
+    );
+    // The audit keeps the environment it was written in.
+    let audit = store
+        .audit(&AuditQuery {
+            application_id: None,
+            client_id: None,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit[0].environment.as_deref(), Some("non-production/test"));
+}
+
 pub(crate) async fn every_write_adds_exactly_one_change(m: &dyn Maker) {
     let made = m.make().await;
     let store = &*made.store;
@@ -650,6 +808,10 @@ macro_rules! conformance_tests {
             #[tokio::test]
             async fn credentials_and_audit_round_trip() {
                 c::credentials_and_audit_round_trip(&$maker).await;
+            }
+            #[tokio::test]
+            async fn records_grants_and_versions_round_trip() {
+                c::records_grants_and_versions_round_trip(&$maker).await;
             }
             #[tokio::test]
             async fn every_write_adds_exactly_one_change() {

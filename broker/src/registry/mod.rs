@@ -159,6 +159,32 @@ impl From<StoreError> for RegistryError {
     }
 }
 
+/// Who changes an application record: an admin (admin API, CLI `app`), or a developer
+/// (developer API, CLI `dev app`) who may change only the applications they registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Editor {
+    /// An admin: changes are frozen versions at once.
+    Admin,
+    /// The developer account (a `developer` credential's name): changes are drafts until
+    /// marked ready.
+    Developer(String),
+}
+
+impl Editor {
+    /// The developer account, if a developer.
+    pub fn developer(&self) -> Option<&str> {
+        match self {
+            Editor::Admin => None,
+            Editor::Developer(name) => Some(name),
+        }
+    }
+
+    /// True for an admin.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Editor::Admin)
+    }
+}
+
 /// What `create_application` needs.
 #[derive(Debug, Clone)]
 pub struct CreateApplication {
@@ -384,6 +410,21 @@ impl Registry {
         req: CreateApplication,
         actor: &str,
     ) -> Result<(Arc<Application>, Vec<IssuedSecret>), RegistryError> {
+        self.create_application_by(req, actor, &Editor::Admin).await
+    }
+
+    /// As [`Registry::create_application`], by `editor`: an admin's application is frozen at
+    /// once (version 1 is ready); a developer's is owned by the developer and starts as a
+    /// draft of version 1 until marked ready ([`Registry::ready`]).
+    ///
+    /// # Errors
+    /// As [`Registry::create_application`].
+    pub async fn create_application_by(
+        &self,
+        req: CreateApplication,
+        actor: &str,
+        editor: &Editor,
+    ) -> Result<(Arc<Application>, Vec<IssuedSecret>), RegistryError> {
         let name = validate::name("name", &req.name)?;
         let vendor = validate::name("vendor", &req.vendor)?;
         let description = validate::description(&req.description)?;
@@ -426,8 +467,15 @@ impl Registry {
             origin: None,
             record_jws: None,
             retired_at_ms: None,
+            owner: editor.developer().map(str::to_owned),
+            frozen: editor.is_admin(),
+            frozen_record: None,
             clients,
         };
+        let mut app = app;
+        if app.frozen {
+            app.frozen_record = Some(record::frozen_json(&app)?);
+        }
         let entry = self.audit_entry(
             actor,
             "application.create",
@@ -463,7 +511,27 @@ impl Registry {
         patch: ApplicationPatch,
         actor: &str,
     ) -> Result<Arc<Application>, RegistryError> {
+        self.update_application_by(id, patch, actor, &Editor::Admin)
+            .await
+    }
+
+    /// As [`Registry::update_application`], by `editor`. A change to a frozen version makes
+    /// the next version; an admin's change is frozen at once, a developer's stays a draft
+    /// until [`Registry::ready`]. A developer may change only their own applications (any
+    /// other is [`RegistryError::NotFound`], so that others' applications stay unseen), and a
+    /// developer's scope change waits for each environment's approval, the catalog's too.
+    ///
+    /// # Errors
+    /// As [`Registry::update_application`].
+    pub async fn update_application_by(
+        &self,
+        id: &str,
+        patch: ApplicationPatch,
+        actor: &str,
+        editor: &Editor,
+    ) -> Result<Arc<Application>, RegistryError> {
         let id = validate::uuid_id("id", id)?;
+        let held = self.editable(&id, editor)?;
         let patch = ApplicationPatch {
             name: patch.name.map(|v| validate::name("name", &v)).transpose()?,
             vendor: patch
@@ -475,6 +543,7 @@ impl Registry {
                 .map(|v| validate::description(&v))
                 .transpose()?,
             scope: patch.scope.map(|v| scope_ceiling(&v)).transpose()?,
+            ..ApplicationPatch::default()
         };
         if let Some(app) = self.snapshot().application(&id)
             && let Some(kid) = &app.record.origin
@@ -504,6 +573,26 @@ impl Registry {
             )
             .into());
         }
+        let mut patch = patch;
+        let mut next = held.record.clone();
+        if let Some(v) = &patch.name {
+            next.name = v.clone();
+        }
+        if let Some(v) = &patch.vendor {
+            next.vendor = v.clone();
+        }
+        if let Some(v) = &patch.description {
+            next.description = v.clone();
+        }
+        if let Some(v) = &patch.scope {
+            next.scope = v.clone();
+        }
+        self.next_version(&mut next, editor)?;
+        patch.version = Some(next.version);
+        patch.frozen = Some(next.frozen);
+        patch.frozen_record = next.frozen_record.clone();
+        detail.insert("version".to_owned(), Value::from(next.version));
+        detail.insert("ready".to_owned(), Value::from(next.frozen));
         let entry = self.audit_entry(
             actor,
             "application.update",
@@ -524,7 +613,9 @@ impl Registry {
             });
         }
         self.catch_up().await?;
-        if let Some(scope) = &patch.scope {
+        if let Some(scope) = &patch.scope
+            && editor.is_admin()
+        {
             self.regrant_after_update(&id, scope, actor).await?;
         }
         self.snapshot()
@@ -675,7 +766,25 @@ impl Registry {
         keys: ClientKeysSpec,
         actor: &str,
     ) -> Result<(), RegistryError> {
+        self.set_keys_by(client_id, keys, actor, &Editor::Admin)
+            .await
+    }
+
+    /// As [`Registry::set_keys`], by `editor` (a developer: only on their own application's
+    /// client IDs). The keys are part of the record: on an application registered here the
+    /// change makes the next version, as [`Registry::update_application_by`] does.
+    ///
+    /// # Errors
+    /// As [`Registry::set_keys`].
+    pub async fn set_keys_by(
+        &self,
+        client_id: &str,
+        keys: ClientKeysSpec,
+        actor: &str,
+        editor: &Editor,
+    ) -> Result<(), RegistryError> {
         let client = self.existing_client(client_id)?;
+        let held = self.editable(&client.application_id, editor)?;
         let (keys, detail) = match keys {
             ClientKeysSpec::None => (ClientKeysSpec::None, serde_json::json!({"keys": "none"})),
             ClientKeysSpec::Jwks(v) => {
@@ -706,7 +815,12 @@ impl Registry {
             .store
             .set_keys(&client.client_id, &keys, now_ms(), &entry)
             .await?;
-        self.catch_up().await
+        self.catch_up().await?;
+        if held.record.origin.is_none() {
+            self.record_changed(&held.record.id, actor, editor, "client.set_keys")
+                .await?;
+        }
+        Ok(())
     }
 
     /// Activates or deactivates a client ID, recording who and why. Deactivation is broadcast

@@ -42,17 +42,206 @@ fn record_client(c: &StoredClient) -> RecordClient {
     }
 }
 
+/// The record's claims as the application is now (`iss` empty, `iat` 0).
+pub(super) fn claims_of(r: &StoredApplication) -> Result<ApplicationRecord, RegistryError> {
+    let of = |kind| {
+        r.clients
+            .iter()
+            .find(|c| c.kind == kind)
+            .map(record_client)
+            .ok_or_else(|| RegistryError::Internal(format!("application {} lacks a client", r.id)))
+    };
+    Ok(ApplicationRecord {
+        iss: String::new(),
+        iat: 0,
+        application_id: r.id.clone(),
+        version: r.version,
+        name: r.name.clone(),
+        vendor: r.vendor.clone(),
+        description: r.description.clone(),
+        scope: r.scope.clone(),
+        clients: RecordClients {
+            production: of(EnvironmentKind::Production)?,
+            non_production: of(EnvironmentKind::NonProduction)?,
+        },
+        retired: r.retired_at_ms.is_some(),
+    })
+}
+
+/// The claims as JSON, for `frozen_record`.
+pub(super) fn frozen_json(r: &StoredApplication) -> Result<String, RegistryError> {
+    serde_json::to_string(&claims_of(r)?).map_err(|e| RegistryError::Internal(e.to_string()))
+}
+
+/// The newest frozen version's claims, with `iss` and `iat`.
+fn frozen_claims(
+    r: &StoredApplication,
+    issuer: &str,
+    now_s: i64,
+) -> Result<ApplicationRecord, RegistryError> {
+    if let Some(kid) = &r.origin {
+        return Err(conflict(format!(
+            "application {} was imported from a catalog (key {kid}): its signed record is \
+             exported as it came",
+            r.name
+        )));
+    }
+    let mut claims = match (&r.frozen_record, r.frozen) {
+        (Some(json), _) => serde_json::from_str::<ApplicationRecord>(json)
+            .map_err(|e| RegistryError::Internal(format!("stored frozen record: {e}")))?,
+        (None, true) => claims_of(r)?,
+        (None, false) => {
+            return Err(conflict(format!(
+                "no version of application {} is ready for production yet: its developer \
+                 marks one ready (`scopecast dev app ready`)",
+                r.name
+            )));
+        }
+    };
+    claims.iss = issuer.to_owned();
+    claims.iat = now_s;
+    Ok(claims)
+}
+
 fn conflict(m: String) -> RegistryError {
     RegistryError::Conflict(m)
 }
 
 impl Registry {
-    /// The record of a local application as it is now (its current version), for the
-    /// catalog to sign; `Err(Conflict)` for an imported one, whose signed record is exported
-    /// as it came ([`StoredApplication::record_jws`]).
+    /// The application `id` if `editor` may change it: any for an admin, only their own for a
+    /// developer (another's is "not found": a developer never learns it exists).
+    pub(super) fn editable(
+        &self,
+        id: &str,
+        editor: &Editor,
+    ) -> Result<Arc<Application>, RegistryError> {
+        let not_found = || RegistryError::NotFound {
+            what: "application",
+            id: id.to_owned(),
+        };
+        let app = self
+            .snapshot()
+            .application(id)
+            .cloned()
+            .ok_or_else(not_found)?;
+        if let Some(dev) = editor.developer()
+            && app.record.owner.as_deref() != Some(dev)
+        {
+            return Err(not_found());
+        }
+        Ok(app)
+    }
+
+    /// Moves `next` (a copy of the held record with a change applied) to the version the
+    /// change makes: the next one when the held version is frozen, the same draft otherwise;
+    /// frozen at once for an admin, a draft for a developer.
+    pub(super) fn next_version(
+        &self,
+        next: &mut StoredApplication,
+        editor: &Editor,
+    ) -> Result<(), RegistryError> {
+        if next.frozen {
+            next.version += 1;
+        }
+        next.frozen = editor.is_admin();
+        next.frozen_record = if next.frozen {
+            Some(frozen_json(next)?)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// After a change stored apart from the record's fields (keys): the record's version
+    /// moves as [`Registry::next_version`] says.
+    pub(super) async fn record_changed(
+        &self,
+        id: &str,
+        actor: &str,
+        editor: &Editor,
+        cause: &str,
+    ) -> Result<(), RegistryError> {
+        let Some(app) = self.snapshot().application(id).cloned() else {
+            return Ok(());
+        };
+        let mut next = app.record.clone();
+        self.next_version(&mut next, editor)?;
+        let patch = ApplicationPatch {
+            version: Some(next.version),
+            frozen: Some(next.frozen),
+            frozen_record: next.frozen_record.clone(),
+            ..ApplicationPatch::default()
+        };
+        let entry = self.audit_entry(
+            actor,
+            "application.version",
+            Some(id),
+            None,
+            serde_json::json!({"version": next.version, "ready": next.frozen, "cause": cause}),
+        );
+        self.inner
+            .store
+            .update_application(id, &patch, now_ms(), &entry)
+            .await?;
+        self.catch_up().await
+    }
+
+    /// Marks the current version of a developer's application ready for production: it is
+    /// frozen (a later change makes the next version) and becomes what the catalog hands
+    /// out. Ready already: nothing changes.
     ///
     /// # Errors
-    /// [`RegistryError::NotFound`], [`RegistryError::Conflict`].
+    /// [`RegistryError::NotFound`] (also another developer's application),
+    /// [`RegistryError::Conflict`] for an imported or retired application, a storage failure.
+    pub async fn ready(
+        &self,
+        id: &str,
+        actor: &str,
+        editor: &Editor,
+    ) -> Result<Arc<Application>, RegistryError> {
+        let id = validate::uuid_id("id", id)?;
+        let _guard = self.inner.writes.lock().await;
+        let held = self.editable(&id, editor)?;
+        if held.record.origin.is_some() {
+            return Err(conflict(format!(
+                "application {} was imported from a catalog",
+                held.record.name
+            )));
+        }
+        if held.record.frozen {
+            return Ok(held);
+        }
+        let mut next = held.record.clone();
+        next.frozen = true;
+        next.frozen_record = Some(frozen_json(&next)?);
+        let patch = ApplicationPatch {
+            version: Some(next.version),
+            frozen: Some(true),
+            frozen_record: next.frozen_record.clone(),
+            ..ApplicationPatch::default()
+        };
+        let entry = self.audit_entry(
+            actor,
+            "application.ready",
+            Some(&id),
+            None,
+            serde_json::json!({"version": next.version, "scope": next.scope}),
+        );
+        self.inner
+            .store
+            .update_application(&id, &patch, now_ms(), &entry)
+            .await?;
+        self.catch_up().await?;
+        self.editable(&id, editor)
+    }
+
+    /// The newest frozen version of a local application's record, for the catalog to sign,
+    /// with `iss` and `iat` filled in.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`]; [`RegistryError::Conflict`] for an imported application
+    /// (its signed record is exported as it came, [`StoredApplication::record_jws`]) or one
+    /// with no version ready for production yet.
     pub fn record_of(
         &self,
         id: &str,
@@ -68,29 +257,19 @@ impl Registry {
                 what: "application",
                 id: id.clone(),
             })?;
-        let r = &app.record;
-        let of = |kind| {
-            r.clients
-                .iter()
-                .find(|c| c.kind == kind)
-                .map(record_client)
-                .ok_or_else(|| RegistryError::Internal(format!("application {id} lacks a client")))
-        };
-        Ok(ApplicationRecord {
-            iss: issuer.to_owned(),
-            iat: now_s,
-            application_id: r.id.clone(),
-            version: r.version,
-            name: r.name.clone(),
-            vendor: r.vendor.clone(),
-            description: r.description.clone(),
-            scope: r.scope.clone(),
-            clients: RecordClients {
-                production: of(EnvironmentKind::Production)?,
-                non_production: of(EnvironmentKind::NonProduction)?,
-            },
-            retired: r.retired_at_ms.is_some(),
-        })
+        frozen_claims(&app.record, issuer, now_s)
+    }
+
+    /// Every local application's newest frozen version, signed by the caller (the catalog's
+    /// record list), with `iss` and `iat` filled in. Drafts never ready and imported records
+    /// are left out.
+    pub fn frozen_records(&self, issuer: &str, now_s: i64) -> Vec<ApplicationRecord> {
+        self.snapshot()
+            .applications()
+            .iter()
+            .filter(|a| a.record.origin.is_none())
+            .filter_map(|a| frozen_claims(&a.record, issuer, now_s).ok())
+            .collect()
     }
 
     /// Imports a record whose signature `crate::catalog` verified with the pinned catalog
@@ -211,6 +390,9 @@ impl Registry {
                     origin: None,
                     record_jws: None,
                     retired_at_ms: None,
+                    owner: None,
+                    frozen: true,
+                    frozen_record: None,
                     clients: clients
                         .iter()
                         .map(|(kind, client_id, _)| StoredClient {
@@ -237,6 +419,8 @@ impl Registry {
         app.version = record.version;
         app.origin = Some(kid.to_owned());
         app.record_jws = Some(jws.to_owned());
+        app.frozen = true;
+        app.frozen_record = None;
         if record.retired {
             app.retired_at_ms = app.retired_at_ms.or(Some(now));
         } else {
@@ -299,18 +483,12 @@ impl Registry {
         id: &str,
         actor: &str,
         reason: &str,
+        editor: &Editor,
     ) -> Result<Arc<Application>, RegistryError> {
         let id = validate::uuid_id("id", id)?;
         let reason = validate::note("reason", reason)?;
         let _guard = self.inner.writes.lock().await;
-        let held = self
-            .snapshot()
-            .application(&id)
-            .cloned()
-            .ok_or(RegistryError::NotFound {
-                what: "application",
-                id: id.clone(),
-            })?;
+        let held = self.editable(&id, editor)?;
         if let Some(kid) = &held.record.origin {
             return Err(conflict(format!(
                 "application {} was imported from a catalog (key {kid}): it is retired there",
@@ -328,6 +506,8 @@ impl Registry {
         app.version += 1;
         app.retired_at_ms = Some(now);
         app.updated_at_ms = now;
+        app.frozen = true;
+        app.frozen_record = Some(frozen_json(&app)?);
         let deactivate: Vec<String> = app
             .clients
             .iter()

@@ -65,6 +65,15 @@ pub struct StoredApplication {
     pub record_jws: Option<String>,
     /// When it was retired, Unix ms: its client IDs cannot be activated any more.
     pub retired_at_ms: Option<i64>,
+    /// The developer account (a `developer` credential's name) that registered it; `None`
+    /// when an admin did.
+    pub owner: Option<String>,
+    /// True when the current version is frozen ("ready for production"); false while it is a
+    /// developer's draft.
+    pub frozen: bool,
+    /// The claims of the newest frozen version (an `ApplicationRecord` as JSON, without `iss`
+    /// and `iat`): what the catalog signs and hands out. `None` before the first freeze.
+    pub frozen_record: Option<String>,
     /// Its client IDs: one production, one non-production.
     pub clients: Vec<StoredClient>,
 }

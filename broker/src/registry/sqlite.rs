@@ -146,7 +146,7 @@ impl SqliteStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let apps = sqlx::query(
             "SELECT id, name, vendor, description, scope, created_at, updated_at, version, origin, \
-                    record_jws, retired_at FROM applications \
+                    record_jws, retired_at, owner, frozen, frozen_record FROM applications \
              WHERE ($1 IS NULL OR id = $1)",
         )
         .bind(id)
@@ -178,6 +178,9 @@ impl SqliteStore {
                 origin: r.get("origin"),
                 record_jws: r.get("record_jws"),
                 retired_at_ms: r.get("retired_at"),
+                owner: r.get("owner"),
+                frozen: r.get::<i64, _>("frozen") == 1,
+                frozen_record: r.get("frozen_record"),
                 clients: Vec::new(),
             })
             .collect();
@@ -229,8 +232,8 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO applications (id, name, vendor, description, scope, created_at, updated_at, \
-             version, origin, record_jws, retired_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             version, origin, record_jws, retired_at, owner, frozen, frozen_record) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&app.id)
         .bind(&app.name)
@@ -243,6 +246,9 @@ impl SqliteStore {
         .bind(&app.origin)
         .bind(&app.record_jws)
         .bind(app.retired_at_ms)
+        .bind(&app.owner)
+        .bind(i64::from(app.frozen))
+        .bind(&app.frozen_record)
         .execute(&mut **tx)
         .await
         .map_err(|e| match db(e) {
@@ -396,7 +402,8 @@ impl RegistryStore for SqliteStore {
         let done = sqlx::query(
             "UPDATE applications SET name = COALESCE($2, name), vendor = COALESCE($3, vendor), \
              description = COALESCE($4, description), scope = COALESCE($5, scope), updated_at = $6, \
-             version = version + 1 WHERE id = $1",
+             version = COALESCE($7, version + 1), frozen = COALESCE($8, frozen), \
+             frozen_record = COALESCE($9, frozen_record) WHERE id = $1",
         )
         .bind(id)
         .bind(&patch.name)
@@ -404,6 +411,9 @@ impl RegistryStore for SqliteStore {
         .bind(&patch.description)
         .bind(&patch.scope)
         .bind(at_ms)
+        .bind(patch.version.map(|v| v as i64))
+        .bind(patch.frozen.map(i64::from))
+        .bind(&patch.frozen_record)
         .execute(&mut *tx)
         .await
         .map_err(|e| match db(e) {
@@ -675,8 +685,8 @@ impl RegistryStore for SqliteStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let done = sqlx::query(
             "UPDATE applications SET name = $2, vendor = $3, description = $4, scope = $5, \
-             updated_at = $6, version = $7, origin = $8, record_jws = $9, retired_at = $10 \
-             WHERE id = $1",
+             updated_at = $6, version = $7, origin = $8, record_jws = $9, retired_at = $10, \
+             frozen = $11, frozen_record = $12 WHERE id = $1",
         )
         .bind(&app.id)
         .bind(&app.name)
@@ -688,6 +698,8 @@ impl RegistryStore for SqliteStore {
         .bind(&app.origin)
         .bind(&app.record_jws)
         .bind(app.retired_at_ms)
+        .bind(i64::from(app.frozen))
+        .bind(&app.frozen_record)
         .execute(&mut *tx)
         .await
         .map_err(|e| match db(e) {
@@ -1044,6 +1056,9 @@ mod tests {
             origin: None,
             record_jws: None,
             retired_at_ms: None,
+            owner: None,
+            frozen: true,
+            frozen_record: None,
             clients: vec![
                 client(EnvironmentKind::Production),
                 client(EnvironmentKind::NonProduction),

@@ -40,6 +40,12 @@ pub struct ApplicationPatch {
     pub description: Option<String>,
     /// New scope ceiling, as its canonical string.
     pub scope: Option<String>,
+    /// The record's version after the change (`None`: the next one).
+    pub version: Option<u64>,
+    /// Whether the version after the change is frozen (`None`: as before).
+    pub frozen: Option<bool>,
+    /// The claims of the newest frozen version, when this change freezes one.
+    pub frozen_record: Option<String>,
 }
 
 /// What [`RegistryStore::delete_application`] did.
