@@ -71,6 +71,15 @@ impl RecordSigner {
         })
     }
 
+    /// The key file as it is now (what a backup keeps, so that a restored catalog signs with
+    /// the keys environments pinned).
+    ///
+    /// # Errors
+    /// [`KeyError::Io`] when the file cannot be read.
+    pub fn file_bytes(&self) -> Result<Vec<u8>, KeyError> {
+        self.keys.file_bytes()
+    }
+
     /// The public keys environments pin: a JWK Set (RFC 7517).
     pub fn jwks(&self) -> Value {
         self.keys.jwks()

@@ -47,6 +47,14 @@ fn cli(url: &str, token: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `scopecast catalog keys`: the record-signing public keys (public: no credential).
+fn catalog_keys(url: &str) -> String {
+    ok(&Command::new(BIN)
+        .args(["catalog", "keys", "--url", url])
+        .output()
+        .unwrap())
+}
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -311,6 +319,9 @@ fn a_backup_taken_under_load_restores_into_a_broker_that_goes_on_after_it() {
     let served = support::serve_env(&data1, "durable", &[PUBLIC_URL]);
     let url = served.url.clone();
     let token = admin_token(&data1);
+    // The record-signing keys environments pinned (a catalog's): kept by the backup.
+    let record_keys = catalog_keys(&url);
+    assert!(record_keys.contains("\"kid\""), "{record_keys}");
     let (_, feed_id, feed_secret) =
         active_app(&url, &token, "Lab Feed", "publish:lab.> subscribe:lab.>");
     // Inactive, with keys: the registry copy must hold every kind of row.
@@ -415,6 +426,7 @@ fn a_backup_taken_under_load_restores_into_a_broker_that_goes_on_after_it() {
             "registry.sqlite",
             "events.redb",
             "signing-keys.json",
+            "record-signing-keys.json",
         ] {
             assert_eq!(mode(&backup.join(f)), 0o600, "{f}");
         }
@@ -490,6 +502,7 @@ fn a_backup_taken_under_load_restores_into_a_broker_that_goes_on_after_it() {
         "registry.sqlite",
         "events.redb",
         "signing-keys.json",
+        "record-signing-keys.json",
     ] {
         std::fs::copy(backup.join(f), tampered.join(f)).unwrap();
     }
@@ -535,7 +548,12 @@ fn a_backup_taken_under_load_restores_into_a_broker_that_goes_on_after_it() {
     #[cfg(unix)]
     {
         assert_eq!(mode(&data2), 0o700);
-        for f in ["registry.sqlite", "events.redb", "signing-keys.json"] {
+        for f in [
+            "registry.sqlite",
+            "events.redb",
+            "signing-keys.json",
+            "record-signing-keys.json",
+        ] {
             assert_eq!(mode(&data2.join(f)), 0o600, "{f}");
         }
     }
@@ -543,6 +561,11 @@ fn a_backup_taken_under_load_restores_into_a_broker_that_goes_on_after_it() {
 
     let restored = support::serve_env(&data2, "durable", &[PUBLIC_URL]);
     let url2 = restored.url.clone();
+    let keys_after = catalog_keys(&url2);
+    assert_eq!(
+        keys_after, record_keys,
+        "the restored catalog signs with the key environments pinned"
+    );
     assert!(
         !data2.join("admin.token").exists(),
         "no new admin.token that the restored store would refuse"

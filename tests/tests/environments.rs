@@ -406,22 +406,51 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
     let older = import(&test, &v1).await;
     assert_eq!(older.status, 409, "{:?}", older.body);
 
+    // A narrower version (3): once imported, the live subscription outside it ends within 1 s.
+    dev(
+        &catalog,
+        &acme,
+        Method::PATCH,
+        &format!("/apps/{}", app.id),
+        Some(json!({"scope": "subscribe:adt.bed.> subscribe:lab.>"})),
+    )
+    .await;
+    dev(
+        &catalog,
+        &acme,
+        Method::POST,
+        &format!("/apps/{}/ready", app.id),
+        None,
+    )
+    .await;
+    let v3 = export(&catalog, &app.id).await;
+    assert_eq!(import(&test, &v3).await.status, 200);
+    let ended = ws
+        .recv_within(Duration::from_secs(1))
+        .await
+        .expect("the subscription outside the narrower version ends within 1 s");
+    assert_eq!(
+        (ended["error"].as_str(), ended["topic"].as_str()),
+        (Some("scope_revoked"), Some("adt.>")),
+        "{ended}"
+    );
     // This environment narrows its grant: the live subscription outside it ends within 1 s.
     let narrowed = test
         .admin(
             Method::PUT,
             &format!("/clients/{}/grant", np.client_id),
-            Some(json!({"scope": "subscribe:adt.bed.>", "reason": "beds only here"})),
+            Some(json!({"scope": "subscribe:lab.>", "reason": "lab only here"})),
         )
         .await;
     assert_eq!(narrowed.status, 200, "{:?}", narrowed.body);
+    assert_eq!(narrowed.body["effective_scope"], "subscribe:lab.>");
     let ended = ws
         .recv_within(Duration::from_secs(1))
         .await
         .expect("the subscription outside the grant ends within 1 s");
     assert_eq!(
         (ended["error"].as_str(), ended["topic"].as_str()),
-        (Some("scope_revoked"), Some("adt.>")),
+        (Some("scope_revoked"), Some("adt.bed.>")),
         "{ended}"
     );
     let wider = test
@@ -446,8 +475,8 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
         )
         .await;
     assert_eq!(retired.status, 200, "{:?}", retired.body);
-    let v3 = export(&catalog, &app.id).await;
-    assert_eq!(import(&test, &v3).await.status, 200);
+    let v4 = export(&catalog, &app.id).await;
+    assert_eq!(import(&test, &v4).await.status, 200);
     let (_, end) = ws.until_closed(Duration::from_secs(2)).await;
     assert!(matches!(end, Ended::Close(4003, _)), "{end:?}");
     let again = test

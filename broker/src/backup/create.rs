@@ -17,7 +17,9 @@ use crate::auth::keys::KeyRing;
 use crate::config::{Config, LogMode};
 use crate::log::{EventLog, LOG_FORMAT};
 use crate::registry::{Registry, SqliteStore};
-use crate::server::{EVENT_LOG_FILE, REGISTRY_FILE, SIGNING_KEYS_FILE, write_private};
+use crate::server::{
+    EVENT_LOG_FILE, RECORD_KEYS_FILE, REGISTRY_FILE, SIGNING_KEYS_FILE, write_private,
+};
 
 /// What a backup is taken from.
 pub(crate) struct Sources<'a> {
@@ -29,6 +31,8 @@ pub(crate) struct Sources<'a> {
     pub(crate) log: &'a Arc<dyn EventLog>,
     /// The signing keys.
     pub(crate) keys: &'a KeyRing,
+    /// The record-signing keys (a catalog's).
+    pub(crate) records: &'a crate::catalog::RecordSigner,
 }
 
 /// A backup ready to send: its files in a temporary folder of the data folder, removed when
@@ -59,13 +63,17 @@ pub(crate) async fn take(sources: Sources<'_>) -> Result<Taken, BackupError> {
     crate::data_dir::private_file(&registry_path).map_err(io_error(&registry_path))?;
     let log = sources.log.clone();
     let keys = sources.keys.clone();
-    let (snapshot, key_file) = sources
+    let records = sources.records.clone();
+    let (snapshot, key_file, record_file) = sources
         .registry
-        .copy_to(&registry_path, move || (log.snapshot(), keys.file_bytes()))
+        .copy_to(&registry_path, move || {
+            (log.snapshot(), keys.file_bytes(), records.file_bytes())
+        })
         .await
         .map_err(|e| BackupError::Copy(format!("the registry: {e}")))?;
     let snapshot = snapshot.map_err(|e| BackupError::Copy(e.to_string()))?;
     let key_file = key_file.map_err(|e| BackupError::Copy(e.to_string()))?;
+    let record_file = record_file.map_err(|e| BackupError::Copy(e.to_string()))?;
 
     let created_at = Timestamp::now();
     let folder = dir.path().to_owned();
@@ -84,6 +92,8 @@ pub(crate) async fn take(sources: Sources<'_>) -> Result<Taken, BackupError> {
             .map_err(|e| BackupError::Copy(e.to_string()))?;
         let keys_path = folder.join(SIGNING_KEYS_FILE);
         write_private(&keys_path, &key_file).map_err(io_error(&keys_path))?;
+        let records_path = folder.join(RECORD_KEYS_FILE);
+        write_private(&records_path, &record_file).map_err(io_error(&records_path))?;
         let mut files = Vec::new();
         for name in FILES {
             let (bytes, sha256) = hash_file(&folder.join(name))?;

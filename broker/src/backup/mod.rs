@@ -34,16 +34,31 @@ use sha2::{Digest, Sha256};
 use crate::data_dir::{LOCK_FILE, LockError};
 use crate::log::LOG_FORMAT;
 use crate::registry::SqliteStore;
-use crate::server::{EVENT_LOG_FILE, REGISTRY_FILE, SIGNING_KEYS_FILE};
+use crate::server::{EVENT_LOG_FILE, RECORD_KEYS_FILE, REGISTRY_FILE, SIGNING_KEYS_FILE};
 
 /// The manifest's file name in a backup.
 pub const MANIFEST_FILE: &str = "backup.json";
 /// What the manifest's `format` member says.
 pub const FORMAT: &str = "scopecast-backup";
-/// The backup layout this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The backup layout this build writes. It reads this one and format 1 (made before the
+/// record-signing keys were kept: without [`RECORD_KEYS_FILE`]).
+pub const FORMAT_VERSION: u32 = 2;
 /// The files a backup holds besides its manifest, in the order the tar stream carries them.
-pub const FILES: [&str; 3] = [REGISTRY_FILE, EVENT_LOG_FILE, SIGNING_KEYS_FILE];
+pub const FILES: [&str; 4] = [
+    REGISTRY_FILE,
+    EVENT_LOG_FILE,
+    SIGNING_KEYS_FILE,
+    RECORD_KEYS_FILE,
+];
+
+/// The files a backup of `format_version` holds (format 1: all but the record-signing keys).
+pub fn files_of(format_version: u32) -> &'static [&'static str] {
+    if format_version == 1 {
+        &FILES[..3]
+    } else {
+        &FILES
+    }
+}
 /// Folders a forced restore moves a data folder's previous files to start with this.
 pub const PRE_RESTORE_PREFIX: &str = "pre-restore-";
 
@@ -119,7 +134,7 @@ impl Manifest {
                 self.format
             )));
         }
-        if self.format_version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&self.format_version) {
             return Err(refuse(format!(
                 "backup format {} (made by scopecast {}); this scopecast ({}) reads format {FORMAT_VERSION}: use a scopecast of the backup's version or newer",
                 self.format_version,
@@ -142,7 +157,7 @@ impl Manifest {
         }
         let mut names: Vec<&str> = self.files.iter().map(|f| f.name.as_str()).collect();
         names.sort_unstable();
-        let mut expected = FILES.to_vec();
+        let mut expected = files_of(self.format_version).to_vec();
         expected.sort_unstable();
         if names != expected {
             return Err(refuse(format!(
@@ -522,7 +537,7 @@ fn restore_locked(
         .prefix(".restore-")
         .tempdir_in(data)
         .map_err(io_error(data))?;
-    for name in FILES {
+    for &name in files_of(manifest.format_version) {
         let expected = manifest.file(name).ok_or_else(|| BackupError::Damaged {
             file: name.to_owned(),
             message: format!("is not listed in {MANIFEST_FILE}"),
@@ -553,7 +568,7 @@ fn restore_locked(
         sync_dir(&aside)?;
         Some(aside)
     };
-    for name in FILES {
+    for &name in files_of(manifest.format_version) {
         let from = staging.path().join(name);
         std::fs::rename(&from, data.join(name)).map_err(io_error(&from))?;
     }
@@ -638,6 +653,26 @@ mod tests {
         };
         write_manifest(dir, &manifest);
         manifest
+    }
+
+    #[test]
+    fn a_format_1_backup_without_the_record_keys_still_restores() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backup = tmp.path().join("backup");
+        let mut manifest = backup_folder(&backup);
+        std::fs::remove_file(backup.join(RECORD_KEYS_FILE)).unwrap();
+        manifest.format_version = 1;
+        manifest.files.retain(|f| f.name != RECORD_KEYS_FILE);
+        write_manifest(&backup, &manifest);
+        let data = tmp.path().join("data");
+        restore(&backup, &data, false).unwrap();
+        assert!(data.join(SIGNING_KEYS_FILE).is_file());
+        assert!(!data.join(RECORD_KEYS_FILE).exists());
+        // Format 2 must list the record keys.
+        manifest.format_version = 2;
+        write_manifest(&backup, &manifest);
+        let err = restore(&backup, &tmp.path().join("data2"), false).unwrap_err();
+        assert!(err.to_string().contains(RECORD_KEYS_FILE), "{err}");
     }
 
     fn write_manifest(dir: &Path, manifest: &Manifest) {

@@ -39,6 +39,7 @@ pub(crate) async fn backup(
         registry: &inner.registry,
         log: &inner.log,
         keys: inner.issuer.keys(),
+        records: &inner.records,
     })
     .await
     {
