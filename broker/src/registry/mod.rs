@@ -21,8 +21,10 @@
 mod conformance;
 pub mod credential;
 mod follow;
+mod postgres;
 mod record;
 mod snapshot;
+mod sql;
 mod sqlite;
 mod store;
 pub mod validate;
@@ -40,6 +42,7 @@ use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use credential::{Credential, CredentialSet};
+pub use postgres::PgStore;
 pub use record::ImportOutcome;
 pub use snapshot::{
     Application, ClientEntry, ClientKeys, ClientKeysSpec, Snapshot, StoredApplication, StoredClient,

@@ -1,0 +1,878 @@
+//! What the SQL registry stores share: [`RegistryStore`] written once in portable SQL
+//! (`$n` parameters, integer booleans, no database-only types) and expanded for each sqlx
+//! database by `sql_store!` (SQLite in `sqlite.rs`, PostgreSQL in `postgres.rs`). A macro rather
+//! than generics over `sqlx::Database`: each expansion is ordinary code for one database.
+//!
+//! Each store supplies what differs: `open`, `commit` (and its wake-up), `write_change` (how a
+//! change id is assigned in commit order), `wakeups_stream` and `copy_file`.
+
+use super::ClientKeysSpec;
+use super::StoreError;
+use crate::config::EnvironmentKind;
+
+/// The keys a change row names.
+#[derive(Default)]
+pub(super) struct Keys<'a> {
+    pub(super) application_id: Option<&'a str>,
+    pub(super) client_id: Option<&'a str>,
+    pub(super) credential_id: Option<&'a str>,
+}
+
+pub(super) fn db(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(d) = &e
+        && d.is_unique_violation()
+    {
+        return StoreError::Conflict(format!("already exists: {}", d.message()));
+    }
+    StoreError::Database(e.to_string())
+}
+
+pub(super) fn kind_str(kind: EnvironmentKind) -> &'static str {
+    kind.as_str()
+}
+
+pub(super) fn parse_kind(s: &str) -> Result<EnvironmentKind, StoreError> {
+    match s {
+        "production" => Ok(EnvironmentKind::Production),
+        "non-production" => Ok(EnvironmentKind::NonProduction),
+        other => Err(StoreError::Database(format!(
+            "unknown client kind {other:?}"
+        ))),
+    }
+}
+
+pub(super) fn keys_columns(keys: &ClientKeysSpec) -> (Option<String>, Option<String>) {
+    match keys {
+        ClientKeysSpec::None => (None, None),
+        ClientKeysSpec::Jwks(v) => (Some(v.to_string()), None),
+        ClientKeysSpec::JwksUri(u) => (None, Some(u.clone())),
+    }
+}
+
+/// Expands the shared SQL of a registry store for `$store` over the sqlx database `$db`.
+macro_rules! sql_store {
+    ($store:ty, $db:ty) => {
+        impl $store {
+        /// Applications (one, or every one when `id` is `None`) with their clients.
+        async fn load_where(&self, id: Option<&str>) -> Result<Vec<StoredApplication>, StoreError> {
+            // One read transaction, so the applications and the clients are of the same instant.
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            let apps = sqlx::query(
+                "SELECT id, name, vendor, description, scope, created_at, updated_at, version, origin, \
+                        record_jws, retired_at, owner, frozen, frozen_record FROM applications \
+                 WHERE ($1 IS NULL OR id = $1)",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            let clients = sqlx::query(
+                "SELECT c.client_id, c.application_id, c.kind, c.active, c.client_id_header, c.created_at, c.updated_at, c.granted_scope, \
+                        k.secret_hash, k.jwks, k.jwks_uri \
+                 FROM clients c LEFT JOIN client_credentials k ON k.client_id = c.client_id \
+                 WHERE ($1 IS NULL OR c.application_id = $1)",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            let mut out: Vec<StoredApplication> = apps
+                .iter()
+                .map(|r| StoredApplication {
+                    id: r.get("id"),
+                    name: r.get("name"),
+                    vendor: r.get("vendor"),
+                    description: r.get("description"),
+                    scope: r.get("scope"),
+                    created_at_ms: r.get("created_at"),
+                    updated_at_ms: r.get("updated_at"),
+                    version: r.get::<i64, _>("version").max(1) as u64,
+                    origin: r.get("origin"),
+                    record_jws: r.get("record_jws"),
+                    retired_at_ms: r.get("retired_at"),
+                    owner: r.get("owner"),
+                    frozen: r.get::<i64, _>("frozen") == 1,
+                    frozen_record: r.get("frozen_record"),
+                    clients: Vec::new(),
+                })
+                .collect();
+            let index: std::collections::HashMap<String, usize> = out
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.id.clone(), i))
+                .collect();
+            for r in clients {
+                let app_id: String = r.get("application_id");
+                let jwks: Option<String> = r.get("jwks");
+                let jwks_uri: Option<String> = r.get("jwks_uri");
+                let keys = match (jwks, jwks_uri) {
+                    (Some(j), _) => ClientKeysSpec::Jwks(
+                        serde_json::from_str(&j)
+                            .map_err(|e| StoreError::Database(format!("stored jwks: {e}")))?,
+                    ),
+                    (None, Some(u)) => ClientKeysSpec::JwksUri(u),
+                    (None, None) => ClientKeysSpec::None,
+                };
+                let active: i64 = r.get("active");
+                let client_id_header: i64 = r.get("client_id_header");
+                let client = StoredClient {
+                    client_id: r.get("client_id"),
+                    kind: parse_kind(r.get::<&str, _>("kind"))?,
+                    active: active == 1,
+                    secret_hash: r.get("secret_hash"),
+                    keys,
+                    client_id_header: client_id_header == 1,
+                    granted_scope: r.get("granted_scope"),
+                    created_at_ms: r.get("created_at"),
+                    updated_at_ms: r.get("updated_at"),
+                };
+                if let Some(&i) = index.get(&app_id) {
+                    out[i].clients.push(client);
+                }
+            }
+            for app in &mut out {
+                app.clients
+                    .sort_by_key(|c| c.kind != $crate::config::EnvironmentKind::Production);
+            }
+            Ok(out)
+        }
+
+        /// The rows of a new application: it, its two clients and their credentials.
+        async fn insert_rows(
+            tx: &mut Transaction<'_, $db>,
+            app: &StoredApplication,
+        ) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO applications (id, name, vendor, description, scope, created_at, updated_at, \
+                 version, origin, record_jws, retired_at, owner, frozen, frozen_record) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            )
+            .bind(&app.id)
+            .bind(&app.name)
+            .bind(&app.vendor)
+            .bind(&app.description)
+            .bind(&app.scope)
+            .bind(app.created_at_ms)
+            .bind(app.updated_at_ms)
+            .bind(app.version as i64)
+            .bind(&app.origin)
+            .bind(&app.record_jws)
+            .bind(app.retired_at_ms)
+            .bind(&app.owner)
+            .bind(i64::from(app.frozen))
+            .bind(&app.frozen_record)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| match db(e) {
+                StoreError::Conflict(_) => StoreError::Conflict(format!("an application named {:?} already exists", app.name)),
+                other => other,
+            })?;
+            for c in &app.clients {
+                sqlx::query(
+                    "INSERT INTO clients (client_id, application_id, kind, active, created_at, updated_at, granted_scope) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&c.client_id)
+                .bind(&app.id)
+                .bind(kind_str(c.kind))
+                .bind(i64::from(c.active))
+                .bind(c.created_at_ms)
+                .bind(c.updated_at_ms)
+                .bind(&c.granted_scope)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+                let (jwks, jwks_uri) = keys_columns(&c.keys);
+                sqlx::query(
+                    "INSERT INTO client_credentials (client_id, secret_hash, jwks, jwks_uri, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&c.client_id)
+                .bind(&c.secret_hash)
+                .bind(jwks)
+                .bind(jwks_uri)
+                .bind(c.updated_at_ms)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+            }
+            Ok(())
+        }
+
+        async fn write_audit(
+            tx: &mut Transaction<'_, $db>,
+            a: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO audit_log (id, at, actor, action, application_id, client_id, detail, environment) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&a.id)
+            .bind(a.at_ms)
+            .bind(&a.actor)
+            .bind(&a.action)
+            .bind(&a.application_id)
+            .bind(&a.client_id)
+            .bind(a.detail.to_string())
+            .bind(&a.environment)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+            Ok(())
+        }
+        }
+
+        #[async_trait]
+        impl RegistryStore for $store {
+            async fn load(&self) -> Result<Vec<StoredApplication>, StoreError> {
+                self.load_where(None).await
+            }
+
+            async fn load_application(&self, id: &str) -> Result<Option<StoredApplication>, StoreError> {
+                Ok(self.load_where(Some(id)).await?.pop())
+            }
+
+            async fn changes_after(&self, cursor: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, kind, application_id, client_id, credential_id, at FROM changes \
+                     WHERE id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(i64::try_from(cursor).unwrap_or(i64::MAX))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| Change {
+                        id: r.get::<i64, _>("id") as u64,
+                        kind: ChangeKind::parse(r.get("kind")),
+                        application_id: r.get("application_id"),
+                        client_id: r.get("client_id"),
+                        credential_id: r.get("credential_id"),
+                        at_ms: r.get("at"),
+                    })
+                    .collect())
+            }
+
+            async fn latest_change(&self) -> Result<u64, StoreError> {
+                let id: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM changes")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db)?
+                    .get(0);
+                Ok(id as u64)
+            }
+
+            async fn insert_application(
+                &self,
+                new: &NewApplication,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let app = &new.application;
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                Self::insert_rows(&mut tx, app).await?;
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::ApplicationCreated,
+                    Keys {
+                        application_id: Some(&app.id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await
+            }
+
+            async fn update_application(
+                &self,
+                id: &str,
+                patch: &ApplicationPatch,
+                at_ms: i64,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let done = sqlx::query(
+                    "UPDATE applications SET name = COALESCE($2, name), vendor = COALESCE($3, vendor), \
+                     description = COALESCE($4, description), scope = COALESCE($5, scope), updated_at = $6, \
+                     version = COALESCE($7, version + 1), frozen = COALESCE($8, frozen), \
+                     frozen_record = COALESCE($9, frozen_record) WHERE id = $1",
+                )
+                .bind(id)
+                .bind(&patch.name)
+                .bind(&patch.vendor)
+                .bind(&patch.description)
+                .bind(&patch.scope)
+                .bind(at_ms)
+                .bind(patch.version.map(|v| v as i64))
+                .bind(patch.frozen.map(i64::from))
+                .bind(&patch.frozen_record)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match db(e) {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!(
+                        "an application named {:?} already exists",
+                        patch.name.as_deref().unwrap_or_default()
+                    )),
+                    other => other,
+                })?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                let kind = if patch.scope.is_some() {
+                    ChangeKind::CeilingChanged
+                } else {
+                    ChangeKind::ApplicationUpdated
+                };
+                Self::write_change(
+                    &mut tx,
+                    kind,
+                    Keys {
+                        application_id: Some(id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await?;
+                Ok(true)
+            }
+
+            async fn set_secret_hash(
+                &self,
+                client_id: &str,
+                hash: &str,
+                at_ms: i64,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let done = sqlx::query(
+                    "UPDATE client_credentials SET secret_hash = $2, updated_at = $3 WHERE client_id = $1",
+                )
+                .bind(client_id)
+                .bind(hash)
+                .bind(at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                sqlx::query("UPDATE clients SET updated_at = $2 WHERE client_id = $1")
+                    .bind(client_id)
+                    .bind(at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::SecretChanged,
+                    Keys {
+                        client_id: Some(client_id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await?;
+                Ok(true)
+            }
+
+            async fn set_keys(
+                &self,
+                client_id: &str,
+                keys: &ClientKeysSpec,
+                at_ms: i64,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let (jwks, jwks_uri) = keys_columns(keys);
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let done = sqlx::query("UPDATE client_credentials SET jwks = $2, jwks_uri = $3, updated_at = $4 WHERE client_id = $1")
+                    .bind(client_id)
+                    .bind(jwks)
+                    .bind(jwks_uri)
+                    .bind(at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                sqlx::query("UPDATE clients SET updated_at = $2 WHERE client_id = $1")
+                    .bind(client_id)
+                    .bind(at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::KeysChanged,
+                    Keys {
+                        client_id: Some(client_id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await?;
+                Ok(true)
+            }
+
+            async fn set_active(
+                &self,
+                client_id: &str,
+                active: bool,
+                actor: &str,
+                reason: &str,
+                at_ms: i64,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                // The first activation here grants what the record asks for then; a later widening
+                // of the record waits for `approve` (RegistryStore::set_grant).
+                let done = sqlx::query(
+                    "UPDATE clients SET active = $2, updated_at = $3, \
+                                 granted_scope = CASE WHEN $2 = 1 THEN COALESCE(granted_scope, \
+                                   (SELECT scope FROM applications a WHERE a.id = clients.application_id)) \
+                                 ELSE granted_scope END \
+                                 WHERE client_id = $1",
+                )
+                .bind(client_id)
+                .bind(i64::from(active))
+                .bind(at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                sqlx::query("INSERT INTO activations (id, client_id, active, actor, reason, at) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(client_id)
+                    .bind(i64::from(active))
+                    .bind(actor)
+                    .bind(reason)
+                    .bind(at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                let kind = if active {
+                    ChangeKind::ClientActivated
+                } else {
+                    ChangeKind::ClientDeactivated
+                };
+                Self::write_change(
+                    &mut tx,
+                    kind,
+                    Keys {
+                        client_id: Some(client_id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await?;
+                Ok(true)
+            }
+
+            async fn set_client_id_header(
+                &self,
+                client_id: &str,
+                enabled: bool,
+                at_ms: i64,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let done = sqlx::query(
+                    "UPDATE clients SET client_id_header = $2, updated_at = $3 WHERE client_id = $1",
+                )
+                .bind(client_id)
+                .bind(i64::from(enabled))
+                .bind(at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::ClientIdHeaderChanged,
+                    Keys {
+                        client_id: Some(client_id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await?;
+                Ok(true)
+            }
+
+            async fn set_grant(
+                &self,
+                client_id: &str,
+                grant: &str,
+                at_ms: i64,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let done = sqlx::query(
+                    "UPDATE clients SET granted_scope = $2, updated_at = $3 WHERE client_id = $1",
+                )
+                .bind(client_id)
+                .bind(grant)
+                .bind(at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::GrantChanged,
+                    Keys {
+                        client_id: Some(client_id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await?;
+                Ok(true)
+            }
+
+            async fn put_record(
+                &self,
+                app: &StoredApplication,
+                insert: bool,
+                deactivate: &[String],
+                actor: &str,
+                reason: &str,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                if insert {
+                    // A new record: the same rows as a new application, then its change.
+                    let mut tx = self.pool.begin().await.map_err(db)?;
+                    Self::insert_rows(&mut tx, app).await?;
+                    Self::write_change(
+                        &mut tx,
+                        ChangeKind::RecordPut,
+                        Keys {
+                            application_id: Some(&app.id),
+                            ..Keys::default()
+                        },
+                        audit.at_ms,
+                    )
+                    .await?;
+                    Self::write_audit(&mut tx, audit).await?;
+                    return self.commit(tx).await;
+                }
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let done = sqlx::query(
+                    "UPDATE applications SET name = $2, vendor = $3, description = $4, scope = $5, \
+                     updated_at = $6, version = $7, origin = $8, record_jws = $9, retired_at = $10, \
+                     frozen = $11, frozen_record = $12 WHERE id = $1",
+                )
+                .bind(&app.id)
+                .bind(&app.name)
+                .bind(&app.vendor)
+                .bind(&app.description)
+                .bind(&app.scope)
+                .bind(app.updated_at_ms)
+                .bind(app.version as i64)
+                .bind(&app.origin)
+                .bind(&app.record_jws)
+                .bind(app.retired_at_ms)
+                .bind(i64::from(app.frozen))
+                .bind(&app.frozen_record)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match db(e) {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!(
+                        "an application named {:?} already exists",
+                        app.name
+                    )),
+                    other => other,
+                })?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Database(format!(
+                        "application {} vanished during the write",
+                        app.id
+                    )));
+                }
+                for c in &app.clients {
+                    let (jwks, jwks_uri) = keys_columns(&c.keys);
+                    sqlx::query(
+                        "UPDATE client_credentials SET jwks = $2, jwks_uri = $3, updated_at = $4 \
+                         WHERE client_id = $1",
+                    )
+                    .bind(&c.client_id)
+                    .bind(jwks)
+                    .bind(jwks_uri)
+                    .bind(app.updated_at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                }
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::RecordPut,
+                    Keys {
+                        application_id: Some(&app.id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                for client_id in deactivate {
+                    sqlx::query("UPDATE clients SET active = 0, updated_at = $2 WHERE client_id = $1")
+                        .bind(client_id)
+                        .bind(app.updated_at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                    sqlx::query("INSERT INTO activations (id, client_id, active, actor, reason, at) VALUES ($1, $2, 0, $3, $4, $5)")
+                        .bind(uuid::Uuid::now_v7().to_string())
+                        .bind(client_id)
+                        .bind(actor)
+                        .bind(reason)
+                        .bind(app.updated_at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                    Self::write_change(
+                        &mut tx,
+                        ChangeKind::ClientDeactivated,
+                        Keys {
+                            client_id: Some(client_id),
+                            ..Keys::default()
+                        },
+                        audit.at_ms,
+                    )
+                    .await?;
+                }
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await
+            }
+
+            async fn delete_application(
+                &self,
+                id: &str,
+                audit: &AuditEntry,
+            ) -> Result<Deletion, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let exists = sqlx::query("SELECT id FROM applications WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                if exists.is_none() {
+                    return Ok(Deletion::NotFound);
+                }
+                let active: Vec<String> = sqlx::query(
+                    "SELECT client_id FROM clients WHERE application_id = $1 AND active = 1 \
+                     ORDER BY kind",
+                )
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?
+                .iter()
+                .map(|r| r.get("client_id"))
+                .collect();
+                if !active.is_empty() {
+                    return Ok(Deletion::Active(active));
+                }
+                sqlx::query(
+                    "DELETE FROM client_credentials WHERE client_id IN \
+                     (SELECT client_id FROM clients WHERE application_id = $1)",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                sqlx::query("DELETE FROM clients WHERE application_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                sqlx::query("DELETE FROM applications WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::ApplicationDeleted,
+                    Keys {
+                        application_id: Some(id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await?;
+                Ok(Deletion::Deleted)
+            }
+
+            async fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                Self::write_audit(&mut tx, audit).await?;
+                tx.commit().await.map_err(db)
+            }
+
+            async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, at, actor, action, application_id, client_id, detail, environment FROM audit_log \
+                     WHERE ($1 IS NULL OR application_id = $1) AND ($2 IS NULL OR client_id = $2) \
+                     ORDER BY id DESC LIMIT $3",
+                )
+                .bind(&query.application_id)
+                .bind(&query.client_id)
+                .bind(i64::from(query.limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                rows.iter()
+                    .map(|r| {
+                        let detail: String = r.get("detail");
+                        Ok(AuditEntry {
+                            id: r.get("id"),
+                            at_ms: r.get("at"),
+                            actor: r.get("actor"),
+                            action: r.get("action"),
+                            application_id: r.get("application_id"),
+                            client_id: r.get("client_id"),
+                            environment: r.get("environment"),
+                            detail: serde_json::from_str(&detail)
+                                .map_err(|e| StoreError::Database(format!("audit detail: {e}")))?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn load_credentials(&self) -> Result<Vec<Credential>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, name, role, token_hash, created_at, created_by, revoked_at, revoked_by \
+                     FROM credentials",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                rows.iter()
+                    .map(|r| {
+                        let role: String = r.get("role");
+                        Ok(Credential {
+                            id: r.get("id"),
+                            name: r.get("name"),
+                            role: role
+                                .parse()
+                                .map_err(|e: String| StoreError::Database(format!("credential: {e}")))?,
+                            token_hash: r.get("token_hash"),
+                            created_at_ms: r.get("created_at"),
+                            created_by: r.get("created_by"),
+                            revoked_at_ms: r.get("revoked_at"),
+                            revoked_by: r.get("revoked_by"),
+                            source: CredentialSource::Store,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn insert_credential(
+                &self,
+                c: &Credential,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                sqlx::query(
+                    "INSERT INTO credentials (id, name, role, token_hash, created_at, created_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&c.id)
+                .bind(&c.name)
+                .bind(c.role.as_str())
+                .bind(&c.token_hash)
+                .bind(c.created_at_ms)
+                .bind(&c.created_by)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match db(e) {
+                    StoreError::Conflict(_) => {
+                        StoreError::Conflict(format!("a credential named {:?} already exists", c.name))
+                    }
+                    other => other,
+                })?;
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::CredentialCreated,
+                    Keys {
+                        credential_id: Some(&c.id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await
+            }
+
+            async fn revoke_credential(
+                &self,
+                id: &str,
+                at_ms: i64,
+                by: &str,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let done = sqlx::query(
+                    "UPDATE credentials SET revoked_at = $2, revoked_by = $3 \
+                     WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id)
+                .bind(at_ms)
+                .bind(by)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::CredentialRevoked,
+                    Keys {
+                        credential_id: Some(id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await?;
+                Ok(true)
+            }
+
+            fn wakeups(&self) -> Wakeups {
+                self.wakeups_stream()
+            }
+
+            async fn copy_to(&self, path: &Path) -> Result<(), StoreError> {
+                self.copy_file(path).await
+            }
+        }
+    };
+}
+pub(super) use sql_store;
