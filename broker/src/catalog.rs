@@ -218,6 +218,9 @@ pub(crate) enum SyncError {
     /// The catalog could not be read.
     #[error("{0}")]
     Catalog(String),
+    /// The catalog refused this environment's credential (`catalog.token_file`).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Pulls the catalog's record list once (`GET {catalog.url}/catalog/v1/records` with the
@@ -256,11 +259,15 @@ pub(crate) async fn sync(
         .send()
         .await
         .map_err(|e| SyncError::Catalog(format!("cannot reach {list_url}: {e}")))?;
-    if !resp.status().is_success() {
-        return Err(SyncError::Catalog(format!(
-            "{list_url} answered {}",
-            resp.status()
+    let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(SyncError::Refused(format!(
+            "{list_url} answered {status}: the catalog refuses the credential of \
+             catalog.token_file (it needs a valid viewer or admin credential of the catalog)"
         )));
+    }
+    if !status.is_success() {
+        return Err(SyncError::Catalog(format!("{list_url} answered {status}")));
     }
     let list: scopecast_protocol::admin::RecordList = resp
         .json()

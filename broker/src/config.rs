@@ -667,6 +667,18 @@ impl Config {
         if !(10..=60_000).contains(&self.registry_poll_ms) {
             return Err(invalid("registry_poll_ms", "must be 10 to 60000 ms"));
         }
+        if let Some(url) = &self.catalog.url {
+            if self.catalog.trusted_keys_file.is_none() {
+                return Err(invalid(
+                    "catalog.trusted_keys_file",
+                    "must be set with catalog.url: every synced record is verified against the \
+                     catalog keys pinned there (`scopecast catalog keys --out FILE` on the catalog)",
+                ));
+            }
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(invalid("catalog.url", "must be an http(s) URL"));
+            }
+        }
         if self.memory_log_events == 0 {
             return Err(invalid("memory_log_events", "must be at least 1"));
         }

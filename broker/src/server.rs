@@ -254,6 +254,14 @@ pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assem
     let trusted =
         crate::catalog::TrustedCatalogs::load(config.catalog.trusted_keys_file.as_deref())
             .map_err(ServeError::Startup)?;
+    if let Some(path) = &config.catalog.token_file
+        && let Err(e) = std::fs::read_to_string(path)
+    {
+        return Err(ServeError::Startup(format!(
+            "catalog.token_file {}: {e}",
+            path.display()
+        )));
+    }
     if !trusted.kids().is_empty() {
         tracing::info!(kids = ?trusted.kids(), "trusting application records signed by these catalog keys");
     }

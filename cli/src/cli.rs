@@ -541,7 +541,8 @@ pub(crate) enum CredentialCommand {
         /// Whom it belongs to (a person, `prometheus`, ...); the audit trail names it.
         #[arg(long)]
         name: String,
-        /// admin (everything), viewer (read-only), metrics (GET /metrics only).
+        /// admin (everything), viewer (read-only), developer (the developer API of a catalog:
+        /// only its own applications), metrics (GET /metrics only).
         #[arg(long)]
         role: scopecast_protocol::admin::Role,
     },
@@ -792,10 +793,14 @@ fn print_app(app: &ApplicationView) {
             client.effective_scope.clone(),
             client.pending_scope.clone(),
             keys_kind(&client.keys).to_owned(),
-            client
-                .client_secret
-                .clone()
-                .unwrap_or_else(|| "(hidden)".to_owned()),
+            client.client_secret.clone().unwrap_or_else(|| {
+                if client.has_secret {
+                    "(hidden)"
+                } else {
+                    "(none yet)"
+                }
+                .to_owned()
+            }),
         ]);
     }
     outln!("{c}");
@@ -1159,10 +1164,19 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                 .call(M::GET, &format!("/audit?{}", q.join("&")), None)
                 .await?;
             print(j, &v, |v: &AuditList| {
-                let mut t = table(&["at", "actor", "action", "application", "client", "detail"]);
+                let mut t = table(&[
+                    "at",
+                    "environment",
+                    "actor",
+                    "action",
+                    "application",
+                    "client",
+                    "detail",
+                ]);
                 for e in &v.entries {
                     t.add_row(vec![
                         e.at.clone(),
+                        e.environment.clone().unwrap_or_default(),
                         e.actor.clone(),
                         e.action.clone(),
                         e.application_id.clone().unwrap_or_default(),

@@ -170,6 +170,18 @@ string_enum! {
         ShuttingDown = "shutting_down",
         /// An unexpected fault in the broker.
         InternalError = "internal_error",
+        /// Not a JWS of an application record (`POST /admin/v1/records`).
+        MalformedRecord = "malformed_record",
+        /// A signed record's signature does not verify with the pinned key it names.
+        BadSignature = "bad_signature",
+        /// A signed record's `kid` is not among the catalog keys pinned here.
+        UntrustedCatalog = "untrusted_catalog",
+        /// This environment pins no catalog key, so it imports no record.
+        NoTrustedCatalog = "no_trusted_catalog",
+        /// A catalog sync could not reach the catalog, or the catalog answered with an error.
+        CatalogUnreachable = "catalog_unreachable",
+        /// The catalog refused this environment's sync credential (`catalog.token_file`).
+        CatalogRefusedCredential = "catalog_refused_credential",
     }
 }
 
@@ -185,7 +197,10 @@ impl Reason {
             | Reason::TokenInUrl
             | Reason::UpgradeRequired
             | Reason::InvalidUri
-            | Reason::UnsupportedMediaType => ErrorCode::BadRequest,
+            | Reason::UnsupportedMediaType
+            | Reason::MalformedRecord
+            | Reason::BadSignature
+            | Reason::UntrustedCatalog => ErrorCode::BadRequest,
             Reason::AuthRequired | Reason::InvalidToken | Reason::TokenExpired => {
                 ErrorCode::Unauthorized
             }
@@ -199,8 +214,13 @@ impl Reason {
             Reason::TooManySubscriptions
             | Reason::TooManyConnections
             | Reason::PublishRateExceeded => ErrorCode::RateLimited,
-            Reason::EventIdConflict | Reason::Conflict => ErrorCode::Conflict,
-            Reason::LogUnavailable | Reason::ShuttingDown => ErrorCode::Unavailable,
+            Reason::EventIdConflict | Reason::Conflict | Reason::NoTrustedCatalog => {
+                ErrorCode::Conflict
+            }
+            Reason::LogUnavailable
+            | Reason::ShuttingDown
+            | Reason::CatalogUnreachable
+            | Reason::CatalogRefusedCredential => ErrorCode::Unavailable,
             Reason::InternalError => ErrorCode::Internal,
         }
     }

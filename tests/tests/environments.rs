@@ -320,7 +320,7 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
     let tampered = import(&test, &parts.join(".")).await;
     assert_eq!(
         (tampered.status, tampered.body["reason"].as_str()),
-        (422, Some("bad_signature")),
+        (400, Some("bad_signature")),
         "{:?}",
         tampered.body
     );
@@ -329,7 +329,7 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
     let untrusted = import(&test, &export(&rogue, &rogue_app.id).await).await;
     assert_eq!(
         (untrusted.status, untrusted.body["reason"].as_str()),
-        (422, Some("untrusted_catalog"))
+        (400, Some("untrusted_catalog"))
     );
     let garbage = import(&test, "not-a-record").await;
     assert_eq!(garbage.status, 400);
@@ -342,6 +342,15 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
         )
         .await;
     assert_eq!(edit.status, 409, "{:?}", edit.body);
+    // Its keys too: they come with the record.
+    let keys = test
+        .admin(
+            Method::PUT,
+            &format!("/clients/{}/keys", app.non_production),
+            Some(json!({"jwks_uri": "https://keys.example/jwks.json"})),
+        )
+        .await;
+    assert_eq!(keys.status, 409, "{:?}", keys.body);
 
     // Version 2 asks for more: a draft first (the frozen version 1 is what the catalog still
     // hands out), then ready; nothing widens in an environment until its admin approves.
@@ -591,7 +600,7 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
 }
 
 #[tokio::test]
-async fn self_registration_is_off_unless_the_catalog_allows_it_and_developers_see_no_admin_api() {
+async fn developer_accounts_drafts_and_versions_hold_against_takeover_races_and_admin_edits() {
     let off = TestBroker::start(test_config()).await;
     let a = off
         .http_client()
@@ -632,6 +641,117 @@ async fn self_registration_is_off_unless_the_catalog_allows_it_and_developers_se
         let a = on.admin_as(token, m, path, None).await;
         assert_eq!(a.status, 403, "{path}: {:?}", a.body);
     }
+    // A developer's draft stays a draft whatever an admin changes; an internal jwks_uri is
+    // refused; concurrent changes each make their own version.
+    let created = dev(
+        &on,
+        token,
+        Method::POST,
+        "/apps",
+        Some(json!({"name": "Drafty", "vendor": "Acme", "scope": "subscribe:adt.>"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let np = created.body["clients"]["non_production"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let typo = on
+        .admin(
+            Method::PATCH,
+            &format!("/applications/{id}"),
+            Some(json!({"description": "typo fixed"})),
+        )
+        .await;
+    assert_eq!(
+        (typo.body["version"].as_u64(), typo.body["ready"].as_bool()),
+        (Some(1), Some(false)),
+        "an admin's change joins the developer's draft: {:?}",
+        typo.body
+    );
+    let export = on
+        .admin(Method::GET, &format!("/applications/{id}/record"), None)
+        .await;
+    assert_eq!(export.status, 409, "nothing ready, nothing handed out");
+    for internal in [
+        "http://127.0.0.1:7070/admin/v1/applications",
+        "https://10.0.0.5/jwks",
+        "https://169.254.169.254/latest/meta-data",
+    ] {
+        let a = dev(
+            &on,
+            token,
+            Method::PUT,
+            &format!("/apps/{id}/clients/{np}/keys"),
+            Some(json!({ "jwks_uri": internal })),
+        )
+        .await;
+        assert_eq!(a.status, 400, "{internal}: {:?}", a.body);
+    }
+    dev(&on, token, Method::POST, &format!("/apps/{id}/ready"), None).await;
+    // An admin's application: each change is a version of its own, even when they race.
+    let racy = on.create_app("Racy", "subscribe:adt.>").await;
+    let path = format!("/applications/{}", racy.id);
+    let writes = (0..8).map(|i| {
+        on.admin(
+            Method::PATCH,
+            &path,
+            Some(json!({ "description": format!("d{i}") })),
+        )
+    });
+    for a in futures_util::future::join_all(writes).await {
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    let audit = on
+        .admin(
+            Method::GET,
+            &format!("/audit?application_id={}", racy.id),
+            None,
+        )
+        .await;
+    let mut versions: Vec<u64> = audit.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "application.update")
+        .map(|e| e["detail"]["version"].as_u64().unwrap())
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (2..=9).collect::<Vec<_>>(),
+        "each change its own version"
+    );
+    // Retired: the record changes no more.
+    dev(
+        &on,
+        token,
+        Method::POST,
+        &format!("/apps/{id}/retire"),
+        Some(reason("gone")),
+    )
+    .await;
+    let after = dev(
+        &on,
+        token,
+        Method::PATCH,
+        &format!("/apps/{id}"),
+        Some(json!({"name": "Back"})),
+    )
+    .await;
+    assert_eq!(after.status, 409, "{:?}", after.body);
+    // A revoked developer's name is not free for self-registration: it would get the apps.
+    let revoked = on.admin(Method::DELETE, "/credentials/acme", None).await;
+    assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    let again = on
+        .http_client()
+        .post(on.http_url("/dev/v1/register"))
+        .json(&json!({"name": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
     // And an admin credential is not a developer's: the developer API wants the role.
     let a = on
         .http_client()

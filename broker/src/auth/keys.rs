@@ -227,7 +227,7 @@ impl KeyRing {
         if !stored.iter().any(|k| k.retired_at.is_none()) {
             stored.push(generate()?);
             changed = true;
-            tracing::info!(path = %path.display(), "created a token signing key");
+            tracing::info!(path = %path.display(), "created a signing key");
         }
         if changed {
             write_file(

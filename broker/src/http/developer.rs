@@ -61,6 +61,25 @@ pub(crate) async fn register(State(state): State<Broker>, bytes: Bytes) -> Respo
         Ok(b) => b,
         Err(r) => return r,
     };
+    // A name that ever owned applications stays its developer's: a revoked developer's name
+    // taken again by self-registration would get their applications. (A catalog admin may
+    // issue a new credential under that name: `scopecast credential create --role developer`.)
+    let name = b.name.trim();
+    if state
+        .registry
+        .snapshot()
+        .applications()
+        .iter()
+        .any(|a| a.record.owner.as_deref() == Some(name))
+        || state.registry.credentials().names_ever_used(name)
+    {
+        return ApiError::for_code(
+            ErrorCode::Conflict,
+            "this developer name is taken: choose another",
+        )
+        .field("name")
+        .into_response();
+    }
     match state
         .registry
         .create_credential(&b.name, Role::Developer, "self-registration")

@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use scopecast_protocol::ErrorCode;
+use scopecast_protocol::Reason as ErrorReason;
 use scopecast_protocol::admin::{Grant, Imported, Reason, RecordDocument};
 
 use super::admin::{app_view, body, client_view, find_app, find_client, registry_error};
@@ -49,7 +50,8 @@ pub(crate) async fn list(State(state): State<Broker>) -> Response {
 }
 
 /// `POST /admin/v1/catalog/sync`: pulls the configured catalog now (`catalog.url`) and
-/// imports what is new; 409 when no catalog is configured, 502 when it cannot be reached.
+/// imports what is new; 409 when no catalog is configured, 503 `catalog_unreachable` or
+/// `catalog_refused_credential` when the catalog cannot be read.
 pub(crate) async fn sync(
     State(state): State<Broker>,
     Extension(caller): Extension<Caller>,
@@ -61,14 +63,13 @@ pub(crate) async fn sync(
             "no catalog to sync from: set catalog.url (and catalog.token_file)",
         )
         .into_response(),
-        Err(e) => (
-            StatusCode::BAD_GATEWAY,
-            Json(
-                serde_json::json!({"error": "bad_gateway", "reason": "catalog_unreachable",
-                "message": e.to_string()}),
-            ),
-        )
-            .into_response(),
+        Err(e) => {
+            let reason = match e {
+                crate::catalog::SyncError::Refused(_) => ErrorReason::CatalogRefusedCredential,
+                _ => ErrorReason::CatalogUnreachable,
+            };
+            ApiError::new(reason, e.to_string()).into_response()
+        }
     }
 }
 
@@ -107,9 +108,10 @@ pub(crate) async fn export(State(state): State<Broker>, Path(id): Path<String>) 
 }
 
 /// `POST /admin/v1/records` `{"record": "<JWS>"}`: imports a signed record. 201 when the
-/// application is new here, 200 when updated or unchanged; 422 when the signature or the
-/// catalog is not trusted; 409 for an older version, other client IDs, or a record
-/// registered here; 400 naming a field that breaks the registry's rules.
+/// application is new here, 200 when updated or unchanged; 400 `malformed_record`,
+/// `bad_signature` or `untrusted_catalog`; 409 `no_trusted_catalog`, or for an older version,
+/// other client IDs, or a record registered here; 400 naming a field that breaks the
+/// registry's rules.
 pub(crate) async fn import(
     State(state): State<Broker>,
     Extension(caller): Extension<Caller>,
@@ -122,26 +124,15 @@ pub(crate) async fn import(
     let (record, kid) = match state.trusted.verify(&doc.record) {
         Ok(v) => v,
         Err(e) => {
-            let status = match e {
-                RecordError::Malformed(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::UNPROCESSABLE_ENTITY,
-            };
             tracing::warn!(actor = %caller.name, error = %e, "application record refused");
             let reason = match e {
-                RecordError::NoTrustedCatalog => "no_trusted_catalog",
-                RecordError::Malformed(_) => "malformed_record",
-                RecordError::UntrustedKey { .. } => "untrusted_catalog",
-                RecordError::BadSignature => "bad_signature",
+                RecordError::NoTrustedCatalog => ErrorReason::NoTrustedCatalog,
+                RecordError::Malformed(_) => ErrorReason::MalformedRecord,
+                RecordError::UntrustedKey { .. } => ErrorReason::UntrustedCatalog,
+                RecordError::BadSignature => ErrorReason::BadSignature,
             };
-            return (
-                status,
-                Json(serde_json::json!({
-                    "error": if status == StatusCode::BAD_REQUEST { "bad_request" } else { "unprocessable" },
-                    "reason": reason,
-                    "message": e.to_string(),
-                    "field": "record",
-                })),
-            )
+            return ApiError::new(reason, e.to_string())
+                .field("record")
                 .into_response();
         }
     };

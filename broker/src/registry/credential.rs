@@ -113,6 +113,11 @@ impl CredentialSet {
         &self.all
     }
 
+    /// True when a credential, valid or revoked, has ever had `name`.
+    pub fn names_ever_used(&self, name: &str) -> bool {
+        self.all.iter().any(|c| c.name == name)
+    }
+
     /// The valid credential named `name`, or the credential with id `name`.
     pub fn find(&self, name_or_id: &str) -> Option<Arc<Credential>> {
         self.all

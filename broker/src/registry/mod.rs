@@ -534,7 +534,11 @@ impl Registry {
         editor: &Editor,
     ) -> Result<Arc<Application>, RegistryError> {
         let id = validate::uuid_id("id", id)?;
+        // Held from the read of the record to its write: two changes never both make the
+        // same next version.
+        let _guard = self.inner.writes.lock().await;
         let held = self.editable(&id, editor)?;
+        self.changeable(&held)?;
         let patch = ApplicationPatch {
             name: patch.name.map(|v| validate::name("name", &v)).transpose()?,
             vendor: patch
@@ -548,16 +552,6 @@ impl Registry {
             scope: patch.scope.map(|v| scope_ceiling(&v)).transpose()?,
             ..ApplicationPatch::default()
         };
-        if let Some(app) = self.snapshot().application(&id)
-            && let Some(kid) = &app.record.origin
-        {
-            return Err(RegistryError::Conflict(format!(
-                "application {} was imported from a catalog (key {kid}): change it in the \
-                 catalog and import the new version; `scopecast app set-scope CLIENT_ID SCOPE` \
-                 narrows this environment's grant",
-                app.record.name
-            )));
-        }
         let mut detail = serde_json::Map::new();
         for (k, v) in [
             ("name", &patch.name),
@@ -603,7 +597,6 @@ impl Registry {
             None,
             Value::Object(detail),
         );
-        let _guard = self.inner.writes.lock().await;
         if !self
             .inner
             .store
@@ -787,7 +780,9 @@ impl Registry {
         editor: &Editor,
     ) -> Result<(), RegistryError> {
         let client = self.existing_client(client_id)?;
+        let _guard = self.inner.writes.lock().await;
         let held = self.editable(&client.application_id, editor)?;
+        self.changeable(&held)?;
         let (keys, detail) = match keys {
             ClientKeysSpec::None => (ClientKeysSpec::None, serde_json::json!({"keys": "none"})),
             ClientKeysSpec::Jwks(v) => {
@@ -799,7 +794,12 @@ impl Registry {
                 )
             }
             ClientKeysSpec::JwksUri(u) => {
-                let u = validate::jwks_uri(&u)?;
+                // A developer's URL goes into a record that other environments fetch.
+                let u = if editor.is_admin() && held.record.owner.is_none() {
+                    validate::jwks_uri(&u)?
+                } else {
+                    validate::public_jwks_uri(&u)?
+                };
                 (
                     ClientKeysSpec::JwksUri(u.clone()),
                     serde_json::json!({"jwks_uri": u}),
@@ -813,7 +813,6 @@ impl Registry {
             Some(&client.client_id),
             detail,
         );
-        let _guard = self.inner.writes.lock().await;
         self.inner
             .store
             .set_keys(&client.client_id, &keys, now_ms(), &entry)

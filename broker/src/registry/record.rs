@@ -132,6 +132,26 @@ impl Registry {
         Ok(app)
     }
 
+    /// `Ok` when the record of `app` may be changed here: registered here (an imported record
+    /// changes in its catalog) and not retired.
+    pub(super) fn changeable(&self, app: &Application) -> Result<(), RegistryError> {
+        if let Some(kid) = &app.record.origin {
+            return Err(conflict(format!(
+                "application {} was imported from a catalog (key {kid}): change it (its keys \
+                 too) in the catalog and import the new version; `scopecast app set-scope \
+                 CLIENT_ID SCOPE` narrows this environment's grant",
+                app.record.name
+            )));
+        }
+        if app.record.retired_at_ms.is_some() {
+            return Err(conflict(format!(
+                "application {} is retired: its record does not change any more",
+                app.record.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Moves `next` (a copy of the held record with a change applied) to the version the
     /// change makes: the next one when the held version is frozen, the same draft otherwise;
     /// frozen at once for an admin, a draft for a developer.
@@ -143,7 +163,10 @@ impl Registry {
         if next.frozen {
             next.version += 1;
         }
-        next.frozen = editor.is_admin();
+        // An admin's change is a version at once, except on a developer's application: there
+        // it joins the developer's draft, which only the developer marks ready (freezing it
+        // here would publish whatever the draft holds).
+        next.frozen = editor.is_admin() && next.owner.is_none();
         next.frozen_record = if next.frozen {
             Some(frozen_json(next)?)
         } else {
@@ -202,12 +225,7 @@ impl Registry {
         let id = validate::uuid_id("id", id)?;
         let _guard = self.inner.writes.lock().await;
         let held = self.editable(&id, editor)?;
-        if held.record.origin.is_some() {
-            return Err(conflict(format!(
-                "application {} was imported from a catalog",
-                held.record.name
-            )));
-        }
+        self.changeable(&held)?;
         if held.record.frozen {
             return Ok(held);
         }
@@ -298,8 +316,8 @@ impl Registry {
         let vendor = validate::name("vendor", &record.vendor)?;
         let description = validate::description(&record.description)?;
         let scope = scope_ceiling(&record.scope)?;
-        if record.version == 0 {
-            return Err(invalid("version", "versions start at 1").into());
+        if record.version == 0 || record.version > i64::MAX as u64 {
+            return Err(invalid("version", "versions run from 1 to 2^63 - 1").into());
         }
         let mut clients = Vec::new();
         for (kind, c, field) in [
@@ -323,7 +341,7 @@ impl Registry {
                     validate::jwk_set(j)?;
                     ClientKeysSpec::Jwks(j.clone())
                 }
-                (None, Some(u)) => ClientKeysSpec::JwksUri(validate::jwks_uri(u)?),
+                (None, Some(u)) => ClientKeysSpec::JwksUri(validate::public_jwks_uri(u)?),
                 (None, None) => ClientKeysSpec::None,
             };
             clients.push((kind, client_id, keys));
@@ -503,11 +521,24 @@ impl Registry {
         }
         let mut app = held.record.clone();
         let now = now_ms();
-        app.version += 1;
+        // The retired version replaces a pending draft (never published, so it is not frozen
+        // now) or follows the frozen one; its content is the newest frozen version's.
+        if app.frozen {
+            app.version += 1;
+        }
         app.retired_at_ms = Some(now);
         app.updated_at_ms = now;
+        let mut claims = match &app.frozen_record {
+            Some(json) if !held.record.frozen => serde_json::from_str::<ApplicationRecord>(json)
+                .map_err(|e| RegistryError::Internal(format!("stored frozen record: {e}")))?,
+            _ => claims_of(&app)?,
+        };
+        claims.version = app.version;
+        claims.retired = true;
         app.frozen = true;
-        app.frozen_record = Some(frozen_json(&app)?);
+        app.frozen_record = Some(
+            serde_json::to_string(&claims).map_err(|e| RegistryError::Internal(e.to_string()))?,
+        );
         let deactivate: Vec<String> = app
             .clients
             .iter()

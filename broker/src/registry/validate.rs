@@ -408,9 +408,83 @@ pub fn jwks_uri(value: &str) -> Result<String, InvalidInput> {
     Ok(url.to_string())
 }
 
+/// A JWK Set URL that travels in an application record to other environments, or that a
+/// developer (not an admin of this deployment) sets: as [`jwks_uri`], and `https` only, and no
+/// host that names this machine or a private network by its address (`localhost`, loopback,
+/// private, link-local, unspecified, unique-local), so a record cannot make every environment's
+/// broker call into its own network. A DNS name that resolves to such an address is not caught
+/// here (SECURITY.md, "Known gaps").
+///
+/// # Errors
+/// [`InvalidInput`] on `jwks_uri`.
+pub fn public_jwks_uri(value: &str) -> Result<String, InvalidInput> {
+    let checked = jwks_uri(value)?;
+    let url = reqwest::Url::parse(&checked).map_err(|e| invalid("jwks_uri", e.to_string()))?;
+    if url.scheme() != "https" {
+        return Err(invalid("jwks_uri", "must be an https URL"));
+    }
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let internal = match host.parse::<std::net::IpAddr>() {
+        Err(_) => {
+            let d = host.trim_end_matches('.').to_ascii_lowercase();
+            d.is_empty() || d == "localhost" || d.ends_with(".localhost")
+        }
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.octets()[0] == 0
+                || (ip.octets()[0] == 100 && (64..128).contains(&ip.octets()[1]))
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip.to_ipv4_mapped().is_some()
+        }
+    };
+    if internal {
+        return Err(invalid(
+            "jwks_uri",
+            "must name a public host: not localhost, a loopback, private or link-local address",
+        ));
+    }
+    Ok(checked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_jwks_uri_names_no_internal_host() {
+        for bad in [
+            "http://keys.example/jwks",
+            "https://127.0.0.1/jwks",
+            "https://localhost/jwks",
+            "https://10.0.0.5/jwks",
+            "https://192.168.1.1/jwks",
+            "https://172.16.0.1/jwks",
+            "https://169.254.169.254/latest",
+            "https://100.64.0.1/x",
+            "https://[::1]/jwks",
+            "https://[fd00::1]/jwks",
+            "https://[fe80::1]/jwks",
+            "https://[::ffff:10.0.0.1]/jwks",
+            "https://0.0.0.0/jwks",
+        ] {
+            assert!(public_jwks_uri(bad).is_err(), "{bad} accepted");
+        }
+        assert!(public_jwks_uri("https://keys.example/.well-known/jwks.json").is_ok());
+        assert!(public_jwks_uri("https://8.8.8.8/jwks").is_ok());
+    }
     use serde_json::json;
 
     fn ec_jwk() -> Value {
