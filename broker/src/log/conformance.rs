@@ -19,9 +19,10 @@ pub(crate) struct Made {
 }
 
 /// Makes fresh, empty logs of one implementation.
-pub(crate) trait Maker {
+#[async_trait::async_trait]
+pub(crate) trait Maker: Sync {
     /// A log whose retention keeps the newest `keep` events.
-    fn make(&self, keep: usize) -> Made;
+    async fn make(&self, keep: usize) -> Made;
 }
 
 fn new(topic: &str, n: usize, id: Option<&str>) -> NewEvent {
@@ -45,7 +46,7 @@ async fn next(tail: &mut super::Tail) -> TailItem {
 
 /// `seq`s are consecutive from 1; each batch gets one result per event, in its order.
 pub(crate) async fn seqs_are_consecutive_and_answered_in_order(m: &dyn Maker) {
-    let made = m.make(1000);
+    let made = m.make(1000).await;
     let log = made.log.clone();
     assert_eq!(log.bounds().last, 0);
     let first = log
@@ -70,7 +71,7 @@ pub(crate) async fn seqs_are_consecutive_and_answered_in_order(m: &dyn Maker) {
 /// A repeated event id is answered with the original `seq` and `duplicate`, stores nothing;
 /// the same id with another body is a conflict; inside one batch too.
 pub(crate) async fn event_ids_are_idempotent_and_conflicts_refused(m: &dyn Maker) {
-    let made = m.make(1000);
+    let made = m.make(1000).await;
     let log = made.log.clone();
     let a = one(&*log, new("a.b", 1, Some("id-1"))).await.unwrap();
     let again = one(&*log, new("a.b", 1, Some("id-1"))).await.unwrap();
@@ -102,7 +103,7 @@ pub(crate) async fn event_ids_are_idempotent_and_conflicts_refused(m: &dyn Maker
 
 /// Concurrent submitters each keep their own order, and no `seq` is given twice.
 pub(crate) async fn concurrent_submitters_keep_their_order(m: &dyn Maker) {
-    let made = m.make(10_000);
+    let made = m.make(10_000).await;
     let log = made.log.clone();
     let mut tasks = Vec::new();
     for t in 0..4 {
@@ -135,7 +136,7 @@ pub(crate) async fn concurrent_submitters_keep_their_order(m: &dyn Maker) {
 /// A tail yields every event from its start once, in order, then each new one as it is
 /// stored.
 pub(crate) async fn a_tail_yields_every_event_once_then_live_ones(m: &dyn Maker) {
-    let made = m.make(10_000);
+    let made = m.make(10_000).await;
     let log = made.log.clone();
     for n in 0..5 {
         one(&*log, new("t.a", n, None)).await.unwrap();
@@ -174,7 +175,7 @@ pub(crate) async fn a_tail_yields_every_event_once_then_live_ones(m: &dyn Maker)
 
 /// A tail that starts below what retention kept gets an explicit gap, never silence.
 pub(crate) async fn a_tail_below_retention_gets_a_gap(m: &dyn Maker) {
-    let made = m.make(3);
+    let made = m.make(3).await;
     let log = made.log.clone();
     for n in 0..10 {
         one(&*log, new("g.a", n, None)).await.unwrap();
@@ -201,7 +202,7 @@ pub(crate) async fn a_tail_below_retention_gets_a_gap(m: &dyn Maker) {
 
 /// `seq_at` finds the first event accepted at or after an instant; the epoch stays put.
 pub(crate) async fn times_are_in_seq_order_and_the_epoch_is_stable(m: &dyn Maker) {
-    let made = m.make(1000);
+    let made = m.make(1000).await;
     let log = made.log.clone();
     let before = Timestamp::now();
     let a = one(&*log, new("s.a", 0, None)).await.unwrap();

@@ -599,8 +599,9 @@ mod tests {
 
     struct Redb;
 
+    #[async_trait::async_trait]
     impl Maker for Redb {
-        fn make(&self, keep: usize) -> Made {
+        async fn make(&self, keep: usize) -> Made {
             let dir = tempfile::tempdir().unwrap();
             let storage =
                 DurableLog::open(&dir.path().join("events.redb"), SyncMode::Fsync).unwrap();

@@ -129,8 +129,9 @@ mod tests {
 
     struct Memory;
 
+    #[async_trait::async_trait]
     impl Maker for Memory {
-        fn make(&self, keep: usize) -> Made {
+        async fn make(&self, keep: usize) -> Made {
             Made {
                 log: Arc::new(MemoryLog::start(
                     keep,

@@ -17,6 +17,7 @@ mod dedupe;
 mod durable;
 mod event;
 mod history;
+mod jetstream;
 mod local;
 mod memory;
 
@@ -32,6 +33,7 @@ use scopecast_protocol::Timestamp;
 pub use durable::{DEFAULT_CACHE_BYTES, DurableLog, LOG_FORMAT, Retention, SyncMode};
 pub use event::{Appended, Encodings, Format, NewEvent, StoredEvent};
 pub use history::{History, HistoryPage, HistoryQuery};
+pub use jetstream::{JetStreamLog, JetStreamSettings};
 pub use local::{LocalLog, Storage};
 pub use memory::MemoryLog;
 

@@ -1,0 +1,513 @@
+//! [`JetStreamLog`]: the event log of cluster mode on NATS JetStream (issue 16;
+//! `../shared/research/cluster.md` section 2). One stream holds every event; its sequence is
+//! the broker-wide `seq`, so every node that tails it delivers in the same order.
+//!
+//! - **Append.** Each event is published to `<prefix>.<topic>` with the headers
+//!   `Scopecast-Event-Id`, `Scopecast-Time` (Unix nanoseconds, the accepting node's clock) and,
+//!   for an event with the publisher's id, `Nats-Msg-Id` (JetStream's de-duplication within
+//!   the stream's duplicate window) and `Scopecast-Fingerprint` (SHA-256 of topic and payload):
+//!   JetStream compares ids, never bodies, so a duplicate ack is checked against the stored
+//!   fingerprint and answered as a conflict when the body differs. An event is acknowledged
+//!   only on JetStream's ack; a publish whose ack never came is [`LogError::Unknown`] for an
+//!   event with an id (retry with the same id), [`LogError::Unavailable`] otherwise.
+//!   Submissions are sent in order on one connection before their future is returned, so one
+//!   submitter's events keep their order.
+//! - **Tail.** An ordered push consumer from the asked `seq`; a jump in the stream sequence
+//!   (retention went past the tail's start) is yielded as a [`TailItem::Gap`], never skipped.
+//! - **Reads** fetch messages by sequence (`STREAM.MSG.GET`).
+//! - **Bounds** are kept from acks and a stream-info refresh every 500 ms.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use scopecast_protocol::{EventId, RawJson, Timestamp, Topic};
+use sha2::{Digest, Sha256};
+
+use super::{
+    AppendFuture, Appended, Bounds, EventLog, LogError, LogSnapshot, NewEvent, StoredEvent, Tail,
+    TailItem,
+};
+
+const EVENT_ID: &str = "Scopecast-Event-Id";
+const TIME: &str = "Scopecast-Time";
+const FINGERPRINT: &str = "Scopecast-Fingerprint";
+const MSG_ID: &str = "Nats-Msg-Id";
+
+/// The stream of a [`JetStreamLog`].
+#[derive(Debug, Clone)]
+pub struct JetStreamSettings {
+    /// The stream's name.
+    pub stream: String,
+    /// Subjects are `<subject_prefix>.<topic>`.
+    pub subject_prefix: String,
+    /// Replicas (1 to 5; 3 for a cluster that survives a node).
+    pub replicas: usize,
+    /// Most events kept (0: no limit).
+    pub max_events: u64,
+    /// Most bytes kept (0: no limit).
+    pub max_bytes: u64,
+    /// Oldest event kept (zero: no limit).
+    pub max_age: Duration,
+    /// How long an event id is remembered (JetStream's duplicate window).
+    pub duplicate_window: Duration,
+}
+
+/// The event log on a JetStream stream. Cheap to clone.
+#[derive(Clone)]
+pub struct JetStreamLog {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    settings: Arc<JetStreamSettings>,
+    epoch: Arc<str>,
+    first: Arc<AtomicU64>,
+    last: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for JetStreamLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamLog")
+            .field("stream", &self.settings.stream)
+            .field("last", &self.last.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LogError {
+    LogError::Unavailable(e.to_string())
+}
+
+/// The fingerprint of an event's body: SHA-256 of topic, a NUL, and the payload, hex. The same
+/// on every node (a keyed in-process hash would not be).
+fn fingerprint(topic: &Topic, data: &RawJson) -> String {
+    let mut h = Sha256::new();
+    h.update(topic.as_str().as_bytes());
+    h.update([0]);
+    h.update(data.get().as_bytes());
+    h.finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+}
+
+impl JetStreamLog {
+    /// Creates the stream (or takes it as it is) on the JetStream of `client`, and starts the
+    /// bounds refresher (it stops when every clone is dropped).
+    ///
+    /// # Errors
+    /// [`LogError::Unavailable`] when JetStream does not answer or refuses the stream.
+    pub async fn open(
+        client: async_nats::Client,
+        settings: JetStreamSettings,
+    ) -> Result<JetStreamLog, LogError> {
+        let js = jetstream::new(client.clone());
+        let config = stream::Config {
+            name: settings.stream.clone(),
+            subjects: vec![format!("{}.>", settings.subject_prefix)],
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            max_messages: if settings.max_events == 0 {
+                -1
+            } else {
+                settings.max_events as i64
+            },
+            max_bytes: if settings.max_bytes == 0 {
+                -1
+            } else {
+                settings.max_bytes as i64
+            },
+            max_age: settings.max_age,
+            duplicate_window: settings.duplicate_window,
+            deny_delete: true,
+            deny_purge: true,
+            ..Default::default()
+        };
+        let mut stream = js.get_or_create_stream(config).await.map_err(unavailable)?;
+        let info = stream.info().await.map_err(unavailable)?.clone();
+        let created = Timestamp::from_unix_nanos(info.created.unix_timestamp_nanos())
+            .map(|t| t.unix_nanos())
+            .unwrap_or_default();
+        let log = JetStreamLog {
+            js,
+            client,
+            epoch: format!("jetstream:{}:{created}", settings.stream).into(),
+            settings: Arc::new(settings),
+            first: Arc::new(AtomicU64::new(info.state.first_sequence)),
+            last: Arc::new(AtomicU64::new(info.state.last_sequence)),
+            bytes: Arc::new(AtomicU64::new(info.state.bytes)),
+        };
+        let weak = (
+            Arc::downgrade(&log.first),
+            Arc::downgrade(&log.last),
+            Arc::downgrade(&log.bytes),
+        );
+        let js = log.js.clone();
+        let name = log.settings.stream.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let (Some(first), Some(last), Some(bytes)) =
+                    (weak.0.upgrade(), weak.1.upgrade(), weak.2.upgrade())
+                else {
+                    return;
+                };
+                if let Ok(mut s) = js.get_stream(&name).await
+                    && let Ok(info) = s.info().await
+                {
+                    first.fetch_max(info.state.first_sequence, Ordering::AcqRel);
+                    last.fetch_max(info.state.last_sequence, Ordering::AcqRel);
+                    bytes.store(info.state.bytes, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(log)
+    }
+
+    fn note_stored(&self, seq: u64) {
+        let last = self.last.fetch_max(seq, Ordering::AcqRel).max(seq);
+        // Retention by count is known here at once; by age and bytes the refresher tells.
+        if self.settings.max_events > 0 && last >= self.settings.max_events {
+            self.first
+                .fetch_max(last - self.settings.max_events + 1, Ordering::AcqRel);
+        }
+        self.first.fetch_max(1, Ordering::AcqRel);
+    }
+
+    async fn stream(&self) -> Result<stream::Stream, LogError> {
+        self.js
+            .get_stream(&self.settings.stream)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The stored event of a stream message.
+    fn event(
+        seq: u64,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        prefix: &str,
+    ) -> Option<StoredEvent> {
+        let topic: Topic = subject
+            .strip_prefix(prefix)?
+            .strip_prefix('.')?
+            .parse()
+            .ok()?;
+        let h = headers?;
+        let event_id = EventId::new(h.get(EVENT_ID)?.as_str()).ok()?;
+        let nanos: i128 = h.get(TIME)?.as_str().parse().ok()?;
+        let time = Timestamp::from_unix_nanos(nanos).ok()?;
+        let data = RawJson::from_string(String::from_utf8(payload.to_vec()).ok()?).ok()?;
+        Some(StoredEvent::new(seq, topic, event_id, time, data))
+    }
+
+    async fn message(&self, seq: u64) -> Result<Option<StoredEvent>, LogError> {
+        let stream = self.stream().await?;
+        match stream.get_raw_message(seq).await {
+            Ok(m) => Ok(Self::event(
+                m.sequence,
+                m.subject.as_str(),
+                Some(&m.headers),
+                &m.payload,
+                &self.settings.subject_prefix,
+            )),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl EventLog for JetStreamLog {
+    async fn submit(&self, batch: Vec<NewEvent>) -> AppendFuture {
+        let mut sent = Vec::with_capacity(batch.len());
+        for ev in batch {
+            let has_id = ev.event_id.is_some();
+            let event_id = ev
+                .event_id
+                .unwrap_or_else(|| EventId::from_uuid(uuid::Uuid::new_v4().into_bytes()));
+            let time = Timestamp::now();
+            let print = fingerprint(&ev.topic, &ev.data);
+            let mut headers = HeaderMap::new();
+            headers.insert(EVENT_ID, event_id.as_str());
+            headers.insert(TIME, time.unix_nanos().to_string().as_str());
+            if has_id {
+                headers.insert(MSG_ID, event_id.as_str());
+                headers.insert(FINGERPRINT, print.as_str());
+            }
+            let subject = format!("{}.{}", self.settings.subject_prefix, ev.topic.as_str());
+            let payload = bytes::Bytes::from(ev.data.get().to_owned());
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, payload)
+                .await;
+            sent.push((ack, event_id, time, print, has_id));
+        }
+        let log = self.clone();
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(sent.len());
+            for (ack, event_id, time, print, has_id) in sent {
+                let lost = |e: &dyn std::fmt::Display| {
+                    if has_id {
+                        LogError::Unknown(e.to_string())
+                    } else {
+                        LogError::Unavailable(e.to_string())
+                    }
+                };
+                let ack = match ack {
+                    Ok(future) => future.await.map_err(|e| lost(&e)),
+                    Err(e) => Err(LogError::Unavailable(e.to_string())),
+                };
+                out.push(match ack {
+                    Err(e) => Err(e),
+                    Ok(a) if !a.duplicate => {
+                        log.note_stored(a.sequence);
+                        Ok(Appended {
+                            seq: a.sequence,
+                            time,
+                            event_id,
+                            duplicate: false,
+                        })
+                    }
+                    Ok(a) => match log.stream().await {
+                        Err(e) => Err(LogError::Unknown(e.to_string())),
+                        Ok(stream) => match stream.get_raw_message(a.sequence).await {
+                            Ok(m) => {
+                                let stored_print = m
+                                    .headers
+                                    .get(FINGERPRINT)
+                                    .map(|v| v.as_str().to_owned())
+                                    .unwrap_or_default();
+                                let stored_time = m
+                                    .headers
+                                    .get(TIME)
+                                    .and_then(|v| v.as_str().parse::<i128>().ok())
+                                    .and_then(|n| Timestamp::from_unix_nanos(n).ok())
+                                    .unwrap_or(time);
+                                if stored_print == print {
+                                    Ok(Appended {
+                                        seq: a.sequence,
+                                        time: stored_time,
+                                        event_id,
+                                        duplicate: true,
+                                    })
+                                } else {
+                                    Err(LogError::Conflict { seq: a.sequence })
+                                }
+                            }
+                            Err(e) => Err(LogError::Unknown(e.to_string())),
+                        },
+                    },
+                });
+            }
+            out
+        })
+    }
+
+    async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, LogError> {
+        let b = self.bounds();
+        let mut seq = from.max(b.first).max(1);
+        let mut out = Vec::new();
+        while seq <= b.last && out.len() < limit {
+            if let Some(e) = self.message(seq).await? {
+                out.push(Arc::new(e));
+            }
+            seq += 1;
+        }
+        Ok(out)
+    }
+
+    fn bounds(&self) -> Bounds {
+        let last = self.last.load(Ordering::Acquire);
+        Bounds {
+            first: self.first.load(Ordering::Acquire).max(1),
+            last,
+        }
+    }
+
+    fn tail(&self, from: u64) -> Tail {
+        let log = self.clone();
+        let from = from.max(1);
+        let start = futures_util::stream::once(async move {
+            let stream = log.stream().await?;
+            let consumer = stream
+                .create_consumer(consumer::push::OrderedConfig {
+                    deliver_subject: log.client.new_inbox(),
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: from,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(unavailable)?;
+            let messages = consumer.messages().await.map_err(unavailable)?;
+            Ok::<_, LogError>((messages, log))
+        });
+        Box::pin(
+            start
+                .filter_map(|r| async move {
+                    match r {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot tail the JetStream log");
+                            None
+                        }
+                    }
+                })
+                .flat_map(move |(messages, log)| {
+                    let prefix = log.settings.subject_prefix.clone();
+                    messages
+                        .scan(from, move |expected, m| {
+                            let items = match m {
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "JetStream tail ended");
+                                    return futures_util::future::ready(None);
+                                }
+                                Ok(m) => {
+                                    let Ok(info) = m.info() else {
+                                        return futures_util::future::ready(Some(Vec::new()));
+                                    };
+                                    let seq = info.stream_sequence;
+                                    let mut items = Vec::new();
+                                    if seq > *expected {
+                                        items.push(TailItem::Gap {
+                                            from: *expected,
+                                            to: seq - 1,
+                                        });
+                                    }
+                                    *expected = seq + 1;
+                                    if let Some(e) = JetStreamLog::event(
+                                        seq,
+                                        m.subject.as_str(),
+                                        m.headers.as_ref(),
+                                        &m.payload,
+                                        &prefix,
+                                    ) {
+                                        items.push(TailItem::Event(Arc::new(e)));
+                                    }
+                                    items
+                                }
+                            };
+                            futures_util::future::ready(Some(items))
+                        })
+                        .flat_map(futures_util::stream::iter)
+                }),
+        )
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn LogSnapshot>, LogError> {
+        Err(LogError::Unavailable(
+            "a JetStream log is backed up with JetStream's own tools (`nats stream backup`)"
+                .to_owned(),
+        ))
+    }
+
+    async fn probe(&self) -> Result<(), LogError> {
+        let mut stream = self.stream().await?;
+        stream.info().await.map(|_| ()).map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::log::conformance::{Made, Maker, conformance_tests};
+
+    /// A one-node JetStream server for the tests of this binary, on a free loopback port,
+    /// stopped (and its folder removed) by a watchdog when the test process is gone.
+    pub(crate) struct TestNats {
+        pub(crate) url: String,
+        next: AtomicU64,
+    }
+
+    impl TestNats {
+        pub(crate) fn shared() -> &'static TestNats {
+            static SERVER: std::sync::OnceLock<TestNats> = std::sync::OnceLock::new();
+            SERVER.get_or_init(TestNats::start)
+        }
+
+        fn start() -> TestNats {
+            let dir = tempfile::Builder::new()
+                .prefix("scopecast-js-")
+                .tempdir()
+                .unwrap()
+                .keep();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let script = format!(
+                "nats-server -js -a 127.0.0.1 -p {port} -sd {dir} >/dev/null 2>&1 & \
+                 s=$!; while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $s; \
+                 wait $s; rm -rf {dir}",
+                dir = dir.display(),
+                pid = std::process::id(),
+            );
+            // Never waited for on purpose: it must outlive this process.
+            #[allow(clippy::zombie_processes)]
+            std::process::Command::new("sh")
+                .args(["-c", &script])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("nats-server is needed for these tests (Debian's nats-server)");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nats-server did not start"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            TestNats {
+                url: format!("nats://127.0.0.1:{port}"),
+                next: AtomicU64::new(1),
+            }
+        }
+    }
+
+    struct JetStream;
+
+    #[async_trait]
+    impl Maker for JetStream {
+        async fn make(&self, keep: usize) -> Made {
+            let nats = TestNats::shared();
+            let n = nats.next.fetch_add(1, Ordering::Relaxed);
+            let client = async_nats::connect(&nats.url).await.unwrap();
+            let log = JetStreamLog::open(
+                client,
+                JetStreamSettings {
+                    stream: format!("T{}_{n}", std::process::id()),
+                    subject_prefix: format!("t{}_{n}", std::process::id()),
+                    replicas: 1,
+                    max_events: keep as u64,
+                    max_bytes: 0,
+                    max_age: Duration::ZERO,
+                    duplicate_window: Duration::from_secs(120),
+                },
+            )
+            .await
+            .unwrap();
+            Made {
+                log: Arc::new(log),
+                retain: Box::new(|| {}),
+            }
+        }
+    }
+
+    conformance_tests!(JetStream);
+}
