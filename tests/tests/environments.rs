@@ -178,6 +178,10 @@ async fn one_record_reaches_two_environments_and_each_activates_its_own_client_i
         created.body["clients"]["production"]["client_secret"].is_null(),
         "no secret for a developer"
     );
+    assert_eq!(
+        created.body["clients"]["production"]["has_secret"], false,
+        "none made: each environment makes its own at activation"
+    );
     let app = App {
         id: created.body["id"].as_str().unwrap().to_owned(),
         production: created.body["clients"]["production"]["client_id"]

@@ -438,24 +438,32 @@ impl Registry {
         let mut secrets = Vec::new();
         for kind in [EnvironmentKind::Production, EnvironmentKind::NonProduction] {
             let client_id = uuid::Uuid::new_v4().to_string();
-            let client_secret =
-                secret::new_secret().map_err(|e| RegistryError::Internal(e.to_string()))?;
-            let secret_hash = hash(client_secret.clone()).await?;
+            // A developer's application gets no secret here: nobody would ever see it. The
+            // first activation in each environment (the catalog's too) makes one and shows it
+            // to that environment's admin.
+            let secret_hash = if editor.is_admin() {
+                let client_secret =
+                    secret::new_secret().map_err(|e| RegistryError::Internal(e.to_string()))?;
+                let secret_hash = hash(client_secret.clone()).await?;
+                secrets.push(IssuedSecret {
+                    client_id: client_id.clone(),
+                    kind,
+                    client_secret,
+                });
+                Some(secret_hash)
+            } else {
+                None
+            };
             clients.push(StoredClient {
                 client_id: client_id.clone(),
                 kind,
                 active: false,
-                secret_hash: Some(secret_hash),
+                secret_hash,
                 keys: ClientKeysSpec::None,
                 client_id_header: false,
                 granted_scope: None,
                 created_at_ms: now,
                 updated_at_ms: now,
-            });
-            secrets.push(IssuedSecret {
-                client_id,
-                kind,
-                client_secret,
             });
         }
         let app = StoredApplication {
