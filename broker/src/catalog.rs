@@ -209,6 +209,41 @@ impl TrustedCatalogs {
     }
 }
 
+/// Why a signed record was not imported.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ImportError {
+    /// Its signature or header did not check out.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The registry refused it (version order, client IDs, fields).
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+}
+
+/// Verifies the signed record `jws` with the pinned catalog keys and imports it; `source`
+/// (`file`, `sync`) and `actor` go into the audit. The one path of `POST /admin/v1/records`
+/// and of the catalog sync.
+pub(crate) async fn import(
+    state: &crate::state::Broker,
+    jws: &str,
+    actor: &str,
+    source: &str,
+) -> Result<
+    (
+        std::sync::Arc<crate::registry::Application>,
+        crate::registry::ImportOutcome,
+    ),
+    ImportError,
+> {
+    let (record, kid) = state.trusted.verify(jws)?;
+    let imported = state
+        .registry
+        .import_record(&record, &kid, jws.trim(), actor, source)
+        .await?;
+    tracing::info!(actor, source, application_id = %record.application_id, version = record.version, outcome = imported.1.as_str(), "application record imported");
+    Ok(imported)
+}
+
 /// Why a catalog sync did not run.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SyncError {
@@ -275,24 +310,11 @@ pub(crate) async fn sync(
         .map_err(|e| SyncError::Catalog(format!("{list_url}: not a record list: {e}")))?;
     let mut report = scopecast_protocol::admin::SyncReport::default();
     for jws in list.records {
-        let (record, kid) = match state.trusted.verify(&jws) {
-            Ok(v) => v,
-            Err(e) => {
-                report.refused.push(e.to_string());
-                continue;
-            }
-        };
-        match state
-            .registry
-            .import_record(&record, &kid, jws.trim(), actor, "sync")
-            .await
-        {
+        match import(state, &jws, actor, "sync").await {
             Ok((_, crate::registry::ImportOutcome::Created)) => report.created += 1,
             Ok((_, crate::registry::ImportOutcome::Updated)) => report.updated += 1,
             Ok((_, crate::registry::ImportOutcome::Unchanged)) => report.unchanged += 1,
-            Err(e) => report
-                .refused
-                .push(format!("application {}: {e}", record.application_id)),
+            Err(e) => report.refused.push(e.to_string()),
         }
     }
     if !report.refused.is_empty() {

@@ -54,6 +54,14 @@ impl Target {
             None => tls,
         })
     }
+
+    /// An HTTP client that trusts what [`Target::tls`] trusts.
+    fn http(&self) -> anyhow::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .use_preconfigured_tls((*self.tls()?.client_config()?).clone())
+            .build()
+            .context("setting up the HTTP client")
+    }
 }
 
 /// Admin credential options, and where the admin API is.
@@ -118,37 +126,9 @@ pub(crate) enum DevCommand {
 pub(crate) enum DevAppCommand {
     /// Register an application (version 1, a draft until `ready`); its two client IDs are
     /// made now and never change.
-    Create {
-        /// Display name (unique in the catalog).
-        #[arg(long)]
-        name: String,
-        /// Vendor.
-        #[arg(long)]
-        vendor: String,
-        /// The scope it asks for (families as for `app create --scope`).
-        #[arg(long)]
-        scope: String,
-        /// Free-text description.
-        #[arg(long, default_value = "")]
-        description: String,
-    },
+    Create(#[command(flatten)] NewAppArgs),
     /// Change a draft, or make the next version (a draft) of a ready one.
-    Update {
-        /// Application id.
-        id: String,
-        /// New name.
-        #[arg(long)]
-        name: Option<String>,
-        /// New vendor.
-        #[arg(long)]
-        vendor: Option<String>,
-        /// New description.
-        #[arg(long)]
-        description: Option<String>,
-        /// New requested scope.
-        #[arg(long)]
-        scope: Option<String>,
-    },
+    Update(#[command(flatten)] AppPatchArgs),
     /// Show one of your applications.
     Show {
         /// Application id.
@@ -220,11 +200,7 @@ pub(crate) async fn dev(target: Target, auth: DevAuth, cmd: DevCommand) -> anyho
     let j = auth.json;
     let cmd = match cmd {
         DevCommand::Register { name } => {
-            let tls = target.tls()?;
-            let http = reqwest::Client::builder()
-                .use_preconfigured_tls((*tls.client_config()?).clone())
-                .build()
-                .context("setting up the HTTP client")?;
+            let http = target.http()?;
             let url = format!("{}/dev/v1/register", target.url.trim_end_matches('/'));
             let resp = http
                 .post(&url)
@@ -252,42 +228,11 @@ pub(crate) async fn dev(target: Target, auth: DevAuth, cmd: DevCommand) -> anyho
     };
     let dev = Admin::developer(&target, &auth)?;
     let v = match cmd {
-        DevAppCommand::Create {
-            name,
-            vendor,
-            scope,
-            description,
-        } => {
-            dev.call(
-                M::POST,
-                "/apps",
-                body(&NewApplication {
-                    name,
-                    vendor,
-                    description,
-                    scope,
-                })?,
-            )
-            .await?
-        }
-        DevAppCommand::Update {
-            id,
-            name,
-            vendor,
-            description,
-            scope,
-        } => {
-            dev.call(
-                M::PATCH,
-                &format!("/apps/{id}"),
-                body(&ApplicationPatch {
-                    name,
-                    vendor,
-                    description,
-                    scope,
-                })?,
-            )
-            .await?
+        DevAppCommand::Create(args) => dev.call(M::POST, "/apps", body(&args.body())?).await?,
+        DevAppCommand::Update(args) => {
+            let (id, patch) = args.body();
+            dev.call(M::PATCH, &format!("/apps/{id}"), body(&patch)?)
+                .await?
         }
         DevAppCommand::Show { id } => dev.call(M::GET, &format!("/apps/{id}"), None).await?,
         DevAppCommand::List => {
@@ -369,25 +314,74 @@ impl AdminAuth {
 }
 
 /// `scopecast app ...`.
+/// The fields of a new application (`app create`, `dev app create`).
+#[derive(Args)]
+pub(crate) struct NewAppArgs {
+    /// Display name (unique).
+    #[arg(long)]
+    name: String,
+    /// Vendor (developer).
+    #[arg(long)]
+    vendor: String,
+    /// Scope, space-separated, e.g. "subscribe:fhir.> publish:adt.*"; families:
+    /// subscribe:PATTERN, publish:PATTERN, webhook:manage,
+    /// system/TYPE.PERMS (TYPE a FHIR type or *, PERMS cruds, read or write).
+    #[arg(long)]
+    scope: String,
+    /// Free-text description.
+    #[arg(long, default_value = "")]
+    description: String,
+}
+
+impl NewAppArgs {
+    fn body(self) -> NewApplication {
+        NewApplication {
+            name: self.name,
+            vendor: self.vendor,
+            scope: self.scope,
+            description: self.description,
+        }
+    }
+}
+
+/// The fields an application update may change (`app update`, `dev app update`).
+#[derive(Args)]
+pub(crate) struct AppPatchArgs {
+    /// Application id.
+    id: String,
+    /// New name.
+    #[arg(long)]
+    name: Option<String>,
+    /// New vendor.
+    #[arg(long)]
+    vendor: Option<String>,
+    /// New description.
+    #[arg(long)]
+    description: Option<String>,
+    /// New scope.
+    #[arg(long)]
+    scope: Option<String>,
+}
+
+impl AppPatchArgs {
+    /// The application id, and the patch.
+    fn body(self) -> (String, ApplicationPatch) {
+        (
+            self.id,
+            ApplicationPatch {
+                name: self.name,
+                vendor: self.vendor,
+                description: self.description,
+                scope: self.scope,
+            },
+        )
+    }
+}
+
 #[derive(Subcommand)]
 pub(crate) enum AppCommand {
     /// Register an application; prints its two client IDs and their secrets (shown once).
-    Create {
-        /// Display name (unique).
-        #[arg(long)]
-        name: String,
-        /// Vendor (developer).
-        #[arg(long)]
-        vendor: String,
-        /// Scope ceiling, space-separated, e.g. "subscribe:fhir.> publish:adt.*"; families:
-        /// subscribe:PATTERN, publish:PATTERN, webhook:manage,
-        /// system/TYPE.PERMS (TYPE a FHIR type or *, PERMS cruds, read or write).
-        #[arg(long)]
-        scope: String,
-        /// Free-text description.
-        #[arg(long, default_value = "")]
-        description: String,
-    },
+    Create(#[command(flatten)] NewAppArgs),
     /// List applications.
     List,
     /// Show an application (by application id or by one of its client IDs).
@@ -396,22 +390,7 @@ pub(crate) enum AppCommand {
         id: String,
     },
     /// Change an application's name, vendor, description or scope ceiling.
-    Update {
-        /// Application id.
-        id: String,
-        /// New name.
-        #[arg(long)]
-        name: Option<String>,
-        /// New vendor.
-        #[arg(long)]
-        vendor: Option<String>,
-        /// New description.
-        #[arg(long)]
-        description: Option<String>,
-        /// New scope ceiling.
-        #[arg(long)]
-        scope: Option<String>,
-    },
+    Update(#[command(flatten)] AppPatchArgs),
     /// Replace an application's scope ceiling (given an application id registered here), or
     /// set this environment's grant for a client ID (given a client ID: at most the record's
     /// scope; the way to narrow an imported application here). Live subscriptions it no
@@ -633,11 +612,7 @@ struct Admin {
 
 impl Admin {
     fn new(target: &Target, auth: &AdminAuth) -> anyhow::Result<Admin> {
-        let tls = target.tls()?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls((*tls.client_config()?).clone())
-            .build()
-            .context("setting up the HTTP client")?;
+        let http = target.http()?;
         let url = auth.admin_url.as_deref().unwrap_or(&target.url);
         Ok(Admin {
             http,
@@ -649,11 +624,7 @@ impl Admin {
 
     /// The developer API of the catalog at `--url`, with a developer credential.
     fn developer(target: &Target, auth: &DevAuth) -> anyhow::Result<Admin> {
-        let tls = target.tls()?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls((*tls.client_config()?).clone())
-            .build()
-            .context("setting up the HTTP client")?;
+        let http = target.http()?;
         let token = auth.dev_token.clone().filter(|t| !t.is_empty()).context(
             "no developer credential: pass --dev-token or set SCOPECAST_DEV_TOKEN \
              (`scopecast dev register`, or ask the catalog's admin)",
@@ -883,23 +854,9 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
     let j = auth.json;
     use reqwest::Method as M;
     match cmd {
-        AppCommand::Create {
-            name,
-            vendor,
-            scope,
-            description,
-        } => {
+        AppCommand::Create(args) => {
             let app = admin
-                .call(
-                    M::POST,
-                    "/applications",
-                    body(&NewApplication {
-                        name,
-                        vendor,
-                        scope,
-                        description,
-                    })?,
-                )
+                .call(M::POST, "/applications", body(&args.body())?)
                 .await?;
             print(j, &app, print_app)
         }
@@ -951,19 +908,8 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
             };
             print(j, &app, print_app)
         }
-        AppCommand::Update {
-            id,
-            name,
-            vendor,
-            description,
-            scope,
-        } => {
-            let patch = ApplicationPatch {
-                name,
-                vendor,
-                description,
-                scope,
-            };
+        AppCommand::Update(args) => {
+            let (id, patch) = args.body();
             let app = admin
                 .call(M::PATCH, &format!("/applications/{id}"), body(&patch)?)
                 .await?;
@@ -1412,11 +1358,7 @@ pub(crate) async fn keys(target: Target, auth: AdminAuth, cmd: KeysCommand) -> a
 /// public `GET /catalog/v1/keys`), to pin in each environment's `catalog.trusted_keys_file`.
 /// Compare the printed `kid`s with the catalog operator's by another channel before pinning.
 pub(crate) async fn catalog_keys(target: Target, out: Option<PathBuf>) -> anyhow::Result<()> {
-    let tls = target.tls()?;
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls((*tls.client_config()?).clone())
-        .build()
-        .context("setting up the HTTP client")?;
+    let http = target.http()?;
     let url = format!("{}/catalog/v1/keys", target.url.trim_end_matches('/'));
     let resp = http
         .get(&url)

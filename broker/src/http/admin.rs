@@ -118,16 +118,8 @@ pub(crate) fn client_view(
     c: &StoredClient,
     secret: Option<&IssuedSecret>,
 ) -> ClientView {
-    let (effective_scope, pending_scope) = match &c.granted_scope {
-        None => (app.ceiling.to_string(), String::new()),
-        Some(g) => {
-            let grant = scopecast_protocol::ScopeSet::parse(g).unwrap_or_default();
-            (
-                app.ceiling.intersection(&grant).to_string(),
-                app.ceiling.not_covered_by(&grant).to_string(),
-            )
-        }
-    };
+    let (effective, pending) = crate::registry::effective_scope(&app.ceiling, c);
+    let (effective_scope, pending_scope) = (effective.to_string(), pending.to_string());
     let keys = match &c.keys {
         ClientKeysSpec::None => ClientKeysView::None,
         ClientKeysSpec::Jwks(v) => ClientKeysView::Jwks {
@@ -274,16 +266,9 @@ pub(crate) async fn update_application(
     bytes: Bytes,
 ) -> Response {
     let who = caller.name.clone();
-    let b: admin::ApplicationPatch = match body(&bytes) {
-        Ok(b) => b,
+    let patch: ApplicationPatch = match body::<admin::ApplicationPatch>(&bytes) {
+        Ok(b) => b.into(),
         Err(r) => return r,
-    };
-    let patch = ApplicationPatch {
-        name: b.name,
-        vendor: b.vendor,
-        description: b.description,
-        scope: b.scope,
-        ..ApplicationPatch::default()
     };
     match state.registry.update_application(&id, patch, &who).await {
         Ok(app) => Json(app_view(&app, &[])).into_response(),

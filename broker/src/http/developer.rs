@@ -30,21 +30,13 @@ fn editor(caller: &Caller) -> Editor {
     Editor::Developer(caller.name.clone())
 }
 
+/// One of the caller's applications (the registry's own ownership rule; another
+/// developer's is "not found").
 fn own(state: &Broker, caller: &Caller, id: &str) -> Result<std::sync::Arc<Application>, Response> {
-    let not_found = || {
-        ApiError::for_code(ErrorCode::NotFound, format!("application {id} not found"))
-            .into_response()
-    };
-    let app = state
+    state
         .registry
-        .snapshot()
-        .application(id)
-        .cloned()
-        .ok_or_else(not_found)?;
-    if app.record.owner.as_deref() != Some(caller.name.as_str()) {
-        return Err(not_found());
-    }
-    Ok(app)
+        .editable(id, &editor(caller))
+        .map_err(registry_error)
 }
 
 /// `POST /dev/v1/register` `{"name"}`: a developer credential, its token shown once (201);
@@ -167,16 +159,9 @@ pub(crate) async fn update(
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Response {
-    let b: admin::ApplicationPatch = match body(&bytes) {
-        Ok(b) => b,
+    let patch: ApplicationPatch = match body::<admin::ApplicationPatch>(&bytes) {
+        Ok(b) => b.into(),
         Err(r) => return r,
-    };
-    let patch = ApplicationPatch {
-        name: b.name,
-        vendor: b.vendor,
-        description: b.description,
-        scope: b.scope,
-        ..ApplicationPatch::default()
     };
     match state
         .registry

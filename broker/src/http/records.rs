@@ -18,7 +18,7 @@ use scopecast_protocol::admin::{Grant, Imported, Reason, RecordDocument};
 use super::admin::{app_view, body, client_view, find_app, find_client, registry_error};
 use super::auth::Caller;
 use super::error::ApiError;
-use crate::catalog::RecordError;
+use crate::catalog::{ImportError, RecordError};
 use crate::state::Broker;
 
 /// `GET /catalog/v1/keys`: the public keys this deployment signs application records with,
@@ -121,28 +121,8 @@ pub(crate) async fn import(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let (record, kid) = match state.trusted.verify(&doc.record) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(actor = %caller.name, error = %e, "application record refused");
-            let reason = match e {
-                RecordError::NoTrustedCatalog => ErrorReason::NoTrustedCatalog,
-                RecordError::Malformed(_) => ErrorReason::MalformedRecord,
-                RecordError::UntrustedKey { .. } => ErrorReason::UntrustedCatalog,
-                RecordError::BadSignature => ErrorReason::BadSignature,
-            };
-            return ApiError::new(reason, e.to_string())
-                .field("record")
-                .into_response();
-        }
-    };
-    match state
-        .registry
-        .import_record(&record, &kid, doc.record.trim(), &caller.name, "file")
-        .await
-    {
+    match crate::catalog::import(&state, &doc.record, &caller.name, "file").await {
         Ok((app, outcome)) => {
-            tracing::info!(actor = %caller.name, application_id = %app.record.id, version = app.record.version, outcome = outcome.as_str(), "application record imported");
             let status = if outcome == crate::registry::ImportOutcome::Created {
                 StatusCode::CREATED
             } else {
@@ -157,7 +137,19 @@ pub(crate) async fn import(
             )
                 .into_response()
         }
-        Err(e) => registry_error(e),
+        Err(ImportError::Registry(e)) => registry_error(e),
+        Err(ImportError::Record(e)) => {
+            tracing::warn!(actor = %caller.name, error = %e, "application record refused");
+            let reason = match e {
+                RecordError::NoTrustedCatalog => ErrorReason::NoTrustedCatalog,
+                RecordError::Malformed(_) => ErrorReason::MalformedRecord,
+                RecordError::UntrustedKey { .. } => ErrorReason::UntrustedCatalog,
+                RecordError::BadSignature => ErrorReason::BadSignature,
+            };
+            ApiError::new(reason, e.to_string())
+                .field("record")
+                .into_response()
+        }
     }
 }
 

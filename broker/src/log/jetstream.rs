@@ -89,10 +89,12 @@ fn fingerprint(topic: &Topic, data: &RawJson) -> String {
     h.update(topic.as_str().as_bytes());
     h.update([0]);
     h.update(data.get().as_bytes());
-    h.finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()
+    let mut hex = String::with_capacity(64);
+    for b in h.finalize() {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 impl JetStreamLog {
@@ -207,8 +209,11 @@ impl JetStreamLog {
         Some(StoredEvent::new(seq, topic, event_id, time, data))
     }
 
-    async fn message(&self, seq: u64) -> Result<Option<StoredEvent>, LogError> {
-        let stream = self.stream().await?;
+    async fn message(
+        &self,
+        stream: &stream::Stream,
+        seq: u64,
+    ) -> Result<Option<StoredEvent>, LogError> {
         match stream.get_raw_message(seq).await {
             Ok(m) => Ok(Self::event(
                 m.sequence,
@@ -233,14 +238,19 @@ impl EventLog for JetStreamLog {
                 .event_id
                 .unwrap_or_else(|| EventId::from_uuid(uuid::Uuid::new_v4().into_bytes()));
             let time = Timestamp::now();
-            let print = fingerprint(&ev.topic, &ev.data);
             let mut headers = HeaderMap::new();
             headers.insert(EVENT_ID, event_id.as_str());
             headers.insert(TIME, time.unix_nanos().to_string().as_str());
-            if has_id {
+            // Only a publisher's id can come back as a duplicate: only then is the body's
+            // fingerprint needed (a hash of the payload is not free on the publish path).
+            let print = if has_id {
+                let print = fingerprint(&ev.topic, &ev.data);
                 headers.insert(MSG_ID, event_id.as_str());
                 headers.insert(FINGERPRINT, print.as_str());
-            }
+                print
+            } else {
+                String::new()
+            };
             let subject = format!("{}.{}", self.settings.subject_prefix, ev.topic.as_str());
             let payload = bytes::Bytes::from(ev.data.get().to_owned());
             let ack = self
@@ -314,8 +324,12 @@ impl EventLog for JetStreamLog {
         let b = self.bounds();
         let mut seq = from.max(b.first).max(1);
         let mut out = Vec::new();
+        if seq > b.last || limit == 0 {
+            return Ok(out);
+        }
+        let stream = self.stream().await?;
         while seq <= b.last && out.len() < limit {
-            if let Some(e) = self.message(seq).await? {
+            if let Some(e) = self.message(&stream, seq).await? {
                 out.push(Arc::new(e));
             }
             seq += 1;

@@ -45,7 +45,8 @@ use credential::{Credential, CredentialSet};
 pub use postgres::PgStore;
 pub use record::ImportOutcome;
 pub use snapshot::{
-    Application, ClientEntry, ClientKeys, ClientKeysSpec, Snapshot, StoredApplication, StoredClient,
+    Application, ClientEntry, ClientKeys, ClientKeysSpec, Snapshot, StoredApplication,
+    StoredClient, effective_scope,
 };
 pub use sqlite::SqliteStore;
 pub use store::{

@@ -110,11 +110,11 @@ fn conflict(m: String) -> RegistryError {
 impl Registry {
     /// The application `id` if `editor` may change it: any for an admin, only their own for a
     /// developer (another's is "not found": a developer never learns it exists).
-    pub(super) fn editable(
-        &self,
-        id: &str,
-        editor: &Editor,
-    ) -> Result<Arc<Application>, RegistryError> {
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] for a malformed id, [`RegistryError::NotFound`].
+    pub fn editable(&self, id: &str, editor: &Editor) -> Result<Arc<Application>, RegistryError> {
+        let id = &validate::uuid_id("id", id)?;
         let not_found = || RegistryError::NotFound {
             what: "application",
             id: id.to_owned(),

@@ -78,6 +78,27 @@ pub struct StoredApplication {
     pub clients: Vec<StoredClient>,
 }
 
+/// A client's effective scope here (its record's `ceiling` intersected with its grant; the
+/// ceiling itself before a grant) and the record's scopes the grant does not include yet.
+pub fn effective_scope(
+    ceiling: &Arc<ScopeSet>,
+    client: &StoredClient,
+) -> (Arc<ScopeSet>, Arc<ScopeSet>) {
+    match &client.granted_scope {
+        None => (ceiling.clone(), Arc::new(ScopeSet::default())),
+        Some(g) => {
+            let grant = ScopeSet::parse(g).unwrap_or_else(|e| {
+                tracing::error!(client_id = %client.client_id, error = %e, "stored grant does not parse; granting nothing");
+                ScopeSet::default()
+            });
+            (
+                Arc::new(ceiling.intersection(&grant)),
+                Arc::new(ceiling.not_covered_by(&grant)),
+            )
+        }
+    }
+}
+
 /// A client's verified public keys, ready for signature checks.
 #[derive(Debug, Clone)]
 pub enum ClientKeys {
@@ -155,19 +176,7 @@ impl Snapshot {
                         }
                     },
                 };
-                let (effective, pending) = match &c.granted_scope {
-                    None => (ceiling.clone(), Arc::new(ScopeSet::default())),
-                    Some(g) => {
-                        let grant = ScopeSet::parse(g).unwrap_or_else(|e| {
-                            tracing::error!(client_id = %c.client_id, error = %e, "stored grant does not parse; granting nothing");
-                            ScopeSet::default()
-                        });
-                        (
-                            Arc::new(ceiling.intersection(&grant)),
-                            Arc::new(ceiling.not_covered_by(&grant)),
-                        )
-                    }
-                };
+                let (effective, pending) = effective_scope(&ceiling, c);
                 snap.clients.insert(
                     c.client_id.clone(),
                     Arc::new(ClientEntry {

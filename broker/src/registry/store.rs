@@ -48,6 +48,19 @@ pub struct ApplicationPatch {
     pub frozen_record: Option<String>,
 }
 
+impl From<scopecast_protocol::admin::ApplicationPatch> for ApplicationPatch {
+    /// The fields of an API patch (admin or developer); the version fields are the registry's.
+    fn from(p: scopecast_protocol::admin::ApplicationPatch) -> Self {
+        ApplicationPatch {
+            name: p.name,
+            vendor: p.vendor,
+            description: p.description,
+            scope: p.scope,
+            ..ApplicationPatch::default()
+        }
+    }
+}
+
 /// What [`RegistryStore::delete_application`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deletion {
