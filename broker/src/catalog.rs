@@ -25,7 +25,7 @@ pub const RECORD_TYP: &str = "scopecast-record+jwt";
 
 /// How long a retired record-signing key stays published, in seconds (a year: environments
 /// pin keys, and records signed before a rotation must still verify there).
-const RETIRED_KEY_KEPT_S: i64 = 365 * 24 * 3600;
+pub(crate) const RETIRED_KEY_KEPT_S: i64 = 365 * 24 * 3600;
 
 /// Why a signed record was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +69,11 @@ impl RecordSigner {
         Ok(RecordSigner {
             keys: KeyRing::open(path, RETIRED_KEY_KEPT_S)?,
         })
+    }
+
+    /// A signer on a shared key ring (cluster mode: every node signs with the same keys).
+    pub(crate) fn from_ring(keys: KeyRing) -> RecordSigner {
+        RecordSigner { keys }
     }
 
     /// The key file as it is now (what a backup keeps, so that a restored catalog signs with

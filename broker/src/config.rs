@@ -115,6 +115,82 @@ pub struct Config {
     pub registry_poll_ms: u64,
     /// Application records from a catalog (README, "Environments and the catalog").
     pub catalog: CatalogConfig,
+    /// Cluster mode: the event log on NATS JetStream and the registry on PostgreSQL, shared
+    /// by every node (README, "Cluster mode"). Off (the embedded redb and SQLite) unless
+    /// `cluster.nats_url` is set.
+    pub cluster: ClusterConfig,
+}
+
+/// Cluster mode (README "Cluster mode", ARCHITECTURE.md "Cluster mode"). With `nats_url`
+/// set, the event log is a JetStream stream and the registry a PostgreSQL database shared by
+/// every node, and `log`, `log_sync`, `log_cache_bytes` and `memory_log_events` do not apply;
+/// `retention` becomes the stream's limits and `limits.idempotency_window_s` its duplicate
+/// window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The NATS servers, comma-separated (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`;
+    /// `tls://` for TLS). Setting it turns cluster mode on.
+    pub nats_url: Option<String>,
+    /// A file holding a NATS token, when the servers need one (a user and password go in
+    /// the URL: `nats://user:password@host:4222`; keep such a configuration private).
+    pub nats_token_file: Option<PathBuf>,
+    /// PEM CA certificates that verify the NATS servers' TLS certificates (else the system's).
+    pub nats_ca_file: Option<PathBuf>,
+    /// How often the broker pings its NATS server, in ms: a server that stops answering
+    /// (hung, cut off) is left for another within about two intervals (async-nats' default of
+    /// 60 s would take minutes).
+    pub nats_ping_interval_ms: u64,
+    /// The JetStream stream holding the events (created on first start).
+    pub stream: String,
+    /// Events are stored under `<subject_prefix>.<topic>`.
+    pub subject_prefix: String,
+    /// Stream replicas: 3 survives the loss of one NATS node; 1 survives none (reported as
+    /// degraded durability).
+    pub replicas: usize,
+    /// The PostgreSQL registry, e.g. `postgres://scopecast@db.internal/scopecast`. Prefer
+    /// `postgres_url_file` when the URL holds a password.
+    #[serde(skip_serializing)]
+    pub postgres_url: Option<String>,
+    /// A file holding the PostgreSQL URL (kept out of the configuration file and the
+    /// environment).
+    pub postgres_url_file: Option<PathBuf>,
+    /// The key-encryption key: a file holding 32 random bytes, base64 (`scopecast cluster
+    /// kek`), the same on every node, readable by the service alone. It seals the token and
+    /// record signing keys kept in PostgreSQL (AES-256-GCM).
+    pub key_encryption_key_file: Option<PathBuf>,
+    /// This node's name: the `node` of metrics, sessions and logs (default: host name and
+    /// port).
+    pub node_name: Option<String>,
+    /// `/readyz` says not ready while this node's fan-out is more than this many ms behind
+    /// the stream with events waiting (a node that delivers nothing is not healthy).
+    pub max_fanout_lag_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_url: None,
+            nats_token_file: None,
+            nats_ca_file: None,
+            nats_ping_interval_ms: 2_000,
+            stream: "SCOPECAST_EVENTS".to_owned(),
+            subject_prefix: "scopecast.events".to_owned(),
+            replicas: 3,
+            postgres_url: None,
+            postgres_url_file: None,
+            key_encryption_key_file: None,
+            node_name: None,
+            max_fanout_lag_ms: 10_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// True when cluster mode is on (`nats_url` set).
+    pub fn enabled(&self) -> bool {
+        self.nats_url.is_some()
+    }
 }
 
 /// Where this environment's application records may come from.
@@ -453,6 +529,7 @@ impl Default for Config {
             registry_poll_ms: 1_000,
             catalog: CatalogConfig::default(),
             retention: RetentionConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -554,6 +631,71 @@ impl Config {
         Ok(config)
     }
 
+    /// The `[cluster]` checks of [`Config::validate`].
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let Some(url) = &c.nats_url else {
+            return Ok(());
+        };
+        if url.split(',').any(|u| u.trim().is_empty()) {
+            return Err(invalid(
+                "cluster.nats_url",
+                "must be one or more NATS URLs, comma-separated",
+            ));
+        }
+        if c.postgres_url.is_some() == c.postgres_url_file.is_some() {
+            return Err(invalid(
+                "cluster.postgres_url",
+                "cluster mode needs exactly one of cluster.postgres_url and cluster.postgres_url_file",
+            ));
+        }
+        if c.key_encryption_key_file.is_none() {
+            return Err(invalid(
+                "cluster.key_encryption_key_file",
+                "cluster mode needs the key-encryption key (make one with `scopecast cluster kek`)",
+            ));
+        }
+        if !(1..=5).contains(&c.replicas) {
+            return Err(invalid("cluster.replicas", "must be 1 to 5"));
+        }
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !token(&c.stream) {
+            return Err(invalid(
+                "cluster.stream",
+                "must be 1 to 64 letters, digits, `_` or `-`",
+            ));
+        }
+        if c.subject_prefix.is_empty() || c.subject_prefix.split('.').any(|t| !token(t)) {
+            return Err(invalid(
+                "cluster.subject_prefix",
+                "must be dot-separated tokens of letters, digits, `_` or `-`",
+            ));
+        }
+        if !(100..=60_000).contains(&c.nats_ping_interval_ms) {
+            return Err(invalid(
+                "cluster.nats_ping_interval_ms",
+                "must be 100 to 60000",
+            ));
+        }
+        if c.max_fanout_lag_ms < 100 {
+            return Err(invalid("cluster.max_fanout_lag_ms", "must be at least 100"));
+        }
+        if let Some(n) = &c.node_name
+            && !token(n)
+        {
+            return Err(invalid(
+                "cluster.node_name",
+                "must be 1 to 64 letters, digits, `_` or `-`",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks ranges that types cannot express.
     ///
     /// # Errors
@@ -562,6 +704,7 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
+        self.validate_cluster()?;
         if self.environment_name.is_empty()
             || self.environment_name.len() > 64
             || self.environment_name.chars().any(char::is_control)

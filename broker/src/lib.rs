@@ -16,6 +16,8 @@
 //! - [`registry`]: applications, client IDs, credentials, activations, audit; the SQLite store
 //!   and its change feed, which the in-memory snapshot follows.
 //! - [`auth`]: OAuth2 secrets, signing keys, tokens and verification.
+//! - `cluster`: cluster mode's shared parts: the key-encryption key, the signing keys shared
+//!   through the registry, the JetStream servers' durability, the NATS connection.
 //! - [`catalog`]: signed application records: the catalog's record signer, the catalog
 //!   keys an environment pins.
 //! - [`backup`]: backups taken while the broker runs, their manifest, and restore.
@@ -31,6 +33,7 @@ mod access;
 pub mod auth;
 pub mod backup;
 pub mod catalog;
+mod cluster;
 mod config;
 mod data_dir;
 mod fanout;
@@ -44,9 +47,17 @@ mod server;
 mod session;
 mod state;
 
+/// A new key-encryption key for `cluster.key_encryption_key_file` (base64 of 32 random bytes).
+///
+/// # Errors
+/// When the system's random source fails.
+pub fn generate_kek() -> Result<String, String> {
+    cluster::Kek::generate()
+}
+
 pub use config::{
-    Config, ConfigError, EnvironmentKind, ExternalIssuer, HttpConfig, LimitsConfig, LogFormat,
-    LogMode, LogSync, OAuthConfig, Overrides, RetentionConfig, TlsConfig,
+    ClusterConfig, Config, ConfigError, EnvironmentKind, ExternalIssuer, HttpConfig, LimitsConfig,
+    LogFormat, LogMode, LogSync, OAuthConfig, Overrides, RetentionConfig, TlsConfig,
 };
 pub use data_dir::LOCK_FILE;
 pub use server::{

@@ -74,6 +74,13 @@ pub(crate) struct Metrics {
     render_lock: parking_lot::Mutex<()>,
     /// `scopecast_environment_info`.
     environment_info: IntGaugeVec,
+    /// Events the log holds that this node's fan-out has not offered yet (tailed logs).
+    pub fanout_lag_events: IntGauge,
+    /// Times the fan-out gave up a stalled or ended tail and tailed again.
+    pub fanout_restarts: IntCounter,
+    /// 1 for each reason acknowledged events are less durable than they could be
+    /// (`replicas_1`, `lazy_fsync`, `server_before_2_11`); none set: not degraded.
+    pub log_durability_degraded: IntGaugeVec,
 }
 
 impl Metrics {
@@ -82,8 +89,35 @@ impl Metrics {
     /// # Errors
     /// Only if a metric definition here is invalid (names and labels are constants; the unit
     /// test below builds them all).
+    #[cfg(test)]
     pub(crate) fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new_custom(Some("scopecast".into()), None)?;
+        Metrics::for_node(None)
+    }
+
+    /// As [`Metrics::new`], with a `node` label on every series when `node` is given (cluster
+    /// mode: which node a series comes from).
+    ///
+    /// # Errors
+    /// As [`Metrics::new`].
+    pub(crate) fn for_node(node: Option<&str>) -> Result<Metrics, prometheus::Error> {
+        let labels =
+            node.map(|n| std::collections::HashMap::from([("node".to_owned(), n.to_owned())]));
+        let registry = Registry::new_custom(Some("scopecast".into()), labels)?;
+        let fanout_lag_events = IntGauge::new(
+            "fanout_lag_events",
+            "Events in the log this node's fan-out has not offered yet",
+        )?;
+        let fanout_restarts = IntCounter::new(
+            "fanout_restarts_total",
+            "Times the fan-out tailed the log again after a stalled or ended tail",
+        )?;
+        let log_durability_degraded = IntGaugeVec::new(
+            Opts::new(
+                "event_log_durability_degraded",
+                "1 per reason acknowledged events are less durable than they could be",
+            ),
+            &["reason"],
+        )?;
         let connections = IntGauge::new("connections", "Open WebSocket connections")?;
         let client_connections = IntGaugeVec::new(
             Opts::new(
@@ -213,6 +247,9 @@ impl Metrics {
             Box::new(auth_failures.clone()),
             Box::new(publish_rate_limited.clone()),
             Box::new(publish_to_deliver.clone()),
+            Box::new(fanout_lag_events.clone()),
+            Box::new(fanout_restarts.clone()),
+            Box::new(log_durability_degraded.clone()),
         ] {
             registry.register(c)?;
         }
@@ -239,6 +276,9 @@ impl Metrics {
             client_delivered,
             client_published,
             environment_info,
+            fanout_lag_events,
+            fanout_restarts,
+            log_durability_degraded,
             clients: DashMap::new(),
             render_lock: parking_lot::Mutex::new(()),
         })

@@ -133,7 +133,7 @@ pub async fn run_on(
         state,
         fanout_task,
         background,
-    } = assemble(config, public_url).await?;
+    } = assemble(config, public_url, listener.local_addr()?.port()).await?;
     let cancel = state.shutdown.clone();
     // Kept to stop the registry's feed follower at the end (tasks may outlive `state`).
     let feed = state.registry.clone();
@@ -232,25 +232,80 @@ pub(crate) struct Assembled {
 ///
 /// # Errors
 /// [`ServeError::Startup`] when a store cannot be opened.
-pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assembled, ServeError> {
+pub(crate) async fn assemble(
+    config: Config,
+    public_url: String,
+    port: u16,
+) -> Result<Assembled, ServeError> {
     let o = &config.oauth;
+    let startup = |e: &dyn std::fmt::Display| ServeError::Startup(e.to_string());
     // A retired key stays published until every token it signed has expired.
     let retain_for = (o.token_lifetime_s + o.leeway_s + 60) as i64;
     let keys_path = config.data_dir.join(SIGNING_KEYS_FILE);
-    let keys =
-        KeyRing::open(&keys_path, retain_for).map_err(|e| ServeError::Startup(e.to_string()))?;
     let registry_path = config.data_dir.join(REGISTRY_FILE);
     private_files(&config)?;
-    let store = SqliteStore::open(&registry_path)
-        .await
-        .map_err(|e| ServeError::Startup(e.to_string()))?;
-    let registry = Registry::open_following(store, Duration::from_millis(config.registry_poll_ms))
-        .await
-        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    let node = config
+        .cluster
+        .enabled()
+        .then(|| crate::cluster::node_name(&config.cluster, port));
+    let registry = match &node {
+        None => {
+            let store = SqliteStore::open(&registry_path)
+                .await
+                .map_err(|e| startup(&e))?;
+            Registry::open_following(store, Duration::from_millis(config.registry_poll_ms)).await
+        }
+        Some(_) => {
+            let url = crate::cluster::postgres_url(&config.cluster).map_err(|e| startup(&e))?;
+            let store = crate::registry::PgStore::open(&url)
+                .await
+                .map_err(|e| startup(&format!("cluster registry (PostgreSQL): {e}")))?;
+            Registry::open_following(store, Duration::from_millis(config.registry_poll_ms)).await
+        }
+    }
+    .map_err(|e| startup(&e))?;
     admin_credential(&config, &registry).await?;
     registry.set_environment(&config.environment_id());
-    let records = crate::catalog::RecordSigner::open(&config.data_dir.join(RECORD_KEYS_FILE))
-        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    // One node keeps its keys in files; a cluster's nodes share them, sealed, in the registry.
+    let (keys, records, shared) = match &node {
+        None => (
+            KeyRing::open(&keys_path, retain_for).map_err(|e| startup(&e))?,
+            crate::catalog::RecordSigner::open(&config.data_dir.join(RECORD_KEYS_FILE))
+                .map_err(|e| startup(&e))?,
+            None,
+        ),
+        Some(node) => {
+            let path = config
+                .cluster
+                .key_encryption_key_file
+                .as_deref()
+                .ok_or_else(|| startup(&"cluster mode needs cluster.key_encryption_key_file"))?;
+            let kek = Arc::new(crate::cluster::Kek::load(path).map_err(|e| startup(&e))?);
+            let tokens = crate::cluster::SharedRing::open(
+                registry.clone(),
+                kek.clone(),
+                crate::cluster::TOKEN_KEYS,
+                retain_for,
+                node,
+            )
+            .await
+            .map_err(|e| startup(&e))?;
+            let records = crate::cluster::SharedRing::open(
+                registry.clone(),
+                kek,
+                crate::cluster::RECORD_KEYS,
+                crate::catalog::RETIRED_KEY_KEPT_S,
+                node,
+            )
+            .await
+            .map_err(|e| startup(&e))?;
+            (
+                tokens.ring().clone(),
+                crate::catalog::RecordSigner::from_ring(records.ring().clone()),
+                Some((tokens, records)),
+            )
+        }
+    };
     let trusted =
         crate::catalog::TrustedCatalogs::load(config.catalog.trusted_keys_file.as_deref())
             .map_err(ServeError::Startup)?;
@@ -298,12 +353,15 @@ pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assem
         environment = config.environment.as_str(),
         environment_name = %config.environment_name,
         env = %config.environment_id(),
-        registry = %registry_path.display(),
-        signing_keys = %keys_path.display(),
+        registry = %if node.is_some() { "PostgreSQL (cluster)".to_owned() } else { registry_path.display().to_string() },
+        signing_keys = %if node.is_some() { "shared through the registry, sealed".to_owned() } else { keys_path.display().to_string() },
+        node = node.as_deref().unwrap_or("-"),
         "authorization server ready"
     );
-    let metrics =
-        Arc::new(Metrics::new().map_err(|e| ServeError::Startup(format!("metrics: {e}")))?);
+    let metrics = Arc::new(
+        Metrics::for_node(node.as_deref())
+            .map_err(|e| ServeError::Startup(format!("metrics: {e}")))?,
+    );
     metrics.set_environment(config.environment.as_str(), &config.environment_name);
     let retention = Retention {
         max_events: config.retention.max_events,
@@ -315,8 +373,57 @@ pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assem
         Duration::from_secs(config.limits.idempotency_window_s),
         config.limits.idempotency_max_keys,
     );
+    let mut cluster = None;
     let (log, retainer): (Arc<dyn EventLog>, Option<tokio::task::JoinHandle<()>>) = match config.log
     {
+        _ if node.is_some() => {
+            let node = node.clone().unwrap_or_default();
+            let c = &config.cluster;
+            let client = crate::cluster::connect_nats(c, &node)
+                .await
+                .map_err(|e| startup(&e))?;
+            let durability =
+                crate::cluster::Durability::assess(&client.server_info().version, c.replicas);
+            let log = crate::log::JetStreamLog::open(
+                client,
+                crate::log::JetStreamSettings {
+                    stream: c.stream.clone(),
+                    subject_prefix: c.subject_prefix.clone(),
+                    replicas: c.replicas,
+                    max_events: config.retention.max_events,
+                    max_bytes: config.retention.max_bytes,
+                    max_age: Duration::from_secs(config.retention.max_age_s),
+                    duplicate_window: Duration::from_secs(config.limits.idempotency_window_s),
+                },
+            )
+            .await
+            .map_err(|e| startup(&format!("cluster event log (JetStream): {e}")))?;
+            for reason in &durability.reasons {
+                metrics
+                    .log_durability_degraded
+                    .with_label_values(&[reason])
+                    .set(1);
+            }
+            if durability.reasons.is_empty() {
+                tracing::info!(server_version = %durability.server_version, replicas = c.replicas, "event log on JetStream");
+            } else {
+                tracing::warn!(
+                    server_version = %durability.server_version,
+                    replicas = c.replicas,
+                    degraded = ?durability.reasons,
+                    "event log on JetStream with degraded durability (docs/FAULTS.md)"
+                );
+            }
+            tracing::info!(stream = %c.stream, last_seq = log.bounds().last, "event log opened");
+            let (tokens, records) = shared.clone().ok_or_else(|| startup(&"no shared keys"))?;
+            cluster = Some(crate::state::ClusterState {
+                node,
+                durability,
+                tokens,
+                records,
+            });
+            (Arc::new(log) as Arc<dyn EventLog>, None)
+        }
         LogMode::Memory => (
             Arc::new(MemoryLog::start(
                 config.memory_log_events,
@@ -368,6 +475,7 @@ pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assem
         records,
         trusted,
         public_url: public_url.clone(),
+        cluster,
     });
     let follower = tokio::spawn(state.sessions.clone().follow(registry.clone()));
     // Pulls the catalog's records on an interval, when one is configured.
@@ -390,6 +498,12 @@ pub(crate) async fn assemble(config: Config, public_url: String) -> Result<Assem
         })
     };
     let mut background = vec![follower, prober];
+    if let Some(c) = &state.cluster {
+        background.push(tokio::spawn(crate::cluster::follow_rings(
+            registry.clone(),
+            vec![c.tokens.clone(), c.records.clone()],
+        )));
+    }
     background.extend(retainer);
     Ok(Assembled {
         state,
@@ -484,9 +598,13 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// before a store opens it, tightened if it exists with wider permissions.
 fn private_files(config: &Config) -> Result<(), ServeError> {
     let dir = &config.data_dir;
-    let mut files = vec![dir.join(REGISTRY_FILE)];
-    if config.log == LogMode::Durable {
-        files.push(dir.join(EVENT_LOG_FILE));
+    let mut files = Vec::new();
+    // In cluster mode the registry and the log are PostgreSQL and JetStream.
+    if !config.cluster.enabled() {
+        files.push(dir.join(REGISTRY_FILE));
+        if config.log == LogMode::Durable {
+            files.push(dir.join(EVENT_LOG_FILE));
+        }
     }
     for path in &files {
         crate::data_dir::private_file(path).map_err(|source| ServeError::DataDir {

@@ -73,8 +73,22 @@ pub(crate) struct Services {
     pub(crate) trusted: crate::catalog::TrustedCatalogs,
     /// This deployment's public URL: the `iss` of the records it signs.
     pub(crate) public_url: String,
+    /// Cluster mode's parts (`None` on a single node).
+    pub(crate) cluster: Option<ClusterState>,
     /// The next session id.
     next_session: AtomicU64,
+}
+
+/// What a node of a cluster holds besides the shared log and registry.
+pub(crate) struct ClusterState {
+    /// This node's name (metrics label, session list, logs).
+    pub(crate) node: String,
+    /// What the JetStream servers promise (read at start).
+    pub(crate) durability: crate::cluster::Durability,
+    /// The shared token-signing key set (the issuer's ring).
+    pub(crate) tokens: crate::cluster::SharedRing,
+    /// The shared record-signing key set.
+    pub(crate) records: crate::cluster::SharedRing,
 }
 
 impl Deref for Broker {
@@ -97,6 +111,7 @@ pub(crate) struct Parts {
     pub(crate) records: crate::catalog::RecordSigner,
     pub(crate) trusted: crate::catalog::TrustedCatalogs,
     pub(crate) public_url: String,
+    pub(crate) cluster: Option<ClusterState>,
 }
 
 impl Broker {
@@ -114,6 +129,7 @@ impl Broker {
             records,
             trusted,
             public_url,
+            cluster,
         } = parts;
         let access = Access::new(registry.clone(), metrics.clone());
         let admission = Admission::new(
@@ -141,6 +157,7 @@ impl Broker {
             records,
             trusted,
             public_url,
+            cluster,
             next_session: AtomicU64::new(1),
             config,
         }))

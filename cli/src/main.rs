@@ -34,10 +34,29 @@ enum CatalogCommand {
     },
 }
 
+/// `scopecast cluster ...`.
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Make the key-encryption key every node of a cluster needs
+    /// (`cluster.key_encryption_key_file`): writes 32 random bytes, base64, to FILE (mode
+    /// 0600; refuses to overwrite). Copy the same file to every node.
+    Kek {
+        /// The file to write.
+        #[arg(value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Cluster mode's setup: `cluster kek FILE` makes the key-encryption key (README "Cluster
+    /// mode").
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Manage applications and their client IDs (admin API).
     App {
         #[command(flatten)]
@@ -275,6 +294,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             force,
         } => cli::restore(backup, data_dir, force),
         Command::Keygen(args) => cli::keygen(args),
+        Command::Cluster {
+            command: ClusterCommand::Kek { out },
+        } => write_kek(&out),
         Command::Sub {
             target,
             auth,
@@ -431,6 +453,29 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// `scopecast cluster kek FILE`.
+fn write_kek(out: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let key = scopecast_broker::generate_kek().map_err(anyhow::Error::msg)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(out)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    f.write_all(format!("{key}\n").as_bytes())?;
+    f.sync_all()?;
+    eprintln!(
+        "wrote a key-encryption key to {} (mode 0600); give every node of the cluster the same file",
+        out.display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

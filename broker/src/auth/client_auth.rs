@@ -6,9 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use dashmap::DashMap;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
@@ -28,9 +26,6 @@ pub const ASSERTION_ALGS: [Algorithm; 4] = [
     Algorithm::ES256,
     Algorithm::ES384,
 ];
-/// Most assertion `jti`s remembered at once; past it, new assertions are refused until old
-/// ones expire (only registered clients with valid signatures can fill it).
-const MAX_REMEMBERED_JTIS: usize = 200_000;
 
 /// How the client authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,9 +89,6 @@ pub struct ClientAuthenticator {
     jwks: JwksCache,
     token_endpoint: String,
     leeway_s: u64,
-    /// `client_id \0 jti` -> `exp` of assertions seen, so none is accepted twice.
-    seen: Arc<DashMap<String, i64>>,
-    inserts: Arc<AtomicU64>,
     /// Bounds concurrent argon2id checks, so a flood of token requests cannot exhaust memory.
     secret_checks: Arc<tokio::sync::Semaphore>,
 }
@@ -128,8 +120,6 @@ impl ClientAuthenticator {
             jwks,
             token_endpoint,
             leeway_s,
-            seen: Arc::new(DashMap::new()),
-            inserts: Arc::new(AtomicU64::new(0)),
             secret_checks: Arc::new(tokio::sync::Semaphore::new(max_secret_checks.max(1))),
         }
     }
@@ -255,38 +245,33 @@ impl ClientAuthenticator {
             .jti
             .filter(|j| !j.is_empty() && j.len() <= 256)
             .ok_or_else(|| fail("no usable `jti` claim"))?;
-        self.remember(&iss, &jti, claims.exp + self.leeway_s as i64)
-            .map_err(|m| fail(&m))?;
-        Ok(client)
-    }
-
-    fn remember(&self, client_id: &str, jti: &str, until: i64) -> Result<(), String> {
-        let now = now_s();
-        if self
-            .inserts
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(1024)
-            || self.seen.len() >= MAX_REMEMBERED_JTIS
+        // Remembered in the registry: for every node of a cluster, and across restarts
+        // (RFC 7523 section 3: a `jti` may be used once). Only registered clients with valid
+        // signatures get here, so only they add rows; rows go when their `exp` passes.
+        match self
+            .registry
+            .remember_jti(&jti_key(&iss, &jti), claims.exp + self.leeway_s as i64, now)
+            .await
         {
-            self.seen.retain(|_, exp| *exp >= now);
-        }
-        if self.seen.len() >= MAX_REMEMBERED_JTIS {
-            return Err("too many assertions in flight; retry shortly".to_owned());
-        }
-        match self.seen.entry(format!("{client_id}\0{jti}")) {
-            dashmap::Entry::Occupied(e) if *e.get() >= now => {
-                Err("`jti` was already used".to_owned())
-            }
-            dashmap::Entry::Occupied(mut e) => {
-                e.insert(until);
-                Ok(())
-            }
-            dashmap::Entry::Vacant(e) => {
-                e.insert(until);
-                Ok(())
+            Ok(true) => Ok(client),
+            Ok(false) => Err(fail("`jti` was already used")),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record a client assertion's jti");
+                Err(AuthFailure::Busy)
             }
         }
     }
+}
+
+/// The registry's key of an assertion: hex SHA-256 of `client_id \0 jti` (a fixed length,
+/// whatever the client put in `jti`, and text any database stores).
+fn jti_key(client_id: &str, jti: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(client_id.as_bytes());
+    h.update([0]);
+    h.update(jti.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An argon2id hash of a random secret nobody knows, made with the same parameters as real

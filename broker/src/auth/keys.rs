@@ -86,17 +86,35 @@ impl std::fmt::Debug for SigningKey {
 /// The broker's signing keys. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyRing {
-    path: PathBuf,
+    backing: Arc<Backing>,
     retain_for_s: i64,
     keys: Arc<ArcSwap<Vec<SigningKey>>>,
     /// Serialises rotations (file rewrite and swap).
     rotate: Arc<std::sync::Mutex<()>>,
 }
 
+/// Where a [`KeyRing`]'s key set lives.
+enum Backing {
+    /// A file in the data folder (one node).
+    File(PathBuf),
+    /// Shared by the nodes of a cluster through the registry (sealed there): the ring holds
+    /// the key set's bytes as last installed ([`KeyRing::install`]).
+    Shared(ArcSwap<Vec<u8>>),
+}
+
+impl Backing {
+    fn label(&self) -> String {
+        match self {
+            Backing::File(p) => p.display().to_string(),
+            Backing::Shared(_) => "shared key set".to_owned(),
+        }
+    }
+}
+
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyRing")
-            .field("path", &self.path)
+            .field("backing", &self.backing.label())
             .field("keys", &*self.keys.load())
             .finish_non_exhaustive()
     }
@@ -148,9 +166,9 @@ fn thumbprint(x: &str, y: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
 
-fn load_key(stored: &StoredKey, path: &Path) -> Result<SigningKey, KeyError> {
+fn load_key(stored: &StoredKey, label: &str) -> Result<SigningKey, KeyError> {
     let corrupt = |message: String| KeyError::Corrupt {
-        path: path.display().to_string(),
+        path: label.to_owned(),
         message,
     };
     if stored.alg != "ES256" {
@@ -176,12 +194,12 @@ fn load_key(stored: &StoredKey, path: &Path) -> Result<SigningKey, KeyError> {
     })
 }
 
-fn write_file(path: &Path, file: &KeyFile) -> Result<(), KeyError> {
+fn write_file(path: &Path, keys: &[StoredKey]) -> Result<(), KeyError> {
     let io_err = |source| KeyError::Io {
         path: path.display().to_string(),
         source,
     };
-    let text = serde_json::to_string_pretty(file).map_err(|e| KeyError::Generate(e.to_string()))?;
+    let text = serialise(keys)?;
     let tmp = path.with_extension("tmp");
     {
         use std::io::Write;
@@ -193,11 +211,59 @@ fn write_file(path: &Path, file: &KeyFile) -> Result<(), KeyError> {
             options.mode(0o600);
         }
         let mut f = options.open(&tmp).map_err(io_err)?;
-        f.write_all(text.as_bytes()).map_err(io_err)?;
+        f.write_all(&text).map_err(io_err)?;
         f.sync_all().map_err(io_err)?;
     }
     std::fs::rename(&tmp, path).map_err(io_err)?;
     Ok(())
+}
+
+fn parse(bytes: &[u8], label: &str) -> Result<Vec<StoredKey>, KeyError> {
+    let file: KeyFile = serde_json::from_slice(bytes).map_err(|e| KeyError::Corrupt {
+        path: label.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(file.keys)
+}
+
+fn load_all(stored: &[StoredKey], label: &str) -> Result<Vec<SigningKey>, KeyError> {
+    stored.iter().map(|k| load_key(k, label)).collect()
+}
+
+fn serialise(keys: &[StoredKey]) -> Result<Vec<u8>, KeyError> {
+    serde_json::to_vec_pretty(&KeyFile {
+        keys: keys.to_vec(),
+    })
+    .map_err(|e| KeyError::Generate(e.to_string()))
+}
+
+/// Drops keys retired more than `retain_for_s` ago and makes a signing key if none is left;
+/// true when anything changed.
+fn tidy(stored: &mut Vec<StoredKey>, retain_for_s: i64) -> Result<bool, KeyError> {
+    let before = stored.len();
+    let now = now_s();
+    stored.retain(|k| k.retired_at.is_none_or(|r| r + retain_for_s > now));
+    let mut changed = stored.len() != before;
+    if !stored.iter().any(|k| k.retired_at.is_none()) {
+        stored.push(generate()?);
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// Retires the signing key of `stored` and adds a new one; returns its `kid`.
+fn rotate_in(stored: &mut Vec<StoredKey>, retain_for_s: i64) -> Result<String, KeyError> {
+    let now = now_s();
+    for k in stored.iter_mut() {
+        if k.retired_at.is_none() {
+            k.retired_at = Some(now);
+        }
+    }
+    stored.retain(|k| k.retired_at.is_none_or(|r| r + retain_for_s > now));
+    let new = generate()?;
+    let kid = new.kid.clone();
+    stored.push(new);
+    Ok(kid)
 }
 
 impl KeyRing {
@@ -207,46 +273,86 @@ impl KeyRing {
     /// # Errors
     /// [`KeyError`] when the file cannot be read, parsed or written.
     pub fn open(path: &Path, retain_for_s: i64) -> Result<KeyRing, KeyError> {
+        let label = path.display().to_string();
         let mut stored = if path.exists() {
-            let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-                path: path.display().to_string(),
+            let bytes = std::fs::read(path).map_err(|source| KeyError::Io {
+                path: label.clone(),
                 source,
             })?;
-            let file: KeyFile = serde_json::from_str(&text).map_err(|e| KeyError::Corrupt {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            file.keys
+            parse(&bytes, &label)?
         } else {
             Vec::new()
         };
-        let before = stored.len();
-        let now = now_s();
-        stored.retain(|k| k.retired_at.is_none_or(|r| r + retain_for_s > now));
-        let mut changed = stored.len() != before;
-        if !stored.iter().any(|k| k.retired_at.is_none()) {
-            stored.push(generate()?);
-            changed = true;
-            tracing::info!(path = %path.display(), "created a signing key");
+        if tidy(&mut stored, retain_for_s)? {
+            write_file(path, &stored)?;
         }
-        if changed {
-            write_file(
-                path,
-                &KeyFile {
-                    keys: stored.clone(),
-                },
-            )?;
-        }
-        let keys = stored
-            .iter()
-            .map(|k| load_key(k, path))
-            .collect::<Result<Vec<_>, _>>()?;
+        let keys = load_all(&stored, &label)?;
         Ok(KeyRing {
-            path: path.to_owned(),
+            backing: Arc::new(Backing::File(path.to_owned())),
             retain_for_s,
             keys: Arc::new(ArcSwap::from_pointee(keys)),
             rotate: Arc::new(std::sync::Mutex::new(())),
         })
+    }
+
+    /// A ring whose key set is shared by the nodes of a cluster (kept in the registry, see
+    /// `crate::cluster`), starting from the key set `bytes` (what [`KeyRing::prepared`]
+    /// returned). [`KeyRing::rotate`] is not for it: the cluster rotates the shared set and
+    /// every node [`KeyRing::install`]s the result.
+    ///
+    /// # Errors
+    /// [`KeyError::Corrupt`] when `bytes` is no key set.
+    pub fn shared(bytes: &[u8], retain_for_s: i64) -> Result<KeyRing, KeyError> {
+        let ring = KeyRing {
+            backing: Arc::new(Backing::Shared(ArcSwap::from_pointee(Vec::new()))),
+            retain_for_s,
+            keys: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            rotate: Arc::new(std::sync::Mutex::new(())),
+        };
+        ring.install(bytes)?;
+        Ok(ring)
+    }
+
+    /// The key set `current` (bytes of a key file; `None`: none yet) made ready to use: keys
+    /// past their overlap dropped, a signing key made if there is none. Returns the bytes and
+    /// whether they differ from `current`.
+    ///
+    /// # Errors
+    /// [`KeyError`] when `current` does not parse or a key cannot be made.
+    pub fn prepared(
+        current: Option<&[u8]>,
+        retain_for_s: i64,
+    ) -> Result<(Vec<u8>, bool), KeyError> {
+        let mut stored = match current {
+            Some(b) => parse(b, "shared key set")?,
+            None => Vec::new(),
+        };
+        let changed = tidy(&mut stored, retain_for_s)?;
+        Ok((serialise(&stored)?, changed))
+    }
+
+    /// The key set `current` after a rotation (see [`KeyRing::rotate`]), and the new `kid`.
+    ///
+    /// # Errors
+    /// [`KeyError`] when `current` does not parse or a key cannot be made.
+    pub fn rotated(current: &[u8], retain_for_s: i64) -> Result<(Vec<u8>, String), KeyError> {
+        let mut stored = parse(current, "shared key set")?;
+        let kid = rotate_in(&mut stored, retain_for_s)?;
+        Ok((serialise(&stored)?, kid))
+    }
+
+    /// Replaces a shared ring's keys with the key set `bytes` (another node rotated them).
+    ///
+    /// # Errors
+    /// [`KeyError::Corrupt`] when `bytes` is no key set; the ring is then unchanged.
+    pub fn install(&self, bytes: &[u8]) -> Result<(), KeyError> {
+        let label = self.backing.label();
+        let keys = load_all(&parse(bytes, &label)?, &label)?;
+        if let Backing::Shared(current) = &*self.backing {
+            current.store(Arc::new(bytes.to_vec()));
+        }
+        self.keys.store(Arc::new(keys));
+        Ok(())
     }
 
     /// The key that signs new tokens.
@@ -269,6 +375,13 @@ impl KeyRing {
             .map(|k| k.decoding.clone())
     }
 
+    /// The `kid`s published now, the signing key's last.
+    pub fn kids(&self) -> Vec<String> {
+        let mut keys: Vec<SigningKey> = self.keys.load().iter().cloned().collect();
+        keys.sort_by_key(|k| (k.retired_at.is_none(), k.created_at));
+        keys.into_iter().map(|k| k.kid).collect()
+    }
+
     /// The published JWK Set: the signing key and every retired key still in its overlap.
     pub fn jwks(&self) -> Value {
         let now = now_s();
@@ -282,7 +395,8 @@ impl KeyRing {
     }
 
     /// The key file as it is now, never halfway through a rotation: what a backup keeps, so
-    /// that tokens signed before it still verify after a restore.
+    /// that tokens signed before it still verify after a restore. For a shared ring, the key
+    /// set as last installed.
     ///
     /// # Errors
     /// [`KeyError::Io`] when the file cannot be read.
@@ -291,47 +405,41 @@ impl KeyRing {
             .rotate
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::fs::read(&self.path).map_err(|source| KeyError::Io {
-            path: self.path.display().to_string(),
-            source,
-        })
+        match &*self.backing {
+            Backing::File(path) => std::fs::read(path).map_err(|source| KeyError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+            Backing::Shared(bytes) => Ok(bytes.load().to_vec()),
+        }
     }
 
     /// Retires the signing key (still published for `retain_for_s`) and makes a new one.
     /// Returns the new `kid`.
     ///
     /// # Errors
-    /// [`KeyError`] when the key file cannot be written; the old key then stays in use.
+    /// [`KeyError`] when the key file cannot be written; the old key then stays in use. A
+    /// shared ring is rotated by the cluster ([`KeyRing::rotated`], then
+    /// [`KeyRing::install`]): here it is [`KeyError::Generate`].
     pub fn rotate(&self) -> Result<String, KeyError> {
         let _guard = self
             .rotate
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let text = std::fs::read_to_string(&self.path).map_err(|source| KeyError::Io {
-            path: self.path.display().to_string(),
+        let Backing::File(path) = &*self.backing else {
+            return Err(KeyError::Generate(
+                "a shared key set is rotated through the registry".into(),
+            ));
+        };
+        let label = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| KeyError::Io {
+            path: label.clone(),
             source,
         })?;
-        let mut file: KeyFile = serde_json::from_str(&text).map_err(|e| KeyError::Corrupt {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let now = now_s();
-        for k in &mut file.keys {
-            if k.retired_at.is_none() {
-                k.retired_at = Some(now);
-            }
-        }
-        file.keys
-            .retain(|k| k.retired_at.is_none_or(|r| r + self.retain_for_s > now));
-        let new = generate()?;
-        let kid = new.kid.clone();
-        file.keys.push(new);
-        write_file(&self.path, &file)?;
-        let keys = file
-            .keys
-            .iter()
-            .map(|k| load_key(k, &self.path))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut stored = parse(&bytes, &label)?;
+        let kid = rotate_in(&mut stored, self.retain_for_s)?;
+        write_file(path, &stored)?;
+        let keys = load_all(&stored, &label)?;
         self.keys.store(Arc::new(keys));
         tracing::info!(%kid, "rotated the token signing key");
         Ok(kid)

@@ -49,6 +49,23 @@ pub(crate) struct Fanout {
     /// of events; a subscribe holds it while it joins the index, so a new subscription gets
     /// exactly the events after the `head_seq` it is told.
     head: Arc<Mutex<u64>>,
+    /// Since when (ms on the process's monotonic clock, see [`Fanout::behind_ms`]) the head
+    /// has been behind the log's newest `seq` without moving; 0 while it keeps up.
+    behind_since: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How long a tail may sit behind the log's newest `seq` without delivering before the
+/// fan-out gives it up and tails again from the head (an ordered consumer that stalled).
+const STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Milliseconds since the first call in this process (a monotonic clock for the watchdog).
+fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 impl std::fmt::Debug for Fanout {
@@ -69,9 +86,11 @@ impl Fanout {
         let last = log.bounds().last;
         let index = Arc::new(TopicIndex::default());
         let head = Arc::new(Mutex::new(last));
+        let behind_since = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let fanout = Fanout {
             index: index.clone(),
             head: head.clone(),
+            behind_since: behind_since.clone(),
         };
         // A log of this process hands each stored batch over from its writer; any other log
         // (one that other nodes append to) is tailed by a task of our own.
@@ -85,9 +104,23 @@ impl Fanout {
             tracing::debug!("fan-out: handed each batch by the log's writer");
             return (fanout, tokio::spawn(async {}));
         }
-        let tail = log.tail(last + 1);
-        let task = tokio::spawn(run(tail, index, head, metrics));
+        let task = tokio::spawn(run(
+            Arc::downgrade(&log),
+            index,
+            head,
+            behind_since,
+            metrics,
+        ));
         (fanout, task)
+    }
+
+    /// How long the fan-out has been behind the log without moving, in ms (0: keeping up).
+    /// Readiness uses it: a node that delivers nothing is not healthy.
+    pub(crate) fn behind_ms(&self) -> u64 {
+        match self.behind_since.load(std::sync::atomic::Ordering::Acquire) {
+            0 => 0,
+            since => mono_ms().saturating_sub(since),
+        }
     }
 
     /// Adds `sub` under `pattern` and returns the newest `seq` already fanned out: every
@@ -123,25 +156,70 @@ impl Fanout {
     }
 }
 
+/// Tails the log from the head on and offers what comes, with a watchdog: when the tail ends
+/// (a consumer lost) or sits behind the log's newest `seq` for [`STALL`] without delivering
+/// (an ordered consumer that stalled after a majority loss), it tails again from `head + 1`.
+/// Stops when the log is dropped.
 async fn run(
-    tail: crate::log::Tail,
+    log: std::sync::Weak<dyn EventLog>,
     index: Arc<TopicIndex>,
     head: Arc<Mutex<u64>>,
+    behind_since: Arc<std::sync::atomic::AtomicU64>,
     metrics: Arc<Metrics>,
 ) {
-    let mut chunks = tail.ready_chunks(MAX_CHUNK);
-    while let Some(chunk) = chunks.next().await {
-        offer_all(
-            &index,
-            &head,
-            &metrics,
-            chunk.iter().map(|item| match item {
-                TailItem::Event(e) => TailRef::Event(e),
-                TailItem::Gap { from, to } => TailRef::Gap(*from, *to),
-            }),
-        );
+    use std::sync::atomic::Ordering;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let Some(strong) = log.upgrade() else {
+            tracing::debug!("fan-out stopped: the log is gone");
+            return;
+        };
+        let from = *head.lock() + 1;
+        let mut chunks = strong.tail(from).ready_chunks(MAX_CHUNK);
+        drop(strong);
+        let mut moved_at = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                chunk = chunks.next() => {
+                    let Some(chunk) = chunk else {
+                        tracing::warn!(from = *head.lock() + 1, "fan-out: the log's tail ended; tailing again");
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                        break;
+                    };
+                    offer_all(
+                        &index,
+                        &head,
+                        &metrics,
+                        chunk.iter().map(|item| match item {
+                            TailItem::Event(e) => TailRef::Event(e),
+                            TailItem::Gap { from, to } => TailRef::Gap(*from, *to),
+                        }),
+                    );
+                    moved_at = tokio::time::Instant::now();
+                    behind_since.store(0, Ordering::Release);
+                }
+                _ = tick.tick() => {
+                    let Some(strong) = log.upgrade() else { return };
+                    let last = strong.bounds().last;
+                    drop(strong);
+                    let at = *head.lock();
+                    metrics.fanout_lag_events.set(last.saturating_sub(at) as i64);
+                    if last <= at {
+                        behind_since.store(0, Ordering::Release);
+                        moved_at = tokio::time::Instant::now();
+                        continue;
+                    }
+                    let _ = behind_since.compare_exchange(0, mono_ms(), Ordering::AcqRel, Ordering::Acquire);
+                    if moved_at.elapsed() >= STALL {
+                        tracing::warn!(head = at, last, "fan-out: the tail stalled behind the log; tailing again");
+                        metrics.fanout_restarts.inc();
+                        break;
+                    }
+                }
+            }
+        }
     }
-    tracing::debug!("fan-out stopped: the log's tail ended");
 }
 
 /// A tail item, borrowed.

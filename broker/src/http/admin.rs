@@ -572,6 +572,23 @@ pub(crate) async fn rotate_keys(
     Extension(caller): Extension<Caller>,
 ) -> Response {
     let who = caller.name.clone();
+    if let Some(cluster) = &state.cluster {
+        // Every node's ring: a compare-and-set write of the shared set, audited with it.
+        return match cluster.tokens.rotate(&who).await {
+            Ok(kid) => {
+                tracing::info!(actor = %who, %kid, "signing key rotated for every node");
+                Json(RotatedKey { kid }).into_response()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "signing key rotation failed");
+                error(
+                    ErrorCode::Internal,
+                    "key rotation failed; see the broker's log",
+                    None,
+                )
+            }
+        };
+    }
     let keys = state.issuer.keys().clone();
     match tokio::task::spawn_blocking(move || keys.rotate()).await {
         Ok(Ok(kid)) => {

@@ -239,13 +239,32 @@ async fn readyz(State(state): State<Broker>) -> Result<Response, ApiError> {
             "the event log refuses writes (see the broker's log); publishes answer 503 until it recovers",
         ));
     }
-    Ok(Json(json!({
+    let mut body = json!({
         "status": "ready",
         "environment": state.config.environment.as_str(),
         "environment_name": state.config.environment_name,
         "env": state.config.environment_id(),
-    }))
-    .into_response())
+    });
+    if let Some(c) = &state.cluster {
+        let behind = state.fanout.behind_ms();
+        if behind > state.config.cluster.max_fanout_lag_ms {
+            return Err(ApiError::new(
+                Reason::LogUnavailable,
+                format!(
+                    "this node's fan-out has been behind the event log for {behind} ms without delivering (see the broker's log)"
+                ),
+            ));
+        }
+        body["node"] = json!(c.node);
+        body["durability"] = json!({
+            "degraded": !c.durability.reasons.is_empty(),
+            "reasons": c.durability.reasons,
+            "server_version": c.durability.server_version,
+            "replicas": c.durability.replicas,
+        });
+        body["fanout_behind_ms"] = json!(behind);
+    }
+    Ok(Json(body).into_response())
 }
 
 /// Turns the few error answers produced outside our handlers (a body over its limit, a wrong

@@ -78,6 +78,11 @@ impl std::fmt::Debug for JetStreamLog {
     }
 }
 
+/// How long a publish is retried with its id before the publisher is told the log is
+/// unavailable: longer than a JetStream leader election (4-9 s measured), far shorter than
+/// the duplicate window (the idempotency window, 10 minutes by default).
+const RETRY_FOR: Duration = Duration::from_secs(12);
+
 fn unavailable(e: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(e.to_string())
 }
@@ -171,6 +176,39 @@ impl JetStreamLog {
         Ok(log)
     }
 
+    /// Publishes `message` again, with its `Nats-Msg-Id`, until JetStream answers or
+    /// [`RETRY_FOR`] has passed since the first attempt failed with `first`: during a leader
+    /// election async-nats reports a time-out or "no responders" for 4-9 s, neither a final
+    /// answer. A retry whose first attempt was stored is answered `duplicate` with the first
+    /// `seq` (the caller tells a broker-made id's duplicate from a publisher's).
+    async fn retry(
+        &self,
+        (subject, headers, payload): (String, HeaderMap, bytes::Bytes),
+        first: String,
+    ) -> Result<jetstream::publish::PublishAck, String> {
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let mut last = first;
+        let mut pause = Duration::from_millis(100);
+        while tokio::time::Instant::now() < deadline {
+            tracing::debug!(error = %last, "JetStream publish unanswered; retrying with the same id");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+            let attempt = match self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await
+            {
+                Ok(future) => future.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match attempt {
+                Ok(a) => return Ok(a),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     fn note_stored(&self, seq: u64) {
         let last = self.last.fetch_max(seq, Ordering::AcqRel).max(seq);
         // Retention by count is known here at once; by age and bytes the refresher tells.
@@ -243,9 +281,14 @@ impl EventLog for JetStreamLog {
             headers.insert(TIME, time.unix_nanos().to_string().as_str());
             // Only a publisher's id can come back as a duplicate: only then is the body's
             // fingerprint needed (a hash of the payload is not free on the publish path).
+            // Every event carries its id as `Nats-Msg-Id`, so a publish whose answer was lost
+            // (a leader election, a server that went away) is retried safely: JetStream
+            // answers a retry within its duplicate window with the first `seq`.
+            headers.insert(MSG_ID, event_id.as_str());
+            // Only a publisher's id can come back as another body's duplicate: only then is
+            // the body's fingerprint needed (a hash of the payload is not free here).
             let print = if has_id {
                 let print = fingerprint(&ev.topic, &ev.data);
-                headers.insert(MSG_ID, event_id.as_str());
                 headers.insert(FINGERPRINT, print.as_str());
                 print
             } else {
@@ -255,25 +298,36 @@ impl EventLog for JetStreamLog {
             let payload = bytes::Bytes::from(ev.data.get().to_owned());
             let ack = self
                 .js
-                .publish_with_headers(subject, headers, payload)
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                 .await;
-            sent.push((ack, event_id, time, print, has_id));
+            sent.push((
+                ack,
+                (subject, headers, payload),
+                event_id,
+                time,
+                print,
+                has_id,
+            ));
         }
         let log = self.clone();
         Box::pin(async move {
             let mut out = Vec::with_capacity(sent.len());
-            for (ack, event_id, time, print, has_id) in sent {
-                let lost = |e: &dyn std::fmt::Display| {
-                    if has_id {
-                        LogError::Unknown(e.to_string())
-                    } else {
-                        LogError::Unavailable(e.to_string())
-                    }
+            for (ack, message, event_id, time, print, has_id) in sent {
+                let ack = match ack {
+                    Ok(future) => future.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
                 };
                 let ack = match ack {
-                    Ok(future) => future.await.map_err(|e| lost(&e)),
-                    Err(e) => Err(LogError::Unavailable(e.to_string())),
+                    Ok(a) => Ok(a),
+                    Err(first) => log.retry(message, first).await,
                 };
+                let ack = ack.map_err(|e| {
+                    if has_id {
+                        LogError::Unknown(e)
+                    } else {
+                        LogError::Unavailable(e)
+                    }
+                });
                 out.push(match ack {
                     Err(e) => Err(e),
                     Ok(a) if !a.duplicate => {
@@ -301,11 +355,12 @@ impl EventLog for JetStreamLog {
                                     .and_then(|n| Timestamp::from_unix_nanos(n).ok())
                                     .unwrap_or(time);
                                 if stored_print == print {
+                                    log.note_stored(a.sequence);
                                     Ok(Appended {
                                         seq: a.sequence,
                                         time: stored_time,
                                         event_id,
-                                        duplicate: true,
+                                        duplicate: has_id,
                                     })
                                 } else {
                                     Err(LogError::Conflict { seq: a.sequence })
@@ -441,66 +496,14 @@ pub(crate) mod tests {
     use super::*;
     use crate::log::conformance::{Made, Maker, conformance_tests};
 
-    /// A one-node JetStream server for the tests of this binary, on a free loopback port,
-    /// stopped (and its folder removed) by a watchdog when the test process is gone.
-    pub(crate) struct TestNats {
-        pub(crate) url: String,
-        next: AtomicU64,
-    }
-
-    impl TestNats {
-        pub(crate) fn shared() -> &'static TestNats {
-            static SERVER: std::sync::OnceLock<TestNats> = std::sync::OnceLock::new();
-            SERVER.get_or_init(TestNats::start)
-        }
-
-        fn start() -> TestNats {
-            let dir = tempfile::Builder::new()
-                .prefix("scopecast-js-")
-                .tempdir()
-                .unwrap()
-                .keep();
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let script = format!(
-                "nats-server -js -a 127.0.0.1 -p {port} -sd {dir} >/dev/null 2>&1 & \
-                 s=$!; while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $s; \
-                 wait $s; rm -rf {dir}",
-                dir = dir.display(),
-                pid = std::process::id(),
-            );
-            // Never waited for on purpose: it must outlive this process.
-            #[allow(clippy::zombie_processes)]
-            std::process::Command::new("sh")
-                .args(["-c", &script])
-                .stdin(std::process::Stdio::null())
-                .spawn()
-                .expect("nats-server is needed for these tests (Debian's nats-server)");
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "nats-server did not start"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            TestNats {
-                url: format!("nats://127.0.0.1:{port}"),
-                next: AtomicU64::new(1),
-            }
-        }
-    }
-
     struct JetStream;
 
     #[async_trait]
     impl Maker for JetStream {
         async fn make(&self, keep: usize) -> Made {
-            let nats = TestNats::shared();
-            let n = nats.next.fetch_add(1, Ordering::Relaxed);
+            let nats = scopecast_testkit::Nats::shared();
+            static NEXT: AtomicU64 = AtomicU64::new(1);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let client = async_nats::connect(&nats.url).await.unwrap();
             let log = JetStreamLog::open(
                 client,

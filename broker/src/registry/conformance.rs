@@ -794,6 +794,64 @@ pub(crate) async fn concurrent_writes_become_visible_in_id_order(m: &dyn Maker) 
 
 /// One `#[tokio::test]` per check, for the store made by `$maker` (an expression of a type
 /// that implements [`Maker`]).
+/// Shared state is written by compare-and-set (a write over a stale version changes
+/// nothing), each write adds one `state.<name>` change; an assertion key is accepted once
+/// until its time passes.
+pub(crate) async fn shared_state_and_jtis(m: &dyn Maker) {
+    let made = m.make().await;
+    let store = &*made.store;
+    assert_eq!(store.load_state("signing_keys").await.unwrap(), None);
+    assert!(
+        store
+            .put_state("signing_keys", b"one", 0, &entry("keys.prepare"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_state("signing_keys", b"other", 0, &entry("keys.prepare"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.load_state("signing_keys").await.unwrap(),
+        Some((b"one".to_vec(), 1))
+    );
+    assert!(
+        !store
+            .put_state("signing_keys", b"stale", 2, &entry("keys.rotate"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .put_state("signing_keys", b"two", 1, &entry("keys.rotate"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.load_state("signing_keys").await.unwrap(),
+        Some((b"two".to_vec(), 2))
+    );
+    let changes = all_after(store, 0, 100).await;
+    assert_eq!(ids(&changes), [1, 2]);
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.kind == ChangeKind::StateChanged("state.signing_keys".into()))
+    );
+    assert_eq!(
+        ChangeKind::parse("state.signing_keys").as_str(),
+        "state.signing_keys"
+    );
+    // A jti: once until it expires, then again.
+    assert!(store.remember_jti("c j1", 1_000, 500).await.unwrap());
+    assert!(!store.remember_jti("c j1", 1_000, 600).await.unwrap());
+    assert!(store.remember_jti("c j2", 1_000, 600).await.unwrap());
+    assert!(store.remember_jti("c j1", 2_000, 1_001).await.unwrap());
+    assert!(!store.remember_jti("c j1", 2_000, 1_500).await.unwrap());
+}
+
 macro_rules! conformance_tests {
     ($maker:expr) => {
         mod conformance {
@@ -801,6 +859,10 @@ macro_rules! conformance_tests {
             use super::*;
             use crate::registry::conformance as c;
 
+            #[tokio::test]
+            async fn shared_state_and_jtis() {
+                c::shared_state_and_jtis(&$maker).await;
+            }
             #[tokio::test]
             async fn applications_round_trip() {
                 c::applications_round_trip(&$maker).await;

@@ -54,6 +54,11 @@ impl Inner {
             ChangeKind::CredentialCreated | ChangeKind::CredentialRevoked => {
                 return self.reload_credentials().await;
             }
+            ChangeKind::StateChanged(kind) => {
+                let name = kind.strip_prefix("state.").unwrap_or(kind).to_owned();
+                let _ = self.changes.send(RegistryChange::StateChanged { name });
+                return Ok(());
+            }
             ChangeKind::Unknown(kind) => {
                 tracing::warn!(
                     id = change.id,

@@ -94,6 +94,12 @@ pub enum RegistryChange {
         /// Its client IDs (production first).
         client_ids: Vec<String>,
     },
+    /// A shared state blob (e.g. `signing_keys`) was written, by this node or another:
+    /// whoever holds it reloads it ([`Registry::load_state`]).
+    StateChanged {
+        /// The blob's name.
+        name: String,
+    },
 }
 
 /// One audit trail entry.
@@ -876,6 +882,56 @@ impl Registry {
             .await?;
         self.catch_up().await?;
         self.existing_client(&client.client_id)
+    }
+
+    /// The shared state blob `name` and its version (see [`RegistryStore::load_state`]).
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn load_state(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, RegistryError> {
+        Ok(self.inner.store.load_state(name).await?)
+    }
+
+    /// Writes the shared state blob `name` over version `expected` (0: the first write), with
+    /// an audit entry by `actor` for `action` (`detail` must hold no secret); false when
+    /// another writer came first (read it again and retry). Every node, this one first,
+    /// then gets [`RegistryChange::StateChanged`].
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn put_state(
+        &self,
+        name: &str,
+        value: &[u8],
+        expected: i64,
+        actor: &str,
+        action: &str,
+        detail: Value,
+    ) -> Result<bool, RegistryError> {
+        let entry = self.audit_entry(actor, action, None, None, detail);
+        let _guard = self.inner.writes.lock().await;
+        let written = self
+            .inner
+            .store
+            .put_state(name, value, expected, &entry)
+            .await?;
+        self.catch_up().await?;
+        Ok(written)
+    }
+
+    /// Remembers a client assertion's key (hex SHA-256 of its client ID and `jti`) until `until` (Unix s), for the
+    /// whole deployment and across restarts (RFC 7523 section 3 item 7: a `jti` is used once);
+    /// false when it was already used and has not expired.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn remember_jti(
+        &self,
+        key: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, RegistryError> {
+        Ok(self.inner.store.remember_jti(key, until, now).await?)
     }
 
     /// Records a change made outside the registry (such as a signing key rotation).

@@ -763,6 +763,86 @@ macro_rules! sql_store {
                     .collect()
             }
 
+            async fn load_state(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+                let row = sqlx::query("SELECT value, version FROM shared_state WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db)?;
+                Ok(row.map(|r| (r.get::<Vec<u8>, _>(0), r.get::<i64, _>(1))))
+            }
+
+            async fn put_state(
+                &self,
+                name: &str,
+                value: &[u8],
+                expected: i64,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let written = if expected == 0 {
+                    sqlx::query(
+                        "INSERT INTO shared_state (name, value, version, updated_at) \
+                         VALUES ($1, $2, 1, $3) ON CONFLICT (name) DO NOTHING",
+                    )
+                    .bind(name)
+                    .bind(value)
+                    .bind(audit.at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?
+                } else {
+                    sqlx::query(
+                        "UPDATE shared_state SET value = $2, version = version + 1, updated_at = $3 \
+                         WHERE name = $1 AND version = $4",
+                    )
+                    .bind(name)
+                    .bind(value)
+                    .bind(audit.at_ms)
+                    .bind(expected)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?
+                };
+                if written.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::StateChanged(format!("state.{name}")),
+                    Keys::default(),
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await?;
+                Ok(true)
+            }
+
+            async fn remember_jti(&self, key: &str, until: i64, now: i64) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                // A key seen before whose time has passed is taken again (its row updated).
+                let done = sqlx::query(
+                    "INSERT INTO assertion_jtis (key, until) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET until = excluded.until \
+                     WHERE assertion_jtis.until < $3",
+                )
+                .bind(key)
+                .bind(until)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                // Forgets the expired keys (an index range: cheap when there are none).
+                sqlx::query("DELETE FROM assertion_jtis WHERE until < $1")
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn load_credentials(&self) -> Result<Vec<Credential>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT id, name, role, token_hash, created_at, created_by, revoked_at, revoked_by \

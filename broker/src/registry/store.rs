@@ -105,6 +105,9 @@ pub enum ChangeKind {
     /// [`RegistryStore::put_record`]: an application record replaced as a whole (imported,
     /// retired); its sessions must re-check their subscriptions.
     RecordPut,
+    /// [`RegistryStore::put_state`]: the shared state blob named after `state.` changed
+    /// (stored as `state.<name>`, e.g. `state.signing_keys`); nodes reload it.
+    StateChanged(String),
     /// A kind this build does not know (written by a newer node sharing the database). A
     /// follower reloads everything for it.
     Unknown(String),
@@ -127,7 +130,7 @@ impl ChangeKind {
             ChangeKind::CredentialRevoked => "credential.revoke",
             ChangeKind::GrantChanged => "client.set_grant",
             ChangeKind::RecordPut => "application.put_record",
-            ChangeKind::Unknown(s) => s,
+            ChangeKind::StateChanged(s) | ChangeKind::Unknown(s) => s,
         }
     }
 
@@ -147,6 +150,7 @@ impl ChangeKind {
             "credential.revoke" => ChangeKind::CredentialRevoked,
             "client.set_grant" => ChangeKind::GrantChanged,
             "application.put_record" => ChangeKind::RecordPut,
+            other if other.starts_with("state.") => ChangeKind::StateChanged(other.to_owned()),
             other => ChangeKind::Unknown(other.to_owned()),
         }
     }
@@ -299,6 +303,24 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
     /// Audit entries, newest first.
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The shared state blob `name` and its version (writes counted from 1); `None` when
+    /// it was never written.
+    async fn load_state(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError>;
+    /// Writes the shared state blob `name` if its stored version is still `expected` (0: not
+    /// written yet), as version `expected + 1`, with a [`ChangeKind::StateChanged`] row and
+    /// `audit`, in one transaction; false (nothing written) when another writer came first.
+    async fn put_state(
+        &self,
+        name: &str,
+        value: &[u8],
+        expected: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
+    /// Remembers the client assertion key `key` (hex SHA-256 of `client_id \0 jti`) until `until` (Unix s);
+    /// true when it was not already remembered with an `until` at or after `now` (so the
+    /// assertion may be accepted), false when it was (a replay). Also forgets keys whose
+    /// `until` passed.
+    async fn remember_jti(&self, key: &str, until: i64, now: i64) -> Result<bool, StoreError>;
     /// Every credential, valid and revoked.
     async fn load_credentials(&self) -> Result<Vec<Credential>, StoreError>;
     /// Stores a new credential; [`StoreError::Conflict`] when a valid one has its name.

@@ -148,7 +148,7 @@ async fn fixture(limits: impl FnOnce(&mut Config)) -> Fixture {
         state,
         fanout_task,
         mut background,
-    } = assemble(config, "http://127.0.0.1:1".to_owned())
+    } = assemble(config, "http://127.0.0.1:1".to_owned(), 1)
         .await
         .unwrap();
     background.push(fanout_task);

@@ -1,0 +1,453 @@
+//! For the tests only: the real servers cluster mode runs on, started on free loopback ports
+//! in temporary folders and stopped, however the test process ends, by a watchdog shell that
+//! outlives it.
+//!
+//! - [`Postgres`]: a PostgreSQL server (Debian's `postgresql`; `initdb` and `pg_ctl`, run as
+//!   the `postgres` user when the tests run as root); [`Postgres::database`] makes an empty
+//!   database per caller.
+//! - [`Nats`]: one `nats-server -js`.
+//! - [`NatsCluster`]: three `nats-server -js` nodes with routes (a JetStream cluster), each of
+//!   which a fault test can `kill -9`, `SIGTERM`, `SIGSTOP`/`SIGCONT` and start again.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Runs `script` in a shell that this process never waits for: it must outlive the process.
+fn detached_shell(script: &str) {
+    // Never waited for on purpose: a watchdog outlives this process.
+    #[allow(clippy::zombie_processes)]
+    Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh");
+}
+
+/// Waits until something listens on `port`.
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A PostgreSQL server for one test binary.
+#[derive(Debug)]
+pub struct Postgres {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    bin: PathBuf,
+    data: PathBuf,
+    dir: PathBuf,
+    next_db: AtomicU32,
+}
+
+fn pg_bin() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if p.join("initdb").exists() {
+            return p;
+        }
+    }
+    let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop().expect(
+        "PostgreSQL is needed for these tests: install Debian's `postgresql` (.ci/run does)",
+    )
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `tool` of PostgreSQL, as the `postgres` user when we are root (PostgreSQL refuses root).
+fn as_postgres(bin: &Path, tool: &str) -> Command {
+    let mut c = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        c
+    } else {
+        Command::new(bin.join(tool))
+    };
+    c.stdout(Stdio::null());
+    c
+}
+
+impl Postgres {
+    /// The server of this test binary, started on first use.
+    pub fn shared() -> &'static Postgres {
+        static SERVER: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
+        SERVER.get_or_init(Postgres::start)
+    }
+
+    fn start() -> Postgres {
+        let bin = pg_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("scopecast-pg-")
+            .tempdir()
+            .expect("a temporary folder")
+            .keep();
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(ok.success(), "chown the PostgreSQL folder to postgres");
+        }
+        let data = dir.join("data");
+        let ok = as_postgres(&bin, "initdb")
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .status()
+            .expect("initdb");
+        assert!(ok.success(), "initdb failed");
+        let pg = Postgres {
+            port: free_port(),
+            bin,
+            data,
+            dir,
+            next_db: AtomicU32::new(1),
+        };
+        pg.start_server();
+        // A static is never dropped: the watchdog stops the server and removes its folder
+        // once this test process is gone, however it ends.
+        let pg_ctl = as_postgres(&pg.bin, "pg_ctl");
+        let stop = pg_ctl.get_args().fold(
+            pg_ctl.get_program().to_string_lossy().into_owned(),
+            |acc, a| format!("{acc} {}", a.to_string_lossy()),
+        );
+        detached_shell(&format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             {stop} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            data = pg.data.display(),
+            dir = pg.dir.display(),
+        ));
+        pg
+    }
+
+    fn start_server(&self) {
+        let ok = as_postgres(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.display()
+            ))
+            .args(["-w", "start"])
+            .status()
+            .expect("pg_ctl");
+        assert!(ok.success(), "pg_ctl start failed");
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&self) {
+        let ok = as_postgres(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"])
+            .status()
+            .expect("pg_ctl");
+        assert!(ok.success(), "pg_ctl stop failed");
+    }
+
+    /// Starts the server again after [`Postgres::stop`].
+    pub fn restart(&self) {
+        self.start_server();
+    }
+
+    /// The URL of database `name` as the superuser.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// A new, empty database; returns its URL.
+    pub async fn database(&self) -> String {
+        use sqlx::Connection;
+        let n = self.next_db.fetch_add(1, Ordering::Relaxed);
+        let name = format!("t{}_{n}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("CREATE DATABASE");
+        let _ = admin.close().await;
+        self.url(&name)
+    }
+}
+
+/// One `nats-server -js` for one test binary.
+#[derive(Debug)]
+pub struct Nats {
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Nats {
+    /// The server of this test binary, started on first use.
+    pub fn shared() -> &'static Nats {
+        static SERVER: std::sync::OnceLock<Nats> = std::sync::OnceLock::new();
+        SERVER.get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("scopecast-js-")
+                .tempdir()
+                .expect("a temporary folder")
+                .keep();
+            let port = free_port();
+            detached_shell(&format!(
+                "nats-server -js -a 127.0.0.1 -p {port} -sd {dir} >/dev/null 2>&1 & \
+                 s=$!; while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $s; \
+                 wait $s; rm -rf {dir}",
+                dir = dir.display(),
+                pid = std::process::id(),
+            ));
+            wait_for_port(port, "nats-server");
+            Nats {
+                url: format!("nats://127.0.0.1:{port}"),
+            }
+        })
+    }
+}
+
+/// One node of a [`NatsCluster`].
+#[derive(Debug)]
+pub struct NatsNode {
+    /// Its server name (`n1`, `n2`, `n3`).
+    pub name: String,
+    /// Its client port on 127.0.0.1.
+    pub port: u16,
+    args: Vec<String>,
+    child: Mutex<Option<Child>>,
+}
+
+impl NatsNode {
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again), on the same ports and store folder.
+    pub fn start(&self) {
+        let mut child = self.child.lock().expect("node lock");
+        if let Some(c) = child.as_mut()
+            && c.try_wait().ok().flatten().is_none()
+        {
+            return;
+        }
+        let c = Command::new("nats-server")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is needed for these tests (Debian's nats-server)");
+        // Stops it when this process is gone, however that happens.
+        detached_shell(&format!(
+            "while kill -0 {pid} 2>/dev/null && kill -0 {s} 2>/dev/null; do sleep 1; done; \
+             kill -CONT {s} 2>/dev/null; kill -9 {s} 2>/dev/null",
+            pid = std::process::id(),
+            s = c.id(),
+        ));
+        *child = Some(c);
+        drop(child);
+        wait_for_port(self.port, "nats-server");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = self.child.lock().expect("node lock").as_ref() {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    fn reap(&self) {
+        if let Some(mut c) = self.child.lock().expect("node lock").take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// `kill -9`: the node is gone at once, with whatever it had not written.
+    pub fn kill9(&self) {
+        self.signal("-KILL");
+        self.reap();
+    }
+
+    /// SIGTERM: the node shuts down in order (hands its leaderships over).
+    pub fn terminate(&self) {
+        self.signal("-TERM");
+        self.reap();
+    }
+
+    /// SIGSTOP: the node hangs (its sockets stay open, nothing answers).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`NatsNode::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+/// A 3-node JetStream cluster with routes, for one test binary.
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// The nodes.
+    pub nodes: Vec<NatsNode>,
+}
+
+impl NatsCluster {
+    /// The cluster of this test binary, started on first use and ready for JetStream.
+    pub fn shared() -> &'static NatsCluster {
+        static CLUSTER: std::sync::OnceLock<NatsCluster> = std::sync::OnceLock::new();
+        CLUSTER.get_or_init(NatsCluster::start)
+    }
+
+    fn start() -> NatsCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("scopecast-jsc-")
+            .tempdir()
+            .expect("a temporary folder")
+            .keep();
+        detached_shell(&format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; sleep 3; rm -rf {dir}",
+            pid = std::process::id(),
+            dir = dir.display(),
+        ));
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, r)| format!("nats://127.0.0.1:{r}"))
+            .collect();
+        let nodes: Vec<NatsNode> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, route))| {
+                let name = format!("n{}", i + 1);
+                let store = dir.join(&name);
+                let others: Vec<&str> = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, r)| r.as_str())
+                    .collect();
+                NatsNode {
+                    args: vec![
+                        "-js".into(),
+                        "-a".into(),
+                        "127.0.0.1".into(),
+                        "-p".into(),
+                        port.to_string(),
+                        "-n".into(),
+                        name.clone(),
+                        "-sd".into(),
+                        store.display().to_string(),
+                        "--cluster_name".into(),
+                        "scopecast-test".into(),
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{route}"),
+                        "--routes".into(),
+                        others.join(","),
+                    ],
+                    name,
+                    port: *port,
+                    child: Mutex::new(None),
+                }
+            })
+            .collect();
+        for n in &nodes {
+            n.start();
+        }
+        let cluster = NatsCluster { nodes };
+        cluster.wait_for_jetstream(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Every node's URL, comma-separated (what `cluster.nats_url` takes).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsNode::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> &NatsNode {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Waits until JetStream answers account requests (a meta leader is elected).
+    ///
+    /// # Panics
+    /// When it does not within `within`.
+    pub fn wait_for_jetstream(&self, within: Duration) {
+        let url = self.url();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let ok = std::thread::scope(|s| {
+            s.spawn(|| {
+                runtime.block_on(async {
+                    let deadline = tokio::time::Instant::now() + within;
+                    while tokio::time::Instant::now() < deadline {
+                        if let Ok(client) = async_nats::connect(url.as_str()).await {
+                            let js = async_nats::jetstream::new(client);
+                            if js.query_account().await.is_ok() {
+                                return true;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    false
+                })
+            })
+            .join()
+            .expect("the waiting thread")
+        });
+        assert!(ok, "the JetStream cluster did not get ready");
+    }
+
+    /// The name of the node leading `stream` now (`None` while there is none).
+    pub async fn stream_leader(&self, stream: &str) -> Option<String> {
+        let client = async_nats::connect(self.url()).await.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let mut s = js.get_stream(stream).await.ok()?;
+        let info = s.info().await.ok()?;
+        info.cluster.as_ref()?.leader.clone()
+    }
+}
