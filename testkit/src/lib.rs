@@ -410,24 +410,52 @@ impl NatsCluster {
             .unwrap_or_else(|| panic!("no node {name}"))
     }
 
-    /// Waits until JetStream answers account requests (a meta leader is elected).
+    /// A client connected to any of the nodes.
+    ///
+    /// # Errors
+    /// When none answers.
+    pub async fn connect(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let servers: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.url().parse().ok())
+            .collect();
+        async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(servers)
+            .await
+    }
+
+    /// Waits until JetStream can make a replicated stream (a meta leader is elected and the
+    /// nodes take part).
     ///
     /// # Panics
     /// When it does not within `within`.
     pub fn wait_for_jetstream(&self, within: Duration) {
-        let url = self.url();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
+        // A runtime of its own, on a thread of its own: callers may be inside a runtime.
         let ok = std::thread::scope(|s| {
             s.spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
                 runtime.block_on(async {
                     let deadline = tokio::time::Instant::now() + within;
                     while tokio::time::Instant::now() < deadline {
-                        if let Ok(client) = async_nats::connect(url.as_str()).await {
+                        // A replicated stream can be made: a meta leader is elected and
+                        // every node takes part (`query_account` does not parse 2.9's answer).
+                        if let Ok(client) = self.connect().await {
                             let js = async_nats::jetstream::new(client);
-                            if js.query_account().await.is_ok() {
+                            let made = js
+                                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                                    name: "READY_PROBE".to_owned(),
+                                    subjects: vec!["ready-probe.>".to_owned()],
+                                    num_replicas: self.nodes.len(),
+                                    ..Default::default()
+                                })
+                                .await;
+                            if made.is_ok() {
+                                let _ = js.delete_stream("READY_PROBE").await;
                                 return true;
                             }
                         }
@@ -444,7 +472,7 @@ impl NatsCluster {
 
     /// The name of the node leading `stream` now (`None` while there is none).
     pub async fn stream_leader(&self, stream: &str) -> Option<String> {
-        let client = async_nats::connect(self.url()).await.ok()?;
+        let client = self.connect().await.ok()?;
         let js = async_nats::jetstream::new(client);
         let mut s = js.get_stream(stream).await.ok()?;
         let info = s.info().await.ok()?;

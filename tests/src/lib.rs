@@ -3,6 +3,7 @@
 //! - [`TestBroker`]: a real broker on `127.0.0.1:0` with its own temporary data folder,
 //!   stopped when dropped, with helpers for the admin API and the token endpoint.
 //! - [`test_config`]: the configuration tests start from.
+//! - [`cluster`]: broker nodes in cluster mode on a real JetStream cluster and PostgreSQL.
 //! - [`ws`]: a raw `scopecast.v1` WebSocket client.
 //! - [`keys`]: real key pairs (EC P-256, P-384, RSA) for `private_key_jwt` and foreign issuers.
 //! - [`pki`]: an organisation's own CA, an intermediate and a server certificate, as PEM files.
@@ -10,6 +11,7 @@
 // Test fixtures hold sockets, key material and child processes; printing them helps no test.
 #![allow(missing_debug_implementations)]
 
+pub mod cluster;
 pub mod keys;
 pub mod pki;
 pub mod raw;
