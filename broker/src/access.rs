@@ -351,7 +351,13 @@ impl Future for PendingAck {
                 self.metrics.log_writable.set(0);
                 Err(PublishRefused::Unavailable(m))
             }
-            Err(LogError::Unknown(m)) => Err(PublishRefused::Unknown(m)),
+            Err(LogError::Unknown(m)) => {
+                // No answer in time (a log whose store lost its quorum): not ready until a
+                // probe succeeds again.
+                self.writable.store(false, Ordering::Release);
+                self.metrics.log_writable.set(0);
+                Err(PublishRefused::Unknown(m))
+            }
             Err(LogError::Conflict { .. }) => Err(PublishRefused::Conflict),
         })
     }

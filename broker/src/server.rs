@@ -385,7 +385,7 @@ pub(crate) async fn assemble(
             let durability =
                 crate::cluster::Durability::assess(&client.server_info().version, c.replicas);
             let log = crate::log::JetStreamLog::open(
-                client,
+                client.clone(),
                 crate::log::JetStreamSettings {
                     stream: c.stream.clone(),
                     subject_prefix: c.subject_prefix.clone(),
@@ -421,6 +421,7 @@ pub(crate) async fn assemble(
                 durability,
                 tokens,
                 records,
+                nats: client,
             });
             (Arc::new(log) as Arc<dyn EventLog>, None)
         }

@@ -89,6 +89,8 @@ pub(crate) struct ClusterState {
     pub(crate) tokens: crate::cluster::SharedRing,
     /// The shared record-signing key set.
     pub(crate) records: crate::cluster::SharedRing,
+    /// The connection to NATS (for `/readyz`: which server, connected or not).
+    pub(crate) nats: async_nats::Client,
 }
 
 impl Deref for Broker {

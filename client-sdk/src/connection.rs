@@ -595,6 +595,34 @@ impl<D: Dial> Conn<D> {
                 }
                 abandoned.extend(gone.into_iter().filter_map(|sid| self.forget(sid, None)));
             }
+            ServerFrame::Gap(g) => {
+                // Events that left the broker's log before they reached this connection: each
+                // subscription concerned reports them once and moves its position past them
+                // (a resume must not ask for them again). A subscription catching up from
+                // history learns of them there. The SDK subscribes live (history comes from
+                // the history endpoint), so only a connection's gap (no `id`) reaches it.
+                let mut gone = Vec::new();
+                for (&sid, sub) in &mut self.subs {
+                    if g.id.is_some() || sub.pending.is_some() {
+                        continue;
+                    }
+                    let Some(last) = sub.last_seq else { continue };
+                    if g.to_seq <= last || sub.catch_up.is_some() {
+                        continue;
+                    }
+                    let item = Item::Gap {
+                        from_seq: g.from_seq.max(last + 1),
+                        to_seq: g.to_seq,
+                    };
+                    match sub.feed.tx.try_send(item) {
+                        Ok(()) => sub.last_seq = Some(g.to_seq),
+                        // Behind: history reports the same gap when it catches up.
+                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => gone.push(sid),
+                    }
+                }
+                abandoned.extend(gone.into_iter().filter_map(|sid| self.forget(sid, None)));
+            }
             ServerFrame::Subscribed(s) => {
                 let Some((&sid, sub)) = self.subs.iter_mut().find(|(_, x)| {
                     x.pending
@@ -939,6 +967,40 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_frame_is_one_gap_item_and_moves_the_resume_point_past_it() {
+        let (second, mut broker2) = pair();
+        let (client, mut broker, _) = start(vec![(second, welcome("e1"))]);
+        let subscribing = tokio::spawn({
+            let client = client.clone();
+            async move { client.subscribe("a.>").await }
+        });
+        answer_subscribe(&mut broker, 5, "e1").await;
+        let mut stream = subscribing.await.unwrap().unwrap();
+        broker.send(event(6));
+        broker.send(json!({"type": "gap", "from_seq": 7, "to_seq": 9}));
+        broker.send(event(10));
+        assert!(matches!(next(&mut stream).await, Item::Event(e) if e.seq == 6));
+        assert_eq!(
+            next(&mut stream).await,
+            Item::Gap {
+                from_seq: 7,
+                to_seq: 9
+            }
+        );
+        assert!(matches!(next(&mut stream).await, Item::Event(e) if e.seq == 10));
+        // A gap it already passed is not reported again.
+        broker.send(json!({"type": "gap", "from_seq": 8, "to_seq": 9}));
+        broker.send(event(11));
+        assert!(matches!(next(&mut stream).await, Item::Event(e) if e.seq == 11));
+        // After a reconnect it resumes from its position past the gap: a broker whose head is
+        // there has nothing to catch up (no history read, which this test could not serve).
+        broker.close(4010);
+        answer_subscribe(&mut broker2, 11, "e1").await;
+        broker2.send(event(12));
+        assert!(matches!(next(&mut stream).await, Item::Event(e) if e.seq == 12));
     }
 
     #[tokio::test(start_paused = true)]

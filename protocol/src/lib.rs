@@ -27,7 +27,7 @@ mod topic;
 
 pub use codes::{CloseCode, ErrorCode, Reason, Retry, UnknownValue};
 pub use frame::{
-    ClientFrame, ErrorFrame, ErrorReason, Event, EventId, FrameError, InvalidId, Limits,
+    ClientFrame, ErrorFrame, ErrorReason, Event, EventId, FrameError, Gap, InvalidId, Limits,
     MAX_DATA_DEPTH, MAX_EVENT_ID_BYTES, MAX_REQUEST_ID_BYTES, Pong, Published, RawJson, Replay,
     RequestId, SUBPROTOCOL, ServerFrame, Since, Subscribed, TokenExpiring, Unsubscribed, Welcome,
     encode_event, encode_event_text,

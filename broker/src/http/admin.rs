@@ -54,6 +54,21 @@ pub(crate) fn registry_error(e: RegistryError) -> Response {
         RegistryError::Invalid(i) => invalid(&i),
         RegistryError::NotFound { .. } => error(ErrorCode::NotFound, &e.to_string(), None),
         RegistryError::Conflict(m) => error(ErrorCode::Conflict, &m, None),
+        RegistryError::Store(crate::registry::StoreError::Database(m)) => {
+            // The database is down or unreachable (PostgreSQL restarting, a lost network):
+            // nothing was changed, and the same request succeeds once it is back.
+            tracing::error!(error = %m, "admin API: the registry's database failed");
+            let mut resp = error(
+                ErrorCode::Unavailable,
+                "the registry's database cannot be reached; nothing was changed, retry later",
+                None,
+            );
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            resp
+        }
         other => {
             tracing::error!(error = %other, "admin API: registry failure");
             error(

@@ -255,7 +255,15 @@ async fn readyz(State(state): State<Broker>) -> Result<Response, ApiError> {
                 ),
             ));
         }
+        let connected = c.nats.connection_state() == async_nats::connection::State::Connected;
+        if !connected {
+            return Err(ApiError::new(
+                Reason::LogUnavailable,
+                "this node has lost its connection to NATS and is reconnecting",
+            ));
+        }
         body["node"] = json!(c.node);
+        body["nats_server"] = json!(c.nats.server_info().server_name);
         body["durability"] = json!({
             "degraded": !c.durability.reasons.is_empty(),
             "reasons": c.durability.reasons,

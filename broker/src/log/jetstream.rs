@@ -193,17 +193,21 @@ impl JetStreamLog {
             tracing::debug!(error = %last, "JetStream publish unanswered; retrying with the same id");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
-            let attempt = match self
-                .js
-                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-                .await
-            {
-                Ok(future) => future.await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+            let attempt = async {
+                match self
+                    .js
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await
+                {
+                    Ok(future) => future.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
             };
-            match attempt {
-                Ok(a) => return Ok(a),
-                Err(e) => last = e,
+            // No attempt outlives the deadline: the publisher gets its answer by then.
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(a)) => return Ok(a),
+                Ok(Err(e)) => last = e,
+                Err(_) => break,
             }
         }
         Err(last)
@@ -398,6 +402,19 @@ impl EventLog for JetStreamLog {
             first: self.first.load(Ordering::Acquire).max(1),
             last,
         }
+    }
+
+    async fn fresh_bounds(&self) -> Bounds {
+        if let Ok(mut stream) = self.stream().await
+            && let Ok(info) = stream.info().await
+        {
+            // Retention only moves the head up; a purge is denied on this stream.
+            self.first
+                .fetch_max(info.state.first_sequence, Ordering::AcqRel);
+            self.last
+                .fetch_max(info.state.last_sequence, Ordering::AcqRel);
+        }
+        self.bounds()
     }
 
     fn tail(&self, from: u64) -> Tail {

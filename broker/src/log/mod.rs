@@ -146,6 +146,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// The retained range now.
     fn bounds(&self) -> Bounds;
 
+    /// The retained range as the store has it at this instant: the same as
+    /// [`EventLog::bounds`] for a log of this process; a log other nodes append to and
+    /// retention trims (JetStream) asks its store, so a replay knows exactly which events are
+    /// gone. Falls back to [`EventLog::bounds`] when the store does not answer.
+    async fn fresh_bounds(&self) -> Bounds {
+        self.bounds()
+    }
+
     /// Every event with `seq >= from`, then each new one as it is stored; a [`TailItem::Gap`]
     /// for events that retention removed before the tail reached them. Never ends while the
     /// log lives.

@@ -193,13 +193,21 @@ impl Deliver for SessionHandle {
     }
 
     fn gap(&self, from: u64, to: u64) {
-        // The fan-out fell behind retention: matching events of this session are lost. The
-        // session cannot go on as if nothing happened; it ends with 4008, after which the
-        // client resumes by `seq` and its replay reports what is gone.
-        if self.last_seq.load(Ordering::Relaxed) < to {
-            self.slow_consumer(&format!(
-                "events {from} to {to} left the log before they could be delivered"
-            ));
+        // The fan-out met a hole (events that left the log before it reached them): what
+        // matched is lost for this session, which is told so explicitly (PROTOCOL.md "gap")
+        // and goes on after it.
+        let last = self.last_seq.load(Ordering::Relaxed);
+        if last < to {
+            let frame = ServerFrame::Gap(scopecast_protocol::Gap {
+                id: None,
+                from_seq: from.max(last + 1),
+                to_seq: to,
+            });
+            if self.reply(&frame).is_err() {
+                self.slow_consumer(&format!(
+                    "events {from} to {to} left the log before they could be delivered"
+                ));
+            }
         }
     }
 }

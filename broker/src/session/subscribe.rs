@@ -99,12 +99,13 @@ impl<S: Socket> Session<S> {
                 }
             },
         };
-        let replay = after.map(|after| {
-            let first = self.broker.log.bounds().first;
-            Replay {
-                from_seq: after.saturating_add(1).max(first),
-                truncated: after.saturating_add(1) < first,
-            }
+        let first = match after {
+            Some(_) => self.broker.log.fresh_bounds().await.first,
+            None => 0,
+        };
+        let replay = after.map(|after| Replay {
+            from_seq: after.saturating_add(1).max(first),
+            truncated: after.saturating_add(1) < first,
         });
         if replay.is_some() {
             // Live events wait until the replayed ones are queued.
@@ -112,6 +113,7 @@ impl<S: Socket> Session<S> {
         }
         let handle = self.handle.clone();
         let topic = pattern.clone();
+        let id_for_gap = id.clone();
         let log_epoch = Some(self.broker.log.epoch().to_owned());
         let head = self
             .broker
@@ -125,6 +127,19 @@ impl<S: Socket> Session<S> {
                     log_epoch,
                 }));
             });
+        // Asked for events already gone: say so before the replay (PROTOCOL.md "gap").
+        if let Some(r) = replay
+            && r.truncated
+            && let Some(after) = after
+        {
+            let _ = self
+                .handle
+                .reply(&ServerFrame::Gap(scopecast_protocol::Gap {
+                    id: Some(id_for_gap),
+                    from_seq: after + 1,
+                    to_seq: r.from_seq - 1,
+                }));
+        }
         // This subscription delivers every matching event after `after` (replayed) or after
         // `head` (live only): later replays on this connection skip those.
         self.subs

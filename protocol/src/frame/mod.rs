@@ -24,6 +24,6 @@ pub use ids::{
 pub use payload::RawJson;
 use payload::check_data;
 pub use server::{
-    ErrorFrame, ErrorReason, Event, Limits, Pong, Published, Replay, ServerFrame, Subscribed,
+    ErrorFrame, ErrorReason, Event, Gap, Limits, Pong, Published, Replay, ServerFrame, Subscribed,
     TokenExpiring, Unsubscribed, Welcome,
 };

@@ -79,6 +79,24 @@ pub struct Unsubscribed {
     pub id: RequestId,
 }
 
+/// `gap`: events `from_seq..=to_seq` will never reach this connection: they left the event
+/// log (retention) before they could be delivered. With `id`, one subscription's (its
+/// `since` asked for events older than the oldest retained one: the gap comes right after
+/// `subscribed`, before the replayed events); without `id`, every subscription of the
+/// connection (the broker's fan-out met a hole in the log). What follows continues after
+/// `to_seq`; a client that keeps a resume position moves it to `to_seq` (PROTOCOL.md,
+/// "gap").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The `subscribe` frame's `id`; absent: every subscription of the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// The first `seq` that will not come.
+    pub from_seq: u64,
+    /// The last `seq` that will not come.
+    pub to_seq: u64,
+}
+
 /// `event`: one published event, the same bytes for every subscriber.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -245,6 +263,8 @@ pub enum ServerFrame {
     Unsubscribed(Unsubscribed),
     /// See [`Event`].
     Event(Event),
+    /// See [`Gap`].
+    Gap(Gap),
     /// See [`Published`].
     Published(Published),
     /// See [`TokenExpiring`].
@@ -304,6 +324,7 @@ impl ServerFrame {
             "subscribed" => ServerFrame::Subscribed(serde_json::from_str(text).map_err(fail)?),
             "unsubscribed" => ServerFrame::Unsubscribed(serde_json::from_str(text).map_err(fail)?),
             "event" => ServerFrame::Event(serde_json::from_str(text).map_err(fail)?),
+            "gap" => ServerFrame::Gap(serde_json::from_str(text).map_err(fail)?),
             "published" => ServerFrame::Published(serde_json::from_str(text).map_err(fail)?),
             "token_expiring" => {
                 ServerFrame::TokenExpiring(serde_json::from_str(text).map_err(fail)?)

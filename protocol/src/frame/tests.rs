@@ -534,3 +534,25 @@ proptest! {
         let _ = ServerFrame::decode(&text);
     }
 }
+
+#[test]
+fn gap_frames_round_trip_with_and_without_a_subscription_id() {
+    let all = ServerFrame::Gap(Gap {
+        id: None,
+        from_seq: 7,
+        to_seq: 9,
+    });
+    assert_eq!(all.encode(), r#"{"type":"gap","from_seq":7,"to_seq":9}"#);
+    assert_eq!(ServerFrame::decode(&all.encode()).unwrap(), all);
+    let one =
+        ServerFrame::decode(r#"{"type":"gap","id":"s1","from_seq":1,"to_seq":1200}"#).unwrap();
+    match one {
+        ServerFrame::Gap(g) => {
+            assert_eq!(g.id.unwrap().as_str(), "s1");
+            assert_eq!((g.from_seq, g.to_seq), (1, 1200));
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = ServerFrame::decode(r#"{"type":"gap","from_seq":1}"#).unwrap_err();
+    assert_eq!(e.reason, Reason::MissingField, "{}", e.message);
+}
