@@ -206,7 +206,14 @@ pub async fn run_on(
     // Dropping the last handles of the log (in the state) stops its writer after its last
     // batch, and with it the fan-out's tail.
     drop(state);
-    let _ = tokio::time::timeout(Duration::from_secs(1), fanout_task).await;
+    // A tailing fan-out (cluster mode) holds its consumer until it is stopped.
+    let fanout_abort = fanout_task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(1), fanout_task)
+        .await
+        .is_err()
+    {
+        fanout_abort.abort();
+    }
     for task in background {
         task.abort();
     }

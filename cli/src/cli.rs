@@ -30,7 +30,9 @@ macro_rules! outln {
 /// Where the broker is.
 #[derive(Args, Clone)]
 pub(crate) struct Target {
-    /// Broker base URL.
+    /// Broker base URL. For `sub`, `pub` and `replay`, several nodes of a cluster may be
+    /// given, comma-separated: the connection fails over between them (other commands, and
+    /// token requests, use the first).
     #[arg(
         long,
         env = "SCOPECAST_URL",
@@ -45,6 +47,11 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// The first broker URL given (token requests and the admin API go there).
+    pub(crate) fn base(&self) -> &str {
+        self.url.split(',').next().unwrap_or("").trim()
+    }
+
     /// The CAs every connection to the broker trusts: the bundled Mozilla roots, the system
     /// trust store (`SSL_CERT_FILE`, `SSL_CERT_DIR`, the OS bundle), and `--cacert`.
     fn tls(&self) -> anyhow::Result<TlsConfig> {
@@ -201,7 +208,7 @@ pub(crate) async fn dev(target: Target, auth: DevAuth, cmd: DevCommand) -> anyho
     let cmd = match cmd {
         DevCommand::Register { name } => {
             let http = target.http()?;
-            let url = format!("{}/dev/v1/register", target.url.trim_end_matches('/'));
+            let url = format!("{}/dev/v1/register", target.base().trim_end_matches('/'));
             let resp = http
                 .post(&url)
                 .json(&scopecast_protocol::admin::NewDeveloper { name })
@@ -613,7 +620,7 @@ struct Admin {
 impl Admin {
     fn new(target: &Target, auth: &AdminAuth) -> anyhow::Result<Admin> {
         let http = target.http()?;
-        let url = auth.admin_url.as_deref().unwrap_or(&target.url);
+        let url = auth.admin_url.as_deref().unwrap_or(target.base());
         Ok(Admin {
             http,
             url: url.trim_end_matches('/').to_owned(),
@@ -631,7 +638,7 @@ impl Admin {
         )?;
         Ok(Admin {
             http,
-            url: target.url.trim_end_matches('/').to_owned(),
+            url: target.base().trim_end_matches('/').to_owned(),
             token,
             prefix: "/dev/v1",
         })
@@ -1359,7 +1366,7 @@ pub(crate) async fn keys(target: Target, auth: AdminAuth, cmd: KeysCommand) -> a
 /// Compare the printed `kid`s with the catalog operator's by another channel before pinning.
 pub(crate) async fn catalog_keys(target: Target, out: Option<PathBuf>) -> anyhow::Result<()> {
     let http = target.http()?;
-    let url = format!("{}/catalog/v1/keys", target.url.trim_end_matches('/'));
+    let url = format!("{}/catalog/v1/keys", target.base().trim_end_matches('/'));
     let resp = http
         .get(&url)
         .send()
@@ -1454,7 +1461,7 @@ pub(crate) fn token_source(
         );
     };
     let source = match (&args.client_secret, &args.private_key) {
-        (Some(secret), _) => TokenSource::client_secret(&target.url, client_id, secret),
+        (Some(secret), _) => TokenSource::client_secret(target.base(), client_id, secret),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -1466,7 +1473,7 @@ pub(crate) fn token_source(
             if let Some(kid) = &args.kid {
                 key = key.with_kid(kid);
             }
-            TokenSource::private_key(&target.url, client_id, key)
+            TokenSource::private_key(target.base(), client_id, key)
         }
         (None, None) => {
             bail!("give --client-secret (or SCOPECAST_CLIENT_SECRET) or --private-key FILE")

@@ -903,7 +903,7 @@ mod tests {
         let conn = Conn {
             history: History {
                 http: reqwest::Client::new(),
-                url: "http://127.0.0.1:9/v1/events".into(),
+                url: Arc::new(std::sync::Mutex::new("http://127.0.0.1:9/v1/events".into())),
                 opts: opts.clone(),
             },
             dial: FakeDial {

@@ -50,10 +50,15 @@ pub(crate) trait Dial: Send + Sync + 'static {
     fn dial<'a>(&'a self, opts: &'a ConnectOptions) -> Dialing<'a, Self::Socket>;
 }
 
-/// The broker over the network.
+/// The broker over the network: one node, or several nodes of a cluster to fail over
+/// between.
 pub(crate) struct WsDial {
-    /// `ws(s)://host:port/v1/stream`.
-    pub(crate) url: String,
+    /// `ws(s)://host:port/v1/stream` of each node, in the order given.
+    pub(crate) urls: Vec<String>,
+    /// The node to try first: the one connected last (a dial that fails moves on).
+    pub(crate) current: std::sync::atomic::AtomicUsize,
+    /// The history endpoint of the node connected to, moved with each successful dial.
+    pub(crate) history_url: Arc<std::sync::Mutex<String>>,
     /// The rustls config of every WebSocket (the history client and the token source use the
     /// same trust).
     pub(crate) tls: Arc<rustls::ClientConfig>,
@@ -67,17 +72,51 @@ impl Dial for WsDial {
     type Socket = Socket;
 
     fn dial<'a>(&'a self, opts: &'a ConnectOptions) -> Dialing<'a, Socket> {
-        Box::pin(self.open(opts))
+        Box::pin(self.open_any(opts))
     }
 }
 
 impl WsDial {
-    /// Opens the WebSocket with a token in the header and reads `welcome`.
-    async fn open(&self, opts: &ConnectOptions) -> Result<(Socket, Welcome), ConnectError> {
+    /// Tries each node once, from the one connected last on: the first that welcomes us is
+    /// the connection (and the history endpoint). A refusal that no other node would answer
+    /// differently (a bad token, an inactive client, a refused certificate) is returned at
+    /// once; otherwise the last node's error when none answers.
+    async fn open_any(&self, opts: &ConnectOptions) -> Result<(Socket, Welcome), ConnectError> {
+        use std::sync::atomic::Ordering;
+        let n = self.urls.len().max(1);
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = ConnectError::Io("no broker URL".to_owned());
+        for i in 0..n {
+            let at = (start + i) % n;
+            let Some(url) = self.urls.get(at) else { break };
+            match self.open(url, opts).await {
+                Ok(done) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    if let Ok(mut h) = self.history_url.lock() {
+                        *h = crate::options::history_url(url);
+                    }
+                    return Ok(done);
+                }
+                Err(e @ (ConnectError::Certificate(_) | ConnectError::Token(_))) => return Err(e),
+                Err(ConnectError::Refused { status, message })
+                    if matches!(status, 400 | 401 | 403) =>
+                {
+                    return Err(ConnectError::Refused { status, message });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Opens the WebSocket at `url` with a token in the header and reads `welcome`.
+    async fn open(
+        &self,
+        url: &str,
+        opts: &ConnectOptions,
+    ) -> Result<(Socket, Welcome), ConnectError> {
         let token = current_token(opts).await?;
-        let mut req = self
-            .url
-            .as_str()
+        let mut req = url
             .into_client_request()
             .map_err(|e| ConnectError::Io(e.to_string()))?;
         req.headers_mut().insert(

@@ -3,6 +3,7 @@
 //! reconnect reads the events it needs here, at its reader's pace.
 
 use scopecast_protocol::{ErrorCode, ErrorFrame, Event, Pattern};
+use std::sync::Arc;
 
 use crate::connection::{Feed, backoff};
 use crate::error::subscribe_error;
@@ -26,8 +27,9 @@ pub(crate) async fn current_token(opts: &ConnectOptions) -> Result<String, Conne
 #[derive(Clone)]
 pub(crate) struct History {
     pub(crate) http: reqwest::Client,
-    /// `http(s)://host:port/v1/events`.
-    pub(crate) url: String,
+    /// `http(s)://host:port/v1/events` of the broker node the connection is on now (the
+    /// WebSocket dial moves it when it fails over to another node).
+    pub(crate) url: Arc<std::sync::Mutex<String>>,
     pub(crate) opts: ConnectOptions,
 }
 
@@ -82,9 +84,14 @@ impl History {
             }
             Err(_) => return Err(PageError::Retry),
         };
+        let url = self
+            .url
+            .lock()
+            .map(|u| u.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
         let resp = self
             .http
-            .get(&self.url)
+            .get(&url)
             .query(&[
                 ("topic", pattern.as_str()),
                 ("since", &since.to_string()),

@@ -180,7 +180,12 @@ impl ConnectOptions {
         self
     }
 
-    /// Connects to the broker at `url` (`http(s)://host:port` or `ws(s)://host:port`).
+    /// Connects to the broker at `url` (`http(s)://host:port` or `ws(s)://host:port`), or to
+    /// any node of a cluster given as several URLs, comma-separated
+    /// (`http://node-a:7070,http://node-b:7070`): the first node that answers is used, and a
+    /// reconnect tries the node it was on first, then the others in turn, resuming every
+    /// subscription by `seq` on whichever node answers (nodes of one cluster share the log:
+    /// no gap, no duplicate).
     ///
     /// # Errors
     /// [`ConnectError`] when the first connection cannot be made;
@@ -196,20 +201,29 @@ impl ConnectOptions {
     /// # Ok(()) }
     /// ```
     pub async fn connect(mut self, url: &str) -> Result<Client, ConnectError> {
-        let ws_url = stream_url(url);
+        let ws_urls: Vec<String> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(stream_url)
+            .collect();
+        let ws_url = ws_urls.first().cloned().unwrap_or_default();
         // One trust for every connection: the WebSocket, history reads and tokens.
         let tls = self.tls.take().unwrap_or_default();
         let tls_config = tls.client_config()?;
         let http = tls.http_client(Duration::from_secs(30))?;
         self.token = self.token.map(|t| t.with_tls_unless_set(&tls));
         let (internal, internal_rx) = mpsc::unbounded_channel();
+        let history_at = Arc::new(std::sync::Mutex::new(history_url(&ws_url)));
         let history = History {
             http,
-            url: history_url(&ws_url),
+            url: history_at.clone(),
             opts: self.clone(),
         };
         let dial = WsDial {
-            url: ws_url,
+            urls: ws_urls,
+            current: std::sync::atomic::AtomicUsize::new(0),
+            history_url: history_at,
             tls: tls_config,
         };
         let (socket, welcome) = dial.dial(&self).await?;

@@ -858,3 +858,67 @@ async fn revocation_survives_a_lost_listen_connection_and_a_postgres_outage() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_subscribers_fail_over_to_another_node_without_gap_or_duplicate() {
+    use futures_util::StreamExt;
+    use scopecast_client::{ConnectOptions, Item};
+    let _shared = faults().read().await;
+    let mut cluster = TestCluster::start(2, 3).await;
+    let app = client(&cluster, "Failover SDK").await;
+    let token = cluster.node('a').token(&app, None).await;
+    // Node a first in the list: every client connects there.
+    let urls = format!(
+        "{},{}",
+        cluster.node('a').base_url(),
+        cluster.node('b').base_url()
+    );
+    const CLIENTS: usize = 100;
+    let mut subs = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let c = ConnectOptions::new()
+            .token(&token)
+            .max_reconnect_delay(Duration::from_millis(500))
+            .connect(&urls)
+            .await
+            .expect("connect");
+        subs.push(c.subscribe("lab.>").await.expect("subscribe"));
+        clients.push(c);
+    }
+    let mut acked = publish_many(cluster.node('b'), &token, "f1", 30, 30).await;
+    // Node a goes away (closing its sessions with 1001); events go on through node b.
+    let a = cluster.nodes.remove(0);
+    a.stop().await.expect("node a stops");
+    let b = &cluster.nodes[0];
+    acked.extend(publish_many(b, &token, "f2", 30, 30).await);
+    acked.extend(publish_many(b, &token, "f3", 30, 30).await);
+    let reads = subs.iter_mut().map(|s| async move {
+        let mut got = Vec::new();
+        while got.len() < 90 {
+            match tokio::time::timeout(Duration::from_secs(30), s.next()).await {
+                Ok(Some(Item::Event(e))) => got.push((e.seq, e.id.as_str().to_owned())),
+                other => panic!("after {} events: {other:?}", got.len()),
+            }
+        }
+        got
+    });
+    for (i, got) in futures_util::future::join_all(reads)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(
+            got, acked,
+            "SDK client {i}: every event once, in order, across the failover"
+        );
+    }
+    // The stopped node's consumer goes with its connection: only node b's tail is left.
+    eventually(
+        Duration::from_secs(30),
+        "no JetStream consumer leaked",
+        || async { cluster.consumers().await == 1 },
+    )
+    .await;
+    audit(&cluster, &acked).await;
+}
