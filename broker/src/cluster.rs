@@ -450,3 +450,138 @@ mod tests {
         assert!(Durability::assess("v2.12.1-beta", 3).reasons.is_empty());
     }
 }
+
+/// The subject on which every node of the cluster whose stream is `stream` answers for its
+/// own sessions (core NATS, outside the stream's subjects): `list` with a JSON
+/// `{"client_id": ...}` body, or `close.<node>` with a session id.
+fn control_subject(stream: &str, what: &str) -> String {
+    format!("_SCOPECAST.{stream}.sessions.{what}")
+}
+
+/// How long an admin request waits for the other nodes' answers.
+const GATHER: Duration = Duration::from_millis(500);
+
+/// Answers the other nodes' session requests for this node, until the broker shuts down.
+pub(crate) async fn serve_sessions(state: crate::state::Broker) {
+    use futures_util::StreamExt;
+    let Some(c) = &state.cluster else { return };
+    let stream = &state.config.cluster.stream;
+    let (Ok(mut list), Ok(mut close)) = (
+        c.nats.subscribe(control_subject(stream, "list")).await,
+        c.nats
+            .subscribe(control_subject(stream, &format!("close.{}", c.node)))
+            .await,
+    ) else {
+        tracing::error!(
+            "cannot subscribe to the cluster's session requests; the session list shows this node's sessions only on this node"
+        );
+        return;
+    };
+    loop {
+        let (msg, listing) = tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            m = list.next() => (m, true),
+            m = close.next() => (m, false),
+        };
+        let Some(msg) = msg else { return };
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let body = if listing {
+            #[derive(serde::Deserialize)]
+            struct Ask {
+                client_id: Option<String>,
+            }
+            let ask: Ask = serde_json::from_slice(&msg.payload).unwrap_or(Ask { client_id: None });
+            // The asking node lists its own.
+            if msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Scopecast-Node"))
+                .map(|v| v.as_str())
+                == Some(c.node.as_str())
+            {
+                continue;
+            }
+            serde_json::to_vec(&crate::http::sessions::local(
+                &state,
+                ask.client_id.as_deref(),
+            ))
+        } else {
+            let id = String::from_utf8_lossy(&msg.payload).into_owned();
+            serde_json::to_vec(&crate::http::sessions::close_local(&state, &id))
+        };
+        if let Ok(body) = body {
+            let _ = c.nats.publish(reply, body.into()).await;
+        }
+    }
+}
+
+/// The other nodes' sessions (of `client_id` only, when given): every answer that arrives
+/// within half a second.
+pub(crate) async fn remote_sessions(
+    state: &crate::state::Broker,
+    client_id: Option<&str>,
+) -> Vec<scopecast_protocol::admin::SessionView> {
+    use futures_util::StreamExt;
+    let Some(c) = &state.cluster else {
+        return Vec::new();
+    };
+    let inbox = c.nats.new_inbox();
+    let Ok(mut answers) = c.nats.subscribe(inbox.clone()).await else {
+        return Vec::new();
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Scopecast-Node", c.node.as_str());
+    let ask = json!({ "client_id": client_id }).to_string();
+    if c.nats
+        .publish_with_reply_and_headers(
+            control_subject(&state.config.cluster.stream, "list"),
+            inbox,
+            headers,
+            ask.into(),
+        )
+        .await
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + GATHER;
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, answers.next()).await {
+        if let Ok(views) =
+            serde_json::from_slice::<Vec<scopecast_protocol::admin::SessionView>>(&m.payload)
+        {
+            out.extend(views);
+        }
+    }
+    out
+}
+
+/// Asks node `node` to close its session `id`; its view, or `None` when no node answered
+/// with one.
+pub(crate) async fn close_remote(
+    state: &crate::state::Broker,
+    node: &str,
+    id: &str,
+) -> Option<scopecast_protocol::admin::SessionView> {
+    let c = state.cluster.as_ref()?;
+    let node_ok = !node.is_empty()
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !node_ok {
+        return None;
+    }
+    let subject = control_subject(&state.config.cluster.stream, &format!("close.{node}"));
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        c.nats.request(subject, id.to_owned().into()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    serde_json::from_slice::<Option<scopecast_protocol::admin::SessionView>>(&answer.payload)
+        .ok()
+        .flatten()
+}

@@ -507,6 +507,7 @@ pub(crate) async fn assemble(
     };
     let mut background = vec![follower, prober];
     if let Some(c) = &state.cluster {
+        background.push(tokio::spawn(crate::cluster::serve_sessions(state.clone())));
         background.push(tokio::spawn(crate::cluster::follow_rings(
             registry.clone(),
             vec![c.tokens.clone(), c.records.clone()],

@@ -525,6 +525,10 @@ pub struct SessionView {
     pub events_published: u64,
     /// Bytes waiting in its outbound queue now.
     pub outbox_bytes: u64,
+    /// In cluster mode, the broker node that holds it (its `cluster.node_name`); the
+    /// `session` id is then `<node>:<id>`, unique across the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `GET /admin/v1/sessions`.

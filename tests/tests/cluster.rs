@@ -922,3 +922,63 @@ async fn sdk_subscribers_fail_over_to_another_node_without_gap_or_duplicate() {
     .await;
     audit(&cluster, &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_list_and_close_cover_every_node() {
+    let _shared = faults().read().await;
+    let cluster = TestCluster::start(3, 3).await;
+    let app = client(&cluster, "Sessions").await;
+    let token = cluster.node('a').token(&app, None).await;
+    let (_on_b, _) = subscriber(cluster.node('b'), &token, "lab.>", None).await;
+    let (mut on_c, _) = subscriber(cluster.node('c'), &token, "lab.>", None).await;
+    // Asked through node a, which holds none of them.
+    let list = cluster
+        .node('a')
+        .admin(
+            Method::GET,
+            &format!("/sessions?client_id={}", app.client_id),
+            None,
+        )
+        .await;
+    assert_eq!(list.status, 200, "{:?}", list.body);
+    let sessions = list.body["sessions"].as_array().expect("sessions").clone();
+    let mut nodes: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["node"].as_str().unwrap_or_default())
+        .collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["b", "c"], "{sessions:?}");
+    for s in &sessions {
+        assert!(
+            s["session"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&format!("{}:", s["node"].as_str().unwrap_or_default()))
+        );
+        assert_eq!(s["subscriptions"], json!(["lab.>"]));
+    }
+    let on_c_id = sessions
+        .iter()
+        .find(|s| s["node"] == "c")
+        .and_then(|s| s["session"].as_str())
+        .expect("node c's session")
+        .to_owned();
+    let closed = cluster
+        .node('a')
+        .admin(Method::POST, &format!("/sessions/{on_c_id}/close"), None)
+        .await;
+    assert_eq!(closed.status, 200, "{:?}", closed.body);
+    assert_eq!(closed.body["node"], "c");
+    let (_, ended) = on_c.until_closed(Duration::from_secs(3)).await;
+    assert!(matches!(ended, Ended::Close(4010, _)), "{ended:?}");
+    let gone = cluster
+        .node('a')
+        .admin(Method::POST, &format!("/sessions/{on_c_id}/close"), None)
+        .await;
+    assert_eq!(gone.status, 404, "{:?}", gone.body);
+    let unknown = cluster
+        .node('a')
+        .admin(Method::POST, "/sessions/zz:1/close", None)
+        .await;
+    assert_eq!(unknown.status, 404, "{:?}", unknown.body);
+}

@@ -29,7 +29,7 @@ mod events;
 mod oauth;
 mod publish;
 mod records;
-mod sessions;
+pub(crate) mod sessions;
 mod stream;
 
 use axum::Json;

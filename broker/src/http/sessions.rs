@@ -23,11 +23,17 @@ pub(crate) struct SessionsQuery {
     client_id: Option<String>,
 }
 
-fn view(state: &Broker, e: &SessionHandle) -> SessionView {
+/// The admin view of a local session (in cluster mode its id is `<node>:<id>`).
+pub(crate) fn view(state: &Broker, e: &SessionHandle) -> SessionView {
     let snap = state.registry.snapshot();
     let s = e;
+    let node = state.cluster.as_ref().map(|c| c.node.clone());
     SessionView {
-        session: format!("{:x}", s.id),
+        session: match &node {
+            Some(n) => format!("{n}:{:x}", s.id),
+            None => format!("{:x}", s.id),
+        },
+        node,
         client_id: s.client_id.to_string(),
         application_id: e.application_id.clone(),
         application_name: snap
@@ -63,13 +69,35 @@ pub(crate) async fn list(
             .into_response();
         }
     };
+    let mut sessions = local(&state, q.client_id.as_deref());
+    if state.cluster.is_some() {
+        // Every other node answers for its own sessions.
+        sessions.extend(crate::cluster::remote_sessions(&state, q.client_id.as_deref()).await);
+        sessions.sort_by(|a, b| {
+            (&a.connected_since, &a.session).cmp(&(&b.connected_since, &b.session))
+        });
+    }
+    Json(SessionList { sessions }).into_response()
+}
+
+/// This node's sessions (of `client_id` only, when given), oldest first.
+pub(crate) fn local(state: &Broker, client_id: Option<&str>) -> Vec<SessionView> {
     let mut entries = state.sessions.all();
-    if let Some(c) = &q.client_id {
-        entries.retain(|e| &*e.client_id == c.as_str());
+    if let Some(c) = client_id {
+        entries.retain(|e| &*e.client_id == c);
     }
     entries.sort_by_key(|e| e.id);
-    let sessions = entries.iter().map(|e| view(&state, e)).collect();
-    Json(SessionList { sessions }).into_response()
+    entries.iter().map(|e| view(state, e)).collect()
+}
+
+/// Closes this node's session `id` (hex) with 4010; its view, or `None` when there is none.
+pub(crate) fn close_local(state: &Broker, id: &str) -> Option<SessionView> {
+    let entry = state.sessions.find(id)?;
+    let shown = view(state, &entry);
+    entry
+        .outbox
+        .close(CloseCode::ClosedByOperator, "closed by an operator", false);
+    Some(shown)
 }
 
 /// `POST /admin/v1/sessions/{session}/close`: closes the session with 4010 at once (what it
@@ -79,17 +107,20 @@ pub(crate) async fn close(
     Extension(caller): Extension<Caller>,
     Path(session): Path<String>,
 ) -> Response {
-    let Some(entry) = state.sessions.find(&session) else {
+    // In cluster mode the id names its node: this one, or another that closes it.
+    let closed = match (&state.cluster, session.split_once(':')) {
+        (Some(c), Some((node, id))) if node == c.node => close_local(&state, id),
+        (Some(_), Some((node, id))) => crate::cluster::close_remote(&state, node, id).await,
+        (_, None) => close_local(&state, &session),
+        (None, Some(_)) => None,
+    };
+    let Some(shown) = closed else {
         return ApiError::new(
             scopecast_protocol::Reason::NotFound,
             format!("no live session {session} (scopecast sessions lists them)"),
         )
         .into_response();
     };
-    let shown = view(&state, &entry);
-    entry
-        .outbox
-        .close(CloseCode::ClosedByOperator, "closed by an operator", false);
     tracing::info!(actor = %caller.name, session = %session, client_id = %shown.client_id, "session closed by an operator with 4010");
     if let Err(e) = state
                 .registry
