@@ -416,41 +416,6 @@ pub(crate) fn postgres_url(config: &ClusterConfig) -> Result<String, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_sealed_blob_opens_only_with_its_key_and_name() {
-        let kek = Kek::parse(&Kek::generate().unwrap()).unwrap();
-        let other = Kek::parse(&Kek::generate().unwrap()).unwrap();
-        let sealed = kek.seal("signing_keys", b"secret set").unwrap();
-        assert!(!sealed.windows(6).any(|w| w == b"secret"));
-        assert_eq!(kek.unseal("signing_keys", &sealed).unwrap(), b"secret set");
-        assert!(kek.unseal("record_signing_keys", &sealed).is_err());
-        assert!(other.unseal("signing_keys", &sealed).is_err());
-        let mut flipped = sealed;
-        let last = flipped.len() - 1;
-        flipped[last] ^= 1;
-        assert!(kek.unseal("signing_keys", &flipped).is_err());
-        assert!(Kek::parse("c2hvcnQ=").is_err());
-    }
-
-    #[test]
-    fn durability_names_each_reason() {
-        assert_eq!(
-            Durability::assess("2.9.10", 3).reasons,
-            ["lazy_fsync", "server_before_2_11"]
-        );
-        assert_eq!(
-            Durability::assess("2.10.4", 1).reasons,
-            ["replicas_1", "server_before_2_11"]
-        );
-        assert!(Durability::assess("2.11.0", 3).reasons.is_empty());
-        assert!(Durability::assess("v2.12.1-beta", 3).reasons.is_empty());
-    }
-}
-
 /// The subject on which every node of the cluster whose stream is `stream` answers for its
 /// own sessions (core NATS, outside the stream's subjects): `list` with a JSON
 /// `{"client_id": ...}` body, or `close.<node>` with a session id.
@@ -584,4 +549,39 @@ pub(crate) async fn close_remote(
     serde_json::from_slice::<Option<scopecast_protocol::admin::SessionView>>(&answer.payload)
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_blob_opens_only_with_its_key_and_name() {
+        let kek = Kek::parse(&Kek::generate().unwrap()).unwrap();
+        let other = Kek::parse(&Kek::generate().unwrap()).unwrap();
+        let sealed = kek.seal("signing_keys", b"secret set").unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
+        assert_eq!(kek.unseal("signing_keys", &sealed).unwrap(), b"secret set");
+        assert!(kek.unseal("record_signing_keys", &sealed).is_err());
+        assert!(other.unseal("signing_keys", &sealed).is_err());
+        let mut flipped = sealed;
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(kek.unseal("signing_keys", &flipped).is_err());
+        assert!(Kek::parse("c2hvcnQ=").is_err());
+    }
+
+    #[test]
+    fn durability_names_each_reason() {
+        assert_eq!(
+            Durability::assess("2.9.10", 3).reasons,
+            ["lazy_fsync", "server_before_2_11"]
+        );
+        assert_eq!(
+            Durability::assess("2.10.4", 1).reasons,
+            ["replicas_1", "server_before_2_11"]
+        );
+        assert!(Durability::assess("2.11.0", 3).reasons.is_empty());
+        assert!(Durability::assess("v2.12.1-beta", 3).reasons.is_empty());
+    }
 }
