@@ -277,6 +277,83 @@ async fn load(
     }
 }
 
+/// Moves a stopped single node's state into a new cluster (README "Cluster mode", "From one
+/// node to a cluster"): the registry in `data_dir` copied into the cluster's PostgreSQL
+/// database (which must be new: no node of the cluster started on it yet), and the node's
+/// token and record signing keys sealed into it, so tokens the node issued keep verifying
+/// and the catalog key environments pinned stays. The event log is not copied: the cluster's
+/// stream is a new log (a new `log_epoch`).
+///
+/// Returns a report, one line per table and key set.
+///
+/// # Errors
+/// A sentence when the configuration is not a cluster's, the database is not empty, or a
+/// store or key file fails.
+pub async fn migrate_to_cluster(
+    data_dir: &Path,
+    config: &crate::config::Config,
+) -> Result<Vec<String>, String> {
+    let c = &config.cluster;
+    if !c.enabled() {
+        return Err("the configuration has no [cluster] section (cluster.nats_url)".into());
+    }
+    // Held for the copy: a broker still running on the folder is refused.
+    let _lock = crate::data_dir::lock(data_dir).map_err(|e| e.to_string())?;
+    let kek = Kek::load(
+        c.key_encryption_key_file
+            .as_deref()
+            .ok_or("cluster.key_encryption_key_file is required")?,
+    )?;
+    let url = postgres_url(c)?;
+    let mut report = Vec::new();
+    let copied = crate::registry::migrate::sqlite_to_postgres(
+        &data_dir.join(crate::server::REGISTRY_FILE),
+        &url,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    for (table, n) in copied {
+        report.push(format!("registry: {n} rows of {table}"));
+    }
+    let store = crate::registry::PgStore::open(&url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let registry = Registry::open(store).await.map_err(|e| e.to_string())?;
+    for (name, file) in [
+        (TOKEN_KEYS, crate::server::SIGNING_KEYS_FILE),
+        (RECORD_KEYS, crate::server::RECORD_KEYS_FILE),
+    ] {
+        let path = data_dir.join(file);
+        let Ok(bytes) = std::fs::read(&path) else {
+            report.push(format!(
+                "{name}: no {} (the cluster makes new keys)",
+                path.display()
+            ));
+            continue;
+        };
+        // Parsed first: a damaged file is refused here, not at the first node's start.
+        KeyRing::shared(&bytes, i64::MAX / 4).map_err(|e| e.to_string())?;
+        let written = registry
+            .put_state(
+                name,
+                &kek.seal(name, &bytes)?,
+                0,
+                "scopecast cluster migrate",
+                "keys.import",
+                json!({"set": name}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if !written {
+            return Err(format!(
+                "shared state `{name}` already exists in the database"
+            ));
+        }
+        report.push(format!("{name}: sealed from {}", path.display()));
+    }
+    Ok(report)
+}
+
 /// Reloads `rings` whenever the registry says their blob changed (and all of them when this
 /// node missed changes), until the registry is gone.
 pub(crate) async fn follow_rings(registry: Registry, rings: Vec<SharedRing>) {

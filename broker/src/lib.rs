@@ -55,6 +55,7 @@ pub fn generate_kek() -> Result<String, String> {
     cluster::Kek::generate()
 }
 
+pub use cluster::migrate_to_cluster;
 pub use config::{
     ClusterConfig, Config, ConfigError, EnvironmentKind, ExternalIssuer, HttpConfig, LimitsConfig,
     LogFormat, LogMode, LogSync, OAuthConfig, Overrides, RetentionConfig, TlsConfig,

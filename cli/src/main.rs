@@ -45,6 +45,19 @@ enum ClusterCommand {
         #[arg(value_name = "FILE")]
         out: PathBuf,
     },
+    /// Move a stopped single node into a new cluster: its registry (applications, client IDs,
+    /// activations, credentials, audit trail) copied into the cluster's PostgreSQL database,
+    /// which must be new, and its token and record signing keys sealed into it. Run it before
+    /// the first cluster node starts. Events are not moved: the cluster's log is a new one.
+    Migrate {
+        /// The single node's data folder (the broker must be stopped).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The cluster's configuration file (its `[cluster]` section; `SCOPECAST_*`
+        /// variables apply as for `serve`).
+        #[arg(long, env = "SCOPECAST_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -297,6 +310,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Kek { out },
         } => write_kek(&out),
+        Command::Cluster {
+            command: ClusterCommand::Migrate { from, config },
+        } => migrate(&from, config.as_deref()),
         Command::Sub {
             target,
             auth,
@@ -453,6 +469,22 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// `scopecast cluster migrate --from DIR [--config FILE]`.
+fn migrate(from: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let config = scopecast_broker::Config::load(config, &scopecast_broker::Overrides::default())?;
+    let report = client_runtime()?
+        .block_on(scopecast_broker::migrate_to_cluster(from, &config))
+        .map_err(anyhow::Error::msg)?;
+    for line in report {
+        println!("{line}");
+    }
+    println!(
+        "done: start the cluster's nodes now; subscribers get a new log_epoch (the events of {} stay there)",
+        from.display()
+    );
+    Ok(())
 }
 
 /// `scopecast cluster kek FILE`.

@@ -52,6 +52,14 @@ impl TestCluster {
         replicas: usize,
         adjust: impl FnOnce(&mut Config),
     ) -> TestCluster {
+        let (mut config, kek) = TestCluster::prepare(replicas).await;
+        adjust(&mut config);
+        TestCluster::start_prepared(config, kek, n).await
+    }
+
+    /// The configuration of a new cluster (a new stream, a new database, a key-encryption
+    /// key in the returned folder) without starting any node: to migrate into it first.
+    pub async fn prepare(replicas: usize) -> (Config, tempfile::TempDir) {
         let nats = NatsCluster::shared();
         let database = Postgres::shared().database().await;
         let kek = tempfile::tempdir().expect("a folder for the key-encryption key");
@@ -68,20 +76,23 @@ impl TestCluster {
                 .expect("chmod the kek");
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let stream = format!("T_{}", &id[..12]);
         let mut config = test_config();
         config.admin_token = Some(ADMIN_TOKEN.to_owned());
         config.oauth.public_url = Some(PUBLIC_URL.to_owned());
         config.cluster.nats_url = Some(nats.url());
         config.cluster.postgres_url = Some(database);
         config.cluster.key_encryption_key_file = Some(kek_file);
-        config.cluster.stream = stream.clone();
+        config.cluster.stream = format!("T_{}", &id[..12]);
         config.cluster.subject_prefix = format!("t{}", &id[..12]);
         config.cluster.replicas = replicas;
         config.cluster.nats_ping_interval_ms = 1_000;
         // JetStream reserves a stream's byte limit on every replica: keep test streams small.
         config.retention.max_bytes = 64 << 20;
-        adjust(&mut config);
+        (config, kek)
+    }
+
+    /// Starts `n` nodes (`a`, `b`, ...) with `config` (from [`TestCluster::prepare`]).
+    pub async fn start_prepared(config: Config, kek: tempfile::TempDir, n: usize) -> TestCluster {
         let mut nodes = Vec::new();
         for i in 0..n {
             let mut c = config.clone();
@@ -90,7 +101,7 @@ impl TestCluster {
         }
         TestCluster {
             nodes,
-            stream,
+            stream: config.cluster.stream.clone(),
             config,
             _kek: kek,
         }

@@ -119,14 +119,7 @@ impl TestBroker {
     /// # Panics
     /// When it does not stop or start in time.
     pub async fn restart(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(WAIT, task)
-                .await
-                .expect("broker stopped");
-        }
+        self.shut_down().await;
         let mut config = self.config.clone();
         config.listen = self.addr;
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -533,6 +526,29 @@ impl TestBroker {
                     .and_then(|v| v.trim().parse().ok())
             })
             .unwrap_or(0.0)
+    }
+
+    /// Starts graceful shutdown and waits until the broker stopped (the data folder stays).
+    async fn shut_down(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(WAIT, task)
+                .await
+                .expect("broker stopped");
+        }
+    }
+
+    /// Stops the broker gracefully and hands over its data folder (which dropping the broker
+    /// would remove): `<returned>/data` is the folder it ran on.
+    ///
+    /// # Panics
+    /// When it does not stop in time.
+    pub async fn stop_keeping_data(mut self) -> TempDir {
+        self.shut_down().await;
+        let keep = tempfile::tempdir().expect("a temporary folder");
+        std::mem::replace(&mut self._temp, keep)
     }
 
     /// Starts graceful shutdown and waits for the broker to stop.

@@ -982,3 +982,73 @@ async fn the_session_list_and_close_cover_every_node() {
         .await;
     assert_eq!(unknown.status, 404, "{:?}", unknown.body);
 }
+
+/// The record-signing public keys a node publishes.
+async fn catalog_keys(node: &TestBroker) -> Value {
+    node.http_client()
+        .get(node.http_url("/catalog/v1/keys"))
+        .send()
+        .await
+        .expect("catalog keys")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_moves_into_a_cluster_with_its_registry_and_keys() {
+    let _shared = faults().read().await;
+    // A single node, whose public URL is the one the cluster will have behind its balancer.
+    let mut single_config = scopecast_tests::test_config();
+    single_config.oauth.public_url = Some(PUBLIC_URL.to_owned());
+    let single = TestBroker::start(single_config).await;
+    let app = single.create_app("Moved", SCOPE).await;
+    single.activate(&app.non_production.client_id).await;
+    let token = single.token(&app.non_production, None).await;
+    let admin_token = single.admin_token().to_owned();
+    let pinned = catalog_keys(&single).await;
+    let kept = single.stop_keeping_data().await;
+    let data = kept.path().join("data");
+
+    let (config, kek) = TestCluster::prepare(3).await;
+    let report = scopecast_broker::migrate_to_cluster(&data, &config)
+        .await
+        .expect("migrate");
+    assert!(
+        report
+            .iter()
+            .any(|l| l == "registry: 1 rows of applications"),
+        "{report:?}"
+    );
+    assert!(
+        report.iter().any(|l| l.starts_with("signing_keys: sealed")),
+        "{report:?}"
+    );
+    // A second run is refused: the database is not empty any more.
+    let again = scopecast_broker::migrate_to_cluster(&data, &config).await;
+    assert!(again.unwrap_err().contains("not empty"));
+    let cluster = TestCluster::start_prepared(config, kek, 2).await;
+    let (a, b) = (cluster.node('a'), cluster.node('b'));
+    // The token the single node issued works on every node; so do the client's secret and
+    // the single node's admin credential.
+    for node in [a, b] {
+        let (_, welcome) = Ws::connect(node, &token).await;
+        assert_eq!(welcome["client_id"], app.non_production.client_id.as_str());
+    }
+    let fresh = b.token(&app.non_production, None).await;
+    let (_, welcome) = Ws::connect(a, &fresh).await;
+    assert_eq!(welcome["type"], "welcome");
+    let apps = b
+        .http_client()
+        .get(b.operator_url("/admin/v1/applications"))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(apps.status().as_u16(), 200);
+    let apps: Value = apps.json().await.expect("JSON");
+    assert!(apps.to_string().contains("Moved"), "{apps}");
+    // The catalog key environments pinned is the same.
+    let after = catalog_keys(a).await;
+    assert_eq!(after, pinned);
+}

@@ -21,6 +21,7 @@
 mod conformance;
 pub mod credential;
 mod follow;
+pub mod migrate;
 mod postgres;
 mod record;
 mod snapshot;

@@ -53,6 +53,11 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
+    /// The connection pool (the registry migration reads or writes whole tables).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`) and applies
     /// the migrations in `broker/migrations-pg/` (several nodes starting at once: sqlx takes
     /// an advisory lock around them).

@@ -36,6 +36,11 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// The connection pool (the registry migration reads or writes whole tables).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Opens (creating if needed) the database at `path` and applies the migrations in
     /// `broker/migrations/`.
     ///
