@@ -60,18 +60,25 @@ as_pg "$PGBIN/psql" -q -h 127.0.0.1 -p $((BASE_PORT + 300)) -U postgres -c "CREA
 "$SCOPECAST" cluster kek "$DIR/kek" 2>/dev/null
 ADMIN_TOKEN="sc_admin_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 printf '%s\n' "$ADMIN_TOKEN" > "$DIR/admin.token"
-chmod 600 "$DIR/admin.token"
+# The nodes' shared settings (the admin credential is a setting, not an environment variable:
+# SCOPECAST_ADMIN_TOKEN is what the CLI reads).
+cat > "$DIR/cluster.toml" <<TOML
+admin_token = "$ADMIN_TOKEN"
+[oauth]
+public_url = "http://127.0.0.1:$((BASE_PORT + 1))"
+[cluster]
+nats_url = "$NATS_URL"
+postgres_url = "postgres://postgres@127.0.0.1:$((BASE_PORT + 300))/scopecast"
+key_encryption_key_file = "$DIR/kek"
+TOML
+chmod 600 "$DIR/admin.token" "$DIR/cluster.toml"
 
 sleep 1
 for i in 1 2 3; do
     port=$((BASE_PORT + i))
-    SCOPECAST_ADMIN_TOKEN="$ADMIN_TOKEN" \
-    SCOPECAST_OAUTH__PUBLIC_URL="http://127.0.0.1:$((BASE_PORT + 1))" \
-    SCOPECAST_CLUSTER__NATS_URL="$NATS_URL" \
-    SCOPECAST_CLUSTER__POSTGRES_URL="postgres://postgres@127.0.0.1:$((BASE_PORT + 300))/scopecast" \
-    SCOPECAST_CLUSTER__KEY_ENCRYPTION_KEY_FILE="$DIR/kek" \
     SCOPECAST_CLUSTER__NODE_NAME="node$i" \
-        "$SCOPECAST" serve --listen "127.0.0.1:$port" --data-dir "$DIR/node$i" >"$DIR/node$i.log" 2>&1 &
+        "$SCOPECAST" serve --config "$DIR/cluster.toml" --listen "127.0.0.1:$port" \
+        --data-dir "$DIR/node$i" >"$DIR/node$i.log" 2>&1 &
     PIDS="$PIDS $!"
 done
 
@@ -95,7 +102,7 @@ A local Scopecast cluster is running (folder $DIR; Ctrl-C stops it and removes e
               (one issuer for all: http://127.0.0.1:$((BASE_PORT + 1)), as behind a load balancer)
   NATS        $NATS_URL
   PostgreSQL  postgres://postgres@127.0.0.1:$((BASE_PORT + 300))/scopecast
-  admin token $DIR/admin.token
+  admin token $DIR/admin.token   (settings: $DIR/cluster.toml)
   logs        $DIR/node1.log ... $DIR/nats1.log ... $DIR/pg/log
 Try:
   export SCOPECAST_ADMIN_TOKEN=\$(cat $DIR/admin.token)
