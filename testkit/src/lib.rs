@@ -43,11 +43,19 @@ fn detached_shell(script: &str) {
         .expect("sh");
 }
 
-/// Waits until something listens on `port`.
+/// Waits until something listens on `port` of 127.0.0.1.
 fn wait_for_port(port: u16, what: &str) {
+    wait_for_addr("127.0.0.1", port, what);
+}
+
+/// Waits until something listens on `host:port`.
+fn wait_for_addr(host: &str, port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start on {port}");
+    while std::net::TcpStream::connect((host, port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start on {host}:{port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -251,8 +259,12 @@ impl Nats {
 pub struct NatsNode {
     /// Its server name (`n1`, `n2`, `n3`).
     pub name: String,
-    /// Its client port on 127.0.0.1.
+    /// Its client port.
     pub port: u16,
+    /// The address it listens on (127.0.0.1, or a veth address in a network namespace).
+    pub host: String,
+    /// The network namespace it runs in, if any.
+    netns: Option<String>,
     args: Vec<String>,
     child: Mutex<Option<Child>>,
 }
@@ -260,7 +272,7 @@ pub struct NatsNode {
 impl NatsNode {
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// Starts the server (again), on the same ports and store folder.
@@ -271,7 +283,15 @@ impl NatsNode {
         {
             return;
         }
-        let c = Command::new(nats_server())
+        let mut command = match &self.netns {
+            None => Command::new(nats_server()),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(nats_server());
+                c
+            }
+        };
+        let c = command
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -287,7 +307,7 @@ impl NatsNode {
         ));
         *child = Some(c);
         drop(child);
-        wait_for_port(self.port, "nats-server");
+        wait_for_addr(&self.host, self.port, "nats-server");
     }
 
     fn signal(&self, sig: &str) {
@@ -342,6 +362,15 @@ impl NatsCluster {
     }
 
     fn start() -> NatsCluster {
+        let here = ("127.0.0.1", "127.0.0.1", None);
+        NatsCluster::start_on(&[here, here, here])
+    }
+
+    /// A new 3-node cluster (not the shared one). Each node is `(listen, reach, netns)`: it
+    /// listens on `listen` (`0.0.0.0`: every address, clients use 127.0.0.1), the other nodes
+    /// route to it at `reach`, and it runs in network namespace `netns` if given (see
+    /// [`Partition`]).
+    pub fn start_on(hosts: &[(&str, &str, Option<&str>); 3]) -> NatsCluster {
         let dir = tempfile::Builder::new()
             .prefix("scopecast-jsc-")
             .tempdir()
@@ -355,12 +384,14 @@ impl NatsCluster {
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
             .iter()
-            .map(|(_, r)| format!("nats://127.0.0.1:{r}"))
+            .zip(hosts)
+            .map(|((_, r), (_, reach, _))| format!("nats://{reach}:{r}"))
             .collect();
         let nodes: Vec<NatsNode> = ports
             .iter()
+            .zip(hosts)
             .enumerate()
-            .map(|(i, (port, route))| {
+            .map(|(i, ((port, route), (listen, _, netns)))| {
                 let name = format!("n{}", i + 1);
                 let store = dir.join(&name);
                 let others: Vec<&str> = routes
@@ -373,7 +404,7 @@ impl NatsCluster {
                     args: vec![
                         "-js".into(),
                         "-a".into(),
-                        "127.0.0.1".into(),
+                        (*listen).to_owned(),
                         "-p".into(),
                         port.to_string(),
                         "-n".into(),
@@ -383,12 +414,18 @@ impl NatsCluster {
                         "--cluster_name".into(),
                         "scopecast-test".into(),
                         "--cluster".into(),
-                        format!("nats://127.0.0.1:{route}"),
+                        format!("nats://{listen}:{route}"),
                         "--routes".into(),
                         others.join(","),
                     ],
                     name,
                     port: *port,
+                    host: if *listen == "0.0.0.0" {
+                        "127.0.0.1".to_owned()
+                    } else {
+                        (*listen).to_owned()
+                    },
+                    netns: netns.map(str::to_owned),
                     child: Mutex::new(None),
                 }
             })
@@ -485,5 +522,91 @@ impl NatsCluster {
         let mut s = js.get_stream(stream).await.ok()?;
         let info = s.info().await.ok()?;
         info.cluster.as_ref()?.leader.clone()
+    }
+}
+
+/// A network namespace joined to this machine by a veth pair (`10.213.<n>.1` on this side,
+/// `10.213.<n>.2` inside; private addresses, never leaving the machine), whose link a test
+/// cuts and heals to partition what runs inside. Removed when dropped (and by a watchdog
+/// when the test process ends).
+#[derive(Debug)]
+pub struct Partition {
+    /// The namespace's name.
+    pub netns: String,
+    /// The address on this side.
+    pub outside: String,
+    /// The address inside the namespace.
+    pub inside: String,
+    link: String,
+}
+
+fn ip(args: &[&str]) {
+    let ok = Command::new("ip").args(args).status().expect("ip");
+    assert!(ok.success(), "ip {}", args.join(" "));
+}
+
+impl Partition {
+    /// Makes the namespace and the link (needs root, as `ip netns` does).
+    pub fn new() -> Partition {
+        let n = std::process::id() % 250 + 1;
+        let netns = format!("scpart{}", std::process::id());
+        let link = format!("scv{}", std::process::id());
+        let peer = format!("scp{}", std::process::id());
+        let (outside, inside) = (format!("10.213.{n}.1"), format!("10.213.{n}.2"));
+        ip(&["netns", "add", &netns]);
+        detached_shell(&format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; ip link del {link} 2>/dev/null; ip netns del {netns} 2>/dev/null",
+            pid = std::process::id(),
+        ));
+        ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &peer, "netns", &netns]);
+        ip(&["addr", "add", &format!("{outside}/30"), "dev", &link]);
+        ip(&["link", "set", &link, "up"]);
+        ip(&[
+            "netns",
+            "exec",
+            &netns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{inside}/30"),
+            "dev",
+            &peer,
+        ]);
+        ip(&["netns", "exec", &netns, "ip", "link", "set", &peer, "up"]);
+        ip(&["netns", "exec", &netns, "ip", "link", "set", "lo", "up"]);
+        Partition {
+            netns,
+            outside,
+            inside,
+            link,
+        }
+    }
+
+    /// Cuts the link: nothing crosses between the namespace and this side.
+    pub fn cut(&self) {
+        ip(&["link", "set", &self.link, "down"]);
+    }
+
+    /// Heals the link.
+    pub fn heal(&self) {
+        ip(&["link", "set", &self.link, "up"]);
+    }
+}
+
+impl Default for Partition {
+    fn default() -> Self {
+        Partition::new()
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.link])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
     }
 }

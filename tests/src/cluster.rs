@@ -36,6 +36,8 @@ pub struct TestCluster {
     pub stream: String,
     /// The configuration every node started from (its own port and data folder aside).
     pub config: Config,
+    /// The NATS cluster its stream is on.
+    pub nats: &'static NatsCluster,
     _kek: tempfile::TempDir,
 }
 
@@ -54,13 +56,17 @@ impl TestCluster {
     ) -> TestCluster {
         let (mut config, kek) = TestCluster::prepare(replicas).await;
         adjust(&mut config);
-        TestCluster::start_prepared(config, kek, n).await
+        TestCluster::start_prepared(NatsCluster::shared(), config, kek, n).await
     }
 
     /// The configuration of a new cluster (a new stream, a new database, a key-encryption
     /// key in the returned folder) without starting any node: to migrate into it first.
     pub async fn prepare(replicas: usize) -> (Config, tempfile::TempDir) {
-        let nats = NatsCluster::shared();
+        TestCluster::prepare_on(NatsCluster::shared(), replicas).await
+    }
+
+    /// As [`TestCluster::prepare`], on the NATS cluster `nats`.
+    pub async fn prepare_on(nats: &NatsCluster, replicas: usize) -> (Config, tempfile::TempDir) {
         let database = Postgres::shared().database().await;
         let kek = tempfile::tempdir().expect("a folder for the key-encryption key");
         let kek_file = kek.path().join("kek");
@@ -91,8 +97,14 @@ impl TestCluster {
         (config, kek)
     }
 
-    /// Starts `n` nodes (`a`, `b`, ...) with `config` (from [`TestCluster::prepare`]).
-    pub async fn start_prepared(config: Config, kek: tempfile::TempDir, n: usize) -> TestCluster {
+    /// Starts `n` nodes (`a`, `b`, ...) with `config` (from [`TestCluster::prepare`]) on the
+    /// NATS cluster `nats`.
+    pub async fn start_prepared(
+        nats: &'static NatsCluster,
+        config: Config,
+        kek: tempfile::TempDir,
+        n: usize,
+    ) -> TestCluster {
         let mut nodes = Vec::new();
         for i in 0..n {
             let mut c = config.clone();
@@ -103,6 +115,7 @@ impl TestCluster {
             nodes,
             stream: config.cluster.stream.clone(),
             config,
+            nats,
             _kek: kek,
         }
     }
@@ -115,10 +128,7 @@ impl TestCluster {
     /// Every message of the stream: `(seq, subject, Scopecast-Event-Id)`, read straight from
     /// JetStream (the read-back audit of a scenario).
     pub async fn stream_contents(&self) -> Vec<(u64, String, String)> {
-        let client = NatsCluster::shared()
-            .connect()
-            .await
-            .expect("connect to NATS");
+        let client = self.nats.connect().await.expect("connect to NATS");
         let js = async_nats::jetstream::new(client);
         let mut s = js.get_stream(&self.stream).await.expect("the stream");
         let info = s.info().await.expect("stream info").clone();
@@ -127,7 +137,14 @@ impl TestCluster {
             if info.state.messages == 0 {
                 break;
             }
-            match s.get_raw_message(seq).await {
+            // Right after a fault the JetStream API may answer "temporarily unavailable".
+            let mut read = s.get_raw_message(seq).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while read.is_err() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                read = s.get_raw_message(seq).await;
+            }
+            match read {
                 Ok(m) => {
                     let id = m
                         .headers
@@ -144,10 +161,7 @@ impl TestCluster {
 
     /// The number of consumers on this cluster's stream now.
     pub async fn consumers(&self) -> usize {
-        let client = NatsCluster::shared()
-            .connect()
-            .await
-            .expect("connect to NATS");
+        let client = self.nats.connect().await.expect("connect to NATS");
         let js = async_nats::jetstream::new(client);
         let mut s = js.get_stream(&self.stream).await.expect("the stream");
         s.info().await.expect("stream info").state.consumer_count

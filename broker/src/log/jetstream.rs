@@ -79,9 +79,10 @@ impl std::fmt::Debug for JetStreamLog {
 }
 
 /// How long a publish is retried with its id before the publisher is told the log is
-/// unavailable: longer than a JetStream leader election (4-9 s measured), far shorter than
-/// the duplicate window (the idempotency window, 10 minutes by default).
-const RETRY_FOR: Duration = Duration::from_secs(12);
+/// unavailable: longer than a JetStream leader election (4-9 s after a `kill -9` of the
+/// leader; 10.3 s when the leader was cut off by a partition, docs/FAULTS.md), far shorter
+/// than the duplicate window (the idempotency window, 10 minutes by default).
+const RETRY_FOR: Duration = Duration::from_secs(15);
 
 fn unavailable(e: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(e.to_string())
