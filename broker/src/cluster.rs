@@ -306,6 +306,27 @@ pub async fn migrate_to_cluster(
     )?;
     let url = postgres_url(c)?;
     let mut report = Vec::new();
+    // The key files first: a damaged one is refused before anything is written.
+    let mut key_sets = Vec::new();
+    for (name, file) in [
+        (TOKEN_KEYS, crate::server::SIGNING_KEYS_FILE),
+        (RECORD_KEYS, crate::server::RECORD_KEYS_FILE),
+    ] {
+        let path = data_dir.join(file);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                KeyRing::shared(&bytes, i64::MAX / 4).map_err(|e| e.to_string())?;
+                key_sets.push((name, path, bytes));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                report.push(format!(
+                    "{name}: no {} (the cluster makes new keys)",
+                    path.display()
+                ));
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
     let copied = crate::registry::migrate::sqlite_to_postgres(
         &data_dir.join(crate::server::REGISTRY_FILE),
         &url,
@@ -319,20 +340,7 @@ pub async fn migrate_to_cluster(
         .await
         .map_err(|e| e.to_string())?;
     let registry = Registry::open(store).await.map_err(|e| e.to_string())?;
-    for (name, file) in [
-        (TOKEN_KEYS, crate::server::SIGNING_KEYS_FILE),
-        (RECORD_KEYS, crate::server::RECORD_KEYS_FILE),
-    ] {
-        let path = data_dir.join(file);
-        let Ok(bytes) = std::fs::read(&path) else {
-            report.push(format!(
-                "{name}: no {} (the cluster makes new keys)",
-                path.display()
-            ));
-            continue;
-        };
-        // Parsed first: a damaged file is refused here, not at the first node's start.
-        KeyRing::shared(&bytes, i64::MAX / 4).map_err(|e| e.to_string())?;
+    for (name, path, bytes) in key_sets {
         let written = registry
             .put_state(
                 name,
@@ -359,6 +367,12 @@ pub async fn migrate_to_cluster(
 pub(crate) async fn follow_rings(registry: Registry, rings: Vec<SharedRing>) {
     let mut changes = registry.changes();
     drop(registry);
+    // A change between loading the rings at start and subscribing here is not missed.
+    for ring in &rings {
+        if let Err(e) = ring.reload().await {
+            tracing::error!(error = %e, set = ring.name, "cannot reload a shared key set");
+        }
+    }
     loop {
         let names: Vec<&str> = match changes.recv().await {
             Ok(RegistryChange::StateChanged { name }) => rings

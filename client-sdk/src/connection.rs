@@ -602,6 +602,7 @@ impl<D: Dial> Conn<D> {
                 // history learns of them there. The SDK subscribes live (history comes from
                 // the history endpoint), so only a connection's gap (no `id`) reaches it.
                 let mut gone = Vec::new();
+                let mut behind = Vec::new();
                 for (&sid, sub) in &mut self.subs {
                     if g.id.is_some() || sub.pending.is_some() {
                         continue;
@@ -616,10 +617,14 @@ impl<D: Dial> Conn<D> {
                     };
                     match sub.feed.tx.try_send(item) {
                         Ok(()) => sub.last_seq = Some(g.to_seq),
-                        // Behind: history reports the same gap when it catches up.
-                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                        // The reader is behind: catch up from history, which reports the
+                        // same range as gone.
+                        Err(mpsc::error::TrySendError::Full(_)) => behind.push((sid, g.to_seq)),
                         Err(mpsc::error::TrySendError::Closed(_)) => gone.push(sid),
                     }
+                }
+                for (sid, seq) in behind {
+                    self.catch_up(sid, seq);
                 }
                 abandoned.extend(gone.into_iter().filter_map(|sid| self.forget(sid, None)));
             }

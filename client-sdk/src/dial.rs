@@ -50,6 +50,9 @@ pub(crate) trait Dial: Send + Sync + 'static {
     fn dial<'a>(&'a self, opts: &'a ConnectOptions) -> Dialing<'a, Self::Socket>;
 }
 
+/// Longest one node may take to accept the WebSocket and send `welcome`.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The broker over the network: one node, or several nodes of a cluster to fail over
 /// between.
 pub(crate) struct WsDial {
@@ -89,7 +92,16 @@ impl WsDial {
         for i in 0..n {
             let at = (start + i) % n;
             let Some(url) = self.urls.get(at) else { break };
-            match self.open(url, opts).await {
+            // A node that accepts TCP but never answers (hung) must not hold the failover.
+            let attempt = tokio::time::timeout(DIAL_TIMEOUT, self.open(url, opts))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ConnectError::Io(format!(
+                        "{url} did not answer within {} s",
+                        DIAL_TIMEOUT.as_secs()
+                    )))
+                });
+            match attempt {
                 Ok(done) => {
                     self.current.store(at, Ordering::Relaxed);
                     if let Ok(mut h) = self.history_url.lock() {

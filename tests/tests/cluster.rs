@@ -66,7 +66,7 @@ async fn read_events(ws: &mut Ws, n: usize, within: Duration) -> Vec<(u64, Strin
 }
 
 /// Publishes `count` events over one WebSocket to `node`, `window` at a time; returns the
-/// `(seq, event_id)` of each acknowledgement.
+/// `(seq, event_id)` of each acknowledgement, in `seq` order.
 async fn publish_many(
     node: &TestBroker,
     token: &str,
@@ -97,6 +97,9 @@ async fn publish_many(
         sent += n;
     }
     ws.close().await;
+    // In seq order: what a subscriber sees (a publish retried under load is stored after
+    // those sent behind it).
+    acks.sort();
     acks
 }
 
@@ -274,7 +277,7 @@ async fn a_resume_below_the_retained_head_gets_an_explicit_gap_then_the_retained
         "an explicit gap before the replay, never silence"
     );
     let replayed = read_events(&mut ws, 20, WAIT).await;
-    assert_eq!(replayed, acked[30..].to_vec());
+    assert_eq!(replayed, acked[30..].to_vec(), "replayed {replayed:?}");
     audit(&cluster, &acked[30..]).await;
 }
 

@@ -159,7 +159,7 @@ pub(crate) async fn history(
         .await
         .map_err(|e| ApiError::new(Reason::LogUnavailable, e.to_string()))?;
     // Read after the scan: retention may have moved on meanwhile, and `truncated` must say so.
-    let first = state.log.bounds().first;
+    let first = state.log.fresh_bounds().await.first;
     let body = Page {
         events: page.events.iter().map(|e| Entry::from(&**e)).collect(),
         next_since: page.scanned_to,

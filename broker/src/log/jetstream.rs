@@ -3,15 +3,16 @@
 //! the broker-wide `seq`, so every node that tails it delivers in the same order.
 //!
 //! - **Append.** Each event is published to `<prefix>.<topic>` with the headers
-//!   `Scopecast-Event-Id`, `Scopecast-Time` (Unix nanoseconds, the accepting node's clock) and,
-//!   for an event with the publisher's id, `Nats-Msg-Id` (JetStream's de-duplication within
-//!   the stream's duplicate window) and `Scopecast-Fingerprint` (SHA-256 of topic and payload):
-//!   JetStream compares ids, never bodies, so a duplicate ack is checked against the stored
-//!   fingerprint and answered as a conflict when the body differs. An event is acknowledged
-//!   only on JetStream's ack; a publish whose ack never came is [`LogError::Unknown`] for an
-//!   event with an id (retry with the same id), [`LogError::Unavailable`] otherwise.
-//!   Submissions are sent in order on one connection before their future is returned, so one
-//!   submitter's events keep their order.
+//!   `Scopecast-Event-Id`, `Scopecast-Time` (Unix nanoseconds, the accepting node's clock),
+//!   `Nats-Msg-Id` (the event id: JetStream's de-duplication within the stream's duplicate
+//!   window, which makes a retry safe) and, for an event with the publisher's id,
+//!   `Scopecast-Fingerprint` (SHA-256 of topic and payload): JetStream compares ids, never
+//!   bodies, so a duplicate ack is checked against the stored fingerprint and answered as a
+//!   conflict when the body differs. An event is acknowledged only on JetStream's ack; a
+//!   publish whose ack never came is retried with its id for [`RETRY_FOR`], then is
+//!   [`LogError::Unknown`] (it may be stored). Submissions are sent in order on one
+//!   connection, so one submitter's events keep their order while nothing fails; an event
+//!   whose first attempt was lost and that is retried lands after those sent behind it.
 //! - **Tail.** An ordered push consumer from the asked `seq`; a jump in the stream sequence
 //!   (retention went past the tail's start) is yielded as a [`TailItem::Gap`], never skipped.
 //! - **Reads** fetch messages by sequence (`STREAM.MSG.GET`).
@@ -322,17 +323,12 @@ impl EventLog for JetStreamLog {
                     Ok(future) => future.await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
-                let ack = match ack {
-                    Ok(a) => Ok(a),
-                    Err(first) => log.retry(message, first).await,
+                let (ack, retried) = match ack {
+                    Ok(a) => (Ok(a), false),
+                    Err(first) => (log.retry(message, first).await, true),
                 };
-                let ack = ack.map_err(|e| {
-                    if has_id {
-                        LogError::Unknown(e)
-                    } else {
-                        LogError::Unavailable(e)
-                    }
-                });
+                // A lost answer may hide a stored event: never "nothing was stored".
+                let ack = ack.map_err(LogError::Unknown);
                 out.push(match ack {
                     Err(e) => Err(e),
                     Ok(a) if !a.duplicate => {
@@ -365,11 +361,27 @@ impl EventLog for JetStreamLog {
                                         seq: a.sequence,
                                         time: stored_time,
                                         event_id,
-                                        duplicate: has_id,
+                                        // Our own retry found our first attempt stored: new
+                                        // to the publisher.
+                                        duplicate: has_id && !retried,
                                     })
                                 } else {
                                     Err(LogError::Conflict { seq: a.sequence })
                                 }
+                            }
+                            // The original left the stream (retention) within the
+                            // duplicate window: a duplicate whose body cannot be compared.
+                            Err(e)
+                                if e.to_string()
+                                    .to_ascii_lowercase()
+                                    .contains("no message found") =>
+                            {
+                                Ok(Appended {
+                                    seq: a.sequence,
+                                    time,
+                                    event_id,
+                                    duplicate: has_id && !retried,
+                                })
                             }
                             Err(e) => Err(LogError::Unknown(e.to_string())),
                         },
@@ -449,6 +461,7 @@ impl EventLog for JetStreamLog {
                 })
                 .flat_map(move |(messages, log)| {
                     let prefix = log.settings.subject_prefix.clone();
+                    let last = log.last;
                     messages
                         .scan(from, move |expected, m| {
                             let items = match m {
@@ -469,14 +482,19 @@ impl EventLog for JetStreamLog {
                                         });
                                     }
                                     *expected = seq + 1;
-                                    if let Some(e) = JetStreamLog::event(
+                                    // Whatever the fan-out offers, a history read finds.
+                                    last.fetch_max(seq, Ordering::AcqRel);
+                                    match JetStreamLog::event(
                                         seq,
                                         m.subject.as_str(),
                                         m.headers.as_ref(),
                                         &m.payload,
                                         &prefix,
                                     ) {
-                                        items.push(TailItem::Event(Arc::new(e)));
+                                        Some(e) => items.push(TailItem::Event(Arc::new(e))),
+                                        // Not an event (another NATS client wrote to the
+                                        // stream's subjects): its `seq` will never be one.
+                                        None => items.push(TailItem::Gap { from: seq, to: seq }),
                                     }
                                     items
                                 }
