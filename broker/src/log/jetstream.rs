@@ -136,8 +136,34 @@ impl JetStreamLog {
             deny_purge: true,
             ..Default::default()
         };
-        let mut stream = js.get_or_create_stream(config).await.map_err(unavailable)?;
-        let info = stream.info().await.map_err(unavailable)?.clone();
+        let mut stream = js
+            .get_or_create_stream(config.clone())
+            .await
+            .map_err(unavailable)?;
+        let mut info = stream.info().await.map_err(unavailable)?.clone();
+        // A stream made before with other settings (retention, replicas, subjects changed in
+        // the configuration since) is brought to them: the bounds and the durability this
+        // node reports are computed from the settings, so they must be the stream's.
+        let have = &info.config;
+        if have.num_replicas != config.num_replicas
+            || have.max_messages != config.max_messages
+            || have.max_bytes != config.max_bytes
+            || have.max_age != config.max_age
+            || have.duplicate_window != config.duplicate_window
+            || have.subjects != config.subjects
+        {
+            tracing::warn!(
+                stream = %settings.stream,
+                "the stream's settings differ from the configuration; updating the stream"
+            );
+            js.update_stream(config).await.map_err(|e| {
+                LogError::Unavailable(format!(
+                    "the stream {} exists with other settings and cannot be updated to the configuration's: {e}",
+                    settings.stream
+                ))
+            })?;
+            info = stream.info().await.map_err(unavailable)?.clone();
+        }
         let created = Timestamp::from_unix_nanos(info.created.unix_timestamp_nanos())
             .map(|t| t.unix_nanos())
             .unwrap_or_default();
@@ -563,4 +589,31 @@ pub(crate) mod tests {
     }
 
     conformance_tests!(JetStream);
+
+    #[tokio::test]
+    async fn a_stream_made_with_other_settings_is_brought_to_the_configured_ones() {
+        let nats = scopecast_testkit::Nats::shared();
+        let name = format!("S{}_settings", std::process::id());
+        let settings = |max_events: u64| JetStreamSettings {
+            stream: name.clone(),
+            subject_prefix: format!("s{}settings", std::process::id()),
+            replicas: 1,
+            max_events,
+            max_bytes: 0,
+            max_age: Duration::ZERO,
+            duplicate_window: Duration::from_secs(60),
+        };
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        JetStreamLog::open(client.clone(), settings(100))
+            .await
+            .unwrap();
+        JetStreamLog::open(client.clone(), settings(10))
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        let mut stream = js.get_stream(&name).await.unwrap();
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.config.max_messages, 10);
+        assert_eq!(info.config.duplicate_window, Duration::from_secs(60));
+    }
 }
