@@ -1,0 +1,208 @@
+//! Cluster mode with real `scopecast serve` processes (issue 16): two broker nodes on a
+//! 3-node JetStream cluster and PostgreSQL started by the test; 1,000 SDK subscribers on one
+//! node, which is then `kill -9`ed: every subscriber resumes on the other node with no gap and
+//! no duplicate, and the killed node leaves no JetStream consumer behind.
+
+// A test that cannot go on should stop at once, with the value it choked on.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use scopecast_client::{ConnectOptions, Item};
+use scopecast_testkit::{NatsCluster, Postgres};
+use serde_json::{Value, json};
+
+mod support;
+
+use support::{BIN, Served};
+
+/// The public URL both nodes announce (as behind one load balancer).
+const PUBLIC_URL: &str = "http://scopecast-cluster.test";
+
+fn node(data: &Path, name: &str, settings: &[(&str, String)]) -> Served {
+    let mut env: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("SCOPECAST_CLUSTER__NODE_NAME", name));
+    support::serve_env(data, "memory", &env)
+}
+
+fn cli(url: &str, data: &Path, args: &[&str]) -> Value {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--url", url])
+        .env("SCOPECAST_DATA_DIR", data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+async fn publish(http: &reqwest::Client, url: &str, token: &str, n: usize) -> u64 {
+    let r = http
+        .post(format!("{url}/v1/events/lab.result"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(json!({ "n": n }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    r.json::<Value>().await.unwrap()["seq"].as_u64().unwrap()
+}
+
+/// Reads events from `s` until `upto`: their `seq`s.
+async fn read(s: &mut scopecast_client::Subscription, upto: u64) -> Vec<u64> {
+    let mut got = Vec::new();
+    while got.last().copied().unwrap_or(0) < upto {
+        match tokio::time::timeout(Duration::from_secs(60), s.next()).await {
+            Ok(Some(Item::Event(e))) => got.push(e.seq),
+            other => panic!("after {:?}: {other:?}", got.last()),
+        }
+    }
+    got
+}
+
+async fn consumers(nats: &NatsCluster, stream: &str) -> usize {
+    let js = async_nats::jetstream::new(nats.connect().await.unwrap());
+    let mut s = js.get_stream(stream).await.unwrap();
+    s.info().await.unwrap().state.consumer_count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_broker_process_moves_1000_sdk_subscribers_to_another_node() {
+    let nats = NatsCluster::shared();
+    let database = Postgres::shared().database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kek = dir.path().join("kek");
+    let out = Command::new(BIN)
+        .args(["cluster", "kek"])
+        .arg(&kek)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stream = format!("CLI_{}", std::process::id());
+    let settings = [
+        ("SCOPECAST_OAUTH__PUBLIC_URL", PUBLIC_URL.to_owned()),
+        ("SCOPECAST_CLUSTER__NATS_URL", nats.url()),
+        ("SCOPECAST_CLUSTER__POSTGRES_URL", database),
+        (
+            "SCOPECAST_CLUSTER__KEY_ENCRYPTION_KEY_FILE",
+            kek.display().to_string(),
+        ),
+        ("SCOPECAST_CLUSTER__STREAM", stream.clone()),
+        (
+            "SCOPECAST_CLUSTER__SUBJECT_PREFIX",
+            format!("cli{}", std::process::id()),
+        ),
+        (
+            "SCOPECAST_CLUSTER__NATS_PING_INTERVAL_MS",
+            "1000".to_owned(),
+        ),
+        ("SCOPECAST_RETENTION__MAX_BYTES", (64u64 << 20).to_string()),
+    ];
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = node(&data_a, "a", &settings);
+    let b = node(&data_b, "b", &settings);
+    // The first node made the admin credential; the second found it in PostgreSQL.
+    let app = cli(
+        &b.url,
+        &data_a,
+        &[
+            "app",
+            "create",
+            "--name",
+            "Killed",
+            "--vendor",
+            "T",
+            "--scope",
+            "subscribe:lab.> publish:lab.>",
+            "--json",
+        ],
+    );
+    let np = &app["clients"]["non_production"];
+    let id = np["client_id"].as_str().unwrap();
+    cli(
+        &a.url,
+        &data_a,
+        &["app", "activate", id, "--reason", "test"],
+    );
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--client-id",
+            id,
+            "--client-secret",
+            np["client_secret"].as_str().unwrap(),
+            "--url",
+            &a.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    const CLIENTS: usize = 1000;
+    let urls = format!("{},{}", a.url, b.url);
+    let mut subs = Vec::with_capacity(CLIENTS);
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let c = ConnectOptions::new()
+            .token(&token)
+            .max_reconnect_delay(Duration::from_secs(1))
+            .connect(&urls)
+            .await
+            .unwrap();
+        subs.push(c.subscribe("lab.>").await.unwrap());
+        clients.push(c);
+    }
+    let http = reqwest::Client::new();
+    let mut seqs = Vec::new();
+    for n in 0..20 {
+        seqs.push(publish(&http, &b.url, &token, n).await);
+    }
+    // Every subscriber has the first 20 before the kill.
+    let first_last = *seqs.last().unwrap();
+    let mut before = Vec::new();
+    for s in subs.iter_mut() {
+        before.push(read(s, first_last).await);
+    }
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    let killed_at = Instant::now();
+    for n in 20..40 {
+        seqs.push(publish(&http, &b.url, &token, n).await);
+    }
+    let last = *seqs.last().unwrap();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let mut got = before[i].clone();
+        got.extend(read(s, last).await);
+        assert_eq!(
+            got, seqs,
+            "subscriber {i}: every event once, in order, across the kill"
+        );
+    }
+    eprintln!(
+        "1000 SDK subscribers resumed on node b {:?} after the kill of node a",
+        killed_at.elapsed()
+    );
+    // The killed node's consumer goes after the ordered consumer's inactive threshold (30 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumers(nats, &stream).await != 1 {
+        assert!(Instant::now() < deadline, "a JetStream consumer leaked");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
