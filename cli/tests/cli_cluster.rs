@@ -29,16 +29,11 @@ fn node(data: &Path, name: &str, settings: &[(&str, String)]) -> Served {
 }
 
 fn cli(url: &str, data: &Path, args: &[&str]) -> Value {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--url", url])
-        .env("SCOPECAST_DATA_DIR", data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = support::run_ok(
+        Command::new(BIN)
+            .args(args)
+            .args(["--url", url])
+            .env("SCOPECAST_DATA_DIR", data),
     );
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
@@ -80,16 +75,7 @@ async fn kill_9_of_a_broker_process_moves_1000_sdk_subscribers_to_another_node()
     let database = Postgres::shared().database().await;
     let dir = tempfile::tempdir().unwrap();
     let kek = dir.path().join("kek");
-    let out = Command::new(BIN)
-        .args(["cluster", "kek"])
-        .arg(&kek)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::run_ok(Command::new(BIN).args(["cluster", "kek"]).arg(&kek));
     let stream = format!("CLI_{}", std::process::id());
     let settings = [
         ("SCOPECAST_OAUTH__PUBLIC_URL", PUBLIC_URL.to_owned()),
@@ -136,23 +122,15 @@ async fn kill_9_of_a_broker_process_moves_1000_sdk_subscribers_to_another_node()
         &data_a,
         &["app", "activate", id, "--reason", "test"],
     );
-    let out = Command::new(BIN)
-        .args([
-            "token",
-            "--client-id",
-            id,
-            "--client-secret",
-            np["client_secret"].as_str().unwrap(),
-            "--url",
-            &a.url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = support::run_ok(Command::new(BIN).args([
+        "token",
+        "--client-id",
+        id,
+        "--client-secret",
+        np["client_secret"].as_str().unwrap(),
+        "--url",
+        &a.url,
+    ]));
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
     const CLIENTS: usize = 1000;

@@ -96,3 +96,17 @@ fn start(data: &Path, log: &str, tls: Option<(&Path, &Path)>, env: &[(&str, &str
     };
     Served { child, url }
 }
+
+/// Runs `command` and returns its output, or fails the test with its stderr.
+///
+/// # Panics
+/// When it cannot run or exits unsuccessfully.
+pub(crate) fn run_ok(command: &mut Command) -> std::process::Output {
+    let out = command.output().expect("run the command");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
