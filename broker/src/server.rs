@@ -240,7 +240,7 @@ pub(crate) struct Assembled {
 /// # Errors
 /// [`ServeError::Startup`] when a store cannot be opened.
 pub(crate) async fn assemble(
-    config: Config,
+    mut config: Config,
     public_url: String,
     port: u16,
 ) -> Result<Assembled, ServeError> {
@@ -381,6 +381,7 @@ pub(crate) async fn assemble(
         config.limits.idempotency_max_keys,
     );
     let mut cluster = None;
+    let mut max_payload = None;
     let (log, retainer): (Arc<dyn EventLog>, Option<tokio::task::JoinHandle<()>>) = match config.log
     {
         _ if node.is_some() => {
@@ -391,6 +392,7 @@ pub(crate) async fn assemble(
                 .map_err(|e| startup(&e))?;
             let durability =
                 crate::cluster::Durability::assess(&client.server_info().version, c.replicas);
+            max_payload = Some(client.server_info().max_payload);
             let log = crate::log::JetStreamLog::open(
                 client.clone(),
                 crate::log::JetStreamSettings {
@@ -470,6 +472,9 @@ pub(crate) async fn assemble(
             (Arc::new(durable), Some(retainer))
         }
     };
+    if let Some(max) = max_payload {
+        fit_nats_payload(&mut config, max);
+    }
     let (fanout, fanout_task) = Fanout::start(log.clone(), metrics.clone());
     let state = Broker::new(Parts {
         config,
@@ -519,6 +524,35 @@ pub(crate) async fn assemble(
         fanout_task,
         background,
     })
+}
+
+/// Bytes of a NATS message kept for the headers of an event (ids, time, fingerprint).
+const NATS_HEADER_ROOM: usize = 8 * 1024;
+
+/// Lowers the publish body and frame limits to what the NATS servers take in one message
+/// (`max_payload`, less [`NATS_HEADER_ROOM`]): an event too large for them is then refused
+/// with the usual 413 or 1009 at the front end, rather than failing (and being retried) at
+/// the log.
+fn fit_nats_payload(config: &mut Config, max_payload: usize) {
+    let room = max_payload.saturating_sub(NATS_HEADER_ROOM);
+    for (name, limit) in [
+        (
+            "limits.max_publish_body_bytes",
+            &mut config.limits.max_publish_body_bytes,
+        ),
+        ("limits.max_frame_bytes", &mut config.limits.max_frame_bytes),
+    ] {
+        if *limit > room {
+            tracing::warn!(
+                setting = name,
+                configured = *limit,
+                used = room,
+                nats_max_payload = max_payload,
+                "lowered to fit the NATS servers' max_payload (raise max_payload on the servers to keep it)"
+            );
+            *limit = room;
+        }
+    }
 }
 
 /// The first admin credential. The `admin_token` setting, when given, is valid as a credential

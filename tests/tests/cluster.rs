@@ -321,6 +321,44 @@ async fn an_idempotency_key_is_one_event_across_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_nats_is_refused_at_the_front_end() {
+    // The test servers keep NATS's default max_payload (1 MiB), as large as the default body
+    // limit: each node lowers its limits to 1 MiB less 8 KiB of header room at start.
+    let _shared = faults().read().await;
+    let cluster = TestCluster::start(1, 3).await;
+    let app = client(&cluster, "Large").await;
+    let node = cluster.node('a');
+    let token = node.token(&app, None).await;
+    let send = |len: usize| {
+        let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(len));
+        let req = node
+            .http_client()
+            .post(node.http_url("/v1/events/lab.result"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body);
+        async move { req.send().await.expect("publish").status().as_u16() }
+    };
+    assert_eq!(
+        send((1 << 20) - 6 * 1024).await,
+        413,
+        "over max_payload less 8 KiB"
+    );
+    assert_eq!(send((1 << 20) - 12 * 1024).await, 201, "under it");
+    let (mut ws, _) = Ws::connect(node, &token).await;
+    ws.send(
+        json!({"type": "publish", "id": "big", "topic": "lab.result",
+                   "data": {"pad": "x".repeat((1 << 20) - 6 * 1024)}}),
+    )
+    .await;
+    let (_, ended) = ws.until_closed(WAIT).await;
+    assert!(
+        matches!(ended, Ended::Close(1009, _)),
+        "a frame over the lowered limit: {ended:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_keys_and_assertions_are_the_same_on_every_node() {
     let _shared = faults().read().await;
     let cluster = TestCluster::start(3, 3).await;
