@@ -504,6 +504,7 @@ pub(crate) fn base_params(load: LoadOptions, log: LogKind) -> Params {
         baselines: Vec::new(),
         broker: BrokerTarget::Start(PathBuf::new()),
         log,
+        cluster_parts: crate::cluster::Part::ALL.to_vec(),
     }
 }
 

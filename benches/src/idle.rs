@@ -64,6 +64,7 @@ pub(crate) async fn measure(
         ),
         System::Nats(n) => (SystemKind::Nats, n.ws_addr, Vec::new()),
         System::Ceiling(c) => (SystemKind::Ceiling, c.addr, Vec::new()),
+        System::JetStream(_) => bail!("jetstream is a baseline of the cluster scenario only"),
     };
     let exe = std::env::current_exe().context("the harness's own path")?;
     let per_process = params.per_process.max(1);
@@ -171,6 +172,9 @@ pub(crate) async fn child(
                     }
                     Err(e) => rec.error(format!("{e:#}")),
                 }
+            }
+            SystemKind::JetStream => {
+                rec.error("jetstream is a baseline of the cluster scenario only");
             }
             SystemKind::Scopecast | SystemKind::Ceiling => {
                 let g = first + k;

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::payload::{Clock, Payload};
 use crate::report::{PhaseReport, SystemReport};
-use crate::stats::{ProcSample, Recorder};
+use crate::stats::{GroupSample, ProcSample, Recorder};
 use crate::system::{Publisher, SubSpec, System};
 
 /// Subscribers connecting at once.
@@ -65,6 +65,7 @@ pub(crate) async fn measure(
 ) -> SystemReport {
     let mut report = SystemReport {
         system: system.kind(),
+        config: None,
         version: system.version(),
         phases: Vec::new(),
         idle: Vec::new(),
@@ -129,7 +130,7 @@ async fn phases(
     };
     let run = Run {
         metrics,
-        pid: system.pid(),
+        pids: system.pids(),
         work,
         opts,
         rec: &rec,
@@ -214,7 +215,8 @@ pub(crate) async fn wait_connected(
 struct Run<'a> {
     /// Scopecast's HTTP client, base URL and admin credential, to read its `/metrics`.
     metrics: Option<(reqwest::Client, String, String)>,
-    pid: Option<u32>,
+    /// The system's processes (every node of a cluster): their CPU and RSS are summed.
+    pids: Vec<u32>,
     work: &'a Workload,
     opts: &'a LoadOptions,
     rec: &'a Arc<Recorder>,
@@ -268,7 +270,7 @@ impl Run<'_> {
         seconds: f64,
         publishers: Vec<Publisher>,
     ) -> anyhow::Result<(PhaseReport, Vec<Publisher>)> {
-        let server_before = self.pid.and_then(ProcSample::read);
+        let server_before = GroupSample::read(&self.pids);
         let me_before = ProcSample::read(std::process::id());
         let inflight = Arc::new(InFlight {
             rec: Arc::clone(self.rec),
@@ -334,7 +336,7 @@ impl Run<'_> {
             (Some(before), Some(after)) => Some(after.since(&before).summary()),
             _ => None,
         };
-        let server = match (server_before, self.pid.and_then(ProcSample::read)) {
+        let server = match (server_before, GroupSample::read(&self.pids)) {
             (Some(a), Some(b)) => Some(a.usage_until(&b)),
             _ => None,
         };
@@ -342,9 +344,9 @@ impl Run<'_> {
             (Some(a), Some(b)) => Some(a.usage_until(&b).cpu_pct),
             _ => None,
         };
-        let (main, ack_latency) = match self.work.measure {
-            Measure::Delivered => (&delivered, acked.latency),
-            Measure::Acknowledged => (&acked, acked.latency),
+        let (main, ack_latency, deliver_latency) = match self.work.measure {
+            Measure::Delivered => (&delivered, acked.latency, None),
+            Measure::Acknowledged => (&acked, acked.latency, delivered.latency),
         };
         let mut error_samples = publish_errors.clone();
         error_samples.extend(delivered.error_samples.iter().cloned());
@@ -358,6 +360,7 @@ impl Run<'_> {
             throughput_per_s: main.delivered as f64 / seconds,
             latency: main.latency,
             ack_latency,
+            deliver_latency,
             server,
             harness_cpu_pct,
             errors: delivered.errors + acked.errors + publish_errors.len() as u64,

@@ -11,12 +11,16 @@
 //!   server process and clients; `ws`: WebSocket connections from chosen source addresses;
 //! - `payload`: payloads that carry their send time; `stats`: histograms, counters, /proc;
 //! - `report`, `plot`: the table, the JSON and the SVG; `process`: child processes;
-//! - `ab`: two broker binaries compared on the same runs, in interleaved pairs.
+//! - `ab`: two broker binaries compared on the same runs, in interleaved pairs;
+//! - `cluster`, `jetstream`: the `cluster` scenario (three broker nodes on a JetStream
+//!   cluster and PostgreSQL, against one node and against a plain JetStream publisher).
 
 mod ab;
 mod broker_metrics;
 mod ceiling;
+mod cluster;
 mod idle;
+mod jetstream;
 mod load;
 mod nats;
 mod payload;
@@ -176,6 +180,14 @@ struct RunArgs {
     /// Concurrent connectors (`connect`) or token requesters (`tokens`) [default: 32 / 8].
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Parts of the `cluster` scenario.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "fanout,acked,failover"
+    )]
+    parts: Vec<cluster::Part>,
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -383,7 +395,7 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
         payload: args.payload.clone(),
         topics: args.topics,
         publishers: args.publishers.unwrap_or(match args.scenario {
-            Scenario::Topics | Scenario::Durable => 4,
+            Scenario::Topics | Scenario::Durable | Scenario::Cluster => 4,
             _ => 1,
         }),
         wildcard_pct: args.wildcard_pct.min(100),
@@ -397,6 +409,7 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
         baselines: baselines(&args.load),
         broker: broker_target(&args.broker)?,
         log: log_kind(args.broker.log),
+        cluster_parts: args.parts.clone(),
     };
     let mut report = new_report();
     let mut run = scenario::run(&params, Clock::new()).await;
@@ -445,6 +458,7 @@ fn all_params(args: &AllArgs) -> anyhow::Result<Vec<Params>> {
         baselines: baselines(&args.load),
         broker: broker_target(&args.broker)?,
         log: log_kind(args.broker.log),
+        cluster_parts: cluster::Part::ALL.to_vec(),
     };
     let cap = args.max_connections.unwrap_or(usize::MAX);
     let payloads = [
@@ -500,6 +514,13 @@ fn all_params(args: &AllArgs) -> anyhow::Result<Vec<Params>> {
     runs.push(Params {
         scenario: Scenario::Durable,
         subscribers: 1,
+        publishers: 4,
+        payload: PayloadKind::Bytes(1024),
+        ..base.clone()
+    });
+    runs.push(Params {
+        scenario: Scenario::Cluster,
+        subscribers: 1_000.min(cap),
         publishers: 4,
         payload: PayloadKind::Bytes(1024),
         ..base

@@ -17,7 +17,7 @@ type Points = Vec<(f64, f64, f64)>;
 /// The file could not be written.
 pub(crate) fn latency_vs_load(run: &RunReport, path: &Path) -> anyhow::Result<bool> {
     // (system, [(throughput, p50, p99)]) for the phases with a fixed offered load.
-    let series: Vec<(&str, Points)> = run
+    let series: Vec<(String, Points)> = run
         .systems
         .iter()
         .map(|s| {
@@ -30,7 +30,7 @@ pub(crate) fn latency_vs_load(run: &RunReport, path: &Path) -> anyhow::Result<bo
                         .map(|l| (p.throughput_per_s, l.p50_us.max(0.1), l.p99_us.max(0.1)))
                 })
                 .collect::<Vec<_>>();
-            (s.system.name(), points)
+            (s.label(), points)
         })
         .filter(|(_, p)| !p.is_empty())
         .collect();
@@ -63,11 +63,20 @@ pub(crate) fn latency_vs_load(run: &RunReport, path: &Path) -> anyhow::Result<bo
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| duration_label(*y))
             .draw()?;
-        for (name, points) in &series {
-            let color = match *name {
+        // Set-ups of one system (the `cluster` scenario) take colours in turn.
+        const OTHERS: [RGBColor; 6] = [
+            RGBColor(60, 150, 60),
+            RGBColor(150, 60, 170),
+            RGBColor(230, 130, 20),
+            RGBColor(20, 160, 170),
+            RGBColor(120, 120, 120),
+            RGBColor(170, 120, 60),
+        ];
+        for (i, (name, points)) in series.iter().enumerate() {
+            let color = match name.as_str() {
                 "scopecast" => RGBColor(200, 30, 45),
                 "nats" => RGBColor(30, 90, 200),
-                _ => RGBColor(60, 150, 60),
+                _ => OTHERS[i % OTHERS.len()],
             }
             .to_rgba();
             let p50: Vec<(f64, f64)> = points.iter().map(|&(x, p, _)| (x, p)).collect();

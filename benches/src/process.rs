@@ -49,9 +49,21 @@ impl Spawned {
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let kept = Arc::clone(&tail);
+        // `SCOPECAST_BENCH_LOGS=DIR`: every line also goes to DIR/<program>-<pid>.log.
+        let mut copy = std::env::var_os("SCOPECAST_BENCH_LOGS").and_then(|dir| {
+            let name = Path::new(&program)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            std::fs::File::create(Path::new(&dir).join(format!("{name}-{}.log", child.id()))).ok()
+        });
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(f) = copy.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
                 if let Some(rest) = line.split("local=").nth(1)
                     && let Some(tx) = tx.take()
                 {

@@ -95,6 +95,9 @@ pub(crate) struct RunReport {
     pub(crate) skipped: Vec<String>,
     /// The latency-versus-load plot, when written.
     pub(crate) plot: Option<String>,
+    /// The `cluster` scenario's ratios and failover.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster: Option<crate::cluster::ClusterSummary>,
 }
 
 /// One system's results.
@@ -102,6 +105,10 @@ pub(crate) struct RunReport {
 pub(crate) struct SystemReport {
     /// Which.
     pub(crate) system: SystemKind,
+    /// How it was set up, where a run has several set-ups of one system (`cluster`:
+    /// `single-redb-fsync`, `cluster-r1`, `cluster-r3`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) config: Option<String>,
     /// Its version, when known.
     pub(crate) version: Option<String>,
     /// Measured phases: `max` first, then the fixed loads.
@@ -130,6 +137,10 @@ pub(crate) struct PhaseReport {
     pub(crate) latency: Option<Latency>,
     /// Publish-to-acknowledgement latency (Scopecast).
     pub(crate) ack_latency: Option<Latency>,
+    /// Publish-to-deliver latency where `latency` is the acknowledgement's (`durable`,
+    /// `cluster`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) deliver_latency: Option<Latency>,
     /// The server process over the phase.
     pub(crate) server: Option<ProcUsage>,
     /// The harness's own CPU over the phase (it shares the machine).
@@ -181,6 +192,16 @@ pub(crate) struct Ratios {
     pub(crate) scopecast_over_ceiling: Option<f64>,
 }
 
+impl SystemReport {
+    /// Its name in tables and plots: the system, and its set-up when there is one.
+    pub(crate) fn label(&self) -> String {
+        match &self.config {
+            Some(c) => format!("{} {c}", self.system.name()),
+            None => self.system.name().to_owned(),
+        }
+    }
+}
+
 impl RunReport {
     /// Fills in the ratios from the systems' results.
     pub(crate) fn compute_ratios(&mut self) {
@@ -230,7 +251,7 @@ impl RunReport {
             for s in &self.systems {
                 for l in &s.idle {
                     t.add_row(vec![
-                        s.system.name().to_owned(),
+                        s.label(),
                         l.connections.to_string(),
                         l.connected.to_string(),
                         format!("{:.1}", l.rss_bytes as f64 / 1048576.0),
@@ -266,7 +287,7 @@ impl RunReport {
                 for p in &s.phases {
                     let l = p.latency;
                     t.add_row(vec![
-                        s.system.name().to_owned(),
+                        s.label(),
                         p.phase.clone(),
                         num(p.offered_per_s),
                         num(p.published_per_s),
@@ -297,17 +318,21 @@ impl RunReport {
             out.push_str(&t.to_string());
         }
         out.push('\n');
-        let r = &self.ratios;
-        let show = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.3}"));
-        out.push_str(&format!(
-            "\nratios ({}): scopecast/nats {}, scopecast/ceiling {}\n",
-            r.measure,
-            show(r.scopecast_over_nats),
-            show(r.scopecast_over_ceiling)
-        ));
+        if let Some(c) = &self.cluster {
+            out.push_str(&c.table());
+        } else {
+            let r = &self.ratios;
+            let show = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.3}"));
+            out.push_str(&format!(
+                "\nratios ({}): scopecast/nats {}, scopecast/ceiling {}\n",
+                r.measure,
+                show(r.scopecast_over_nats),
+                show(r.scopecast_over_ceiling)
+            ));
+        }
         for s in &self.systems {
             if let Some(f) = &s.failure {
-                out.push_str(&format!("{} failed: {f}\n", s.system.name()));
+                out.push_str(&format!("{} failed: {f}\n", s.label()));
             }
         }
         for s in &self.skipped {

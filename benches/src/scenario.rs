@@ -45,6 +45,8 @@ pub(crate) enum Scenario {
     Tokens,
     /// (g) acknowledged publishes per second with fsync durability.
     Durable,
+    /// (h) cluster mode against one node and against JetStream itself (`cluster.rs`).
+    Cluster,
 }
 
 impl Scenario {
@@ -58,6 +60,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Tokens => "tokens",
             Scenario::Durable => "durable",
+            Scenario::Cluster => "cluster",
         }
     }
 
@@ -69,12 +72,16 @@ impl Scenario {
             Scenario::Idle => "bytes of RSS per idle connection",
             Scenario::Tokens => "tokens issued/s",
             Scenario::Durable => "acknowledged events/s",
+            Scenario::Cluster => "events delivered/s and acknowledged events/s",
         }
     }
 
     /// Whether the baselines have an equivalent.
     fn has_baselines(self) -> bool {
-        !matches!(self, Scenario::Tokens | Scenario::Durable)
+        !matches!(
+            self,
+            Scenario::Tokens | Scenario::Durable | Scenario::Cluster
+        )
     }
 }
 
@@ -123,6 +130,8 @@ pub(crate) struct Params {
     pub(crate) broker: BrokerTarget,
     /// Event log of a broker the harness starts (publish scenarios but `durable`).
     pub(crate) log: LogKind,
+    /// Parts of the `cluster` scenario to run.
+    pub(crate) cluster_parts: Vec<crate::cluster::Part>,
 }
 
 impl Params {
@@ -153,6 +162,12 @@ impl Params {
                     .join("-")
             ),
             Scenario::Tokens => format!("tokens-c{}", self.concurrency),
+            Scenario::Cluster => format!(
+                "cluster-n{}-p{}-{}",
+                self.subscribers,
+                self.publishers,
+                self.payload.label()
+            ),
             Scenario::Durable => format!(
                 "durable-p{}-w{}-{}",
                 self.publishers,
@@ -188,6 +203,9 @@ impl Params {
 
 /// Runs one scenario against Scopecast and the baselines, one system at a time.
 pub(crate) async fn run(params: &Params, clock: Clock) -> RunReport {
+    if params.scenario == Scenario::Cluster {
+        return crate::cluster::run(params, clock).await;
+    }
     let mut report = RunReport {
         scenario: params.scenario.name().to_owned(),
         label: params.label(),
@@ -197,6 +215,7 @@ pub(crate) async fn run(params: &Params, clock: Clock) -> RunReport {
         ratios: Default::default(),
         skipped: Vec::new(),
         plot: None,
+        cluster: None,
     };
     let mut kinds = vec![SystemKind::Scopecast];
     if params.scenario.has_baselines() {
@@ -226,6 +245,7 @@ pub(crate) async fn run(params: &Params, clock: Clock) -> RunReport {
             Err(e) => {
                 report.systems.push(SystemReport {
                     system: kind,
+                    config: None,
                     version: None,
                     phases: Vec::new(),
                     idle: Vec::new(),
@@ -263,6 +283,9 @@ async fn start(kind: SystemKind, params: &Params) -> anyhow::Result<Option<Syste
             None => return Ok(None),
         },
         SystemKind::Ceiling => System::Ceiling(Ceiling::start()?),
+        SystemKind::JetStream => {
+            anyhow::bail!("jetstream is a baseline of the cluster scenario only")
+        }
     }))
 }
 
@@ -272,6 +295,10 @@ async fn measure(system: &mut System, params: &Params, clock: Clock) -> SystemRe
             let work = workload(params);
             load::measure(system, &work, &params.load, clock).await
         }
+        Scenario::Cluster => with_failure(
+            system,
+            Err(anyhow::anyhow!("the cluster scenario runs in cluster.rs")),
+        ),
         Scenario::Connect => {
             let phases = connect_storm(system, params, clock).await;
             with_failure(system, phases)
@@ -298,6 +325,7 @@ fn with_failure(system: &System, phases: anyhow::Result<Vec<PhaseReport>>) -> Sy
     };
     SystemReport {
         system: system.kind(),
+        config: None,
         version: system.version(),
         phases,
         idle: Vec::new(),
@@ -430,6 +458,9 @@ async fn connect_storm(
             tokens: Vec::new(),
         },
         System::Nats(n) => StormTarget::Nats(n.url()),
+        System::JetStream(_) => {
+            anyhow::bail!("jetstream is a baseline of the cluster scenario only")
+        }
     });
     let seconds = params.load.seconds;
     let pid = system.pid();
@@ -539,6 +570,7 @@ fn phase_report(
         throughput_per_s: counted.delivered as f64 / seconds,
         latency: counted.latency,
         ack_latency: None,
+        deliver_latency: None,
         server,
         harness_cpu_pct,
         errors: counted.errors,
@@ -642,6 +674,7 @@ mod tests {
             baselines: Vec::new(),
             broker: BrokerTarget::Start(PathBuf::from("scopecast")),
             log: LogKind::Memory,
+            cluster_parts: crate::cluster::Part::ALL.to_vec(),
         }
     }
 

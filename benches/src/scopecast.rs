@@ -73,6 +73,32 @@ pub(crate) struct Scopecast {
     pid: Option<u32>,
     subscriber_tokens: Vec<String>,
     publisher: Option<(Credentials, String)>,
+    /// In cluster mode, the other nodes (after `addr`'s): subscribers and publishers are
+    /// dealt over every node in turn, as a load balancer would.
+    others: Vec<ClusterNode>,
+    /// Processes besides the broker's whose CPU and memory count as the system's (the NATS
+    /// servers of a cluster).
+    extra_pids: Vec<u32>,
+    /// Publishers made so far (the next one goes to node `publishers % nodes`).
+    publishers: usize,
+}
+
+/// Another node of a cluster the harness started.
+struct ClusterNode {
+    addr: SocketAddr,
+    process: Spawned,
+    _data: TempDir,
+}
+
+/// How to start a cluster of broker nodes ([`Scopecast::start_cluster`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterSettings {
+    /// Broker nodes.
+    pub(crate) nodes: usize,
+    /// `SCOPECAST_CLUSTER__*` and other settings every node gets (node names are added).
+    pub(crate) env: Vec<(String, String)>,
+    /// Processes whose usage counts with the brokers' (the NATS servers).
+    pub(crate) extra_pids: Vec<u32>,
 }
 
 /// Event log of a broker the harness starts.
@@ -101,7 +127,10 @@ impl Scopecast {
                 LogKind::Durable => "durable",
             })
             .arg("--data-dir")
-            .arg(data.path());
+            .arg(data.path())
+            // The harness's own settings; the broker refuses unknown SCOPECAST_ variables.
+            .env_remove("SCOPECAST_NATS_SERVER")
+            .env_remove("SCOPECAST_BENCH_LOGS");
         for (k, v) in BROKER_ENV {
             if std::env::var_os(k).is_none() {
                 cmd.env(k, v);
@@ -119,6 +148,71 @@ impl Scopecast {
         s.process = Some(process);
         s._data = Some(data);
         Ok(s)
+    }
+
+    /// Starts `settings.nodes` broker nodes of one cluster (`bin serve` on `127.0.0.1:0`,
+    /// each with its own data folder and `cluster.node_name`); the first made the admin
+    /// credential, the others find it in PostgreSQL.
+    ///
+    /// # Errors
+    /// A node did not start.
+    pub(crate) async fn start_cluster(
+        bin: &Path,
+        settings: &ClusterSettings,
+    ) -> anyhow::Result<Scopecast> {
+        let spawn = |name: &str| -> anyhow::Result<(Spawned, SocketAddr, TempDir)> {
+            let data = tempfile::Builder::new()
+                .prefix("scopecast-bench-")
+                .tempdir()
+                .context("temporary data folder")?;
+            let mut cmd = Command::new(bin);
+            cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(data.path())
+                .env("SCOPECAST_CLUSTER__NODE_NAME", name)
+                .env_remove("SCOPECAST_NATS_SERVER")
+                .env_remove("SCOPECAST_BENCH_LOGS");
+            for (k, v) in &settings.env {
+                cmd.env(k, v);
+            }
+            for (k, v) in BROKER_ENV {
+                if std::env::var_os(k).is_none() {
+                    cmd.env(k, v);
+                }
+            }
+            let (process, addr) = Spawned::start_and_read_addr(cmd, true, Duration::from_secs(60))
+                .with_context(|| format!("starting cluster node {name} of {}", bin.display()))?;
+            Ok((process, addr, data))
+        };
+        let (first, addr, data) = spawn("bench-1")?;
+        let token_file = data.path().join("admin.token");
+        let admin_token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?
+            .trim()
+            .to_owned();
+        let mut s =
+            Scopecast::attach(&format!("http://{addr}"), admin_token, Some(first.pid())).await?;
+        s.process = Some(first);
+        s._data = Some(data);
+        s.extra_pids.clone_from(&settings.extra_pids);
+        for i in 2..=settings.nodes {
+            let (process, addr, data) = spawn(&format!("bench-{i}"))?;
+            s.extra_pids.push(process.pid());
+            s.others.push(ClusterNode {
+                addr,
+                process,
+                _data: data,
+            });
+        }
+        Ok(s)
+    }
+
+    /// The node subscriber `i` connects to (dealt in turn over the nodes).
+    pub(crate) fn subscriber_addr(&self, i: usize) -> SocketAddr {
+        let nodes = self.others.len() + 1;
+        match i % nodes {
+            0 => self.addr,
+            k => self.others[k - 1].addr,
+        }
     }
 
     /// A broker that is already running at `url` (`http://HOST:PORT`).
@@ -158,23 +252,40 @@ impl Scopecast {
             pid,
             subscriber_tokens: Vec::new(),
             publisher: None,
+            others: Vec::new(),
+            extra_pids: Vec::new(),
+            publishers: 0,
         })
     }
 
-    /// The broker's process id, when known.
+    /// The broker's process id, when known (the first node's, in a cluster).
     pub(crate) fn pid(&self) -> Option<u32> {
         self.pid
     }
 
-    /// Fails when the broker the harness started has exited.
+    /// Every process whose CPU and memory count as this system's: the broker (every node of
+    /// a cluster, and the NATS servers under it).
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.pid
+            .into_iter()
+            .chain(self.extra_pids.iter().copied())
+            .collect()
+    }
+
+    /// Fails when the broker (any node of it) the harness started has exited.
     ///
     /// # Errors
     /// It exited, with its last log lines.
     pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
-        match &mut self.process {
-            Some(p) => p.check_alive().context("the broker"),
-            None => Ok(()),
+        if let Some(p) = &mut self.process {
+            p.check_alive().context("the broker")?;
         }
+        for (i, n) in self.others.iter_mut().enumerate() {
+            n.process
+                .check_alive()
+                .with_context(|| format!("cluster node {}", i + 2))?;
+        }
+        Ok(())
     }
 
     /// Registers an application with `scope` and activates its non-production client ID.
@@ -270,6 +381,13 @@ impl Scopecast {
     /// Every subscriber token made so far.
     pub(crate) fn subscriber_tokens(&self) -> &[String] {
         &self.subscriber_tokens
+    }
+
+    /// The node the next publisher connects to (dealt in turn over the nodes).
+    pub(crate) fn next_publisher_addr(&mut self) -> SocketAddr {
+        let addr = self.subscriber_addr(self.publishers);
+        self.publishers += 1;
+        addr
     }
 
     /// The publisher application's credentials and a token, registered on first use.

@@ -309,6 +309,41 @@ impl ProcSample {
     }
 }
 
+/// Samples of several processes that count as one system (the nodes of a cluster).
+#[derive(Debug, Clone)]
+pub(crate) struct GroupSample(Vec<ProcSample>);
+
+impl GroupSample {
+    /// Reads every process of `pids` now; `None` when any is gone (or `pids` is empty).
+    pub(crate) fn read(pids: &[u32]) -> Option<GroupSample> {
+        if pids.is_empty() {
+            return None;
+        }
+        pids.iter()
+            .map(|p| ProcSample::read(*p))
+            .collect::<Option<Vec<_>>>()
+            .map(GroupSample)
+    }
+
+    /// Their usage together between `self` and a later sample of the same processes: CPU
+    /// and RSS summed.
+    pub(crate) fn usage_until(&self, later: &GroupSample) -> ProcUsage {
+        self.0.iter().zip(&later.0).fold(
+            ProcUsage {
+                cpu_pct: 0.0,
+                rss_bytes: 0,
+            },
+            |sum, (a, b)| {
+                let u = a.usage_until(b);
+                ProcUsage {
+                    cpu_pct: sum.cpu_pct + u.cpu_pct,
+                    rss_bytes: sum.rss_bytes + u.rss_bytes,
+                }
+            },
+        )
+    }
+}
+
 /// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`; 100 on Linux).
 fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();

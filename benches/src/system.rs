@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use crate::ceiling::{Ceiling, CeilingPublisher};
+use crate::jetstream::{JetStreamDirect, JetStreamPublisher};
 use crate::nats::{self, NatsPublisher, NatsServer};
 use crate::payload::Payload;
 use crate::scopecast::{Scopecast, WsPublisher, WsSubscriber};
@@ -22,6 +23,10 @@ pub(crate) enum SystemKind {
     Nats,
     /// The minimal fan-out server in this crate.
     Ceiling,
+    /// A plain async-nats JetStream publisher (the `cluster` scenario's ceiling for
+    /// acknowledged publishes; no other scenario has it).
+    #[value(name = "jetstream")]
+    JetStream,
 }
 
 impl SystemKind {
@@ -31,6 +36,7 @@ impl SystemKind {
             SystemKind::Scopecast => "scopecast",
             SystemKind::Nats => "nats",
             SystemKind::Ceiling => "ceiling",
+            SystemKind::JetStream => "jetstream",
         }
     }
 }
@@ -53,6 +59,8 @@ pub(crate) enum System {
     Nats(NatsServer),
     /// The ceiling server.
     Ceiling(Ceiling),
+    /// A JetStream stream, published to directly.
+    JetStream(JetStreamDirect),
 }
 
 impl System {
@@ -62,6 +70,7 @@ impl System {
             System::Scopecast(_) => SystemKind::Scopecast,
             System::Nats(_) => SystemKind::Nats,
             System::Ceiling(_) => SystemKind::Ceiling,
+            System::JetStream(_) => SystemKind::JetStream,
         }
     }
 
@@ -71,6 +80,16 @@ impl System {
             System::Scopecast(s) => s.pid(),
             System::Nats(n) => Some(n.pid()),
             System::Ceiling(c) => Some(c.pid()),
+            System::JetStream(j) => j.pids.first().copied(),
+        }
+    }
+
+    /// Every process whose CPU and memory count as the system's (all nodes of a cluster).
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        match self {
+            System::Scopecast(s) => s.pids(),
+            System::JetStream(j) => j.pids.clone(),
+            other => other.pid().into_iter().collect(),
         }
     }
 
@@ -78,6 +97,7 @@ impl System {
     pub(crate) fn version(&self) -> Option<String> {
         match self {
             System::Nats(n) => Some(n.version.clone()),
+            System::JetStream(j) => Some(j.version.clone()),
             _ => None,
         }
     }
@@ -108,7 +128,7 @@ impl System {
         match self {
             System::Scopecast(s) => {
                 let sub = WsSubscriber {
-                    addr: s.addr,
+                    addr: s.subscriber_addr(i),
                     path: "/v1/stream".to_owned(),
                     token: Some(s.subscriber_token(i)),
                     patterns: spec.patterns.clone(),
@@ -133,6 +153,9 @@ impl System {
                 // the scenarios' 10,000 subscribers.
                 set.spawn(nats::subscriber(n.url(), spec.patterns.clone(), i, rec));
             }
+            System::JetStream(j) => {
+                set.spawn(j.subscriber(i, rec));
+            }
         }
     }
 
@@ -149,12 +172,14 @@ impl System {
         Ok(match self {
             System::Scopecast(s) => {
                 let (_, token) = s.publisher().await?;
+                let addr = s.next_publisher_addr();
                 Publisher::Scopecast(
-                    WsPublisher::connect(s.addr, &token, window, Arc::clone(acks)).await?,
+                    WsPublisher::connect(addr, &token, window, Arc::clone(acks)).await?,
                 )
             }
             System::Nats(n) => Publisher::Nats(NatsPublisher::connect(n.ws_addr).await?),
             System::Ceiling(c) => Publisher::Ceiling(CeilingPublisher::connect(c.addr).await?),
+            System::JetStream(j) => Publisher::JetStream(j.publisher(window, acks)),
         })
     }
 
@@ -178,6 +203,8 @@ pub(crate) enum Publisher {
     Nats(NatsPublisher),
     /// Event frames to the ceiling.
     Ceiling(CeilingPublisher),
+    /// JetStream publishes, acknowledged.
+    JetStream(JetStreamPublisher),
 }
 
 impl Publisher {
@@ -195,6 +222,7 @@ impl Publisher {
             Publisher::Scopecast(p) => p.feed(payload, topic, t_ns).await,
             Publisher::Nats(p) => p.feed(payload, topic, t_ns).await,
             Publisher::Ceiling(p) => p.feed(payload, topic, t_ns).await,
+            Publisher::JetStream(p) => p.feed(payload, topic, t_ns).await,
         }
     }
 
@@ -207,6 +235,10 @@ impl Publisher {
             Publisher::Scopecast(p) => p.flush().await,
             Publisher::Nats(p) => p.flush().await,
             Publisher::Ceiling(p) => p.flush().await,
+            Publisher::JetStream(p) => {
+                p.flush();
+                Ok(())
+            }
         }
     }
 
@@ -218,6 +250,7 @@ impl Publisher {
             Publisher::Ceiling(p) => {
                 let _ = p.flush().await;
             }
+            Publisher::JetStream(p) => p.drain(limit).await,
         }
     }
 }

@@ -1,6 +1,6 @@
-//! For the tests only: the real servers cluster mode runs on, started on free loopback ports
-//! in temporary folders and stopped, however the test process ends, by a watchdog shell that
-//! outlives it.
+//! For the tests and the load harness's `cluster` scenario: the real servers cluster mode
+//! runs on, started on free loopback ports in temporary folders and stopped, however the
+//! process ends, by a watchdog shell that outlives it.
 //!
 //! - [`Postgres`]: a PostgreSQL server (Debian's `postgresql`; `initdb` and `pg_ctl`, run as
 //!   the `postgres` user when the tests run as root); [`Postgres::database`] makes an empty
@@ -322,6 +322,15 @@ impl NatsNode {
         if let Some(mut c) = self.child.lock().expect("node lock").take() {
             let _ = c.wait();
         }
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .expect("node lock")
+            .as_ref()
+            .map(Child::id)
     }
 
     /// `kill -9`: the node is gone at once, with whatever it had not written.

@@ -239,6 +239,33 @@ async fn a_subscriber_resumes_on_another_node_without_gap_or_duplicate() {
         "replay then live, no gap, no duplicate at the join"
     );
     assert!(ws.recv_within(Duration::from_millis(300)).await.is_none());
+    ws.close().await;
+    // Resuming on b at the seq a has just acknowledged: b's fan-out may not have reached it
+    // yet, and must not deliver what the client already has once it does.
+    // Both connections are open before the publish, and the subscribe goes out the moment
+    // the acknowledgement comes, so it races b's fan-out.
+    let (mut publisher, _) = Ws::connect(cluster.node('a'), &token).await;
+    for round in 0..20 {
+        let (mut ws, _) = Ws::connect(cluster.node('b'), &token).await;
+        let id = format!("h{round}");
+        let ack = publisher
+            .publish(&id, "lab.result", json!({"round": round}))
+            .await;
+        assert_eq!(ack["type"], "published", "{ack}");
+        let head = ack["seq"].as_u64().expect("seq");
+        ws.send(json!({"type": "subscribe", "id": "s", "topic": "lab.>",
+                       "since": {"seq": head}}))
+            .await;
+        let (_, answer) = ws.recv_answer("s").await;
+        assert_eq!(answer["type"], "subscribed", "{answer}");
+        let next = publish_many(cluster.node('a'), &token, &format!("n{round}"), 1, 1).await;
+        let got = read_events(&mut ws, 1, WAIT).await;
+        assert_eq!(got, next, "round {round}: the first event after {head}");
+        ws.close().await;
+        second.push((head, ack["event_id"].as_str().expect("id").to_owned()));
+        second.extend(next);
+    }
+    publisher.close().await;
     // The log's identity is the same on every node.
     let (_, wa) = Ws::connect(cluster.node('a'), &token).await;
     let (_, wb) = Ws::connect(cluster.node('b'), &token).await;
@@ -250,7 +277,8 @@ async fn a_subscriber_resumes_on_another_node_without_gap_or_duplicate() {
             .starts_with("jetstream:")
     );
     let mut acked = first;
-    acked.extend(resumed);
+    acked.extend(second);
+    acked.sort();
     audit(&cluster, &acked).await;
 }
 
@@ -551,6 +579,51 @@ async fn kill_9_of_the_stream_leader_loses_no_acknowledged_event() {
             (acked, longest_refusal)
         }));
     }
+    // And one WebSocket publisher with up to 200 publishes in flight: a session waits for its
+    // oldest answer first, so the log must retry every unanswered publish at once, not one
+    // after the other (that took 30 s after an election of 6 s).
+    let pipelined = {
+        let (mut ws, _) = Ws::connect(cluster.node('a'), &token).await;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut waiting: HashMap<String, Instant> = HashMap::new();
+            let (mut acked, mut longest, mut n) = (Vec::new(), Duration::ZERO, 0u64);
+            let mut next = Instant::now();
+            let mut stopped_at: Option<Instant> = None;
+            loop {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let at = *stopped_at.get_or_insert_with(Instant::now);
+                    if waiting.is_empty() {
+                        break;
+                    }
+                    assert!(
+                        at.elapsed() < Duration::from_secs(60),
+                        "answers within 60 s"
+                    );
+                } else if waiting.len() < 200 && Instant::now() >= next {
+                    let id = format!("w-{n}");
+                    ws.send(json!({"type": "publish", "id": id, "topic": "lab.result",
+                                   "event_id": id, "data": {"n": n}}))
+                        .await;
+                    waiting.insert(id, Instant::now());
+                    n += 1;
+                    next += Duration::from_millis(5);
+                    continue;
+                }
+                let Some(f) = ws.recv_within(Duration::from_millis(5)).await else {
+                    continue;
+                };
+                assert_eq!(f["type"], "published", "{f}");
+                let id = f["id"].as_str().expect("id").to_owned();
+                let sent = waiting
+                    .remove(&id)
+                    .expect("an answer to a publish in flight");
+                longest = longest.max(sent.elapsed());
+                acked.push((f["seq"].as_u64().expect("seq"), id));
+            }
+            (acked, longest)
+        })
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let leader = nats
         .stream_leader(&cluster.stream)
@@ -576,6 +649,16 @@ async fn kill_9_of_the_stream_leader_loses_no_acknowledged_event() {
         );
         acked.extend(mine);
     }
+    let (mine, longest) = pipelined.await.expect("pipelined publisher");
+    eprintln!(
+        "pipelined publisher: {} acknowledged, longest wait for an acknowledgement {longest:?}",
+        mine.len()
+    );
+    assert!(
+        longest < Duration::from_secs(10),
+        "a window of 200 publishes was answered within 10 s (waited {longest:?})"
+    );
+    acked.extend(mine);
     acked.sort();
     audit(&cluster, &acked).await;
     // Every node's fan-out delivered every acknowledged event in order, with no hole.

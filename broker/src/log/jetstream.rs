@@ -85,6 +85,19 @@ impl std::fmt::Debug for JetStreamLog {
 /// than the duplicate window (the idempotency window, 10 minutes by default).
 const RETRY_FOR: Duration = Duration::from_secs(15);
 
+/// A publish sent and not yet answered: its acknowledgement (or why it could not be sent),
+/// the message to send again with the same id (subject, headers, payload), the event's id
+/// and time, the body's fingerprint (empty without a publisher's id), and whether the id is
+/// the publisher's.
+type Sent = (
+    Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
+    (String, HeaderMap, bytes::Bytes),
+    EventId,
+    Timestamp,
+    String,
+    bool,
+);
+
 fn unavailable(e: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(e.to_string())
 }
@@ -301,7 +314,7 @@ impl JetStreamLog {
 #[async_trait]
 impl EventLog for JetStreamLog {
     async fn submit(&self, batch: Vec<NewEvent>) -> AppendFuture {
-        let mut sent = Vec::with_capacity(batch.len());
+        let mut sent: Vec<Sent> = Vec::with_capacity(batch.len());
         for ev in batch {
             let has_id = ev.event_id.is_some();
             let event_id = ev
@@ -342,9 +355,15 @@ impl EventLog for JetStreamLog {
             ));
         }
         let log = self.clone();
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(sent.len());
-            for (ack, message, event_id, time, print, has_id) in sent {
+        let count = sent.len();
+        // The answers are awaited (and, when lost, retried) by a task of their own, every
+        // event at once, whether or not the caller polls: a session polls only its oldest
+        // pending publish, so a lazy future retried a window of publishes one after the
+        // other after a leader election (measured: a 30 s pause with 256 in flight over one
+        // WebSocket, where the election took 5-7 s; docs/FAULTS.md).
+        let answers = tokio::spawn(async move {
+            let log = &log;
+            let settle = |(ack, message, event_id, time, print, has_id): Sent| async move {
                 let ack = match ack {
                     Ok(future) => future.await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
@@ -355,7 +374,7 @@ impl EventLog for JetStreamLog {
                 };
                 // A lost answer may hide a stored event: never "nothing was stored".
                 let ack = ack.map_err(LogError::Unknown);
-                out.push(match ack {
+                match ack {
                     Err(e) => Err(e),
                     Ok(a) if !a.duplicate => {
                         log.note_stored(a.sequence);
@@ -412,9 +431,18 @@ impl EventLog for JetStreamLog {
                             Err(e) => Err(LogError::Unknown(e.to_string())),
                         },
                     },
-                });
-            }
-            out
+                }
+            };
+            futures_util::future::join_all(sent.into_iter().map(settle)).await
+        });
+        Box::pin(async move {
+            answers.await.unwrap_or_else(|e| {
+                // The task panicked or the runtime is shutting down: what was stored is
+                // unknown.
+                (0..count)
+                    .map(|_| Err(LogError::Unknown(format!("the publish task ended: {e}"))))
+                    .collect()
+            })
         })
     }
 

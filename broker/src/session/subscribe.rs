@@ -2,6 +2,8 @@
 //! and the re-check that ends exactly the subscriptions a refresh or an admin change no
 //! longer allows (PROTOCOL.md sections 3 and 5).
 
+use std::time::Duration;
+
 use scopecast_protocol::{
     ErrorFrame, Pattern, Reason, Replay, RequestId, ServerFrame, Since, Subscribed, Unsubscribed,
 };
@@ -99,10 +101,27 @@ impl<S: Socket> Session<S> {
                 }
             },
         };
-        let first = match after {
-            Some(_) => self.broker.log.fresh_bounds().await.first,
-            None => 0,
+        let bounds = match after {
+            Some(_) => Some(self.broker.log.fresh_bounds().await),
+            None => None,
         };
+        let first = bounds.map_or(0, |b| b.first);
+        // A resume point this node's fan-out has not reached yet (the event was stored
+        // through another node a moment ago): wait for it, or the live events up to it would
+        // come again after an empty replay. A point past the log's end is not waited for.
+        if let (Some(after), Some(b)) = (after, bounds) {
+            let reach = after.min(b.last);
+            let broker = self.broker.clone();
+            let wait = Duration::from_millis(broker.config.cluster.max_fanout_lag_ms);
+            if !fanout_reaches(&broker.fanout, reach, wait).await {
+                let msg = format!(
+                    "this node's fan-out has not reached seq {reach} yet; subscribe again (or \
+                     through another node)"
+                );
+                self.reply(&error_frame(Some(id), Reason::LogUnavailable, msg));
+                return Step::Continue;
+            }
+        }
         let replay = after.map(|after| Replay {
             from_seq: after.saturating_add(1).max(first),
             truncated: after.saturating_add(1) < first,
@@ -276,4 +295,20 @@ impl<S: Socket> Session<S> {
             self.reply(&ServerFrame::Error(e));
         }
     }
+}
+
+/// Whether this node's fan-out has reached `seq`, waiting for it at most `wait`
+/// (`cluster.max_fanout_lag_ms`: a node further behind is not ready anyway, see `/readyz`).
+async fn fanout_reaches(fanout: &crate::fanout::Fanout, seq: u64, wait: Duration) -> bool {
+    if fanout.head_seq() >= seq {
+        return true;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if fanout.head_seq() >= seq {
+            return true;
+        }
+    }
+    false
 }
