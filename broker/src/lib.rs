@@ -46,6 +46,7 @@ pub mod registry;
 mod server;
 mod session;
 mod state;
+mod webhooks;
 
 /// A new key-encryption key for `cluster.key_encryption_key_file` (base64 of 32 random bytes).
 ///

@@ -30,7 +30,7 @@ pub use frame::{
     ClientFrame, ErrorFrame, ErrorReason, Event, EventId, FrameError, Gap, InvalidId, Limits,
     MAX_DATA_DEPTH, MAX_EVENT_ID_BYTES, MAX_REQUEST_ID_BYTES, Pong, Published, RawJson, Replay,
     RequestId, SUBPROTOCOL, ServerFrame, Since, Subscribed, TokenExpiring, Unsubscribed, Welcome,
-    encode_event, encode_event_text,
+    encode_event, encode_event_text, encode_webhook_body,
 };
 pub use scope::{
     MissingScope, PUBLISH_PREFIX, Permissions, SCOPE_FAMILIES, SUBSCRIBE_PREFIX, SYSTEM_PREFIX,

@@ -16,6 +16,7 @@ use serde_json::json;
 use super::credential::{Credential, CredentialSource};
 use super::store::{
     ApplicationPatch, Change, ChangeKind, Deletion, NewApplication, RegistryStore, StoreError,
+    StoredWebhook, WebhookAttempt, WebhookState,
 };
 use super::{AuditEntry, AuditQuery, ClientKeysSpec, StoredApplication, StoredClient};
 use crate::config::EnvironmentKind;
@@ -34,7 +35,7 @@ pub(crate) trait Maker: Sync {
     async fn make(&self) -> Made;
 }
 
-fn entry(action: &str) -> AuditEntry {
+pub(crate) fn entry(action: &str) -> AuditEntry {
     AuditEntry {
         id: uuid::Uuid::now_v7().to_string(),
         at_ms: 7,
@@ -84,7 +85,7 @@ fn application(name: &str) -> StoredApplication {
     }
 }
 
-async fn insert(store: &dyn RegistryStore, name: &str) -> StoredApplication {
+pub(crate) async fn insert(store: &dyn RegistryStore, name: &str) -> StoredApplication {
     let app = application(name);
     store
         .insert_application(
@@ -852,6 +853,204 @@ pub(crate) async fn shared_state_and_jtis(m: &dyn Maker) {
     assert!(!store.remember_jti("c j1", 2_000, 1_500).await.unwrap());
 }
 
+pub(crate) fn webhook(id: &str, client_id: &str) -> StoredWebhook {
+    StoredWebhook {
+        id: id.to_owned(),
+        client_id: client_id.to_owned(),
+        url: "https://receiver.example/hook".to_owned(),
+        topics: vec!["fhir.encounter.>".to_owned(), "lab.result".to_owned()],
+        sealed: vec![0, 1, 2, 255],
+        state: WebhookState::Active,
+        state_reason: None,
+        cursor: 41,
+        max_in_flight: 1,
+        max_batch: 1,
+        created_at_ms: 7,
+        updated_at_ms: 7,
+        version: 1,
+        lease: None,
+    }
+}
+
+pub(crate) fn attempt(endpoint: &str, seq: u64, n: u32, outcome: &str) -> WebhookAttempt {
+    WebhookAttempt {
+        id: 0,
+        endpoint_id: endpoint.to_owned(),
+        seq,
+        event_id: format!("ev-{seq}"),
+        attempt: n,
+        at_ms: i64::from(n) * 1_000,
+        status: (n > 0).then_some(500),
+        error: None,
+        latency_ms: Some(12),
+        outcome: outcome.to_owned(),
+    }
+}
+
+/// Webhook endpoints: round trip, compare-and-set updates that add one change each, a cursor
+/// that only moves forward, leases that one holder gets at a time, attempts newest first
+/// with paging and pruning, and endpoints gone with their application.
+pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
+    let made = m.make().await;
+    let store = &*made.store;
+    let app = insert(store, "Hooked").await;
+    let client_id = app.clients[0].client_id.clone();
+    let before = store.latest_change().await.unwrap();
+    let w = webhook("ep_1", &client_id);
+    store
+        .insert_webhook(&w, &entry("webhook.create"))
+        .await
+        .unwrap();
+    let changes = store.changes_after(before, 10).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].kind, ChangeKind::WebhookChanged);
+    assert_eq!(changes[0].webhook_id.as_deref(), Some("ep_1"));
+    assert_eq!(changes[0].client_id.as_deref(), Some(client_id.as_str()));
+    assert_eq!(changes[0].application_id.as_deref(), Some(app.id.as_str()));
+    assert_eq!(store.load_webhooks().await.unwrap(), vec![w.clone()]);
+    assert!(matches!(
+        store.insert_webhook(&w, &entry("webhook.create")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        store
+            .insert_webhook(&webhook("ep_2", "no-such-client"), &entry("webhook.create"))
+            .await
+            .is_err(),
+        "an endpoint needs its client ID"
+    );
+
+    // Compare-and-set: the writer that read version 1 wins, the next one with 1 loses.
+    let mut paused = w.clone();
+    paused.state = WebhookState::Paused;
+    paused.state_reason = Some("maintenance".into());
+    paused.topics = vec!["lab.>".into()];
+    paused.updated_at_ms = 9;
+    assert!(
+        store
+            .update_webhook(&paused, &entry("webhook.pause"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .update_webhook(&paused, &entry("webhook.pause"))
+            .await
+            .unwrap()
+    );
+    let got = store.load_webhooks().await.unwrap().remove(0);
+    assert_eq!(got.version, 2);
+    assert_eq!(got.state, WebhookState::Paused);
+    assert_eq!(got.state_reason.as_deref(), Some("maintenance"));
+    assert_eq!(got.topics, ["lab.>"]);
+    assert_eq!(got.cursor, 41, "an update leaves the cursor");
+
+    store.advance_webhook_cursor("ep_1", 50).await.unwrap();
+    store.advance_webhook_cursor("ep_1", 45).await.unwrap();
+    assert_eq!(
+        store.load_webhooks().await.unwrap()[0].cursor,
+        50,
+        "never back"
+    );
+
+    assert!(
+        store
+            .lease_webhook("ep_1", "node-a", 100, 200)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .lease_webhook("ep_1", "node-b", 150, 250)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .lease_webhook("ep_1", "node-a", 150, 300)
+            .await
+            .unwrap(),
+        "renewed"
+    );
+    assert!(
+        store
+            .lease_webhook("ep_1", "node-b", 301, 400)
+            .await
+            .unwrap(),
+        "ran out"
+    );
+    assert_eq!(
+        store.load_webhooks().await.unwrap()[0].lease,
+        Some(("node-b".to_owned(), 400))
+    );
+
+    store
+        .append_webhook_attempts(&[
+            attempt("ep_1", 51, 1, "failed"),
+            attempt("ep_1", 51, 2, "failed"),
+            attempt("ep_1", 51, 3, "delivered"),
+            attempt("ep_1", 52, 0, "skipped_scope"),
+        ])
+        .await
+        .unwrap();
+    let newest = store.webhook_attempts("ep_1", None, 3).await.unwrap();
+    assert_eq!(
+        newest
+            .iter()
+            .map(|a| (a.seq, a.attempt))
+            .collect::<Vec<_>>(),
+        [(52, 0), (51, 3), (51, 2)]
+    );
+    assert_eq!(newest[0].status, None);
+    assert_eq!(newest[1].status, Some(500));
+    assert_eq!(newest[1].outcome, "delivered");
+    let older = store
+        .webhook_attempts("ep_1", Some(newest[2].id), 10)
+        .await
+        .unwrap();
+    assert_eq!(older.iter().map(|a| a.attempt).collect::<Vec<_>>(), [1]);
+    // Made at 0 (the skip), 1, 2 and 3 s: those before 2.5 s go.
+    assert_eq!(store.prune_webhook_attempts(2_500).await.unwrap(), 3);
+    let kept = store.webhook_attempts("ep_1", None, 10).await.unwrap();
+    assert_eq!(kept.iter().map(|a| a.attempt).collect::<Vec<_>>(), [3]);
+
+    let before = store.latest_change().await.unwrap();
+    assert!(
+        store
+            .delete_webhook("ep_1", &entry("webhook.delete"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_webhook("ep_1", &entry("webhook.delete"))
+            .await
+            .unwrap()
+    );
+    let changes = store.changes_after(before, 10).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].webhook_id.as_deref(), Some("ep_1"));
+    assert!(store.load_webhooks().await.unwrap().is_empty());
+    assert!(
+        store
+            .webhook_attempts("ep_1", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // An application's deletion takes its endpoints with it.
+    store
+        .insert_webhook(&webhook("ep_3", &client_id), &entry("webhook.create"))
+        .await
+        .unwrap();
+    store
+        .delete_application(&app.id, &entry("application.delete"))
+        .await
+        .unwrap();
+    assert!(store.load_webhooks().await.unwrap().is_empty());
+}
+
 macro_rules! conformance_tests {
     ($maker:expr) => {
         mod conformance {
@@ -859,6 +1058,10 @@ macro_rules! conformance_tests {
             use super::*;
             use crate::registry::conformance as c;
 
+            #[tokio::test]
+            async fn webhooks_round_trip() {
+                c::webhooks_round_trip(&$maker).await;
+            }
             #[tokio::test]
             async fn shared_state_and_jtis() {
                 c::shared_state_and_jtis(&$maker).await;

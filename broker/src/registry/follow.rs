@@ -54,6 +54,13 @@ impl Inner {
             ChangeKind::CredentialCreated | ChangeKind::CredentialRevoked => {
                 return self.reload_credentials().await;
             }
+            ChangeKind::WebhookChanged => {
+                let endpoint_id = change.webhook_id.clone().unwrap_or_default();
+                let _ = self
+                    .changes
+                    .send(RegistryChange::WebhookChanged { endpoint_id });
+                return Ok(());
+            }
             ChangeKind::StateChanged(kind) => {
                 let name = kind.strip_prefix("state.").unwrap_or(kind).to_owned();
                 let _ = self.changes.send(RegistryChange::StateChanged { name });

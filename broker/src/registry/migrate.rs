@@ -13,7 +13,7 @@ use super::{PgStore, SqliteStore, StoreError};
 
 /// The tables copied, parents before children. `assertion_jtis` is not copied (assertions
 /// live minutes); `shared_state` is written by the cluster from the node's key files.
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 9] = [
     "applications",
     "clients",
     "client_credentials",
@@ -21,7 +21,13 @@ const TABLES: [&str; 7] = [
     "audit_log",
     "credentials",
     "changes",
+    "webhook_endpoints",
+    "webhook_attempts",
 ];
+
+/// Tables whose PostgreSQL `id` is a sequence (`BIGSERIAL`): after rows are copied with their
+/// ids, the sequence moves past them.
+const SERIAL_TABLES: [&str; 1] = ["webhook_attempts"];
 
 /// Rows copied per table.
 pub type Copied = Vec<(&'static str, u64)>;
@@ -116,7 +122,65 @@ pub async fn sqlite_to_postgres(
         }
         copied.push((table, rows.len() as u64));
     }
+    for table in SERIAL_TABLES {
+        sqlx::query(&format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+             (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)"
+        ))
+        .execute(&mut *pg)
+        .await
+        .map_err(db)?;
+    }
     pg.commit().await.map_err(db)?;
     let _ = lite.close().await;
     Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    // A test that cannot go on should stop at once, with the value it choked on.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::registry::RegistryStore;
+    use crate::registry::conformance::{attempt, entry, insert, webhook};
+
+    #[tokio::test]
+    async fn webhook_endpoints_and_attempts_move_with_the_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("registry.sqlite");
+        {
+            let lite = SqliteStore::open(&file).await.unwrap();
+            let app = insert(&lite, "Moved").await;
+            let w = webhook("ep_m", &app.clients[0].client_id);
+            lite.insert_webhook(&w, &entry("webhook.create"))
+                .await
+                .unwrap();
+            lite.append_webhook_attempts(&[attempt("ep_m", 3, 1, "delivered")])
+                .await
+                .unwrap();
+            lite.pool().close().await;
+        }
+        let url = scopecast_testkit::Postgres::shared().database().await;
+        let copied = sqlite_to_postgres(&file, &url).await.unwrap();
+        assert!(copied.contains(&("webhook_endpoints", 1)), "{copied:?}");
+        assert!(copied.contains(&("webhook_attempts", 1)), "{copied:?}");
+        let pg = PgStore::open(&url).await.unwrap();
+        let moved = pg.load_webhooks().await.unwrap();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].sealed, vec![0, 1, 2, 255]);
+        assert_eq!(moved[0].cursor, 41);
+        // The attempts' id sequence is past the copied rows: new attempts go in.
+        pg.append_webhook_attempts(&[attempt("ep_m", 4, 1, "delivered")])
+            .await
+            .unwrap();
+        let all = pg.webhook_attempts("ep_m", None, 10).await.unwrap();
+        assert_eq!(all.iter().map(|a| a.seq).collect::<Vec<_>>(), [4, 3]);
+        let changes = pg.changes_after(0, 100).await.unwrap();
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.webhook_id.as_deref() == Some("ep_m"))
+        );
+    }
 }

@@ -52,7 +52,7 @@ pub use snapshot::{
 pub use sqlite::SqliteStore;
 pub use store::{
     ApplicationPatch, Change, ChangeKind, Deletion, NewApplication, RegistryStore, StoreError,
-    Wakeups,
+    StoredWebhook, Wakeups, WebhookAttempt, WebhookState,
 };
 use validate::{ClientKey, InvalidInput, invalid};
 
@@ -94,6 +94,12 @@ pub enum RegistryChange {
         application_id: String,
         /// Its client IDs (production first).
         client_ids: Vec<String>,
+    },
+    /// A webhook endpoint was created, changed or deleted, by this node or another: whoever
+    /// delivers to it reloads it.
+    WebhookChanged {
+        /// The endpoint.
+        endpoint_id: String,
     },
     /// A shared state blob (e.g. `signing_keys`) was written, by this node or another:
     /// whoever holds it reloads it ([`Registry::load_state`]).

@@ -16,6 +16,7 @@ pub(super) struct Keys<'a> {
     pub(super) application_id: Option<&'a str>,
     pub(super) client_id: Option<&'a str>,
     pub(super) credential_id: Option<&'a str>,
+    pub(super) webhook_id: Option<&'a str>,
 }
 
 pub(super) fn db(e: sqlx::Error) -> StoreError {
@@ -235,7 +236,7 @@ macro_rules! sql_store {
 
             async fn changes_after(&self, cursor: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
                 let rows = sqlx::query(
-                    "SELECT id, kind, application_id, client_id, credential_id, at FROM changes \
+                    "SELECT id, kind, application_id, client_id, credential_id, webhook_id, at FROM changes \
                      WHERE id > $1 ORDER BY id LIMIT $2",
                 )
                 .bind(i64::try_from(cursor).unwrap_or(i64::MAX))
@@ -251,6 +252,7 @@ macro_rules! sql_store {
                         application_id: r.get("application_id"),
                         client_id: r.get("client_id"),
                         credential_id: r.get("credential_id"),
+                        webhook_id: r.get("webhook_id"),
                         at_ms: r.get("at"),
                     })
                     .collect())
@@ -943,6 +945,265 @@ macro_rules! sql_store {
                 Self::write_audit(&mut tx, audit).await?;
                 self.commit(tx).await?;
                 Ok(true)
+            }
+
+            async fn load_webhooks(&self) -> Result<Vec<StoredWebhook>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, client_id, url, topics, sealed, state, state_reason, cursor, \
+                     max_in_flight, max_batch, created_at, updated_at, version, lease_holder, \
+                     lease_until FROM webhook_endpoints ORDER BY created_at, id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                rows.iter()
+                    .map(|r| {
+                        let topics: String = r.get("topics");
+                        let holder: Option<String> = r.get("lease_holder");
+                        let until: Option<i64> = r.get("lease_until");
+                        Ok(StoredWebhook {
+                            id: r.get("id"),
+                            client_id: r.get("client_id"),
+                            url: r.get("url"),
+                            topics: topics.split_whitespace().map(str::to_owned).collect(),
+                            sealed: r.get("sealed"),
+                            state: WebhookState::parse(r.get("state"))?,
+                            state_reason: r.get("state_reason"),
+                            cursor: u64::try_from(r.get::<i64, _>("cursor")).unwrap_or(0),
+                            max_in_flight: u32::try_from(r.get::<i32, _>("max_in_flight")).unwrap_or(1),
+                            max_batch: u32::try_from(r.get::<i32, _>("max_batch")).unwrap_or(1),
+                            created_at_ms: r.get("created_at"),
+                            updated_at_ms: r.get("updated_at"),
+                            version: r.get("version"),
+                            lease: holder.zip(until),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn insert_webhook(
+                &self,
+                w: &StoredWebhook,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                sqlx::query(
+                    "INSERT INTO webhook_endpoints (id, client_id, url, topics, sealed, state, \
+                     state_reason, cursor, max_in_flight, max_batch, created_at, updated_at, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1)",
+                )
+                .bind(&w.id)
+                .bind(&w.client_id)
+                .bind(&w.url)
+                .bind(w.topics.join(" "))
+                .bind(&w.sealed)
+                .bind(w.state.as_str())
+                .bind(&w.state_reason)
+                .bind(i64::try_from(w.cursor).unwrap_or(i64::MAX))
+                .bind(i32::try_from(w.max_in_flight).unwrap_or(i32::MAX))
+                .bind(i32::try_from(w.max_batch).unwrap_or(i32::MAX))
+                .bind(w.created_at_ms)
+                .bind(w.updated_at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::WebhookChanged,
+                    Keys {
+                        client_id: Some(&w.client_id),
+                        webhook_id: Some(&w.id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await
+            }
+
+            async fn update_webhook(
+                &self,
+                w: &StoredWebhook,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let done = sqlx::query(
+                    "UPDATE webhook_endpoints SET url = $3, topics = $4, sealed = $5, state = $6, \
+                     state_reason = $7, max_in_flight = $8, max_batch = $9, updated_at = $10, \
+                     version = version + 1 WHERE id = $1 AND version = $2",
+                )
+                .bind(&w.id)
+                .bind(w.version)
+                .bind(&w.url)
+                .bind(w.topics.join(" "))
+                .bind(&w.sealed)
+                .bind(w.state.as_str())
+                .bind(&w.state_reason)
+                .bind(i32::try_from(w.max_in_flight).unwrap_or(i32::MAX))
+                .bind(i32::try_from(w.max_batch).unwrap_or(i32::MAX))
+                .bind(w.updated_at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::WebhookChanged,
+                    Keys {
+                        client_id: Some(&w.client_id),
+                        webhook_id: Some(&w.id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await?;
+                Ok(true)
+            }
+
+            async fn delete_webhook(&self, id: &str, audit: &AuditEntry) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let client: Option<String> =
+                    sqlx::query_scalar("SELECT client_id FROM webhook_endpoints WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                let Some(client) = client else {
+                    return Ok(false);
+                };
+                sqlx::query("DELETE FROM webhook_attempts WHERE endpoint_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                Self::write_change(
+                    &mut tx,
+                    ChangeKind::WebhookChanged,
+                    Keys {
+                        client_id: Some(&client),
+                        webhook_id: Some(id),
+                        ..Keys::default()
+                    },
+                    audit.at_ms,
+                )
+                .await?;
+                Self::write_audit(&mut tx, audit).await?;
+                self.commit(tx).await?;
+                Ok(true)
+            }
+
+            async fn advance_webhook_cursor(&self, id: &str, seq: u64) -> Result<(), StoreError> {
+                sqlx::query("UPDATE webhook_endpoints SET cursor = $2 WHERE id = $1 AND cursor < $2")
+                    .bind(id)
+                    .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+                Ok(())
+            }
+
+            async fn lease_webhook(
+                &self,
+                id: &str,
+                holder: &str,
+                now_ms: i64,
+                until_ms: i64,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE webhook_endpoints SET lease_holder = $2, lease_until = $4 \
+                     WHERE id = $1 AND (lease_holder IS NULL OR lease_holder = $2 \
+                     OR lease_until < $3)",
+                )
+                .bind(id)
+                .bind(holder)
+                .bind(now_ms)
+                .bind(until_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn append_webhook_attempts(
+                &self,
+                attempts: &[WebhookAttempt],
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                for a in attempts {
+                    sqlx::query(
+                        "INSERT INTO webhook_attempts (endpoint_id, seq, event_id, attempt, at, \
+                         status, error, latency_ms, outcome) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(&a.endpoint_id)
+                    .bind(i64::try_from(a.seq).unwrap_or(i64::MAX))
+                    .bind(&a.event_id)
+                    .bind(i32::try_from(a.attempt).unwrap_or(i32::MAX))
+                    .bind(a.at_ms)
+                    .bind(a.status.map(i32::from))
+                    .bind(&a.error)
+                    .bind(a.latency_ms)
+                    .bind(&a.outcome)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                }
+                tx.commit().await.map_err(db)
+            }
+
+            async fn webhook_attempts(
+                &self,
+                endpoint_id: &str,
+                before: Option<i64>,
+                limit: usize,
+            ) -> Result<Vec<WebhookAttempt>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, endpoint_id, seq, event_id, attempt, at, status, error, \
+                     latency_ms, outcome FROM webhook_attempts \
+                     WHERE endpoint_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                )
+                .bind(endpoint_id)
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| WebhookAttempt {
+                        id: r.get("id"),
+                        endpoint_id: r.get("endpoint_id"),
+                        seq: u64::try_from(r.get::<i64, _>("seq")).unwrap_or(0),
+                        event_id: r.get("event_id"),
+                        attempt: u32::try_from(r.get::<i32, _>("attempt")).unwrap_or(0),
+                        at_ms: r.get("at"),
+                        status: r
+                            .get::<Option<i32>, _>("status")
+                            .and_then(|s| u16::try_from(s).ok()),
+                        error: r.get("error"),
+                        latency_ms: r.get("latency_ms"),
+                        outcome: r.get("outcome"),
+                    })
+                    .collect())
+            }
+
+            async fn prune_webhook_attempts(&self, before_ms: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM webhook_attempts WHERE at < $1")
+                    .bind(before_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+                Ok(done.rows_affected())
             }
 
             fn wakeups(&self) -> Wakeups {

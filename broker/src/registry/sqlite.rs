@@ -19,7 +19,7 @@ use super::credential::{Credential, CredentialSource};
 use super::sql::{Keys, db, keys_columns, kind_str, parse_kind, sql_store};
 use super::store::{
     ApplicationPatch, Change, ChangeKind, Deletion, NewApplication, RegistryStore, StoreError,
-    Wakeups,
+    StoredWebhook, Wakeups, WebhookAttempt, WebhookState,
 };
 use super::{AuditEntry, AuditQuery, ClientKeysSpec, StoredApplication, StoredClient};
 
@@ -99,15 +99,16 @@ impl SqliteStore {
         at_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO changes (kind, application_id, client_id, credential_id, at) \
+            "INSERT INTO changes (kind, application_id, client_id, credential_id, at, webhook_id) \
              VALUES ($1, COALESCE($2, (SELECT application_id FROM clients WHERE client_id = $3)), \
-                     $3, $4, $5)",
+                     $3, $4, $5, $6)",
         )
         .bind(kind.as_str())
         .bind(keys.application_id)
         .bind(keys.client_id)
         .bind(keys.credential_id)
         .bind(at_ms)
+        .bind(keys.webhook_id)
         .execute(&mut **tx)
         .await
         .map_err(db)?;

@@ -105,6 +105,10 @@ pub enum ChangeKind {
     /// [`RegistryStore::put_record`]: an application record replaced as a whole (imported,
     /// retired); its sessions must re-check their subscriptions.
     RecordPut,
+    /// [`RegistryStore::insert_webhook`], [`RegistryStore::update_webhook`] or
+    /// [`RegistryStore::delete_webhook`]: a webhook endpoint was created, changed or deleted;
+    /// whoever delivers to it reloads it.
+    WebhookChanged,
     /// [`RegistryStore::put_state`]: the shared state blob named after `state.` changed
     /// (stored as `state.<name>`, e.g. `state.signing_keys`); nodes reload it.
     StateChanged(String),
@@ -130,6 +134,7 @@ impl ChangeKind {
             ChangeKind::CredentialRevoked => "credential.revoke",
             ChangeKind::GrantChanged => "client.set_grant",
             ChangeKind::RecordPut => "application.put_record",
+            ChangeKind::WebhookChanged => "webhook.change",
             ChangeKind::StateChanged(s) | ChangeKind::Unknown(s) => s,
         }
     }
@@ -150,6 +155,7 @@ impl ChangeKind {
             "credential.revoke" => ChangeKind::CredentialRevoked,
             "client.set_grant" => ChangeKind::GrantChanged,
             "application.put_record" => ChangeKind::RecordPut,
+            "webhook.change" => ChangeKind::WebhookChanged,
             other if other.starts_with("state.") => ChangeKind::StateChanged(other.to_owned()),
             other => ChangeKind::Unknown(other.to_owned()),
         }
@@ -170,6 +176,8 @@ pub struct Change {
     pub client_id: Option<String>,
     /// The credential concerned: set for credential kinds.
     pub credential_id: Option<String>,
+    /// The webhook endpoint concerned: set for [`ChangeKind::WebhookChanged`].
+    pub webhook_id: Option<String>,
     /// When, Unix ms (the write's audit time).
     pub at_ms: i64,
 }
@@ -337,4 +345,156 @@ pub trait RegistryStore: Send + Sync + 'static {
         by: &str,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError>;
+    /// Every webhook endpoint (lease columns included).
+    async fn load_webhooks(&self) -> Result<Vec<StoredWebhook>, StoreError>;
+    /// Stores a new endpoint (its `version` is 1), with a [`ChangeKind::WebhookChanged`] row
+    /// and `audit`; [`StoreError::Conflict`] when its id exists, [`StoreError::Database`]
+    /// when its client ID does not (the foreign key).
+    async fn insert_webhook(&self, w: &StoredWebhook, audit: &AuditEntry)
+    -> Result<(), StoreError>;
+    /// Replaces an endpoint's settings (url, topics, sealed secrets and headers, state, limits,
+    /// `updated_at`) when its stored `version` is still `w.version`, writing `version + 1`;
+    /// false (nothing written) when another write came first or the endpoint is gone. The
+    /// cursor and the lease are not touched.
+    async fn update_webhook(
+        &self,
+        w: &StoredWebhook,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
+    /// Deletes an endpoint and its attempts; false when there is none with that id.
+    async fn delete_webhook(&self, id: &str, audit: &AuditEntry) -> Result<bool, StoreError>;
+    /// Moves an endpoint's cursor forward to `seq` (never back; no change row: the holder of
+    /// its lease is the only writer).
+    async fn advance_webhook_cursor(&self, id: &str, seq: u64) -> Result<(), StoreError>;
+    /// Takes or renews the lease of endpoint `id` for `holder` until `until_ms`: true when it
+    /// had no holder, its lease ran out before `now_ms`, or `holder` held it already.
+    async fn lease_webhook(
+        &self,
+        id: &str,
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Records attempts (and skips), in order.
+    async fn append_webhook_attempts(&self, attempts: &[WebhookAttempt]) -> Result<(), StoreError>;
+    /// An endpoint's attempts, newest first: at most `limit`, with a row id below `before`
+    /// when given (paging).
+    async fn webhook_attempts(
+        &self,
+        endpoint_id: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<WebhookAttempt>, StoreError>;
+    /// Forgets attempts made before `before_ms` (retention); how many went.
+    async fn prune_webhook_attempts(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// A webhook endpoint as stored (WEBHOOKS.md): where a client ID's events are pushed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredWebhook {
+    /// Its id: `ep_` and 32 lowercase hex digits, made by the broker (no `.`).
+    pub id: String,
+    /// The client ID it belongs to.
+    pub client_id: String,
+    /// Where events are POSTed (https unless the operator allows http).
+    pub url: String,
+    /// The topic patterns it receives, each within the client's scope.
+    pub topics: Vec<String>,
+    /// Its signing secrets and extra headers, sealed with the key-encryption key (opaque
+    /// here).
+    pub sealed: Vec<u8>,
+    /// `active`, `paused` or `disabled`.
+    pub state: WebhookState,
+    /// Why it is paused or disabled.
+    pub state_reason: Option<String>,
+    /// The last `seq` delivered or skipped.
+    pub cursor: u64,
+    /// Deliveries in flight at once (1: in `seq` order).
+    pub max_in_flight: u32,
+    /// Events per request (1: one event per request, no array).
+    pub max_batch: u32,
+    /// Created, Unix ms.
+    pub created_at_ms: i64,
+    /// Last changed, Unix ms.
+    pub updated_at_ms: i64,
+    /// Writes so far, from 1 (compare-and-set).
+    pub version: i64,
+    /// The node delivering to it now, and until when (Unix ms).
+    pub lease: Option<(String, i64)>,
+}
+
+impl std::fmt::Debug for StoredWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredWebhook")
+            .field("id", &self.id)
+            .field("client_id", &self.client_id)
+            .field("url", &self.url)
+            .field("topics", &self.topics)
+            .field("state", &self.state)
+            .field("cursor", &self.cursor)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An endpoint's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookState {
+    /// Deliveries go out (while its client ID is active).
+    Active,
+    /// Paused by an admin: nothing goes out, the cursor stays.
+    Paused,
+    /// Disabled: the receiver answered 410, or failed past the retry window.
+    Disabled,
+}
+
+impl WebhookState {
+    /// Its stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookState::Active => "active",
+            WebhookState::Paused => "paused",
+            WebhookState::Disabled => "disabled",
+        }
+    }
+
+    /// The state spelled `s`.
+    ///
+    /// # Errors
+    /// An unknown spelling.
+    pub fn parse(s: &str) -> Result<WebhookState, StoreError> {
+        match s {
+            "active" => Ok(WebhookState::Active),
+            "paused" => Ok(WebhookState::Paused),
+            "disabled" => Ok(WebhookState::Disabled),
+            other => Err(StoreError::Database(format!(
+                "unknown webhook state {other:?}"
+            ))),
+        }
+    }
+}
+
+/// One delivery attempt, or a skip, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookAttempt {
+    /// Row id (0 before it is stored).
+    pub id: i64,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The event's `seq`.
+    pub seq: u64,
+    /// The event's id.
+    pub event_id: String,
+    /// 1 for the first attempt; 0 for a skip.
+    pub attempt: u32,
+    /// When, Unix ms.
+    pub at_ms: i64,
+    /// The receiver's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// What went wrong (connect, timeout, refused address), when it did.
+    pub error: Option<String>,
+    /// Request to response, ms, when a request was sent.
+    pub latency_ms: Option<i64>,
+    /// `delivered`, `failed`, `disabled`, `skipped_client_inactive`, `skipped_scope`.
+    pub outcome: String,
 }

@@ -16,7 +16,7 @@ mod tests;
 
 use client::echo;
 pub use client::{ClientFrame, FrameError, Since};
-pub use event::{encode_event, encode_event_text};
+pub use event::{encode_event, encode_event_text, encode_webhook_body};
 pub use ids::{
     EventId, InvalidId, MAX_DATA_DEPTH, MAX_EVENT_ID_BYTES, MAX_REQUEST_ID_BYTES, RequestId,
     SUBPROTOCOL,

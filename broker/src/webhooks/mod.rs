@@ -1,0 +1,15 @@
+//! Outgoing delivery (issue 17, WEBHOOKS.md): events pushed to an application's HTTPS endpoint
+//! as Standard Webhooks, only while its client ID is active in this environment and its scope
+//! covers the event.
+//!
+//! - [`sign`]: the `webhook-id`, `webhook-timestamp` and `webhook-signature` headers (`v1`,
+//!   HMAC-SHA256) and the `whsec_` secrets.
+//! - [`ssrf`]: where a delivery may go: global unicast addresses, checked at registration and
+//!   at connect time, and the operator's allow-list.
+
+// The delivery engine that calls these lands in the next change of issue 17; until then they
+// are exercised by their tests only.
+#![cfg_attr(not(test), allow(dead_code))]
+
+pub(crate) mod sign;
+pub(crate) mod ssrf;
