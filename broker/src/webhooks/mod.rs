@@ -2,8 +2,11 @@
 //! as Standard Webhooks, only while its client ID is active in this environment and its scope
 //! covers the event.
 //!
+//! - [`policy`]: what an attempt's answer means, and when the next attempt goes.
 //! - [`sign`]: the `webhook-id`, `webhook-timestamp` and `webhook-signature` headers (`v1`,
 //!   HMAC-SHA256) and the `whsec_` secrets.
+//! - [`send`]: one attempt over HTTP, through the address guard, never following a
+//!   redirect.
 //! - [`ssrf`]: where a delivery may go: global unicast addresses, checked at registration and
 //!   at connect time, and the operator's allow-list.
 
@@ -11,5 +14,7 @@
 // are exercised by their tests only.
 #![cfg_attr(not(test), allow(dead_code))]
 
+pub(crate) mod policy;
+pub(crate) mod send;
 pub(crate) mod sign;
 pub(crate) mod ssrf;
