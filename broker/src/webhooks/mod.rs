@@ -2,6 +2,8 @@
 //! as Standard Webhooks, only while its client ID is active in this environment and its scope
 //! covers the event.
 //!
+//! - [`endpoint`]: an endpoint's id, URL and header checks, and its secrets and headers
+//!   sealed at rest.
 //! - [`policy`]: what an attempt's answer means, and when the next attempt goes.
 //! - [`sign`]: the `webhook-id`, `webhook-timestamp` and `webhook-signature` headers (`v1`,
 //!   HMAC-SHA256) and the `whsec_` secrets.
@@ -14,6 +16,7 @@
 // are exercised by their tests only.
 #![cfg_attr(not(test), allow(dead_code))]
 
+pub(crate) mod endpoint;
 pub(crate) mod policy;
 pub(crate) mod send;
 pub(crate) mod sign;
