@@ -452,6 +452,18 @@ async fn acked_part(
         let label = format!("acked {}", setup.name());
         eprintln!("[{}] {label} ...", report.label);
         let r = run_setup(bin, parts, setup, &acked, &half, clock, &label).await;
+        // Every acknowledged event must reach the subscriber: fewer deliveries than
+        // acknowledgements means acknowledged duplicates (or losses), and a wrong measure.
+        for p in &r.phases {
+            let acked = (p.throughput_per_s * p.seconds).round() as u64;
+            let delivered = p.deliver_latency.map_or(0, |l| l.count);
+            if delivered * 100 < acked * 99 {
+                summary.failures.push(format!(
+                    "{label} {}: {acked} acknowledged but {delivered} delivered",
+                    p.phase
+                ));
+            }
+        }
         let at_half = r.phases.iter().find(|p| p.phase == "50%");
         rows.push((
             setup,

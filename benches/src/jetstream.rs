@@ -4,7 +4,7 @@
 //! and an ordered push consumer as its subscriber (what each broker node tails with).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -98,7 +98,6 @@ impl JetStreamDirect {
             size: window,
             pending: tx,
             reader,
-            next_id: 0,
         }
     }
 }
@@ -143,8 +142,10 @@ pub(crate) struct JetStreamPublisher {
     size: u32,
     pending: mpsc::UnboundedSender<Pending>,
     reader: JoinHandle<()>,
-    next_id: u64,
 }
+
+/// The next `Nats-Msg-Id` number, shared by every publisher.
+static NEXT_MSG_ID: AtomicU64 = AtomicU64::new(1);
 
 impl JetStreamPublisher {
     /// Publishes one message on `topic` with a unique `Nats-Msg-Id` (waits for room in the
@@ -163,11 +164,13 @@ impl JetStreamPublisher {
             .await
             .context("the publisher stopped")?
             .forget();
-        self.next_id += 1;
+        // One counter for every publisher of the process: ids that repeat would be
+        // JetStream duplicates, acknowledged but not stored.
+        let n = NEXT_MSG_ID.fetch_add(1, Ordering::Relaxed);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             "Nats-Msg-Id",
-            format!("bench-{}-{}", std::process::id(), self.next_id).as_str(),
+            format!("bench-{}-{n}", std::process::id()).as_str(),
         );
         let ack = self
             .js

@@ -17,6 +17,10 @@ use crate::log::{Encodings, HistoryQuery};
 /// Events a replay reads per page.
 const REPLAY_PAGE: usize = 512;
 
+/// The longest a resume waits for this node's fan-out to reach its `seq` (below the 5 s
+/// shutdown grace: the session does nothing else meanwhile).
+const MAX_RESUME_WAIT: Duration = Duration::from_secs(2);
+
 impl<S: Socket> Session<S> {
     fn subscribed(&self, id: RequestId, topic: Pattern, head_seq: u64, replay: Option<Replay>) {
         self.reply(&ServerFrame::Subscribed(Subscribed {
@@ -35,37 +39,8 @@ impl<S: Socket> Session<S> {
         since: Option<Since>,
     ) -> Step {
         let metrics = self.broker.metrics.clone();
-        match self
-            .broker
-            .access
-            .check(&self.principal, Action::Subscribe(&pattern))
-        {
-            Ok(()) => {}
-            Err(Denied::Inactive) => {
-                self.inactive();
-                return Step::Continue;
-            }
-            Err(Denied::Scope {
-                required_scope,
-                whose,
-            }) => {
-                metrics
-                    .subscribe_results
-                    .with_label_values(&["forbidden"])
-                    .inc();
-                let mut e = ErrorFrame::new(
-                    Some(id),
-                    Reason::InsufficientScope,
-                    format!(
-                        "client {} may not subscribe to {pattern}: {} does not include {required_scope}",
-                        self.principal.client_id,
-                        whose.words()
-                    ),
-                );
-                e.required_scope = Some(required_scope);
-                self.reply(&ServerFrame::Error(e));
-                return Step::Continue;
-            }
+        if !self.admit(&id, &pattern) {
+            return Step::Continue;
         }
         if self.subs.contains_key(&pattern) {
             // Idempotent: the subscription already runs; nothing is replayed again.
@@ -101,27 +76,38 @@ impl<S: Socket> Session<S> {
                 }
             },
         };
-        let bounds = match after {
+        let mut bounds = match after {
             Some(_) => Some(self.broker.log.fresh_bounds().await),
             None => None,
         };
-        let first = bounds.map_or(0, |b| b.first);
         // A resume point this node's fan-out has not reached yet (the event was stored
         // through another node a moment ago): wait for it, or the live events up to it would
         // come again after an empty replay. A point past the log's end is not waited for.
         if let (Some(after), Some(b)) = (after, bounds) {
             let reach = after.min(b.last);
-            let broker = self.broker.clone();
-            let wait = Duration::from_millis(broker.config.cluster.max_fanout_lag_ms);
-            if !fanout_reaches(&broker.fanout, reach, wait).await {
-                let msg = format!(
-                    "this node's fan-out has not reached seq {reach} yet; subscribe again (or \
-                     through another node)"
-                );
-                self.reply(&error_frame(Some(id), Reason::LogUnavailable, msg));
-                return Step::Continue;
+            if self.broker.fanout.head_seq() < reach {
+                // The session reads and writes nothing meanwhile: the wait is short (under
+                // the shutdown grace), and a fan-out further behind is a node that is not
+                // ready anyway.
+                let broker = self.broker.clone();
+                let wait = Duration::from_millis(broker.config.cluster.max_fanout_lag_ms)
+                    .min(MAX_RESUME_WAIT);
+                if !fanout_reaches(&broker.fanout, reach, wait).await {
+                    let msg = format!(
+                        "this node's fan-out has not reached seq {reach} yet; subscribe again \
+                         (or through another node)"
+                    );
+                    self.reply(&error_frame(Some(id), Reason::LogUnavailable, msg));
+                    return Step::Continue;
+                }
+                // Things may have changed while it waited: the grant, and what is retained.
+                if !self.admit(&id, &pattern) {
+                    return Step::Continue;
+                }
+                bounds = Some(self.broker.log.fresh_bounds().await);
             }
         }
+        let first = bounds.map_or(0, |b| b.first);
         let replay = after.map(|after| Replay {
             from_seq: after.saturating_add(1).max(first),
             truncated: after.saturating_add(1) < first,
@@ -179,6 +165,45 @@ impl<S: Socket> Session<S> {
         }
         self.handle.release();
         step
+    }
+
+    /// The access check of a subscribe: true when `principal` may subscribe to `pattern` now;
+    /// otherwise the session has answered (`insufficient_scope` naming the scope, or the close
+    /// of an inactive client ID).
+    fn admit(&mut self, id: &RequestId, pattern: &Pattern) -> bool {
+        match self
+            .broker
+            .access
+            .check(&self.principal, Action::Subscribe(pattern))
+        {
+            Ok(()) => true,
+            Err(Denied::Inactive) => {
+                self.inactive();
+                false
+            }
+            Err(Denied::Scope {
+                required_scope,
+                whose,
+            }) => {
+                self.broker
+                    .metrics
+                    .subscribe_results
+                    .with_label_values(&["forbidden"])
+                    .inc();
+                let mut e = ErrorFrame::new(
+                    Some(id.clone()),
+                    Reason::InsufficientScope,
+                    format!(
+                        "client {} may not subscribe to {pattern}: {} does not include {required_scope}",
+                        self.principal.client_id,
+                        whose.words()
+                    ),
+                );
+                e.required_scope = Some(required_scope);
+                self.reply(&ServerFrame::Error(e));
+                false
+            }
+        }
     }
 
     /// Queues the stored events of `pattern` with `after < seq <= head`, writing as it goes so

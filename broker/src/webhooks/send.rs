@@ -80,8 +80,7 @@ pub(crate) struct SenderSettings {
     pub(crate) ca_pem: Option<Vec<u8>>,
 }
 
-/// One attempt's request.
-#[derive(Debug)]
+/// One attempt's request. No `Debug`: its headers may hold an API key.
 pub(crate) struct Delivery<'a> {
     /// The endpoint's URL.
     pub(crate) url: &'a str,
@@ -129,6 +128,9 @@ impl Sender {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment (HTTPS_PROXY ...) would resolve the name itself,
+            // past the address guard.
+            .no_proxy()
             .user_agent(concat!(
                 "scopecast/",
                 env!("CARGO_PKG_VERSION"),
