@@ -106,24 +106,39 @@ async fn publish_many(
 /// The read-back audit: the stream holds `first..=last` without a hole, and each id in
 /// `acked` exactly once, at the `seq` it was acknowledged with.
 async fn audit(cluster: &TestCluster, acked: &[(u64, String)]) {
-    let contents = cluster.stream_contents().await;
-    if let (Some(first), Some(last)) = (contents.first(), contents.last()) {
-        assert_eq!(
-            contents.len() as u64,
-            last.0 - first.0 + 1,
-            "stream messages = last - first + 1"
+    // Right after a fault a server that was paused may still answer reads as the leader it
+    // was, from its own copy, until it learns of the new term: a mismatch is read again after
+    // the cluster has settled, and only one that stays is a failure (a lost event stays lost).
+    for attempt in 1..=3 {
+        let contents = cluster.stream_contents().await;
+        let mut by_id: HashMap<&str, Vec<u64>> = HashMap::new();
+        for (seq, _, id) in &contents {
+            by_id.entry(id.as_str()).or_default().push(*seq);
+        }
+        let holes = match (contents.first(), contents.last()) {
+            (Some(first), Some(last)) => contents.len() as u64 != last.0 - first.0 + 1,
+            _ => false,
+        };
+        let wrong: Vec<String> = acked
+            .iter()
+            .filter(|(seq, id)| by_id.get(id.as_str()) != Some(&vec![*seq]))
+            .map(|(seq, id)| {
+                let here = contents.iter().find(|c| c.0 == *seq);
+                format!(
+                    "{id} acknowledged at {seq}: stored at {:?}; at {seq} the stream has {here:?}",
+                    by_id.get(id.as_str())
+                )
+            })
+            .collect();
+        if !holes && wrong.is_empty() {
+            return;
+        }
+        assert!(
+            attempt < 3,
+            "read-back audit: holes {holes}, acknowledged events not stored once at their seq: {wrong:?}"
         );
-    }
-    let mut by_id: HashMap<&str, Vec<u64>> = HashMap::new();
-    for (seq, _, id) in &contents {
-        by_id.entry(id.as_str()).or_default().push(*seq);
-    }
-    for (seq, id) in acked {
-        assert_eq!(
-            by_id.get(id.as_str()),
-            Some(&vec![*seq]),
-            "acknowledged event {id} stored once at {seq}"
-        );
+        eprintln!("read-back audit {attempt}: {wrong:?} (holes {holes}); reading again");
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 
