@@ -456,6 +456,19 @@ impl NatsCluster {
             .join(",")
     }
 
+    /// Undoes any fault left behind: resumes paused nodes, starts stopped ones and waits
+    /// for JetStream, so one failed fault scenario does not fail the tests after it.
+    ///
+    /// # Panics
+    /// When JetStream is not back within `within`.
+    pub fn heal(&self, within: Duration) {
+        for n in &self.nodes {
+            n.resume();
+            n.start();
+        }
+        self.wait_for_jetstream(within);
+    }
+
     /// The node named `name`.
     pub fn node(&self, name: &str) -> &NatsNode {
         self.nodes

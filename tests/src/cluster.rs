@@ -28,6 +28,32 @@ pub fn faults() -> &'static tokio::sync::RwLock<()> {
     &LOCK
 }
 
+/// The write lock of [`faults`] for a fault scenario on the shared NATS cluster: when it is
+/// dropped (the scenario ended, passed or failed) every NATS node runs and answers again
+/// before the next test gets the lock.
+pub async fn exclusive_faults() -> Faults {
+    Faults {
+        _lock: faults().write().await,
+    }
+}
+
+/// See [`exclusive_faults`].
+pub struct Faults {
+    _lock: tokio::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl Drop for Faults {
+    fn drop(&mut self) {
+        // Never a panic in a drop that may run while a failed test unwinds (that aborts).
+        let healed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            NatsCluster::shared().heal(Duration::from_secs(60));
+        }));
+        if healed.is_err() {
+            eprintln!("the shared NATS cluster did not come back after a fault scenario");
+        }
+    }
+}
+
 /// Broker nodes sharing a stream and a registry database.
 pub struct TestCluster {
     /// The nodes, `a`, `b`, `c`, ...

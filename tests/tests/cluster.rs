@@ -4,7 +4,9 @@
 //! acknowledged event present exactly once, `seq` strictly increasing for every reader,
 //! messages = last - first + 1.
 //!
-//! Fault scenarios hold the write lock of `cluster::faults()`; the others its read lock.
+//! Fault scenarios hold the write lock of `cluster::faults()` (through `exclusive_faults`, which
+//! heals the shared NATS cluster when the scenario ends, passed or failed); the others its read
+//! lock.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use scopecast_testkit::NatsCluster;
-use scopecast_tests::cluster::{PUBLIC_URL, TestCluster, eventually, faults, readyz};
+use scopecast_tests::cluster::{
+    PUBLIC_URL, TestCluster, eventually, exclusive_faults, faults, readyz,
+};
 use scopecast_tests::keys::{TestKey, assertion};
 use scopecast_tests::ws::{Ended, Ws};
 use scopecast_tests::{TestBroker, TestClient, WAIT};
@@ -537,7 +541,7 @@ async fn a_deactivation_closes_sessions_on_every_node_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_stream_leader_loses_no_acknowledged_event() {
-    let _exclusive = faults().write().await;
+    let _exclusive = exclusive_faults().await;
     let nats = NatsCluster::shared();
     let cluster = TestCluster::start(3, 3).await;
     let app = client(&cluster, "Failover").await;
@@ -729,7 +733,7 @@ async fn publish_keyed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_the_leader_and_a_hung_nats_node_are_short_outages() {
-    let _exclusive = faults().write().await;
+    let _exclusive = exclusive_faults().await;
     let nats = NatsCluster::shared();
     let cluster = TestCluster::start(3, 3).await;
     let app = client(&cluster, "Outages").await;
@@ -813,7 +817,7 @@ async fn sigterm_of_the_leader_and_a_hung_nats_node_are_short_outages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_two_of_three_nats_nodes_refuses_publishes_and_loses_nothing() {
-    let _exclusive = faults().write().await;
+    let _exclusive = exclusive_faults().await;
     let nats = NatsCluster::shared();
     let cluster = TestCluster::start(2, 3).await;
     let app = client(&cluster, "Quorum").await;
@@ -882,7 +886,7 @@ async fn losing_two_of_three_nats_nodes_refuses_publishes_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_survives_a_lost_listen_connection_and_a_postgres_outage() {
-    let _exclusive = faults().write().await;
+    let _exclusive = exclusive_faults().await;
     let cluster = TestCluster::start(3, 3).await;
     let app = client(&cluster, "Listen").await;
     let token = cluster.node('a').token(&app, None).await;
@@ -1194,7 +1198,7 @@ async fn a_single_node_moves_into_a_cluster_with_its_registry_and_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_nats_node_neither_stops_the_majority_nor_loses_events() {
-    let _exclusive = faults().write().await;
+    let _exclusive = exclusive_faults().await;
     // n1 and n2 here, n3 in a network namespace behind a veth link the test cuts.
     let part = scopecast_testkit::Partition::new();
     let nats: &'static NatsCluster = Box::leak(Box::new(NatsCluster::start_on(&[

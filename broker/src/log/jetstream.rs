@@ -79,8 +79,10 @@ impl std::fmt::Debug for JetStreamLog {
     }
 }
 
-/// How long a publish is retried with its id before the publisher is told the log is
-/// unavailable: longer than a JetStream leader election (4-9 s after a `kill -9` of the
+/// How long after it was sent a publish is retried with its id before the publisher is told
+/// the log is unavailable (the first attempt, the retries and the duplicate check all fit in
+/// it; measured from the send, not from the first failure, so a publisher's answer never
+/// takes longer, whatever async-nats's own request time-out): longer than a JetStream leader election (4-9 s after a `kill -9` of the
 /// leader; 10.3 s when the leader was cut off by a partition, docs/FAULTS.md), far shorter
 /// than the duplicate window (the idempotency window, 10 minutes by default).
 const RETRY_FOR: Duration = Duration::from_secs(15);
@@ -218,7 +220,8 @@ impl JetStreamLog {
     }
 
     /// Publishes `message` again, with its `Nats-Msg-Id`, until JetStream answers or
-    /// [`RETRY_FOR`] has passed since the first attempt failed with `first`: during a leader
+    /// `deadline` (the first send plus [`RETRY_FOR`]) has passed; `first` is why the first
+    /// attempt failed: during a leader
     /// election async-nats reports a time-out or "no responders" for 4-9 s, neither a final
     /// answer. A retry whose first attempt was stored is answered `duplicate` with the first
     /// `seq` (the caller tells a broker-made id's duplicate from a publisher's).
@@ -226,8 +229,8 @@ impl JetStreamLog {
         &self,
         (subject, headers, payload): (String, HeaderMap, bytes::Bytes),
         first: String,
+        deadline: tokio::time::Instant,
     ) -> Result<jetstream::publish::PublishAck, String> {
-        let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let mut last = first;
         let mut pause = Duration::from_millis(100);
         while tokio::time::Instant::now() < deadline {
@@ -252,6 +255,64 @@ impl JetStreamLog {
             }
         }
         Err(last)
+    }
+
+    /// Reads the message JetStream answered a publish of `event_id` with as a duplicate at
+    /// `seq`: the same body (by `print`) is that event, stored (`duplicate` says whether it is
+    /// new to the publisher: not when our own retry found our first attempt); another body
+    /// under the publisher's id is a [`LogError::Conflict`].
+    async fn confirm_duplicate(
+        &self,
+        seq: u64,
+        time: Timestamp,
+        event_id: EventId,
+        print: String,
+        duplicate: bool,
+    ) -> Result<Appended, LogError> {
+        match self.stream().await {
+            Err(e) => Err(LogError::Unknown(e.to_string())),
+            Ok(stream) => match stream.get_raw_message(seq).await {
+                Ok(m) => {
+                    let stored_print = m
+                        .headers
+                        .get(FINGERPRINT)
+                        .map(|v| v.as_str().to_owned())
+                        .unwrap_or_default();
+                    let stored_time = m
+                        .headers
+                        .get(TIME)
+                        .and_then(|v| v.as_str().parse::<i128>().ok())
+                        .and_then(|n| Timestamp::from_unix_nanos(n).ok())
+                        .unwrap_or(time);
+                    if stored_print == print {
+                        self.note_stored(seq);
+                        Ok(Appended {
+                            seq,
+                            time: stored_time,
+                            event_id,
+                            duplicate,
+                        })
+                    } else {
+                        Err(LogError::Conflict { seq })
+                    }
+                }
+                // The original left the stream (retention) within the
+                // duplicate window: a duplicate whose body cannot be compared.
+                Err(e)
+                    if e.to_string()
+                        .to_ascii_lowercase()
+                        .contains("no message found") =>
+                {
+                    Ok(Appended {
+                        seq,
+                        time,
+                        event_id,
+                        duplicate,
+                    })
+                }
+                Err(e) => Err(LogError::Unknown(e.to_string())),
+            },
+        }
     }
 
     fn note_stored(&self, seq: u64) {
@@ -314,6 +375,7 @@ impl JetStreamLog {
 #[async_trait]
 impl EventLog for JetStreamLog {
     async fn submit(&self, batch: Vec<NewEvent>) -> AppendFuture {
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let mut sent: Vec<Sent> = Vec::with_capacity(batch.len());
         for ev in batch {
             let has_id = ev.event_id.is_some();
@@ -365,12 +427,15 @@ impl EventLog for JetStreamLog {
             let log = &log;
             let settle = |(ack, message, event_id, time, print, has_id): Sent| async move {
                 let ack = match ack {
-                    Ok(future) => future.await.map_err(|e| e.to_string()),
+                    Ok(future) => match tokio::time::timeout_at(deadline, future).await {
+                        Ok(a) => a.map_err(|e| e.to_string()),
+                        Err(_) => Err("no acknowledgement before the deadline".to_owned()),
+                    },
                     Err(e) => Err(e.to_string()),
                 };
                 let (ack, retried) = match ack {
                     Ok(a) => (Ok(a), false),
-                    Err(first) => (log.retry(message, first).await, true),
+                    Err(first) => (log.retry(message, first, deadline).await, true),
                 };
                 // A lost answer may hide a stored event: never "nothing was stored".
                 let ack = ack.map_err(LogError::Unknown);
@@ -385,52 +450,27 @@ impl EventLog for JetStreamLog {
                             duplicate: false,
                         })
                     }
-                    Ok(a) => match log.stream().await {
-                        Err(e) => Err(LogError::Unknown(e.to_string())),
-                        Ok(stream) => match stream.get_raw_message(a.sequence).await {
-                            Ok(m) => {
-                                let stored_print = m
-                                    .headers
-                                    .get(FINGERPRINT)
-                                    .map(|v| v.as_str().to_owned())
-                                    .unwrap_or_default();
-                                let stored_time = m
-                                    .headers
-                                    .get(TIME)
-                                    .and_then(|v| v.as_str().parse::<i128>().ok())
-                                    .and_then(|n| Timestamp::from_unix_nanos(n).ok())
-                                    .unwrap_or(time);
-                                if stored_print == print {
-                                    log.note_stored(a.sequence);
-                                    Ok(Appended {
-                                        seq: a.sequence,
-                                        time: stored_time,
-                                        event_id,
-                                        // Our own retry found our first attempt stored: new
-                                        // to the publisher.
-                                        duplicate: has_id && !retried,
-                                    })
-                                } else {
-                                    Err(LogError::Conflict { seq: a.sequence })
-                                }
-                            }
-                            // The original left the stream (retention) within the
-                            // duplicate window: a duplicate whose body cannot be compared.
-                            Err(e)
-                                if e.to_string()
-                                    .to_ascii_lowercase()
-                                    .contains("no message found") =>
-                            {
-                                Ok(Appended {
-                                    seq: a.sequence,
-                                    time,
-                                    event_id,
-                                    duplicate: has_id && !retried,
-                                })
-                            }
-                            Err(e) => Err(LogError::Unknown(e.to_string())),
-                        },
-                    },
+                    // The duplicate check reads the stored message: bounded like the rest
+                    // (a second at least, so an answer that came just in time is checked).
+                    Ok(a) => {
+                        let until =
+                            deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+                        let check = log.confirm_duplicate(
+                            a.sequence,
+                            time,
+                            event_id,
+                            print,
+                            has_id && !retried,
+                        );
+                        tokio::time::timeout_at(until, check)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(LogError::Unknown(
+                                    "the stored duplicate could not be read before the deadline"
+                                        .into(),
+                                ))
+                            })
+                    }
                 }
             };
             futures_util::future::join_all(sent.into_iter().map(settle)).await
