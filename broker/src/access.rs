@@ -131,6 +131,34 @@ impl Access {
         }
     }
 
+    /// Whether an event on `topic` may be pushed to `client_id`'s webhook endpoints now
+    /// (WEBHOOKS.md "The activation rule"): the client ID is registered, of this
+    /// environment's kind (`environment`) and active, and its application's current grant
+    /// allows `subscribe:<topic>`. Checked before every attempt, the first and each retry.
+    /// No token takes part: the endpoint was registered for the client ID, within its scope.
+    pub(crate) fn check_push(
+        &self,
+        client_id: &str,
+        environment: crate::config::EnvironmentKind,
+        topic: &Topic,
+    ) -> Result<(), Denied> {
+        let Some(client) = self.registry.client(client_id) else {
+            return Err(Denied::Inactive);
+        };
+        if !client.active || client.kind != environment {
+            return Err(Denied::Inactive);
+        }
+        let pattern = Pattern::from(topic.clone());
+        if client.ceiling.allows_subscribe(&pattern) {
+            Ok(())
+        } else {
+            Err(Denied::Scope {
+                required_scope: Scope::subscribe(&pattern).to_string(),
+                whose: Whose::Application,
+            })
+        }
+    }
+
     /// True while the client ID may hold a session here (active, of this environment).
     pub(crate) fn active(&self, principal: &Principal) -> bool {
         self.registry

@@ -53,24 +53,31 @@ impl Kek {
     /// A sentence naming the file when it cannot be read, is readable by others, or holds
     /// no 32-byte key.
     pub(crate) fn load(path: &Path) -> Result<Kek, String> {
+        Kek::load_setting(path, "cluster.key_encryption_key_file")
+    }
+
+    /// As [`Kek::load`], naming `setting` in its errors.
+    ///
+    /// # Errors
+    /// As [`Kek::load`].
+    pub(crate) fn load_setting(path: &Path, setting: &str) -> Result<Kek, String> {
         let name = path.display();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(path)
-                .map_err(|e| format!("cluster.key_encryption_key_file {name}: {e}"))?
+                .map_err(|e| format!("{setting} {name}: {e}"))?
                 .permissions()
                 .mode();
             if mode & 0o077 != 0 {
                 return Err(format!(
-                    "cluster.key_encryption_key_file {name} is readable by others (mode {:o}); chmod 600 it",
+                    "{setting} {name} is readable by others (mode {:o}); chmod 600 it",
                     mode & 0o777
                 ));
             }
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cluster.key_encryption_key_file {name}: {e}"))?;
-        Kek::parse(text.trim()).map_err(|m| format!("cluster.key_encryption_key_file {name}: {m}"))
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{setting} {name}: {e}"))?;
+        Kek::parse(text.trim()).map_err(|m| format!("{setting} {name}: {m}"))
     }
 
     /// The key from its base64 text.

@@ -119,6 +119,115 @@ pub struct Config {
     /// by every node (README, "Cluster mode"). Off (the embedded redb and SQLite) unless
     /// `cluster.nats_url` is set.
     pub cluster: ClusterConfig,
+    /// Outgoing delivery: signed webhooks (WEBHOOKS.md).
+    pub webhooks: WebhooksConfig,
+}
+
+/// Outgoing delivery (WEBHOOKS.md). Signing secrets are sealed with a key-encryption key:
+/// `cluster.key_encryption_key_file` in cluster mode, else `<data_dir>/webhooks.kek` (made on
+/// first start, mode 0600; keep it with the data folder's backups).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Address ranges (CIDR) deliveries may reach although they are not global unicast, e.g.
+    /// `["10.20.0.0/16"]` for a hospital's internal receivers (SECURITY.md, "Webhooks").
+    pub allow_private: Vec<String>,
+    /// Allow `http://` endpoint URLs (the signature still holds; the body is in clear).
+    pub allow_http: bool,
+    /// Per-attempt time-out, connect to response, ms.
+    pub timeout_ms: u64,
+    /// The delay before each retry after a failed attempt, ms; past the last, the endpoint is
+    /// disabled. Default: Standard Webhooks' 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h,
+    /// 20 h, 24 h.
+    pub retry_schedule_ms: Vec<u64>,
+    /// PEM CA certificates trusted for endpoints besides the system's store.
+    pub ca_file: Option<PathBuf>,
+    /// Response bytes read at most (the rest is discarded).
+    pub max_response_bytes: usize,
+    /// How long attempt records are kept, s.
+    pub attempts_retention_s: u64,
+    /// How long the previous secret still signs after a rotation, s.
+    pub rotation_overlap_s: u64,
+    /// How long a node's claim on an endpoint lasts without renewal, ms (cluster mode: a node
+    /// that died is replaced after at most this; renewed every third of it).
+    pub lease_ms: u64,
+    /// Endpoints per client ID at most.
+    pub max_endpoints_per_client: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            allow_private: Vec::new(),
+            allow_http: false,
+            timeout_ms: 15_000,
+            retry_schedule_ms: crate::webhooks::DEFAULT_SCHEDULE_MS.to_vec(),
+            ca_file: None,
+            max_response_bytes: 64 * 1024,
+            attempts_retention_s: 30 * 86_400,
+            rotation_overlap_s: 86_400,
+            lease_ms: 15_000,
+            max_endpoints_per_client: 10,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// `allow_private` parsed.
+    ///
+    /// # Errors
+    /// The first entry that is not a CIDR range (or a single address).
+    pub fn allowed_ranges(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.allow_private
+            .iter()
+            .map(|r| {
+                r.parse::<ipnet::IpNet>()
+                    .or_else(|_| r.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("`{r}` is not an address range such as 10.0.0.0/8"))
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.allowed_ranges()
+            .map_err(|m| invalid("webhooks.allow_private", &m))?;
+        if !(100..=120_000).contains(&self.timeout_ms) {
+            return Err(invalid(
+                "webhooks.timeout_ms",
+                "must be 100 to 120000 (2 minutes)",
+            ));
+        }
+        if self.retry_schedule_ms.len() > 50
+            || self.retry_schedule_ms.iter().any(|d| *d > 7 * 86_400_000)
+        {
+            return Err(invalid(
+                "webhooks.retry_schedule_ms",
+                "at most 50 steps, each at most 7 days",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_response_bytes) {
+            return Err(invalid(
+                "webhooks.max_response_bytes",
+                "must be 1024 to 16777216",
+            ));
+        }
+        if !(1_000..=600_000).contains(&self.lease_ms) {
+            return Err(invalid("webhooks.lease_ms", "must be 1000 to 600000"));
+        }
+        if self.rotation_overlap_s > 30 * 86_400 {
+            return Err(invalid(
+                "webhooks.rotation_overlap_s",
+                "must be at most 2592000 (30 days)",
+            ));
+        }
+        if !(1..=1000).contains(&self.max_endpoints_per_client) {
+            return Err(invalid(
+                "webhooks.max_endpoints_per_client",
+                "must be 1 to 1000",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Cluster mode (README "Cluster mode", ARCHITECTURE.md "Cluster mode"). With `nats_url`
@@ -530,6 +639,7 @@ impl Default for Config {
             catalog: CatalogConfig::default(),
             retention: RetentionConfig::default(),
             cluster: ClusterConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -705,6 +815,7 @@ impl Config {
             return Err(invalid("data_dir", "must not be empty"));
         }
         self.validate_cluster()?;
+        self.webhooks.validate()?;
         if self.environment_name.is_empty()
             || self.environment_name.len() > 64
             || self.environment_name.chars().any(char::is_control)

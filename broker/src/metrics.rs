@@ -81,6 +81,18 @@ pub(crate) struct Metrics {
     /// 1 for each reason acknowledged events are less durable than they could be
     /// (`replicas_1`, `lazy_fsync`, `server_before_2_11`); none set: not degraded.
     pub log_durability_degraded: IntGaugeVec,
+    /// Webhook attempts and skips by client ID and outcome (`delivered`, `failed`,
+    /// `skipped_client_inactive`, `skipped_scope`, ...).
+    pub webhook_attempts: IntCounterVec,
+    /// Events a webhook endpoint delivered to by this node is behind the log, by client ID
+    /// and endpoint.
+    pub webhook_lag_events: IntGaugeVec,
+    /// Seconds between the oldest event a webhook endpoint has not had delivered and now, by
+    /// client ID and endpoint (0 when caught up).
+    pub webhook_lag_seconds: IntGaugeVec,
+    /// Webhook endpoints disabled by the broker (410, or failing past the retry window), by
+    /// client ID.
+    pub webhooks_disabled: IntCounterVec,
 }
 
 impl Metrics {
@@ -117,6 +129,34 @@ impl Metrics {
                 "1 per reason acknowledged events are less durable than they could be",
             ),
             &["reason"],
+        )?;
+        let webhook_attempts = IntCounterVec::new(
+            Opts::new(
+                "webhook_attempts_total",
+                "Webhook delivery attempts and skips by client ID and outcome",
+            ),
+            &["client_id", "outcome"],
+        )?;
+        let webhook_lag_events = IntGaugeVec::new(
+            Opts::new(
+                "webhook_lag_events",
+                "Events a webhook endpoint delivered to by this node is behind the log",
+            ),
+            &["client_id", "endpoint"],
+        )?;
+        let webhook_lag_seconds = IntGaugeVec::new(
+            Opts::new(
+                "webhook_lag_seconds",
+                "Age of the oldest event a webhook endpoint has not had delivered",
+            ),
+            &["client_id", "endpoint"],
+        )?;
+        let webhooks_disabled = IntCounterVec::new(
+            Opts::new(
+                "webhooks_disabled_total",
+                "Webhook endpoints the broker disabled (410, or failing past the retry window)",
+            ),
+            &["client_id"],
         )?;
         let connections = IntGauge::new("connections", "Open WebSocket connections")?;
         let client_connections = IntGaugeVec::new(
@@ -250,6 +290,10 @@ impl Metrics {
             Box::new(fanout_lag_events.clone()),
             Box::new(fanout_restarts.clone()),
             Box::new(log_durability_degraded.clone()),
+            Box::new(webhook_attempts.clone()),
+            Box::new(webhook_lag_events.clone()),
+            Box::new(webhook_lag_seconds.clone()),
+            Box::new(webhooks_disabled.clone()),
         ] {
             registry.register(c)?;
         }
@@ -279,6 +323,10 @@ impl Metrics {
             fanout_lag_events,
             fanout_restarts,
             log_durability_degraded,
+            webhook_attempts,
+            webhook_lag_events,
+            webhook_lag_seconds,
+            webhooks_disabled,
             clients: DashMap::new(),
             render_lock: parking_lot::Mutex::new(()),
         })

@@ -476,6 +476,7 @@ pub(crate) async fn assemble(
         fit_nats_payload(&mut config, max);
     }
     let (fanout, fanout_task) = Fanout::start(log.clone(), metrics.clone());
+    let webhooks = crate::webhooks::kit(&config).map_err(|e| startup(&e))?;
     let state = Broker::new(Parts {
         config,
         registry: registry.clone(),
@@ -489,6 +490,7 @@ pub(crate) async fn assemble(
         trusted,
         public_url: public_url.clone(),
         cluster,
+        webhooks,
     });
     let follower = tokio::spawn(state.sessions.clone().follow(registry.clone()));
     // Pulls the catalog's records on an interval, when one is configured.
@@ -510,7 +512,8 @@ pub(crate) async fn assemble(
             }
         })
     };
-    let mut background = vec![follower, prober];
+    let deliveries = tokio::spawn(state.webhooks.clone().run(state.shutdown.clone()));
+    let mut background = vec![follower, prober, deliveries];
     if let Some(c) = &state.cluster {
         background.push(tokio::spawn(crate::cluster::serve_sessions(state.clone())));
         background.push(tokio::spawn(crate::cluster::follow_rings(
@@ -658,6 +661,7 @@ fn private_files(config: &Config) -> Result<(), ServeError> {
     for name in [
         SIGNING_KEYS_FILE,
         ADMIN_TOKEN_FILE,
+        crate::webhooks::KEK_FILE,
         "registry.sqlite-wal",
         "registry.sqlite-shm",
     ] {

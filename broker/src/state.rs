@@ -75,6 +75,8 @@ pub(crate) struct Services {
     pub(crate) public_url: String,
     /// Cluster mode's parts (`None` on a single node).
     pub(crate) cluster: Option<ClusterState>,
+    /// Outgoing delivery: webhook endpoints and their delivery engine.
+    pub(crate) webhooks: crate::webhooks::Webhooks,
     /// The next session id.
     next_session: AtomicU64,
 }
@@ -114,6 +116,7 @@ pub(crate) struct Parts {
     pub(crate) trusted: crate::catalog::TrustedCatalogs,
     pub(crate) public_url: String,
     pub(crate) cluster: Option<ClusterState>,
+    pub(crate) webhooks: crate::webhooks::Kit,
 }
 
 impl Broker {
@@ -132,8 +135,24 @@ impl Broker {
             trusted,
             public_url,
             cluster,
+            webhooks,
         } = parts;
         let access = Access::new(registry.clone(), metrics.clone());
+        let webhooks = crate::webhooks::Webhooks::new(crate::webhooks::EngineParts {
+            registry: registry.clone(),
+            log: log.clone(),
+            access: access.clone(),
+            environment: config.environment,
+            kek: webhooks.kek,
+            sender: webhooks.sender,
+            policy: webhooks.policy,
+            lookup: webhooks.lookup,
+            settings: config.webhooks.clone(),
+            metrics: metrics.clone(),
+            holder: cluster
+                .as_ref()
+                .map_or_else(|| "local".to_owned(), |c| c.node.clone()),
+        });
         let admission = Admission::new(
             access.clone(),
             log.clone(),
@@ -160,6 +179,7 @@ impl Broker {
             trusted,
             public_url,
             cluster,
+            webhooks,
             next_session: AtomicU64::new(1),
             config,
         }))

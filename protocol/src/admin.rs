@@ -8,6 +8,8 @@
 //! - The audit trail: [`AuditEntry`], [`AuditList`]. Signing keys: [`RotatedKey`].
 //! - Credentials: [`Role`], [`NewCredential`], [`CredentialView`], [`IssuedCredential`].
 //! - Live sessions: [`SessionView`], [`SessionList`].
+//! - Webhook endpoints: [`NewWebhook`], [`WebhookPatch`], [`WebhookView`], [`WebhookList`],
+//!   [`WebhookReplay`], [`WebhookAttemptView`], [`WebhookAttemptList`].
 //!
 //! Times are RFC 3339 strings in UTC (`2026-12-02T10:00:00.123Z`). Request shapes refuse
 //! unknown fields, so a misspelt field is a 400 naming it, never silently ignored.
@@ -536,4 +538,144 @@ pub struct SessionView {
 pub struct SessionList {
     /// Live sessions, oldest first.
     pub sessions: Vec<SessionView>,
+}
+
+/// `POST /admin/v1/clients/{client_id}/webhooks` (and `POST /v1/webhooks` with a
+/// `webhook:manage` token): a new webhook endpoint (WEBHOOKS.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWebhook {
+    /// Where events are POSTed: an absolute `https` URL (`http` only where the operator
+    /// allows it), at most 2,048 bytes, no user name, password or fragment.
+    pub url: String,
+    /// Topic patterns to deliver (`fhir.encounter.>`), each inside the client's scope
+    /// (`subscribe:<pattern>` containment, as for subscriptions); at least one.
+    pub topics: Vec<String>,
+    /// Extra headers sent with every delivery (an API key the receiver checks), sealed at
+    /// rest and never shown again (only their names); at most 16.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Requests in flight at once, 1 to 64 (default 1: in `seq` order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Events per request, 1 to 100 (default 1: one event per request; above 1 the body is
+    /// a JSON array).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u32>,
+}
+
+/// `PATCH /admin/v1/webhooks/{id}`: the fields to change; absent fields stay. `headers`
+/// replaces every extra header.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookPatch {
+    /// A new URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// New topic patterns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<String>>,
+    /// New extra headers (all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// New `max_in_flight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// New `max_batch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u32>,
+}
+
+/// A webhook endpoint as the API shows it: never a secret or a header value, except the
+/// signing secret once, in the answer that made it (create, rotate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookView {
+    /// Its id: `ep_` and 32 hex digits.
+    pub id: String,
+    /// The client ID it delivers to.
+    pub client_id: String,
+    /// Where events go.
+    pub url: String,
+    /// The topic patterns it receives.
+    pub topics: Vec<String>,
+    /// The names of its extra headers.
+    pub header_names: Vec<String>,
+    /// `active`, `paused` (by an admin) or `disabled` (410, or failing past the retry
+    /// schedule).
+    pub state: String,
+    /// Why it is paused or disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    /// The last `seq` delivered or skipped: deliveries go on after it.
+    pub cursor: u64,
+    /// Requests in flight at once.
+    pub max_in_flight: u32,
+    /// Events per request.
+    pub max_batch: u32,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Writes so far, from 1.
+    pub version: i64,
+    /// The broker node delivering to it now (cluster mode), while its lease lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivering_node: Option<String>,
+    /// Until when the previous signing secret still signs (after a rotation), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_until: Option<String>,
+    /// The signing secret (`whsec_` and base64): only in the answer of create and
+    /// rotate-secret; stored sealed, never shown again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// `GET /admin/v1/clients/{client_id}/webhooks`, `GET /admin/v1/webhooks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookList {
+    /// Endpoints, oldest first.
+    pub webhooks: Vec<WebhookView>,
+}
+
+/// `POST /admin/v1/webhooks/{id}/replay`: deliver again from `since_seq` on (the events a
+/// disabled endpoint missed, or the ones skipped while its client ID was inactive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookReplay {
+    /// The first `seq` to deliver again (at least 1).
+    pub since_seq: u64,
+}
+
+/// One delivery attempt, or a skip (`GET /admin/v1/webhooks/{id}/deliveries`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookAttemptView {
+    /// Its record id (pass as `before` for the next page).
+    pub id: i64,
+    /// The event's `seq`.
+    pub seq: u64,
+    /// The event's id (empty for a retention skip).
+    pub event_id: String,
+    /// 1 for the first attempt; 0 for a skip.
+    pub attempt: u32,
+    /// When, RFC 3339.
+    pub at: String,
+    /// The receiver's HTTP status, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// What went wrong, when something did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Request to response, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<i64>,
+    /// `delivered`, `failed`, `disabled`, `skipped_client_inactive`, `skipped_scope`,
+    /// `skipped_retention`.
+    pub outcome: String,
+}
+
+/// `GET /admin/v1/webhooks/{id}/deliveries?limit=&before=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookAttemptList {
+    /// Newest first.
+    pub attempts: Vec<WebhookAttemptView>,
 }

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod keys;
 pub mod pki;
 pub mod raw;
+pub mod receiver;
 pub mod ws;
 
 use std::net::SocketAddr;

@@ -31,6 +31,7 @@ mod publish;
 mod records;
 pub(crate) mod sessions;
 mod stream;
+mod webhooks;
 
 use axum::Json;
 use axum::Router;
@@ -91,6 +92,25 @@ pub(crate) fn routers(state: Broker) -> (Router, Option<Router>) {
         .route("/credentials/{name}", delete(credentials::revoke))
         .route("/sessions", get(sessions::list))
         .route("/sessions/{session}/close", post(sessions::close))
+        .route(
+            "/clients/{client_id}/webhooks",
+            post(webhooks::create).get(webhooks::list_for_client),
+        )
+        .route("/webhooks", get(webhooks::list_all))
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::show)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/webhooks/{id}/pause", post(webhooks::pause))
+        .route("/webhooks/{id}/resume", post(webhooks::resume))
+        .route(
+            "/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/webhooks/{id}/replay", post(webhooks::replay))
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -863,6 +863,7 @@ pub(crate) fn webhook(id: &str, client_id: &str) -> StoredWebhook {
         state: WebhookState::Active,
         state_reason: None,
         cursor: 41,
+        cursor_epoch: "log-1".to_owned(),
         max_in_flight: 1,
         max_batch: 1,
         created_at_ms: 7,
@@ -945,14 +946,13 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
     assert_eq!(got.topics, ["lab.>"]);
     assert_eq!(got.cursor, 41, "an update leaves the cursor");
 
-    store.advance_webhook_cursor("ep_1", 50).await.unwrap();
-    store.advance_webhook_cursor("ep_1", 45).await.unwrap();
-    assert_eq!(
-        store.load_webhooks().await.unwrap()[0].cursor,
-        50,
-        "never back"
+    assert!(
+        !store
+            .advance_webhook_cursor("ep_1", "node-a", "log-1", 50)
+            .await
+            .unwrap(),
+        "only the lease holder moves the cursor"
     );
-
     assert!(
         store
             .lease_webhook("ep_1", "node-a", 100, 200)
@@ -972,6 +972,32 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
             .unwrap(),
         "renewed"
     );
+    for seq in [50, 45] {
+        assert!(
+            store
+                .advance_webhook_cursor("ep_1", "node-a", "log-1", seq)
+                .await
+                .unwrap()
+        );
+    }
+    let got = store.load_webhooks().await.unwrap().remove(0);
+    assert_eq!(
+        (got.cursor, got.cursor_epoch.as_str()),
+        (50, "log-1"),
+        "never back"
+    );
+    assert!(
+        store
+            .advance_webhook_cursor("ep_1", "node-a", "log-2", 3)
+            .await
+            .unwrap()
+    );
+    let got = store.load_webhooks().await.unwrap().remove(0);
+    assert_eq!(
+        (got.cursor, got.cursor_epoch.as_str()),
+        (3, "log-2"),
+        "a cursor of another log is replaced"
+    );
     assert!(
         store
             .lease_webhook("ep_1", "node-b", 301, 400)
@@ -983,6 +1009,32 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
         store.load_webhooks().await.unwrap()[0].lease,
         Some(("node-b".to_owned(), 400))
     );
+    assert!(
+        !store
+            .advance_webhook_cursor("ep_1", "node-a", "log-2", 9)
+            .await
+            .unwrap(),
+        "a holder whose lease was taken over no longer writes"
+    );
+    // An admin's replay moves the cursor back, as a change every node sees.
+    let before_replay = store.latest_change().await.unwrap();
+    assert!(
+        store
+            .replay_webhook("ep_1", "log-2", 1, &entry("webhook.replay"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .replay_webhook("ep_none", "log-2", 1, &entry("webhook.replay"))
+            .await
+            .unwrap()
+    );
+    let got = store.load_webhooks().await.unwrap().remove(0);
+    assert_eq!((got.cursor, got.version), (1, 3));
+    let changes = store.changes_after(before_replay, 10).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].kind, ChangeKind::WebhookChanged);
 
     store
         .append_webhook_attempts(&[

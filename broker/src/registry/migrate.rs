@@ -169,7 +169,10 @@ mod tests {
         let moved = pg.load_webhooks().await.unwrap();
         assert_eq!(moved.len(), 1);
         assert_eq!(moved[0].sealed, vec![0, 1, 2, 255]);
-        assert_eq!(moved[0].cursor, 41);
+        assert_eq!(
+            (moved[0].cursor, moved[0].cursor_epoch.as_str()),
+            (41, "log-1")
+        );
         // The attempts' id sequence is past the copied rows: new attempts go in.
         pg.append_webhook_attempts(&[attempt("ep_m", 4, 1, "delivered")])
             .await

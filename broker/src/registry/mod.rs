@@ -29,6 +29,7 @@ mod sql;
 mod sqlite;
 mod store;
 pub mod validate;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};

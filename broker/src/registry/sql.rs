@@ -222,6 +222,29 @@ macro_rules! sql_store {
             .map_err(db)?;
             Ok(())
         }
+
+        /// Ends a webhook endpoint's write: its `webhook.change` row, `audit`, commit.
+        async fn webhook_written(
+            &self,
+            mut tx: Transaction<'_, $db>,
+            client_id: &str,
+            id: &str,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            Self::write_change(
+                &mut tx,
+                ChangeKind::WebhookChanged,
+                Keys {
+                    client_id: Some(client_id),
+                    webhook_id: Some(id),
+                    ..Keys::default()
+                },
+                audit.at_ms,
+            )
+            .await?;
+            Self::write_audit(&mut tx, audit).await?;
+            self.commit(tx).await
+        }
         }
 
         #[async_trait]
@@ -951,7 +974,7 @@ macro_rules! sql_store {
                 let rows = sqlx::query(
                     "SELECT id, client_id, url, topics, sealed, state, state_reason, cursor, \
                      max_in_flight, max_batch, created_at, updated_at, version, lease_holder, \
-                     lease_until FROM webhook_endpoints ORDER BY created_at, id",
+                     lease_until, cursor_epoch FROM webhook_endpoints ORDER BY created_at, id",
                 )
                 .fetch_all(&self.pool)
                 .await
@@ -970,6 +993,7 @@ macro_rules! sql_store {
                             state: WebhookState::parse(r.get("state"))?,
                             state_reason: r.get("state_reason"),
                             cursor: u64::try_from(r.get::<i64, _>("cursor")).unwrap_or(0),
+                            cursor_epoch: r.get("cursor_epoch"),
                             max_in_flight: u32::try_from(r.get::<i32, _>("max_in_flight")).unwrap_or(1),
                             max_batch: u32::try_from(r.get::<i32, _>("max_batch")).unwrap_or(1),
                             created_at_ms: r.get("created_at"),
@@ -989,8 +1013,9 @@ macro_rules! sql_store {
                 let mut tx = self.pool.begin().await.map_err(db)?;
                 sqlx::query(
                     "INSERT INTO webhook_endpoints (id, client_id, url, topics, sealed, state, \
-                     state_reason, cursor, max_in_flight, max_batch, created_at, updated_at, version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1)",
+                     state_reason, cursor, max_in_flight, max_batch, created_at, updated_at, version, \
+                     cursor_epoch) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13)",
                 )
                 .bind(&w.id)
                 .bind(&w.client_id)
@@ -1004,22 +1029,11 @@ macro_rules! sql_store {
                 .bind(i32::try_from(w.max_batch).unwrap_or(i32::MAX))
                 .bind(w.created_at_ms)
                 .bind(w.updated_at_ms)
+                .bind(&w.cursor_epoch)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-                Self::write_change(
-                    &mut tx,
-                    ChangeKind::WebhookChanged,
-                    Keys {
-                        client_id: Some(&w.client_id),
-                        webhook_id: Some(&w.id),
-                        ..Keys::default()
-                    },
-                    audit.at_ms,
-                )
-                .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                self.commit(tx).await
+                self.webhook_written(tx, &w.client_id, &w.id, audit).await
             }
 
             async fn update_webhook(
@@ -1049,19 +1063,7 @@ macro_rules! sql_store {
                 if done.rows_affected() == 0 {
                     return Ok(false);
                 }
-                Self::write_change(
-                    &mut tx,
-                    ChangeKind::WebhookChanged,
-                    Keys {
-                        client_id: Some(&w.client_id),
-                        webhook_id: Some(&w.id),
-                        ..Keys::default()
-                    },
-                    audit.at_ms,
-                )
-                .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                self.commit(tx).await?;
+                self.webhook_written(tx, &w.client_id, &w.id, audit).await?;
                 Ok(true)
             }
 
@@ -1086,30 +1088,56 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(db)?;
-                Self::write_change(
-                    &mut tx,
-                    ChangeKind::WebhookChanged,
-                    Keys {
-                        client_id: Some(&client),
-                        webhook_id: Some(id),
-                        ..Keys::default()
-                    },
-                    audit.at_ms,
-                )
-                .await?;
-                Self::write_audit(&mut tx, audit).await?;
-                self.commit(tx).await?;
+                self.webhook_written(tx, &client, id, audit).await?;
                 Ok(true)
             }
 
-            async fn advance_webhook_cursor(&self, id: &str, seq: u64) -> Result<(), StoreError> {
-                sqlx::query("UPDATE webhook_endpoints SET cursor = $2 WHERE id = $1 AND cursor < $2")
-                    .bind(id)
-                    .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db)?;
-                Ok(())
+            async fn advance_webhook_cursor(
+                &self,
+                id: &str,
+                holder: &str,
+                epoch: &str,
+                seq: u64,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE webhook_endpoints SET \
+                     cursor = CASE WHEN cursor_epoch <> $3 OR cursor < $4 THEN $4 ELSE cursor END, \
+                     cursor_epoch = $3 WHERE id = $1 AND lease_holder = $2",
+                )
+                .bind(id)
+                .bind(holder)
+                .bind(epoch)
+                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn replay_webhook(
+                &self,
+                id: &str,
+                epoch: &str,
+                cursor: u64,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let client: Option<String> = sqlx::query_scalar(
+                    "UPDATE webhook_endpoints SET cursor = $2, cursor_epoch = $3, \
+                     version = version + 1, updated_at = $4 WHERE id = $1 RETURNING client_id",
+                )
+                .bind(id)
+                .bind(i64::try_from(cursor).unwrap_or(i64::MAX))
+                .bind(epoch)
+                .bind(audit.at_ms)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+                let Some(client) = client else {
+                    return Ok(false);
+                };
+                self.webhook_written(tx, &client, id, audit).await?;
+                Ok(true)
             }
 
             async fn lease_webhook(

@@ -363,9 +363,27 @@ pub trait RegistryStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Deletes an endpoint and its attempts; false when there is none with that id.
     async fn delete_webhook(&self, id: &str, audit: &AuditEntry) -> Result<bool, StoreError>;
-    /// Moves an endpoint's cursor forward to `seq` (never back; no change row: the holder of
-    /// its lease is the only writer).
-    async fn advance_webhook_cursor(&self, id: &str, seq: u64) -> Result<(), StoreError>;
+    /// Moves an endpoint's cursor forward to `seq` of the log `epoch` (never back within one
+    /// epoch; to `seq` when the stored cursor counts in another log), when `holder` holds its
+    /// lease; false (nothing written) when it does not (it lost the lease: another node
+    /// delivers now). No change row: the lease holder is the only writer.
+    async fn advance_webhook_cursor(
+        &self,
+        id: &str,
+        holder: &str,
+        epoch: &str,
+        seq: u64,
+    ) -> Result<bool, StoreError>;
+    /// Sets an endpoint's cursor to `cursor` of the log `epoch`, back or forward (an admin's
+    /// replay: deliveries go on after it), with a [`ChangeKind::WebhookChanged`] row (the
+    /// holder restarts from it) and `audit`; false when there is no such endpoint.
+    async fn replay_webhook(
+        &self,
+        id: &str,
+        epoch: &str,
+        cursor: u64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
     /// Takes or renews the lease of endpoint `id` for `holder` until `until_ms`: true when it
     /// had no holder, its lease ran out before `now_ms`, or `holder` held it already.
     async fn lease_webhook(
@@ -409,6 +427,9 @@ pub struct StoredWebhook {
     pub state_reason: Option<String>,
     /// The last `seq` delivered or skipped.
     pub cursor: u64,
+    /// The event log `cursor` counts in ([`crate::log::EventLog::epoch`]); empty before the
+    /// first delivery.
+    pub cursor_epoch: String,
     /// Deliveries in flight at once (1: in `seq` order).
     pub max_in_flight: u32,
     /// Events per request (1: one event per request, no array).

@@ -5,7 +5,8 @@
 //! - 3xx: a failure (redirects are never followed: a redirect to an internal address would
 //!   defeat the address guard).
 //! - 429, 502, 503 and 504 with `Retry-After` (delta-seconds or an HTTP-date): the next
-//!   attempt waits at least that long (capped at the schedule's longest step).
+//!   attempt waits at least that long (capped at the schedule's longest step or
+//!   [`RETRY_AFTER_CAP`], whichever is longer: a receiver cannot park an endpoint for a year).
 //! - anything else (other statuses, connect errors, time-outs): the next step of the schedule,
 //!   with up to 20% random jitter either way; past its last step, the endpoint is disabled.
 
@@ -17,6 +18,9 @@ pub(crate) const DEFAULT_SCHEDULE_MS: [u64; 10] = [
     0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 50_400_000, 72_000_000,
     86_400_000,
 ];
+
+/// The longest `Retry-After` honoured when the schedule's steps are all shorter.
+pub(crate) const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +87,7 @@ impl Schedule {
         Schedule { steps_ms }
     }
 
+    #[cfg(test)]
     /// Attempts in all: the first and one per step.
     pub(crate) fn attempts(&self) -> u32 {
         u32::try_from(self.steps_ms.len())
@@ -107,7 +112,8 @@ impl Schedule {
         };
         let spread = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
         let planned = Duration::from_millis((*step as f64 * spread) as u64);
-        let longest = Duration::from_millis(self.steps_ms.iter().copied().max().unwrap_or(0));
+        let longest = Duration::from_millis(self.steps_ms.iter().copied().max().unwrap_or(0))
+            .max(RETRY_AFTER_CAP);
         Next::Retry(match retry_after {
             Some(asked) => asked.min(longest.max(planned)).max(planned),
             None => planned,
@@ -194,14 +200,19 @@ mod tests {
         for code in [429, 502, 503, 504] {
             assert_eq!(
                 s.next(1, &throttled(code), now, 0.5),
-                Next::Retry(
-                    Duration::from_secs(2)
-                        .min(Duration::from_millis(200))
-                        .max(Duration::ZERO)
-                ),
-                "{code}: capped at the longest step"
+                Next::Retry(Duration::from_secs(2)),
+                "{code}: honoured although the schedule's steps are shorter"
             );
         }
+        let absurd = Answer::Status {
+            code: 429,
+            retry_after: Some("31536000".to_owned()),
+        };
+        assert_eq!(
+            s.next(1, &absurd, now, 0.5),
+            Next::Retry(RETRY_AFTER_CAP),
+            "a year is capped"
+        );
         let long = Schedule::new(vec![0, 60_000]);
         assert_eq!(
             long.next(1, &throttled(429), now, 0.5),

@@ -41,6 +41,7 @@ impl Secret {
         Ok(Secret(bytes))
     }
 
+    #[cfg(test)]
     /// A secret from its text form: `whsec_` and the standard base64 of 24 to 64 bytes (the
     /// prefix may be left out, as the reference libraries allow).
     ///
@@ -104,12 +105,22 @@ pub(crate) fn signature_header(
         .join(" ")
 }
 
-/// The `webhook-id` of the delivery of event `seq` to endpoint `endpoint`:
-/// `msg_<endpoint>_<seq>`, the same for every attempt (a receiver de-duplicates on it), made by
-/// the broker (never the publisher's `event_id`, which the publisher chooses). Endpoint ids
-/// are made by the broker too and hold no `.`.
-pub(crate) fn message_id(endpoint: &str, seq: u64) -> String {
-    format!("msg_{endpoint}_{seq}")
+/// The `webhook-id` of the delivery of events `first..=last` of the event log `epoch`
+/// ([`crate::log::EventLog::epoch`]) to endpoint `endpoint`: `msg_<endpoint>_<log>_<first>`,
+/// and `_<last>` after it for a batch of more than one, where `<log>` is 8 hex digits of the
+/// SHA-256 of the epoch (a `seq` of another log, e.g. a new stream, is another message). The
+/// same for every attempt (a receiver de-duplicates on it), made by the broker (never the
+/// publisher's `event_id`, which the publisher chooses). Endpoint ids are made by the broker
+/// too and hold no `.`.
+pub(crate) fn message_id(endpoint: &str, epoch: &str, first: u64, last: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(epoch.as_bytes());
+    let log: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    if first == last {
+        format!("msg_{endpoint}_{log}_{first}")
+    } else {
+        format!("msg_{endpoint}_{log}_{first}_{last}")
+    }
 }
 
 #[cfg(test)]
@@ -172,9 +183,20 @@ mod tests {
     }
 
     #[test]
-    fn message_ids_hold_no_separator() {
-        let id = message_id("ep_7Hq2", 42);
-        assert_eq!(id, "msg_ep_7Hq2_42");
+    fn message_ids_hold_no_separator_and_name_the_log() {
+        let id = message_id("ep_7f", "jetstream:SCOPECAST_EVENTS:17", 42, 42);
+        assert!(id.starts_with("msg_ep_7f_") && id.ends_with("_42"), "{id}");
+        assert_eq!(id.len(), "msg_ep_7f_".len() + 8 + "_42".len());
         assert!(!id.contains('.'));
+        assert_eq!(
+            id,
+            message_id("ep_7f", "jetstream:SCOPECAST_EVENTS:17", 42, 42),
+            "stable"
+        );
+        assert_ne!(
+            id,
+            message_id("ep_7f", "jetstream:SCOPECAST_EVENTS:18", 42, 42)
+        );
+        assert!(message_id("ep_7f", "redb:1", 42, 44).ends_with("_42_44"));
     }
 }

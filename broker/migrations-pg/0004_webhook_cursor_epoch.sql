@@ -1,0 +1,5 @@
+-- Outgoing delivery (issue 17): an endpoint's cursor names the event log it counts in
+-- (`EventLog::epoch`, e.g. `jetstream:<stream>:<created>`): a `seq` of another log (a new
+-- stream, a restored backup of another deployment) means nothing, and the worker starts that
+-- log from its first retained event instead of skipping it. Empty: not delivered yet.
+ALTER TABLE webhook_endpoints ADD COLUMN cursor_epoch TEXT NOT NULL DEFAULT '';
