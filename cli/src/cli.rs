@@ -27,6 +27,8 @@ macro_rules! outln {
     }};
 }
 
+mod webhook;
+
 /// Where the broker is.
 #[derive(Args, Clone)]
 pub(crate) struct Target {
@@ -504,6 +506,11 @@ pub(crate) enum AppCommand {
         /// Why (recorded in the audit trail).
         #[arg(long, default_value = "")]
         reason: String,
+    },
+    /// Webhook endpoints: signed HTTP deliveries to a client ID (WEBHOOKS.md).
+    Webhook {
+        #[command(subcommand)]
+        cmd: webhook::WebhookCommand,
     },
     /// Read the audit trail, newest first.
     Audit {
@@ -1101,6 +1108,7 @@ pub(crate) async fn app(target: Target, auth: AdminAuth, cmd: AppCommand) -> any
                 );
             })
         }
+        AppCommand::Webhook { cmd } => webhook::run(&admin, j, cmd).await,
         AppCommand::Audit {
             application,
             client,
