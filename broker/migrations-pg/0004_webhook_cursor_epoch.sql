@@ -3,3 +3,6 @@
 -- stream, a restored backup of another deployment) means nothing, and the worker starts that
 -- log from its first retained event instead of skipping it. Empty: not delivered yet.
 ALTER TABLE webhook_endpoints ADD COLUMN cursor_epoch TEXT NOT NULL DEFAULT '';
+-- `replay_through`: events up to this `seq` go out although they were accepted while the client
+-- ID was inactive (an admin replayed them).
+ALTER TABLE webhook_endpoints ADD COLUMN replay_through BIGINT NOT NULL DEFAULT 0;

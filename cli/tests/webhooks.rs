@@ -7,21 +7,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 mod support;
 
 use support::BIN;
-
-const RECEIVER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/python/webhook_receiver.py"
-);
+use support::receiver::{Receiver, seq_of};
 
 /// The webhook settings a test broker needs to reach a receiver on loopback.
 const HOOK_ENV: [(&str, &str); 3] = [
@@ -32,81 +27,6 @@ const HOOK_ENV: [(&str, &str); 3] = [
         "[200, 400, 800, 1600]",
     ),
 ];
-
-struct Receiver {
-    child: Child,
-    port: u16,
-    http: reqwest::blocking::Client,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let mut child = Command::new("python3")
-            .arg(RECEIVER)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 (see .ci/run)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().strip_prefix("port ").unwrap().parse().unwrap();
-        Receiver {
-            child,
-            port,
-            http: reqwest::blocking::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn control(&self, path: &str, body: Value) {
-        let r = self.http.post(self.url(path)).json(&body).send().unwrap();
-        assert_eq!(r.status().as_u16(), 204);
-    }
-
-    fn log(&self) -> Vec<Value> {
-        let v: Value = self
-            .http
-            .get(self.url("/_control/log"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        v["log"].as_array().unwrap().clone()
-    }
-
-    fn wait_for(
-        &self,
-        what: &str,
-        within: Duration,
-        done: impl Fn(&[Value]) -> bool,
-    ) -> Vec<Value> {
-        let deadline = Instant::now() + within;
-        loop {
-            let log = self.log();
-            if done(&log) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {within:?} ({} requests)",
-                log.len()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
 
 fn run(url: &str, data: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -176,12 +96,6 @@ fn publish(http: &reqwest::blocking::Client, url: &str, token: &str, n: u64) -> 
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
     r.json::<Value>().unwrap()["seq"].as_u64().unwrap()
-}
-
-fn seq_of(r: &Value) -> u64 {
-    serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap()["seq"]
-        .as_u64()
-        .unwrap()
 }
 
 #[test]

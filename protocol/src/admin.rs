@@ -540,9 +540,9 @@ pub struct SessionList {
     pub sessions: Vec<SessionView>,
 }
 
-/// `POST /admin/v1/clients/{client_id}/webhooks` (and `POST /v1/webhooks` with a
-/// `webhook:manage` token): a new webhook endpoint (WEBHOOKS.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /admin/v1/clients/{client_id}/webhooks`: a new webhook endpoint (WEBHOOKS.md).
+/// `Debug` shows header names only (their values are often API keys).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
     /// Where events are POSTed: an absolute `https` URL (`http` only where the operator
@@ -565,8 +565,8 @@ pub struct NewWebhook {
 }
 
 /// `PATCH /admin/v1/webhooks/{id}`: the fields to change; absent fields stay. `headers`
-/// replaces every extra header.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// replaces every extra header. `Debug` shows header names only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookPatch {
     /// A new URL.
@@ -587,8 +587,8 @@ pub struct WebhookPatch {
 }
 
 /// A webhook endpoint as the API shows it: never a secret or a header value, except the
-/// signing secret once, in the answer that made it (create, rotate).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// signing secret once, in the answer that made it (create, rotate). `Debug` hides it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookView {
     /// Its id: `ep_` and 32 hex digits.
     pub id: String,
@@ -669,7 +669,7 @@ pub struct WebhookAttemptView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<i64>,
     /// `delivered`, `failed`, `disabled`, `skipped_client_inactive`, `skipped_scope`,
-    /// `skipped_retention`.
+    /// `skipped_retention`, `skipped_log_replaced`.
     pub outcome: String,
 }
 
@@ -678,4 +678,47 @@ pub struct WebhookAttemptView {
 pub struct WebhookAttemptList {
     /// Newest first.
     pub attempts: Vec<WebhookAttemptView>,
+}
+
+impl std::fmt::Debug for NewWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewWebhook")
+            .field("url", &self.url)
+            .field("topics", &self.topics)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_batch", &self.max_batch)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for WebhookPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookPatch")
+            .field("url", &self.url)
+            .field("topics", &self.topics)
+            .field(
+                "headers",
+                &self.headers.as_ref().map(|h| h.keys().collect::<Vec<_>>()),
+            )
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_batch", &self.max_batch)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for WebhookView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookView")
+            .field("id", &self.id)
+            .field("client_id", &self.client_id)
+            .field("url", &self.url)
+            .field("topics", &self.topics)
+            .field("header_names", &self.header_names)
+            .field("state", &self.state)
+            .field("cursor", &self.cursor)
+            .field("version", &self.version)
+            .field("secret", &self.secret.as_ref().map(|_| ".."))
+            .finish_non_exhaustive()
+    }
 }

@@ -631,3 +631,53 @@ async fn registration_refuses_internal_addresses_and_topics_outside_the_scope() 
         .await;
     assert_eq!(a.status, 404);
 }
+
+#[tokio::test]
+async fn events_of_an_inactive_period_stay_skipped_though_no_worker_saw_it() {
+    // The endpoint is paused through the whole inactive period: its worker (started again on
+    // resume) never saw the client ID inactive, yet the events of that period do not go out.
+    let s = setup(
+        hook_config(vec![200]),
+        "subscribe:lab.> publish:lab.>",
+        &["lab.>"],
+    )
+    .await;
+    let publisher = s.broker.active_client("Publisher", "publish:lab.>").await;
+    let publisher_token = s.broker.token(&publisher, None).await;
+    let pause = s
+        .broker
+        .admin(
+            Method::POST,
+            &format!("/webhooks/{}/pause", s.endpoint),
+            None,
+        )
+        .await;
+    assert_eq!(pause.status, 200, "{:?}", pause.body);
+    s.broker.deactivate(&s.client.client_id).await;
+    let a = s
+        .broker
+        .publish_http(&publisher_token, "lab.result", &json!({"n": "inactive"}))
+        .await;
+    let during = a.body["seq"].as_u64().unwrap();
+    s.broker.activate(&s.client.client_id).await;
+    let after = s.publish("lab.result", &json!({"n": "active"})).await;
+    let resume = s
+        .broker
+        .admin(
+            Method::POST,
+            &format!("/webhooks/{}/resume", s.endpoint),
+            None,
+        )
+        .await;
+    assert_eq!(resume.status, 200, "{:?}", resume.body);
+    let got = s.receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(seq_of(&got[0]), after);
+    let d = s.wait_outcome(during, "skipped_client_inactive").await;
+    assert!(
+        d.iter()
+            .all(|a| !(a["seq"] == during && a["outcome"] == "delivered")),
+        "{d:#?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.receiver.log().await.0.len(), 1);
+}

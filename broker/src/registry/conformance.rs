@@ -864,6 +864,7 @@ pub(crate) fn webhook(id: &str, client_id: &str) -> StoredWebhook {
         state_reason: None,
         cursor: 41,
         cursor_epoch: "log-1".to_owned(),
+        replay_through: 0,
         max_in_flight: 1,
         max_batch: 1,
         created_at_ms: 7,
@@ -896,6 +897,23 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
     let store = &*made.store;
     let app = insert(store, "Hooked").await;
     let client_id = app.clients[0].client_id.clone();
+    // The current active period: from the first activation after the last deactivation.
+    assert_eq!(store.client_active_since(&client_id).await.unwrap(), None);
+    for (active, at) in [(true, 10), (true, 20), (false, 30), (true, 40), (true, 50)] {
+        store
+            .set_active(&client_id, active, "tester", "", at, &entry("x"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.client_active_since(&client_id).await.unwrap(),
+        Some(40)
+    );
+    store
+        .set_active(&client_id, false, "tester", "", 60, &entry("x"))
+        .await
+        .unwrap();
+    assert_eq!(store.client_active_since(&client_id).await.unwrap(), None);
     let before = store.latest_change().await.unwrap();
     let w = webhook("ep_1", &client_id);
     store
@@ -948,7 +966,7 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
 
     assert!(
         !store
-            .advance_webhook_cursor("ep_1", "node-a", "log-1", 50)
+            .advance_webhook_cursor("ep_1", "node-a", 2, "log-1", 50)
             .await
             .unwrap(),
         "only the lease holder moves the cursor"
@@ -975,7 +993,7 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
     for seq in [50, 45] {
         assert!(
             store
-                .advance_webhook_cursor("ep_1", "node-a", "log-1", seq)
+                .advance_webhook_cursor("ep_1", "node-a", 2, "log-1", seq)
                 .await
                 .unwrap()
         );
@@ -988,7 +1006,7 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
     );
     assert!(
         store
-            .advance_webhook_cursor("ep_1", "node-a", "log-2", 3)
+            .advance_webhook_cursor("ep_1", "node-a", 2, "log-2", 3)
             .await
             .unwrap()
     );
@@ -1011,7 +1029,7 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
     );
     assert!(
         !store
-            .advance_webhook_cursor("ep_1", "node-a", "log-2", 9)
+            .advance_webhook_cursor("ep_1", "node-a", 2, "log-2", 9)
             .await
             .unwrap(),
         "a holder whose lease was taken over no longer writes"
@@ -1020,18 +1038,35 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
     let before_replay = store.latest_change().await.unwrap();
     assert!(
         store
-            .replay_webhook("ep_1", "log-2", 1, &entry("webhook.replay"))
+            .replay_webhook("ep_1", "log-2", 1, 60, &entry("webhook.replay"))
             .await
             .unwrap()
     );
     assert!(
         !store
-            .replay_webhook("ep_none", "log-2", 1, &entry("webhook.replay"))
+            .replay_webhook("ep_none", "log-2", 1, 60, &entry("webhook.replay"))
             .await
             .unwrap()
     );
     let got = store.load_webhooks().await.unwrap().remove(0);
-    assert_eq!((got.cursor, got.version), (1, 3));
+    assert_eq!((got.cursor, got.version, got.replay_through), (1, 3, 60));
+    store
+        .lease_webhook("ep_1", "node-a", 500, 900)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .advance_webhook_cursor("ep_1", "node-a", 2, "log-2", 9)
+            .await
+            .unwrap(),
+        "a worker of the version before the replay no longer writes"
+    );
+    assert!(
+        store
+            .advance_webhook_cursor("ep_1", "node-a", 3, "log-2", 9)
+            .await
+            .unwrap()
+    );
     let changes = store.changes_after(before_replay, 10).await.unwrap();
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].kind, ChangeKind::WebhookChanged);

@@ -974,7 +974,8 @@ macro_rules! sql_store {
                 let rows = sqlx::query(
                     "SELECT id, client_id, url, topics, sealed, state, state_reason, cursor, \
                      max_in_flight, max_batch, created_at, updated_at, version, lease_holder, \
-                     lease_until, cursor_epoch FROM webhook_endpoints ORDER BY created_at, id",
+                     lease_until, cursor_epoch, replay_through FROM webhook_endpoints \
+                     ORDER BY created_at, id",
                 )
                 .fetch_all(&self.pool)
                 .await
@@ -994,6 +995,8 @@ macro_rules! sql_store {
                             state_reason: r.get("state_reason"),
                             cursor: u64::try_from(r.get::<i64, _>("cursor")).unwrap_or(0),
                             cursor_epoch: r.get("cursor_epoch"),
+                            replay_through: u64::try_from(r.get::<i64, _>("replay_through"))
+                                .unwrap_or(0),
                             max_in_flight: u32::try_from(r.get::<i32, _>("max_in_flight")).unwrap_or(1),
                             max_batch: u32::try_from(r.get::<i32, _>("max_batch")).unwrap_or(1),
                             created_at_ms: r.get("created_at"),
@@ -1014,8 +1017,8 @@ macro_rules! sql_store {
                 sqlx::query(
                     "INSERT INTO webhook_endpoints (id, client_id, url, topics, sealed, state, \
                      state_reason, cursor, max_in_flight, max_batch, created_at, updated_at, version, \
-                     cursor_epoch) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13)",
+                     cursor_epoch, replay_through) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14)",
                 )
                 .bind(&w.id)
                 .bind(&w.client_id)
@@ -1030,6 +1033,7 @@ macro_rules! sql_store {
                 .bind(w.created_at_ms)
                 .bind(w.updated_at_ms)
                 .bind(&w.cursor_epoch)
+                .bind(i64::try_from(w.replay_through).unwrap_or(i64::MAX))
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
@@ -1096,22 +1100,36 @@ macro_rules! sql_store {
                 &self,
                 id: &str,
                 holder: &str,
+                version: i64,
                 epoch: &str,
                 seq: u64,
             ) -> Result<bool, StoreError> {
                 let done = sqlx::query(
                     "UPDATE webhook_endpoints SET \
                      cursor = CASE WHEN cursor_epoch <> $3 OR cursor < $4 THEN $4 ELSE cursor END, \
-                     cursor_epoch = $3 WHERE id = $1 AND lease_holder = $2",
+                     cursor_epoch = $3 WHERE id = $1 AND lease_holder = $2 AND version = $5",
                 )
                 .bind(id)
                 .bind(holder)
                 .bind(epoch)
                 .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .bind(version)
                 .execute(&self.pool)
                 .await
                 .map_err(db)?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn client_active_since(&self, client_id: &str) -> Result<Option<i64>, StoreError> {
+                sqlx::query_scalar(
+                    "SELECT MIN(at) FROM activations WHERE client_id = $1 AND active = 1 \
+                     AND at >= COALESCE((SELECT MAX(at) FROM activations \
+                     WHERE client_id = $1 AND active = 0), -1)",
+                )
+                .bind(client_id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db)
             }
 
             async fn replay_webhook(
@@ -1119,17 +1137,20 @@ macro_rules! sql_store {
                 id: &str,
                 epoch: &str,
                 cursor: u64,
+                through: u64,
                 audit: &AuditEntry,
             ) -> Result<bool, StoreError> {
                 let mut tx = self.pool.begin().await.map_err(db)?;
                 let client: Option<String> = sqlx::query_scalar(
                     "UPDATE webhook_endpoints SET cursor = $2, cursor_epoch = $3, \
-                     version = version + 1, updated_at = $4 WHERE id = $1 RETURNING client_id",
+                     version = version + 1, updated_at = $4, replay_through = $5 \
+                     WHERE id = $1 RETURNING client_id",
                 )
                 .bind(id)
                 .bind(i64::try_from(cursor).unwrap_or(i64::MAX))
                 .bind(epoch)
                 .bind(audit.at_ms)
+                .bind(i64::try_from(through).unwrap_or(i64::MAX))
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db)?;

@@ -345,6 +345,10 @@ pub trait RegistryStore: Send + Sync + 'static {
         by: &str,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError>;
+    /// When the client ID's current active period began (Unix ms): its first activation
+    /// after its last deactivation; `None` when it has none (never activated, or deactivated
+    /// last). Events accepted before it are not pushed (WEBHOOKS.md section 1).
+    async fn client_active_since(&self, client_id: &str) -> Result<Option<i64>, StoreError>;
     /// Every webhook endpoint (lease columns included).
     async fn load_webhooks(&self) -> Result<Vec<StoredWebhook>, StoreError>;
     /// Stores a new endpoint (its `version` is 1), with a [`ChangeKind::WebhookChanged`] row
@@ -365,23 +369,29 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn delete_webhook(&self, id: &str, audit: &AuditEntry) -> Result<bool, StoreError>;
     /// Moves an endpoint's cursor forward to `seq` of the log `epoch` (never back within one
     /// epoch; to `seq` when the stored cursor counts in another log), when `holder` holds its
-    /// lease; false (nothing written) when it does not (it lost the lease: another node
-    /// delivers now). No change row: the lease holder is the only writer.
+    /// lease and the endpoint is still at `version` (the one its worker started from); false
+    /// (nothing written) otherwise: the lease went to another node, or the endpoint changed (a
+    /// replay among the changes: an older worker's last write must not undo it). No change
+    /// row: the lease holder is the only writer.
     async fn advance_webhook_cursor(
         &self,
         id: &str,
         holder: &str,
+        version: i64,
         epoch: &str,
         seq: u64,
     ) -> Result<bool, StoreError>;
     /// Sets an endpoint's cursor to `cursor` of the log `epoch`, back or forward (an admin's
-    /// replay: deliveries go on after it), with a [`ChangeKind::WebhookChanged`] row (the
-    /// holder restarts from it) and `audit`; false when there is no such endpoint.
+    /// replay: deliveries go on after it), and its `replay_through` to `through` (events up to
+    /// it are delivered although accepted while the client ID was inactive), with a
+    /// [`ChangeKind::WebhookChanged`] row (the holder restarts from it) and `audit`; false when
+    /// there is no such endpoint.
     async fn replay_webhook(
         &self,
         id: &str,
         epoch: &str,
         cursor: u64,
+        through: u64,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError>;
     /// Takes or renews the lease of endpoint `id` for `holder` until `until_ms`: true when it
@@ -427,9 +437,11 @@ pub struct StoredWebhook {
     pub state_reason: Option<String>,
     /// The last `seq` delivered or skipped.
     pub cursor: u64,
-    /// The event log `cursor` counts in ([`crate::log::EventLog::epoch`]); empty before the
-    /// first delivery.
+    /// The event log `cursor` counts in ([`crate::log::EventLog::epoch`]).
     pub cursor_epoch: String,
+    /// Events up to this `seq` (of `cursor_epoch`'s log) go out even if they were accepted
+    /// while the client ID was inactive: an admin replayed them.
+    pub replay_through: u64,
     /// Deliveries in flight at once (1: in `seq` order).
     pub max_in_flight: u32,
     /// Events per request (1: one event per request, no array).

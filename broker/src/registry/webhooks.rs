@@ -113,7 +113,8 @@ impl Registry {
     }
 
     /// Sets the cursor of endpoint `w` to `cursor` of the log `epoch` (an admin's replay:
-    /// deliveries go on after it), with `webhook.replay` in the audit trail.
+    /// deliveries go on after it; events up to `through` go out even if accepted while the
+    /// client ID was inactive), with `webhook.replay` in the audit trail.
     ///
     /// # Errors
     /// [`RegistryError::NotFound`], or a storage failure.
@@ -122,6 +123,7 @@ impl Registry {
         w: &StoredWebhook,
         epoch: &str,
         cursor: u64,
+        through: u64,
         actor: &str,
     ) -> Result<(), RegistryError> {
         let application = self.client(&w.client_id).map(|c| c.application_id.clone());
@@ -136,7 +138,7 @@ impl Registry {
         let done = self
             .inner
             .store
-            .replay_webhook(&w.id, epoch, cursor, &entry)
+            .replay_webhook(&w.id, epoch, cursor, through, &entry)
             .await?;
         self.catch_up().await?;
         if done {
@@ -177,14 +179,24 @@ impl Registry {
         &self,
         id: &str,
         holder: &str,
+        version: i64,
         epoch: &str,
         seq: u64,
     ) -> Result<bool, RegistryError> {
         Ok(self
             .inner
             .store
-            .advance_webhook_cursor(id, holder, epoch, seq)
+            .advance_webhook_cursor(id, holder, version, epoch, seq)
             .await?)
+    }
+
+    /// When the client ID's current active period began (Unix ms), read from the store
+    /// ([`super::RegistryStore::client_active_since`]).
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn client_active_since(&self, client_id: &str) -> Result<Option<i64>, RegistryError> {
+        Ok(self.inner.store.client_active_since(client_id).await?)
     }
 
     /// Records attempts and skips.

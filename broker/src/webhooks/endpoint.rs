@@ -18,16 +18,22 @@ pub(crate) const MAX_HEADERS: usize = 16;
 /// Longest extra header value, bytes.
 pub(crate) const MAX_HEADER_VALUE_BYTES: usize = 1024;
 
-/// Headers the broker sets itself, which an endpoint's extra headers may not replace.
-const RESERVED_HEADERS: [&str; 8] = [
+/// Headers the broker sets itself, or that would change how the body is framed or read (a
+/// `Content-Encoding` would make receivers verify other bytes than were signed), which an
+/// endpoint's extra headers may not set. `proxy-*` and `webhook-*` are refused too.
+const RESERVED_HEADERS: [&str; 12] = [
     "content-type",
     "content-length",
+    "content-encoding",
     "host",
     "user-agent",
     "connection",
+    "keep-alive",
     "transfer-encoding",
     "te",
+    "trailer",
     "upgrade",
+    "expect",
 ];
 
 /// A new endpoint id: `ep_` and 32 lowercase hex digits (no `.`, as `webhook-id` needs).
@@ -102,7 +108,10 @@ pub(crate) fn check_header(name: &str, value: &str) -> Result<(), String> {
         return Err(format!("header name {name:?} is not an HTTP token"));
     }
     let lower = name.to_ascii_lowercase();
-    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+    if RESERVED_HEADERS.contains(&lower.as_str())
+        || lower.starts_with("webhook-")
+        || lower.starts_with("proxy-")
+    {
         return Err(format!("header {name} is set by the broker"));
     }
     if value.len() > MAX_HEADER_VALUE_BYTES {

@@ -19,9 +19,9 @@
 //! - **Attempts** are recorded through one writer task in batches, and counted
 //!   (`scopecast_webhook_attempts_total`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -63,6 +63,9 @@ pub(crate) mod outcome {
     pub(crate) const SKIPPED_SCOPE: &str = "skipped_scope";
     /// Not sent: retention removed the events before they were delivered.
     pub(crate) const SKIPPED_RETENTION: &str = "skipped_retention";
+    /// Not sent: the endpoint's cursor counted in another event log (one record for the
+    /// range).
+    pub(crate) const SKIPPED_LOG_REPLACED: &str = "skipped_log_replaced";
 }
 
 /// What the engine needs from the broker.
@@ -92,7 +95,7 @@ pub(crate) struct Inner {
     pub(crate) registry: Registry,
     pub(crate) log: Arc<dyn EventLog>,
     access: Access,
-    environment: EnvironmentKind,
+    pub(crate) environment: EnvironmentKind,
     pub(crate) kek: Arc<Kek>,
     sender: Sender,
     pub(crate) policy: AddressPolicy,
@@ -102,9 +105,19 @@ pub(crate) struct Inner {
     metrics: Arc<Metrics>,
     holder: String,
     workers: parking_lot::Mutex<HashMap<String, Running>>,
-    records: mpsc::UnboundedSender<WebhookAttempt>,
-    records_rx: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<WebhookAttempt>>>,
+    /// Endpoint versions this node disabled (410, schedule used up): not started again until
+    /// an admin changes them (which makes a new version).
+    disabled: parking_lot::Mutex<HashSet<(String, i64)>>,
+    /// Endpoint versions whose secrets this node cannot open (another key-encryption key):
+    /// their leases are left to the nodes that can.
+    unreadable: parking_lot::Mutex<HashSet<(String, i64)>>,
+    records: mpsc::Sender<WebhookAttempt>,
+    records_rx: parking_lot::Mutex<Option<mpsc::Receiver<WebhookAttempt>>>,
 }
+
+/// Attempt records waiting for the writer at most; past it records are dropped (and said so)
+/// rather than memory growing without bound while the registry is slow.
+const RECORDS_QUEUE: usize = 65_536;
 
 impl std::ops::Deref for Webhooks {
     type Target = Inner;
@@ -134,7 +147,7 @@ fn now_ms() -> i64 {
 impl Webhooks {
     /// The service; [`Webhooks::run`] starts delivering.
     pub(crate) fn new(parts: EngineParts) -> Webhooks {
-        let (records, records_rx) = mpsc::unbounded_channel();
+        let (records, records_rx) = mpsc::channel(RECORDS_QUEUE);
         Webhooks(Arc::new(Inner {
             schedule: Schedule::new(parts.settings.retry_schedule_ms.clone()),
             registry: parts.registry,
@@ -149,6 +162,8 @@ impl Webhooks {
             metrics: parts.metrics,
             holder: parts.holder,
             workers: parking_lot::Mutex::new(HashMap::new()),
+            disabled: parking_lot::Mutex::new(HashSet::new()),
+            unreadable: parking_lot::Mutex::new(HashSet::new()),
             records,
             records_rx: parking_lot::Mutex::new(Some(records_rx)),
         }))
@@ -166,25 +181,37 @@ impl Webhooks {
             shutdown.clone(),
         ));
         let every = Duration::from_millis(self.settings.lease_ms / 3);
-        loop {
+        'supervise: loop {
             self.reconcile().await;
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(every) => {}
-                change = changes.recv() => match change {
-                    Ok(
-                        RegistryChange::WebhookChanged { .. }
-                        | RegistryChange::ClientActivated { .. }
-                        | RegistryChange::ApplicationDeleted { .. },
-                    )
-                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                },
+            let next = tokio::time::sleep(every);
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break 'supervise,
+                    () = &mut next => break,
+                    change = changes.recv() => match change {
+                        Ok(
+                            RegistryChange::WebhookChanged { .. }
+                            | RegistryChange::ClientActivated { .. }
+                            | RegistryChange::ApplicationDeleted { .. },
+                        )
+                        | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break 'supervise,
+                    },
+                }
             }
         }
-        for (_, w) in self.workers.lock().drain() {
+        // Stop every worker, let each save its cursor, and give the leases back so another
+        // node (a rolling restart) takes over at once rather than after `lease_ms`.
+        let running: Vec<(String, Running)> = self.workers.lock().drain().collect();
+        for (_, w) in &running {
             w.cancel.cancel();
+        }
+        for (id, w) in running {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w.task).await;
+            let _ = self.registry.lease_webhook(&id, &self.holder, 0).await;
         }
     }
 
@@ -216,11 +243,17 @@ impl Webhooks {
             .into_iter()
             .filter(|e| e.state == WebhookState::Active)
         {
+            let key = (ep.id.clone(), ep.version);
+            if self.disabled.lock().contains(&key) || !self.readable(&ep) {
+                continue;
+            }
             let held = self
                 .workers
                 .lock()
                 .get(&ep.id)
                 .map(|w| w.renewed_ms.clone());
+            // The lease runs from before the call: a slow answer shortens it, never lengthens it.
+            let asked_at = now_ms();
             let leased = match self
                 .registry
                 .lease_webhook(&ep.id, &self.holder, lease_ms)
@@ -233,7 +266,7 @@ impl Webhooks {
                 }
             };
             match (held, leased) {
-                (Some(renewed), true) => renewed.store(now_ms(), Ordering::Release),
+                (Some(renewed), true) => renewed.store(asked_at, Ordering::Release),
                 (Some(_), false) => {
                     // Another node took it over (this one was too slow to renew).
                     if let Some(w) = self.workers.lock().remove(&ep.id) {
@@ -241,16 +274,41 @@ impl Webhooks {
                         w.cancel.cancel();
                     }
                 }
-                (None, true) => self.start(ep),
+                (None, true) => self.start(ep, asked_at),
                 (None, false) => {}
             }
         }
     }
 
-    fn start(&self, ep: StoredWebhook) {
+    /// True when this node can open `ep`'s secrets; said once per endpoint version when not.
+    fn readable(&self, ep: &StoredWebhook) -> bool {
+        let key = (ep.id.clone(), ep.version);
+        if self.unreadable.lock().contains(&key) {
+            return false;
+        }
+        match Keys::unseal(&self.kek, &ep.id, &ep.sealed) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(endpoint = %ep.id, error = %e, "webhook endpoint's secrets cannot be opened with this node's key-encryption key; left to other nodes");
+                self.unreadable.lock().insert(key);
+                false
+            }
+        }
+    }
+
+    fn start(&self, ep: StoredWebhook, leased_at: i64) {
         let cancel = CancellationToken::new();
-        let renewed_ms = Arc::new(AtomicI64::new(now_ms()));
-        let worker = Worker::new(self.0.clone(), &ep, cancel.clone(), renewed_ms.clone());
+        let renewed_ms = Arc::new(AtomicI64::new(leased_at));
+        let Ok(keys) = Keys::unseal(&self.kek, &ep.id, &ep.sealed) else {
+            return;
+        };
+        let worker = Worker::new(
+            self.0.clone(),
+            &ep,
+            keys,
+            cancel.clone(),
+            renewed_ms.clone(),
+        );
         let id = ep.id.clone();
         let version = ep.version;
         tracing::info!(endpoint = %id, client_id = %ep.client_id, cursor = ep.cursor, "webhook deliveries start");
@@ -268,7 +326,7 @@ impl Webhooks {
 }
 
 /// Writes attempt records in batches.
-async fn record_loop(registry: Registry, mut rx: mpsc::UnboundedReceiver<WebhookAttempt>) {
+async fn record_loop(registry: Registry, mut rx: mpsc::Receiver<WebhookAttempt>) {
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
         if let Err(e) = registry.record_webhook_attempts(&batch).await {
@@ -331,25 +389,31 @@ struct Worker {
     patterns: Vec<Pattern>,
     max_batch: usize,
     max_in_flight: usize,
+    /// The endpoint's version this worker started from: its cursor writes are fenced by it.
+    version: i64,
+    /// Events up to this `seq` go out although accepted while the client ID was inactive.
+    replay_through: u64,
     epoch: String,
-    /// Its secrets and extra headers (a change, a rotation among them, restarts the worker),
-    /// or why they cannot be opened.
-    keys: Result<Keys, String>,
+    /// Its secrets and extra headers (a change, a rotation among them, restarts the worker).
+    keys: Keys,
     cancel: CancellationToken,
     renewed_ms: Arc<AtomicI64>,
     /// Bumped on every registry change that concerns the client ID: waits and requests in
     /// flight re-check the activation rule at once.
     client_changed: watch::Sender<u64>,
-    /// Set when the client ID was seen inactive; cleared on its activation.
-    suspended: AtomicBool,
-    /// Events up to this `seq` were accepted while the client ID was inactive: skipped.
-    skip_through: AtomicU64,
+    /// The start of the client ID's current active period (Unix ms) as read from the store,
+    /// and the registry change it was read at.
+    active_since: tokio::sync::Mutex<Option<(u64, Option<i64>)>>,
 }
+
+/// How often a request in flight or a wait checks that this node still holds the lease.
+const LEASE_CHECK: Duration = Duration::from_millis(500);
 
 impl Worker {
     fn new(
         inner: Arc<Inner>,
         ep: &StoredWebhook,
+        keys: Keys,
         cancel: CancellationToken,
         renewed_ms: Arc<AtomicI64>,
     ) -> Arc<Worker> {
@@ -361,40 +425,53 @@ impl Worker {
             patterns: ep.topics.iter().filter_map(|t| t.parse().ok()).collect(),
             max_batch: ep.max_batch.max(1) as usize,
             max_in_flight: ep.max_in_flight.max(1) as usize,
+            version: ep.version,
+            replay_through: if ep.cursor_epoch == epoch {
+                ep.replay_through
+            } else {
+                0
+            },
             epoch,
-            keys: Keys::unseal(&inner.kek, &ep.id, &ep.sealed),
+            keys,
             cancel,
             renewed_ms,
             client_changed: watch::channel(0).0,
-            suspended: AtomicBool::new(false),
-            skip_through: AtomicU64::new(0),
+            active_since: tokio::sync::Mutex::new(None),
             inner,
         })
     }
 
     async fn run(self: Arc<Self>, ep: StoredWebhook) {
-        match &self.keys {
-            Ok(_) => {}
-            Err(e) => {
-                // Another key-encryption key than the one that sealed it: nothing can be
-                // signed. Said once; the worker idles until the endpoint changes.
-                tracing::error!(endpoint = %ep.id, error = %e, "webhook endpoint's secrets cannot be opened; no deliveries");
-                self.cancel.cancelled().await;
-                return;
-            }
-        }
         let from = if ep.cursor_epoch == self.epoch {
             ep.cursor + 1
         } else {
-            let first = self.inner.log.bounds().first;
+            // Another log (a new stream, a restored backup of another deployment): its `seq`s
+            // mean nothing here, and delivering this log from its start would push events
+            // from before the endpoint existed. Deliveries go on with what comes next; the
+            // rest is an admin's replay.
+            let last = self.inner.log.fresh_bounds().await.last;
             tracing::warn!(
                 endpoint = %ep.id,
                 stored = %ep.cursor_epoch,
                 log = %self.epoch,
-                from = first,
-                "the endpoint's cursor counts in another event log; delivering this log from its first retained event"
+                from = last + 1,
+                "the endpoint's cursor counts in another event log; deliveries go on from this log's next event (replay for earlier ones)"
             );
-            first
+            self.record(
+                last,
+                "",
+                0,
+                (
+                    None,
+                    Some(format!(
+                        "the cursor ({}) counted in another event log; this log's events up to {last} were not delivered",
+                        ep.cursor
+                    )),
+                    None,
+                    outcome::SKIPPED_LOG_REPLACED,
+                ),
+            );
+            last + 1
         };
         tokio::spawn(self.clone().watch_client());
         let labels = [self.client_id.as_str(), self.id.as_str()];
@@ -426,6 +503,7 @@ impl Worker {
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
+                biased;
                 () = self.cancel.cancelled() => Step::Stop,
                 _ = flush.tick() => {
                     if let Some(seq) = pending.take()
@@ -463,20 +541,31 @@ impl Worker {
             self.save_cursor(seq).await;
         }
         self.cancel.cancel();
+        let _ = self
+            .inner
+            .metrics
+            .webhook_lag_events
+            .remove_label_values(&labels);
+        let _ = self
+            .inner
+            .metrics
+            .webhook_lag_seconds
+            .remove_label_values(&labels);
         tracing::info!(endpoint = %self.id, "webhook deliveries stop on this node");
     }
 
-    /// Writes the cursor; false when this node no longer holds the lease (it stops).
+    /// Writes the cursor; false when this node no longer holds the lease or the endpoint
+    /// changed (the worker stops; the supervisor starts the new version).
     async fn save_cursor(&self, seq: u64) -> bool {
         match self
             .inner
             .registry
-            .advance_webhook_cursor(&self.id, &self.inner.holder, &self.epoch, seq)
+            .advance_webhook_cursor(&self.id, &self.inner.holder, self.version, &self.epoch, seq)
             .await
         {
             Ok(true) => true,
             Ok(false) => {
-                tracing::warn!(endpoint = %self.id, "webhook lease lost; this node stops delivering to it");
+                tracing::info!(endpoint = %self.id, "webhook endpoint changed or its lease moved; this worker stops");
                 self.cancel.cancel();
                 false
             }
@@ -489,7 +578,8 @@ impl Worker {
         }
     }
 
-    /// Follows the registry for changes of this client ID: wakes waits, notes suspension.
+    /// Follows the registry for changes of this client ID, and wakes every wait and request
+    /// in flight to re-check the activation rule.
     async fn watch_client(self: Arc<Self>) {
         let mut changes = self.inner.registry.changes();
         loop {
@@ -498,17 +588,10 @@ impl Worker {
                 c = changes.recv() => c,
             };
             let concerns = match &change {
-                Ok(RegistryChange::ClientActivated { client_id })
-                    if *client_id == self.client_id =>
-                {
-                    if self.suspended.swap(false, Ordering::AcqRel) {
-                        // Events accepted while it was inactive stay skipped (WEBHOOKS.md).
-                        let last = self.inner.log.fresh_bounds().await.last;
-                        self.skip_through.fetch_max(last, Ordering::AcqRel);
-                    }
-                    true
-                }
-                Ok(RegistryChange::ClientDeactivated { client_id }) => *client_id == self.client_id,
+                Ok(
+                    RegistryChange::ClientActivated { client_id }
+                    | RegistryChange::ClientDeactivated { client_id },
+                ) => *client_id == self.client_id,
                 Ok(RegistryChange::ApplicationDeleted { client_ids, .. }) => {
                     client_ids.contains(&self.client_id)
                 }
@@ -523,10 +606,11 @@ impl Worker {
         }
     }
 
-    /// True while this node may still deliver: not stopped, and its lease renewed recently.
+    /// True while this node may still deliver: not stopped, and its lease renewed within
+    /// `lease_ms` (less a sixth, for the time a request takes to be abandoned).
     fn may_deliver(&self) -> bool {
         let lease = i64::try_from(self.inner.settings.lease_ms).unwrap_or(i64::MAX);
-        if now_ms() - self.renewed_ms.load(Ordering::Acquire) > lease {
+        if now_ms() - self.renewed_ms.load(Ordering::Acquire) > lease - lease / 6 {
             self.cancel.cancel();
         }
         !self.cancel.is_cancelled()
@@ -539,7 +623,7 @@ impl Worker {
             .webhook_attempts
             .with_label_values(&[self.client_id.as_str(), outcome])
             .inc();
-        let _ = self.inner.records.send(WebhookAttempt {
+        let record = WebhookAttempt {
             id: 0,
             endpoint_id: self.id.clone(),
             seq,
@@ -550,7 +634,10 @@ impl Worker {
             error,
             latency_ms,
             outcome: outcome.to_owned(),
-        });
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.inner.records.try_send(record) {
+            tracing::warn!(endpoint = %self.id, seq, outcome, "the delivery log is behind; an attempt record was dropped (the metric counts it)");
+        }
     }
 
     fn skip(&self, events: &[Arc<StoredEvent>], outcome: &'static str, why: &str) {
@@ -564,32 +651,77 @@ impl Worker {
         }
     }
 
+    /// When the client ID's current active period began, as of registry change `at`: read
+    /// from the store once per change.
+    async fn active_since(&self, at: u64) -> Result<Option<i64>, crate::registry::RegistryError> {
+        let mut cached = self.active_since.lock().await;
+        if let Some((change, since)) = *cached
+            && change == at
+        {
+            return Ok(since);
+        }
+        let since = self
+            .inner
+            .registry
+            .client_active_since(&self.client_id)
+            .await?;
+        *cached = Some((at, since));
+        Ok(since)
+    }
+
     /// Applies the activation rule to `events`: the ones that may go now. `None` when the
-    /// client ID is inactive (all were recorded as skipped).
-    fn admit(&self, events: Vec<Arc<StoredEvent>>) -> Option<Vec<Arc<StoredEvent>>> {
+    /// client ID is inactive (all were recorded as skipped). An event accepted before the
+    /// client ID's current active period began (while it was inactive, or queued before a
+    /// deactivation) is skipped unless an admin replayed it.
+    async fn admit(&self, events: Vec<Arc<StoredEvent>>) -> Option<Vec<Arc<StoredEvent>>> {
+        // The snapshot and the stored activation history must be of the same registry state:
+        // read the change number before and after, and again when a change came between.
+        let (since, verdicts) = loop {
+            let before = self.inner.registry.applied_change().await;
+            let since = match self.active_since(before).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.id, error = %e, "the client's activation history could not be read; retrying");
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return None,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            let verdicts: Vec<Result<(), Denied>> = events
+                .iter()
+                .map(|e| {
+                    self.inner
+                        .access
+                        .check_push(&self.client_id, self.inner.environment, &e.topic)
+                })
+                .collect();
+            if self.inner.registry.applied_change().await == before {
+                break (since, verdicts);
+            }
+        };
+        if verdicts.contains(&Err(Denied::Inactive)) {
+            self.skip(
+                &events,
+                outcome::SKIPPED_CLIENT_INACTIVE,
+                "the client ID is not active in this environment",
+            );
+            return None;
+        }
         let mut out = Vec::with_capacity(events.len());
-        for e in events {
-            match self
-                .inner
-                .access
-                .check_push(&self.client_id, self.inner.environment, &e.topic)
-            {
-                Ok(()) if e.seq > self.skip_through.load(Ordering::Acquire) => out.push(e),
+        for (e, verdict) in events.into_iter().zip(verdicts) {
+            match verdict {
+                Ok(())
+                    if e.seq <= self.replay_through || since.is_none_or(|s| e.time_ms() >= s) =>
+                {
+                    out.push(e);
+                }
                 Ok(()) => self.skip(
                     &[e],
                     outcome::SKIPPED_CLIENT_INACTIVE,
-                    "accepted while the client ID was inactive (replay to deliver it)",
+                    "accepted before the client ID's current activation (replay to deliver it)",
                 ),
-                Err(Denied::Inactive) => {
-                    self.suspended.store(true, Ordering::Release);
-                    let rest: Vec<_> = std::iter::once(e).chain(out.drain(..)).collect();
-                    self.skip(
-                        &rest,
-                        outcome::SKIPPED_CLIENT_INACTIVE,
-                        "the client ID is not active in this environment",
-                    );
-                    return None;
-                }
+                Err(Denied::Inactive) => {}
                 Err(Denied::Scope { required_scope, .. }) => self.skip(
                     &[e],
                     outcome::SKIPPED_SCOPE,
@@ -598,6 +730,38 @@ impl Worker {
             }
         }
         Some(out)
+    }
+
+    /// Waits for `fut` unless the worker stops, loses its lease, or the client ID is
+    /// deactivated (re-checked at every change of it): `Err(true)` for the deactivation,
+    /// `Err(false)` to stop.
+    async fn guarded<T>(
+        &self,
+        fut: impl std::future::Future<Output = T>,
+        topic: &scopecast_protocol::Topic,
+        changed: &mut watch::Receiver<u64>,
+    ) -> Result<T, bool> {
+        tokio::pin!(fut);
+        let mut lease = tokio::time::interval(LEASE_CHECK);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Err(false),
+                _ = changed.changed() => {
+                    if self.inner.access.check_push(&self.client_id, self.inner.environment, topic)
+                        == Err(Denied::Inactive)
+                    {
+                        return Err(true);
+                    }
+                }
+                _ = lease.tick() => {
+                    if !self.may_deliver() {
+                        return Err(false);
+                    }
+                }
+                out = &mut fut => return Ok(out),
+            }
+        }
     }
 
     /// Delivers one chunk of the tail (retrying as the schedule says).
@@ -632,17 +796,18 @@ impl Worker {
         if events.is_empty() {
             return Step::Done(last, newest_ms);
         }
-        let Ok(keys) = &self.keys else {
-            return Step::Stop;
-        };
         let mut changed = self.client_changed.subscribe();
         let mut attempt = 1u32;
         loop {
             if !self.may_deliver() {
                 return Step::Stop;
             }
-            let Some(admitted) = self.admit(std::mem::take(&mut events)) else {
-                return Step::Done(last, newest_ms);
+            let Some(admitted) = self.admit(std::mem::take(&mut events)).await else {
+                return if self.cancel.is_cancelled() {
+                    Step::Stop
+                } else {
+                    Step::Done(last, newest_ms)
+                };
             };
             events = admitted;
             if events.is_empty() {
@@ -651,36 +816,29 @@ impl Worker {
             let (first_seq, last_seq) = (events[0].seq, events[events.len() - 1].seq);
             let body = body_of(&events, self.max_batch > 1);
             let id = message_id(&self.id, &self.epoch, first_seq, last_seq);
-            let secrets = keys.signing(now_ms());
+            let secrets = self.keys.signing(now_ms());
             let delivery = Delivery {
                 url: &self.url,
                 message_id: &id,
                 body,
                 secrets: &secrets,
-                headers: &keys.headers,
+                headers: &self.keys.headers,
             };
-            let send = self.inner.sender.send(&delivery);
-            tokio::pin!(send);
-            let attempted = loop {
-                tokio::select! {
-                    a = &mut send => break Some(a),
-                    () = self.cancel.cancelled() => return Step::Stop,
-                    _ = changed.changed() => {
-                        // Deactivated while the request was on its way: abandoned.
-                        if self.inner.access.check_push(&self.client_id, self.inner.environment, &events[0].topic) == Err(Denied::Inactive) {
-                            break None;
-                        }
-                    }
+            let topic = events[0].topic.clone();
+            let attempted = match self
+                .guarded(self.inner.sender.send(&delivery), &topic, &mut changed)
+                .await
+            {
+                Ok(a) => a,
+                Err(true) => {
+                    self.skip(
+                        &events,
+                        outcome::SKIPPED_CLIENT_INACTIVE,
+                        "the client ID was deactivated while the request was on its way; abandoned",
+                    );
+                    return Step::Done(last, newest_ms);
                 }
-            };
-            let Some(attempted) = attempted else {
-                self.suspended.store(true, Ordering::Release);
-                self.skip(
-                    &events,
-                    outcome::SKIPPED_CLIENT_INACTIVE,
-                    "the client ID was deactivated while the request was on its way; abandoned",
-                );
-                return Step::Done(last, newest_ms);
+                Err(false) => return Step::Stop,
             };
             let next =
                 self.inner
@@ -710,18 +868,13 @@ impl Worker {
                 Next::Delivered => return Step::Done(last, newest_ms),
                 Next::Disable(reason) => return Step::Disable(reason, first_seq),
                 Next::Retry(wait) => {
-                    let until = tokio::time::Instant::now() + wait;
-                    loop {
-                        tokio::select! {
-                            () = tokio::time::sleep_until(until) => break,
-                            () = self.cancel.cancelled() => return Step::Stop,
-                            _ = changed.changed() => {
-                                // Re-checked now: an inactive client ID's retry never goes.
-                                if self.inner.access.check_push(&self.client_id, self.inner.environment, &events[0].topic) == Err(Denied::Inactive) {
-                                    break;
-                                }
-                            }
-                        }
+                    // A deactivation ends the wait at once; the next round of the loop then
+                    // records the events as skipped and sends nothing.
+                    if let Err(false) = self
+                        .guarded(tokio::time::sleep(wait), &topic, &mut changed)
+                        .await
+                    {
+                        return Step::Stop;
                     }
                 }
             }
@@ -732,41 +885,42 @@ impl Worker {
     /// Disables the endpoint (410, or the schedule used up), with an audit entry and the
     /// metric; the event that failed, `seq`, and what follows stay undelivered (replay).
     async fn disable(&self, reason: DisableReason, seq: u64) {
-        for _ in 0..5 {
-            let Ok(mut w) = self.inner.registry.webhook(&self.id).await else {
-                return;
-            };
-            if w.state != WebhookState::Active {
-                return;
+        self.inner
+            .disabled
+            .lock()
+            .insert((self.id.clone(), self.version));
+        let Ok(mut w) = self.inner.registry.webhook(&self.id).await else {
+            return;
+        };
+        // Only the version this worker delivered for: an admin's change since wins.
+        if w.state != WebhookState::Active || w.version != self.version {
+            return;
+        }
+        w.state = WebhookState::Disabled;
+        w.state_reason = Some(format!("{} (at seq {seq})", reason.as_str()));
+        w.updated_at_ms = now_ms();
+        match self
+            .inner
+            .registry
+            .update_webhook(
+                &w,
+                ENGINE_ACTOR,
+                "webhook.disable",
+                serde_json::json!({"endpoint_id": w.id, "reason": reason.as_str(), "seq": seq}),
+            )
+            .await
+        {
+            Ok(true) => {
+                self.inner
+                    .metrics
+                    .webhooks_disabled
+                    .with_label_values(&[self.client_id.as_str()])
+                    .inc();
+                tracing::warn!(endpoint = %self.id, client_id = %self.client_id, reason = reason.as_str(), seq, "webhook endpoint disabled");
             }
-            w.state = WebhookState::Disabled;
-            w.state_reason = Some(format!("{} (at seq {seq})", reason.as_str()));
-            w.updated_at_ms = now_ms();
-            match self
-                .inner
-                .registry
-                .update_webhook(
-                    &w,
-                    ENGINE_ACTOR,
-                    "webhook.disable",
-                    serde_json::json!({"endpoint_id": w.id, "reason": reason.as_str(), "seq": seq}),
-                )
-                .await
-            {
-                Ok(true) => {
-                    self.inner
-                        .metrics
-                        .webhooks_disabled
-                        .with_label_values(&[self.client_id.as_str()])
-                        .inc();
-                    tracing::warn!(endpoint = %self.id, client_id = %self.client_id, reason = reason.as_str(), seq, "webhook endpoint disabled");
-                    return;
-                }
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(endpoint = %self.id, error = %e, "webhook endpoint could not be disabled; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(endpoint = %self.id, error = %e, "webhook endpoint could not be disabled; it is not delivered to by this node until it changes");
             }
         }
     }

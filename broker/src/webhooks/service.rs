@@ -199,6 +199,16 @@ impl Webhooks {
         actor: &str,
     ) -> Result<(StoredWebhook, Secret), RegistryError> {
         let client_id = crate::registry::validate::uuid_id("client_id", client_id)?;
+        if let Some(c) = self.registry.client(&client_id)
+            && c.kind != self.environment
+        {
+            return Err(RegistryError::Conflict(format!(
+                "client ID {client_id} is a {} client ID; this environment is {}: register the endpoint for the application's {} client ID",
+                c.kind.as_str(),
+                self.environment.as_str(),
+                self.environment.as_str()
+            )));
+        }
         let topics = self.check_topics(&client_id, &new.topics)?;
         let url = self.check_url(&new.url).await?;
         let headers = Self::check_headers(&new.headers)?;
@@ -235,6 +245,7 @@ impl Webhooks {
             state_reason: None,
             cursor: self.log.fresh_bounds().await.last,
             cursor_epoch: self.log.epoch().to_owned(),
+            replay_through: 0,
             max_in_flight,
             max_batch,
             created_at_ms: now,
@@ -461,7 +472,7 @@ impl Webhooks {
         let w = self.registry.webhook(id).await?;
         let from = since_seq.max(bounds.first);
         self.registry
-            .replay_webhook(&w, self.log.epoch(), from - 1, actor)
+            .replay_webhook(&w, self.log.epoch(), from - 1, bounds.last, actor)
             .await?;
         self.registry.webhook(id).await
     }

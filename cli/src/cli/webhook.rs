@@ -121,7 +121,7 @@ fn headers(list: &[String]) -> anyhow::Result<std::collections::BTreeMap<String,
         .map(|h| {
             let (name, value) = h
                 .split_once(':')
-                .with_context(|| format!("--header {h:?}: write it as `Name: value`"))?;
+                .context("--header: write it as `Name: value` (the value is not shown here)")?;
             Ok((name.trim().to_owned(), value.trim().to_owned()))
         })
         .collect()

@@ -4,6 +4,8 @@
 // Each test binary uses the parts it needs.
 #![allow(dead_code)]
 
+pub(crate) mod receiver;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
