@@ -184,3 +184,167 @@ async fn kill_9_of_a_broker_process_moves_1000_sdk_subscribers_to_another_node()
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[test]
+fn kill_9_of_the_webhook_lease_holder_moves_deliveries_to_another_node() {
+    use support::receiver::{Receiver, seq_of};
+    let nats = NatsCluster::shared();
+    let database = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(Postgres::shared().database());
+    let dir = tempfile::tempdir().unwrap();
+    let kek = dir.path().join("kek");
+    support::run_ok(Command::new(BIN).args(["cluster", "kek"]).arg(&kek));
+    let tag = format!("{}w", std::process::id());
+    let settings = [
+        ("SCOPECAST_OAUTH__PUBLIC_URL", PUBLIC_URL.to_owned()),
+        ("SCOPECAST_CLUSTER__NATS_URL", nats.url()),
+        ("SCOPECAST_CLUSTER__POSTGRES_URL", database),
+        (
+            "SCOPECAST_CLUSTER__KEY_ENCRYPTION_KEY_FILE",
+            kek.display().to_string(),
+        ),
+        ("SCOPECAST_CLUSTER__STREAM", format!("CLI_{tag}")),
+        ("SCOPECAST_CLUSTER__SUBJECT_PREFIX", format!("cli{tag}")),
+        (
+            "SCOPECAST_CLUSTER__NATS_PING_INTERVAL_MS",
+            "1000".to_owned(),
+        ),
+        ("SCOPECAST_RETENTION__MAX_BYTES", (64u64 << 20).to_string()),
+        (
+            "SCOPECAST_WEBHOOKS__ALLOW_PRIVATE",
+            "[\"127.0.0.1/32\"]".to_owned(),
+        ),
+        ("SCOPECAST_WEBHOOKS__ALLOW_HTTP", "true".to_owned()),
+        ("SCOPECAST_WEBHOOKS__LEASE_MS", "3000".to_owned()),
+        (
+            "SCOPECAST_WEBHOOKS__RETRY_SCHEDULE_MS",
+            "[200, 400]".to_owned(),
+        ),
+    ];
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let a = node(&data_a, "a", &settings);
+    let b = node(&data_b, "b", &settings);
+    let app = cli(
+        &a.url,
+        &data_a,
+        &[
+            "app",
+            "create",
+            "--name",
+            "Hooked",
+            "--vendor",
+            "T",
+            "--scope",
+            "subscribe:lab.> publish:lab.>",
+            "--json",
+        ],
+    );
+    let np = &app["clients"]["non_production"];
+    let id = np["client_id"].as_str().unwrap();
+    cli(
+        &a.url,
+        &data_a,
+        &["app", "activate", id, "--reason", "test"],
+    );
+    let out = support::run_ok(Command::new(BIN).args([
+        "token",
+        "--client-id",
+        id,
+        "--client-secret",
+        np["client_secret"].as_str().unwrap(),
+        "--url",
+        &a.url,
+    ]));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let receiver = Receiver::start();
+    let added = cli(
+        &b.url,
+        &data_a,
+        &[
+            "app",
+            "webhook",
+            "add",
+            id,
+            "--endpoint-url",
+            &receiver.url("/hook"),
+            "--topics",
+            "lab.>",
+            "--json",
+        ],
+    );
+    let endpoint = added["id"].as_str().unwrap().to_owned();
+    receiver.control(
+        "/_control/secrets",
+        json!({ "secrets": [added["secret"].as_str().unwrap()] }),
+    );
+    // A slow receiver (20 ms a request), so the kill lands mid-stream.
+    receiver.control(
+        "/_control/plan",
+        json!({ "answers": vec![json!({"sleep_s": 0.02}); 2000] }),
+    );
+    let http = reqwest::blocking::Client::new();
+    let seqs: Vec<u64> = (0..150)
+        .map(|n| {
+            let r = http
+                .post(format!("{}/v1/events/lab.result", a.url))
+                .bearer_auth(&token)
+                .json(&json!({ "n": n }))
+                .send()
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 201);
+            r.json::<Value>().unwrap()["seq"].as_u64().unwrap()
+        })
+        .collect();
+    receiver.wait_for("a third delivered", Duration::from_secs(30), |l| {
+        l.len() >= 50
+    });
+    // Which node holds the lease: kill that one.
+    let shown = cli(
+        &a.url,
+        &data_a,
+        &["app", "webhook", "show", &endpoint, "--json"],
+    );
+    let holder = shown["delivering_node"].as_str().unwrap().to_owned();
+    let (mut killed, survivor, survivor_data) = if holder == "a" {
+        (a, b, data_a.clone())
+    } else {
+        (b, a, data_a.clone())
+    };
+    killed.child.kill().unwrap();
+    let _ = killed.child.wait();
+    let killed_at = Instant::now();
+    let at_kill = receiver.log().len();
+    assert!(
+        at_kill < 150,
+        "the kill came too late to test anything ({at_kill})"
+    );
+    let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+    let log = receiver.wait_for(
+        "every event after the takeover",
+        Duration::from_secs(60),
+        |l| {
+            l.iter()
+                .map(seq_of)
+                .collect::<std::collections::HashSet<_>>()
+                .is_superset(&wanted)
+        },
+    );
+    eprintln!(
+        "webhook deliveries moved from node {holder} and caught up {:?} after its kill -9",
+        killed_at.elapsed()
+    );
+    assert!(log.iter().all(|r| r["verified_by"] == json!([0])));
+    let got: Vec<u64> = log.iter().map(seq_of).collect();
+    let restarts = got.windows(2).filter(|w| w[1] <= w[0]).count();
+    assert!(
+        restarts <= 1,
+        "in seq order, one resumption at most: {got:?}"
+    );
+    let shown = cli(
+        &survivor.url,
+        &survivor_data,
+        &["app", "webhook", "show", &endpoint, "--json"],
+    );
+    assert_ne!(shown["delivering_node"], json!(holder), "{shown}");
+}
