@@ -307,9 +307,9 @@ fn kill_9_of_the_webhook_lease_holder_moves_deliveries_to_another_node() {
     );
     let holder = shown["delivering_node"].as_str().unwrap().to_owned();
     let (mut killed, survivor, survivor_data) = if holder == "a" {
-        (a, b, data_a.clone())
+        (a, b, data_a)
     } else {
-        (b, a, data_a.clone())
+        (b, a, data_a)
     };
     killed.child.kill().unwrap();
     let _ = killed.child.wait();
