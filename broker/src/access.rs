@@ -36,6 +36,8 @@ pub(crate) enum Action<'a> {
     Subscribe(&'a Pattern),
     /// Publish to a topic.
     Publish(&'a Topic),
+    /// Manage its own webhook endpoints (`webhook:manage`).
+    ManageWebhooks,
 }
 
 impl Action<'_> {
@@ -44,6 +46,7 @@ impl Action<'_> {
         match self {
             Action::Subscribe(p) => Scope::subscribe(p),
             Action::Publish(t) => Scope::publish(t),
+            Action::ManageWebhooks => Scope::WebhookManage,
         }
     }
 }
@@ -116,6 +119,10 @@ impl Access {
             Action::Publish(t) => (
                 principal.scope.allows_publish(t),
                 client.ceiling.allows_publish(t),
+            ),
+            Action::ManageWebhooks => (
+                principal.scope.covers(&Scope::WebhookManage),
+                client.ceiling.covers(&Scope::WebhookManage),
             ),
         };
         match (in_token, in_grant) {

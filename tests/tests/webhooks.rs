@@ -681,3 +681,110 @@ async fn events_of_an_inactive_period_stay_skipped_though_no_worker_saw_it() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.receiver.log().await.0.len(), 1);
 }
+
+#[tokio::test]
+async fn an_application_manages_its_own_endpoints_with_webhook_manage() {
+    let broker = TestBroker::start(hook_config(vec![200])).await;
+    let receiver = Receiver::start();
+    let client = broker
+        .active_client(
+            "Self-service",
+            "subscribe:lab.> publish:lab.> webhook:manage",
+        )
+        .await;
+    let other = broker
+        .active_client("Other", "subscribe:lab.> webhook:manage")
+        .await;
+    let http = broker.http_client();
+    let call = |token: String, method: Method, path: &str, body: Option<Value>| {
+        let req = http
+            .request(method, broker.http_url(path))
+            .bearer_auth(token);
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let new = json!({"url": receiver.url("/hook"), "topics": ["lab.result"]});
+    // A token without webhook:manage is refused, naming the scope.
+    let narrow = broker.token(&client, Some("subscribe:lab.>")).await;
+    let (status, body) = call(narrow, Method::POST, "/v1/webhooks", Some(new.clone())).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["reason"], "insufficient_scope", "{body}");
+    assert_eq!(body["required_scope"], "webhook:manage", "{body}");
+    // An application whose grant lacks it is refused too, whatever its token says.
+    let plain = broker.active_client("No hooks", "subscribe:lab.>").await;
+    let plain_token = broker.token(&plain, None).await;
+    let (status, _) = call(plain_token, Method::GET, "/v1/webhooks", None).await;
+    assert_eq!(status, 403);
+
+    let token = broker.token(&client, None).await;
+    let (status, body) = call(token.clone(), Method::POST, "/v1/webhooks", Some(new)).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(body["client_id"], client.client_id.as_str());
+    receiver.secrets(&[body["secret"].as_str().unwrap()]).await;
+    // Topics stay inside the application's scope.
+    let (status, body) = call(
+        token.clone(),
+        Method::PATCH,
+        &format!("/v1/webhooks/{id}"),
+        Some(json!({"topics": ["adt.>"]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "topics[0]");
+    let (status, body) = call(token.clone(), Method::GET, "/v1/webhooks", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["webhooks"].as_array().unwrap().len(), 1, "{body}");
+    // Another application sees no such endpoint, and cannot change it.
+    let other_token = broker.token(&other, None).await;
+    for (method, path) in [
+        (Method::GET, format!("/v1/webhooks/{id}")),
+        (Method::DELETE, format!("/v1/webhooks/{id}")),
+        (Method::POST, format!("/v1/webhooks/{id}/rotate-secret")),
+    ] {
+        let (status, body) = call(other_token.clone(), method, &path, None).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let (_, body) = call(other_token, Method::GET, "/v1/webhooks", None).await;
+    assert_eq!(body["webhooks"], json!([]));
+    // Deliveries flow to the endpoint it made.
+    let a = broker
+        .publish_http(&token, "lab.result", &json!({"self": true}))
+        .await;
+    assert_eq!(a.status, 201);
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].verified_by, vec![0]);
+    let (status, body) = call(
+        token.clone(),
+        Method::GET,
+        &format!("/v1/webhooks/{id}/deliveries"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Pausing is an admin action only.
+    let (status, _) = call(
+        token.clone(),
+        Method::POST,
+        &format!("/v1/webhooks/{id}/pause"),
+        None,
+    )
+    .await;
+    assert!(status == 404 || status == 405, "{status}");
+    let (status, _) = call(token, Method::DELETE, &format!("/v1/webhooks/{id}"), None).await;
+    assert_eq!(status, 204);
+    let audit = broker.admin(Method::GET, "/audit?limit=100", None).await;
+    let entries = audit.body["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["action"] == "webhook.create"
+            && e["actor"] == format!("client {}", client.client_id)),
+        "{entries:#?}"
+    );
+}

@@ -163,6 +163,20 @@ pub(crate) fn routers(state: Broker) -> (Router, Option<Router>) {
             post(publish::publish).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/events", get(events::history))
+        .nest(
+            "/v1/webhooks",
+            Router::new()
+                .route("/", get(webhooks::app::list).post(webhooks::app::create))
+                .route(
+                    "/{id}",
+                    get(webhooks::app::show)
+                        .patch(webhooks::app::update)
+                        .delete(webhooks::app::delete),
+                )
+                .route("/{id}/rotate-secret", post(webhooks::app::rotate_secret))
+                .route("/{id}/deliveries", get(webhooks::app::deliveries))
+                .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES)),
+        )
         .route(
             "/.well-known/oauth-authorization-server",
             get(oauth::metadata),

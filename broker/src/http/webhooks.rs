@@ -223,3 +223,218 @@ pub(crate) async fn deliveries(
         Err(e) => registry_error(e),
     }
 }
+
+/// The application's own API (`/v1/webhooks`, WEBHOOKS.md section 2): an access token with
+/// `webhook:manage` (in the token's scope and in the application's current grant, its client
+/// ID active here) manages the endpoints of its own client ID. Another client's endpoint is a
+/// 404, as one that does not exist. Pausing, resuming and replaying stay admin actions.
+pub(crate) mod app {
+    use std::net::SocketAddr;
+
+    use axum::extract::{ConnectInfo, Path, Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::{Json, body::Bytes};
+    use scopecast_protocol::admin::{NewWebhook, WebhookAttemptList, WebhookList, WebhookPatch};
+
+    use super::super::admin::{body, registry_error};
+    use super::super::auth;
+    use super::super::error::ApiError;
+    use super::super::scope_refusal;
+    use super::Page;
+    use crate::access::Action;
+    use crate::auth::token::Principal;
+    use crate::registry::RegistryError;
+    use crate::state::Broker;
+    use crate::webhooks::service::{attempt_view, view};
+
+    /// The caller, allowed to manage webhooks.
+    async fn caller(
+        state: &Broker,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<Principal, Response> {
+        let principal = auth::client(state, headers, peer)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        state
+            .access
+            .check(&principal, Action::ManageWebhooks)
+            .map_err(|d| scope_refusal(&principal, &d, "manage").into_response())?;
+        Ok(principal)
+    }
+
+    /// The caller, allowed to manage webhooks, when endpoint `id` is its own (another
+    /// client's is not found).
+    async fn owner(
+        state: &Broker,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        id: &str,
+    ) -> Result<Principal, Response> {
+        let principal = caller(state, headers, peer).await?;
+        match state.webhooks.get(id).await {
+            Ok(w) if w.client_id == principal.client_id => Ok(principal),
+            Ok(_) => Err(registry_error(RegistryError::NotFound {
+                what: "webhook endpoint",
+                id: id.to_owned(),
+            })),
+            Err(e) => Err(registry_error(e)),
+        }
+    }
+
+    fn actor(p: &Principal) -> String {
+        format!("client {}", p.client_id)
+    }
+
+    /// `POST /v1/webhooks`: 201 with the endpoint and its secret (shown once).
+    pub(crate) async fn create(
+        State(state): State<Broker>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        headers: HeaderMap,
+        bytes: Bytes,
+    ) -> Response {
+        let p = match caller(&state, &headers, peer).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let b: NewWebhook = match body(&bytes) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        match state.webhooks.create(&p.client_id, b, &actor(&p)).await {
+            Ok((w, secret)) => (
+                StatusCode::CREATED,
+                Json(view(&state.webhooks, &w, Some(&secret))),
+            )
+                .into_response(),
+            Err(e) => registry_error(e),
+        }
+    }
+
+    /// `GET /v1/webhooks`: the caller's endpoints.
+    pub(crate) async fn list(
+        State(state): State<Broker>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        headers: HeaderMap,
+    ) -> Response {
+        let p = match caller(&state, &headers, peer).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        match state.webhooks.list(Some(&p.client_id)).await {
+            Ok(all) => Json(WebhookList {
+                webhooks: all.iter().map(|w| view(&state.webhooks, w, None)).collect(),
+            })
+            .into_response(),
+            Err(e) => registry_error(e),
+        }
+    }
+
+    /// `GET /v1/webhooks/{id}`.
+    pub(crate) async fn show(
+        State(state): State<Broker>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+    ) -> Response {
+        if let Err(r) = owner(&state, &headers, peer, &id).await {
+            return r;
+        }
+        match state.webhooks.get(&id).await {
+            Ok(w) => Json(view(&state.webhooks, &w, None)).into_response(),
+            Err(e) => registry_error(e),
+        }
+    }
+
+    /// `PATCH /v1/webhooks/{id}`.
+    pub(crate) async fn update(
+        State(state): State<Broker>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+        bytes: Bytes,
+    ) -> Response {
+        let p = match owner(&state, &headers, peer, &id).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let b: WebhookPatch = match body(&bytes) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        match state.webhooks.update(&id, b, &actor(&p)).await {
+            Ok(w) => Json(view(&state.webhooks, &w, None)).into_response(),
+            Err(e) => registry_error(e),
+        }
+    }
+
+    /// `DELETE /v1/webhooks/{id}`: 204.
+    pub(crate) async fn delete(
+        State(state): State<Broker>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+    ) -> Response {
+        let p = match owner(&state, &headers, peer, &id).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        match state.webhooks.delete(&id, &actor(&p)).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => registry_error(e),
+        }
+    }
+
+    /// `POST /v1/webhooks/{id}/rotate-secret`.
+    pub(crate) async fn rotate_secret(
+        State(state): State<Broker>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+    ) -> Response {
+        let p = match owner(&state, &headers, peer, &id).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        match state.webhooks.rotate_secret(&id, &actor(&p)).await {
+            Ok((w, secret)) => Json(view(&state.webhooks, &w, Some(&secret))).into_response(),
+            Err(e) => registry_error(e),
+        }
+    }
+
+    /// `GET /v1/webhooks/{id}/deliveries`.
+    pub(crate) async fn deliveries(
+        State(state): State<Broker>,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        headers: HeaderMap,
+        Path(id): Path<String>,
+        page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    ) -> Response {
+        if let Err(r) = owner(&state, &headers, peer, &id).await {
+            return r;
+        }
+        let Query(page) = match page {
+            Ok(q) => q,
+            Err(e) => {
+                return ApiError::for_code(
+                    scopecast_protocol::ErrorCode::BadRequest,
+                    e.body_text(),
+                )
+                .field("query")
+                .into_response();
+            }
+        };
+        match state
+            .webhooks
+            .attempts(&id, page.before, page.limit.unwrap_or(100))
+            .await
+        {
+            Ok(a) => Json(WebhookAttemptList {
+                attempts: a.iter().map(attempt_view).collect(),
+            })
+            .into_response(),
+            Err(e) => registry_error(e),
+        }
+    }
+}
