@@ -191,6 +191,7 @@ pub(crate) async fn run(params: &Params, clock: Clock) -> RunReport {
         skipped: Vec::new(),
         plot: None,
         cluster: None,
+        webhooks: None,
     };
     let BrokerTarget::Start(bin) = &params.broker else {
         report

@@ -31,6 +31,7 @@ mod scenario;
 mod scopecast;
 mod stats;
 mod system;
+mod webhooks;
 mod ws;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -515,6 +516,11 @@ fn all_params(args: &AllArgs) -> anyhow::Result<Vec<Params>> {
         scenario: Scenario::Durable,
         subscribers: 1,
         publishers: 4,
+        payload: PayloadKind::Bytes(1024),
+        ..base.clone()
+    });
+    runs.push(Params {
+        scenario: Scenario::Webhooks,
         payload: PayloadKind::Bytes(1024),
         ..base.clone()
     });

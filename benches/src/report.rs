@@ -98,6 +98,9 @@ pub(crate) struct RunReport {
     /// The `cluster` scenario's ratios and failover.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cluster: Option<crate::cluster::ClusterSummary>,
+    /// The `webhooks` scenario's rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) webhooks: Option<crate::webhooks::WebhookSummary>,
 }
 
 /// One system's results.
@@ -320,6 +323,8 @@ impl RunReport {
         out.push('\n');
         if let Some(c) = &self.cluster {
             out.push_str(&c.table());
+        } else if let Some(w) = &self.webhooks {
+            out.push_str(&w.table());
         } else {
             let r = &self.ratios;
             let show = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.3}"));

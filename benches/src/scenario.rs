@@ -6,7 +6,9 @@
 //! - `connect`: new authenticated connections per second (token verification included);
 //! - `idle`: RSS per idle authenticated connection (see `idle.rs`);
 //! - `tokens`: token endpoint requests per second (Scopecast only);
-//! - `durable`: acknowledged publishes per second with fsync durability (Scopecast only).
+//! - `durable`: acknowledged publishes per second with fsync durability (Scopecast only);
+//! - `cluster`: cluster mode (`cluster.rs`); `webhooks`: signed deliveries against a plain
+//!   signed HTTP client on the same receiver (`webhooks.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +49,8 @@ pub(crate) enum Scenario {
     Durable,
     /// (h) cluster mode against one node and against JetStream itself (`cluster.rs`).
     Cluster,
+    /// (i) signed webhook deliveries against a plain signed HTTP client (`webhooks.rs`).
+    Webhooks,
 }
 
 impl Scenario {
@@ -61,6 +65,7 @@ impl Scenario {
             Scenario::Tokens => "tokens",
             Scenario::Durable => "durable",
             Scenario::Cluster => "cluster",
+            Scenario::Webhooks => "webhooks",
         }
     }
 
@@ -73,6 +78,7 @@ impl Scenario {
             Scenario::Tokens => "tokens issued/s",
             Scenario::Durable => "acknowledged events/s",
             Scenario::Cluster => "events delivered/s and acknowledged events/s",
+            Scenario::Webhooks => "signed deliveries/s",
         }
     }
 
@@ -80,7 +86,7 @@ impl Scenario {
     fn has_baselines(self) -> bool {
         !matches!(
             self,
-            Scenario::Tokens | Scenario::Durable | Scenario::Cluster
+            Scenario::Tokens | Scenario::Durable | Scenario::Cluster | Scenario::Webhooks
         )
     }
 }
@@ -168,6 +174,7 @@ impl Params {
                 self.publishers,
                 self.payload.label()
             ),
+            Scenario::Webhooks => format!("webhooks-{}", self.payload.label()),
             Scenario::Durable => format!(
                 "durable-p{}-w{}-{}",
                 self.publishers,
@@ -206,6 +213,9 @@ pub(crate) async fn run(params: &Params, clock: Clock) -> RunReport {
     if params.scenario == Scenario::Cluster {
         return crate::cluster::run(params, clock).await;
     }
+    if params.scenario == Scenario::Webhooks {
+        return crate::webhooks::run(params, clock).await;
+    }
     let mut report = RunReport {
         scenario: params.scenario.name().to_owned(),
         label: params.label(),
@@ -216,6 +226,7 @@ pub(crate) async fn run(params: &Params, clock: Clock) -> RunReport {
         skipped: Vec::new(),
         plot: None,
         cluster: None,
+        webhooks: None,
     };
     let mut kinds = vec![SystemKind::Scopecast];
     if params.scenario.has_baselines() {
@@ -295,9 +306,11 @@ async fn measure(system: &mut System, params: &Params, clock: Clock) -> SystemRe
             let work = workload(params);
             load::measure(system, &work, &params.load, clock).await
         }
-        Scenario::Cluster => with_failure(
+        Scenario::Cluster | Scenario::Webhooks => with_failure(
             system,
-            Err(anyhow::anyhow!("the cluster scenario runs in cluster.rs")),
+            Err(anyhow::anyhow!(
+                "the cluster and webhooks scenarios run in cluster.rs and webhooks.rs"
+            )),
         ),
         Scenario::Connect => {
             let phases = connect_storm(system, params, clock).await;

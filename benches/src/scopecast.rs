@@ -116,6 +116,19 @@ impl Scopecast {
     /// # Errors
     /// The broker did not start or its admin credential is unreadable.
     pub(crate) async fn start(bin: &Path, log: LogKind) -> anyhow::Result<Scopecast> {
+        Scopecast::start_with_env(bin, log, &[]).await
+    }
+
+    /// As [`Scopecast::start`], with these settings (`SCOPECAST_*` variables) besides the
+    /// harness's.
+    ///
+    /// # Errors
+    /// As [`Scopecast::start`].
+    pub(crate) async fn start_with_env(
+        bin: &Path,
+        log: LogKind,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Scopecast> {
         let data = tempfile::Builder::new()
             .prefix("scopecast-bench-")
             .tempdir()
@@ -136,6 +149,7 @@ impl Scopecast {
                 cmd.env(k, v);
             }
         }
+        cmd.envs(env.iter().copied());
         let (process, addr) = Spawned::start_and_read_addr(cmd, true, Duration::from_secs(30))
             .with_context(|| format!("starting {}", bin.display()))?;
         let token_file = data.path().join("admin.token");
@@ -321,6 +335,14 @@ impl Scopecast {
         )
         .await?;
         Ok(creds)
+    }
+
+    /// `POST <path>` on the admin API with `body`; the answer's JSON.
+    ///
+    /// # Errors
+    /// The request failed or was refused.
+    pub(crate) async fn admin_post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.admin(path, body).await
     }
 
     async fn admin(&self, path: &str, body: &Value) -> anyhow::Result<Value> {

@@ -6,3 +6,7 @@ ALTER TABLE webhook_endpoints ADD COLUMN cursor_epoch TEXT NOT NULL DEFAULT '';
 -- `replay_through`: events up to this `seq` go out although they were accepted while the client
 -- ID was inactive (an admin replayed them).
 ALTER TABLE webhook_endpoints ADD COLUMN replay_through BIGINT NOT NULL DEFAULT 0;
+-- `replayed_at_version`: the endpoint's version a replay made. A worker that started from an
+-- older version must not write its cursor (it would undo the replay); other changes (pause,
+-- rotation) leave its progress to be saved.
+ALTER TABLE webhook_endpoints ADD COLUMN replayed_at_version BIGINT NOT NULL DEFAULT 0;

@@ -366,7 +366,49 @@ pub async fn migrate_to_cluster(
         }
         report.push(format!("{name}: sealed from {}", path.display()));
     }
+    report.extend(reseal_webhooks(data_dir, &kek, &registry).await?);
     Ok(report)
+}
+
+/// Seals the copied webhook endpoints' secrets and headers again, from the single node's
+/// `webhooks.kek` to the cluster's key-encryption key (the cluster's nodes open them with
+/// theirs).
+async fn reseal_webhooks(
+    data_dir: &Path,
+    kek: &Kek,
+    registry: &Registry,
+) -> Result<Vec<String>, String> {
+    let endpoints = registry.webhooks().await.map_err(|e| e.to_string())?;
+    if endpoints.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = data_dir.join(crate::webhooks::KEK_FILE);
+    let local = Kek::load_setting(&path, "the webhook key-encryption key")?;
+    let mut done = 0;
+    for mut w in endpoints {
+        let keys = crate::webhooks::endpoint::Keys::unseal(&local, &w.id, &w.sealed)?;
+        w.sealed = keys.seal(kek, &w.id)?;
+        let written = registry
+            .update_webhook(
+                &w,
+                "scopecast cluster migrate",
+                "webhook.reseal",
+                json!({"endpoint_id": w.id}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if !written {
+            return Err(format!(
+                "webhook endpoint {} changed during the migration",
+                w.id
+            ));
+        }
+        done += 1;
+    }
+    Ok(vec![format!(
+        "webhooks: {done} endpoints' secrets sealed again from {} with the cluster's key",
+        path.display()
+    )])
 }
 
 /// Reloads `rings` whenever the registry says their blob changed (and all of them when this

@@ -578,6 +578,7 @@ fn every_data_file_is_private_even_in_a_folder_others_can_enter() {
         "events.redb",
         "signing-keys.json",
         "record-signing-keys.json",
+        "webhooks.kek",
         "admin.token",
     ] {
         assert!(files.iter().any(|x| x == f), "{f} missing from {files:?}");

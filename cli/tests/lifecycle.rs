@@ -427,6 +427,7 @@ fn a_backup_taken_under_load_restores_into_a_broker_that_goes_on_after_it() {
             "events.redb",
             "signing-keys.json",
             "record-signing-keys.json",
+            "webhooks.kek",
         ] {
             assert_eq!(mode(&backup.join(f)), 0o600, "{f}");
         }
@@ -503,6 +504,7 @@ fn a_backup_taken_under_load_restores_into_a_broker_that_goes_on_after_it() {
         "events.redb",
         "signing-keys.json",
         "record-signing-keys.json",
+        "webhooks.kek",
     ] {
         std::fs::copy(backup.join(f), tampered.join(f)).unwrap();
     }
@@ -553,6 +555,7 @@ fn a_backup_taken_under_load_restores_into_a_broker_that_goes_on_after_it() {
             "events.redb",
             "signing-keys.json",
             "record-signing-keys.json",
+            "webhooks.kek",
         ] {
             assert_eq!(mode(&data2.join(f)), 0o600, "{f}");
         }

@@ -1150,6 +1150,16 @@ async fn a_single_node_moves_into_a_cluster_with_its_registry_and_keys() {
     let token = single.token(&app.non_production, None).await;
     let admin_token = single.admin_token().to_owned();
     let pinned = catalog_keys(&single).await;
+    // A webhook endpoint, its secret and header sealed with the single node's webhooks.kek.
+    let hook = single
+        .admin(
+            Method::POST,
+            &format!("/clients/{}/webhooks", app.non_production.client_id),
+            Some(json!({"url": "https://198.41.0.4/hook", "topics": ["lab.>"], "headers": {"X-Api-Key": "k"}})),
+        )
+        .await;
+    assert_eq!(hook.status, 201, "{:?}", hook.body);
+    let hook_id = hook.body["id"].as_str().expect("id").to_owned();
     let kept = single.stop_keeping_data().await;
     let data = kept.path().join("data");
 
@@ -1165,6 +1175,12 @@ async fn a_single_node_moves_into_a_cluster_with_its_registry_and_keys() {
     );
     assert!(
         report.iter().any(|l| l.starts_with("signing_keys: sealed")),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .iter()
+            .any(|l| l.starts_with("webhooks: 1 endpoints' secrets sealed again")),
         "{report:?}"
     );
     // A second run is refused: the database is not empty any more.
@@ -1194,6 +1210,16 @@ async fn a_single_node_moves_into_a_cluster_with_its_registry_and_keys() {
     // The catalog key environments pinned is the same.
     let after = catalog_keys(a).await;
     assert_eq!(after, pinned);
+    // The endpoint's secrets open with the cluster's key: its header names show.
+    let shown = b
+        .http_client()
+        .get(b.operator_url(&format!("/admin/v1/webhooks/{hook_id}")))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .expect("admin");
+    let shown: Value = shown.json().await.expect("JSON");
+    assert_eq!(shown["header_names"], json!(["X-Api-Key"]), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,7 @@ pub(crate) async fn take(sources: Sources<'_>) -> Result<Taken, BackupError> {
         LogMode::Durable => "durable",
         LogMode::Memory => "memory",
     };
+    let kek_source = data_dir.join(crate::webhooks::KEK_FILE);
     let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, BackupError> {
         let range = snapshot
             .write_to(&folder.join(EVENT_LOG_FILE))
@@ -94,6 +95,10 @@ pub(crate) async fn take(sources: Sources<'_>) -> Result<Taken, BackupError> {
         write_private(&keys_path, &key_file).map_err(io_error(&keys_path))?;
         let records_path = folder.join(RECORD_KEYS_FILE);
         write_private(&records_path, &record_file).map_err(io_error(&records_path))?;
+        // The key that seals the webhook endpoints' secrets in the registry copy.
+        let kek = std::fs::read(&kek_source).map_err(io_error(&kek_source))?;
+        let kek_path = folder.join(crate::webhooks::KEK_FILE);
+        write_private(&kek_path, &kek).map_err(io_error(&kek_path))?;
         let mut files = Vec::new();
         for name in FILES {
             let (bytes, sha256) = hash_file(&folder.join(name))?;

@@ -40,23 +40,26 @@ use crate::server::{EVENT_LOG_FILE, RECORD_KEYS_FILE, REGISTRY_FILE, SIGNING_KEY
 pub const MANIFEST_FILE: &str = "backup.json";
 /// What the manifest's `format` member says.
 pub const FORMAT: &str = "scopecast-backup";
-/// The backup layout this build writes. It reads this one and format 1 (made before the
-/// record-signing keys were kept: without [`RECORD_KEYS_FILE`]).
-pub const FORMAT_VERSION: u32 = 2;
+/// The backup layout this build writes. It reads this one, format 2 (made before the webhook
+/// key-encryption key was kept: without `webhooks.kek`) and format 1 (made before the
+/// record-signing keys were kept: without [`RECORD_KEYS_FILE`] either).
+pub const FORMAT_VERSION: u32 = 3;
 /// The files a backup holds besides its manifest, in the order the tar stream carries them.
-pub const FILES: [&str; 4] = [
+pub const FILES: [&str; 5] = [
     REGISTRY_FILE,
     EVENT_LOG_FILE,
     SIGNING_KEYS_FILE,
     RECORD_KEYS_FILE,
+    crate::webhooks::KEK_FILE,
 ];
 
-/// The files a backup of `format_version` holds (format 1: all but the record-signing keys).
+/// The files a backup of `format_version` holds (format 1: the first three; format 2: all
+/// but the webhook key-encryption key).
 pub fn files_of(format_version: u32) -> &'static [&'static str] {
-    if format_version == 1 {
-        &FILES[..3]
-    } else {
-        &FILES
+    match format_version {
+        1 => &FILES[..3],
+        2 => &FILES[..4],
+        _ => &FILES,
     }
 }
 /// Folders a forced restore moves a data folder's previous files to start with this.
@@ -656,13 +659,37 @@ mod tests {
     }
 
     #[test]
+    fn a_format_2_backup_without_the_webhook_key_still_restores() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backup = tmp.path().join("backup");
+        let mut manifest = backup_folder(&backup);
+        let kek = crate::webhooks::KEK_FILE;
+        std::fs::remove_file(backup.join(kek)).unwrap();
+        manifest.format_version = 2;
+        manifest.files.retain(|f| f.name != kek);
+        write_manifest(&backup, &manifest);
+        let data = tmp.path().join("data");
+        restore(&backup, &data, false).unwrap();
+        assert!(data.join(RECORD_KEYS_FILE).is_file());
+        assert!(!data.join(kek).exists());
+        // Format 3 must list it.
+        manifest.format_version = 3;
+        write_manifest(&backup, &manifest);
+        let err = restore(&backup, &tmp.path().join("data2"), false).unwrap_err();
+        assert!(err.to_string().contains(kek), "{err}");
+    }
+
+    #[test]
     fn a_format_1_backup_without_the_record_keys_still_restores() {
         let tmp = tempfile::tempdir().unwrap();
         let backup = tmp.path().join("backup");
         let mut manifest = backup_folder(&backup);
         std::fs::remove_file(backup.join(RECORD_KEYS_FILE)).unwrap();
+        std::fs::remove_file(backup.join(crate::webhooks::KEK_FILE)).unwrap();
         manifest.format_version = 1;
-        manifest.files.retain(|f| f.name != RECORD_KEYS_FILE);
+        manifest
+            .files
+            .retain(|f| f.name != RECORD_KEYS_FILE && f.name != crate::webhooks::KEK_FILE);
         write_manifest(&backup, &manifest);
         let data = tmp.path().join("data");
         restore(&backup, &data, false).unwrap();

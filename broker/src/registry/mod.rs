@@ -52,8 +52,8 @@ pub use snapshot::{
 };
 pub use sqlite::SqliteStore;
 pub use store::{
-    ApplicationPatch, Change, ChangeKind, Deletion, NewApplication, RegistryStore, StoreError,
-    StoredWebhook, Wakeups, WebhookAttempt, WebhookState,
+    ApplicationPatch, Change, ChangeKind, CursorWrite, Deletion, NewApplication, RegistryStore,
+    StoreError, StoredWebhook, Wakeups, WebhookAttempt, WebhookState,
 };
 use validate::{ClientKey, InvalidInput, invalid};
 

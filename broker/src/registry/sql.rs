@@ -1107,7 +1107,7 @@ macro_rules! sql_store {
                 let done = sqlx::query(
                     "UPDATE webhook_endpoints SET \
                      cursor = CASE WHEN cursor_epoch <> $3 OR cursor < $4 THEN $4 ELSE cursor END, \
-                     cursor_epoch = $3 WHERE id = $1 AND lease_holder = $2 AND version = $5",
+                     cursor_epoch = $3 WHERE id = $1 AND lease_holder = $2 AND replayed_at_version <= $5",
                 )
                 .bind(id)
                 .bind(holder)
@@ -1118,6 +1118,33 @@ macro_rules! sql_store {
                 .await
                 .map_err(db)?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn advance_webhook_cursors(
+                &self,
+                holder: &str,
+                writes: &[crate::registry::CursorWrite],
+            ) -> Result<Vec<bool>, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let mut out = Vec::with_capacity(writes.len());
+                for w in writes {
+                    let done = sqlx::query(
+                        "UPDATE webhook_endpoints SET \
+                         cursor = CASE WHEN cursor_epoch <> $3 OR cursor < $4 THEN $4 ELSE cursor END, \
+                         cursor_epoch = $3 WHERE id = $1 AND lease_holder = $2 AND replayed_at_version <= $5",
+                    )
+                    .bind(&w.endpoint_id)
+                    .bind(holder)
+                    .bind(&w.epoch)
+                    .bind(i64::try_from(w.seq).unwrap_or(i64::MAX))
+                    .bind(w.version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    out.push(done.rows_affected() == 1);
+                }
+                self.commit(tx).await?;
+                Ok(out)
             }
 
             async fn client_active_since(&self, client_id: &str) -> Result<Option<i64>, StoreError> {
@@ -1143,8 +1170,8 @@ macro_rules! sql_store {
                 let mut tx = self.pool.begin().await.map_err(db)?;
                 let client: Option<String> = sqlx::query_scalar(
                     "UPDATE webhook_endpoints SET cursor = $2, cursor_epoch = $3, \
-                     version = version + 1, updated_at = $4, replay_through = $5 \
-                     WHERE id = $1 RETURNING client_id",
+                     version = version + 1, replayed_at_version = version + 1, updated_at = $4, \
+                     replay_through = $5 WHERE id = $1 RETURNING client_id",
                 )
                 .bind(id)
                 .bind(i64::try_from(cursor).unwrap_or(i64::MAX))

@@ -369,10 +369,10 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn delete_webhook(&self, id: &str, audit: &AuditEntry) -> Result<bool, StoreError>;
     /// Moves an endpoint's cursor forward to `seq` of the log `epoch` (never back within one
     /// epoch; to `seq` when the stored cursor counts in another log), when `holder` holds its
-    /// lease and the endpoint is still at `version` (the one its worker started from); false
-    /// (nothing written) otherwise: the lease went to another node, or the endpoint changed (a
-    /// replay among the changes: an older worker's last write must not undo it). No change
-    /// row: the lease holder is the only writer.
+    /// lease and no replay happened after `version` (the one its worker started from); false
+    /// (nothing written) otherwise: the lease went to another node, or an admin replayed (an
+    /// older worker's last write must not undo it; other changes, a pause or a rotation, leave
+    /// its progress to be saved). No change row: the lease holder is the only writer.
     async fn advance_webhook_cursor(
         &self,
         id: &str,
@@ -381,6 +381,13 @@ pub trait RegistryStore: Send + Sync + 'static {
         epoch: &str,
         seq: u64,
     ) -> Result<bool, StoreError>;
+    /// [`RegistryStore::advance_webhook_cursor`] for several endpoints in one transaction
+    /// (one commit for every endpoint a node delivers to): one answer per write, in order.
+    async fn advance_webhook_cursors(
+        &self,
+        holder: &str,
+        writes: &[CursorWrite],
+    ) -> Result<Vec<bool>, StoreError>;
     /// Sets an endpoint's cursor to `cursor` of the log `epoch`, back or forward (an admin's
     /// replay: deliveries go on after it), and its `replay_through` to `through` (events up to
     /// it are delivered although accepted while the client ID was inactive), with a
@@ -415,6 +422,19 @@ pub trait RegistryStore: Send + Sync + 'static {
     ) -> Result<Vec<WebhookAttempt>, StoreError>;
     /// Forgets attempts made before `before_ms` (retention); how many went.
     async fn prune_webhook_attempts(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// One cursor write of [`RegistryStore::advance_webhook_cursors`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorWrite {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The endpoint's version the writer delivers for.
+    pub version: i64,
+    /// The event log the `seq` counts in.
+    pub epoch: String,
+    /// The last `seq` delivered or skipped.
+    pub seq: u64,
 }
 
 /// A webhook endpoint as stored (WEBHOOKS.md): where a client ID's events are pushed.

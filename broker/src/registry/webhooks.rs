@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{Registry, RegistryError, StoredWebhook, WebhookAttempt, now_ms};
+use super::{CursorWrite, Registry, RegistryError, StoredWebhook, WebhookAttempt, now_ms};
 
 impl Registry {
     /// Every endpoint, as stored now (not cached: the delivery engine and the admin API read
@@ -187,6 +187,23 @@ impl Registry {
             .inner
             .store
             .advance_webhook_cursor(id, holder, version, epoch, seq)
+            .await?)
+    }
+
+    /// Several endpoints' cursors in one transaction
+    /// ([`super::RegistryStore::advance_webhook_cursors`]).
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn advance_webhook_cursors(
+        &self,
+        holder: &str,
+        writes: &[CursorWrite],
+    ) -> Result<Vec<bool>, RegistryError> {
+        Ok(self
+            .inner
+            .store
+            .advance_webhook_cursors(holder, writes)
             .await?)
     }
 

@@ -8,8 +8,9 @@
 //!   disabled, changed (it restarts with the new settings) or whose lease was lost.
 //! - **Worker**: the log's tail from `cursor + 1`, events of other topics passed over,
 //!   `max_batch` events per request, `max_in_flight` requests at once, results taken in `seq`
-//!   order; the cursor (fenced by the lease) is written at most every
-//!   [`CURSOR_FLUSH`]. At-least-once: a crash redelivers what was sent after the last write.
+//!   order; the node's cursors are written together every [`CURSOR_FLUSH`] (one transaction,
+//!   each write fenced by the lease and by replays). At-least-once: a crash
+//!   redelivers what was sent after the last write.
 //! - **The activation rule, at every attempt** ([`crate::access::Access::check_push`]): an
 //!   inactive client ID gets no request (`skipped_client_inactive`, recorded; when it is
 //!   active again the events accepted before are skipped too, until replayed); an event its
@@ -40,10 +41,11 @@ use crate::cluster::Kek;
 use crate::config::{EnvironmentKind, WebhooksConfig};
 use crate::log::{EventLog, StoredEvent, TailItem};
 use crate::metrics::Metrics;
-use crate::registry::{Registry, RegistryChange, StoredWebhook, WebhookAttempt, WebhookState};
+use crate::registry::{
+    CursorWrite, Registry, RegistryChange, StoredWebhook, WebhookAttempt, WebhookState,
+};
 
-/// How often a worker writes its cursor at most (and when idle, this long after its last
-/// delivery).
+/// How often the node writes its workers' cursors (all of them in one transaction).
 pub(crate) const CURSOR_FLUSH: Duration = Duration::from_millis(250);
 
 /// The actor of the engine's own audit entries (an endpoint disabled).
@@ -113,6 +115,16 @@ pub(crate) struct Inner {
     unreadable: parking_lot::Mutex<HashSet<(String, i64)>>,
     records: mpsc::Sender<WebhookAttempt>,
     records_rx: parking_lot::Mutex<Option<mpsc::Receiver<WebhookAttempt>>>,
+    /// Cursors to write, by endpoint: every worker's newest, written together every
+    /// [`CURSOR_FLUSH`] in one transaction (one commit per node, not one per endpoint).
+    cursors: parking_lot::Mutex<HashMap<String, PendingCursor>>,
+}
+
+/// A worker's newest cursor, not written yet.
+struct PendingCursor {
+    write: CursorWrite,
+    /// Stops the worker when the write is refused (its lease moved or its endpoint changed).
+    cancel: CancellationToken,
 }
 
 /// Attempt records waiting for the writer at most; past it records are dropped (and said so)
@@ -166,6 +178,7 @@ impl Webhooks {
             unreadable: parking_lot::Mutex::new(HashSet::new()),
             records,
             records_rx: parking_lot::Mutex::new(Some(records_rx)),
+            cursors: parking_lot::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -175,15 +188,23 @@ impl Webhooks {
         if let Some(rx) = self.records_rx.lock().take() {
             tokio::spawn(record_loop(self.registry.clone(), rx));
         }
+        tokio::spawn(self.clone().cursor_loop(shutdown.clone()));
         tokio::spawn(prune_loop(
             self.registry.clone(),
             self.settings.attempts_retention_s,
             shutdown.clone(),
         ));
         let every = Duration::from_millis(self.settings.lease_ms / 3);
+        let mut renew_at = tokio::time::Instant::now();
         'supervise: loop {
-            self.reconcile().await;
-            let next = tokio::time::sleep(every);
+            // Leases are renewed on the lease's clock; a change only starts and stops workers
+            // (a burst of changes, 100 endpoints resumed, then costs no lease writes).
+            let renew = tokio::time::Instant::now() >= renew_at;
+            if renew {
+                renew_at = tokio::time::Instant::now() + every;
+            }
+            self.reconcile(renew).await;
+            let next = tokio::time::sleep_until(renew_at);
             tokio::pin!(next);
             loop {
                 tokio::select! {
@@ -209,14 +230,64 @@ impl Webhooks {
         for (_, w) in &running {
             w.cancel.cancel();
         }
-        for (id, w) in running {
+        let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
+        for (_, w) in running {
             let _ = tokio::time::timeout(Duration::from_secs(2), w.task).await;
+        }
+        self.flush_cursors().await;
+        for id in ids {
             let _ = self.registry.lease_webhook(&id, &self.holder, 0).await;
         }
     }
 
-    /// Brings the workers in line with the stored endpoints and renews this node's leases.
-    async fn reconcile(&self) {
+    /// Writes the pending cursors every [`CURSOR_FLUSH`] until `shutdown`.
+    async fn cursor_loop(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(CURSOR_FLUSH) => self.flush_cursors().await,
+            }
+        }
+    }
+
+    /// Writes every pending cursor in one transaction; stops the workers whose write was
+    /// refused. A failed write is tried again at the next flush (unless newer ones came).
+    async fn flush_cursors(&self) {
+        let pending: Vec<PendingCursor> = {
+            let mut map = self.cursors.lock();
+            if map.is_empty() {
+                return;
+            }
+            map.drain().map(|(_, p)| p).collect()
+        };
+        let writes: Vec<CursorWrite> = pending.iter().map(|p| p.write.clone()).collect();
+        match self
+            .registry
+            .advance_webhook_cursors(&self.holder, &writes)
+            .await
+        {
+            Ok(results) => {
+                for (p, ok) in pending.iter().zip(results) {
+                    if !ok {
+                        tracing::info!(endpoint = %p.write.endpoint_id, "webhook endpoint changed or its lease moved; its worker stops");
+                        p.cancel.cancel();
+                    }
+                }
+            }
+            Err(e) => {
+                // Delivered again after a restart at worst (at-least-once).
+                tracing::warn!(error = %e, endpoints = writes.len(), "webhook cursors not saved; trying again");
+                let mut map = self.cursors.lock();
+                for p in pending {
+                    map.entry(p.write.endpoint_id.clone()).or_insert(p);
+                }
+            }
+        }
+    }
+
+    /// Brings the workers in line with the stored endpoints and, with `renew`, renews this
+    /// node's leases.
+    async fn reconcile(&self, renew: bool) {
         let endpoints = match self.registry.webhooks().await {
             Ok(e) => e,
             Err(e) => {
@@ -252,6 +323,9 @@ impl Webhooks {
                 .lock()
                 .get(&ep.id)
                 .map(|w| w.renewed_ms.clone());
+            if held.is_some() && !renew {
+                continue;
+            }
             // The lease runs from before the call: a slow answer shortens it, never lengthens it.
             let asked_at = now_ms();
             let leased = match self
@@ -325,10 +399,25 @@ impl Webhooks {
     }
 }
 
-/// Writes attempt records in batches.
+/// How long the writer of attempt records gathers them before one transaction: a commit per
+/// delivery would cost the registry (SQLite commits with fsync) more than the delivery.
+const RECORDS_LINGER: Duration = Duration::from_millis(100);
+/// Most attempt records in one transaction.
+const RECORDS_BATCH: usize = 1024;
+
+/// Writes attempt records in batches: what arrives within [`RECORDS_LINGER`] of the first,
+/// at most [`RECORDS_BATCH`], in one transaction.
 async fn record_loop(registry: Registry, mut rx: mpsc::Receiver<WebhookAttempt>) {
-    let mut batch = Vec::with_capacity(512);
-    while rx.recv_many(&mut batch, 512).await > 0 {
+    let mut batch = Vec::with_capacity(RECORDS_BATCH);
+    while rx.recv_many(&mut batch, RECORDS_BATCH).await > 0 {
+        let until = tokio::time::Instant::now() + RECORDS_LINGER;
+        while batch.len() < RECORDS_BATCH {
+            let room = RECORDS_BATCH - batch.len();
+            match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
         if let Err(e) = registry.record_webhook_attempts(&batch).await {
             tracing::warn!(error = %e, records = batch.len(), "webhook attempt records lost");
         }
@@ -498,26 +587,15 @@ impl Worker {
             .map(move |chunk| worker.clone().deliver(chunk))
             .buffered(self.max_in_flight);
         tokio::pin!(steps);
-        let mut pending: Option<u64> = None;
-        let mut flush = tokio::time::interval(CURSOR_FLUSH);
-        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => Step::Stop,
-                _ = flush.tick() => {
-                    if let Some(seq) = pending.take()
-                        && !self.save_cursor(seq).await
-                    {
-                        break;
-                    }
-                    continue;
-                }
                 step = steps.next() => step.unwrap_or(Step::Stop),
             };
             match step {
                 Step::Done(seq, time_ms) => {
-                    pending = Some(seq);
+                    self.note_cursor(seq);
                     let behind = self.inner.log.bounds().last.saturating_sub(seq);
                     lag_events.set(i64::try_from(behind).unwrap_or(i64::MAX));
                     lag_seconds.set(if behind == 0 {
@@ -528,17 +606,11 @@ impl Worker {
                 }
                 Step::Disable(reason, seq) => {
                     // The event that disabled it stays undelivered: the cursor stops before it.
-                    if let Some(seq) = pending.take() {
-                        self.save_cursor(seq).await;
-                    }
                     self.disable(reason, seq).await;
                     break;
                 }
                 Step::Stop => break,
             }
-        }
-        if let Some(seq) = pending.take() {
-            self.save_cursor(seq).await;
         }
         self.cancel.cancel();
         let _ = self
@@ -554,28 +626,21 @@ impl Worker {
         tracing::info!(endpoint = %self.id, "webhook deliveries stop on this node");
     }
 
-    /// Writes the cursor; false when this node no longer holds the lease or the endpoint
-    /// changed (the worker stops; the supervisor starts the new version).
-    async fn save_cursor(&self, seq: u64) -> bool {
-        match self
-            .inner
-            .registry
-            .advance_webhook_cursor(&self.id, &self.inner.holder, self.version, &self.epoch, seq)
-            .await
-        {
-            Ok(true) => true,
-            Ok(false) => {
-                tracing::info!(endpoint = %self.id, "webhook endpoint changed or its lease moved; this worker stops");
-                self.cancel.cancel();
-                false
-            }
-            Err(e) => {
-                // Delivered again after a restart at worst (at-least-once); tried again at
-                // the next write.
-                tracing::warn!(endpoint = %self.id, error = %e, "webhook cursor not saved");
-                true
-            }
-        }
+    /// Hands the cursor to the node's cursor writer (written within [`CURSOR_FLUSH`], fenced
+    /// by the lease and this worker's endpoint version).
+    fn note_cursor(&self, seq: u64) {
+        self.inner.cursors.lock().insert(
+            self.id.clone(),
+            PendingCursor {
+                write: CursorWrite {
+                    endpoint_id: self.id.clone(),
+                    version: self.version,
+                    epoch: self.epoch.clone(),
+                    seq,
+                },
+                cancel: self.cancel.clone(),
+            },
+        );
     }
 
     /// Follows the registry for changes of this client ID, and wakes every wait and request
