@@ -1096,30 +1096,6 @@ macro_rules! sql_store {
                 Ok(true)
             }
 
-            async fn advance_webhook_cursor(
-                &self,
-                id: &str,
-                holder: &str,
-                version: i64,
-                epoch: &str,
-                seq: u64,
-            ) -> Result<bool, StoreError> {
-                let done = sqlx::query(
-                    "UPDATE webhook_endpoints SET \
-                     cursor = CASE WHEN cursor_epoch <> $3 OR cursor < $4 THEN $4 ELSE cursor END, \
-                     cursor_epoch = $3 WHERE id = $1 AND lease_holder = $2 AND replayed_at_version <= $5",
-                )
-                .bind(id)
-                .bind(holder)
-                .bind(epoch)
-                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .bind(version)
-                .execute(&self.pool)
-                .await
-                .map_err(db)?;
-                Ok(done.rows_affected() == 1)
-            }
-
             async fn advance_webhook_cursors(
                 &self,
                 holder: &str,

@@ -380,7 +380,20 @@ pub trait RegistryStore: Send + Sync + 'static {
         version: i64,
         epoch: &str,
         seq: u64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        let write = CursorWrite {
+            endpoint_id: id.to_owned(),
+            version,
+            epoch: epoch.to_owned(),
+            seq,
+        };
+        Ok(self
+            .advance_webhook_cursors(holder, &[write])
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
     /// [`RegistryStore::advance_webhook_cursor`] for several endpoints in one transaction
     /// (one commit for every endpoint a node delivers to): one answer per write, in order.
     async fn advance_webhook_cursors(

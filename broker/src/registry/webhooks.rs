@@ -170,26 +170,6 @@ impl Registry {
             .await?)
     }
 
-    /// Moves the cursor of endpoint `id` forward, when `holder` holds its lease
-    /// ([`super::RegistryStore::advance_webhook_cursor`]).
-    ///
-    /// # Errors
-    /// A storage failure.
-    pub async fn advance_webhook_cursor(
-        &self,
-        id: &str,
-        holder: &str,
-        version: i64,
-        epoch: &str,
-        seq: u64,
-    ) -> Result<bool, RegistryError> {
-        Ok(self
-            .inner
-            .store
-            .advance_webhook_cursor(id, holder, version, epoch, seq)
-            .await?)
-    }
-
     /// Several endpoints' cursors in one transaction
     /// ([`super::RegistryStore::advance_webhook_cursors`]).
     ///
