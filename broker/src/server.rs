@@ -133,6 +133,7 @@ pub async fn run_on(
         state,
         fanout_task,
         background,
+        deliveries,
     } = assemble(config, public_url, listener.local_addr()?.port()).await?;
     let cancel = state.shutdown.clone();
     // Kept to stop the registry's feed follower at the end (tasks may outlive `state`).
@@ -203,6 +204,17 @@ pub async fn run_on(
             "grace period over; stopping"
         );
     }
+    // The webhook engine began stopping with the cancellation: its requests in flight
+    // finish, then it saves the cursors (a delivery that was answered is not made again
+    // after the restart) and gives the leases back.
+    let deliveries_abort = deliveries.abort_handle();
+    if tokio::time::timeout(crate::webhooks::SHUTDOWN_WAIT, deliveries)
+        .await
+        .is_err()
+    {
+        tracing::warn!("webhook deliveries did not stop in time; their cursors may be behind");
+        deliveries_abort.abort();
+    }
     // Dropping the last handles of the log (in the state) stops its writer after its last
     // batch, and with it the fan-out's tail.
     drop(state);
@@ -230,6 +242,9 @@ pub(crate) struct Assembled {
     pub(crate) fanout_task: tokio::task::JoinHandle<()>,
     /// Background tasks (registry follower, log prober, retention) to abort at the end.
     pub(crate) background: Vec<tokio::task::JoinHandle<()>>,
+    /// The webhook engine: at shutdown it lets requests in flight finish, saves the cursors
+    /// and gives its leases back; awaited (bounded) before the end.
+    pub(crate) deliveries: tokio::task::JoinHandle<()>,
 }
 
 /// Opens the stores in `config.data_dir` (prepared and locked by the caller) and wires the
@@ -513,7 +528,7 @@ pub(crate) async fn assemble(
         })
     };
     let deliveries = tokio::spawn(state.webhooks.clone().run(state.shutdown.clone()));
-    let mut background = vec![follower, prober, deliveries];
+    let mut background = vec![follower, prober];
     if let Some(c) = &state.cluster {
         background.push(tokio::spawn(crate::cluster::serve_sessions(state.clone())));
         background.push(tokio::spawn(crate::cluster::follow_rings(
@@ -526,6 +541,7 @@ pub(crate) async fn assemble(
         state,
         fanout_task,
         background,
+        deliveries,
     })
 }
 

@@ -119,18 +119,26 @@ fn webhook_commands_manage_an_endpoint_and_deliveries_verify() {
             "lab.result lab.order",
             "--header",
             "X-Api-Key: k-1",
+            "--v1a",
             "--json",
         ],
     ));
     let id = added["id"].as_str().unwrap().to_owned();
     let secret = added["secret"].as_str().unwrap().to_owned();
+    let public_key = added["public_key"].as_str().unwrap().to_owned();
     assert_eq!(added["topics"], json!(["lab.result", "lab.order"]));
-    receiver.control("/_control/secrets", json!({ "secrets": [secret] }));
-    // The table output names the endpoint and says the secret is shown once.
+    receiver.control(
+        "/_control/secrets",
+        json!({ "secrets": [secret], "public_keys": [public_key] }),
+    );
+    // The table output names the endpoint and its v1a public key, never the secret.
     let shown = run(&url, dir, &["app", "webhook", "show", &id]);
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(
-        shown.status.success() && text.contains(&id) && !text.contains("whsec_"),
+        shown.status.success()
+            && text.contains(&id)
+            && text.contains(&public_key)
+            && !text.contains("whsec_"),
         "{text}"
     );
     let listed = json_of(&run(
@@ -144,6 +152,11 @@ fn webhook_commands_manage_an_endpoint_and_deliveries_verify() {
     let seq = publish(&http, &url, &token, 1);
     let log = receiver.wait_for("a delivery", Duration::from_secs(10), |l| !l.is_empty());
     assert_eq!(log[0]["verified_by"], json!([0]));
+    assert_eq!(
+        log[0]["v1a_verified_by"],
+        json!([0]),
+        "v1a verifies with PyNaCl"
+    );
     assert_eq!(log[0]["api_key"], "k-1");
     assert_eq!(seq_of(&log[0]), seq);
 
@@ -229,11 +242,14 @@ fn webhook_commands_manage_an_endpoint_and_deliveries_verify() {
             "--topics",
             "lab.>",
             "--no-headers",
+            "--v1a",
+            "false",
             "--json",
         ],
     ));
     assert_eq!(updated["topics"], json!(["lab.>"]));
     assert_eq!(updated["header_names"], json!([]));
+    assert!(updated.get("public_key").is_none(), "{updated}");
     // A topic outside the scope is refused with the field named.
     let refused = run(
         &url,

@@ -562,6 +562,10 @@ pub struct NewWebhook {
     /// a JSON array).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch: Option<u32>,
+    /// Also sign with `v1a` (ed25519, Standard Webhooks): the broker makes a key pair for the
+    /// endpoint and shows its public key (`public_key`); default false (`v1` only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub v1a: bool,
 }
 
 /// `PATCH /admin/v1/webhooks/{id}`: the fields to change; absent fields stay. `headers`
@@ -584,6 +588,9 @@ pub struct WebhookPatch {
     /// New `max_batch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch: Option<u32>,
+    /// `v1a` signatures on (a key pair is made when there is none) or off (its keys dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v1a: Option<bool>,
 }
 
 /// A webhook endpoint as the API shows it: never a secret or a header value, except the
@@ -624,6 +631,10 @@ pub struct WebhookView {
     /// Until when the previous signing secret still signs (after a rotation), RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret_until: Option<String>,
+    /// The `v1a` public key (`whpk_` and the base64 of 32 bytes), when the endpoint is signed
+    /// with `v1a`: public, shown every time; a rotation makes a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
     /// The signing secret (`whsec_` and base64): only in the answer of create and
     /// rotate-secret; stored sealed, never shown again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -688,6 +699,7 @@ impl std::fmt::Debug for NewWebhook {
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("max_in_flight", &self.max_in_flight)
             .field("max_batch", &self.max_batch)
+            .field("v1a", &self.v1a)
             .finish()
     }
 }
@@ -703,6 +715,7 @@ impl std::fmt::Debug for WebhookPatch {
             )
             .field("max_in_flight", &self.max_in_flight)
             .field("max_batch", &self.max_batch)
+            .field("v1a", &self.v1a)
             .finish()
     }
 }
@@ -718,6 +731,7 @@ impl std::fmt::Debug for WebhookView {
             .field("state", &self.state)
             .field("cursor", &self.cursor)
             .field("version", &self.version)
+            .field("public_key", &self.public_key)
             .field("secret", &self.secret.as_ref().map(|_| ".."))
             .finish_non_exhaustive()
     }

@@ -570,10 +570,14 @@ fn ip(args: &[&str]) {
 impl Partition {
     /// Makes the namespace and the link (needs root, as `ip netns` does).
     pub fn new() -> Partition {
-        let n = std::process::id() % 250 + 1;
-        let netns = format!("scpart{}", std::process::id());
-        let link = format!("scv{}", std::process::id());
-        let peer = format!("scp{}", std::process::id());
+        // Several per process (tests run in parallel), each with its own names and subnet.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let pid = std::process::id();
+        let n = (pid.wrapping_mul(7).wrapping_add(k)) % 250 + 1;
+        let netns = format!("scpart{pid}x{k}");
+        let link = format!("scv{pid}x{k}");
+        let peer = format!("scp{pid}x{k}");
         let (outside, inside) = (format!("10.213.{n}.1"), format!("10.213.{n}.2"));
         ip(&["netns", "add", &netns]);
         detached_shell(&format!(

@@ -1,31 +1,40 @@
 """A webhook receiver for the end-to-end tests: it verifies every request with PyPI's
-`standardwebhooks` (a verifier no one here wrote) and answers as the test planned.
+`standardwebhooks` (a verifier no one here wrote), and `v1a` (ed25519) signatures with PyNaCl
+over the raw bytes (no Standard Webhooks library verifies `v1a`), and answers as the test
+planned.
 
-Prints `port <n>` on its first line, then serves on 127.0.0.1 until its stdin closes.
+Prints `port <n>` on its first line, then serves on the address given as its first argument
+(127.0.0.1 by default) until its stdin closes.
 
 Control (JSON over HTTP, for the test only):
-- `POST /_control/secrets` `{"secrets": ["whsec_..."]}`: the secrets to verify with (each one
-  verifies on its own; a request verifies when any does).
+- `POST /_control/secrets` `{"secrets": ["whsec_..."], "public_keys": ["whpk_..."]}`: the
+  secrets and `v1a` public keys to verify with (each one verifies on its own; a request
+  verifies when any does).
 - `POST /_control/plan` `{"answers": [{"status": 500}, {"status": 429, "retry_after": "2"},
   {"status": 302, "location": "http://..."}, {"sleep_s": 3, "status": 200}]}`: the answers of
   the next requests, in order; after them, 200.
 - `GET /_control/log`: every request received: `webhook_id`, `timestamp`, `signature`,
   `body` (text), `verified_by` (indexes of the secrets that verify it), `tampered_rejected`
-  (a copy with one body byte changed fails every secret), `status` (answered), `at` (receive
-  time, s), `path`.
+  (a copy with one body byte changed fails every secret), `v1a_verified_by` (indexes of the
+  public keys one of whose `v1a` signatures verifies, timestamp within 5 minutes),
+  `v1a_tampered_rejected`, `status` (answered), `at` (receive time, s), `path`.
 - Any other path under `/_control/` is a trap: fetching it is recorded as `trap_hits`.
 """
 
+import base64
 import json
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 LOCK = threading.Lock()
-STATE = {"secrets": [], "plan": [], "log": [], "trap_hits": 0}
+STATE = {"secrets": [], "public_keys": [], "plan": [], "log": [], "trap_hits": 0}
+TOLERANCE_S = 300
 
 
 def verify(secret, body, headers):
@@ -34,6 +43,28 @@ def verify(secret, body, headers):
         return True
     except WebhookVerificationError:
         return False
+
+
+def verify_v1a(public_key, body, headers):
+    """Standard Webhooks `v1a`: ed25519 over `id.timestamp.body`, the key `whpk_<base64>`."""
+    key = VerifyKey(base64.b64decode(public_key.removeprefix("whpk_")))
+    try:
+        timestamp = int(headers["webhook-timestamp"])
+    except ValueError:
+        return False
+    if abs(time.time() - timestamp) > TOLERANCE_S:
+        return False
+    content = f"{headers['webhook-id']}.{timestamp}.".encode() + body
+    for entry in headers["webhook-signature"].split(" "):
+        version, _, signature = entry.partition(",")
+        if version != "v1a":
+            continue
+        try:
+            key.verify(content, base64.b64decode(signature))
+            return True
+        except (BadSignatureError, ValueError):
+            continue
+    return False
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -70,7 +101,9 @@ class Handler(BaseHTTPRequestHandler):
         body = self.read_body()
         if self.path == "/_control/secrets":
             with LOCK:
-                STATE["secrets"] = json.loads(body)["secrets"]
+                control = json.loads(body)
+                STATE["secrets"] = control["secrets"]
+                STATE["public_keys"] = control.get("public_keys", [])
             self.answer(204)
             return
         if self.path == "/_control/plan":
@@ -91,12 +124,19 @@ class Handler(BaseHTTPRequestHandler):
         }
         with LOCK:
             secrets = list(STATE["secrets"])
+            public_keys = list(STATE["public_keys"])
             plan = STATE["plan"].pop(0) if STATE["plan"] else {}
         verified_by = [i for i, s in enumerate(secrets) if verify(s, body, headers)]
         tampered = bytearray(body)
         if tampered:
             tampered[len(tampered) // 2] ^= 0x01
         tampered_rejected = not any(verify(s, bytes(tampered), headers) for s in secrets)
+        v1a_verified_by = [
+            i for i, k in enumerate(public_keys) if verify_v1a(k, body, headers)
+        ]
+        v1a_tampered_rejected = not any(
+            verify_v1a(k, bytes(tampered), headers) for k in public_keys
+        )
         if plan.get("sleep_s"):
             time.sleep(plan["sleep_s"])
         status = plan.get("status", 200)
@@ -117,6 +157,8 @@ class Handler(BaseHTTPRequestHandler):
                     "body": body.decode("utf-8"),
                     "verified_by": verified_by,
                     "tampered_rejected": tampered_rejected,
+                    "v1a_verified_by": v1a_verified_by,
+                    "v1a_tampered_rejected": v1a_tampered_rejected,
                     "status": status,
                     "at": received,
                 }
@@ -128,7 +170,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+    server = ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
     print(f"port {server.server_address[1]}", flush=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

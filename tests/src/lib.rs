@@ -114,6 +114,13 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
+    /// As [`TestBroker::restart`], with `change` made to the configuration first (an
+    /// operator's edit before the restart).
+    pub async fn restart_with(&mut self, change: impl FnOnce(&mut Config)) {
+        change(&mut self.config);
+        self.restart().await;
+    }
+
     /// Stops the broker gracefully and starts it again on the same address and data folder,
     /// as an operator's restart would.
     ///

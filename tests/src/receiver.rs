@@ -1,5 +1,6 @@
 //! A webhook receiver in Python (`tests/python/webhook_receiver.py`) that verifies every
-//! request with PyPI's `standardwebhooks` and answers as the test plans; stopped when dropped.
+//! request with PyPI's `standardwebhooks` (and `v1a` with PyNaCl) and answers as the test
+//! plans; stopped when dropped.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +27,10 @@ pub struct Received {
     pub verified_by: Vec<usize>,
     /// A copy with one byte of the body changed verified with no secret.
     pub tampered_rejected: bool,
+    /// Which `v1a` public keys verify it (indexes into the last `public_keys`).
+    pub v1a_verified_by: Vec<usize>,
+    /// A copy with one byte of the body changed verified with no public key.
+    pub v1a_tampered_rejected: bool,
     /// What the receiver answered.
     pub status: u16,
     /// When it arrived, Unix s.
@@ -35,7 +40,9 @@ pub struct Received {
 /// The running receiver.
 pub struct Receiver {
     child: Child,
-    /// Its port on 127.0.0.1.
+    /// The address it listens on.
+    pub host: String,
+    /// Its port.
     pub port: u16,
     http: reqwest::Client,
 }
@@ -48,14 +55,30 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
-    /// Starts it.
+    /// Starts it on 127.0.0.1.
     ///
     /// # Panics
-    /// Without python3 and `standardwebhooks` (`.ci/run` installs them).
+    /// Without python3, `standardwebhooks` and PyNaCl (`.ci/run` installs them).
     pub fn start() -> Receiver {
+        Receiver::spawn(Command::new("python3"), "127.0.0.1")
+    }
+
+    /// Starts it inside network namespace `netns`, listening on `host` there (an address of
+    /// the namespace).
+    ///
+    /// # Panics
+    /// As [`Receiver::start`], or without `ip netns` (root).
+    pub fn start_in(netns: &str, host: &str) -> Receiver {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns, "python3"]);
+        Receiver::spawn(command, host)
+    }
+
+    fn spawn(mut command: Command, host: &str) -> Receiver {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/webhook_receiver.py");
-        let mut child = Command::new("python3")
+        let mut child = command
             .arg(script)
+            .arg(host)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -71,20 +94,29 @@ impl Receiver {
             .unwrap_or_else(|| panic!("the receiver did not start: {line:?}"));
         Receiver {
             child,
+            host: host.to_owned(),
             port,
             http: reqwest::Client::new(),
         }
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://<host>:<port><path>`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.host, self.port)
     }
 
     /// The secrets it verifies with.
     pub async fn secrets(&self, secrets: &[&str]) {
-        self.control("/_control/secrets", json!({ "secrets": secrets }))
-            .await;
+        self.keys(secrets, &[]).await;
+    }
+
+    /// The secrets and the `v1a` public keys it verifies with.
+    pub async fn keys(&self, secrets: &[&str], public_keys: &[&str]) {
+        self.control(
+            "/_control/secrets",
+            json!({ "secrets": secrets, "public_keys": public_keys }),
+        )
+        .await;
     }
 
     /// The answers of the next requests (then 200).
@@ -136,6 +168,13 @@ impl Receiver {
                     .filter_map(|i| i.as_u64().map(|i| i as usize))
                     .collect(),
                 tampered_rejected: r["tampered_rejected"].as_bool().unwrap_or(false),
+                v1a_verified_by: r["v1a_verified_by"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.as_u64().map(|i| i as usize))
+                    .collect(),
+                v1a_tampered_rejected: r["v1a_tampered_rejected"].as_bool().unwrap_or(false),
                 status: r["status"].as_u64().unwrap_or_default() as u16,
                 at: r["at"].as_f64().unwrap_or_default(),
             })

@@ -72,10 +72,40 @@ async fn setup(config: Config, scope: &str, topics: &[&str]) -> Setup {
 }
 
 impl Setup {
+    /// Publishes `body` as it is (its bytes, not re-serialised); its `seq`.
+    async fn publish_raw(&self, topic: &str, body: &'static str) -> u64 {
+        let r = self
+            .broker
+            .http_client()
+            .post(self.broker.http_url(&format!("/v1/events/{topic}")))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        r.json::<Value>().await.unwrap()["seq"].as_u64().unwrap()
+    }
+
     async fn publish(&self, topic: &str, data: &Value) -> u64 {
         let a = self.broker.publish_http(&self.token, topic, data).await;
         assert_eq!(a.status, 201, "{:?}", a.body);
         a.body["seq"].as_u64().unwrap()
+    }
+
+    /// `PATCH`es the endpoint with `body`; the new view.
+    async fn patch(&self, body: Value) -> Value {
+        let a = self
+            .broker
+            .admin(
+                Method::PATCH,
+                &format!("/webhooks/{}", self.endpoint),
+                Some(body),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        a.body
     }
 
     async fn endpoint(&self) -> Value {
@@ -154,21 +184,7 @@ async fn deliveries_verify_with_standardwebhooks_in_seq_order_byte_for_byte() {
     ];
     let mut seqs = Vec::new();
     for (i, body) in raw.iter().enumerate() {
-        let r = s
-            .broker
-            .http_client()
-            .post(
-                s.broker
-                    .http_url(&format!("/v1/events/lab.result.final.{i}")),
-            )
-            .bearer_auth(&s.token)
-            .header("content-type", "application/json")
-            .body(*body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201);
-        seqs.push(r.json::<Value>().await.unwrap()["seq"].as_u64().unwrap());
+        seqs.push(s.publish_raw(&format!("lab.result.final.{i}"), body).await);
     }
     // Another topic: not this endpoint's.
     s.publish("lab.order", &json!({"not": "delivered"})).await;
@@ -787,4 +803,293 @@ async fn an_application_manages_its_own_endpoints_with_webhook_manage() {
             && e["actor"] == format!("client {}", client.client_id)),
         "{entries:#?}"
     );
+}
+
+/// Publishes on `topic` until a delivery's signature has `entries` entries (a registry change
+/// reaches the delivery worker a moment after the API answered); that delivery.
+async fn first_signed_with(s: &Setup, topic: &str, entries: usize) -> Received {
+    for n in 0..40 {
+        let before = s.receiver.log().await.0.len();
+        s.publish(topic, &json!({"n": n})).await;
+        let got = s
+            .receiver
+            .wait_for(before + 1, Duration::from_secs(10))
+            .await;
+        let last = got.last().unwrap().clone();
+        if last.signature.split(' ').count() == entries {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no delivery with {entries} signatures");
+}
+
+#[tokio::test]
+async fn v1a_signatures_verify_with_pynacl_and_rotate_with_the_secret() {
+    let s = setup(
+        hook_config(vec![200]),
+        "subscribe:lab.> publish:lab.>",
+        &["lab.>"],
+    )
+    .await;
+    assert!(
+        s.endpoint().await.get("public_key").is_none(),
+        "v1 only by default"
+    );
+    // Turned on: a key pair is made and its public key shown (every time: it is public).
+    let a = s.patch(json!({"v1a": true})).await;
+    let public = a["public_key"].as_str().unwrap().to_owned();
+    assert!(public.starts_with("whpk_"), "{public}");
+    assert_eq!(s.endpoint().await["public_key"], public.as_str());
+    s.receiver.keys(&[&s.secret], &[&public]).await;
+    let r = first_signed_with(&s, "lab.result", 2).await;
+    assert!(
+        r.signature.starts_with("v1,") && r.signature.contains(" v1a,"),
+        "{}",
+        r.signature
+    );
+    assert_eq!(
+        r.verified_by,
+        vec![0],
+        "standardwebhooks still verifies v1: {r:?}"
+    );
+    assert_eq!(r.v1a_verified_by, vec![0], "PyNaCl verifies v1a: {r:?}");
+    assert!(r.v1a_tampered_rejected, "a changed byte fails v1a");
+    // A rotation makes a new key pair too; in the overlap both keys sign.
+    let a = s
+        .broker
+        .admin(
+            Method::POST,
+            &format!("/webhooks/{}/rotate-secret", s.endpoint),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let (new_secret, new_public) = (
+        a.body["secret"].as_str().unwrap().to_owned(),
+        a.body["public_key"].as_str().unwrap().to_owned(),
+    );
+    assert_ne!(new_public, public);
+    s.receiver
+        .keys(&[&s.secret, &new_secret], &[&public, &new_public])
+        .await;
+    let r = first_signed_with(&s, "lab.result", 4).await;
+    assert_eq!(r.verified_by, vec![0, 1], "{r:?}");
+    assert_eq!(
+        r.v1a_verified_by,
+        vec![0, 1],
+        "old and new public keys verify: {r:?}"
+    );
+    // Turned off: no v1a entry any more, and no key shown.
+    let a = s.patch(json!({"v1a": false})).await;
+    assert!(a.get("public_key").is_none(), "{a:?}");
+    let r = first_signed_with(&s, "lab.result", 2).await;
+    assert!(!r.signature.contains("v1a,"), "{}", r.signature);
+    assert!(r.v1a_verified_by.is_empty());
+    s.assert_audited("webhook.update").await;
+}
+
+#[tokio::test]
+async fn a_receiver_in_a_network_namespace_is_reached_only_while_the_allow_list_names_it() {
+    // The permitted address lives in a network namespace this test makes (never off this
+    // machine); the other side of the link and loopback stay refused.
+    let part = scopecast_testkit::Partition::new();
+    let receiver = Receiver::start_in(&part.netns, &part.inside);
+    let mut config = hook_config(vec![200, 200]);
+    config.webhooks.allow_private = vec![format!("{}/32", part.inside)];
+    config.log = scopecast_broker::LogMode::Durable;
+    let mut broker = TestBroker::start(config).await;
+    let client = broker
+        .active_client("Namespaced", "subscribe:lab.> publish:lab.>")
+        .await;
+    let token = broker.token(&client, None).await;
+    let path = format!("/clients/{}/webhooks", client.client_id);
+    for (url, rule) in [
+        (
+            format!("http://{}:{}/hook", part.outside, receiver.port),
+            "private",
+        ),
+        (
+            format!("http://127.0.0.1:{}/hook", receiver.port),
+            "loopback",
+        ),
+    ] {
+        let a = broker
+            .admin(
+                Method::POST,
+                &path,
+                Some(json!({"url": url, "topics": ["lab.>"]})),
+            )
+            .await;
+        assert_eq!(a.status, 400, "{url}: {:?}", a.body);
+        assert!(
+            a.body["message"].as_str().unwrap().contains(rule),
+            "{url}: {:?}",
+            a.body
+        );
+    }
+    let a = broker
+        .admin(
+            Method::POST,
+            &path,
+            Some(json!({"url": receiver.url("/hook"), "topics": ["lab.>"], "v1a": true})),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let endpoint = a.body["id"].as_str().unwrap().to_owned();
+    receiver
+        .keys(
+            &[a.body["secret"].as_str().unwrap()],
+            &[a.body["public_key"].as_str().unwrap()],
+        )
+        .await;
+    let seq = broker
+        .publish_http(&token, "lab.result", &json!({"n": 1}))
+        .await
+        .body["seq"]
+        .as_u64()
+        .unwrap();
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].verified_by, vec![0], "{:?}", got[0]);
+    assert_eq!(got[0].v1a_verified_by, vec![0], "{:?}", got[0]);
+    assert_eq!(seq_of(&got[0]), seq);
+    // The operator narrows the allow-list: the registered endpoint is refused at connect time,
+    // no request reaches the namespace, and the attempt says why.
+    broker
+        .restart_with(|c| c.webhooks.allow_private = vec!["127.0.0.1/32".into()])
+        .await;
+    let seq = broker
+        .publish_http(&token, "lab.result", &json!({"n": 2}))
+        .await
+        .body["seq"]
+        .as_u64()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let a = broker
+            .admin(
+                Method::GET,
+                &format!("/webhooks/{endpoint}/deliveries?limit=100"),
+                None,
+            )
+            .await;
+        let attempts = a.body["attempts"].as_array().unwrap().clone();
+        if let Some(r) = attempts.iter().find(|r| r["seq"] == seq) {
+            break r.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt for {seq}: {attempts:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(refused["outcome"], "failed", "{refused:?}");
+    // A graceful restart kept the cursor: the event answered before it is not sent again.
+    let a = broker
+        .admin(
+            Method::GET,
+            &format!("/webhooks/{endpoint}/deliveries?limit=100"),
+            None,
+        )
+        .await;
+    let first: Vec<&Value> = a.body["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["seq"] == seq_of(&got[0]))
+        .collect();
+    assert_eq!(first.len(), 1, "{first:#?}");
+    assert!(
+        refused.get("status").is_none_or(Value::is_null),
+        "{refused:?}"
+    );
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains(&part.inside) && error.contains("private"),
+        "{error}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.log().await.0.len(),
+        1,
+        "nothing more reached the namespace"
+    );
+}
+
+#[tokio::test]
+async fn events_waiting_together_go_as_one_signed_array_with_max_batch() {
+    let s = setup(
+        hook_config(vec![200]),
+        "subscribe:lab.> publish:lab.>",
+        &["lab.>"],
+    )
+    .await;
+    let a = s.patch(json!({"max_batch": 10})).await;
+    assert_eq!(a["max_batch"], 10, "{a:?}");
+    // Paused while five events are stored: on resume they are waiting together.
+    let a = s
+        .broker
+        .admin(
+            Method::POST,
+            &format!("/webhooks/{}/pause", s.endpoint),
+            None,
+        )
+        .await;
+    assert_eq!(a.body["state"], "paused", "{:?}", a.body);
+    let raw = [
+        r#"{"n":0}"#,
+        r#"{ "n" : 1.50 }"#,
+        r#"[2]"#,
+        r#""three""#,
+        r#"{"n":4}"#,
+    ];
+    let mut seqs = Vec::new();
+    for body in raw {
+        seqs.push(s.publish_raw("lab.result", body).await);
+    }
+    let a = s
+        .broker
+        .admin(
+            Method::POST,
+            &format!("/webhooks/{}/resume", s.endpoint),
+            None,
+        )
+        .await;
+    assert_eq!(a.body["state"], "active", "{:?}", a.body);
+    s.receiver.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (got, _) = s.receiver.log().await;
+    assert_eq!(got.len(), 1, "one request for the five: {got:#?}");
+    let r = &got[0];
+    assert_eq!(r.verified_by, vec![0], "{r:?}");
+    assert!(r.tampered_rejected);
+    assert!(
+        r.webhook_id.ends_with(&format!("_{}_{}", seqs[0], seqs[4])),
+        "{}",
+        r.webhook_id
+    );
+    let array: Vec<Value> = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        array
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        seqs
+    );
+    for body in raw {
+        assert!(
+            r.body.contains(&format!(",\"data\":{body}}}")),
+            "data byte for byte: {}",
+            r.body
+        );
+    }
+    // Every event of the batch is recorded as delivered.
+    let d = s.wait_outcome(seqs[4], "delivered").await;
+    for seq in &seqs {
+        assert!(
+            d.iter()
+                .any(|a| a["seq"] == *seq && a["outcome"] == "delivered"),
+            "{d:#?}"
+        );
+    }
 }

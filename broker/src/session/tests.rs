@@ -148,10 +148,12 @@ async fn fixture(limits: impl FnOnce(&mut Config)) -> Fixture {
         state,
         fanout_task,
         mut background,
+        deliveries,
     } = assemble(config, "http://127.0.0.1:1".to_owned(), 1)
         .await
         .unwrap();
     background.push(fanout_task);
+    background.push(deliveries);
     let (app, _) = state
         .registry
         .create_application(

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-use super::sign::Secret;
+use super::sign::{Secret, Signers, SigningKey};
 use super::ssrf::AddressPolicy;
 use crate::cluster::Kek;
 
@@ -149,14 +149,18 @@ pub(crate) fn check_headers(headers: &[(String, String)]) -> Result<(), String> 
     Ok(())
 }
 
-/// What an endpoint keeps sealed: its signing secrets and its extra headers (which often hold
-/// an API key). Never logged: `Debug` names no value.
+/// What an endpoint keeps sealed: its signing secrets and keys and its extra headers (which
+/// often hold an API key). Never logged: `Debug` names no value.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Keys {
     /// The secret signing now.
     pub(crate) current: Secret,
     /// The secret before the last rotation, and until when (Unix ms) it signs too.
     pub(crate) previous: Option<(Secret, i64)>,
+    /// The `v1a` (ed25519) key signing now, when the endpoint asked for `v1a`.
+    pub(crate) ed25519: Option<SigningKey>,
+    /// The `v1a` key before the last rotation: it signs until `previous`'s time.
+    pub(crate) previous_ed25519: Option<SigningKey>,
     /// Extra headers sent with every delivery.
     pub(crate) headers: Vec<(String, String)>,
 }
@@ -165,6 +169,7 @@ impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keys")
             .field("previous_until", &self.previous.as_ref().map(|p| p.1))
+            .field("v1a", &self.ed25519.as_ref().map(SigningKey::public))
             .field(
                 "headers",
                 &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
@@ -178,6 +183,11 @@ struct SealedForm {
     secret: String,
     previous: Option<(String, i64)>,
     headers: Vec<(String, String)>,
+    /// Base64 seeds of the `v1a` keys (absent in forms sealed before `v1a` existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ed25519: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_ed25519: Option<String>,
 }
 
 fn aad(endpoint_id: &str) -> String {
@@ -185,22 +195,46 @@ fn aad(endpoint_id: &str) -> String {
 }
 
 impl Keys {
-    /// The secrets that sign at `now_ms`: the current one, and the previous one while its
-    /// overlap lasts.
-    pub(crate) fn signing(&self, now_ms: i64) -> Vec<&Secret> {
-        let mut out = vec![&self.current];
+    /// What signs at `now_ms`: the current secret (and `v1a` key), and the previous ones
+    /// while the rotation's overlap lasts.
+    pub(crate) fn signing(&self, now_ms: i64) -> Signers<'_> {
+        let mut out = Signers {
+            v1: vec![&self.current],
+            v1a: self.ed25519.iter().collect(),
+        };
         if let Some((old, until)) = &self.previous
             && *until > now_ms
         {
-            out.push(old);
+            out.v1.push(old);
+            out.v1a.extend(self.previous_ed25519.iter());
         }
         out
     }
 
-    /// Replaces the current secret with `new`; the old one signs too until `until_ms`.
-    pub(crate) fn rotate(&mut self, new: Secret, until_ms: i64) {
+    /// Replaces the current secret with `new` (and the `v1a` key, when there is one, with
+    /// `new_ed25519`); the old ones sign too until `until_ms`.
+    pub(crate) fn rotate(&mut self, new: Secret, new_ed25519: Option<SigningKey>, until_ms: i64) {
         let old = std::mem::replace(&mut self.current, new);
         self.previous = Some((old, until_ms));
+        self.previous_ed25519 = match (&mut self.ed25519, new_ed25519) {
+            (Some(current), Some(new)) => Some(std::mem::replace(current, new)),
+            _ => None,
+        };
+    }
+
+    /// Turns `v1a` on (with `key`, when it is off) or off (dropping every `v1a` key).
+    pub(crate) fn set_v1a(&mut self, key: Option<SigningKey>) {
+        match key {
+            Some(k) => {
+                if self.ed25519.is_none() {
+                    self.ed25519 = Some(k);
+                }
+            }
+            None => {
+                self.ed25519 = None;
+                self.previous_ed25519 = None;
+            }
+        }
     }
 
     /// The keys sealed for endpoint `endpoint_id`.
@@ -215,6 +249,11 @@ impl Keys {
                 .as_ref()
                 .map(|(s, until)| (STANDARD.encode(s.bytes()), *until)),
             headers: self.headers.clone(),
+            ed25519: self.ed25519.as_ref().map(|k| STANDARD.encode(k.seed())),
+            previous_ed25519: self
+                .previous_ed25519
+                .as_ref()
+                .map(|k| STANDARD.encode(k.seed())),
         };
         let plain = serde_json::to_vec(&form).map_err(|e| e.to_string())?;
         kek.seal(&aad(endpoint_id), &plain)
@@ -234,7 +273,17 @@ impl Keys {
                 .map_err(|_| format!("the sealed keys of {endpoint_id} are not readable"))
                 .and_then(|b| Secret::from_bytes(b).map_err(str::to_owned))
         };
+        let ed25519 = |b64: Option<String>| match b64 {
+            None => Ok(None),
+            Some(b64) => STANDARD
+                .decode(b64)
+                .map_err(|_| format!("the sealed keys of {endpoint_id} are not readable"))
+                .and_then(|b| SigningKey::from_seed(&b).map_err(str::to_owned))
+                .map(Some),
+        };
         Ok(Keys {
+            ed25519: ed25519(form.ed25519)?,
+            previous_ed25519: ed25519(form.previous_ed25519)?,
             current: secret(&form.secret)?,
             previous: match form.previous {
                 Some((s, until)) => Some((secret(&s)?, until)),
@@ -320,6 +369,8 @@ mod tests {
         let mut keys = Keys {
             current: Secret::generate().unwrap(),
             previous: None,
+            ed25519: None,
+            previous_ed25519: None,
             headers: vec![("X-Api-Key".into(), "secret-key".into())],
         };
         let sealed = keys.seal(&k, "ep_a").unwrap();
@@ -337,11 +388,38 @@ mod tests {
             "another key's"
         );
         let old = keys.current.clone();
-        keys.rotate(Secret::generate().unwrap(), 1_000);
-        assert_eq!(keys.signing(999), vec![&keys.current, &old]);
-        assert_eq!(keys.signing(1_000), vec![&keys.current]);
+        keys.rotate(Secret::generate().unwrap(), None, 1_000);
+        assert_eq!(keys.signing(999).v1, vec![&keys.current, &old]);
+        assert_eq!(keys.signing(1_000).v1, vec![&keys.current]);
+        assert!(keys.signing(999).v1a.is_empty());
         let again = Keys::unseal(&k, "ep_a", &keys.seal(&k, "ep_a").unwrap()).unwrap();
         assert_eq!(again, keys);
+        // v1a on: its key signs after the secrets, rotates with them and is sealed too.
+        keys.set_v1a(Some(SigningKey::generate().unwrap()));
+        let first = keys.ed25519.clone().unwrap();
+        keys.set_v1a(Some(SigningKey::generate().unwrap()));
+        assert_eq!(
+            keys.ed25519.as_ref(),
+            Some(&first),
+            "turning it on twice keeps the key"
+        );
+        let sealed = keys.seal(&k, "ep_a").unwrap();
+        assert!(
+            !sealed.windows(8).any(|w| w == &first.seed()[..8]),
+            "sealed, not plain"
+        );
+        assert_eq!(Keys::unseal(&k, "ep_a", &sealed).unwrap(), keys);
+        keys.rotate(
+            Secret::generate().unwrap(),
+            Some(SigningKey::generate().unwrap()),
+            2_000,
+        );
+        assert_eq!(keys.signing(1_999).v1a.len(), 2);
+        assert_eq!(keys.signing(1_999).v1a[1], &first);
+        assert_eq!(keys.signing(2_000).v1a.len(), 1);
+        assert_ne!(keys.signing(2_000).v1a[0], &first);
+        keys.set_v1a(None);
+        assert!(keys.signing(1_999).v1a.is_empty());
         let shown = format!("{keys:?}");
         assert!(!shown.contains("secret-key") && shown.contains("X-Api-Key"));
     }

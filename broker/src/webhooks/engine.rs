@@ -142,8 +142,11 @@ impl std::ops::Deref for Webhooks {
 struct Running {
     /// The endpoint's `version` it started from.
     version: i64,
-    /// Stops it.
+    /// Stops it at once (requests in flight abandoned).
     cancel: CancellationToken,
+    /// Stops it gracefully: no new request, the ones in flight finish and their cursor is
+    /// kept.
+    drain: CancellationToken,
     /// When this node last took or renewed the lease, Unix ms: a worker whose lease was not
     /// renewed within `lease_ms` stops before its next attempt.
     renewed_ms: Arc<AtomicI64>,
@@ -224,15 +227,28 @@ impl Webhooks {
                 }
             }
         }
-        // Stop every worker, let each save its cursor, and give the leases back so another
-        // node (a rolling restart) takes over at once rather than after `lease_ms`.
+        // Stop every worker: requests in flight may finish (for at most SHUTDOWN_DRAIN; a
+        // delivery whose answer came is then not made again after the restart), then each
+        // saves its cursor, and the leases are given back so another node (a rolling
+        // restart) takes over at once rather than after `lease_ms`.
         let running: Vec<(String, Running)> = self.workers.lock().drain().collect();
         for (_, w) in &running {
-            w.cancel.cancel();
+            w.drain.cancel();
         }
         let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
-        for (_, w) in running {
-            let _ = tokio::time::timeout(Duration::from_secs(2), w.task).await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+        let mut left = Vec::new();
+        for (_, mut w) in running {
+            if tokio::time::timeout_at(deadline, &mut w.task)
+                .await
+                .is_err()
+            {
+                w.cancel.cancel();
+                left.push(w.task);
+            }
+        }
+        for task in left {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
         self.flush_cursors().await;
         for id in ids {
@@ -372,6 +388,7 @@ impl Webhooks {
 
     fn start(&self, ep: StoredWebhook, leased_at: i64) {
         let cancel = CancellationToken::new();
+        let drain = CancellationToken::new();
         let renewed_ms = Arc::new(AtomicI64::new(leased_at));
         let Ok(keys) = Keys::unseal(&self.kek, &ep.id, &ep.sealed) else {
             return;
@@ -381,6 +398,7 @@ impl Webhooks {
             &ep,
             keys,
             cancel.clone(),
+            drain.clone(),
             renewed_ms.clone(),
         );
         let id = ep.id.clone();
@@ -392,6 +410,7 @@ impl Webhooks {
             Running {
                 version,
                 cancel,
+                drain,
                 renewed_ms,
                 task,
             },
@@ -486,6 +505,8 @@ struct Worker {
     /// Its secrets and extra headers (a change, a rotation among them, restarts the worker).
     keys: Keys,
     cancel: CancellationToken,
+    /// The node shuts down: take no more events, let the requests in flight finish.
+    drain: CancellationToken,
     renewed_ms: Arc<AtomicI64>,
     /// Bumped on every registry change that concerns the client ID: waits and requests in
     /// flight re-check the activation rule at once.
@@ -494,6 +515,13 @@ struct Worker {
     /// and the registry change it was read at.
     active_since: tokio::sync::Mutex<Option<(u64, Option<i64>)>>,
 }
+
+/// How long a shutdown lets requests in flight finish before it abandons them.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
+/// How long a shutdown waits for the engine: the drain, a second for abandoned requests, and
+/// the cursor and lease writes.
+pub(crate) const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// How often a request in flight or a wait checks that this node still holds the lease.
 const LEASE_CHECK: Duration = Duration::from_millis(500);
@@ -504,6 +532,7 @@ impl Worker {
         ep: &StoredWebhook,
         keys: Keys,
         cancel: CancellationToken,
+        drain: CancellationToken,
         renewed_ms: Arc<AtomicI64>,
     ) -> Arc<Worker> {
         let epoch = inner.log.epoch().to_owned();
@@ -523,6 +552,7 @@ impl Worker {
             epoch,
             keys,
             cancel,
+            drain,
             renewed_ms,
             client_changed: watch::channel(0).0,
             active_since: tokio::sync::Mutex::new(None),
@@ -575,10 +605,13 @@ impl Worker {
             .webhook_lag_seconds
             .with_label_values(&labels);
         let worker = self.clone();
+        let drain = self.drain.clone();
         let steps = self
             .inner
             .log
             .tail(from)
+            // At shutdown the tail ends: the chunks in flight finish, no new one starts.
+            .take_until(async move { drain.cancelled().await })
             .map(|item| match item {
                 TailItem::Event(e) => Item::Event(e),
                 TailItem::Gap { from, to } => Item::Gap { from, to },
@@ -881,12 +914,12 @@ impl Worker {
             let (first_seq, last_seq) = (events[0].seq, events[events.len() - 1].seq);
             let body = body_of(&events, self.max_batch > 1);
             let id = message_id(&self.id, &self.epoch, first_seq, last_seq);
-            let secrets = self.keys.signing(now_ms());
+            let signers = self.keys.signing(now_ms());
             let delivery = Delivery {
                 url: &self.url,
                 message_id: &id,
                 body,
-                secrets: &secrets,
+                signers: &signers,
                 headers: &self.keys.headers,
             };
             let topic = events[0].topic.clone();
@@ -932,13 +965,21 @@ impl Worker {
             match next {
                 Next::Delivered => return Step::Done(last, newest_ms),
                 Next::Disable(reason) => return Step::Disable(reason, first_seq),
+                Next::Retry(_) if self.drain.is_cancelled() => return Step::Stop,
                 Next::Retry(wait) => {
                     // A deactivation ends the wait at once; the next round of the loop then
-                    // records the events as skipped and sends nothing.
-                    if let Err(false) = self
-                        .guarded(tokio::time::sleep(wait), &topic, &mut changed)
-                        .await
-                    {
+                    // records the events as skipped and sends nothing. A shutdown ends it
+                    // too (the events stay after the cursor).
+                    let wait = async {
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = self.drain.cancelled() => {}
+                        }
+                    };
+                    if let Err(false) = self.guarded(wait, &topic, &mut changed).await {
+                        return Step::Stop;
+                    }
+                    if self.drain.is_cancelled() {
                         return Step::Stop;
                     }
                 }

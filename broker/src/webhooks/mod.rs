@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use engine::{EngineParts, Webhooks};
+pub(crate) use engine::{EngineParts, SHUTDOWN_WAIT, Webhooks};
 pub(crate) use policy::DEFAULT_SCHEDULE_MS;
 
 use crate::cluster::Kek;

@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::policy::Answer;
-use super::sign::{Secret, signature_header};
+use super::sign::{Signers, signature_header};
 use super::ssrf::AddressPolicy;
 
 /// Looks a host name up: the system's resolver, or a test's.
@@ -88,8 +88,9 @@ pub(crate) struct Delivery<'a> {
     pub(crate) message_id: &'a str,
     /// The exact bytes sent and signed.
     pub(crate) body: Bytes,
-    /// The secrets to sign with (current first; two during a rotation's overlap).
-    pub(crate) secrets: &'a [&'a Secret],
+    /// What signs it (the current secret first; two during a rotation's overlap; `v1a` keys
+    /// when the endpoint has them).
+    pub(crate) signers: &'a Signers<'a>,
     /// The endpoint's extra headers.
     pub(crate) headers: &'a [(String, String)],
 }
@@ -189,7 +190,7 @@ impl Sender {
             .header("webhook-timestamp", timestamp.to_string())
             .header(
                 "webhook-signature",
-                signature_header(d.secrets, d.message_id, timestamp, &d.body),
+                signature_header(d.signers, d.message_id, timestamp, &d.body),
             );
         for (name, value) in d.headers {
             req = req.header(name.as_str(), value.as_str());
@@ -254,6 +255,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::webhooks::sign::Secret;
 
     /// A receiver on `ip`: answers each request with `answer` after `delay`; keeps what it got.
     struct Receiver {
@@ -328,13 +330,20 @@ mod tests {
 
     const OK: &str = "HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
 
-    fn delivery<'a>(url: &'a str, secrets: &'a [&'a Secret]) -> Delivery<'a> {
+    fn delivery<'a>(url: &'a str, signers: &'a Signers<'a>) -> Delivery<'a> {
         Delivery {
             url,
             message_id: "msg_ep_1_7",
             body: Bytes::from_static(b"{\"id\":\"e\",\"seq\":7}"),
-            secrets,
+            signers,
             headers: &[],
+        }
+    }
+
+    fn v1(secret: &Secret) -> Signers<'_> {
+        Signers {
+            v1: vec![secret],
+            v1a: vec![],
         }
     }
 
@@ -349,8 +358,8 @@ mod tests {
         let secret = Secret::generate().unwrap();
         let url = format!("http://{}/hook", r.addr);
         let headers = vec![("x-api-key".to_owned(), "k-1".to_owned())];
-        let secrets = [&secret];
-        let mut d = delivery(&url, &secrets);
+        let signers = v1(&secret);
+        let mut d = delivery(&url, &signers);
         d.headers = &headers;
         let got = s.send(&d).await;
         assert_eq!(
@@ -392,7 +401,7 @@ mod tests {
             format!("http://{}/hook", r.addr),
             format!("http://localhost:{}/hook", r.addr.port()),
         ] {
-            let got = s.send(&delivery(&url, &[&secret])).await;
+            let got = s.send(&delivery(&url, &v1(&secret))).await;
             assert_eq!(got.answer, Answer::NoAnswer, "{url}");
             let e = got.error.unwrap();
             assert!(e.contains("loopback"), "{url}: {e}");
@@ -418,7 +427,7 @@ mod tests {
         );
         let secret = Secret::generate().unwrap();
         let url = format!("http://{}/hook", r.addr);
-        let got = s.send(&delivery(&url, &[&secret])).await;
+        let got = s.send(&delivery(&url, &v1(&secret))).await;
         assert!(matches!(got.answer, Answer::Status { code: 302, .. }));
         assert_eq!(
             target.connections.load(Ordering::SeqCst),
@@ -437,7 +446,7 @@ mod tests {
         );
         let secret = Secret::generate().unwrap();
         let url = format!("http://{}/hook", slow.addr);
-        let got = s.send(&delivery(&url, &[&secret])).await;
+        let got = s.send(&delivery(&url, &v1(&secret))).await;
         assert_eq!(got.answer, Answer::NoAnswer);
         assert!(got.error.unwrap().contains("timed out"));
         let busy = receiver(
@@ -447,7 +456,7 @@ mod tests {
         )
         .await;
         let url = format!("http://{}/hook", busy.addr);
-        let got = s.send(&delivery(&url, &[&secret])).await;
+        let got = s.send(&delivery(&url, &v1(&secret))).await;
         assert_eq!(
             got.answer,
             Answer::Status {
@@ -457,15 +466,19 @@ mod tests {
         );
     }
 
-    /// Answers 127.0.0.2 the first time and 127.0.0.1 after (DNS rebinding).
-    struct Rebinding(AtomicUsize);
+    /// Answers `first` the first time and 127.0.0.1 after (DNS rebinding).
+    struct Rebinding {
+        first: IpAddr,
+        calls: AtomicUsize,
+    }
 
     impl Lookup for Rebinding {
         fn lookup(&self, _: String) -> BoxFuture<'static, std::io::Result<Vec<IpAddr>>> {
-            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let first = self.first;
             Box::pin(async move {
                 Ok(vec![if n == 0 {
-                    "127.0.0.2".parse().unwrap()
+                    first
                 } else {
                     "127.0.0.1".parse().unwrap()
                 }])
@@ -473,30 +486,79 @@ mod tests {
         }
     }
 
+    /// An HTTP server inside network namespace `netns` on `host`, answering every POST with
+    /// 204 and closing the connection; stopped when dropped.
+    struct NamespacedServer {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl Drop for NamespacedServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn namespaced_server(netns: &str, host: &str) -> NamespacedServer {
+        use std::io::BufRead;
+        const SERVER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(204)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+    def log_message(self, *args):
+        pass
+s = http.server.HTTPServer((sys.argv[1], 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", netns, "python3", "-c", SERVER, host])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().unwrap();
+        NamespacedServer { child, port }
+    }
+
+    /// The permitted address lives in a network namespace the test makes; the name answers
+    /// it first, then 127.0.0.1 (refused) once the first connection is closed: the second
+    /// connection is refused when it is made, and nothing reaches loopback.
     #[tokio::test]
     async fn a_name_that_rebinds_to_a_refused_address_is_refused_at_connect_time() {
-        let allowed = receiver("127.0.0.2", OK, Duration::ZERO).await;
+        let part = scopecast_testkit::Partition::new();
+        let allowed = namespaced_server(&part.netns, &part.inside);
+        let inside: IpAddr = part.inside.parse().unwrap();
+        let loopback = receiver("127.0.0.1", OK, Duration::ZERO).await;
         let s = sender(
-            &["127.0.0.2/32"],
+            &[&format!("{inside}/32")],
             Duration::from_secs(5),
-            Arc::new(Rebinding(AtomicUsize::new(0))),
+            Arc::new(Rebinding {
+                first: inside,
+                calls: AtomicUsize::new(0),
+            }),
         );
         let secret = Secret::generate().unwrap();
-        let url = format!("http://receiver.test:{}/hook", allowed.addr.port());
-        let first = s.send(&delivery(&url, &[&secret])).await;
+        let url = format!("http://receiver.test:{}/hook", allowed.port);
+        let first = s.send(&delivery(&url, &v1(&secret))).await;
         assert!(
             matches!(first.answer, Answer::Status { code: 204, .. }),
             "{first:?}"
         );
-        // A new connection (the first one may be reused: close it by a new client's view).
-        let s2 = sender(
-            &["127.0.0.2/32"],
-            Duration::from_secs(5),
-            Arc::new(Rebinding(AtomicUsize::new(1))),
-        );
-        let second = s2.send(&delivery(&url, &[&secret])).await;
-        assert_eq!(second.answer, Answer::NoAnswer);
-        assert!(second.error.unwrap().contains("127.0.0.1 is refused"));
-        assert_eq!(allowed.connections.load(Ordering::SeqCst), 1);
+        let second = s.send(&delivery(&url, &v1(&secret))).await;
+        assert_eq!(second.answer, Answer::NoAnswer, "{second:?}");
+        let e = second.error.unwrap();
+        assert!(e.contains("127.0.0.1 is refused"), "{e}");
+        assert_eq!(loopback.connections.load(Ordering::SeqCst), 0);
     }
 }

@@ -10,7 +10,7 @@ use scopecast_protocol::admin::{NewWebhook, WebhookAttemptView, WebhookPatch, We
 
 use super::endpoint::{self, Keys};
 use super::engine::{Inner, Webhooks};
-use super::sign::Secret;
+use super::sign::{Secret, SigningKey};
 use crate::registry::validate::invalid;
 use crate::registry::{RegistryError, StoredWebhook, WebhookAttempt, WebhookState};
 
@@ -62,6 +62,10 @@ pub(crate) fn view(inner: &Inner, w: &StoredWebhook, secret: Option<&Secret>) ->
             .and_then(|k| k.previous.as_ref())
             .filter(|(_, until)| *until > now)
             .map(|(_, until)| rfc3339(*until)),
+        public_key: keys
+            .as_ref()
+            .and_then(|k| k.ed25519.as_ref())
+            .map(SigningKey::public),
         secret: secret.map(Secret::reveal),
     }
 }
@@ -87,6 +91,11 @@ fn bad(field: &str, message: impl Into<String>) -> RegistryError {
 
 fn internal(e: impl std::fmt::Display) -> RegistryError {
     RegistryError::Internal(e.to_string())
+}
+
+/// A new `v1a` key pair.
+fn new_signing_key() -> Result<SigningKey, RegistryError> {
+    SigningKey::generate().map_err(|_| internal("the random source failed"))
 }
 
 impl Webhooks {
@@ -232,6 +241,12 @@ impl Webhooks {
         let keys = Keys {
             current: secret.clone(),
             previous: None,
+            ed25519: if new.v1a {
+                Some(new_signing_key()?)
+            } else {
+                None
+            },
+            previous_ed25519: None,
             headers,
         };
         let now = now_ms();
@@ -353,7 +368,14 @@ impl Webhooks {
             "header_names": patch.headers.as_ref().map(|h| h.keys().collect::<Vec<_>>()),
             "max_in_flight": patch.max_in_flight,
             "max_batch": patch.max_batch,
+            "v1a": patch.v1a,
         });
+        // A key made here is used only when `v1a` is off now (`Keys::set_v1a`).
+        let v1a = match patch.v1a {
+            Some(true) => Some(Some(new_signing_key()?)),
+            Some(false) => Some(None),
+            None => None,
+        };
         let kek = self.kek.clone();
         self.change(id, actor, "webhook.update", detail, |w| {
             if let Some(u) = &url {
@@ -362,9 +384,14 @@ impl Webhooks {
             if let Some(t) = &topics {
                 w.topics = t.clone();
             }
-            if let Some(h) = &headers {
+            if headers.is_some() || v1a.is_some() {
                 let mut keys = Keys::unseal(&kek, &w.id, &w.sealed).map_err(internal)?;
-                keys.headers = h.clone();
+                if let Some(h) = &headers {
+                    keys.headers = h.clone();
+                }
+                if let Some(on) = &v1a {
+                    keys.set_v1a(on.clone());
+                }
                 w.sealed = keys.seal(&kek, &w.id).map_err(internal)?;
             }
             if let Some(n) = patch.max_in_flight {
@@ -425,6 +452,7 @@ impl Webhooks {
         actor: &str,
     ) -> Result<(StoredWebhook, Secret), RegistryError> {
         let secret = Secret::generate().map_err(|_| internal("the random source failed"))?;
+        let ed25519 = new_signing_key()?;
         let overlap_ms = i64::try_from(self.settings.rotation_overlap_s.saturating_mul(1000))
             .unwrap_or(i64::MAX);
         let until = now_ms().saturating_add(overlap_ms);
@@ -434,7 +462,8 @@ impl Webhooks {
         let w = self
             .change(id, actor, "webhook.rotate_secret", detail, |w| {
                 let mut keys = Keys::unseal(&kek, &w.id, &w.sealed).map_err(internal)?;
-                keys.rotate(new.clone(), until);
+                let new_ed25519 = keys.ed25519.is_some().then(|| ed25519.clone());
+                keys.rotate(new.clone(), new_ed25519, until);
                 w.sealed = keys.seal(&kek, &w.id).map_err(internal)?;
                 Ok(())
             })

@@ -33,6 +33,9 @@ pub(crate) enum WebhookCommand {
         /// Events per request (above 1: a JSON array).
         #[arg(long)]
         max_batch: Option<u32>,
+        /// Sign with `v1a` (ed25519) too; prints the public key receivers verify with.
+        #[arg(long)]
+        v1a: bool,
     },
     /// List endpoints (of one client ID, or all).
     List {
@@ -66,6 +69,9 @@ pub(crate) enum WebhookCommand {
         /// New `max_batch`.
         #[arg(long)]
         max_batch: Option<u32>,
+        /// `v1a` (ed25519) signatures on or off (`--v1a true|false`).
+        #[arg(long, value_name = "BOOL")]
+        v1a: Option<bool>,
     },
     /// Pause deliveries (the cursor stays; `resume` goes on from it).
     Pause {
@@ -154,6 +160,9 @@ fn print_webhook(w: &WebhookView) {
     if let Some(u) = &w.previous_secret_until {
         row("previous_secret_until", u.clone());
     }
+    if let Some(k) = &w.public_key {
+        row("public_key (v1a)", k.clone());
+    }
     row("updated_at", w.updated_at.clone());
     if let Some(s) = &w.secret {
         row("secret", s.clone());
@@ -175,6 +184,7 @@ pub(crate) async fn run(admin: &Admin, json: bool, cmd: WebhookCommand) -> anyho
             headers: h,
             max_in_flight,
             max_batch,
+            v1a,
         } => {
             let new = NewWebhook {
                 url,
@@ -182,6 +192,7 @@ pub(crate) async fn run(admin: &Admin, json: bool, cmd: WebhookCommand) -> anyho
                 headers: headers(&h)?,
                 max_in_flight,
                 max_batch,
+                v1a,
             };
             let v = admin
                 .call(
@@ -227,6 +238,7 @@ pub(crate) async fn run(admin: &Admin, json: bool, cmd: WebhookCommand) -> anyho
             no_headers,
             max_in_flight,
             max_batch,
+            v1a,
         } => {
             let patch = WebhookPatch {
                 url,
@@ -240,6 +252,7 @@ pub(crate) async fn run(admin: &Admin, json: bool, cmd: WebhookCommand) -> anyho
                 },
                 max_in_flight,
                 max_batch,
+                v1a,
             };
             let v = admin
                 .call(M::PATCH, &format!("/webhooks/{endpoint}"), body(&patch)?)
