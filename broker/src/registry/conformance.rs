@@ -1096,6 +1096,16 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
         .await
         .unwrap();
     assert_eq!(older.iter().map(|a| a.attempt).collect::<Vec<_>>(), [1]);
+    // Many in one call (several statements): all kept, in order.
+    let many: Vec<_> = (1..=250u64)
+        .map(|seq| attempt("ep_many", seq, 4, "delivered"))
+        .collect();
+    store.append_webhook_attempts(&many).await.unwrap();
+    let kept = store.webhook_attempts("ep_many", None, 1000).await.unwrap();
+    assert_eq!(
+        kept.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        (1..=250u64).rev().collect::<Vec<_>>()
+    );
     // Made at 0 (the skip), 1, 2 and 3 s: those before 2.5 s go.
     assert_eq!(store.prune_webhook_attempts(2_500).await.unwrap(), 3);
     let kept = store.webhook_attempts("ep_1", None, 10).await.unwrap();

@@ -1190,25 +1190,27 @@ macro_rules! sql_store {
                 &self,
                 attempts: &[WebhookAttempt],
             ) -> Result<(), StoreError> {
+                // Rows of one statement: a statement per row was a round trip each to the
+                // database (to SQLite's worker thread), more than the row cost.
+                const ROWS: usize = 100;
                 let mut tx = self.pool.begin().await.map_err(db)?;
-                for a in attempts {
-                    sqlx::query(
+                for chunk in attempts.chunks(ROWS) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO webhook_attempts (endpoint_id, seq, event_id, attempt, at, \
-                         status, error, latency_ms, outcome) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    )
-                    .bind(&a.endpoint_id)
-                    .bind(i64::try_from(a.seq).unwrap_or(i64::MAX))
-                    .bind(&a.event_id)
-                    .bind(i32::try_from(a.attempt).unwrap_or(i32::MAX))
-                    .bind(a.at_ms)
-                    .bind(a.status.map(i32::from))
-                    .bind(&a.error)
-                    .bind(a.latency_ms)
-                    .bind(&a.outcome)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
+                         status, error, latency_ms, outcome) ",
+                    );
+                    insert.push_values(chunk, |mut row, a| {
+                        row.push_bind(&a.endpoint_id)
+                            .push_bind(i64::try_from(a.seq).unwrap_or(i64::MAX))
+                            .push_bind(&a.event_id)
+                            .push_bind(i32::try_from(a.attempt).unwrap_or(i32::MAX))
+                            .push_bind(a.at_ms)
+                            .push_bind(a.status.map(i32::from))
+                            .push_bind(&a.error)
+                            .push_bind(a.latency_ms)
+                            .push_bind(&a.outcome);
+                    });
+                    insert.build().execute(&mut *tx).await.map_err(db)?;
                 }
                 tx.commit().await.map_err(db)
             }

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use scopecast_protocol::{Pattern, encode_webhook_body};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::endpoint::Keys;
@@ -113,8 +113,9 @@ pub(crate) struct Inner {
     /// Endpoint versions whose secrets this node cannot open (another key-encryption key):
     /// their leases are left to the nodes that can.
     unreadable: parking_lot::Mutex<HashSet<(String, i64)>>,
-    records: mpsc::Sender<WebhookAttempt>,
-    records_rx: parking_lot::Mutex<Option<mpsc::Receiver<WebhookAttempt>>>,
+    /// Attempt records waiting for the writer ([`record_loop`]), which takes them every
+    /// [`RECORDS_LINGER`]: a worker only pushes (no wake-up per delivery).
+    records: parking_lot::Mutex<Vec<WebhookAttempt>>,
     /// Cursors to write, by endpoint: every worker's newest, written together every
     /// [`CURSOR_FLUSH`] in one transaction (one commit per node, not one per endpoint).
     cursors: parking_lot::Mutex<HashMap<String, PendingCursor>>,
@@ -162,7 +163,6 @@ fn now_ms() -> i64 {
 impl Webhooks {
     /// The service; [`Webhooks::run`] starts delivering.
     pub(crate) fn new(parts: EngineParts) -> Webhooks {
-        let (records, records_rx) = mpsc::channel(RECORDS_QUEUE);
         Webhooks(Arc::new(Inner {
             schedule: Schedule::new(parts.settings.retry_schedule_ms.clone()),
             registry: parts.registry,
@@ -179,8 +179,7 @@ impl Webhooks {
             workers: parking_lot::Mutex::new(HashMap::new()),
             disabled: parking_lot::Mutex::new(HashSet::new()),
             unreadable: parking_lot::Mutex::new(HashSet::new()),
-            records,
-            records_rx: parking_lot::Mutex::new(Some(records_rx)),
+            records: parking_lot::Mutex::new(Vec::new()),
             cursors: parking_lot::Mutex::new(HashMap::new()),
         }))
     }
@@ -188,9 +187,7 @@ impl Webhooks {
     /// The supervisor: runs until `shutdown`, then stops every worker.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut changes = self.registry.changes();
-        if let Some(rx) = self.records_rx.lock().take() {
-            tokio::spawn(record_loop(self.registry.clone(), rx));
-        }
+        tokio::spawn(record_loop(self.clone(), shutdown.clone()));
         tokio::spawn(self.clone().cursor_loop(shutdown.clone()));
         tokio::spawn(prune_loop(
             self.registry.clone(),
@@ -251,6 +248,7 @@ impl Webhooks {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
         self.flush_cursors().await;
+        self.flush_records().await;
         for id in ids {
             let _ = self.registry.lease_webhook(&id, &self.holder, 0).await;
         }
@@ -263,6 +261,17 @@ impl Webhooks {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(CURSOR_FLUSH) => self.flush_cursors().await,
             }
+        }
+    }
+
+    /// Writes the gathered attempt records in one transaction.
+    async fn flush_records(&self) {
+        let batch = std::mem::take(&mut *self.records.lock());
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.registry.record_webhook_attempts(&batch).await {
+            tracing::warn!(error = %e, records = batch.len(), "webhook attempt records lost");
         }
     }
 
@@ -418,29 +427,21 @@ impl Webhooks {
     }
 }
 
-/// How long the writer of attempt records gathers them before one transaction: a commit per
-/// delivery would cost the registry (SQLite commits with fsync) more than the delivery.
+/// How often the writer of attempt records takes what the workers gathered, for one
+/// transaction: a commit per delivery would cost the registry (SQLite commits with fsync)
+/// more than the delivery.
 const RECORDS_LINGER: Duration = Duration::from_millis(100);
-/// Most attempt records in one transaction.
-const RECORDS_BATCH: usize = 1024;
 
-/// Writes attempt records in batches: what arrives within [`RECORDS_LINGER`] of the first,
-/// at most [`RECORDS_BATCH`], in one transaction.
-async fn record_loop(registry: Registry, mut rx: mpsc::Receiver<WebhookAttempt>) {
-    let mut batch = Vec::with_capacity(RECORDS_BATCH);
-    while rx.recv_many(&mut batch, RECORDS_BATCH).await > 0 {
-        let until = tokio::time::Instant::now() + RECORDS_LINGER;
-        while batch.len() < RECORDS_BATCH {
-            let room = RECORDS_BATCH - batch.len();
-            match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
+/// Writes the gathered attempt records every [`RECORDS_LINGER`] until `shutdown` (the engine
+/// writes the last ones after its workers stop).
+async fn record_loop(engine: Webhooks, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(RECORDS_LINGER);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => engine.flush_records().await,
         }
-        if let Err(e) = registry.record_webhook_attempts(&batch).await {
-            tracing::warn!(error = %e, records = batch.len(), "webhook attempt records lost");
-        }
-        batch.clear();
     }
 }
 
@@ -733,7 +734,15 @@ impl Worker {
             latency_ms,
             outcome: outcome.to_owned(),
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.inner.records.try_send(record) {
+        let dropped = {
+            let mut records = self.inner.records.lock();
+            let full = records.len() >= RECORDS_QUEUE;
+            if !full {
+                records.push(record);
+            }
+            full
+        };
+        if dropped {
             tracing::warn!(endpoint = %self.id, seq, outcome, "the delivery log is behind; an attempt record was dropped (the metric counts it)");
         }
     }
