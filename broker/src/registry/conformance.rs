@@ -990,6 +990,19 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
             .unwrap(),
         "renewed"
     );
+    // Several in one transaction: one answer each, in order (`ep_gone` does not exist).
+    assert_eq!(
+        store
+            .lease_webhooks(
+                &["ep_1".to_owned(), "ep_gone".to_owned()],
+                "node-a",
+                160,
+                300
+            )
+            .await
+            .unwrap(),
+        [true, false]
+    );
     for seq in [50, 45] {
         assert!(
             store

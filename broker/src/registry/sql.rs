@@ -1164,26 +1164,32 @@ macro_rules! sql_store {
                 Ok(true)
             }
 
-            async fn lease_webhook(
+            async fn lease_webhooks(
                 &self,
-                id: &str,
+                ids: &[String],
                 holder: &str,
                 now_ms: i64,
                 until_ms: i64,
-            ) -> Result<bool, StoreError> {
-                let done = sqlx::query(
-                    "UPDATE webhook_endpoints SET lease_holder = $2, lease_until = $4 \
-                     WHERE id = $1 AND (lease_holder IS NULL OR lease_holder = $2 \
-                     OR lease_until < $3)",
-                )
-                .bind(id)
-                .bind(holder)
-                .bind(now_ms)
-                .bind(until_ms)
-                .execute(&self.pool)
-                .await
-                .map_err(db)?;
-                Ok(done.rows_affected() == 1)
+            ) -> Result<Vec<bool>, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let done = sqlx::query(
+                        "UPDATE webhook_endpoints SET lease_holder = $2, lease_until = $4 \
+                         WHERE id = $1 AND (lease_holder IS NULL OR lease_holder = $2 \
+                         OR lease_until < $3)",
+                    )
+                    .bind(id)
+                    .bind(holder)
+                    .bind(now_ms)
+                    .bind(until_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    out.push(done.rows_affected() == 1);
+                }
+                self.commit(tx).await?;
+                Ok(out)
             }
 
             async fn append_webhook_attempts(

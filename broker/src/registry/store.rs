@@ -422,7 +422,23 @@ pub trait RegistryStore: Send + Sync + 'static {
         holder: &str,
         now_ms: i64,
         until_ms: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .lease_webhooks(&[id.to_owned()], holder, now_ms, until_ms)
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+    /// [`RegistryStore::lease_webhook`] for several endpoints in one transaction (a node
+    /// renews every lease it holds with one commit): one answer per id, in order.
+    async fn lease_webhooks(
+        &self,
+        ids: &[String],
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<bool>, StoreError>;
     /// Records attempts (and skips), in order.
     async fn append_webhook_attempts(&self, attempts: &[WebhookAttempt]) -> Result<(), StoreError>;
     /// An endpoint's attempts, newest first: at most `limit`, with a row id below `before`

@@ -151,22 +151,26 @@ impl Registry {
         }
     }
 
-    /// Takes or renews the lease of endpoint `id` for `holder` for `lease_ms` from now
-    /// ([`super::RegistryStore::lease_webhook`]).
+    /// Takes or renews the leases of endpoints `ids` for `holder` for `lease_ms` from now, in
+    /// one transaction ([`super::RegistryStore::lease_webhooks`]); `lease_ms` 0 gives them
+    /// back. One answer per id, in order.
     ///
     /// # Errors
     /// A storage failure.
-    pub async fn lease_webhook(
+    pub async fn lease_webhooks(
         &self,
-        id: &str,
+        ids: &[String],
         holder: &str,
         lease_ms: i64,
-    ) -> Result<bool, RegistryError> {
+    ) -> Result<Vec<bool>, RegistryError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = now_ms();
         Ok(self
             .inner
             .store
-            .lease_webhook(id, holder, now, now + lease_ms)
+            .lease_webhooks(ids, holder, now, now + lease_ms)
             .await?)
     }
 

@@ -249,9 +249,7 @@ impl Webhooks {
         }
         self.flush_cursors().await;
         self.flush_records().await;
-        for id in ids {
-            let _ = self.registry.lease_webhook(&id, &self.holder, 0).await;
-        }
+        let _ = self.registry.lease_webhooks(&ids, &self.holder, 0).await;
     }
 
     /// Writes the pending cursors every [`CURSOR_FLUSH`] until `shutdown`.
@@ -335,6 +333,9 @@ impl Webhooks {
                 keep
             });
         }
+        // Every lease this node takes or renews now, in one transaction (one commit per
+        // round, not one per endpoint).
+        let mut asks = Vec::new();
         for ep in endpoints
             .into_iter()
             .filter(|e| e.state == WebhookState::Active)
@@ -351,19 +352,26 @@ impl Webhooks {
             if held.is_some() && !renew {
                 continue;
             }
-            // The lease runs from before the call: a slow answer shortens it, never lengthens it.
-            let asked_at = now_ms();
-            let leased = match self
-                .registry
-                .lease_webhook(&ep.id, &self.holder, lease_ms)
-                .await
-            {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(endpoint = %ep.id, error = %e, "webhook lease not renewed");
-                    continue;
-                }
-            };
+            asks.push((ep, held));
+        }
+        if asks.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = asks.iter().map(|(ep, _)| ep.id.clone()).collect();
+        // The lease runs from before the call: a slow answer shortens it, never lengthens it.
+        let asked_at = now_ms();
+        let leased = match self
+            .registry
+            .lease_webhooks(&ids, &self.holder, lease_ms)
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(endpoints = ids.len(), error = %e, "webhook leases not taken or renewed; retrying");
+                return;
+            }
+        };
+        for ((ep, held), leased) in asks.into_iter().zip(leased) {
             match (held, leased) {
                 (Some(renewed), true) => renewed.store(asked_at, Ordering::Release),
                 (Some(_), false) => {
