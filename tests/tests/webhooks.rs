@@ -785,6 +785,28 @@ async fn an_application_manages_its_own_endpoints_with_webhook_manage() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // A bad page is a 400 naming the query, on this API and the admin one.
+    let (status, body) = call(
+        token.clone(),
+        Method::GET,
+        &format!("/v1/webhooks/{id}/deliveries?limit=many"),
+        None,
+    )
+    .await;
+    assert_eq!((status, &body["field"]), (400, &json!("query")), "{body}");
+    let a = broker
+        .admin(
+            Method::GET,
+            &format!("/webhooks/{id}/deliveries?since=1"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (a.status, &a.body["field"]),
+        (400, &json!("query")),
+        "{:?}",
+        a.body
+    );
     // Pausing is an admin action only.
     let (status, _) = call(
         token.clone(),

@@ -200,6 +200,16 @@ pub(crate) async fn deliveries(
     Path(id): Path<String>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    attempts_page(&state, &id, page).await
+}
+
+/// One page of endpoint `id`'s delivery log (both APIs): a bad query is a 400 naming
+/// `query`.
+async fn attempts_page(
+    state: &Broker,
+    id: &str,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Query(p) = match page {
         Ok(p) => p,
         Err(e) => {
@@ -213,7 +223,7 @@ pub(crate) async fn deliveries(
     };
     match state
         .webhooks
-        .attempts(&id, p.before, p.limit.unwrap_or(100))
+        .attempts(id, p.before, p.limit.unwrap_or(100))
         .await
     {
         Ok(a) => Json(WebhookAttemptList {
@@ -235,18 +245,17 @@ pub(crate) mod app {
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::{IntoResponse, Response};
     use axum::{Json, body::Bytes};
-    use scopecast_protocol::admin::{NewWebhook, WebhookAttemptList, WebhookList, WebhookPatch};
+    use scopecast_protocol::admin::{NewWebhook, WebhookList, WebhookPatch};
 
     use super::super::admin::{body, registry_error};
     use super::super::auth;
-    use super::super::error::ApiError;
     use super::super::scope_refusal;
     use super::Page;
     use crate::access::Action;
     use crate::auth::token::Principal;
     use crate::registry::RegistryError;
     use crate::state::Broker;
-    use crate::webhooks::service::{attempt_view, view};
+    use crate::webhooks::service::view;
 
     /// The caller, allowed to manage webhooks.
     async fn caller(
@@ -414,27 +423,6 @@ pub(crate) mod app {
         if let Err(r) = owner(&state, &headers, peer, &id).await {
             return r;
         }
-        let Query(page) = match page {
-            Ok(q) => q,
-            Err(e) => {
-                return ApiError::for_code(
-                    scopecast_protocol::ErrorCode::BadRequest,
-                    e.body_text(),
-                )
-                .field("query")
-                .into_response();
-            }
-        };
-        match state
-            .webhooks
-            .attempts(&id, page.before, page.limit.unwrap_or(100))
-            .await
-        {
-            Ok(a) => Json(WebhookAttemptList {
-                attempts: a.iter().map(attempt_view).collect(),
-            })
-            .into_response(),
-            Err(e) => registry_error(e),
-        }
+        super::attempts_page(&state, &id, page).await
     }
 }
