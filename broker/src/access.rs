@@ -38,6 +38,9 @@ pub(crate) enum Action<'a> {
     Publish(&'a Topic),
     /// Manage its own webhook endpoints (`webhook:manage`).
     ManageWebhooks,
+    /// Read FHIR resources of a type (a SMART system scope such as `system/Encounter.r`): a
+    /// `full-resource` FHIR Subscription carries them.
+    ReadResources(&'a Scope),
 }
 
 impl Action<'_> {
@@ -47,6 +50,7 @@ impl Action<'_> {
             Action::Subscribe(p) => Scope::subscribe(p),
             Action::Publish(t) => Scope::publish(t),
             Action::ManageWebhooks => Scope::WebhookManage,
+            Action::ReadResources(s) => (*s).clone(),
         }
     }
 }
@@ -124,6 +128,7 @@ impl Access {
                 principal.scope.covers(&Scope::WebhookManage),
                 client.ceiling.covers(&Scope::WebhookManage),
             ),
+            Action::ReadResources(s) => (principal.scope.covers(s), client.ceiling.covers(s)),
         };
         match (in_token, in_grant) {
             (true, true) => Ok(()),

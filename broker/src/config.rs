@@ -121,6 +121,89 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Outgoing delivery: signed webhooks (WEBHOOKS.md).
     pub webhooks: WebhooksConfig,
+    /// FHIR Subscriptions (FHIR.md).
+    pub fhir: FhirConfig,
+}
+
+/// FHIR Subscriptions (FHIR.md): topics besides the built-in catalogue, and limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FhirConfig {
+    /// More `SubscriptionTopic`s (`[[fhir.topics]]`: `id`, `canonical`, `title`,
+    /// `broker_topic`, `resource_type`, `filters = [{name, path, kind = "reference"|"token"}]`).
+    pub topics: Vec<scopecast_protocol::fhir::topics::TopicDef>,
+    /// Subscriptions per client ID at most.
+    pub max_subscriptions_per_client: usize,
+}
+
+impl Default for FhirConfig {
+    fn default() -> Self {
+        FhirConfig {
+            topics: Vec::new(),
+            max_subscriptions_per_client: 100,
+        }
+    }
+}
+
+impl FhirConfig {
+    /// The catalogue: the built-in topics, then the configured ones.
+    pub fn topics(&self) -> Vec<scopecast_protocol::fhir::topics::TopicDef> {
+        let mut out = scopecast_protocol::fhir::topics::builtin_topics();
+        out.extend(self.topics.iter().cloned());
+        out
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let all = self.topics();
+        for (i, t) in self.topics.iter().enumerate() {
+            let bad = |sub: &str, message: &str| {
+                invalid(
+                    "fhir.topics",
+                    &format!("topic {i} ({}): {sub} {message}", t.id),
+                )
+            };
+            if t.id.is_empty()
+                || t.id.len() > 64
+                || !t
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                return Err(bad("id", "must be 1 to 64 of A-Z a-z 0-9 - ."));
+            }
+            if scopecast_protocol::Topic::new(&t.broker_topic).is_err() {
+                return Err(bad(
+                    "broker_topic",
+                    "must be a broker topic such as fhir.observation.final (no wildcards)",
+                ));
+            }
+            if !t.canonical.contains("://") && !t.canonical.starts_with("urn:") {
+                return Err(bad("canonical", "must be a URL"));
+            }
+            if !t
+                .resource_type
+                .starts_with(|c: char| c.is_ascii_uppercase())
+                || !t.resource_type.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                return Err(bad(
+                    "resource_type",
+                    "must be a FHIR resource type such as Observation",
+                ));
+            }
+            if all.iter().filter(|o| o.id == t.id).count() > 1
+                || all.iter().filter(|o| o.canonical == t.canonical).count() > 1
+            {
+                return Err(bad("id or canonical", "is already in the catalogue"));
+            }
+        }
+        if !(1..=10_000).contains(&self.max_subscriptions_per_client) {
+            return Err(invalid(
+                "fhir.max_subscriptions_per_client",
+                "must be 1 to 10000",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Outgoing delivery (WEBHOOKS.md). Signing secrets are sealed with a key-encryption key:
@@ -640,6 +723,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             cluster: ClusterConfig::default(),
             webhooks: WebhooksConfig::default(),
+            fhir: FhirConfig::default(),
         }
     }
 }
@@ -816,6 +900,7 @@ impl Config {
         }
         self.validate_cluster()?;
         self.webhooks.validate()?;
+        self.fhir.validate()?;
         if self.environment_name.is_empty()
             || self.environment_name.len() > 64
             || self.environment_name.chars().any(char::is_control)

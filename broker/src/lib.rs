@@ -37,6 +37,7 @@ mod cluster;
 mod config;
 mod data_dir;
 mod fanout;
+mod fhir;
 mod http;
 mod listener;
 pub mod log;

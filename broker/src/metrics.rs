@@ -93,6 +93,12 @@ pub(crate) struct Metrics {
     /// Webhook endpoints disabled by the broker (410, or failing past the retry window), by
     /// client ID.
     pub webhooks_disabled: IntCounterVec,
+    /// FHIR Subscriptions stored, by client ID and status (`requested`, `active`, `error`,
+    /// `off`), as this node last loaded them.
+    pub fhir_subscriptions: IntGaugeVec,
+    /// FHIR notifications sent by this node, by client ID, channel (`websocket`, `rest-hook`)
+    /// and type (`handshake`, `heartbeat`, `event-notification`).
+    pub fhir_notifications: IntCounterVec,
 }
 
 impl Metrics {
@@ -150,6 +156,20 @@ impl Metrics {
                 "Age of the oldest event a webhook endpoint has not had delivered",
             ),
             &["client_id", "endpoint"],
+        )?;
+        let fhir_subscriptions = IntGaugeVec::new(
+            Opts::new(
+                "fhir_subscriptions",
+                "FHIR Subscriptions stored, by client ID and status",
+            ),
+            &["client_id", "status"],
+        )?;
+        let fhir_notifications = IntCounterVec::new(
+            Opts::new(
+                "fhir_notifications_total",
+                "FHIR notifications sent by this node, by client ID, channel and type",
+            ),
+            &["client_id", "channel", "type"],
         )?;
         let webhooks_disabled = IntCounterVec::new(
             Opts::new(
@@ -294,6 +314,8 @@ impl Metrics {
             Box::new(webhook_lag_events.clone()),
             Box::new(webhook_lag_seconds.clone()),
             Box::new(webhooks_disabled.clone()),
+            Box::new(fhir_subscriptions.clone()),
+            Box::new(fhir_notifications.clone()),
         ] {
             registry.register(c)?;
         }
@@ -327,6 +349,8 @@ impl Metrics {
             webhook_lag_events,
             webhook_lag_seconds,
             webhooks_disabled,
+            fhir_subscriptions,
+            fhir_notifications,
             clients: DashMap::new(),
             render_lock: parking_lot::Mutex::new(()),
         })

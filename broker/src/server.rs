@@ -528,7 +528,8 @@ pub(crate) async fn assemble(
         })
     };
     let deliveries = tokio::spawn(state.webhooks.clone().run(state.shutdown.clone()));
-    let mut background = vec![follower, prober];
+    let fhir = tokio::spawn(state.fhir.clone().run(state.shutdown.clone()));
+    let mut background = vec![follower, prober, fhir];
     if let Some(c) = &state.cluster {
         background.push(tokio::spawn(crate::cluster::serve_sessions(state.clone())));
         background.push(tokio::spawn(crate::cluster::follow_rings(

@@ -77,6 +77,8 @@ pub(crate) struct Services {
     pub(crate) cluster: Option<ClusterState>,
     /// Outgoing delivery: webhook endpoints and their delivery engine.
     pub(crate) webhooks: crate::webhooks::Webhooks,
+    /// FHIR Subscriptions: the topic catalogue, numbering, bound sockets.
+    pub(crate) fhir: crate::fhir::Fhir,
     /// The next session id.
     next_session: AtomicU64,
 }
@@ -138,6 +140,16 @@ impl Broker {
             webhooks,
         } = parts;
         let access = Access::new(registry.clone(), metrics.clone());
+        let fhir = crate::fhir::Fhir::new(crate::fhir::FhirParts {
+            registry: registry.clone(),
+            log: log.clone(),
+            access: access.clone(),
+            environment: config.environment,
+            metrics: metrics.clone(),
+            kek: webhooks.kek.clone(),
+            topics: config.fhir.topics(),
+            public_url: public_url.clone(),
+        });
         let webhooks = crate::webhooks::Webhooks::new(crate::webhooks::EngineParts {
             registry: registry.clone(),
             log: log.clone(),
@@ -180,6 +192,7 @@ impl Broker {
             public_url,
             cluster,
             webhooks,
+            fhir,
             next_session: AtomicU64::new(1),
             config,
         }))

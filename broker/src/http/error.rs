@@ -100,6 +100,12 @@ impl ApiError {
         self
     }
 
+    /// Its status, message and `WWW-Authenticate` challenge (the FHIR front end words the
+    /// same refusal as an `OperationOutcome`).
+    pub(crate) fn parts(&self) -> (StatusCode, &str, Option<&str>) {
+        (self.status, &self.message, self.challenge.as_deref())
+    }
+
     /// Adds `Upgrade: websocket`.
     pub(crate) fn upgrade(mut self) -> ApiError {
         self.upgrade = true;

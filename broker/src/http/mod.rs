@@ -20,7 +20,7 @@
 //! answers them with a 404 that says so (without the admin address).
 
 mod admin;
-mod auth;
+pub(crate) mod auth;
 mod backup;
 mod credentials;
 mod developer;
@@ -177,6 +177,7 @@ pub(crate) fn routers(state: Broker) -> (Router, Option<Router>) {
                 .route("/{id}/deliveries", get(webhooks::app::deliveries))
                 .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES)),
         )
+        .nest("/fhir", crate::fhir::http::router())
         .route(
             "/.well-known/oauth-authorization-server",
             get(oauth::metadata),

@@ -61,6 +61,12 @@ impl Inner {
                     .send(RegistryChange::WebhookChanged { endpoint_id });
                 return Ok(());
             }
+            ChangeKind::FhirSubscriptionChanged => {
+                let _ = self
+                    .changes
+                    .send(RegistryChange::FhirSubscriptionChanged { client_id });
+                return Ok(());
+            }
             ChangeKind::StateChanged(kind) => {
                 let name = kind.strip_prefix("state.").unwrap_or(kind).to_owned();
                 let _ = self.changes.send(RegistryChange::StateChanged { name });

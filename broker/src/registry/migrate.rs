@@ -13,7 +13,7 @@ use super::{PgStore, SqliteStore, StoreError};
 
 /// The tables copied, parents before children. `assertion_jtis` is not copied (assertions
 /// live minutes); `shared_state` is written by the cluster from the node's key files.
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
     "applications",
     "clients",
     "client_credentials",
@@ -23,6 +23,7 @@ const TABLES: [&str; 9] = [
     "changes",
     "webhook_endpoints",
     "webhook_attempts",
+    "fhir_subscriptions",
 ];
 
 /// Tables whose PostgreSQL `id` is a sequence (`BIGSERIAL`): after rows are copied with their

@@ -20,6 +20,7 @@
 #[cfg(test)]
 mod conformance;
 pub mod credential;
+mod fhir;
 mod follow;
 pub mod migrate;
 mod postgres;
@@ -52,8 +53,9 @@ pub use snapshot::{
 };
 pub use sqlite::SqliteStore;
 pub use store::{
-    ApplicationPatch, Change, ChangeKind, CursorWrite, Deletion, NewApplication, RegistryStore,
-    StoreError, StoredWebhook, Wakeups, WebhookAttempt, WebhookState,
+    ApplicationPatch, Change, ChangeKind, CursorWrite, Deletion, FhirCheckpoint, NewApplication,
+    RegistryStore, StoreError, StoredFhirSubscription, StoredWebhook, Wakeups, WebhookAttempt,
+    WebhookState,
 };
 use validate::{ClientKey, InvalidInput, invalid};
 
@@ -101,6 +103,12 @@ pub enum RegistryChange {
     WebhookChanged {
         /// The endpoint.
         endpoint_id: String,
+    },
+    /// A FHIR Subscription of `client_id` was created, changed or deleted, by this node or
+    /// another: the FHIR front end reloads them.
+    FhirSubscriptionChanged {
+        /// The owner.
+        client_id: String,
     },
     /// A shared state blob (e.g. `signing_keys`) was written, by this node or another:
     /// whoever holds it reloads it ([`Registry::load_state`]).

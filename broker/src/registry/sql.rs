@@ -223,6 +223,28 @@ macro_rules! sql_store {
             Ok(())
         }
 
+        /// Ends a FHIR Subscription's write: its `fhir.subscription.change` row, `audit`,
+        /// commit.
+        async fn fhir_written(
+            &self,
+            mut tx: Transaction<'_, $db>,
+            client_id: &str,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            Self::write_change(
+                &mut tx,
+                ChangeKind::FhirSubscriptionChanged,
+                Keys {
+                    client_id: Some(client_id),
+                    ..Keys::default()
+                },
+                audit.at_ms,
+            )
+            .await?;
+            Self::write_audit(&mut tx, audit).await?;
+            self.commit(tx).await
+        }
+
         /// Ends a webhook endpoint's write: its `webhook.change` row, `audit`, commit.
         async fn webhook_written(
             &self,
@@ -968,6 +990,142 @@ macro_rules! sql_store {
                 Self::write_audit(&mut tx, audit).await?;
                 self.commit(tx).await?;
                 Ok(true)
+            }
+
+            async fn load_fhir_subscriptions(
+                &self,
+            ) -> Result<Vec<crate::registry::StoredFhirSubscription>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, client_id, resource, status, error, epoch, start_seq, count, \
+                     count_seq, created_at, updated_at, version FROM fhir_subscriptions \
+                     ORDER BY created_at, id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                let u = |v: i64| u64::try_from(v).unwrap_or(0);
+                Ok(rows
+                    .iter()
+                    .map(|r| crate::registry::StoredFhirSubscription {
+                        id: r.get("id"),
+                        client_id: r.get("client_id"),
+                        resource: r.get("resource"),
+                        status: r.get("status"),
+                        error: r.get("error"),
+                        epoch: r.get("epoch"),
+                        start_seq: u(r.get("start_seq")),
+                        count: u(r.get("count")),
+                        count_seq: u(r.get("count_seq")),
+                        created_at_ms: r.get("created_at"),
+                        updated_at_ms: r.get("updated_at"),
+                        version: r.get("version"),
+                    })
+                    .collect())
+            }
+
+            async fn insert_fhir_subscription(
+                &self,
+                s: &crate::registry::StoredFhirSubscription,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                sqlx::query(
+                    "INSERT INTO fhir_subscriptions (id, client_id, resource, status, error, epoch, \
+                     start_seq, count, count_seq, created_at, updated_at, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1)",
+                )
+                .bind(&s.id)
+                .bind(&s.client_id)
+                .bind(&s.resource)
+                .bind(&s.status)
+                .bind(&s.error)
+                .bind(&s.epoch)
+                .bind(i(s.start_seq))
+                .bind(i(s.count))
+                .bind(i(s.count_seq))
+                .bind(s.created_at_ms)
+                .bind(s.updated_at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                self.fhir_written(tx, &s.client_id, audit).await
+            }
+
+            async fn update_fhir_subscription(
+                &self,
+                s: &crate::registry::StoredFhirSubscription,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let done = sqlx::query(
+                    "UPDATE fhir_subscriptions SET resource = $3, status = $4, error = $5, \
+                     updated_at = $6, version = version + 1 WHERE id = $1 AND version = $2",
+                )
+                .bind(&s.id)
+                .bind(s.version)
+                .bind(&s.resource)
+                .bind(&s.status)
+                .bind(&s.error)
+                .bind(s.updated_at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                self.fhir_written(tx, &s.client_id, audit).await?;
+                Ok(true)
+            }
+
+            async fn delete_fhir_subscription(
+                &self,
+                id: &str,
+                audit: &AuditEntry,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let client: Option<String> =
+                    sqlx::query_scalar("SELECT client_id FROM fhir_subscriptions WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                let Some(client) = client else {
+                    return Ok(false);
+                };
+                sqlx::query("DELETE FROM fhir_subscriptions WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                self.fhir_written(tx, &client, audit).await?;
+                Ok(true)
+            }
+
+            async fn checkpoint_fhir_subscriptions(
+                &self,
+                checkpoints: &[crate::registry::FhirCheckpoint],
+            ) -> Result<(), StoreError> {
+                if checkpoints.is_empty() {
+                    return Ok(());
+                }
+                let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                for c in checkpoints {
+                    sqlx::query(
+                        "UPDATE fhir_subscriptions SET epoch = $2, count = $3, count_seq = $4 \
+                         WHERE id = $1 AND (epoch <> $2 OR count_seq < $4)",
+                    )
+                    .bind(&c.id)
+                    .bind(&c.epoch)
+                    .bind(i(c.count))
+                    .bind(i(c.seq))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                }
+                tx.commit().await.map_err(db)?;
+                Ok(())
             }
 
             async fn load_webhooks(&self) -> Result<Vec<StoredWebhook>, StoreError> {

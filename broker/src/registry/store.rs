@@ -109,6 +109,10 @@ pub enum ChangeKind {
     /// [`RegistryStore::delete_webhook`]: a webhook endpoint was created, changed or deleted;
     /// whoever delivers to it reloads it.
     WebhookChanged,
+    /// [`RegistryStore::insert_fhir_subscription`], [`RegistryStore::update_fhir_subscription`]
+    /// or [`RegistryStore::delete_fhir_subscription`]: a FHIR Subscription of the client ID
+    /// was created, changed or deleted; every node reloads them.
+    FhirSubscriptionChanged,
     /// [`RegistryStore::put_state`]: the shared state blob named after `state.` changed
     /// (stored as `state.<name>`, e.g. `state.signing_keys`); nodes reload it.
     StateChanged(String),
@@ -135,6 +139,7 @@ impl ChangeKind {
             ChangeKind::GrantChanged => "client.set_grant",
             ChangeKind::RecordPut => "application.put_record",
             ChangeKind::WebhookChanged => "webhook.change",
+            ChangeKind::FhirSubscriptionChanged => "fhir.subscription.change",
             ChangeKind::StateChanged(s) | ChangeKind::Unknown(s) => s,
         }
     }
@@ -156,6 +161,7 @@ impl ChangeKind {
             "client.set_grant" => ChangeKind::GrantChanged,
             "application.put_record" => ChangeKind::RecordPut,
             "webhook.change" => ChangeKind::WebhookChanged,
+            "fhir.subscription.change" => ChangeKind::FhirSubscriptionChanged,
             other if other.starts_with("state.") => ChangeKind::StateChanged(other.to_owned()),
             other => ChangeKind::Unknown(other.to_owned()),
         }
@@ -349,6 +355,36 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// after its last deactivation; `None` when it has none (never activated, or deactivated
     /// last). Events accepted before it are not pushed (WEBHOOKS.md section 1).
     async fn client_active_since(&self, client_id: &str) -> Result<Option<i64>, StoreError>;
+    /// Every FHIR Subscription.
+    async fn load_fhir_subscriptions(&self) -> Result<Vec<StoredFhirSubscription>, StoreError>;
+    /// Stores a new FHIR Subscription (its `version` is 1), with a
+    /// [`ChangeKind::FhirSubscriptionChanged`] row and `audit`.
+    async fn insert_fhir_subscription(
+        &self,
+        s: &StoredFhirSubscription,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+    /// Replaces a FHIR Subscription's `resource`, `status`, `error` and `updated_at` when its
+    /// stored `version` is still `s.version` (writing `version + 1`), with a change row and
+    /// `audit`; false when another write came first or it is gone. Checkpoints are untouched.
+    async fn update_fhir_subscription(
+        &self,
+        s: &StoredFhirSubscription,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
+    /// Deletes a FHIR Subscription, with a change row and `audit`; false when it is gone.
+    async fn delete_fhir_subscription(
+        &self,
+        id: &str,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
+    /// Moves checkpoints forward (a checkpoint of the same log with a lower `seq` is
+    /// replaced; one of another log too); no change row, no audit (every node computes the same
+    /// numbers). In one transaction.
+    async fn checkpoint_fhir_subscriptions(
+        &self,
+        checkpoints: &[FhirCheckpoint],
+    ) -> Result<(), StoreError>;
     /// Every webhook endpoint (lease columns included).
     async fn load_webhooks(&self) -> Result<Vec<StoredWebhook>, StoreError>;
     /// Stores a new endpoint (its `version` is 1), with a [`ChangeKind::WebhookChanged`] row
@@ -579,4 +615,49 @@ pub struct WebhookAttempt {
     pub latency_ms: Option<i64>,
     /// `delivered`, `failed`, `disabled`, `skipped_client_inactive`, `skipped_scope`.
     pub outcome: String,
+}
+
+/// A FHIR Subscription as stored (FHIR.md): an R4B topic-based Subscription owned by the client
+/// ID that created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFhirSubscription {
+    /// Its id: 32 lowercase hex digits, made by the broker.
+    pub id: String,
+    /// The client ID that created it (the only one that may read, change or bind it).
+    pub client_id: String,
+    /// The Subscription resource as the client sent it (JSON text); its `id`, `status` and
+    /// `error` are the server's.
+    pub resource: String,
+    /// `requested`, `active`, `error` or `off`.
+    pub status: String,
+    /// Why it is `error` or `off`.
+    pub error: Option<String>,
+    /// The event log its numbers count in ([`crate::log::EventLog::epoch`]).
+    pub epoch: String,
+    /// The last `seq` before it began: event number 1 is the first matching event after it.
+    pub start_seq: u64,
+    /// Checkpoint: `count` matching events have `seq <= count_seq`.
+    pub count: u64,
+    /// See `count`.
+    pub count_seq: u64,
+    /// Created, Unix ms.
+    pub created_at_ms: i64,
+    /// Last changed, Unix ms.
+    pub updated_at_ms: i64,
+    /// Writes so far, from 1 (compare-and-set).
+    pub version: i64,
+}
+
+/// One checkpoint of [`RegistryStore::checkpoint_fhir_subscriptions`]: `count` matching
+/// events up to `seq` of log `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FhirCheckpoint {
+    /// The Subscription.
+    pub id: String,
+    /// The event log.
+    pub epoch: String,
+    /// Matching events so far.
+    pub count: u64,
+    /// Up to this `seq`.
+    pub seq: u64,
 }

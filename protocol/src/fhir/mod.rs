@@ -17,6 +17,10 @@
 //! fields as FHIR R4/R4B define them; it does not compute state transitions beyond
 //! "an Encounter whose status is `finished` has finished".
 
+pub mod notify;
+pub mod subscription;
+pub mod topics;
+
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 
