@@ -528,6 +528,13 @@ pub(crate) async fn assemble(
         })
     };
     let deliveries = tokio::spawn(state.webhooks.clone().run(state.shutdown.clone()));
+    // The Subscriptions are known before the first request (their numbers follow from the
+    // numbering task).
+    state
+        .fhir
+        .refresh()
+        .await
+        .map_err(|e| startup(&format!("FHIR Subscriptions: {e}")))?;
     let fhir = tokio::spawn(state.fhir.clone().run(state.shutdown.clone()));
     let mut background = vec![follower, prober, fhir];
     if let Some(c) = &state.cluster {

@@ -5,6 +5,8 @@
 //! - [`test_config`]: the configuration tests start from.
 //! - [`cluster`]: broker nodes in cluster mode on a real JetStream cluster and PostgreSQL.
 //! - [`ws`]: a raw `scopecast.v1` WebSocket client.
+//! - [`fhir`]: a FHIR client (REST and the websocket channel) that keeps every resource it
+//!   saw, and the Python validators run over them.
 //! - [`keys`]: real key pairs (EC P-256, P-384, RSA) for `private_key_jwt` and foreign issuers.
 //! - [`pki`]: an organisation's own CA, an intermediate and a server certificate, as PEM files.
 
@@ -12,6 +14,7 @@
 #![allow(missing_debug_implementations)]
 
 pub mod cluster;
+pub mod fhir;
 pub mod keys;
 pub mod pki;
 pub mod raw;
@@ -76,7 +79,8 @@ pub struct Answer {
 }
 
 impl Answer {
-    async fn from(resp: reqwest::Response) -> Answer {
+    /// Reads `resp` whole.
+    pub async fn from(resp: reqwest::Response) -> Answer {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.unwrap_or_default();

@@ -724,7 +724,8 @@ async fn status(
     let principal = caller(&state, &headers, peer).await?;
     let s = owned(&state, &principal, &id)?;
     let f = &state.fhir;
-    let info = status_info(&f.base, &s, "query-status", f.count(&id), s.spec.content);
+    let count = f.count(&id).ok_or_else(counting)?;
+    let info = status_info(&f.base, &s, "query-status", count, s.spec.content);
     Ok(raw_bundle(notification_bundle(
         &info,
         &[],
@@ -732,6 +733,16 @@ async fn status(
         &uuid::Uuid::new_v4().to_string(),
         Timestamp::now(),
     )))
+}
+
+/// 503 while the numbering has not counted a Subscription yet.
+fn counting() -> Fhir {
+    Fhir::refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "the Subscription's event numbers are being counted from the log; retry in a moment",
+    )
+    .header(header::RETRY_AFTER, "1".to_owned())
 }
 
 fn raw_bundle(text: String) -> Fhir {
@@ -819,7 +830,7 @@ async fn events_of(
         .transpose()
     };
     let f = &state.fhir;
-    let count = f.count(id);
+    let count = f.count(id).ok_or_else(counting)?;
     let since = number(q.events_since_number, "eventsSinceNumber")?
         .unwrap_or(1)
         .max(1);

@@ -275,9 +275,10 @@ impl Fhir {
         out
     }
 
-    /// The current count of Subscription `id` (0 before the numbering has it).
-    pub(crate) fn count(&self, id: &str) -> u64 {
-        self.counters.lock().get(id).map_or(0, |c| c.count)
+    /// The current count of Subscription `id`; `None` until the numbering has counted it
+    /// (just after a start, or a creation on another node).
+    pub(crate) fn count(&self, id: &str) -> Option<u64> {
+        self.counters.lock().get(id).map(|c| c.count)
     }
 
     /// Reloads the Subscriptions now (after a write of this node), and wakes the numbering.
@@ -502,6 +503,7 @@ impl Fhir {
         let epoch = self.log.epoch().to_owned();
         let head = self.log.fresh_bounds().await.last;
         self.position.store(head, Ordering::Release);
+        self.load_subs().await.map_err(|e| e.to_string())?;
         self.sync_counters(&epoch).await?;
         self.recheck().await;
         let mut tail = self.log.tail(head + 1);

@@ -202,6 +202,9 @@ async fn run(state: Broker, mut socket: WebSocket, peer: SocketAddr) {
                     }
                     Ask::Bind(token) => match f.redeem(&token).await {
                         Err(r) => outcome(&mut socket, r.code, &r.message).await,
+                        Ok((_, subs)) if subs.iter().any(|s| f.count(&s.stored.id).is_none()) => {
+                            outcome(&mut socket, "transient", "the Subscription's event numbers are being counted from the log; get a new token and bind again in a moment").await
+                        }
                         Ok((client_id, subs)) => {
                             let mut ok = true;
                             let mut ids = Vec::new();
@@ -212,7 +215,7 @@ async fn run(state: Broker, mut socket: WebSocket, peer: SocketAddr) {
                                     let p = Duration::from_secs(h);
                                     (p, Instant::now() + p)
                                 });
-                                let text = bundle(&state, &s, "handshake", f.count(&sid), &[]);
+                                let text = bundle(&state, &s, "handshake", f.count(&sid).unwrap_or(0), &[]);
                                 bound.insert(sid.clone(), Bound { sub: s, heartbeat });
                                 ids.push(sid);
                                 f.metrics
@@ -284,7 +287,8 @@ async fn run(state: Broker, mut socket: WebSocket, peer: SocketAddr) {
                 }
                 let mut ok = true;
                 for (sid, s) in due {
-                    let text = bundle(&state, &s, "heartbeat", f.count(&sid), &[]);
+                    let Some(count) = f.count(&sid) else { continue };
+                    let text = bundle(&state, &s, "heartbeat", count, &[]);
                     f.metrics
                         .fhir_notifications
                         .with_label_values(&[s.stored.client_id.as_str(), "websocket", "heartbeat"])

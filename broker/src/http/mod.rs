@@ -315,12 +315,16 @@ async fn readyz(State(state): State<Broker>) -> Result<Response, ApiError> {
 /// or RFC 6749 section 5.2 `{error, error_description}` on the token endpoint.
 async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let token_endpoint = req.uri().path() == "/oauth2/token";
+    let fhir = req.uri().path() == "/fhir" || req.uri().path().starts_with("/fhir/");
     let resp = next.run(req).await;
     let status = resp.status();
     let is_json = resp
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json")
+                || v.as_bytes().starts_with(b"application/fhir+json")
+        });
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }
@@ -330,6 +334,17 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
         415 => "unsupported content type",
         _ => status.canonical_reason().unwrap_or("request refused"),
     };
+    if fhir {
+        // The FHIR endpoint answers every refusal as an OperationOutcome.
+        let code = match status.as_u16() {
+            404 => "not-found",
+            405 | 415 => "not-supported",
+            413 => "too-costly",
+            s if s >= 500 => "exception",
+            _ => "invalid",
+        };
+        return crate::fhir::http::Fhir::refuse(status, code, message).into_response();
+    }
     let code = match status.as_u16() {
         401 => ErrorCode::Unauthorized,
         403 => ErrorCode::Forbidden,
