@@ -23,3 +23,7 @@ CREATE TABLE fhir_subscriptions (
     version     BIGINT NOT NULL
 );
 CREATE INDEX fhir_subscriptions_client ON fhir_subscriptions (client_id);
+
+-- A rest-hook Subscription is delivered by the webhook engine: its endpoint names it here
+-- (the engine then sends notification Bundles instead of event bodies).
+ALTER TABLE webhook_endpoints ADD COLUMN fhir_subscription_id TEXT;

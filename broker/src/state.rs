@@ -140,16 +140,7 @@ impl Broker {
             webhooks,
         } = parts;
         let access = Access::new(registry.clone(), metrics.clone());
-        let fhir = crate::fhir::Fhir::new(crate::fhir::FhirParts {
-            registry: registry.clone(),
-            log: log.clone(),
-            access: access.clone(),
-            environment: config.environment,
-            metrics: metrics.clone(),
-            kek: webhooks.kek.clone(),
-            topics: config.fhir.topics(),
-            public_url: public_url.clone(),
-        });
+        let kek = webhooks.kek.clone();
         let webhooks = crate::webhooks::Webhooks::new(crate::webhooks::EngineParts {
             registry: registry.clone(),
             log: log.clone(),
@@ -165,6 +156,18 @@ impl Broker {
                 .as_ref()
                 .map_or_else(|| "local".to_owned(), |c| c.node.clone()),
         });
+        let fhir = crate::fhir::Fhir::new(crate::fhir::FhirParts {
+            registry: registry.clone(),
+            log: log.clone(),
+            access: access.clone(),
+            environment: config.environment,
+            metrics: metrics.clone(),
+            kek,
+            topics: config.fhir.topics(),
+            public_url: public_url.clone(),
+            webhooks: webhooks.clone(),
+        });
+        webhooks.set_fhir(&fhir);
         let admission = Admission::new(
             access.clone(),
             log.clone(),

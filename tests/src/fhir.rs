@@ -123,11 +123,11 @@ impl FhirClient {
         }
         let a = Answer::from(req.send().await.expect("FHIR request")).await;
         keep(&self.seen, &a.body);
-        if let Some(entries) = a.body["entry"].as_array() {
-            if a.body["type"] == "searchset" {
-                for e in entries {
-                    keep(&self.seen, &e["resource"]);
-                }
+        if let Some(entries) = a.body["entry"].as_array()
+            && a.body["type"] == "searchset"
+        {
+            for e in entries {
+                keep(&self.seen, &e["resource"]);
             }
         }
         a

@@ -676,3 +676,160 @@ async fn a_restart_keeps_the_numbers() {
     assert_eq!(ids, ["e1", "e3", "e4", "e5"]);
     validate(&s.seen);
 }
+
+#[tokio::test]
+async fn rest_hook_notifications_are_signed_webhooks_after_a_handshake() {
+    use scopecast_tests::receiver::Receiver;
+    let mut config = test_config();
+    // The receiver is on loopback, over http: allowed for the test only.
+    config.webhooks.allow_private = vec!["127.0.0.1/32".into()];
+    config.webhooks.allow_http = true;
+    config.webhooks.retry_schedule_ms = vec![0, 100, 100];
+    let s = setup(config, "subscribe:fhir.encounter.>").await;
+    let receiver = Receiver::start();
+    // The first handshake fails.
+    receiver.plan(json!([{"status": 500}])).await;
+    let mut sub = subscription(
+        ENCOUNTER_START,
+        Some("Encounter?patient=Patient/42"),
+        "id-only",
+        None,
+    );
+    sub["channel"] = json!({
+        "type": "rest-hook",
+        "endpoint": receiver.url("/fhir-hook"),
+        "payload": "application/fhir+json",
+        "header": ["X-Api-Key: k-123"],
+        "_payload": {"extension": [{"url": scopecast_tests::fhir::CONTENT, "valueCode": "id-only"}]},
+    });
+    let a = s.fhir.call(Method::POST, "/Subscription", Some(&sub)).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["status"], "requested");
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    let secret = a.body["channel"]["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["url"]
+                .as_str()
+                .unwrap()
+                .ends_with("webhook-signing-secret")
+        })
+        .unwrap()["valueString"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let read = s.fhir.get(&format!("/Subscription/{id}")).await;
+    assert!(
+        !read.body.to_string().contains(&secret),
+        "the secret is shown once"
+    );
+    let wait_status = |want: &'static str| {
+        let fhir = s.fhir.clone();
+        let id = id.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let r = fhir.get(&format!("/Subscription/{id}")).await;
+                if r.body["status"] == want {
+                    return r.body;
+                }
+                assert!(Instant::now() < deadline, "waiting for {want}: {}", r.body);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let failed = wait_status("error").await;
+    assert!(
+        failed["error"].as_str().unwrap().contains("500"),
+        "{failed}"
+    );
+    // Started again, with the secret known to the receiver: the handshake passes.
+    receiver.secrets(&[&secret]).await;
+    let mut again = failed.clone();
+    again["status"] = json!("requested");
+    let a = s
+        .fhir
+        .call(Method::PUT, &format!("/Subscription/{id}"), Some(&again))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    wait_status("active").await;
+
+    s.publish("fhir.encounter.started", &encounter("e1", "42"))
+        .await;
+    s.publish("fhir.encounter.started", &encounter("e2", "7"))
+        .await;
+    s.publish("fhir.encounter.started", &encounter("e3", "42"))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let (log, _) = receiver.log().await;
+        if log.len() >= 4 {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "{log:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (log, _) = receiver.log().await;
+    assert_eq!(
+        log.len(),
+        4,
+        "two handshakes and two notifications: {log:?}"
+    );
+    let mut numbers = Vec::new();
+    for (i, r) in log.iter().enumerate() {
+        assert_eq!(r.content_type, "application/fhir+json");
+        assert_eq!(r.api_key, "k-123", "each channel.header is sent");
+        let bundle: Value = serde_json::from_str(&r.body).unwrap();
+        s.seen.lock().push(bundle.clone());
+        let st = status_of(&bundle);
+        if i < 2 {
+            assert_eq!(st["type"], "handshake");
+            assert_eq!(st["status"], "requested");
+            continue;
+        }
+        assert_eq!(r.verified_by, vec![0], "standardwebhooks verifies it");
+        assert!(r.tampered_rejected);
+        assert_eq!(st["type"], "event-notification");
+        numbers.push(
+            st["notificationEvent"][0]["eventNumber"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        log[1].verified_by,
+        vec![0],
+        "the second handshake is signed"
+    );
+    assert_eq!(numbers, ["1", "2"]);
+    let st = s.fhir.get(&format!("/Subscription/{id}/$status")).await;
+    assert_eq!(status_of(&st.body)["status"], "active");
+    assert_eq!(status_of(&st.body)["eventsSinceSubscriptionStart"], "2");
+
+    // Deactivated: nothing more goes out.
+    s.broker.deactivate(&s.reader.client_id).await;
+    s.publish("fhir.encounter.started", &encounter("e4", "42"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.log().await.0.len(), 4);
+    // Deleted with its endpoint.
+    s.broker.activate(&s.reader.client_id).await;
+    let token = s.broker.token(&s.reader, None).await;
+    let fhir = s.fhir.with_token(&token);
+    assert_eq!(
+        fhir.get(&format!("/Subscription/{id}")).await.body["status"],
+        "off"
+    );
+    let gone = fhir
+        .call(Method::DELETE, &format!("/Subscription/{id}"), None)
+        .await;
+    assert_eq!(gone.status, 204);
+    let list = s.broker.admin(Method::GET, "/webhooks", None).await;
+    assert_eq!(list.body.as_array().map_or(0, Vec::len), 0, "{}", list.body);
+    assert!(validate(&s.seen) >= 6);
+}

@@ -329,12 +329,27 @@ fn admit(
         }
     }
     if spec.channel == ChannelType::RestHook {
-        return Err(Fhir::refuse(
-            StatusCode::BAD_REQUEST,
-            "not-supported",
-            "the rest-hook channel is not offered by this broker yet: use websocket",
-        )
-        .at("Subscription.channel.type"));
+        if spec.heartbeat_s.is_some() {
+            return Err(Fhir::refuse(
+                StatusCode::BAD_REQUEST,
+                "not-supported",
+                "heartbeats are sent on websocket channels only; a rest-hook Subscription's health shows in $status",
+            )
+            .at("Subscription.channel.extension('backport-heartbeat-period')"));
+        }
+        let broker_timeout_s = state.config.webhooks.timeout_ms.div_ceil(1000);
+        if let Some(t) = spec.timeout_s
+            && t < broker_timeout_s
+        {
+            return Err(Fhir::refuse(
+                StatusCode::BAD_REQUEST,
+                "not-supported",
+                &format!(
+                    "backport-timeout {t} s is shorter than this broker's per-attempt time-out ({broker_timeout_s} s, webhooks.timeout_ms): ask for at least {broker_timeout_s} s"
+                ),
+            )
+            .at("Subscription.channel.extension('backport-timeout')"));
+        }
     }
     Ok((spec, topic.clone()))
 }
@@ -357,12 +372,41 @@ async fn create(
         o.remove("meta");
         o.remove("error");
     }
+    let existing = f.subs_of(&principal.client_id).len();
+    if existing >= state.config.fhir.max_subscriptions_per_client {
+        return Err(Fhir::refuse(
+            StatusCode::BAD_REQUEST,
+            "too-costly",
+            &format!(
+                "the client ID has {existing} Subscriptions, the most fhir.max_subscriptions_per_client allows: delete one"
+            ),
+        ));
+    }
+    let rest_hook = spec.channel == ChannelType::RestHook;
+    let mut secret = None;
+    if rest_hook {
+        let endpoint = spec.endpoint.as_deref().unwrap_or("");
+        let (_, s) = state
+            .webhooks
+            .create_for_fhir(
+                &principal.client_id,
+                endpoint,
+                &topic.broker_topic,
+                &header_map(&spec.headers),
+                &id,
+                bounds.last,
+                state.log.epoch(),
+            )
+            .await
+            .map_err(|e| endpoint_refused(&e))?;
+        secret = Some(s);
+    }
     let now = now_ms();
     let stored = StoredFhirSubscription {
         id: id.clone(),
         client_id: principal.client_id.clone(),
         resource: resource.to_string(),
-        status: "active".to_owned(),
+        status: if rest_hook { "requested" } else { "active" }.to_owned(),
         error: None,
         epoch: state.log.epoch().to_owned(),
         start_seq: bounds.last,
@@ -388,12 +432,55 @@ async fn create(
         .await
         .map_err(|e| storage(&e))?;
     f.refresh().await.map_err(|e| storage(&e))?;
-    let mut answer = Fhir::ok(f.resource_of(&stored));
+    let mut body = f.resource_of(&stored);
+    if let Some(secret) = secret {
+        // The signing secret of its Standard Webhooks signatures: shown once, here.
+        let ext = body["channel"]["extension"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut ext = ext;
+        ext.push(json!({"url": SIGNING_SECRET_URL, "valueString": secret.reveal()}));
+        body["channel"]["extension"] = Value::Array(ext);
+        let f = f.clone();
+        tokio::spawn(async move { f.handshake(&id).await });
+    }
+    let mut answer = Fhir::ok(body);
     answer.status = StatusCode::CREATED;
-    Ok(answer.header(
-        header::LOCATION,
-        format!("{}/Subscription/{id}/_history/1", f.base),
-    ))
+    Ok(answer
+        .header(
+            header::LOCATION,
+            format!("{}/Subscription/{}/_history/1", f.base, stored.id),
+        )
+        .header(header::CACHE_CONTROL, "no-store".to_owned()))
+}
+
+/// The extension carrying a rest-hook Subscription's `whsec_` signing secret (in the creation
+/// answer only).
+pub(crate) const SIGNING_SECRET_URL: &str =
+    "https://scopecast.dev/fhir/StructureDefinition/webhook-signing-secret";
+
+/// `channel.header` lines (`Name: value`) as a map.
+fn header_map(lines: &[String]) -> std::collections::BTreeMap<String, String> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// A refused rest-hook endpoint (its URL or a header), as an OperationOutcome.
+fn endpoint_refused(e: &RegistryError) -> Fhir {
+    match e {
+        RegistryError::Invalid(i) => Fhir::refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            &format!("rest-hook channel: {i}"),
+        )
+        .at("Subscription.channel.endpoint"),
+        RegistryError::Conflict(m) => Fhir::refuse(StatusCode::BAD_REQUEST, "too-costly", m),
+        other => storage(other),
+    }
 }
 
 /// The caller's Subscription `id` (404 when it is not theirs: no one learns that another's
@@ -415,7 +502,14 @@ async fn read(
 ) -> Answer {
     let principal = caller(&state, &headers, peer).await?;
     let s = owned(&state, &principal, &id)?;
-    Ok(Fhir::ok(state.fhir.resource_of(&s.stored)))
+    Ok(Fhir::ok(shown(&state, &s).await))
+}
+
+/// The resource as the client sees it, with its effective status.
+async fn shown(state: &Broker, s: &Sub) -> Value {
+    let mut row = s.stored.clone();
+    (row.status, row.error) = state.fhir.effective_status(s).await;
+    state.fhir.resource_of(&row)
 }
 
 /// `GET /fhir/Subscription`: the caller's Subscriptions.
@@ -426,16 +520,13 @@ async fn search(
 ) -> Answer {
     let principal = caller(&state, &headers, peer).await?;
     let f = &state.fhir;
-    let items = f
-        .subs_of(&principal.client_id)
-        .iter()
-        .map(|s| {
-            (
-                format!("{}/Subscription/{}", f.base, s.stored.id),
-                f.resource_of(&s.stored),
-            )
-        })
-        .collect();
+    let mut items = Vec::new();
+    for s in f.subs_of(&principal.client_id) {
+        items.push((
+            format!("{}/Subscription/{}", f.base, s.stored.id),
+            shown(&state, &s).await,
+        ));
+    }
     Ok(Fhir::ok(searchset(
         &format!("{}/Subscription", f.base),
         items,
@@ -466,6 +557,18 @@ async fn update(
         .at("Subscription.id"));
     }
     let (spec, _) = admit(&state, &principal, &resource)?;
+    if spec.channel != current.spec.channel
+        || spec.endpoint != current.spec.endpoint
+        || spec.headers != current.spec.headers
+        || spec.mime != current.spec.mime
+    {
+        return Err(Fhir::refuse(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            "a Subscription's channel type, endpoint, headers and payload type cannot change: create a new Subscription",
+        )
+        .at("Subscription.channel"));
+    }
     if spec.criteria != current.spec.criteria || spec.filters != current.spec.filters {
         return Err(Fhir::refuse(
             StatusCode::BAD_REQUEST,
@@ -499,6 +602,13 @@ async fn update(
         o.remove("meta");
         o.remove("error");
     }
+    let rest_hook = spec.channel == ChannelType::RestHook;
+    // A rest-hook Subscription started again goes through its handshake first.
+    let status = if rest_hook && status == "active" {
+        "requested"
+    } else {
+        status
+    };
     let mut row = current.stored.clone();
     row.resource = resource.to_string();
     row.status = status.to_owned();
@@ -522,6 +632,18 @@ async fn update(
         ));
     }
     state.fhir.refresh().await.map_err(|e| storage(&e))?;
+    if rest_hook {
+        if status == "off" {
+            state
+                .fhir
+                .pause_endpoint(&id, "the FHIR Subscription was turned off")
+                .await;
+        } else {
+            let f = state.fhir.clone();
+            let sid = id.clone();
+            tokio::spawn(async move { f.handshake(&sid).await });
+        }
+    }
     let now = state.fhir.sub(&id).ok_or_else(|| not_found_sub(&id))?;
     Ok(Fhir::ok(state.fhir.resource_of(&now.stored)))
 }
@@ -535,6 +657,14 @@ async fn delete(
 ) -> Result<Response, Fhir> {
     let principal = caller(&state, &headers, peer).await?;
     let s = owned(&state, &principal, &id)?;
+    if s.spec.channel == ChannelType::RestHook
+        && let Some(w) = state.fhir.endpoint_of(&id).await.map_err(|e| storage(&e))?
+    {
+        match state.webhooks.delete(&w.id, &principal.client_id).await {
+            Ok(()) | Err(RegistryError::NotFound { .. }) => {}
+            Err(e) => return Err(storage(&e)),
+        }
+    }
     match state
         .registry
         .delete_fhir_subscription(&s.stored, &principal.client_id)
@@ -725,7 +855,10 @@ async fn status(
     let s = owned(&state, &principal, &id)?;
     let f = &state.fhir;
     let count = f.count(&id).ok_or_else(counting)?;
-    let info = status_info(&f.base, &s, "query-status", count, s.spec.content);
+    let (status, error) = f.effective_status(&s).await;
+    let mut info = status_info(&f.base, &s, "query-status", count, s.spec.content);
+    info.status = &status;
+    info.error = error.as_deref();
     Ok(raw_bundle(notification_bundle(
         &info,
         &[],

@@ -182,6 +182,8 @@ pub(crate) struct Inner {
     position: AtomicU64,
     /// Woken to reload the Subscriptions (a change this node made).
     reload: tokio::sync::Notify,
+    /// The webhook service: rest-hook Subscriptions are delivered by its engine.
+    pub(crate) webhooks: crate::webhooks::Webhooks,
     next_socket: AtomicU64,
 }
 
@@ -195,6 +197,7 @@ pub(crate) struct FhirParts {
     pub(crate) kek: Arc<Kek>,
     pub(crate) topics: Vec<TopicDef>,
     pub(crate) public_url: String,
+    pub(crate) webhooks: crate::webhooks::Webhooks,
 }
 
 fn now_s() -> i64 {
@@ -231,7 +234,18 @@ impl Fhir {
             position: AtomicU64::new(0),
             reload: tokio::sync::Notify::new(),
             next_socket: AtomicU64::new(1),
+            webhooks: parts.webhooks,
         }))
+    }
+
+    /// A handle that does not keep the service alive (the webhook engine's).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.0)
+    }
+
+    /// The service again, while it lives.
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Fhir> {
+        weak.upgrade().map(Fhir)
     }
 
     /// Reads a stored row into what it asks for; `None` (logged) when it no longer reads
@@ -736,6 +750,9 @@ impl Fhir {
             };
             let why = denied_words(&d);
             self.revoke(&s.stored.id, &why);
+            if s.spec.channel == scopecast_protocol::fhir::subscription::ChannelType::RestHook {
+                self.pause_endpoint(&s.stored.id, &why).await;
+            }
             let mut row = s.stored.clone();
             row.status = "off".to_owned();
             row.error = Some(why.clone());
@@ -826,6 +843,232 @@ impl Fhir {
             }
         }
         Ok(out)
+    }
+
+    /// The number of the matching event at `seq` of Subscription `s` (the webhook engine
+    /// delivering a rest-hook Subscription asks it), once the numbering has counted that far.
+    ///
+    /// # Errors
+    /// A sentence when the numbering is more than 30 s behind, the events before it left the
+    /// log, or the event does not match.
+    pub(crate) async fn number_at(&self, s: &Sub, seq: u64) -> Result<u64, String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let counted = self.position.load(Ordering::Acquire) >= seq
+                && self.counters.lock().contains_key(&s.stored.id);
+            if counted {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("the numbering has not reached seq {seq} in 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let start = {
+            let counters = self.counters.lock();
+            let c = counters
+                .get(&s.stored.id)
+                .ok_or_else(|| "the Subscription is gone".to_owned())?;
+            if let Some((n, _)) = c.recent.iter().rev().find(|(_, q)| *q == seq) {
+                return Ok(*n);
+            }
+            c.recent.iter().rev().find(|(_, q)| *q < seq).copied()
+        };
+        let (mut n, mut at) = match start {
+            Some(p) => p,
+            None if s.stored.epoch == self.log.epoch() => (0, s.stored.start_seq),
+            None => return Err("the event was counted in another event log".to_owned()),
+        };
+        while at < seq {
+            let batch = self
+                .log
+                .read_from(at + 1, 1024)
+                .await
+                .map_err(|e| e.to_string())?;
+            if batch.first().is_none_or(|e| e.seq != at + 1) {
+                return Err(format!(
+                    "events after seq {at} left the event log before seq {seq} was numbered"
+                ));
+            }
+            for e in batch {
+                if e.seq > seq {
+                    break;
+                }
+                at = e.seq;
+                if e.topic == s.broker_topic
+                    && s.matches(&serde_json::from_str(e.data.get()).unwrap_or(Value::Null))
+                {
+                    n += 1;
+                    if e.seq == seq {
+                        return Ok(n);
+                    }
+                }
+            }
+        }
+        Err(format!(
+            "the event at seq {seq} does not match the Subscription"
+        ))
+    }
+
+    /// The notification Bundle of the event `e` for the rest-hook Subscription `s`.
+    ///
+    /// # Errors
+    /// As [`Fhir::number_at`].
+    pub(crate) async fn rest_hook_body(
+        &self,
+        s: &Sub,
+        e: &Arc<StoredEvent>,
+    ) -> Result<String, String> {
+        let number = self.number_at(s, e.seq).await?;
+        let resource: Value = serde_json::from_str(e.data.get()).unwrap_or(Value::Null);
+        let event = http::notification_event(number, e, &resource, &s.topic);
+        let mut info =
+            http::status_info(&self.base, s, "event-notification", number, s.spec.content);
+        info.status = "active";
+        Ok(scopecast_protocol::fhir::notify::notification_bundle(
+            &info,
+            &[event],
+            &uuid::Uuid::new_v4().to_string(),
+            &uuid::Uuid::new_v4().to_string(),
+            Timestamp::now(),
+        ))
+    }
+
+    /// The webhook endpoint delivering the rest-hook Subscription `id`.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub(crate) async fn endpoint_of(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::registry::StoredWebhook>, RegistryError> {
+        Ok(self
+            .registry
+            .webhooks()
+            .await?
+            .into_iter()
+            .find(|w| w.fhir_subscription_id.as_deref() == Some(id)))
+    }
+
+    /// The status and error of `s` as a client sees them: a rest-hook Subscription whose
+    /// endpoint the engine disabled (410, failing past the retry window) is `error`.
+    pub(crate) async fn effective_status(&self, s: &Sub) -> (String, Option<String>) {
+        let stored = (s.stored.status.clone(), s.stored.error.clone());
+        if s.spec.channel != scopecast_protocol::fhir::subscription::ChannelType::RestHook
+            || s.stored.status != "active"
+        {
+            return stored;
+        }
+        match self.endpoint_of(&s.stored.id).await {
+            Ok(Some(w)) if w.state == crate::registry::WebhookState::Disabled => (
+                "error".to_owned(),
+                Some(format!(
+                    "deliveries failed: {}",
+                    w.state_reason
+                        .as_deref()
+                        .unwrap_or("the endpoint was disabled")
+                )),
+            ),
+            _ => stored,
+        }
+    }
+
+    /// Sends the handshake of the rest-hook Subscription `id` (a `handshake` Bundle, signed
+    /// as every delivery) and sets its status: `active`, its endpoint resumed, when the
+    /// endpoint answers 2xx; `error` otherwise (FHIR.md "Rest-hook channel").
+    pub(crate) async fn handshake(&self, id: &str) {
+        let outcome = self.try_handshake(id).await;
+        let Some(sub) = self.sub(id) else { return };
+        let mut row = sub.stored.clone();
+        match &outcome {
+            Ok(()) => {
+                row.status = "active".to_owned();
+                row.error = None;
+            }
+            Err(why) => {
+                row.status = "error".to_owned();
+                row.error = Some(format!("handshake failed: {why}"));
+            }
+        }
+        row.updated_at_ms = now_ms();
+        let detail = serde_json::json!({"subscription_id": id, "status": row.status});
+        match self
+            .registry
+            .update_fhir_subscription(&row, FHIR_ACTOR, "fhir.subscription.handshake", detail)
+            .await
+        {
+            Ok(_) => {
+                let _ = self.refresh().await;
+            }
+            Err(e) => {
+                tracing::warn!(subscription = %id, error = %e, "the handshake's outcome could not be stored")
+            }
+        }
+    }
+
+    async fn try_handshake(&self, id: &str) -> Result<(), String> {
+        use crate::webhooks::endpoint::Keys;
+        use crate::webhooks::policy::Answer;
+        let sub = self.sub(id).ok_or("the Subscription is gone")?;
+        let w = self
+            .endpoint_of(id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("its webhook endpoint is gone")?;
+        if let Err(d) =
+            self.access
+                .check_push(&sub.stored.client_id, self.environment, &sub.broker_topic)
+        {
+            return Err(denied_words(&d));
+        }
+        let keys = Keys::unseal(&self.kek, &w.id, &w.sealed)?;
+        let count = self.count(id).unwrap_or(sub.stored.count);
+        let mut info = http::status_info(&self.base, &sub, "handshake", count, sub.spec.content);
+        info.status = "requested";
+        info.error = None;
+        let body = scopecast_protocol::fhir::notify::notification_bundle(
+            &info,
+            &[],
+            &uuid::Uuid::new_v4().to_string(),
+            &uuid::Uuid::new_v4().to_string(),
+            Timestamp::now(),
+        );
+        let message_id = format!("msg_{}_handshake_{}", w.id, uuid::Uuid::new_v4().simple());
+        let signers = keys.signing(now_ms());
+        let delivery = crate::webhooks::send::Delivery {
+            url: &w.url,
+            message_id: &message_id,
+            body: bytes::Bytes::from(body),
+            signers: &signers,
+            headers: &keys.headers,
+            content_type: &sub.spec.mime,
+        };
+        let attempted = self.webhooks.sender().send(&delivery).await;
+        match attempted.answer {
+            Answer::Status { code, .. } if (200..300).contains(&code) => {
+                self.metrics
+                    .fhir_notifications
+                    .with_label_values(&[sub.stored.client_id.as_str(), "rest-hook", "handshake"])
+                    .inc();
+                self.webhooks
+                    .set_paused(&w.id, false, "", FHIR_ACTOR)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            Answer::Status { code, .. } => Err(format!("the endpoint answered {code}")),
+            Answer::NoAnswer => Err(attempted.error.unwrap_or_else(|| "no answer".to_owned())),
+        }
+    }
+
+    /// Pauses the endpoint of the rest-hook Subscription `id` (it went off).
+    pub(crate) async fn pause_endpoint(&self, id: &str, why: &str) {
+        if let Ok(Some(w)) = self.endpoint_of(id).await
+            && w.state == crate::registry::WebhookState::Active
+            && let Err(e) = self.webhooks.set_paused(&w.id, true, why, FHIR_ACTOR).await
+        {
+            tracing::warn!(subscription = %id, error = %e, "the rest-hook endpoint could not be paused");
+        }
     }
 
     /// A Subscription resource as the server shows it: the stored resource with the server's

@@ -865,6 +865,7 @@ pub(crate) fn webhook(id: &str, client_id: &str) -> StoredWebhook {
         cursor: 41,
         cursor_epoch: "log-1".to_owned(),
         replay_through: 0,
+        fhir_subscription_id: None,
         max_in_flight: 1,
         max_batch: 1,
         created_at_ms: 7,

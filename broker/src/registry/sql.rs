@@ -1132,7 +1132,7 @@ macro_rules! sql_store {
                 let rows = sqlx::query(
                     "SELECT id, client_id, url, topics, sealed, state, state_reason, cursor, \
                      max_in_flight, max_batch, created_at, updated_at, version, lease_holder, \
-                     lease_until, cursor_epoch, replay_through FROM webhook_endpoints \
+                     lease_until, cursor_epoch, replay_through, fhir_subscription_id FROM webhook_endpoints \
                      ORDER BY created_at, id",
                 )
                 .fetch_all(&self.pool)
@@ -1161,6 +1161,7 @@ macro_rules! sql_store {
                             updated_at_ms: r.get("updated_at"),
                             version: r.get("version"),
                             lease: holder.zip(until),
+                            fhir_subscription_id: r.get("fhir_subscription_id"),
                         })
                     })
                     .collect()
@@ -1175,8 +1176,8 @@ macro_rules! sql_store {
                 sqlx::query(
                     "INSERT INTO webhook_endpoints (id, client_id, url, topics, sealed, state, \
                      state_reason, cursor, max_in_flight, max_batch, created_at, updated_at, version, \
-                     cursor_epoch, replay_through) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14)",
+                     cursor_epoch, replay_through, fhir_subscription_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15)",
                 )
                 .bind(&w.id)
                 .bind(&w.client_id)
@@ -1192,6 +1193,7 @@ macro_rules! sql_store {
                 .bind(w.updated_at_ms)
                 .bind(&w.cursor_epoch)
                 .bind(i64::try_from(w.replay_through).unwrap_or(i64::MAX))
+                .bind(&w.fhir_subscription_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;

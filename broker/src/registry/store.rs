@@ -539,6 +539,8 @@ pub struct StoredWebhook {
     pub version: i64,
     /// The node delivering to it now, and until when (Unix ms).
     pub lease: Option<(String, i64)>,
+    /// The rest-hook FHIR Subscription it delivers (notification Bundles), if any.
+    pub fhir_subscription_id: Option<String>,
 }
 
 impl std::fmt::Debug for StoredWebhook {

@@ -116,6 +116,9 @@ pub(crate) struct Inner {
     /// Attempt records waiting for the writer ([`record_loop`]), which takes them every
     /// [`RECORDS_LINGER`]: a worker only pushes (no wake-up per delivery).
     records: parking_lot::Mutex<Vec<WebhookAttempt>>,
+    /// The FHIR service, for endpoints that deliver a rest-hook Subscription (set once the
+    /// broker is assembled).
+    pub(crate) fhir: std::sync::OnceLock<std::sync::Weak<crate::fhir::Inner>>,
     /// Cursors to write, by endpoint: every worker's newest, written together every
     /// [`CURSOR_FLUSH`] in one transaction (one commit per node, not one per endpoint).
     cursors: parking_lot::Mutex<HashMap<String, PendingCursor>>,
@@ -181,7 +184,19 @@ impl Webhooks {
             unreadable: parking_lot::Mutex::new(HashSet::new()),
             records: parking_lot::Mutex::new(Vec::new()),
             cursors: parking_lot::Mutex::new(HashMap::new()),
+            fhir: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Hands the engine the FHIR service (once, when the broker is assembled): endpoints of
+    /// rest-hook Subscriptions get notification Bundles.
+    pub(crate) fn set_fhir(&self, fhir: &crate::fhir::Fhir) {
+        let _ = self.fhir.set(fhir.downgrade());
+    }
+
+    /// The HTTP sender (a rest-hook Subscription's handshake goes through it too).
+    pub(crate) fn sender(&self) -> &Sender {
+        &self.sender
     }
 
     /// The supervisor: runs until `shutdown`, then stops every worker.
@@ -510,6 +525,8 @@ struct Worker {
     version: i64,
     /// Events up to this `seq` go out although accepted while the client ID was inactive.
     replay_through: u64,
+    /// The rest-hook FHIR Subscription this endpoint delivers, if any.
+    fhir_sub: Option<String>,
     epoch: String,
     /// Its secrets and extra headers (a change, a rotation among them, restarts the worker).
     keys: Keys,
@@ -558,6 +575,7 @@ impl Worker {
             } else {
                 0
             },
+            fhir_sub: ep.fhir_subscription_id.clone(),
             epoch,
             keys,
             cancel,
@@ -908,6 +926,16 @@ impl Worker {
             }
         }
         let newest_ms = events.last().map_or_else(now_ms, |e| e.time_ms());
+        let fhir = match self.fhir_subscription().await {
+            Ok(f) => f,
+            Err(()) => return Step::Stop,
+        };
+        if let Some((_, sub)) = &fhir {
+            // Only the events its filters match are its notifications.
+            events.retain(|e| {
+                sub.matches(&serde_json::from_str(e.data.get()).unwrap_or(serde_json::Value::Null))
+            });
+        }
         if events.is_empty() {
             return Step::Done(last, newest_ms);
         }
@@ -929,7 +957,17 @@ impl Worker {
                 return Step::Done(last, newest_ms);
             }
             let (first_seq, last_seq) = (events[0].seq, events[events.len() - 1].seq);
-            let body = body_of(&events, self.max_batch > 1);
+            let (body, content_type) = match &fhir {
+                None => (body_of(&events, self.max_batch > 1), "application/json"),
+                Some((f, sub)) => match f.rest_hook_body(sub, &events[0]).await {
+                    Ok(b) => (Bytes::from(b), sub.spec.mime.as_str()),
+                    Err(why) => {
+                        tracing::warn!(endpoint = %self.id, seq = first_seq, %why, "a FHIR notification could not be numbered; skipped");
+                        self.skip(&events, outcome::SKIPPED_RETENTION, &why);
+                        return Step::Done(last, newest_ms);
+                    }
+                },
+            };
             let id = message_id(&self.id, &self.epoch, first_seq, last_seq);
             let signers = self.keys.signing(now_ms());
             let delivery = Delivery {
@@ -938,6 +976,7 @@ impl Worker {
                 body,
                 signers: &signers,
                 headers: &self.keys.headers,
+                content_type,
             };
             let topic = events[0].topic.clone();
             let attempted = match self
@@ -980,7 +1019,20 @@ impl Worker {
                 );
             }
             match next {
-                Next::Delivered => return Step::Done(last, newest_ms),
+                Next::Delivered => {
+                    if fhir.is_some() {
+                        self.inner
+                            .metrics
+                            .fhir_notifications
+                            .with_label_values(&[
+                                self.client_id.as_str(),
+                                "rest-hook",
+                                "event-notification",
+                            ])
+                            .inc();
+                    }
+                    return Step::Done(last, newest_ms);
+                }
                 Next::Disable(reason) => return Step::Disable(reason, first_seq),
                 Next::Retry(_) if self.drain.is_cancelled() => return Step::Stop,
                 Next::Retry(wait) => {
@@ -1002,6 +1054,31 @@ impl Worker {
                 }
             }
             attempt += 1;
+        }
+    }
+
+    /// The FHIR service and the rest-hook Subscription this endpoint delivers (`None` for a
+    /// plain endpoint), waiting until this node has loaded it (it is written before its
+    /// endpoint, but reaches another node through the registry); `Err` when the worker stops
+    /// meanwhile.
+    #[allow(clippy::type_complexity)]
+    async fn fhir_subscription(
+        &self,
+    ) -> Result<Option<(crate::fhir::Fhir, Arc<crate::fhir::Sub>)>, ()> {
+        let Some(id) = &self.fhir_sub else {
+            return Ok(None);
+        };
+        loop {
+            if let Some(f) = self.inner.fhir.get().and_then(crate::fhir::Fhir::upgrade)
+                && let Some(sub) = f.sub(id)
+            {
+                return Ok(Some((f, sub)));
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return Err(()),
+                () = self.drain.cancelled() => return Err(()),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
         }
     }
 

@@ -93,6 +93,9 @@ pub(crate) struct Delivery<'a> {
     pub(crate) signers: &'a Signers<'a>,
     /// The endpoint's extra headers.
     pub(crate) headers: &'a [(String, String)],
+    /// `Content-Type` of the body: `application/json` for event bodies; a FHIR
+    /// Subscription's `channel.payload` for its notification Bundles.
+    pub(crate) content_type: &'a str,
 }
 
 /// What an attempt gave.
@@ -185,7 +188,7 @@ impl Sender {
         let mut req = self
             .client
             .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, d.content_type)
             .header("webhook-id", d.message_id)
             .header("webhook-timestamp", timestamp.to_string())
             .header(
@@ -337,6 +340,7 @@ mod tests {
             body: Bytes::from_static(b"{\"id\":\"e\",\"seq\":7}"),
             signers,
             headers: &[],
+            content_type: "application/json",
         }
     }
 

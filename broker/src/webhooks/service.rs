@@ -261,6 +261,7 @@ impl Webhooks {
             cursor: self.log.fresh_bounds().await.last,
             cursor_epoch: self.log.epoch().to_owned(),
             replay_through: 0,
+            fhir_subscription_id: None,
             max_in_flight,
             max_batch,
             created_at_ms: now,
@@ -275,6 +276,84 @@ impl Webhooks {
                 serde_json::json!({
                     "endpoint_id": w.id, "url": w.url, "topics": w.topics,
                     "header_names": new.headers.keys().collect::<Vec<_>>(),
+                }),
+            )
+            .await?;
+        Ok((w, secret))
+    }
+
+    /// Registers the endpoint that delivers the rest-hook FHIR Subscription `subscription_id`
+    /// of `client_id` (FHIR.md "Rest-hook channel"): `url` checked as any endpoint's, the
+    /// broker topic `topic`, `headers` (from `channel.header`) sent with every request. It
+    /// starts `paused` (until the Subscription's handshake is answered 2xx) with its cursor at
+    /// `cursor` of the log `epoch` (the Subscription's start); its signing secret is returned
+    /// once.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] naming `url` or a header, [`RegistryError::Conflict`] past
+    /// `max_endpoints_per_client`, or a storage failure.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn create_for_fhir(
+        &self,
+        client_id: &str,
+        url: &str,
+        topic: &str,
+        headers: &BTreeMap<String, String>,
+        subscription_id: &str,
+        cursor: u64,
+        epoch: &str,
+    ) -> Result<(StoredWebhook, Secret), RegistryError> {
+        let url = self.check_url(url).await?;
+        let headers = Self::check_headers(headers)?;
+        let existing = self
+            .registry
+            .webhooks()
+            .await?
+            .iter()
+            .filter(|w| w.client_id == client_id)
+            .count();
+        if existing >= self.settings.max_endpoints_per_client {
+            return Err(RegistryError::Conflict(format!(
+                "the client ID has {existing} webhook endpoints (rest-hook Subscriptions count), the most webhooks.max_endpoints_per_client allows"
+            )));
+        }
+        let id = endpoint::new_id().map_err(internal)?;
+        let secret = Secret::generate().map_err(|_| internal("the random source failed"))?;
+        let keys = Keys {
+            current: secret.clone(),
+            previous: None,
+            ed25519: None,
+            previous_ed25519: None,
+            headers,
+        };
+        let now = now_ms();
+        let w = StoredWebhook {
+            sealed: keys.seal(&self.kek, &id).map_err(internal)?,
+            id,
+            client_id: client_id.to_owned(),
+            url,
+            topics: vec![topic.to_owned()],
+            state: WebhookState::Paused,
+            state_reason: Some("waiting for the FHIR Subscription's handshake".to_owned()),
+            cursor,
+            cursor_epoch: epoch.to_owned(),
+            replay_through: 0,
+            max_in_flight: 1,
+            max_batch: 1,
+            created_at_ms: now,
+            updated_at_ms: now,
+            version: 1,
+            lease: None,
+            fhir_subscription_id: Some(subscription_id.to_owned()),
+        };
+        self.registry
+            .create_webhook(
+                &w,
+                client_id,
+                serde_json::json!({
+                    "endpoint_id": w.id, "url": w.url, "topics": w.topics,
+                    "fhir_subscription_id": subscription_id,
+                    "header_names": headers_names(&keys.headers),
                 }),
             )
             .await?;
@@ -519,4 +598,8 @@ impl Webhooks {
         self.registry.webhook(id).await?;
         self.registry.webhook_attempts(id, before, limit).await
     }
+}
+
+fn headers_names(headers: &[(String, String)]) -> Vec<&str> {
+    headers.iter().map(|(n, _)| n.as_str()).collect()
 }
