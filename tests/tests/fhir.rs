@@ -764,14 +764,14 @@ async fn rest_hook_notifications_are_signed_webhooks_after_a_handshake() {
     s.publish("fhir.encounter.started", &encounter("e3", "42"))
         .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let log = loop {
+    loop {
         let (log, _) = receiver.log().await;
         if log.len() >= 4 {
-            break log;
+            break;
         }
         assert!(Instant::now() < deadline, "{log:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (log, _) = receiver.log().await;
     assert_eq!(
