@@ -1303,3 +1303,100 @@ async fn a_partitioned_nats_node_neither_stops_the_majority_nor_loses_events() {
         n.kill9();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_subscriptions_number_alike_on_every_node_and_bind_on_any() {
+    use scopecast_tests::fhir::{
+        ENCOUNTER_START, FhirClient, FhirSocket, Seen, encounter, status_of, subscription, validate,
+    };
+    let _shared = faults().read().await;
+    let cluster = TestCluster::start(2, 3).await;
+    let (a, b) = (cluster.node('a'), cluster.node('b'));
+    let reader = a
+        .active_client("FHIR reader", "subscribe:fhir.encounter.>")
+        .await;
+    let feeder = a.active_client("FHIR feeder", "publish:fhir.>").await;
+    let token = a.token(&reader, None).await;
+    let publisher = a.token(&feeder, None).await;
+    let seen = Seen::default();
+    let on_a = FhirClient::new(a.http_client(), &a.base_url(), &token, &seen);
+    let on_b = FhirClient::new(b.http_client(), &b.base_url(), &token, &seen);
+    let id = on_a
+        .create(&subscription(
+            ENCOUNTER_START,
+            Some("Encounter?patient=Patient/5"),
+            "id-only",
+            None,
+        ))
+        .await;
+    // Node b learns it through the registry's change feed.
+    eventually(
+        Duration::from_secs(5),
+        "node b knows the Subscription",
+        || {
+            let on_b = on_b.clone();
+            let id = id.clone();
+            async move {
+                on_b.get(&format!("/Subscription/{id}/$status"))
+                    .await
+                    .status
+                    == 200
+            }
+        },
+    )
+    .await;
+    // A binding token from node a binds on node b.
+    let binding = on_a.binding_token(&id).await;
+    let mut ws = FhirSocket::connect(&b.ws_url("/fhir/ws"), &seen).await;
+    ws.send(&format!("bind-with-token {binding}")).await;
+    assert_eq!(status_of(&ws.recv().await)["type"], "handshake");
+    for (event, patient) in [("e1", "5"), ("e2", "6"), ("e3", "5")] {
+        let r = a
+            .publish_http(
+                &publisher,
+                "fhir.encounter.started",
+                &encounter(event, patient),
+            )
+            .await;
+        assert!(r.status < 300, "{r:?}");
+    }
+    let mut numbers = Vec::new();
+    for _ in 0..2 {
+        let n = ws.recv().await;
+        let st = status_of(&n);
+        numbers.push(
+            st["notificationEvent"][0]["eventNumber"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(numbers, ["1", "2"]);
+    // Both nodes count the same from the shared log.
+    for node in [&on_a, &on_b] {
+        let node = node.clone();
+        let id = id.clone();
+        eventually(Duration::from_secs(5), "both nodes count 2", move || {
+            let node = node.clone();
+            let id = id.clone();
+            async move {
+                let st = node.get(&format!("/Subscription/{id}/$status")).await;
+                status_of(&st.body)["eventsSinceSubscriptionStart"] == "2"
+            }
+        })
+        .await;
+    }
+    let ev = on_b.get(&format!("/Subscription/{id}/$events")).await;
+    let ids: Vec<&str> = ev.body["entry"].as_array().unwrap()[1..]
+        .iter()
+        .map(|e| e["fullUrl"].as_str().unwrap().rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(ids, ["e1", "e3"]);
+    // Deactivated through node a: node b's socket is told within a second.
+    let at = Instant::now();
+    a.deactivate(&reader.client_id).await;
+    let told = ws.recv().await;
+    assert_eq!(told["resourceType"], "OperationOutcome", "{told}");
+    assert!(at.elapsed() < Duration::from_secs(1), "{:?}", at.elapsed());
+    validate(&seen);
+}
