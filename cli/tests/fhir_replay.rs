@@ -267,3 +267,184 @@ async fn replay_of_a_bulk_export_reaches_subscribers_once_in_clinical_order() {
     }
     drop(served);
 }
+
+/// The full export when at hand, else the three patients kept in `tests/data`.
+fn export_or_subset() -> PathBuf {
+    export().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fhir-bulk-3-patients")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fhir_subscription_with_a_patient_filter_gets_exactly_that_patients_encounters() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = export_or_subset();
+    // The patient with the most started encounters, and their ids, from the files.
+    let mut per_patient: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in
+        BufReader::new(std::fs::File::open(dir.join("Encounter.000.ndjson")).unwrap()).lines()
+    {
+        let r: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if when(&r["period"]["start"]).is_some() {
+            per_patient
+                .entry(r["subject"]["reference"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(r["id"].as_str().unwrap().to_owned());
+        }
+    }
+    let (patient, mut expected) = per_patient
+        .into_iter()
+        .max_by_key(|(_, ids)| ids.len())
+        .unwrap();
+    expected.sort();
+
+    let data = tempfile::tempdir().unwrap();
+    let served = support::serve(data.path(), "memory");
+    let url = served.url.clone();
+    let create = |name: &str, scope: &str| {
+        let app = cli_json(
+            &url,
+            data.path(),
+            &[
+                "app", "create", "--name", name, "--vendor", "T", "--scope", scope,
+            ],
+        );
+        let np = &app["clients"]["non_production"];
+        let id = np["client_id"].as_str().unwrap().to_owned();
+        cli_json(&url, data.path(), &["app", "activate", &id]);
+        (id, np["client_secret"].as_str().unwrap().to_owned())
+    };
+    let (fid, fsecret) = create("Feeder", "publish:fhir.>");
+    let (rid, rsecret) = create("Board", "subscribe:fhir.encounter.>");
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{url}/oauth2/token"))
+        .basic_auth(&rid, Some(&rsecret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    let sub = serde_json::json!({
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "one patient's encounters",
+        "criteria": "http://argonautproject.org/encounters-ig/SubscriptionTopic/encounter-start",
+        "_criteria": {"extension": [{
+            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria",
+            "valueString": format!("Encounter?patient={patient}"),
+        }]},
+        "channel": {"type": "websocket", "payload": "application/fhir+json"},
+    });
+    let created: Value = http
+        .post(format!("{url}/fhir/Subscription"))
+        .bearer_auth(&token)
+        .header("content-type", "application/fhir+json")
+        .body(sub.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let binding: Value = http
+        .get(format!(
+            "{url}/fhir/Subscription/{id}/$get-ws-binding-token"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let param = |name: &str, key: &str| -> String {
+        binding["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()[key]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(param("websocket-url", "valueUrl"))
+        .await
+        .unwrap();
+    ws.send(Message::Text(
+        format!("bind-with-token {}", param("token", "valueString")).into(),
+    ))
+    .await
+    .unwrap();
+    let handshake = next_json(&mut ws).await.unwrap();
+    assert_eq!(handshake["entry"][0]["resource"]["type"], "handshake");
+
+    let replay_dir = dir.clone();
+    let replay = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["replay", "--fhir-bulk"])
+            .arg(&replay_dir)
+            .args([
+                "--url",
+                &url,
+                "--client-id",
+                &fid,
+                "--client-secret",
+                &fsecret,
+            ])
+            .output()
+            .unwrap()
+    });
+    let mut got = Vec::new();
+    for n in 1..=expected.len() {
+        let b = next_json(&mut ws)
+            .await
+            .unwrap_or_else(|| panic!("notification {n} of {}", expected.len()));
+        let st = &b["entry"][0]["resource"];
+        assert_eq!(st["type"], "event-notification");
+        assert_eq!(
+            st["notificationEvent"][0]["eventNumber"],
+            n.to_string(),
+            "numbered 1..n without a gap"
+        );
+        let focus = st["notificationEvent"][0]["focus"]["reference"]
+            .as_str()
+            .unwrap();
+        got.push(focus.rsplit('/').next().unwrap().to_owned());
+    }
+    let out = replay.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing else: no other patient's encounter, no duplicate.
+    let more = tokio::time::timeout(Duration::from_secs(1), ws.next()).await;
+    assert!(more.is_err(), "{more:?}");
+    got.sort();
+    assert_eq!(got, expected, "exactly {patient}'s encounters");
+}
+
+/// The next text message as JSON, within 30 s.
+async fn next_json<S>(ws: &mut S) -> Option<Value>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+            Some(serde_json::from_str(&t).unwrap())
+        }
+        _ => None,
+    }
+}
