@@ -171,6 +171,14 @@ impl Access {
         }
     }
 
+    /// Whether the application of `client_id` holds `scope` in its current grant (a SMART
+    /// resource scope a `full-resource` FHIR Subscription needs at every delivery).
+    pub(crate) fn grant_covers(&self, client_id: &str, scope: &Scope) -> bool {
+        self.registry
+            .client(client_id)
+            .is_some_and(|c| c.ceiling.covers(scope))
+    }
+
     /// True while the client ID may hold a session here (active, of this environment).
     pub(crate) fn active(&self, principal: &Principal) -> bool {
         self.registry

@@ -833,3 +833,184 @@ async fn rest_hook_notifications_are_signed_webhooks_after_a_handshake() {
     assert_eq!(list.body.as_array().map_or(0, Vec::len), 0, "{}", list.body);
     assert!(validate(&s.seen) >= 6);
 }
+
+#[tokio::test]
+async fn full_resource_carries_the_published_bytes_behind_https() {
+    let mut config = test_config();
+    // TLS ends at a load balancer: the public URL is https, the broker serves http behind it.
+    config.oauth.public_url = Some("https://events.hospital.test".to_owned());
+    let s = setup(config, "subscribe:fhir.encounter.> system/Encounter.rs").await;
+    let id = s
+        .fhir
+        .create(&subscription(ENCOUNTER_START, None, "full-resource", None))
+        .await;
+    let binding = s
+        .fhir
+        .get(&format!("/Subscription/{id}/$get-ws-binding-token"))
+        .await;
+    assert_eq!(
+        parameter(&binding.body, "websocket-url").unwrap()["valueUrl"],
+        "wss://events.hospital.test/fhir/ws"
+    );
+    let token = parameter(&binding.body, "token").unwrap()["valueString"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = s.socket().await;
+    ws.send(&format!("bind-with-token {token}")).await;
+    assert_eq!(status_of(&ws.recv().await)["type"], "handshake");
+    // A decimal with a trailing zero and a key order of its own: kept byte for byte.
+    let published = r#"{"resourceType":"Encounter","status":"in-progress","id":"e-raw","class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"IMP"},"subject":{"reference":"Patient/9"},"length":{"value":1.50,"unit":"h"}}"#;
+    let raw = s
+        .broker
+        .http_client()
+        .post(s.broker.http_url("/v1/events/fhir.encounter.started"))
+        .bearer_auth(&s.publisher)
+        .header("content-type", "application/fhir+json")
+        .body(published)
+        .send()
+        .await
+        .unwrap();
+    assert!(raw.status().is_success());
+    // Read the frame as text, to compare bytes.
+    let n = ws.recv().await;
+    let text = n.to_string();
+    assert_eq!(n["entry"][1]["resource"]["id"], "e-raw");
+    assert_eq!(
+        n["entry"][1]["fullUrl"],
+        "https://events.hospital.test/fhir/Encounter/e-raw"
+    );
+    assert_eq!(
+        status_of(&n)["notificationEvent"][0]["focus"]["reference"],
+        n["entry"][1]["fullUrl"]
+    );
+    assert!(status_of(&n)["topic"].is_string(), "{text}");
+    // `$events` gives the resource back exactly as published.
+    let ev = s
+        .broker
+        .http_client()
+        .get(
+            s.broker
+                .http_url(&format!("/fhir/Subscription/{id}/$events")),
+        )
+        .bearer_auth(s.broker.token(&s.reader, None).await)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(ev.contains(published), "{ev}");
+    // A token without the resource scope may not ask $events for full resources.
+    let narrow = s
+        .broker
+        .token(&s.reader, Some("subscribe:fhir.encounter.>"))
+        .await;
+    let a = s
+        .fhir
+        .with_token(&narrow)
+        .get(&format!("/Subscription/{id}/$events?content=full-resource"))
+        .await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(validate(&s.seen) >= 3);
+}
+
+#[tokio::test]
+async fn a_narrowed_ceiling_turns_the_subscription_off() {
+    let s = setup(test_config(), "subscribe:fhir.encounter.>").await;
+    let app = s
+        .broker
+        .create_app("Narrowed", "subscribe:fhir.encounter.> subscribe:lab.>")
+        .await;
+    s.broker.activate(&app.non_production.client_id).await;
+    let token = s.broker.token(&app.non_production, None).await;
+    let fhir = s.fhir.with_token(&token);
+    let id = fhir
+        .create(&subscription(ENCOUNTER_START, None, "empty", None))
+        .await;
+    let mut ws = s.socket().await;
+    ws.send(&format!(
+        "bind-with-token {}",
+        fhir.binding_token(&id).await
+    ))
+    .await;
+    assert_eq!(status_of(&ws.recv().await)["type"], "handshake");
+    let at = Instant::now();
+    let a = s
+        .broker
+        .admin(
+            Method::PATCH,
+            &format!("/applications/{}", app.id),
+            Some(json!({"scope": "subscribe:lab.>"})),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let told = ws.recv().await;
+    assert!(at.elapsed() < Duration::from_secs(1), "{:?}", at.elapsed());
+    assert_eq!(told["issue"][0]["code"], "forbidden");
+    assert!(
+        told["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("subscribe:fhir.encounter.started"),
+        "{told}"
+    );
+    s.publish("fhir.encounter.started", &encounter("e1", "1"))
+        .await;
+    assert!(ws.recv_within(Duration::from_millis(1000)).await.is_none());
+    validate(&s.seen);
+}
+
+#[tokio::test]
+async fn topics_from_the_configuration_join_the_catalogue() {
+    let mut config = test_config();
+    config.fhir.topics = vec![scopecast_protocol::fhir::topics::TopicDef {
+        id: "lab-final".into(),
+        canonical: "https://hospital.test/fhir/SubscriptionTopic/lab-final".into(),
+        title: "Final lab result".into(),
+        broker_topic: "lab.result.final".into(),
+        resource_type: "Observation".into(),
+        filters: vec![scopecast_protocol::fhir::topics::TopicFilter {
+            name: "patient".into(),
+            path: "subject".into(),
+            kind: scopecast_protocol::fhir::topics::FilterKind::Reference,
+        }],
+    }];
+    let s = setup(config, "subscribe:lab.>").await;
+    let t = s.fhir.get("/SubscriptionTopic/lab-final").await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    assert_eq!(
+        t.body["url"],
+        "https://hospital.test/fhir/SubscriptionTopic/lab-final"
+    );
+    let id = s
+        .fhir
+        .create(&subscription(
+            "https://hospital.test/fhir/SubscriptionTopic/lab-final",
+            Some("Observation?patient=Patient/3"),
+            "id-only",
+            None,
+        ))
+        .await;
+    let mut ws = s.socket().await;
+    ws.send(&format!(
+        "bind-with-token {}",
+        s.fhir.binding_token(&id).await
+    ))
+    .await;
+    assert_eq!(status_of(&ws.recv().await)["type"], "handshake");
+    let feeder = s.broker.active_client("Lab", "publish:lab.>").await;
+    let lab = s.broker.token(&feeder, None).await;
+    let obs = json!({"resourceType": "Observation", "id": "o1", "status": "final",
+        "code": {"text": "K"}, "subject": {"reference": "Patient/3"}});
+    let a = s.broker.publish_http(&lab, "lab.result.final", &obs).await;
+    assert!(a.status < 300, "{a:?}");
+    let n = ws.recv().await;
+    assert!(
+        status_of(&n)["notificationEvent"][0]["focus"]["reference"]
+            .as_str()
+            .unwrap()
+            .ends_with("/Observation/o1")
+    );
+    validate(&s.seen);
+}

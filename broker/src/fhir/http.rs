@@ -13,6 +13,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use scopecast_protocol::Timestamp;
 use scopecast_protocol::fhir::notify::{
     FHIR_JSON, NotificationEvent, StatusInfo, binding_parameters, notification_bundle,
     operation_outcome, searchset,
@@ -21,7 +22,6 @@ use scopecast_protocol::fhir::subscription::{
     ChannelType, PayloadContent, SubscriptionSpec, parse_subscription,
 };
 use scopecast_protocol::fhir::topics::TopicDef;
-use scopecast_protocol::{ScopeSet, Timestamp};
 use serde_json::{Value, json};
 
 use super::{BINDING_TOKEN_S, Sub, denied_words, now_ms, now_s, pattern_of};
@@ -62,6 +62,9 @@ pub(crate) fn router() -> Router<Broker> {
 pub(crate) struct Fhir {
     status: StatusCode,
     body: Value,
+    /// The body as text when it was written as text (a notification Bundle, whose resources
+    /// are the published bytes): sent instead of `body`.
+    text: Option<String>,
     headers: Vec<(header::HeaderName, String)>,
 }
 
@@ -70,6 +73,7 @@ impl Fhir {
         Fhir {
             status: StatusCode::OK,
             body,
+            text: None,
             headers: Vec::new(),
         }
     }
@@ -79,6 +83,7 @@ impl Fhir {
         Fhir {
             status,
             body: operation_outcome(code, message, None),
+            text: None,
             headers: Vec::new(),
         }
     }
@@ -96,7 +101,8 @@ impl Fhir {
 
 impl IntoResponse for Fhir {
     fn into_response(self) -> Response {
-        let mut resp = (self.status, self.body.to_string()).into_response();
+        let body = self.text.unwrap_or_else(|| self.body.to_string());
+        let mut resp = (self.status, body).into_response();
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         for (name, value) in self.headers {
@@ -305,16 +311,13 @@ fn admit(
         .map_err(|d| denied(&d))?;
     if spec.content == PayloadContent::FullResource {
         let read = format!("system/{}.rs", topic.resource_type);
-        let scope = ScopeSet::parse_ceiling(&read)
-            .ok()
-            .and_then(|set| set.iter().next().cloned())
-            .ok_or_else(|| {
-                Fhir::refuse(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "exception",
-                    &format!("{read} does not read as a scope"),
-                )
-            })?;
+        let scope = super::read_scope(&topic.resource_type).ok_or_else(|| {
+            Fhir::refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                &format!("{read} does not read as a scope"),
+            )
+        })?;
         state
             .access
             .check(principal, Action::ReadResources(&scope))
@@ -878,8 +881,14 @@ fn counting() -> Fhir {
     .header(header::RETRY_AFTER, "1".to_owned())
 }
 
+/// A notification Bundle as written (its resources byte for byte as published).
 fn raw_bundle(text: String) -> Fhir {
-    Fhir::ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    Fhir {
+        status: StatusCode::OK,
+        body: Value::Null,
+        text: Some(text),
+        headers: Vec::new(),
+    }
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -987,7 +996,7 @@ async fn events_of(
             )
         })?,
     };
-    if content == PayloadContent::FullResource && s.spec.content != PayloadContent::FullResource {
+    if content == PayloadContent::FullResource {
         let mut probe = serde_json::from_str::<Value>(&s.stored.resource).unwrap_or(Value::Null);
         probe["channel"]["_payload"] = json!({"extension": [{"url": scopecast_protocol::fhir::subscription::PAYLOAD_CONTENT_URL, "valueCode": "full-resource"}]});
         admit(state, &principal, &probe)?;

@@ -269,6 +269,27 @@ impl Fhir {
         }
     }
 
+    /// The activation rule for a Subscription, at every delivery: its client ID active in this
+    /// environment, its application's grant covering `subscribe:<topic>`, and for
+    /// `full-resource` content the SMART read scope of the focus resource.
+    pub(crate) fn may_deliver(&self, s: &Sub) -> Result<(), Denied> {
+        self.access
+            .check_push(&s.stored.client_id, self.environment, &s.broker_topic)?;
+        if s.spec.content == scopecast_protocol::fhir::subscription::PayloadContent::FullResource {
+            let read = read_scope(&s.topic.resource_type);
+            if !read
+                .as_ref()
+                .is_some_and(|r| self.access.grant_covers(&s.stored.client_id, r))
+            {
+                return Err(Denied::Scope {
+                    required_scope: format!("system/{}.rs", s.topic.resource_type),
+                    whose: crate::access::Whose::Application,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The Subscription `id` as this node last loaded it.
     pub(crate) fn sub(&self, id: &str) -> Option<Arc<Sub>> {
         self.subs.read().get(id).cloned()
@@ -471,10 +492,7 @@ impl Fhir {
             let Some(sub) = self.sub(id).filter(|s| s.stored.client_id == claims.c) else {
                 return Err(refused("not-found", &format!("Subscription {id} is gone")));
             };
-            if let Err(d) = self
-                .access
-                .check_push(&claims.c, self.environment, &sub.broker_topic)
-            {
+            if let Err(d) = self.may_deliver(&sub) {
                 return Err(refused("forbidden", &denied_words(&d)));
             }
             if sub.stored.status != "active" {
@@ -611,12 +629,7 @@ impl Fhir {
     }
 
     fn dispatch(&self, s: &Sub, number: u64, e: &Arc<StoredEvent>) {
-        if s.stored.status != "active"
-            || self
-                .access
-                .check_push(&s.stored.client_id, self.environment, &s.broker_topic)
-                .is_err()
-        {
+        if s.stored.status != "active" || self.may_deliver(s).is_err() {
             return;
         }
         let bindings = self.bindings.lock();
@@ -742,10 +755,7 @@ impl Fhir {
             if s.stored.status == "off" {
                 continue;
             }
-            let Err(d) =
-                self.access
-                    .check_push(&s.stored.client_id, self.environment, &s.broker_topic)
-            else {
+            let Err(d) = self.may_deliver(&s) else {
                 continue;
             };
             let why = denied_words(&d);
@@ -1108,6 +1118,13 @@ pub(crate) fn denied_words(d: &Denied) -> String {
             whose,
         } => format!("{} does not include {required_scope}", whose.words()),
     }
+}
+
+/// The SMART v2 system read scope of a resource type (`system/Encounter.rs`).
+pub(crate) fn read_scope(resource_type: &str) -> Option<scopecast_protocol::Scope> {
+    scopecast_protocol::ScopeSet::parse_ceiling(&format!("system/{resource_type}.rs"))
+        .ok()
+        .and_then(|set| set.iter().next().cloned())
 }
 
 /// `subscribe:<topic>` as a pattern.

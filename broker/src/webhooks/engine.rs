@@ -959,6 +959,16 @@ impl Worker {
             let (first_seq, last_seq) = (events[0].seq, events[events.len() - 1].seq);
             let (body, content_type) = match &fhir {
                 None => (body_of(&events, self.max_batch > 1), "application/json"),
+                Some((f, sub)) if f.may_deliver(sub).is_err() => {
+                    // Its grant no longer holds the resource scope full-resource content needs.
+                    let why = f
+                        .may_deliver(sub)
+                        .err()
+                        .map(|d| crate::fhir::denied_words(&d))
+                        .unwrap_or_default();
+                    self.skip(&events, outcome::SKIPPED_SCOPE, &why);
+                    return Step::Done(last, newest_ms);
+                }
                 Some((f, sub)) => match f.rest_hook_body(sub, &events[0]).await {
                     Ok(b) => (Bytes::from(b), sub.spec.mime.as_str()),
                     Err(why) => {

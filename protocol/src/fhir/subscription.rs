@@ -203,6 +203,13 @@ pub fn parse_subscription<'t>(
             ));
         }
     }
+    if !resource["end"].is_null() {
+        return Err(refuse(
+            "not-supported",
+            "Subscription.end",
+            "Subscription.end is not supported: delete the Subscription (or set status off) when it should stop",
+        ));
+    }
     let Some(criteria) = resource["criteria"].as_str() else {
         return Err(refuse(
             "required",
