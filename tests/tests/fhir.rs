@@ -52,6 +52,18 @@ impl Setup {
         );
     }
 
+    /// An id-only websocket Subscription to one patient's encounter starts: its id.
+    async fn encounters_of(&self, patient: &str) -> String {
+        self.fhir
+            .create(&subscription(
+                ENCOUNTER_START,
+                Some(&format!("Encounter?patient=Patient/{patient}")),
+                "id-only",
+                None,
+            ))
+            .await
+    }
+
     async fn socket(&self) -> FhirSocket {
         FhirSocket::connect(&self.broker.ws_url("/fhir/ws"), &self.seen).await
     }
@@ -224,15 +236,7 @@ async fn creation_is_checked_and_refusals_are_operation_outcomes() {
     );
 
     // In scope: created, readable, searchable, updatable, deletable.
-    let id = s
-        .fhir
-        .create(&subscription(
-            ENCOUNTER_START,
-            Some("Encounter?patient=Patient/123"),
-            "id-only",
-            None,
-        ))
-        .await;
+    let id = s.encounters_of("123").await;
     let read = s.fhir.get(&format!("/Subscription/{id}")).await;
     assert_eq!(read.body["status"], "active");
     assert_eq!(read.body["id"], id.as_str());
@@ -382,15 +386,7 @@ async fn an_expired_binding_token_is_refused() {
 #[tokio::test]
 async fn notifications_are_numbered_filtered_and_the_gap_filled_with_events() {
     let s = setup(test_config(), "subscribe:fhir.encounter.>").await;
-    let started = s
-        .fhir
-        .create(&subscription(
-            ENCOUNTER_START,
-            Some("Encounter?patient=Patient/123"),
-            "id-only",
-            None,
-        ))
-        .await;
+    let started = s.encounters_of("123").await;
     let ended = s
         .fhir
         .create(&subscription(ENCOUNTER_END, None, "empty", None))
@@ -618,15 +614,7 @@ async fn a_restart_keeps_the_numbers() {
     let mut config = test_config();
     config.log = LogMode::Durable;
     let mut s = setup(config, "subscribe:fhir.encounter.>").await;
-    let id = s
-        .fhir
-        .create(&subscription(
-            ENCOUNTER_START,
-            Some("Encounter?patient=Patient/7"),
-            "id-only",
-            None,
-        ))
-        .await;
+    let id = s.encounters_of("7").await;
     for (i, p) in [(1, "7"), (2, "8"), (3, "7"), (4, "7")] {
         s.publish("fhir.encounter.started", &encounter(&format!("e{i}"), p))
             .await;
@@ -1013,4 +1001,53 @@ async fn topics_from_the_configuration_join_the_catalogue() {
             .ends_with("/Observation/o1")
     );
     validate(&s.seen);
+}
+
+#[tokio::test]
+async fn the_readme_python_client_prints_the_notifications() {
+    use tokio::io::AsyncBufReadExt;
+    let s = setup(test_config(), "subscribe:fhir.encounter.>").await;
+    let id = s.encounters_of("123").await;
+    let token = s.broker.token(&s.reader, None).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/examples/fhir_ws_client.py"
+    );
+    let mut child = tokio::process::Command::new("python3")
+        .args([script, &s.broker.base_url(), &token, &id, "3"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 (see .ci/run)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(next_line(&mut lines).await, "handshake 0 []");
+    s.publish("fhir.encounter.started", &encounter("e1", "123"))
+        .await;
+    s.publish("fhir.encounter.started", &encounter("e2", "9"))
+        .await;
+    s.publish("fhir.encounter.started", &encounter("e3", "123"))
+        .await;
+    let base = s.fhir.base.clone();
+    assert_eq!(
+        next_line(&mut lines).await,
+        format!("event-notification 1 [('1', '{base}/Encounter/e1')]")
+    );
+    assert_eq!(
+        next_line(&mut lines).await,
+        format!("event-notification 2 [('2', '{base}/Encounter/e3')]")
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The next line of a child's output, within 10 s.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("a line in time")
+        .expect("reading the child's output")
+        .unwrap_or_default()
 }
