@@ -64,6 +64,19 @@ impl Setup {
             .await
     }
 
+    /// Waits until `$status` of Subscription `id` counts `count` events.
+    async fn wait_count(&self, id: &str, count: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let st = self.fhir.get(&format!("/Subscription/{id}/$status")).await;
+            if status_of(&st.body)["eventsSinceSubscriptionStart"] == count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{}", st.body);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn socket(&self) -> FhirSocket {
         FhirSocket::connect(&self.broker.ws_url("/fhir/ws"), &self.seen).await
     }
@@ -543,6 +556,8 @@ async fn heartbeats_keep_the_count_and_deactivation_ends_deliveries() {
         .await;
     s.publish("fhir.encounter.started", &encounter("e1", "1"))
         .await;
+    // Counted (the numbering follows the log a moment after the publisher's answer).
+    s.wait_count(&id, "1").await;
     let mut ws = s.socket().await;
     ws.send(&format!(
         "bind-with-token {}",
