@@ -1,6 +1,7 @@
 //! A FHIR client for tests: the REST calls of `/fhir` and the websocket channel, keeping every
 //! FHIR resource the broker sent, which [`validate`] hands to validators no one here wrote
-//! (`tests/python/fhir_validate.py`: PyPI `fhir.resources` R4B models and `fhirpathpy`).
+//! (`tests/python/fhir_validate.py`: PyPI `fhir.resources` R4B models and `fhirpathpy`;
+//! `tests/node/fhir_validate.mjs`: npm `@medplum/core`'s `validateResource`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -245,6 +246,25 @@ pub fn validate(seen: &Seen) -> usize {
         out.status.success(),
         "FHIR validation failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // And Medplum's validator (npm `@medplum/core`: R4 profiles with its SubscriptionStatus,
+    // FHIRPath invariants, JSON types), installed in tests/node by `.ci/run` (`npm ci`).
+    let node_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/node");
+    assert!(
+        std::path::Path::new(node_dir)
+            .join("node_modules/@medplum/core")
+            .is_dir(),
+        "@medplum/core is not installed: run `npm ci` in tests/node (see .ci/run)"
+    );
+    let medplum = std::process::Command::new("node")
+        .arg(format!("{node_dir}/fhir_validate.mjs"))
+        .arg(&path)
+        .output()
+        .expect("node must be installed (see .ci/run)");
+    assert!(
+        medplum.status.success(),
+        "Medplum validation failed:\n{}",
+        String::from_utf8_lossy(&medplum.stderr)
     );
     String::from_utf8_lossy(&out.stdout)
         .trim()
