@@ -346,18 +346,36 @@ impl Fhir {
                 .set(n);
         }
         let subs: Vec<Arc<Sub>> = map.values().cloned().collect();
-        let gone: Vec<String> = {
+        let (gone, stopped): (Vec<String>, Vec<(String, String)>) = {
             let mut current = self.subs.write();
             let gone = current
                 .keys()
                 .filter(|k| !map.contains_key(*k))
                 .cloned()
                 .collect();
+            // Active before, not now: turned off (by its client, or revoked on another node),
+            // or its handshake failed.
+            let stopped = current
+                .iter()
+                .filter(|(_, old)| old.stored.status == "active")
+                .filter_map(|(id, _)| {
+                    let new = map.get(id)?;
+                    (new.stored.status != "active").then(|| {
+                        let why = new.stored.error.clone().unwrap_or_else(|| {
+                            format!("the Subscription is {}", new.stored.status)
+                        });
+                        (id.clone(), why)
+                    })
+                })
+                .collect();
             *current = map;
-            gone
+            (gone, stopped)
         };
         for id in gone {
             self.revoke(&id, "the Subscription was deleted");
+        }
+        for (id, why) in stopped {
+            self.revoke(&id, &why);
         }
         Ok(subs)
     }
@@ -534,6 +552,9 @@ impl Fhir {
     ) -> Result<(), String> {
         let epoch = self.log.epoch().to_owned();
         let head = self.log.fresh_bounds().await.last;
+        // Every count starts again from its stored checkpoint (also after this task stopped
+        // on an error: counts it held may have missed events since).
+        self.counters.lock().clear();
         self.position.store(head, Ordering::Release);
         self.load_subs().await.map_err(|e| e.to_string())?;
         self.sync_counters(&epoch).await?;
@@ -557,7 +578,7 @@ impl Fhir {
                         tracing::warn!(to, "FHIR numbering: events left the log before they were counted");
                         self.position.store(to, Ordering::Release);
                     }
-                    None => return Ok(()),
+                    None => return Err("the event log's tail ended".to_owned()),
                 },
                 () = self.reload.notified() => {
                     self.sync_counters(&epoch).await?;
@@ -604,7 +625,12 @@ impl Fhir {
         let Some(subs) = index.get(&e.topic) else {
             return;
         };
-        let resource: Value = serde_json::from_str(e.data.get()).unwrap_or(Value::Null);
+        // The payload is parsed once per event, and only when a filter needs it.
+        let resource: Value = if subs.iter().any(|s| !s.spec.filters.is_empty()) {
+            serde_json::from_str(e.data.get()).unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
         let mut notify = Vec::new();
         {
             let mut counters = self.counters.lock();
