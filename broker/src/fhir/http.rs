@@ -375,6 +375,7 @@ async fn create(
         o.remove("meta");
         o.remove("error");
     }
+    redact_headers(&mut resource);
     let existing = f.subs_of(&principal.client_id).len();
     if existing >= state.config.fhir.max_subscriptions_per_client {
         return Err(Fhir::refuse(
@@ -419,7 +420,7 @@ async fn create(
         updated_at_ms: now,
         version: 1,
     };
-    state
+    let created = state
         .registry
         .create_fhir_subscription(
             &stored,
@@ -432,8 +433,14 @@ async fn create(
                 "content": spec.content.as_str(),
             }),
         )
-        .await
-        .map_err(|e| storage(&e))?;
+        .await;
+    if let Err(e) = created {
+        // Its endpoint goes too: nothing is left half made.
+        if let Ok(Some(w)) = f.endpoint_of(&id).await {
+            let _ = state.webhooks.delete(&w.id, &principal.client_id).await;
+        }
+        return Err(storage(&e));
+    }
     f.refresh().await.map_err(|e| storage(&e))?;
     let mut body = f.resource_of(&stored);
     if let Some(secret) = secret {
@@ -462,6 +469,35 @@ async fn create(
 /// answer only).
 pub(crate) const SIGNING_SECRET_URL: &str =
     "https://scopecast.dev/fhir/StructureDefinition/webhook-signing-secret";
+
+/// The value every `channel.header` shows once stored: the values live sealed with the
+/// rest-hook endpoint (they may be API keys), the resource keeps the names.
+pub(crate) const REDACTED: &str = "[sealed]";
+
+/// Replaces the value of each `channel.header` line with [`REDACTED`].
+fn redact_headers(resource: &mut Value) {
+    // (`get_mut`, not indexing: indexing would add `"header": null` where there is none.)
+    if let Some(lines) = resource
+        .get_mut("channel")
+        .and_then(|c| c.get_mut("header"))
+        .and_then(Value::as_array_mut)
+    {
+        for line in lines {
+            if let Some((name, _)) = line.as_str().and_then(|l| l.split_once(':')) {
+                *line = Value::String(format!("{}: {REDACTED}", name.trim()));
+            }
+        }
+    }
+}
+
+/// The header names of `channel.header` lines, lower case.
+fn header_names(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, _)| n.trim().to_ascii_lowercase())
+        .collect()
+}
 
 /// `channel.header` lines (`Name: value`) as a map.
 fn header_map(lines: &[String]) -> std::collections::BTreeMap<String, String> {
@@ -562,7 +598,7 @@ async fn update(
     let (spec, _) = admit(&state, &principal, &resource)?;
     if spec.channel != current.spec.channel
         || spec.endpoint != current.spec.endpoint
-        || spec.headers != current.spec.headers
+        || header_names(&spec.headers) != header_names(&current.spec.headers)
         || spec.mime != current.spec.mime
     {
         return Err(Fhir::refuse(
@@ -605,6 +641,7 @@ async fn update(
         o.remove("meta");
         o.remove("error");
     }
+    redact_headers(&mut resource);
     let rest_hook = spec.channel == ChannelType::RestHook;
     // A rest-hook Subscription started again goes through its handshake first.
     let status = if rest_hook && status == "active" {
@@ -642,6 +679,11 @@ async fn update(
                 .pause_endpoint(&id, "the FHIR Subscription was turned off")
                 .await;
         } else {
+            // Nothing is delivered until the new handshake is answered.
+            state
+                .fhir
+                .pause_endpoint(&id, "waiting for the FHIR Subscription's handshake")
+                .await;
             let f = state.fhir.clone();
             let sid = id.clone();
             tokio::spawn(async move { f.handshake(&sid).await });
@@ -717,6 +759,19 @@ fn mint(state: &Broker, principal: &Principal, ids: &[String]) -> Answer {
             .access
             .check(principal, Action::Subscribe(&pattern_of(&s.broker_topic)))
             .map_err(|d| denied(&d))?;
+        if s.spec.content == PayloadContent::FullResource {
+            let scope = super::read_scope(&s.topic.resource_type).ok_or_else(|| {
+                Fhir::refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "exception",
+                    "no read scope",
+                )
+            })?;
+            state
+                .access
+                .check(principal, Action::ReadResources(&scope))
+                .map_err(|d| denied(&d))?;
+        }
         if s.stored.status != "active" {
             return Err(Fhir::refuse(
                 StatusCode::BAD_REQUEST,
@@ -976,7 +1031,10 @@ async fn events_of(
     let since = number(q.events_since_number, "eventsSinceNumber")?
         .unwrap_or(1)
         .max(1);
-    let until = number(q.events_until_number, "eventsUntilNumber")?.unwrap_or(count);
+    // Without an upper bound: the next MAX_EVENTS from `since` (the client asks again from
+    // the last number it got).
+    let until = number(q.events_until_number, "eventsUntilNumber")?
+        .unwrap_or_else(|| count.min(since.saturating_add(MAX_EVENTS - 1)));
     if until >= since && until - since >= MAX_EVENTS {
         return Err(Fhir::refuse(
             StatusCode::BAD_REQUEST,

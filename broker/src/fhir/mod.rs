@@ -55,7 +55,10 @@ pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 pub(crate) const BINDING_TOKEN_S: i64 = 60;
 /// `(count, seq)` pairs kept per Subscription in memory, so `$events` and late numbering start
 /// near where they are asked for rather than at the Subscription's start.
-const RECENT: usize = 4096;
+const RECENT: usize = 256;
+/// A count unchanged is written again after the numbering moved this far past its checkpoint
+/// (so a restart recounts at most this many events for it).
+const CHECKPOINT_SPAN: u64 = 100_000;
 /// Notifications queued for one socket at most; past it the socket is closed (4008) and the
 /// client fills its gap with `$events`.
 pub(crate) const SOCKET_QUEUE: usize = 1024;
@@ -93,6 +96,8 @@ struct Counter {
     recent: VecDeque<(u64, u64)>,
     /// Changed since the last checkpoint write.
     dirty: bool,
+    /// The `seq` of the last checkpoint written.
+    written: u64,
 }
 
 impl Counter {
@@ -182,6 +187,10 @@ pub(crate) struct Inner {
     position: AtomicU64,
     /// Woken to reload the Subscriptions (a change this node made).
     reload: tokio::sync::Notify,
+    /// Sockets open on this node with nothing bound yet (capped at [`ws::MAX_UNBOUND`]).
+    pub(crate) unbound: std::sync::atomic::AtomicUsize,
+    /// One reload at a time, so an older read never replaces a newer one.
+    loading: tokio::sync::Mutex<()>,
     /// The webhook service: rest-hook Subscriptions are delivered by its engine.
     pub(crate) webhooks: crate::webhooks::Webhooks,
     next_socket: AtomicU64,
@@ -233,6 +242,8 @@ impl Fhir {
             bindings: parking_lot::Mutex::new(HashMap::new()),
             position: AtomicU64::new(0),
             reload: tokio::sync::Notify::new(),
+            loading: tokio::sync::Mutex::new(()),
+            unbound: std::sync::atomic::AtomicUsize::new(0),
             next_socket: AtomicU64::new(1),
             webhooks: parts.webhooks,
         }))
@@ -327,6 +338,7 @@ impl Fhir {
     }
 
     async fn load_subs(&self) -> Result<Vec<Arc<Sub>>, RegistryError> {
+        let _one = self.loading.lock().await;
         let stored = self.registry.fhir_subscriptions().await?;
         let mut map = HashMap::new();
         let mut per_status: HashMap<(String, String), i64> = HashMap::new();
@@ -418,10 +430,14 @@ impl Fhir {
     fn revoke(&self, sub: &str, why: &str) {
         let list = self.bindings.lock().remove(sub).unwrap_or_default();
         for b in list {
-            let _ = b.tx.try_send(Notice::Revoked {
+            let sent = b.tx.try_send(Notice::Revoked {
                 sub: sub.to_owned(),
                 why: why.to_owned(),
             });
+            if let Err(mpsc::error::TrySendError::Full(_)) = sent {
+                // A socket too far behind to be told is closed (4008).
+                b.overflow.store(true, Ordering::Release);
+            }
         }
     }
 
@@ -574,9 +590,14 @@ impl Fhir {
                         self.count_event(&index, &e);
                         self.position.store(e.seq, Ordering::Release);
                     }
-                    Some(TailItem::Gap { to, .. }) => {
-                        tracing::warn!(to, "FHIR numbering: events left the log before they were counted");
+                    Some(TailItem::Gap { from, to }) => {
+                        // This node cannot count events that left the log before it read
+                        // them: every count starts again from its stored checkpoint (another
+                        // node may have counted them) and the retained log.
+                        tracing::warn!(from, to, "FHIR numbering: events left the log before this node counted them; counts reloaded from their checkpoints");
                         self.position.store(to, Ordering::Release);
+                        self.counters.lock().clear();
+                        self.sync_counters(&epoch).await?;
                     }
                     None => return Err("the event log's tail ended".to_owned()),
                 },
@@ -687,7 +708,8 @@ impl Fhir {
             }
             let st = &s.stored;
             let (count, seq) = if st.epoch == epoch {
-                (st.count, st.count_seq.max(st.start_seq))
+                // `count_seq` is of `epoch`'s log (the start, or the last checkpoint).
+                (st.count, st.count_seq)
             } else {
                 // Another log (a new stream, a restored backup): its `seq`s mean nothing here.
                 // Numbers go on from the stored count, never reused.
@@ -698,6 +720,7 @@ impl Fhir {
                 seq,
                 recent: VecDeque::new(),
                 dirty: st.epoch != epoch,
+                written: seq,
             };
             c.recent.push_back((count, seq));
             if c.seq < position {
@@ -745,14 +768,12 @@ impl Fhir {
             counters
                 .iter_mut()
                 .filter_map(|(id, c)| {
-                    if c.seq < position {
-                        c.seq = position;
-                        c.dirty = true;
-                    }
-                    if !c.dirty {
+                    c.seq = c.seq.max(position);
+                    if !c.dirty && c.seq < c.written + CHECKPOINT_SPAN {
                         return None;
                     }
                     c.dirty = false;
+                    c.written = c.seq;
                     Some(FhirCheckpoint {
                         id: id.clone(),
                         epoch: epoch.to_owned(),
@@ -777,6 +798,8 @@ impl Fhir {
     /// client may no longer receive their topic.
     async fn recheck(&self) {
         let subs: Vec<Arc<Sub>> = self.subs.read().values().cloned().collect();
+        // Every socket is told first; the writes follow.
+        let mut refused = Vec::new();
         for s in subs {
             if s.stored.status == "off" {
                 continue;
@@ -786,6 +809,9 @@ impl Fhir {
             };
             let why = denied_words(&d);
             self.revoke(&s.stored.id, &why);
+            refused.push((s, why));
+        }
+        for (s, why) in refused {
             if s.spec.channel == scopecast_protocol::fhir::subscription::ChannelType::RestHook {
                 self.pause_endpoint(&s.stored.id, &why).await;
             }
@@ -812,12 +838,86 @@ impl Fhir {
         }
     }
 
+    /// The count of Subscription `s` now, through which `seq` (every event up to it counted),
+    /// and its recent `(count, seq)` pairs: a snapshot to count from.
+    fn snapshot(&self, s: &Sub) -> Option<Snapshot> {
+        // Every event up to the numbering's position was counted: read it before the counts.
+        let position = self.position.load(Ordering::Acquire);
+        let counters = self.counters.lock();
+        let c = counters.get(&s.stored.id)?;
+        Some((
+            c.count,
+            c.seq.max(position),
+            c.recent.iter().copied().collect(),
+        ))
+    }
+
+    /// Calls `each` for every event of the log in `from..=to` that `s` counts (its topic, its
+    /// filters), in `seq` order, until `each` says stop.
+    async fn scan(
+        &self,
+        s: &Sub,
+        from: u64,
+        to: u64,
+        mut each: impl FnMut(Arc<StoredEvent>) -> bool,
+    ) -> Result<(), String> {
+        let mut next = from;
+        while next <= to {
+            let batch = self
+                .log
+                .read_from(next, 1024)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = batch.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            for e in batch {
+                if e.seq > to {
+                    return Ok(());
+                }
+                if e.topic == s.broker_topic
+                    && s.matches(&serde_json::from_str(e.data.get()).unwrap_or(Value::Null))
+                    && !each(e)
+                {
+                    return Ok(());
+                }
+            }
+            next = last + 1;
+        }
+        Ok(())
+    }
+
+    /// A `(count, seq)` pair of `s` with `count < number` (so counting forward from it reaches
+    /// `number`): the nearest recent one; else one worked out backwards from the current count
+    /// over the retained log (`count - matches in first..=upto`, at `first - 1`), which needs
+    /// no event that retention removed.
+    async fn anchor_below(
+        &self,
+        s: &Sub,
+        number: u64,
+        count: u64,
+        upto: u64,
+        recent: &[(u64, u64)],
+    ) -> Result<(u64, u64), String> {
+        if let Some(p) = recent.iter().rev().find(|(n, _)| *n < number) {
+            return Ok(*p);
+        }
+        let first = self.log.fresh_bounds().await.first;
+        let mut matches = 0u64;
+        self.scan(s, first, upto, |_| {
+            matches += 1;
+            true
+        })
+        .await?;
+        Ok((count.saturating_sub(matches), first.saturating_sub(1)))
+    }
+
     /// The events numbered `since..=until` of Subscription `s` (at most `limit`), with their
     /// numbers, counted from the log as the numbering counts them.
     ///
     /// # Errors
-    /// A sentence when the events before them have left the log (retention), or the log
-    /// cannot be read.
+    /// A sentence when the Subscription is not counted yet, the events asked for left the log
+    /// (retention), or the log cannot be read.
     pub(crate) async fn events(
         &self,
         s: &Sub,
@@ -825,125 +925,93 @@ impl Fhir {
         until: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Arc<StoredEvent>)>, String> {
-        // Start from the newest known (count, seq) below `since`.
-        // Every event up to the numbering's position was counted: read it before the counts.
-        let position = self.position.load(Ordering::Acquire);
-        let (count_now, upto, start) = {
-            let counters = self.counters.lock();
-            let c = counters
-                .get(&s.stored.id)
-                .ok_or_else(|| "the Subscription is still being loaded; retry".to_owned())?;
-            let start = c.recent.iter().rev().find(|(n, _)| *n < since).copied();
-            (c.count, c.seq.max(position), start)
-        };
-        let (mut n, mut seq) = match start {
-            Some(p) => p,
-            None if s.stored.epoch == self.log.epoch() => (0, s.stored.start_seq),
-            None => {
-                return Err(
-                    "those events were counted in another event log; none can be listed".into(),
-                );
-            }
-        };
-        let until = until.min(count_now);
-        let first = self.log.fresh_bounds().await.first;
-        if seq + 1 < first && n < until {
+        let (count, upto, recent) = self
+            .snapshot(s)
+            .ok_or_else(|| "the Subscription is still being counted; retry".to_owned())?;
+        let until = until.min(count);
+        if since > until {
+            return Ok(Vec::new());
+        }
+        let (mut n, seq) = self.anchor_below(s, since, count, upto, &recent).await?;
+        if n >= since {
             return Err(format!(
-                "events numbered from {} on have left the event log (retention); the oldest retained event is seq {first}",
+                "events numbered {since} to {} have left the event log (retention); the oldest still listed is number {}",
+                n.min(until),
                 n + 1
             ));
         }
         let mut out = Vec::new();
-        while n < until && seq < upto && out.len() < limit {
-            let batch = self
-                .log
-                .read_from(seq + 1, 1024)
-                .await
-                .map_err(|e| e.to_string())?;
-            if batch.is_empty() {
-                break;
+        self.scan(s, seq + 1, upto, |e| {
+            n += 1;
+            if n >= since {
+                out.push((n, e));
             }
-            for e in batch {
-                if e.seq > upto || n >= until || out.len() >= limit {
-                    break;
-                }
-                seq = e.seq;
-                if e.topic == s.broker_topic
-                    && s.matches(&serde_json::from_str(e.data.get()).unwrap_or(Value::Null))
-                {
-                    n += 1;
-                    if n >= since {
-                        out.push((n, e));
-                    }
-                }
-            }
-        }
+            n < until && out.len() < limit
+        })
+        .await?;
         Ok(out)
     }
 
     /// The number of the matching event at `seq` of Subscription `s` (the webhook engine
-    /// delivering a rest-hook Subscription asks it), once the numbering has counted that far.
+    /// delivering a rest-hook Subscription asks it), once the numbering has counted that far:
+    /// counted forward from the nearest recent pair below it, else backwards from the current
+    /// count (events after `seq` are retained, since `seq` is).
     ///
     /// # Errors
-    /// A sentence when the numbering is more than 30 s behind, the events before it left the
-    /// log, or the event does not match.
-    pub(crate) async fn number_at(&self, s: &Sub, seq: u64) -> Result<u64, String> {
+    /// [`NumberError::NotYet`] when the numbering has not reached `seq` within 30 s (ask
+    /// again later); [`NumberError::Failed`] when the log cannot be read or the event does not
+    /// match.
+    pub(crate) async fn number_at(&self, s: &Sub, seq: u64) -> Result<u64, NumberError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let counted = self.position.load(Ordering::Acquire) >= seq
-                && self.counters.lock().contains_key(&s.stored.id);
-            if counted {
-                break;
+        let (count, upto, recent) = loop {
+            if let Some(snap) = self.snapshot(s)
+                && snap.1 >= seq
+            {
+                break snap;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!("the numbering has not reached seq {seq} in 30 s"));
+                return Err(NumberError::NotYet);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if let Some((n, _)) = recent.iter().rev().find(|(_, q)| *q == seq) {
+            return Ok(*n);
         }
-        let start = {
-            let counters = self.counters.lock();
-            let c = counters
-                .get(&s.stored.id)
-                .ok_or_else(|| "the Subscription is gone".to_owned())?;
-            if let Some((n, _)) = c.recent.iter().rev().find(|(_, q)| *q == seq) {
-                return Ok(*n);
-            }
-            c.recent.iter().rev().find(|(_, q)| *q < seq).copied()
-        };
-        let (mut n, mut at) = match start {
-            Some(p) => p,
-            None if s.stored.epoch == self.log.epoch() => (0, s.stored.start_seq),
-            None => return Err("the event was counted in another event log".to_owned()),
-        };
-        while at < seq {
-            let batch = self
-                .log
-                .read_from(at + 1, 1024)
-                .await
-                .map_err(|e| e.to_string())?;
-            if batch.first().is_none_or(|e| e.seq != at + 1) {
-                return Err(format!(
-                    "events after seq {at} left the event log before seq {seq} was numbered"
-                ));
-            }
-            for e in batch {
-                if e.seq > seq {
-                    break;
+        let failed = |why: String| NumberError::Failed(why);
+        let mut number = None;
+        if let Some(&(n0, q0)) = recent.iter().rev().find(|(_, q)| *q < seq) {
+            let mut n = n0;
+            self.scan(s, q0 + 1, seq, |e| {
+                n += 1;
+                if e.seq == seq {
+                    number = Some(n);
                 }
-                at = e.seq;
-                if e.topic == s.broker_topic
-                    && s.matches(&serde_json::from_str(e.data.get()).unwrap_or(Value::Null))
-                {
-                    n += 1;
-                    if e.seq == seq {
-                        return Ok(n);
-                    }
+                true
+            })
+            .await
+            .map_err(failed)?;
+        } else {
+            let mut after = 0u64;
+            let mut found = false;
+            self.scan(s, seq, upto, |e| {
+                if e.seq == seq {
+                    found = true;
+                } else {
+                    after += 1;
                 }
+                true
+            })
+            .await
+            .map_err(failed)?;
+            if found {
+                number = Some(count.saturating_sub(after));
             }
         }
-        Err(format!(
-            "the event at seq {seq} does not match the Subscription"
-        ))
+        number.ok_or_else(|| {
+            failed(format!(
+                "the event at seq {seq} does not match the Subscription"
+            ))
+        })
     }
 
     /// The notification Bundle of the event `e` for the rest-hook Subscription `s`.
@@ -954,7 +1022,7 @@ impl Fhir {
         &self,
         s: &Sub,
         e: &Arc<StoredEvent>,
-    ) -> Result<String, String> {
+    ) -> Result<String, NumberError> {
         let number = self.number_at(s, e.seq).await?;
         let resource: Value = serde_json::from_str(e.data.get()).unwrap_or(Value::Null);
         let event = http::notification_event(number, e, &resource, &s.topic);
@@ -1013,9 +1081,17 @@ impl Fhir {
     /// as every delivery) and sets its status: `active`, its endpoint resumed, when the
     /// endpoint answers 2xx; `error` otherwise (FHIR.md "Rest-hook channel").
     pub(crate) async fn handshake(&self, id: &str) {
-        let outcome = self.try_handshake(id).await;
-        let Some(sub) = self.sub(id) else { return };
-        let mut row = sub.stored.clone();
+        // The Subscription as the request that asked for the handshake wrote it: the outcome
+        // is written only over that version, so an `off` written meanwhile (by its client, or
+        // a revocation) wins, and the endpoint stays paused.
+        let Some(asked) = self.sub(id) else { return };
+        let outcome = match self.try_handshake(&asked).await {
+            Ok(()) => self
+                .may_deliver(&asked)
+                .map_err(|d| format!("{} (after the handshake)", denied_words(&d))),
+            Err(why) => Err(why),
+        };
+        let mut row = asked.stored.clone();
         match &outcome {
             Ok(()) => {
                 row.status = "active".to_owned();
@@ -1033,19 +1109,28 @@ impl Fhir {
             .update_fhir_subscription(&row, FHIR_ACTOR, "fhir.subscription.handshake", detail)
             .await
         {
-            Ok(_) => {
+            Ok(true) => {
                 let _ = self.refresh().await;
+                if outcome.is_ok()
+                    && let Ok(Some(w)) = self.endpoint_of(id).await
+                    && let Err(e) = self.webhooks.set_paused(&w.id, false, "", FHIR_ACTOR).await
+                {
+                    tracing::warn!(subscription = %id, error = %e, "the rest-hook endpoint could not be resumed after its handshake");
+                }
+            }
+            Ok(false) => {
+                tracing::info!(subscription = %id, "the Subscription changed during its handshake; the handshake's outcome is dropped");
             }
             Err(e) => {
-                tracing::warn!(subscription = %id, error = %e, "the handshake's outcome could not be stored")
+                tracing::warn!(subscription = %id, error = %e, "the handshake's outcome could not be stored");
             }
         }
     }
 
-    async fn try_handshake(&self, id: &str) -> Result<(), String> {
+    async fn try_handshake(&self, sub: &Sub) -> Result<(), String> {
         use crate::webhooks::endpoint::Keys;
         use crate::webhooks::policy::Answer;
-        let sub = self.sub(id).ok_or("the Subscription is gone")?;
+        let id = sub.stored.id.as_str();
         let w = self
             .endpoint_of(id)
             .await
@@ -1059,7 +1144,7 @@ impl Fhir {
         }
         let keys = Keys::unseal(&self.kek, &w.id, &w.sealed)?;
         let count = self.count(id).unwrap_or(sub.stored.count);
-        let mut info = http::status_info(&self.base, &sub, "handshake", count, sub.spec.content);
+        let mut info = http::status_info(&self.base, sub, "handshake", count, sub.spec.content);
         info.status = "requested";
         info.error = None;
         let body = scopecast_protocol::fhir::notify::notification_bundle(
@@ -1086,10 +1171,6 @@ impl Fhir {
                     .fhir_notifications
                     .with_label_values(&[sub.stored.client_id.as_str(), "rest-hook", "handshake"])
                     .inc();
-                self.webhooks
-                    .set_paused(&w.id, false, "", FHIR_ACTOR)
-                    .await
-                    .map_err(|e| e.to_string())?;
                 Ok(())
             }
             Answer::Status { code, .. } => Err(format!("the endpoint answered {code}")),
@@ -1130,6 +1211,19 @@ impl Fhir {
         });
         v
     }
+}
+
+/// A Subscription's count now, the `seq` it counts through, and its recent `(count, seq)`
+/// pairs.
+type Snapshot = (u64, u64, Vec<(u64, u64)>);
+
+/// Why [`Fhir::number_at`] has no number.
+#[derive(Debug, Clone)]
+pub(crate) enum NumberError {
+    /// The numbering has not counted that far yet: ask again later.
+    NotYet,
+    /// It cannot be numbered (the log cannot be read, the event does not match).
+    Failed(String),
 }
 
 /// The associated data binding tokens are sealed with.

@@ -32,6 +32,9 @@ use crate::state::Broker;
 
 /// How long a socket may stay without a binding.
 pub(crate) const BIND_WITHIN: Duration = Duration::from_secs(30);
+/// Sockets with nothing bound yet, per node, at most: they come before any token, so their
+/// number is capped (503 past it).
+pub(crate) const MAX_UNBOUND: usize = 1024;
 /// Largest client message, bytes.
 const MAX_MESSAGE: usize = 16 * 1024;
 
@@ -60,6 +63,14 @@ pub(crate) async fn upgrade(
             StatusCode::SERVICE_UNAVAILABLE,
             "transient",
             "the broker is shutting down",
+        )
+        .into_response();
+    }
+    if state.fhir.unbound.load(Ordering::Acquire) >= MAX_UNBOUND {
+        return FhirAnswer::refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "too many FHIR websockets are waiting for a bind on this node; retry",
         )
         .into_response();
     }
@@ -163,6 +174,7 @@ async fn run(state: Broker, mut socket: WebSocket, peer: SocketAddr) {
     let mut bound: HashMap<String, Bound> = HashMap::new();
     let mut by_token: HashMap<String, Vec<String>> = HashMap::new();
     let mut ever_bound = false;
+    f.unbound.fetch_add(1, Ordering::AcqRel);
     let opened = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tracing::debug!(%peer, socket = id, "FHIR websocket opened");
@@ -210,6 +222,10 @@ async fn run(state: Broker, mut socket: WebSocket, peer: SocketAddr) {
                             let mut ids = Vec::new();
                             for s in subs {
                                 let sid = s.stored.id.clone();
+                                if bound.contains_key(&sid) {
+                                    // Bound on this socket already: one stream per Subscription.
+                                    continue;
+                                }
                                 f.bind(&sid, id, tx.clone(), overflow.clone());
                                 let heartbeat = s.spec.heartbeat_s.map(|h| {
                                     let p = Duration::from_secs(h);
@@ -227,6 +243,9 @@ async fn run(state: Broker, mut socket: WebSocket, peer: SocketAddr) {
                                     break;
                                 }
                             }
+                            if !ever_bound {
+                                f.unbound.fetch_sub(1, Ordering::AcqRel);
+                            }
                             ever_bound = true;
                             by_token.insert(token, ids);
                             ok
@@ -240,6 +259,10 @@ async fn run(state: Broker, mut socket: WebSocket, peer: SocketAddr) {
             Some(notice) = rx.recv() => {
                 let ok = match notice {
                     Notice::Event { sub, number, event } => match bound.get(&sub) {
+                        // Checked again at the write: a notification queued before a
+                        // revocation is not sent after it.
+                        Some(b) if f.sub(&sub).is_none_or(|now| now.stored.status != "active")
+                            || f.may_deliver(&b.sub).is_err() => true,
                         Some(b) => {
                             let resource: Value = serde_json::from_str(event.data.get()).unwrap_or(Value::Null);
                             let text = bundle(&state, &b.sub, "event-notification", number, &[(number, &event, resource)]);
@@ -305,5 +328,8 @@ async fn run(state: Broker, mut socket: WebSocket, peer: SocketAddr) {
         }
     }
     f.unbind(id, None);
+    if !ever_bound {
+        f.unbound.fetch_sub(1, Ordering::AcqRel);
+    }
     tracing::debug!(%peer, socket = id, "FHIR websocket closed");
 }

@@ -83,6 +83,22 @@ pub(crate) async fn show(State(state): State<Broker>, Path(id): Path<String>) ->
     }
 }
 
+/// 409 for a change of an endpoint that delivers a FHIR Subscription (FHIR.md section 5): it
+/// is changed through the Subscription, which its status and handshake follow.
+async fn fhir_owned(state: &Broker, id: &str) -> Option<Response> {
+    let w = state.webhooks.get(id).await.ok()?;
+    let sub = w.fhir_subscription_id?;
+    Some(
+        super::ApiError::new(
+            scopecast_protocol::Reason::Conflict,
+            format!(
+                "endpoint {id} delivers FHIR Subscription {sub}: change, stop or delete it through /fhir/Subscription/{sub}"
+            ),
+        )
+        .into_response(),
+    )
+}
+
 /// `PATCH /admin/v1/webhooks/{id}`.
 pub(crate) async fn update(
     State(state): State<Broker>,
@@ -90,6 +106,9 @@ pub(crate) async fn update(
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
+    if let Some(r) = fhir_owned(&state, &id).await {
+        return r;
+    }
     let b: WebhookPatch = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
@@ -106,6 +125,9 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
+    if let Some(r) = fhir_owned(&state, &id).await {
+        return r;
+    }
     match state.webhooks.delete(&id, &caller.name).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => registry_error(e),
@@ -119,6 +141,9 @@ async fn set_paused(
     bytes: Bytes,
     paused: bool,
 ) -> Response {
+    if let Some(r) = fhir_owned(&state, &id).await {
+        return r;
+    }
     let b: Reason = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
@@ -172,6 +197,9 @@ pub(crate) async fn replay(
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
+    if let Some(r) = fhir_owned(&state, &id).await {
+        return r;
+    }
     let b: WebhookReplay = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return r,
@@ -368,6 +396,9 @@ pub(crate) mod app {
             Ok(p) => p,
             Err(r) => return r,
         };
+        if let Some(r) = super::fhir_owned(&state, &id).await {
+            return r;
+        }
         let b: WebhookPatch = match body(&bytes) {
             Ok(b) => b,
             Err(r) => return r,
@@ -389,6 +420,9 @@ pub(crate) mod app {
             Ok(p) => p,
             Err(r) => return r,
         };
+        if let Some(r) = super::fhir_owned(&state, &id).await {
+            return r;
+        }
         match state.webhooks.delete(&id, &actor(&p)).await {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
             Err(e) => registry_error(e),

@@ -1114,7 +1114,7 @@ macro_rules! sql_store {
                 for c in checkpoints {
                     sqlx::query(
                         "UPDATE fhir_subscriptions SET epoch = $2, count = $3, count_seq = $4 \
-                         WHERE id = $1 AND (epoch <> $2 OR count_seq < $4)",
+                         WHERE id = $1 AND count <= $3 AND (epoch <> $2 OR count_seq < $4)",
                     )
                     .bind(&c.id)
                     .bind(&c.epoch)

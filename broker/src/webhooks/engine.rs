@@ -941,6 +941,7 @@ impl Worker {
         }
         let mut changed = self.client_changed.subscribe();
         let mut attempt = 1u32;
+        let mut fhir_body: Option<Bytes> = None;
         loop {
             if !self.may_deliver() {
                 return Step::Stop;
@@ -969,14 +970,26 @@ impl Worker {
                     self.skip(&events, outcome::SKIPPED_SCOPE, &why);
                     return Step::Done(last, newest_ms);
                 }
-                Some((f, sub)) => match f.rest_hook_body(sub, &events[0]).await {
-                    Ok(b) => (Bytes::from(b), sub.spec.mime.as_str()),
-                    Err(why) => {
-                        tracing::warn!(endpoint = %self.id, seq = first_seq, %why, "a FHIR notification could not be numbered; skipped");
-                        self.skip(&events, outcome::SKIPPED_RETENTION, &why);
-                        return Step::Done(last, newest_ms);
+                Some((f, sub)) => {
+                    // Numbered once: every retry sends the same Bundle.
+                    if fhir_body.is_none() {
+                        match f.rest_hook_body(sub, &events[0]).await {
+                            Ok(b) => fhir_body = Some(Bytes::from(b)),
+                            // Not counted yet: the worker stops before the event and starts
+                            // again with the next lease round.
+                            Err(crate::fhir::NumberError::NotYet) => return Step::Stop,
+                            Err(crate::fhir::NumberError::Failed(why)) => {
+                                tracing::warn!(endpoint = %self.id, seq = first_seq, %why, "a FHIR notification could not be numbered; skipped");
+                                self.skip(&events, outcome::SKIPPED_RETENTION, &why);
+                                return Step::Done(last, newest_ms);
+                            }
+                        }
                     }
-                },
+                    (
+                        fhir_body.clone().unwrap_or_default(),
+                        sub.spec.mime.as_str(),
+                    )
+                }
             };
             let id = message_id(&self.id, &self.epoch, first_seq, last_seq);
             let signers = self.keys.signing(now_ms());
@@ -1068,9 +1081,8 @@ impl Worker {
     }
 
     /// The FHIR service and the rest-hook Subscription this endpoint delivers (`None` for a
-    /// plain endpoint), waiting until this node has loaded it (it is written before its
-    /// endpoint, but reaches another node through the registry); `Err` when the worker stops
-    /// meanwhile.
+    /// plain endpoint), waiting until this node has loaded it (it reaches another node through
+    /// the registry) and while it is not `active`; `Err` when the worker stops meanwhile.
     #[allow(clippy::type_complexity)]
     async fn fhir_subscription(
         &self,
@@ -1079,8 +1091,11 @@ impl Worker {
             return Ok(None);
         };
         loop {
+            // Held (not skipped) while the Subscription is not active: `requested` until its
+            // handshake, `off` or `error` until its client starts it again.
             if let Some(f) = self.inner.fhir.get().and_then(crate::fhir::Fhir::upgrade)
                 && let Some(sub) = f.sub(id)
+                && sub.stored.status == "active"
             {
                 return Ok(Some((f, sub)));
             }

@@ -119,8 +119,15 @@ pub fn subscription_status(
         status["topic"] = json!(info.topic);
     }
     if let Some(e) = info.error {
+        // `error`: the endpoint did not take a notification; `off`: the client may no longer
+        // receive it (or stopped it).
+        let code = if info.status == "error" {
+            "no-response"
+        } else {
+            "unauthorized"
+        };
         status["error"] = json!([{
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/subscription-error", "code": "unauthorized"}],
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/subscription-error", "code": code}],
             "text": e,
         }]);
     }
