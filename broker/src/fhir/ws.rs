@@ -258,22 +258,28 @@ async fn run(state: Broker, mut socket: WebSocket, peer: SocketAddr) {
             }
             Some(notice) = rx.recv() => {
                 let ok = match notice {
-                    Notice::Event { sub, number, event } => match bound.get(&sub) {
-                        // Checked again at the write: a notification queued before a
+                    Notice::Event { sub, number, event } => {
+                        // The Subscription as it is now (an update's payload content counts),
+                        // checked again at the write: a notification queued before a
                         // revocation is not sent after it.
-                        Some(b) if f.sub(&sub).is_none_or(|now| now.stored.status != "active")
-                            || f.may_deliver(&b.sub).is_err() => true,
-                        Some(b) => {
-                            let resource: Value = serde_json::from_str(event.data.get()).unwrap_or(Value::Null);
-                            let text = bundle(&state, &b.sub, "event-notification", number, &[(number, &event, resource)]);
-                            f.metrics
-                                .fhir_notifications
-                                .with_label_values(&[b.sub.stored.client_id.as_str(), "websocket", "event-notification"])
-                                .inc();
-                            send(&mut socket, text).await
+                        let now = f.sub(&sub).filter(|now| {
+                            bound.contains_key(&sub)
+                                && now.stored.status == "active"
+                                && f.may_deliver(now).is_ok()
+                        });
+                        match now {
+                            Some(now) => {
+                                let resource: Value = serde_json::from_str(event.data.get()).unwrap_or(Value::Null);
+                                let text = bundle(&state, &now, "event-notification", number, &[(number, &event, resource)]);
+                                f.metrics
+                                    .fhir_notifications
+                                    .with_label_values(&[now.stored.client_id.as_str(), "websocket", "event-notification"])
+                                    .inc();
+                                send(&mut socket, text).await
+                            }
+                            None => true,
                         }
-                        None => true,
-                    },
+                    }
                     Notice::Revoked { sub, why } => {
                         if bound.remove(&sub).is_some() {
                             for ids in by_token.values_mut() {
@@ -311,6 +317,7 @@ async fn run(state: Broker, mut socket: WebSocket, peer: SocketAddr) {
                 let mut ok = true;
                 for (sid, s) in due {
                     let Some(count) = f.count(&sid) else { continue };
+                    let s = f.sub(&sid).unwrap_or(s);
                     let text = bundle(&state, &s, "heartbeat", count, &[]);
                     f.metrics
                         .fhir_notifications
