@@ -567,15 +567,15 @@ impl Fhir {
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
         let epoch = self.log.epoch().to_owned();
-        let head = self.log.fresh_bounds().await.last;
         // Every count starts again from its stored checkpoint (also after this task stopped
         // on an error: counts it held may have missed events since).
         self.counters.lock().clear();
-        self.position.store(head, Ordering::Release);
         self.load_subs().await.map_err(|e| e.to_string())?;
-        self.sync_counters(&epoch).await?;
+        // The log is tailed only while there is a Subscription to count for (a JetStream tail
+        // is a consumer on the servers).
+        let mut tail: Option<crate::log::Tail> = None;
+        self.follow(&epoch, &mut tail).await?;
         self.recheck().await;
-        let mut tail = self.log.tail(head + 1);
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut index = self.topic_index();
@@ -585,7 +585,7 @@ impl Fhir {
                     self.write_checkpoints(&epoch).await;
                     return Ok(());
                 }
-                item = tail.next() => match item {
+                item = async { tail.as_mut()?.next().await }, if tail.is_some() => match item {
                     Some(TailItem::Event(e)) => {
                         self.count_event(&index, &e);
                         self.position.store(e.seq, Ordering::Release);
@@ -602,7 +602,7 @@ impl Fhir {
                     None => return Err("the event log's tail ended".to_owned()),
                 },
                 () = self.reload.notified() => {
-                    self.sync_counters(&epoch).await?;
+                    self.follow(&epoch, &mut tail).await?;
                     index = self.topic_index();
                 }
                 change = changes.recv() => {
@@ -617,16 +617,36 @@ impl Fhir {
                     };
                     if reload {
                         self.load_subs().await.map_err(|e| e.to_string())?;
-                        self.sync_counters(&epoch).await?;
+                        self.follow(&epoch, &mut tail).await?;
                         index = self.topic_index();
                     }
                     if recheck {
                         self.recheck().await;
                     }
                 }
-                _ = checkpoint.tick() => self.write_checkpoints(&epoch).await,
+                _ = checkpoint.tick(), if tail.is_some() => self.write_checkpoints(&epoch).await,
             }
         }
+    }
+
+    /// After the Subscriptions were (re)loaded: with none, no tail; with some, a tail (from
+    /// the log's head when a new one starts) and every new Subscription counted up to the
+    /// numbering's position.
+    async fn follow(&self, epoch: &str, tail: &mut Option<crate::log::Tail>) -> Result<(), String> {
+        if self.subs.read().is_empty() {
+            if tail.take().is_some() {
+                self.counters.lock().clear();
+            }
+            return Ok(());
+        }
+        if tail.is_none() {
+            let head = self.log.fresh_bounds().await.last;
+            self.position.store(head, Ordering::Release);
+            self.sync_counters(epoch).await?;
+            *tail = Some(self.log.tail(head + 1));
+            return Ok(());
+        }
+        self.sync_counters(epoch).await
     }
 
     /// Subscription ids by broker topic.
