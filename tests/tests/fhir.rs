@@ -538,6 +538,23 @@ async fn notifications_are_numbered_filtered_and_the_gap_filled_with_events() {
         status_of(&post.body)["notificationEvent"][0]["eventNumber"],
         "5"
     );
+    // Back: a new socket and a new token; the handshake says 5, the next event is 6.
+    let mut ws = s.socket().await;
+    ws.send(&format!(
+        "bind-with-token {}",
+        s.fhir.binding_token(&started).await
+    ))
+    .await;
+    assert_eq!(
+        status_of(&ws.recv().await)["eventsSinceSubscriptionStart"],
+        "5"
+    );
+    s.publish("fhir.encounter.started", &encounter("e7", "123"))
+        .await;
+    assert_eq!(
+        status_of(&ws.recv().await)["notificationEvent"][0]["eventNumber"],
+        "6"
+    );
     let delivered = s.broker.metrics().await;
     assert!(
         delivered.contains("scopecast_fhir_notifications_total{")

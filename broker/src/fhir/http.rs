@@ -559,13 +559,20 @@ async fn search(
 ) -> Answer {
     let principal = caller(&state, &headers, peer).await?;
     let f = &state.fhir;
-    let mut items = Vec::new();
-    for s in f.subs_of(&principal.client_id) {
-        items.push((
-            format!("{}/Subscription/{}", f.base, s.stored.id),
-            shown(&state, &s).await,
-        ));
-    }
+    // The webhook endpoints are read once for every rest-hook Subscription's status.
+    let endpoints = state.registry.webhooks().await.map_err(|e| storage(&e))?;
+    let items = f
+        .subs_of(&principal.client_id)
+        .iter()
+        .map(|s| {
+            let mut row = s.stored.clone();
+            (row.status, row.error) = super::effective_status_in(s, &endpoints);
+            (
+                format!("{}/Subscription/{}", f.base, s.stored.id),
+                f.resource_of(&row),
+            )
+        })
+        .collect();
     Ok(Fhir::ok(searchset(
         &format!("{}/Subscription", f.base),
         items,

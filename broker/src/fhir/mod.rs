@@ -1077,24 +1077,13 @@ impl Fhir {
     /// The status and error of `s` as a client sees them: a rest-hook Subscription whose
     /// endpoint the engine disabled (410, failing past the retry window) is `error`.
     pub(crate) async fn effective_status(&self, s: &Sub) -> (String, Option<String>) {
-        let stored = (s.stored.status.clone(), s.stored.error.clone());
         if s.spec.channel != scopecast_protocol::fhir::subscription::ChannelType::RestHook
             || s.stored.status != "active"
         {
-            return stored;
+            return (s.stored.status.clone(), s.stored.error.clone());
         }
-        match self.endpoint_of(&s.stored.id).await {
-            Ok(Some(w)) if w.state == crate::registry::WebhookState::Disabled => (
-                "error".to_owned(),
-                Some(format!(
-                    "deliveries failed: {}",
-                    w.state_reason
-                        .as_deref()
-                        .unwrap_or("the endpoint was disabled")
-                )),
-            ),
-            _ => stored,
-        }
+        let endpoints = self.registry.webhooks().await.unwrap_or_default();
+        effective_status_in(s, &endpoints)
     }
 
     /// Sends the handshake of the rest-hook Subscription `id` (a `handshake` Bundle, signed
@@ -1244,6 +1233,33 @@ pub(crate) enum NumberError {
     NotYet,
     /// It cannot be numbered (the log cannot be read, the event does not match).
     Failed(String),
+}
+
+/// The status and error of `s` as a client sees them, with the webhook endpoints `endpoints`
+/// (read once for many Subscriptions): `error` when its rest-hook endpoint was disabled.
+pub(crate) fn effective_status_in(
+    s: &Sub,
+    endpoints: &[crate::registry::StoredWebhook],
+) -> (String, Option<String>) {
+    let stored = (s.stored.status.clone(), s.stored.error.clone());
+    if s.stored.status != "active" {
+        return stored;
+    }
+    match endpoints
+        .iter()
+        .find(|w| w.fhir_subscription_id.as_deref() == Some(s.stored.id.as_str()))
+    {
+        Some(w) if w.state == crate::registry::WebhookState::Disabled => (
+            "error".to_owned(),
+            Some(format!(
+                "deliveries failed: {}",
+                w.state_reason
+                    .as_deref()
+                    .unwrap_or("the endpoint was disabled")
+            )),
+        ),
+        _ => stored,
+    }
 }
 
 /// The associated data binding tokens are sealed with.
