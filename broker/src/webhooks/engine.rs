@@ -845,7 +845,10 @@ impl Worker {
         for (e, verdict) in events.into_iter().zip(verdicts) {
             match verdict {
                 Ok(())
-                    if e.seq <= self.replay_through || since.is_none_or(|s| e.time_ms() >= s) =>
+                    // Activations are stamped in whole ms: an event of the activation's own
+                    // millisecond may have come before it, so it counts as before (skipped,
+                    // replayable); pushing an event of the inactive period is the worse error.
+                    if e.seq <= self.replay_through || since.is_none_or(|s| e.time_ms() > s) =>
                 {
                     out.push(e);
                 }
