@@ -521,7 +521,10 @@ pub(crate) async fn connect_nats(
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("scopecast {node}"))
         .ping_interval(Duration::from_millis(config.nats_ping_interval_ms))
-        .connection_timeout(Duration::from_secs(5))
+        // 2 s, as nats.go's default: a hung server accepts TCP but never answers, and each
+        // reconnect attempt that picks it waits this long (a CI run took 20 s to move off a
+        // SIGSTOPped server with 5 s).
+        .connection_timeout(Duration::from_secs(2))
         .max_reconnects(None::<usize>);
     if let Some(path) = &config.nats_token_file {
         let token = std::fs::read_to_string(path)
