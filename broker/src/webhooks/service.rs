@@ -224,18 +224,7 @@ impl Webhooks {
         let (max_in_flight, max_batch) =
             (new.max_in_flight.unwrap_or(1), new.max_batch.unwrap_or(1));
         Self::check_limits(max_in_flight, max_batch)?;
-        let existing = self
-            .registry
-            .webhooks()
-            .await?
-            .iter()
-            .filter(|w| w.client_id == client_id)
-            .count();
-        if existing >= self.settings.max_endpoints_per_client {
-            return Err(RegistryError::Conflict(format!(
-                "the client ID has {existing} webhook endpoints, the most webhooks.max_endpoints_per_client allows"
-            )));
-        }
+        self.check_room(&client_id).await?;
         let id = endpoint::new_id().map_err(internal)?;
         let secret = Secret::generate().map_err(|_| internal("the random source failed"))?;
         let keys = Keys {
@@ -282,6 +271,27 @@ impl Webhooks {
         Ok((w, secret))
     }
 
+    /// Refuses a new endpoint for `client_id` past `max_endpoints_per_client` (the endpoints of
+    /// rest-hook FHIR Subscriptions count).
+    ///
+    /// # Errors
+    /// [`RegistryError::Conflict`], or a storage failure.
+    async fn check_room(&self, client_id: &str) -> Result<(), RegistryError> {
+        let existing = self
+            .registry
+            .webhooks()
+            .await?
+            .iter()
+            .filter(|w| w.client_id == client_id)
+            .count();
+        if existing >= self.settings.max_endpoints_per_client {
+            return Err(RegistryError::Conflict(format!(
+                "the client ID has {existing} webhook endpoints (rest-hook FHIR Subscriptions count), the most webhooks.max_endpoints_per_client allows"
+            )));
+        }
+        Ok(())
+    }
+
     /// Registers the endpoint that delivers the rest-hook FHIR Subscription `subscription_id`
     /// of `client_id` (FHIR.md "Rest-hook channel"): `url` checked as any endpoint's, the
     /// broker topic `topic`, `headers` (from `channel.header`) sent with every request. It
@@ -305,18 +315,7 @@ impl Webhooks {
     ) -> Result<(StoredWebhook, Secret), RegistryError> {
         let url = self.check_url(url).await?;
         let headers = Self::check_headers(headers)?;
-        let existing = self
-            .registry
-            .webhooks()
-            .await?
-            .iter()
-            .filter(|w| w.client_id == client_id)
-            .count();
-        if existing >= self.settings.max_endpoints_per_client {
-            return Err(RegistryError::Conflict(format!(
-                "the client ID has {existing} webhook endpoints (rest-hook Subscriptions count), the most webhooks.max_endpoints_per_client allows"
-            )));
-        }
+        self.check_room(client_id).await?;
         let id = endpoint::new_id().map_err(internal)?;
         let secret = Secret::generate().map_err(|_| internal("the random source failed"))?;
         let keys = Keys {
