@@ -93,6 +93,7 @@ pub(crate) enum Denied {
 pub(crate) struct Access {
     registry: Registry,
     metrics: Arc<Metrics>,
+    audit: crate::audit::AccessAudit,
 }
 
 impl std::fmt::Debug for Access {
@@ -102,8 +103,37 @@ impl std::fmt::Debug for Access {
 }
 
 impl Access {
-    pub(crate) fn new(registry: Registry, metrics: Arc<Metrics>) -> Access {
-        Access { registry, metrics }
+    pub(crate) fn new(
+        registry: Registry,
+        metrics: Arc<Metrics>,
+        audit: crate::audit::AccessAudit,
+    ) -> Access {
+        Access {
+            registry,
+            metrics,
+            audit,
+        }
+    }
+
+    /// The access audit (records of who received what, refusals).
+    pub(crate) fn audit(&self) -> &crate::audit::AccessAudit {
+        &self.audit
+    }
+
+    /// Counts a refused subscribe (or FHIR Subscription, or history read) of `principal` in
+    /// the access audit: `insufficient_scope` with the missing scope, or `client_inactive`.
+    pub(crate) fn refused_subscribe(&self, principal: &Principal, denied: &Denied) {
+        match denied {
+            Denied::Inactive => {
+                self.audit
+                    .refusal(Some(&principal.client_id), "client_inactive", None)
+            }
+            Denied::Scope { required_scope, .. } => self.audit.refusal(
+                Some(&principal.client_id),
+                "insufficient_scope",
+                Some(required_scope),
+            ),
+        }
     }
 
     /// Whether `principal` may do `action` now: its token's scope AND its application's
@@ -213,6 +243,7 @@ impl Access {
             .with_label_values(&[label, reason])
             .inc();
         tracing::info!(client_id = label, %peer, reason, message, "request refused");
+        self.audit.refusal(Some(label), reason, None);
     }
 
     /// Counts a refused connection of a known client (too many connections).
@@ -222,6 +253,7 @@ impl Access {
             .with_label_values(&[client_id, reason])
             .inc();
         tracing::info!(%client_id, %peer, reason, "connection refused");
+        self.audit.refusal(Some(client_id), reason, None);
     }
 }
 

@@ -37,7 +37,7 @@ pub(crate) const RECORD_KEYS: &str = "record_signing_keys";
 const SEALED_MAGIC: &[u8; 4] = b"SCK1";
 
 /// The key-encryption key (32 bytes).
-pub(crate) struct Kek(LessSafeKey);
+pub(crate) struct Kek(LessSafeKey, [u8; 32]);
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,7 +94,20 @@ impl Kek {
             return Err(format!("must be 32 bytes, is {}", bytes.len()));
         }
         let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| "unusable key".to_owned())?;
-        Ok(Kek(LessSafeKey::new(key)))
+        // The access audit's signing key, derived (HMAC-SHA256 of a fixed label): every node
+        // holding this key-encryption key signs and verifies the same checkpoints.
+        let mac = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes),
+            b"scopecast access audit checkpoint key v1",
+        );
+        let mut audit = [0u8; 32];
+        audit.copy_from_slice(mac.as_ref());
+        Ok(Kek(LessSafeKey::new(key), audit))
+    }
+
+    /// The seed of the access audit's Ed25519 checkpoint key (derived from this key).
+    pub(crate) fn audit_seed(&self) -> [u8; 32] {
+        self.1
     }
 
     /// A new key as base64 text (what `scopecast cluster kek` prints).
@@ -367,7 +380,65 @@ pub async fn migrate_to_cluster(
         report.push(format!("{name}: sealed from {}", path.display()));
     }
     report.extend(reseal_webhooks(data_dir, &kek, &registry).await?);
+    report.extend(resign_audit(data_dir, &kek, &registry).await?);
     Ok(report)
+}
+
+/// Signs the access audit's checkpoints again with the cluster's key (derived from its
+/// key-encryption key): each checkpoint whose signature verifies with the single node's key
+/// (from `webhooks.kek`) gets the same fields signed by the cluster's; one that does not is
+/// left out, and `scopecast audit verify` then reports the rows after it as unsigned.
+async fn resign_audit(
+    data_dir: &Path,
+    kek: &Kek,
+    registry: &Registry,
+) -> Result<Vec<String>, String> {
+    use crate::audit::chain::AuditKey;
+    let file = data_dir.join(crate::server::REGISTRY_FILE);
+    let source = crate::registry::SqliteStore::open(&file)
+        .await
+        .map_err(|e| e.to_string())?;
+    let source = Registry::open(source).await.map_err(|e| e.to_string())?;
+    let chains = source
+        .access_audit_chains()
+        .await
+        .map_err(|e| e.to_string())?;
+    if chains.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = data_dir.join(crate::webhooks::KEK_FILE);
+    let local = Kek::load_setting(&path, "the webhook key-encryption key")?;
+    let old = AuditKey::from_seed(&local.audit_seed())?;
+    let new = AuditKey::from_seed(&kek.audit_seed())?;
+    let (mut signed, mut refused) = (0, 0);
+    for chain in chains {
+        for c in source
+            .access_audit_checkpoints(&chain)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if old.verifies(&c) {
+                let again = new.sign(&c.chain, c.chain_seq, &c.hash, c.at_ms);
+                registry
+                    .append_access_audit(&[], Some(&again))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                signed += 1;
+            } else {
+                refused += 1;
+            }
+        }
+    }
+    let mut out = vec![format!(
+        "access audit: {signed} checkpoints signed again with the cluster's key"
+    )];
+    if refused > 0 {
+        out.push(format!(
+            "access audit: {refused} checkpoints did not verify with {} and were left out",
+            path.display()
+        ));
+    }
+    Ok(out)
 }
 
 /// Seals the copied webhook endpoints' secrets and headers again, from the single node's

@@ -123,6 +123,51 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// FHIR Subscriptions (FHIR.md).
     pub fhir: FhirConfig,
+    /// The access audit (SECURITY.md "Access audit"): who received what, who was refused.
+    pub audit: AuditConfig,
+}
+
+/// The access audit (SECURITY.md "Access audit").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Records are written at all (on by default; off only to measure its cost).
+    pub enabled: bool,
+    /// Records are kept this many days (then pruned, up to a signed checkpoint).
+    pub retention_days: u64,
+    /// A live subscription's record is written again this often, ms (its counts so far).
+    pub checkpoint_ms: u64,
+    /// The chain's newest row is signed this often, ms (when rows were added).
+    pub sign_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            retention_days: 365,
+            checkpoint_ms: 60_000,
+            sign_ms: 10_000,
+        }
+    }
+}
+
+impl AuditConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.retention_days == 0 {
+            return Err(invalid("audit.retention_days", "must be at least 1"));
+        }
+        if !(100..=3_600_000).contains(&self.checkpoint_ms) {
+            return Err(invalid(
+                "audit.checkpoint_ms",
+                "must be from 100 to 3600000",
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.sign_ms) {
+            return Err(invalid("audit.sign_ms", "must be from 100 to 3600000"));
+        }
+        Ok(())
+    }
 }
 
 /// FHIR Subscriptions (FHIR.md): topics besides the built-in catalogue, and limits.
@@ -724,6 +769,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             webhooks: WebhooksConfig::default(),
             fhir: FhirConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -901,6 +947,7 @@ impl Config {
         self.validate_cluster()?;
         self.webhooks.validate()?;
         self.fhir.validate()?;
+        self.audit.validate()?;
         if self.environment_name.is_empty()
             || self.environment_name.len() > 64
             || self.environment_name.chars().any(char::is_control)

@@ -30,6 +30,7 @@
 //! installs tracing and calls [`run`].
 
 mod access;
+mod audit;
 pub mod auth;
 pub mod backup;
 pub mod catalog;

@@ -41,6 +41,10 @@ pub(crate) struct Metrics {
     pub events_delivered: IntCounter,
     /// Sessions closed with 4008.
     pub slow_consumer_closes: IntCounter,
+    /// Access audit records written to the registry store.
+    pub audit_records: IntCounter,
+    /// Access audit records dropped because the writer was behind.
+    pub audit_dropped: IntCounter,
     /// Token and credential refusals by reason (a fixed set).
     pub auth_failures: IntCounterVec,
     /// Publishes refused for rate.
@@ -197,6 +201,14 @@ impl Metrics {
             IntCounter::new("events_delivered_total", "Event frames queued to sessions")?;
         let slow_consumer_closes =
             IntCounter::new("slow_consumer_closes_total", "Sessions closed with 4008")?;
+        let audit_records = IntCounter::new(
+            "audit_records_total",
+            "Access audit records written to the registry store",
+        )?;
+        let audit_dropped = IntCounter::new(
+            "audit_dropped_total",
+            "Access audit records dropped because the writer was behind",
+        )?;
         let auth_failures = IntCounterVec::new(
             Opts::new(
                 "auth_failures_total",
@@ -304,6 +316,8 @@ impl Metrics {
             Box::new(events_published.clone()),
             Box::new(events_delivered.clone()),
             Box::new(slow_consumer_closes.clone()),
+            Box::new(audit_records.clone()),
+            Box::new(audit_dropped.clone()),
             Box::new(auth_failures.clone()),
             Box::new(publish_rate_limited.clone()),
             Box::new(publish_to_deliver.clone()),
@@ -328,6 +342,8 @@ impl Metrics {
             events_published,
             events_delivered,
             slow_consumer_closes,
+            audit_records,
+            audit_dropped,
             auth_failures,
             publish_rate_limited,
             publish_to_deliver,

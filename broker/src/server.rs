@@ -7,6 +7,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use tokio_util::sync::CancellationToken;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -134,6 +135,7 @@ pub async fn run_on(
         fanout_task,
         background,
         deliveries,
+        audit,
     } = assemble(config, public_url, listener.local_addr()?.port()).await?;
     let cancel = state.shutdown.clone();
     // Kept to stop the registry's feed follower at the end (tasks may outlive `state`).
@@ -215,6 +217,19 @@ pub async fn run_on(
         tracing::warn!("webhook deliveries did not stop in time; their cursors may be behind");
         deliveries_abort.abort();
     }
+    // The sessions have sent their last records: write them, sign the chain's head.
+    let (audit_stop, audit_task) = audit;
+    audit_stop.cancel();
+    if let Some(task) = audit_task {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the access audit's last records were not written in time");
+            abort.abort();
+        }
+    }
     // Dropping the last handles of the log (in the state) stops its writer after its last
     // batch, and with it the fan-out's tail.
     drop(state);
@@ -245,6 +260,9 @@ pub(crate) struct Assembled {
     /// The webhook engine: at shutdown it lets requests in flight finish, saves the cursors
     /// and gives its leases back; awaited (bounded) before the end.
     pub(crate) deliveries: tokio::task::JoinHandle<()>,
+    /// The access audit's writer (when on) and what stops it: cancelled after the sessions and
+    /// the webhook engine have ended, then awaited (bounded).
+    pub(crate) audit: (CancellationToken, Option<tokio::task::JoinHandle<()>>),
 }
 
 /// Opens the stores in `config.data_dir` (prepared and locked by the caller) and wires the
@@ -492,6 +510,16 @@ pub(crate) async fn assemble(
     }
     let (fanout, fanout_task) = Fanout::start(log.clone(), metrics.clone());
     let webhooks = crate::webhooks::kit(&config).map_err(|e| startup(&e))?;
+    let audit_key = crate::audit::chain::AuditKey::from_seed(&webhooks.kek.audit_seed())
+        .map_err(|e| startup(&e))?;
+    let (audit, audit_writer) = crate::audit::AccessAudit::new(
+        &config.audit,
+        registry.clone(),
+        config.environment_id(),
+        node.clone().unwrap_or_else(|| "local".to_owned()),
+        audit_key,
+        metrics.clone(),
+    );
     let state = Broker::new(Parts {
         config,
         registry: registry.clone(),
@@ -506,7 +534,11 @@ pub(crate) async fn assemble(
         public_url: public_url.clone(),
         cluster,
         webhooks,
+        audit,
     });
+    // Stopped after the sessions and the webhook engine, so their last records are written.
+    let audit_stop = CancellationToken::new();
+    let audit_task = audit_writer.map(|w| tokio::spawn(w.run(audit_stop.clone())));
     let follower = tokio::spawn(state.sessions.clone().follow(registry.clone()));
     // Pulls the catalog's records on an interval, when one is configured.
     tokio::spawn(crate::catalog::sync_loop(
@@ -550,6 +582,7 @@ pub(crate) async fn assemble(
         fanout_task,
         background,
         deliveries,
+        audit: (audit_stop, audit_task),
     })
 }
 

@@ -119,6 +119,8 @@ pub(crate) struct Parts {
     pub(crate) public_url: String,
     pub(crate) cluster: Option<ClusterState>,
     pub(crate) webhooks: crate::webhooks::Kit,
+    /// The access audit's handle (its writer runs beside the broker).
+    pub(crate) audit: crate::audit::AccessAudit,
 }
 
 impl Broker {
@@ -138,8 +140,9 @@ impl Broker {
             public_url,
             cluster,
             webhooks,
+            audit,
         } = parts;
-        let access = Access::new(registry.clone(), metrics.clone());
+        let access = Access::new(registry.clone(), metrics.clone(), audit);
         let kek = webhooks.kek.clone();
         let webhooks = crate::webhooks::Webhooks::new(crate::webhooks::EngineParts {
             registry: registry.clone(),

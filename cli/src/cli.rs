@@ -27,6 +27,7 @@ macro_rules! outln {
     }};
 }
 
+pub(crate) mod audit;
 mod webhook;
 
 /// Where the broker is.

@@ -118,6 +118,16 @@ enum Command {
         #[command(subcommand)]
         command: cli::DevCommand,
     },
+    /// The access audit: who received which events (`audit access`), and its tamper check
+    /// (`audit verify`) (admin API; a viewer credential may read it).
+    Audit {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        auth: cli::AdminAuth,
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
     /// Manage the broker's token signing keys (admin API).
     Keys {
         #[command(flatten)]
@@ -278,6 +288,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             auth,
             command,
         } => client_runtime()?.block_on(cli::keys(target, auth, command)),
+        Command::Audit {
+            target,
+            auth,
+            command,
+        } => client_runtime()?.block_on(cli::audit::run(target, auth, command)),
         Command::Dev {
             target,
             auth,

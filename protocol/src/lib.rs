@@ -12,12 +12,14 @@
 //! - `timestamp`: [`Timestamp`], an instant that always has an RFC 3339 form.
 //! - `codes`: the closed sets a client matches on: [`ErrorCode`], [`Reason`], [`CloseCode`].
 //! - [`admin`]: request and response shapes of the admin API.
+//! - [`audit`]: the access audit's records (who received what, who was refused).
 //! - [`fhir`]: FHIR resources as clinical events: resource type, happening, topic, time.
 //!
 //! `protocol/PROTOCOL.md` is the normative text; this crate follows it, and a test fails when
 //! a code defined here is missing there.
 
 pub mod admin;
+pub mod audit;
 mod codes;
 pub mod fhir;
 mod frame;

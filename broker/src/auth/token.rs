@@ -46,6 +46,10 @@ pub struct Principal {
     pub expires_at: Timestamp,
     /// The token's `iss`.
     pub issuer: String,
+    /// The token's `jti`, when it has one (the access audit names the token by it).
+    pub token_id: Option<String>,
+    /// The token's `iat`, when it has one.
+    pub issued_at: Option<Timestamp>,
 }
 
 /// Why a token was refused. Messages are for the client: they never echo the token.
@@ -515,6 +519,16 @@ impl TokenVerifier {
         if !client.active {
             return Err(VerifyError::ClientInactive);
         }
+        let token_id = claims
+            .other
+            .get("jti")
+            .and_then(Value::as_str)
+            .map(|j| j.chars().take(128).collect());
+        let issued_at = claims
+            .other
+            .get("iat")
+            .and_then(Value::as_i64)
+            .and_then(|s| Timestamp::from_unix_seconds(s).ok());
         Ok(Principal {
             client_id,
             application_id: client.application_id.clone(),
@@ -522,6 +536,8 @@ impl TokenVerifier {
             scope: Arc::new(scope),
             expires_at,
             issuer: iss,
+            token_id,
+            issued_at,
         })
     }
 

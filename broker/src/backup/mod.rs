@@ -226,12 +226,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
 
 /// Lower-case hex of `bytes`.
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    hex::encode(bytes)
 }
 
 /// Copies `from` into `to`, returning the bytes copied and their hex SHA-256.

@@ -308,7 +308,10 @@ fn admit(
     state
         .access
         .check(principal, Action::Subscribe(&pattern_of(&broker_topic)))
-        .map_err(|d| denied(&d))?;
+        .map_err(|d| {
+            state.access.refused_subscribe(principal, &d);
+            denied(&d)
+        })?;
     if spec.content == PayloadContent::FullResource {
         let read = format!("system/{}.rs", topic.resource_type);
         let scope = super::read_scope(&topic.resource_type).ok_or_else(|| {

@@ -156,6 +156,8 @@ pub(crate) async fn client(
         expires_at: scopecast_protocol::Timestamp::from_unix_seconds(i64::from(i32::MAX))
             .unwrap_or_else(|_| scopecast_protocol::Timestamp::now()),
         issuer: CLIENT_ID_HEADER.to_owned(),
+        token_id: None,
+        issued_at: None,
     })
 }
 

@@ -141,7 +141,10 @@ pub(crate) async fn history(
     state
         .access
         .check(&principal, Action::Subscribe(&pattern))
-        .map_err(|d| scope_refusal(&principal, &d, "read"))?;
+        .map_err(|d| {
+            state.access.refused_subscribe(&principal, &d);
+            scope_refusal(&principal, &d, "read")
+        })?;
     let head = state.fanout.head_seq();
     let page = state
         .history

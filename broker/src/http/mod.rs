@@ -7,6 +7,7 @@
 //! - `oauth`: `POST /oauth2/token`, `/.well-known/jwks.json`,
 //!   `/.well-known/oauth-authorization-server`.
 //! - `admin`: `/admin/v1/...` applications, clients, audit, keys.
+//! - `audit`: `/admin/v1/audit/access` and `/admin/v1/audit/verify` (the access audit).
 //! - `backup`: `POST /admin/v1/backup`, a consistent copy of the data folder as a tar stream.
 //! - `credentials`: `/admin/v1/credentials`.
 //! - `sessions`: `/admin/v1/sessions`, live sessions and closing one.
@@ -20,6 +21,7 @@
 //! answers them with a 404 that says so (without the admin address).
 
 mod admin;
+mod audit;
 pub(crate) mod auth;
 mod backup;
 mod credentials;
@@ -83,6 +85,8 @@ pub(crate) fn routers(state: Broker) -> (Router, Option<Router>) {
         .route("/clients/{client_id}/activate", post(admin::activate))
         .route("/clients/{client_id}/deactivate", post(admin::deactivate))
         .route("/audit", get(admin::audit))
+        .route("/audit/access", get(audit::access_records))
+        .route("/audit/verify", get(audit::verify))
         .route("/keys/rotate", post(admin::rotate_keys))
         .route("/backup", post(backup::backup))
         .route(

@@ -1162,12 +1162,176 @@ pub(crate) async fn webhooks_round_trip(m: &dyn Maker) {
     assert!(store.load_webhooks().await.unwrap().is_empty());
 }
 
+/// The access audit's rows: chained per node, the newest snapshot per record, filters,
+/// checkpoints, retention up to a checkpoint.
+pub(crate) async fn access_audit_round_trip(m: &dyn Maker) {
+    use super::store::{AccessFilter, AuditCheckpoint, AuditRow};
+    let made = m.make().await;
+    let store = &*made.store;
+    assert_eq!(store.access_audit_head("node-a").await.unwrap(), None);
+    let row =
+        |chain: &str, n: u64, record: &str, client: &str, to: i64, seqs: (u64, u64), live: bool| {
+            AuditRow {
+                chain: chain.to_owned(),
+                chain_seq: n,
+                kind: "subscription".to_owned(),
+                record_id: record.to_owned(),
+                client_id: client.to_owned(),
+                from_ms: 1_000,
+                to_ms: to,
+                first_seq: Some(seqs.0),
+                last_seq: Some(seqs.1),
+                live,
+                body: format!("{{\"n\":{n}}}"),
+                prev_hash: format!("{:064}", n - 1),
+                hash: format!("{n:064}"),
+            }
+        };
+    store
+        .append_access_audit(
+            &[
+                row("node-a", 1, "sub_1", "c1", 1_000, (1, 0), true),
+                row("node-a", 2, "sub_2", "c2", 1_500, (5, 9), true),
+                row("node-a", 3, "sub_1", "c1", 2_000, (1, 20), false),
+            ],
+            Some(&AuditCheckpoint {
+                chain: "node-a".into(),
+                chain_seq: 3,
+                hash: format!("{:064}", 3),
+                at_ms: 2_000,
+                key_id: "k".into(),
+                signature: "ab".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    store
+        .append_access_audit(&[row("node-b", 1, "sub_1", "c3", 900, (2, 2), false)], None)
+        .await
+        .unwrap();
+    // A row number taken is a conflict, and nothing of that write is kept.
+    assert!(matches!(
+        store
+            .append_access_audit(
+                &[
+                    row("node-a", 4, "sub_9", "c9", 1, (1, 1), false),
+                    row("node-a", 3, "sub_9", "c9", 1, (1, 1), false)
+                ],
+                None
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.access_audit_head("node-a").await.unwrap(),
+        Some((3, format!("{:064}", 3)))
+    );
+    let latest = |f: AccessFilter| async move {
+        let mut v: Vec<(String, u64)> = store
+            .access_audit_latest(&AccessFilter { limit: 100, ..f })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.chain, r.chain_seq))
+            .collect();
+        v.sort();
+        v
+    };
+    // The newest snapshot of each record; a record id is per chain.
+    assert_eq!(
+        latest(AccessFilter::default()).await,
+        [
+            ("node-a".into(), 2),
+            ("node-a".into(), 3),
+            ("node-b".into(), 1)
+        ]
+    );
+    assert_eq!(
+        latest(AccessFilter {
+            client_id: Some("c1".into()),
+            ..AccessFilter::default()
+        })
+        .await,
+        [("node-a".into(), 3)]
+    );
+    // Which records hold seq 7: sub_2 (5..9) and sub_1's newest (1..20); not node-b's.
+    assert_eq!(
+        latest(AccessFilter {
+            seq: Some(7),
+            ..AccessFilter::default()
+        })
+        .await,
+        [("node-a".into(), 2), ("node-a".into(), 3)]
+    );
+    // From a time after every end: only the live one.
+    assert_eq!(
+        latest(AccessFilter {
+            from_ms: Some(5_000),
+            ..AccessFilter::default()
+        })
+        .await,
+        [("node-a".into(), 2)]
+    );
+    assert_eq!(
+        latest(AccessFilter {
+            to_ms: Some(500),
+            ..AccessFilter::default()
+        })
+        .await,
+        []
+    );
+    assert_eq!(
+        latest(AccessFilter {
+            live_only: true,
+            chain: Some("node-a".into()),
+            ..AccessFilter::default()
+        })
+        .await,
+        [("node-a".into(), 2)]
+    );
+    assert_eq!(
+        store.access_audit_chains().await.unwrap(),
+        ["node-a", "node-b"]
+    );
+    let page = store.access_audit_rows("node-a", 1, 10).await.unwrap();
+    assert_eq!(page.iter().map(|r| r.chain_seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(page[1].body, "{\"n\":3}");
+    assert_eq!(page[0].first_seq, Some(5));
+    assert!(page[0].live && !page[1].live);
+    assert_eq!(
+        store
+            .access_audit_checkpoints("node-a")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Retention up to the checkpoint at row 3: rows 1..=3 go, the checkpoint stays.
+    assert_eq!(store.prune_access_audit("node-a", 3).await.unwrap(), 3);
+    assert!(
+        store
+            .access_audit_rows("node-a", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.access_audit_checkpoints("node-a").await.unwrap()[0].chain_seq,
+        3
+    );
+}
+
 macro_rules! conformance_tests {
     ($maker:expr) => {
         mod conformance {
             #[allow(unused_imports)]
             use super::*;
             use crate::registry::conformance as c;
+
+            #[tokio::test]
+            async fn access_audit_round_trip() {
+                c::access_audit_round_trip(&$maker).await;
+            }
 
             #[tokio::test]
             async fn webhooks_round_trip() {

@@ -13,7 +13,9 @@ use super::{PgStore, SqliteStore, StoreError};
 
 /// The tables copied, parents before children. `assertion_jtis` is not copied (assertions
 /// live minutes); `shared_state` is written by the cluster from the node's key files.
-const TABLES: [&str; 10] = [
+/// `access_audit_checkpoints` is not copied: the cluster signs them again with its key
+/// (`cluster::migrate`).
+const TABLES: [&str; 11] = [
     "applications",
     "clients",
     "client_credentials",
@@ -24,6 +26,7 @@ const TABLES: [&str; 10] = [
     "webhook_endpoints",
     "webhook_attempts",
     "fhir_subscriptions",
+    "access_audit",
 ];
 
 /// Tables whose PostgreSQL `id` is a sequence (`BIGSERIAL`): after rows are copied with their

@@ -17,6 +17,7 @@
 //! - [`credential`]: the one credential store (admin API, metrics, console, developer API),
 //!   and the registry's credential operations.
 
+mod access;
 #[cfg(test)]
 mod conformance;
 pub mod credential;
@@ -53,9 +54,9 @@ pub use snapshot::{
 };
 pub use sqlite::SqliteStore;
 pub use store::{
-    ApplicationPatch, Change, ChangeKind, CursorWrite, Deletion, FhirCheckpoint, NewApplication,
-    RegistryStore, StoreError, StoredFhirSubscription, StoredWebhook, Wakeups, WebhookAttempt,
-    WebhookState,
+    AccessFilter, ApplicationPatch, AuditCheckpoint, AuditRow, Change, ChangeKind, CursorWrite,
+    Deletion, FhirCheckpoint, NewApplication, RegistryStore, StoreError, StoredFhirSubscription,
+    StoredWebhook, Wakeups, WebhookAttempt, WebhookState,
 };
 use validate::{ClientKey, InvalidInput, invalid};
 

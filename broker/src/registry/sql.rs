@@ -28,6 +28,33 @@ pub(super) fn db(e: sqlx::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
+/// An `access_audit` row read by any SQL store.
+pub(super) fn audit_row<R: sqlx::Row>(r: &R) -> super::store::AuditRow
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'q> String: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> i32: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> Option<i64>: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+{
+    let seq = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+    super::store::AuditRow {
+        chain: r.get("chain"),
+        chain_seq: u64::try_from(r.get::<i64, _>("chain_seq")).unwrap_or(0),
+        kind: r.get("kind"),
+        record_id: r.get("record_id"),
+        client_id: r.get("client_id"),
+        from_ms: r.get("from_ms"),
+        to_ms: r.get("to_ms"),
+        first_seq: seq(r.get("first_seq")),
+        last_seq: seq(r.get("last_seq")),
+        live: r.get::<i32, _>("live") != 0,
+        body: r.get("body"),
+        prev_hash: r.get("prev_hash"),
+        hash: r.get("hash"),
+    }
+}
+
 pub(super) fn kind_str(kind: EnvironmentKind) -> &'static str {
     kind.as_str()
 }
@@ -1423,6 +1450,175 @@ macro_rules! sql_store {
                     .execute(&self.pool)
                     .await
                     .map_err(db)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn append_access_audit(
+                &self,
+                rows: &[AuditRow],
+                checkpoint: Option<&AuditCheckpoint>,
+            ) -> Result<(), StoreError> {
+                const ROWS: usize = 50;
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                for chunk in rows.chunks(ROWS) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO access_audit (chain, chain_seq, kind, record_id, client_id, \
+                         from_ms, to_ms, first_seq, last_seq, live, body, prev_hash, hash) ",
+                    );
+                    insert.push_values(chunk, |mut row, r| {
+                        row.push_bind(&r.chain)
+                            .push_bind(i64::try_from(r.chain_seq).unwrap_or(i64::MAX))
+                            .push_bind(&r.kind)
+                            .push_bind(&r.record_id)
+                            .push_bind(&r.client_id)
+                            .push_bind(r.from_ms)
+                            .push_bind(r.to_ms)
+                            .push_bind(r.first_seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
+                            .push_bind(r.last_seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
+                            .push_bind(i32::from(r.live))
+                            .push_bind(&r.body)
+                            .push_bind(&r.prev_hash)
+                            .push_bind(&r.hash);
+                    });
+                    insert.build().execute(&mut *tx).await.map_err(db)?;
+                }
+                if let Some(c) = checkpoint {
+                    sqlx::query(
+                        "INSERT INTO access_audit_checkpoints (chain, chain_seq, hash, at_ms, \
+                         key_id, signature) VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(&c.chain)
+                    .bind(i64::try_from(c.chain_seq).unwrap_or(i64::MAX))
+                    .bind(&c.hash)
+                    .bind(c.at_ms)
+                    .bind(&c.key_id)
+                    .bind(&c.signature)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                }
+                tx.commit().await.map_err(db)
+            }
+
+            async fn access_audit_head(
+                &self,
+                chain: &str,
+            ) -> Result<Option<(u64, String)>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT chain_seq, hash FROM access_audit WHERE chain = $1 \
+                     ORDER BY chain_seq DESC LIMIT 1",
+                )
+                .bind(chain)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(row.map(|r| (r.get::<i64, _>("chain_seq") as u64, r.get("hash"))))
+            }
+
+            async fn access_audit_latest(
+                &self,
+                f: &AccessFilter,
+            ) -> Result<Vec<AuditRow>, StoreError> {
+                let seq = f.seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+                let rows = sqlx::query(
+                    "SELECT chain, chain_seq, kind, record_id, client_id, from_ms, to_ms, \
+                     first_seq, last_seq, live, body, prev_hash, hash FROM access_audit a \
+                     WHERE ($1 IS NULL OR a.chain = $1) AND ($2 IS NULL OR a.kind = $2) \
+                     AND ($3 IS NULL OR a.client_id = $3) \
+                     AND ($4 IS NULL OR a.to_ms >= $4 OR a.live = 1) \
+                     AND ($5 IS NULL OR a.from_ms <= $5) \
+                     AND ($6 IS NULL OR (a.first_seq <= $6 AND a.last_seq >= $6)) \
+                     AND ($7 = 0 OR a.live = 1) \
+                     AND NOT EXISTS (SELECT 1 FROM access_audit b WHERE b.chain = a.chain \
+                         AND b.record_id = a.record_id AND b.chain_seq > a.chain_seq) \
+                     ORDER BY a.from_ms, a.chain, a.chain_seq LIMIT $8",
+                )
+                .bind(f.chain.as_deref())
+                .bind(f.kind.as_deref())
+                .bind(f.client_id.as_deref())
+                .bind(f.from_ms)
+                .bind(f.to_ms)
+                .bind(seq)
+                .bind(i32::from(f.live_only))
+                .bind(i64::try_from(f.limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(rows.iter().map(audit_row).collect())
+            }
+
+            async fn access_audit_rows(
+                &self,
+                chain: &str,
+                after: u64,
+                limit: usize,
+            ) -> Result<Vec<AuditRow>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT chain, chain_seq, kind, record_id, client_id, from_ms, to_ms, \
+                     first_seq, last_seq, live, body, prev_hash, hash FROM access_audit \
+                     WHERE chain = $1 AND chain_seq > $2 ORDER BY chain_seq LIMIT $3",
+                )
+                .bind(chain)
+                .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(rows.iter().map(audit_row).collect())
+            }
+
+            async fn access_audit_chains(&self) -> Result<Vec<String>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT DISTINCT chain FROM access_audit UNION \
+                     SELECT DISTINCT chain FROM access_audit_checkpoints ORDER BY chain",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(rows.iter().map(|r| r.get("chain")).collect())
+            }
+
+            async fn access_audit_checkpoints(
+                &self,
+                chain: &str,
+            ) -> Result<Vec<AuditCheckpoint>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT chain, chain_seq, hash, at_ms, key_id, signature \
+                     FROM access_audit_checkpoints WHERE chain = $1 ORDER BY chain_seq",
+                )
+                .bind(chain)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| AuditCheckpoint {
+                        chain: r.get("chain"),
+                        chain_seq: r.get::<i64, _>("chain_seq") as u64,
+                        hash: r.get("hash"),
+                        at_ms: r.get("at_ms"),
+                        key_id: r.get("key_id"),
+                        signature: r.get("signature"),
+                    })
+                    .collect())
+            }
+
+            async fn prune_access_audit(&self, chain: &str, through: u64) -> Result<u64, StoreError> {
+                let through = i64::try_from(through).unwrap_or(i64::MAX);
+                let mut tx = self.pool.begin().await.map_err(db)?;
+                let done = sqlx::query("DELETE FROM access_audit WHERE chain = $1 AND chain_seq <= $2")
+                    .bind(chain)
+                    .bind(through)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                sqlx::query("DELETE FROM access_audit_checkpoints WHERE chain = $1 AND chain_seq < $2")
+                    .bind(chain)
+                    .bind(through)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                tx.commit().await.map_err(db)?;
                 Ok(done.rows_affected())
             }
 

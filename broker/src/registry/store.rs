@@ -487,6 +487,109 @@ pub trait RegistryStore: Send + Sync + 'static {
     ) -> Result<Vec<WebhookAttempt>, StoreError>;
     /// Forgets attempts made before `before_ms` (retention); how many went.
     async fn prune_webhook_attempts(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Appends rows of the access audit (each to its chain, in order) and, when given, a
+    /// signed checkpoint, in one transaction. [`StoreError::Conflict`] when a row's place in
+    /// its chain is taken (another writer with the same chain name).
+    async fn append_access_audit(
+        &self,
+        rows: &[AuditRow],
+        checkpoint: Option<&AuditCheckpoint>,
+    ) -> Result<(), StoreError>;
+    /// The newest row of `chain`: its number and hash; `None` when it has none.
+    async fn access_audit_head(&self, chain: &str) -> Result<Option<(u64, String)>, StoreError>;
+    /// The newest snapshot of each record that matches `filter` (see [`AccessFilter`]),
+    /// ordered by `from_ms`, at most `filter.limit`.
+    async fn access_audit_latest(&self, filter: &AccessFilter)
+    -> Result<Vec<AuditRow>, StoreError>;
+    /// Rows of `chain` after `after`, in order, at most `limit` (the verifier's pages).
+    async fn access_audit_rows(
+        &self,
+        chain: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError>;
+    /// Every chain that has rows or checkpoints.
+    async fn access_audit_chains(&self) -> Result<Vec<String>, StoreError>;
+    /// The signed checkpoints of `chain`, in order.
+    async fn access_audit_checkpoints(
+        &self,
+        chain: &str,
+    ) -> Result<Vec<AuditCheckpoint>, StoreError>;
+    /// Retention: deletes the rows of `chain` up to `through` and its checkpoints below
+    /// `through` (the one at `through` stays: it anchors the first row left); how many rows
+    /// went.
+    async fn prune_access_audit(&self, chain: &str, through: u64) -> Result<u64, StoreError>;
+}
+
+/// One row of the access audit as stored (`access_audit`): a record's JSON text in its
+/// node's hash chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// The chain (the writing node: `local`, or its cluster name).
+    pub chain: String,
+    /// The row's number in its chain, from 1.
+    pub chain_seq: u64,
+    /// `subscription`, `refusal` or `webhook_attempt`.
+    pub kind: String,
+    /// The record's id (several rows for one subscription: its snapshots).
+    pub record_id: String,
+    /// The client ID (`unknown` for refusals of unregistered callers).
+    pub client_id: String,
+    /// The start of what it covers, Unix ms (granted at; the minute; the attempt).
+    pub from_ms: i64,
+    /// The end of what it covers, Unix ms (ended at, or the snapshot's time while it lives).
+    pub to_ms: i64,
+    /// The first `seq` it covers (a subscription's `from_seq`; an attempt's `seq`).
+    pub first_seq: Option<u64>,
+    /// The last `seq` it covers (the last written; an attempt's `seq`).
+    pub last_seq: Option<u64>,
+    /// True while a subscription's record has not ended.
+    pub live: bool,
+    /// The record (`scopecast_protocol::audit::AccessRecord` as JSON): what the hash covers.
+    pub body: String,
+    /// The previous row's hash (64 zeros for row 1), hex.
+    pub prev_hash: String,
+    /// SHA-256 of (`prev_hash`, `chain`, `chain_seq`, `body`), hex.
+    pub hash: String,
+}
+
+/// A signed checkpoint of a chain (`access_audit_checkpoints`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    /// The chain.
+    pub chain: String,
+    /// The row it signs.
+    pub chain_seq: u64,
+    /// That row's hash, hex.
+    pub hash: String,
+    /// When it was signed, Unix ms.
+    pub at_ms: i64,
+    /// The audit key that signed it.
+    pub key_id: String,
+    /// Ed25519 signature, hex.
+    pub signature: String,
+}
+
+/// What [`RegistryStore::access_audit_latest`] selects, applied to each record's newest
+/// snapshot; `None` fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessFilter {
+    /// Only this chain.
+    pub chain: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this client ID.
+    pub client_id: Option<String>,
+    /// Only records that cover time at or after this (Unix ms; a live record covers now).
+    pub from_ms: Option<i64>,
+    /// Only records that began at or before this (Unix ms).
+    pub to_ms: Option<i64>,
+    /// Only records whose `first_seq..=last_seq` holds this `seq`.
+    pub seq: Option<u64>,
+    /// Only live ones.
+    pub live_only: bool,
+    /// At most this many.
+    pub limit: usize,
 }
 
 /// One cursor write of [`RegistryStore::advance_webhook_cursors`].

@@ -167,6 +167,7 @@ impl Deliver for SessionHandle {
         let frame = Queued {
             text: transport::event_text(e, encodings),
             kind: Kind::Live(e.time),
+            seq: e.seq,
         };
         if self.holding.load(Ordering::Acquire) {
             let mut hold = self.hold.lock();

@@ -11,6 +11,7 @@
 //! - `outbox`: the byte-bounded outbound queue.
 //! - [`table`]: [`SessionTable`], live sessions by client ID.
 
+mod audit;
 mod auth;
 mod handle;
 mod outbox;
@@ -121,6 +122,8 @@ pub(crate) async fn run<S: Socket>(socket: Box<S>, start: Box<Start>) {
             broker,
             principal,
             subs: HashMap::new(),
+            audits: HashMap::new(),
+            written_last: 0,
             acks: VecDeque::new(),
             bad_frames: 0,
             last_heard: Instant::now(),
@@ -166,6 +169,10 @@ pub(crate) struct Session<S> {
     /// Live subscriptions (each also in the topic index), each with the `seq` after which it
     /// delivers every matching event (its `head_seq`, or where its replay started).
     subs: HashMap<Pattern, u64>,
+    /// The access audit's record of each live subscription (empty when the audit is off).
+    audits: HashMap<Pattern, audit::SubAudit>,
+    /// The `seq` of the last event written to the socket.
+    written_last: u64,
     /// Publishes handed to the log, answered in order as they complete.
     acks: VecDeque<(RequestId, PendingAck)>,
     bad_frames: u32,
@@ -256,6 +263,9 @@ impl<S: Socket> Session<S> {
         let shutdown = self.broker.shutdown.clone();
         let mut expiry = self.expiry();
         let mut warning = self.warning();
+        let checkpoint = Duration::from_millis(self.broker.config.audit.checkpoint_ms);
+        let mut audit_tick = tokio::time::interval_at(Instant::now() + checkpoint, checkpoint);
+        audit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 biased;
@@ -291,6 +301,10 @@ impl<S: Socket> Session<S> {
                     Step::Continue
                 }
                 _ = ping.tick() => self.heartbeat(heartbeat).await,
+                _ = audit_tick.tick(), if !self.audits.is_empty() => {
+                    self.audit_checkpoint();
+                    Step::Continue
+                }
                 () = tokio::time::sleep_until(warning), if !self.warned => {
                     self.warned = true;
                     let left = (self.principal.expires_at.unix_ms() - Timestamp::now().unix_ms()).max(0) as u64;
@@ -317,7 +331,18 @@ impl<S: Socket> Session<S> {
             Kind::Live(at) => Some(at),
             _ => None,
         });
-        let events = drained.frames.iter().filter(|q| q.is_event()).count() as u64;
+        let (events, last_seq) = drained
+            .frames
+            .iter()
+            .filter(|q| q.is_event())
+            .fold((0u64, 0u64), |(n, last), q| (n + 1, last.max(q.seq)));
+        // Each new subscription's first `seq` in this write, read before the frames go (only
+        // until each subscription has one), kept once they are written.
+        let firsts = if events > 0 {
+            audit::first_candidates(&self.audits, &drained.frames)
+        } else {
+            Vec::new()
+        };
         let wrote =
             transport::write_all(&mut self.socket, drained.frames, &self.handle.outbox).await;
         if let Some(t) = oldest {
@@ -337,6 +362,8 @@ impl<S: Socket> Session<S> {
                 .stats
                 .delivered
                 .fetch_add(events, Ordering::Relaxed);
+            self.written_last = self.written_last.max(last_seq);
+            audit::set_firsts(&mut self.audits, firsts);
         }
         let close = drained.close.or_else(|| {
             // An abort decided during the write: take its close now.
@@ -452,6 +479,12 @@ impl<S: Socket> Session<S> {
 
     /// Leaves the index and the session table.
     fn finish(&mut self) {
+        let why = match self.ended {
+            Ended::Server(code) => format!("closed_by_broker:{code}"),
+            Ended::Client(_) => "closed_by_client".to_owned(),
+            Ended::Abrupt => "disconnected".to_owned(),
+        };
+        self.audit_end_all(&why);
         for p in self.subs.keys() {
             self.broker.fanout.unsubscribe(p, &self.deliver);
         }

@@ -20,6 +20,8 @@ pub(crate) struct Queued {
     pub text: Utf8Bytes,
     /// An event or a reply.
     pub kind: Kind,
+    /// The event's `seq` (0 for a reply): the access audit's first and last `seq` written.
+    pub seq: u64,
 }
 
 /// What a queued frame carries.
@@ -39,6 +41,7 @@ impl Queued {
         Queued {
             text,
             kind: Kind::Reply,
+            seq: 0,
         }
     }
 

@@ -147,8 +147,9 @@ impl<S: Socket> Session<S> {
         }
         // This subscription delivers every matching event after `after` (replayed) or after
         // `head` (live only): later replays on this connection skip those.
-        self.subs
-            .insert(pattern.clone(), after.map_or(head, |a| a.min(head)));
+        let start = after.map_or(head, |a| a.min(head));
+        self.subs.insert(pattern.clone(), start);
+        self.audit_grant(&pattern, start);
         self.handle.subscriptions.lock().push(pattern.clone());
         metrics.subscriptions.inc();
         metrics.subscribe_results.with_label_values(&["ok"]).inc();
@@ -178,6 +179,9 @@ impl<S: Socket> Session<S> {
         {
             Ok(()) => true,
             Err(Denied::Inactive) => {
+                self.broker
+                    .access
+                    .refused_subscribe(&self.principal, &Denied::Inactive);
                 self.inactive();
                 false
             }
@@ -185,6 +189,13 @@ impl<S: Socket> Session<S> {
                 required_scope,
                 whose,
             }) => {
+                self.broker.access.refused_subscribe(
+                    &self.principal,
+                    &Denied::Scope {
+                        required_scope: required_scope.clone(),
+                        whose,
+                    },
+                );
                 self.broker
                     .metrics
                     .subscribe_results
@@ -259,6 +270,7 @@ impl<S: Socket> Session<S> {
                     .push(Queued {
                         text,
                         kind: Kind::Replayed,
+                        seq: e.seq,
                     })
                     .is_err()
                 {
@@ -285,6 +297,7 @@ impl<S: Socket> Session<S> {
         self.broker.fanout.unsubscribe(pattern, &self.deliver);
         self.handle.subscriptions.lock().retain(|p| p != pattern);
         self.broker.metrics.subscriptions.dec();
+        self.audit_end(pattern, "unsubscribed");
         self.reply(&ServerFrame::Unsubscribed(Unsubscribed { id }));
     }
 
@@ -310,6 +323,7 @@ impl<S: Socket> Session<S> {
             self.handle.subscriptions.lock().retain(|x| *x != p);
             self.broker.fanout.unsubscribe(&p, &self.deliver);
             self.broker.metrics.subscriptions.dec();
+            self.audit_end(&p, "revoked");
             let mut e = ErrorFrame::new(
                 None,
                 Reason::ScopeRevoked,

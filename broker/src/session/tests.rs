@@ -149,6 +149,7 @@ async fn fixture(limits: impl FnOnce(&mut Config)) -> Fixture {
         fanout_task,
         mut background,
         deliveries,
+        ..
     } = assemble(config, "http://127.0.0.1:1".to_owned(), 1)
         .await
         .unwrap();

@@ -606,6 +606,7 @@ impl Worker {
             self.record(
                 last,
                 "",
+                "",
                 0,
                 (
                     None,
@@ -741,8 +742,27 @@ impl Worker {
         !self.cancel.is_cancelled()
     }
 
-    fn record(&self, seq: u64, event_id: &str, attempt: u32, result: Recorded<'_>) {
+    /// Records an attempt (or a skip) of event `seq` (`topic` empty when no event is known:
+    /// a gap, a change of log), and gives it to the access audit.
+    fn record(&self, seq: u64, event_id: &str, topic: &str, attempt: u32, result: Recorded<'_>) {
         let (status, error, latency_ms, outcome) = result;
+        let audit = self.inner.access.audit();
+        if !topic.is_empty() && audit.enabled() {
+            audit.webhook_attempts(vec![scopecast_protocol::audit::WebhookAttemptRecord {
+                id: crate::audit::record_id("wha_"),
+                client_id: self.client_id.to_string(),
+                environment: audit.environment().to_owned(),
+                node: audit.node().to_owned(),
+                endpoint_id: self.id.to_string(),
+                seq,
+                event_id: event_id.to_owned(),
+                topic: topic.to_owned(),
+                attempt,
+                at: scopecast_protocol::Timestamp::now(),
+                status,
+                outcome: outcome.to_owned(),
+            }]);
+        }
         self.inner
             .metrics
             .webhook_attempts
@@ -778,6 +798,7 @@ impl Worker {
             self.record(
                 e.seq,
                 e.event_id.as_str(),
+                e.topic.as_str(),
                 0,
                 (None, Some(why.to_owned()), None, outcome),
             );
@@ -911,6 +932,7 @@ impl Worker {
                     self.record(
                         from,
                         "",
+                        "",
                         0,
                         (
                             None,
@@ -1040,6 +1062,7 @@ impl Worker {
                 self.record(
                     e.seq,
                     e.event_id.as_str(),
+                    e.topic.as_str(),
                     attempt,
                     (status, attempted.error.clone(), latency, result),
                 );

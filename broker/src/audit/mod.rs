@@ -1,0 +1,460 @@
+//! The access audit (SECURITY.md "Access audit"): which application received which events
+//! under which token, who was refused, and every webhook attempt.
+//!
+//! - [`AccessAudit`]: what front ends call. A session sends its subscription records at
+//!   subscribe, at each checkpoint (`audit.checkpoint_ms`), at unsubscribe and at its end;
+//!   nothing per delivered event (the counts are the session's own counters). Refusals are
+//!   counted in memory per (client ID or `unknown`, reason, missing scope, minute) and written
+//!   once their minute is over, so a caller without a credential cannot write rows at will.
+//! - The writer task (one per node): gathers records, chains them (`chain`), writes them to
+//!   the registry store in one transaction every [`LINGER`], signs the chain's head every
+//!   `audit.sign_ms`, and prunes by retention (only up to a signed checkpoint).
+//! - `query`: `GET /admin/v1/audit/access` and its NDJSON and FHIR `AuditEvent` forms.
+
+pub(crate) mod chain;
+pub(crate) mod query;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use scopecast_protocol::Timestamp;
+use scopecast_protocol::audit::{
+    AccessRecord, RefusalRecord, SubscriptionRecord, WebhookAttemptRecord,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AuditConfig;
+use crate::metrics::UNKNOWN_CLIENT;
+use crate::registry::{AccessFilter, AuditRow, Registry, RegistryError, StoreError};
+use chain::{AuditKey, ZERO_HASH};
+
+/// How long the writer gathers records before one write.
+const LINGER: Duration = Duration::from_millis(250);
+/// Records waiting for the writer at most; more are dropped (counted, logged).
+const QUEUE: usize = 65_536;
+/// Distinct refusal keys of one minute at most; more count under one `overflow` key.
+const MAX_REFUSAL_KEYS: usize = 10_000;
+/// How often retention runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
+
+/// The key of a refusal count: client ID (or `unknown`), reason, missing scope, minute.
+type RefusalKey = (String, &'static str, Option<String>, i64);
+
+/// The access audit's handle. Cheap to clone; does nothing when `audit.enabled` is false.
+#[derive(Clone)]
+pub(crate) struct AccessAudit {
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for AccessAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessAudit")
+            .field("enabled", &self.inner.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    tx: mpsc::Sender<AccessRecord>,
+    refusals: Mutex<HashMap<RefusalKey, u64>>,
+    environment: String,
+    node: String,
+    key: AuditKey,
+    dropped: AtomicU64,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// What the writer task needs, made by [`AccessAudit::new`].
+pub(crate) struct Writer {
+    rx: mpsc::Receiver<AccessRecord>,
+    inner: Arc<Inner>,
+    registry: Registry,
+    config: AuditConfig,
+}
+
+impl AccessAudit {
+    /// An audit for `environment` (`<kind>/<name>`) written by `node` (`local` on one node)
+    /// and signed with `key`, and its writer (to run with [`Writer::run`]); `None` writer when
+    /// the audit is off.
+    pub(crate) fn new(
+        config: &AuditConfig,
+        registry: Registry,
+        environment: String,
+        node: String,
+        key: AuditKey,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> (AccessAudit, Option<Writer>) {
+        if !config.enabled {
+            return (AccessAudit { inner: None }, None);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let inner = Arc::new(Inner {
+            tx,
+            refusals: Mutex::new(HashMap::new()),
+            environment,
+            node,
+            key,
+            dropped: AtomicU64::new(0),
+            metrics,
+        });
+        let writer = Writer {
+            rx,
+            inner: inner.clone(),
+            registry,
+            config: config.clone(),
+        };
+        (AccessAudit { inner: Some(inner) }, Some(writer))
+    }
+
+    /// True when records are written.
+    pub(crate) fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The key that signs checkpoints (`None` when off).
+    pub(crate) fn key(&self) -> Option<&AuditKey> {
+        self.inner.as_deref().map(|i| &i.key)
+    }
+
+    fn send(&self, record: AccessRecord) {
+        let Some(inner) = &self.inner else { return };
+        if inner.tx.try_send(record).is_err() {
+            let n = inner.dropped.fetch_add(1, Ordering::Relaxed);
+            inner.metrics.audit_dropped.inc();
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    dropped = n + 1,
+                    "the access audit writer is behind: records were dropped (scopecast_audit_dropped_total)"
+                );
+            }
+        }
+    }
+
+    /// Records a snapshot of a subscription's lifetime.
+    pub(crate) fn subscription(&self, record: SubscriptionRecord) {
+        self.send(AccessRecord::Subscription(record));
+    }
+
+    /// Records webhook attempts (and skips), each with its endpoint's client ID and the
+    /// event's topic.
+    pub(crate) fn webhook_attempts(&self, attempts: Vec<WebhookAttemptRecord>) {
+        for a in attempts {
+            self.send(AccessRecord::WebhookAttempt(a));
+        }
+    }
+
+    /// Counts a refusal: of `client_id` (`None`, or one not registered here: `unknown`) for
+    /// `reason`, lacking `missing_scope`. Written once its minute is over.
+    pub(crate) fn refusal(
+        &self,
+        client_id: Option<&str>,
+        reason: &'static str,
+        missing_scope: Option<&str>,
+    ) {
+        let Some(inner) = &self.inner else { return };
+        let minute = Timestamp::now().unix_ms() / 60_000 * 60_000;
+        let client = client_id.unwrap_or(UNKNOWN_CLIENT).to_owned();
+        let mut map = inner.refusals.lock();
+        let key = (client, reason, missing_scope.map(str::to_owned), minute);
+        if map.len() >= MAX_REFUSAL_KEYS && !map.contains_key(&key) {
+            *map.entry((UNKNOWN_CLIENT.to_owned(), "overflow", None, minute))
+                .or_insert(0) += 1;
+            return;
+        }
+        *map.entry(key).or_insert(0) += 1;
+    }
+
+    /// The environment's name and this node's, as records carry them.
+    pub(crate) fn environment(&self) -> &str {
+        self.inner.as_deref().map_or("", |i| i.environment.as_str())
+    }
+
+    /// This node's name in records.
+    pub(crate) fn node(&self) -> &str {
+        self.inner.as_deref().map_or("", |i| i.node.as_str())
+    }
+}
+
+/// A new record id: `prefix` and 32 hex digits.
+pub(crate) fn record_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+impl Writer {
+    /// Runs until `shutdown`, then writes what is left (the current minute's refusals too)
+    /// and signs the head.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let chain = self.inner.node.clone();
+        let mut state = ChainState {
+            chain,
+            head: None,
+            pending: Vec::new(),
+            signed_seq: 0,
+            last_sign: tokio::time::Instant::now(),
+        };
+        // The head, and the records this node left live when it stopped last.
+        loop {
+            match self.start(&mut state).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "access audit: cannot read its chain; trying again");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        let sign_every = Duration::from_millis(self.config.sign_ms);
+        let mut tick = tokio::time::interval(LINGER);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY + Duration::from_secs(30);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                n = self.rx.recv_many(&mut batch, 1024) => {
+                    if n == 0 { break; }
+                    self.add(&mut state, std::mem::take(&mut batch));
+                    if state.pending.len() < 1024 { continue; }
+                    self.flush(&mut state, false).await;
+                }
+                _ = tick.tick() => {
+                    let records = self.refusals(false);
+                    self.add(&mut state, records);
+                    let sign = state.last_sign.elapsed() >= sign_every;
+                    self.flush(&mut state, sign).await;
+                    if last_prune.elapsed() >= PRUNE_EVERY {
+                        last_prune = tokio::time::Instant::now();
+                        self.prune(&state).await;
+                    }
+                }
+            }
+        }
+        // Shutdown: what is queued, every refusal counted, then one signed write.
+        self.rx.close();
+        while let Ok(r) = self.rx.try_recv() {
+            batch.push(r);
+        }
+        self.add(&mut state, std::mem::take(&mut batch));
+        let records = self.refusals(true);
+        self.add(&mut state, records);
+        for _ in 0..3 {
+            self.flush(&mut state, true).await;
+            if state.pending.is_empty() {
+                break;
+            }
+        }
+    }
+
+    async fn start(&self, state: &mut ChainState) -> Result<(), RegistryError> {
+        state.head = self.registry.access_audit_head(&state.chain).await?;
+        state.signed_seq = self
+            .registry
+            .access_audit_checkpoints(&state.chain)
+            .await?
+            .last()
+            .map_or(0, |c| c.chain_seq);
+        let stale = self
+            .registry
+            .access_audit_latest(&AccessFilter {
+                chain: Some(state.chain.clone()),
+                kind: Some("subscription".into()),
+                live_only: true,
+                limit: 100_000,
+                ..AccessFilter::default()
+            })
+            .await?;
+        let mut closed = Vec::new();
+        for row in stale {
+            if let Ok(AccessRecord::Subscription(mut s)) = serde_json::from_str(&row.body) {
+                s.ended_at = Some(s.checkpoint_at);
+                s.end_reason = Some("node_stopped".into());
+                closed.push(AccessRecord::Subscription(s));
+            }
+        }
+        if !closed.is_empty() {
+            tracing::info!(
+                records = closed.len(),
+                "access audit: ending the subscription records this node left live when it stopped"
+            );
+            self.add(state, closed);
+        }
+        Ok(())
+    }
+
+    /// The refusal counts whose minute is over (all of them when `all`), as records.
+    fn refusals(&self, all: bool) -> Vec<AccessRecord> {
+        let now_minute = Timestamp::now().unix_ms() / 60_000 * 60_000;
+        let mut map = self.inner.refusals.lock();
+        let keys: Vec<RefusalKey> = map
+            .keys()
+            .filter(|k| all || k.3 < now_minute)
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                let count = map.remove(&k)?;
+                let minute = Timestamp::from_unix_ms(k.3).ok()?;
+                Some(AccessRecord::Refusal(RefusalRecord {
+                    id: record_id("ref_"),
+                    client_id: k.0,
+                    environment: self.inner.environment.clone(),
+                    node: self.inner.node.clone(),
+                    reason: k.1.to_owned(),
+                    missing_scope: k.2,
+                    minute,
+                    count,
+                }))
+            })
+            .collect()
+    }
+
+    /// Chains `records` after the head.
+    fn add(&self, state: &mut ChainState, records: Vec<AccessRecord>) {
+        for r in records {
+            let Ok(body) = serde_json::to_string(&r) else {
+                continue;
+            };
+            state.push(&r, body);
+        }
+    }
+
+    /// Writes the pending rows (with a signed checkpoint of the head when `sign` and rows were
+    /// added since the last one). On failure they stay pending; on a conflict (another writer
+    /// took a row number) they are chained again after the stored head.
+    async fn flush(&self, state: &mut ChainState, sign: bool) {
+        let head = state.head.clone();
+        let checkpoint = match &head {
+            Some((seq, hash)) if sign && *seq > state.signed_seq => Some(self.inner.key.sign(
+                &state.chain,
+                *seq,
+                hash,
+                Timestamp::now().unix_ms(),
+            )),
+            _ => None,
+        };
+        if state.pending.is_empty() && checkpoint.is_none() {
+            if sign {
+                state.last_sign = tokio::time::Instant::now();
+            }
+            return;
+        }
+        match self
+            .registry
+            .append_access_audit(&state.pending, checkpoint.as_ref())
+            .await
+        {
+            Ok(()) => {
+                self.inner
+                    .metrics
+                    .audit_records
+                    .inc_by(state.pending.len() as u64);
+                state.pending.clear();
+                if let Some(c) = checkpoint {
+                    state.signed_seq = c.chain_seq;
+                    state.last_sign = tokio::time::Instant::now();
+                }
+            }
+            Err(RegistryError::Store(StoreError::Conflict(e))) => {
+                tracing::error!(chain = %state.chain, error = %e, "access audit: another writer uses this chain name (two nodes with one cluster.node_name?); chaining again after its rows");
+                if let Ok(h) = self.registry.access_audit_head(&state.chain).await {
+                    let bodies: Vec<(AccessRecord, String)> = state
+                        .pending
+                        .drain(..)
+                        .filter_map(|r| Some((serde_json::from_str(&r.body).ok()?, r.body)))
+                        .collect();
+                    state.head = h;
+                    for (r, body) in bodies {
+                        state.push(&r, body);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, rows = state.pending.len(), "access audit: write failed; trying again");
+            }
+        }
+    }
+
+    /// Retention: drops each chain's rows older than `audit.retention_days`, up to the newest
+    /// signed checkpoint of a row that old (which stays, anchoring the first row kept).
+    async fn prune(&self, state: &ChainState) {
+        let keep_ms = i64::try_from(self.config.retention_days.saturating_mul(86_400_000))
+            .unwrap_or(i64::MAX);
+        let cutoff = Timestamp::now().unix_ms().saturating_sub(keep_ms);
+        let result: Result<u64, RegistryError> = async {
+            let checkpoints = self.registry.access_audit_checkpoints(&state.chain).await?;
+            let mut through = 0;
+            for c in checkpoints.iter().rev() {
+                // The row the checkpoint signs, and every row before it, must be older than
+                // the cutoff: rows are written in time order within a chain.
+                let row = self
+                    .registry
+                    .access_audit_rows(&state.chain, c.chain_seq - 1, 1)
+                    .await?;
+                if row
+                    .first()
+                    .is_some_and(|r| r.chain_seq == c.chain_seq && r.to_ms < cutoff && !r.live)
+                {
+                    through = c.chain_seq;
+                    break;
+                }
+            }
+            if through == 0 {
+                return Ok(0);
+            }
+            self.registry
+                .prune_access_audit(&state.chain, through)
+                .await
+        }
+        .await;
+        match result {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "access audit: rows past retention pruned"),
+            Err(e) => tracing::warn!(error = %e, "access audit: retention failed"),
+        }
+    }
+}
+
+/// The writer's place in its chain.
+struct ChainState {
+    chain: String,
+    /// The newest row (written or pending): number and hash.
+    head: Option<(u64, String)>,
+    /// Rows chained but not written yet, in order.
+    pending: Vec<AuditRow>,
+    /// The newest row signed.
+    signed_seq: u64,
+    last_sign: tokio::time::Instant,
+}
+
+impl ChainState {
+    fn push(&mut self, r: &AccessRecord, body: String) {
+        let (seq, prev) = match &self.head {
+            Some((s, h)) => (s + 1, h.clone()),
+            None => (1, ZERO_HASH.to_owned()),
+        };
+        let hash = chain::row_hash(&prev, &self.chain, seq, &body);
+        let (kind, from_ms, to_ms, first_seq, last_seq, live) = chain::columns(r);
+        self.pending.push(AuditRow {
+            chain: self.chain.clone(),
+            chain_seq: seq,
+            kind: kind.to_owned(),
+            record_id: r.id().to_owned(),
+            client_id: r.client_id().to_owned(),
+            from_ms,
+            to_ms,
+            first_seq,
+            last_seq,
+            live,
+            body,
+            prev_hash: prev,
+            hash: hash.clone(),
+        });
+        self.head = Some((seq, hash));
+    }
+}
