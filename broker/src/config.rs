@@ -125,6 +125,45 @@ pub struct Config {
     pub fhir: FhirConfig,
     /// The access audit (SECURITY.md "Access audit"): who received what, who was refused.
     pub audit: AuditConfig,
+    /// The operator console at `/console` (SECURITY.md "Operator console").
+    pub console: ConsoleConfig,
+}
+
+/// The operator console at `/console` (SECURITY.md "Operator console").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The console is served (on the broker's port; `/console`).
+    pub enabled: bool,
+    /// A session ends after this many seconds without a request.
+    pub idle_timeout_s: u64,
+    /// A session ends this many seconds after sign-in, whatever happens.
+    pub absolute_timeout_s: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            idle_timeout_s: 1_800,
+            absolute_timeout_s: 43_200,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=86_400).contains(&self.idle_timeout_s) {
+            return Err(invalid("console.idle_timeout_s", "must be from 1 to 86400"));
+        }
+        if !(self.idle_timeout_s..=604_800).contains(&self.absolute_timeout_s) {
+            return Err(invalid(
+                "console.absolute_timeout_s",
+                "must be from console.idle_timeout_s to 604800",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The access audit (SECURITY.md "Access audit").
@@ -770,6 +809,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             fhir: FhirConfig::default(),
             audit: AuditConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -948,6 +988,7 @@ impl Config {
         self.webhooks.validate()?;
         self.fhir.validate()?;
         self.audit.validate()?;
+        self.console.validate()?;
         if self.environment_name.is_empty()
             || self.environment_name.len() > 64
             || self.environment_name.chars().any(char::is_control)

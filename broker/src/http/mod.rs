@@ -8,6 +8,7 @@
 //!   `/.well-known/oauth-authorization-server`.
 //! - `admin`: `/admin/v1/...` applications, clients, audit, keys.
 //! - `audit`: `/admin/v1/audit/access` and `/admin/v1/audit/verify` (the access audit).
+//! - `console`: the operator console at `/console` (server-rendered pages).
 //! - `backup`: `POST /admin/v1/backup`, a consistent copy of the data folder as a tar stream.
 //! - `credentials`: `/admin/v1/credentials`.
 //! - `sessions`: `/admin/v1/sessions`, live sessions and closing one.
@@ -24,6 +25,7 @@ mod admin;
 mod audit;
 pub(crate) mod auth;
 mod backup;
+mod console;
 mod credentials;
 mod developer;
 mod error;
@@ -186,6 +188,17 @@ pub(crate) fn routers(state: Broker) -> (Router, Option<Router>) {
             "/.well-known/oauth-authorization-server",
             get(oauth::metadata),
         );
+    // The operator console: beside the admin API (on `admin_listen` when it is set).
+    let operator = if state.config.console.enabled {
+        operator
+            .nest("/console", console::router(state.clone()))
+            .route(
+                "/console/",
+                get(|| async { axum::response::Redirect::to("/console") }),
+            )
+    } else {
+        operator
+    };
     let finish = |r: Router<Broker>| {
         r.fallback(not_found)
             .layer(axum::middleware::from_fn(json_errors))
@@ -328,6 +341,8 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
         .is_some_and(|v| {
             v.as_bytes().starts_with(b"application/json")
                 || v.as_bytes().starts_with(b"application/fhir+json")
+                // The console's own pages say what went wrong, in HTML.
+                || v.as_bytes().starts_with(b"text/html")
         });
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;

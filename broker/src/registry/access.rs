@@ -1,7 +1,7 @@
-//! The access audit's rows in the registry store (SECURITY.md "Access audit"): appended by
+//! The access audit's rows and the console's sessions in the registry store (SECURITY.md "Access audit"): appended by
 //! this node's audit writer, read by the audit queries and the verifier.
 
-use super::{AccessFilter, AuditCheckpoint, AuditRow, Registry, RegistryError};
+use super::{AccessFilter, AuditCheckpoint, AuditRow, ConsoleSession, Registry, RegistryError};
 
 impl Registry {
     /// Appends audit rows and, when given, a signed checkpoint, in one transaction.
@@ -88,5 +88,64 @@ impl Registry {
         through: u64,
     ) -> Result<u64, RegistryError> {
         Ok(self.inner.store.prune_access_audit(chain, through).await?)
+    }
+
+    /// Stores a new console session.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn insert_console_session(&self, s: &ConsoleSession) -> Result<(), RegistryError> {
+        Ok(self.inner.store.insert_console_session(s).await?)
+    }
+
+    /// The console session whose cookie hashes to `id_hash`.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn console_session(
+        &self,
+        id_hash: &str,
+    ) -> Result<Option<ConsoleSession>, RegistryError> {
+        Ok(self.inner.store.console_session(id_hash).await?)
+    }
+
+    /// Moves a console session's `last_seen` forward.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn touch_console_session(
+        &self,
+        id_hash: &str,
+        at_ms: i64,
+    ) -> Result<(), RegistryError> {
+        Ok(self
+            .inner
+            .store
+            .touch_console_session(id_hash, at_ms)
+            .await?)
+    }
+
+    /// Ends a console session (sign-out).
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn end_console_session(&self, id_hash: &str) -> Result<bool, RegistryError> {
+        Ok(self.inner.store.end_console_session(id_hash).await?)
+    }
+
+    /// Deletes expired console sessions.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn prune_console_sessions(
+        &self,
+        created_before_ms: i64,
+        seen_before_ms: i64,
+    ) -> Result<u64, RegistryError> {
+        Ok(self
+            .inner
+            .store
+            .prune_console_sessions(created_before_ms, seen_before_ms)
+            .await?)
     }
 }

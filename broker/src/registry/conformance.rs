@@ -1321,12 +1321,60 @@ pub(crate) async fn access_audit_round_trip(m: &dyn Maker) {
     );
 }
 
+/// Console sessions: stored, found by hash, touched forward only, ended, pruned.
+pub(crate) async fn console_sessions_round_trip(m: &dyn Maker) {
+    use super::store::ConsoleSession;
+    let made = m.make().await;
+    let store = &*made.store;
+    let s = |id: &str, created: i64| ConsoleSession {
+        id_hash: id.to_owned(),
+        credential_id: "cred-1".to_owned(),
+        csrf: format!("csrf-{id}"),
+        created_ms: created,
+        last_seen_ms: created,
+    };
+    store.insert_console_session(&s("a", 1_000)).await.unwrap();
+    store.insert_console_session(&s("b", 5_000)).await.unwrap();
+    assert!(matches!(
+        store.insert_console_session(&s("a", 9)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.console_session("a").await.unwrap(),
+        Some(s("a", 1_000))
+    );
+    assert_eq!(store.console_session("zz").await.unwrap(), None);
+    store.touch_console_session("a", 3_000).await.unwrap();
+    store.touch_console_session("a", 2_000).await.unwrap();
+    assert_eq!(
+        store
+            .console_session("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_ms,
+        3_000
+    );
+    assert!(store.end_console_session("b").await.unwrap());
+    assert!(!store.end_console_session("b").await.unwrap());
+    store.insert_console_session(&s("c", 10_000)).await.unwrap();
+    // Created before 5 s, or idle since before 4 s: `a` (seen at 3 s) goes, `c` stays.
+    assert_eq!(store.prune_console_sessions(5_000, 4_000).await.unwrap(), 1);
+    assert!(store.console_session("a").await.unwrap().is_none());
+    assert!(store.console_session("c").await.unwrap().is_some());
+}
+
 macro_rules! conformance_tests {
     ($maker:expr) => {
         mod conformance {
             #[allow(unused_imports)]
             use super::*;
             use crate::registry::conformance as c;
+
+            #[tokio::test]
+            async fn console_sessions_round_trip() {
+                c::console_sessions_round_trip(&$maker).await;
+            }
 
             #[tokio::test]
             async fn access_audit_round_trip() {

@@ -54,9 +54,9 @@ pub use snapshot::{
 };
 pub use sqlite::SqliteStore;
 pub use store::{
-    AccessFilter, ApplicationPatch, AuditCheckpoint, AuditRow, Change, ChangeKind, CursorWrite,
-    Deletion, FhirCheckpoint, NewApplication, RegistryStore, StoreError, StoredFhirSubscription,
-    StoredWebhook, Wakeups, WebhookAttempt, WebhookState,
+    AccessFilter, ApplicationPatch, AuditCheckpoint, AuditRow, Change, ChangeKind, ConsoleSession,
+    CursorWrite, Deletion, FhirCheckpoint, NewApplication, RegistryStore, StoreError,
+    StoredFhirSubscription, StoredWebhook, Wakeups, WebhookAttempt, WebhookState,
 };
 use validate::{ClientKey, InvalidInput, invalid};
 

@@ -23,7 +23,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::credential::{Credential, CredentialSource};
 use super::sql::{Keys, audit_row, db, keys_columns, kind_str, parse_kind, sql_store};
-use super::store::{AccessFilter, AuditCheckpoint, AuditRow};
+use super::store::{AccessFilter, AuditCheckpoint, AuditRow, ConsoleSession};
 use super::store::{
     ApplicationPatch, Change, ChangeKind, Deletion, NewApplication, RegistryStore, StoreError,
     StoredWebhook, Wakeups, WebhookAttempt, WebhookState,

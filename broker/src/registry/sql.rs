@@ -1622,6 +1622,73 @@ macro_rules! sql_store {
                 Ok(done.rows_affected())
             }
 
+            async fn insert_console_session(&self, s: &ConsoleSession) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO console_sessions (id_hash, credential_id, csrf, created_at, last_seen) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&s.id_hash)
+                .bind(&s.credential_id)
+                .bind(&s.csrf)
+                .bind(s.created_ms)
+                .bind(s.last_seen_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(())
+            }
+
+            async fn console_session(&self, id_hash: &str) -> Result<Option<ConsoleSession>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT id_hash, credential_id, csrf, created_at, last_seen FROM console_sessions \
+                     WHERE id_hash = $1",
+                )
+                .bind(id_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(row.map(|r| ConsoleSession {
+                    id_hash: r.get("id_hash"),
+                    credential_id: r.get("credential_id"),
+                    csrf: r.get("csrf"),
+                    created_ms: r.get("created_at"),
+                    last_seen_ms: r.get("last_seen"),
+                }))
+            }
+
+            async fn touch_console_session(&self, id_hash: &str, at_ms: i64) -> Result<(), StoreError> {
+                sqlx::query("UPDATE console_sessions SET last_seen = $2 WHERE id_hash = $1 AND last_seen < $2")
+                    .bind(id_hash)
+                    .bind(at_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+                Ok(())
+            }
+
+            async fn end_console_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+                let done = sqlx::query("DELETE FROM console_sessions WHERE id_hash = $1")
+                    .bind(id_hash)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn prune_console_sessions(
+                &self,
+                created_before_ms: i64,
+                seen_before_ms: i64,
+            ) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM console_sessions WHERE created_at < $1 OR last_seen < $2")
+                    .bind(created_before_ms)
+                    .bind(seen_before_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+                Ok(done.rows_affected())
+            }
+
             fn wakeups(&self) -> Wakeups {
                 self.wakeups_stream()
             }

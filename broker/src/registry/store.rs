@@ -519,6 +519,45 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// `through` (the one at `through` stays: it anchors the first row left); how many rows
     /// went.
     async fn prune_access_audit(&self, chain: &str, through: u64) -> Result<u64, StoreError>;
+    /// Stores a new console session.
+    async fn insert_console_session(&self, s: &ConsoleSession) -> Result<(), StoreError>;
+    /// The console session whose cookie hashes to `id_hash`, if any.
+    async fn console_session(&self, id_hash: &str) -> Result<Option<ConsoleSession>, StoreError>;
+    /// Moves a session's `last_seen` forward to `at_ms`.
+    async fn touch_console_session(&self, id_hash: &str, at_ms: i64) -> Result<(), StoreError>;
+    /// Ends a session (sign-out); false when there was none.
+    async fn end_console_session(&self, id_hash: &str) -> Result<bool, StoreError>;
+    /// Deletes the sessions created before `created_before_ms` or idle since before
+    /// `seen_before_ms`; how many went.
+    async fn prune_console_sessions(
+        &self,
+        created_before_ms: i64,
+        seen_before_ms: i64,
+    ) -> Result<u64, StoreError>;
+}
+
+/// A signed-in console session as stored (`console_sessions`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// SHA-256 (hex) of the cookie's value.
+    pub id_hash: String,
+    /// The credential signed in with.
+    pub credential_id: String,
+    /// The CSRF token of its forms.
+    pub csrf: String,
+    /// Signed in at, Unix ms.
+    pub created_ms: i64,
+    /// Last request, Unix ms.
+    pub last_seen_ms: i64,
+}
+
+impl std::fmt::Debug for ConsoleSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleSession")
+            .field("credential_id", &self.credential_id)
+            .field("created_ms", &self.created_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One row of the access audit as stored (`access_audit`): a record's JSON text in its

@@ -1,0 +1,203 @@
+//! The operator console in a real browser: `tests/python/console_browser.py` drives headless
+//! Chromium (Debian `chromium` and `chromium-driver`, Python Selenium) against a broker started
+//! here, with axe-core (npm, `tests/node`) checking every page. What it checks is listed at the
+//! top of that script. Screenshots of each page are written to
+//! `target/tmp/console-screenshots/`.
+
+// A test that cannot go on should stop at once, with the value it choked on.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+mod support;
+
+use support::BIN;
+
+#[test]
+fn the_console_in_a_browser() {
+    let data = tempfile::tempdir().unwrap();
+    let served = support::serve(data.path(), "memory");
+    let admin = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
+    let out = support::run_ok(
+        Command::new(BIN)
+            .args([
+                "credential",
+                "create",
+                "--name",
+                "ward-viewer",
+                "--role",
+                "viewer",
+                "--json",
+                "--url",
+                &served.url,
+            ])
+            .env("SCOPECAST_DATA_DIR", data.path()),
+    );
+    let viewer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let viewer = viewer["token"].as_str().unwrap().to_owned();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    let run = Command::new("python3")
+        .arg(root.join("tests/python/console_browser.py"))
+        .args(["--url", &served.url, "--admin-token", admin.trim()])
+        .args(["--viewer-token", &viewer])
+        .arg("--axe")
+        .arg(root.join("tests/node/node_modules/axe-core/axe.min.js"))
+        .arg("--out")
+        .arg(&shots)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("console: all checks passed"), "{stdout}");
+    assert!(shots.join("02-overview.png").is_file());
+}
+
+/// A console session over plain HTTP (the cookie jar by hand): sign-in, then pages.
+struct Browserless {
+    http: reqwest::blocking::Client,
+    base: String,
+    cookie: String,
+}
+
+impl Browserless {
+    fn sign_in(base: &str, token: &str) -> Browserless {
+        let http = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let form = http.get(format!("{base}/console/login")).send().unwrap();
+        let login_cookie = form
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|c| c.starts_with("scopecast_console_login="))
+            .unwrap();
+        let value = login_cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned();
+        // The form's hidden field carries the same value (double submit).
+        assert!(form.text().unwrap().contains(&value));
+        let done = http
+            .post(format!("{base}/console/login"))
+            .header("cookie", format!("scopecast_console_login={value}"))
+            .form(&[("credential", token), ("csrf", value.as_str())])
+            .send()
+            .unwrap();
+        assert_eq!(done.status(), 303);
+        let session = done
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|c| c.starts_with("scopecast_console=") && !c.starts_with("scopecast_console=;"))
+            .unwrap();
+        assert!(
+            session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+            "{session}"
+        );
+        Browserless {
+            http,
+            base: base.to_owned(),
+            cookie: session.split(';').next().unwrap().to_owned(),
+        }
+    }
+
+    /// The status of `GET path` with the session's cookie.
+    fn get(&self, path: &str) -> u16 {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+#[test]
+fn console_sessions_end_when_idle_and_at_their_absolute_lifetime() {
+    let data = tempfile::tempdir().unwrap();
+    let served = support::serve_env(
+        data.path(),
+        "memory",
+        &[
+            ("SCOPECAST_CONSOLE__IDLE_TIMEOUT_S", "2"),
+            ("SCOPECAST_CONSOLE__ABSOLUTE_TIMEOUT_S", "4"),
+        ],
+    );
+    let admin = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
+    // Idle: no request for longer than 2 s ends it.
+    let idle = Browserless::sign_in(&served.url, admin.trim());
+    assert_eq!(idle.get("/console/overview"), 200);
+    std::thread::sleep(std::time::Duration::from_millis(2_600));
+    assert_eq!(idle.get("/console/overview"), 303, "idle session refused");
+    // Absolute: a session used every 400 ms still ends 4 s after sign-in.
+    let busy = Browserless::sign_in(&served.url, admin.trim());
+    let start = std::time::Instant::now();
+    let mut last_ok = std::time::Duration::ZERO;
+    while start.elapsed() < std::time::Duration::from_secs(6) {
+        if busy.get("/console/overview") == 200 {
+            last_ok = start.elapsed();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(400));
+    }
+    assert!(
+        last_ok >= std::time::Duration::from_millis(2_800),
+        "kept alive by use past the idle time: {last_ok:?}"
+    );
+    assert!(
+        last_ok < std::time::Duration::from_millis(4_300),
+        "ended at its absolute lifetime: {last_ok:?}"
+    );
+    // A metrics credential may not sign in.
+    let out = support::run_ok(
+        Command::new(BIN)
+            .args([
+                "credential",
+                "create",
+                "--name",
+                "prom",
+                "--role",
+                "metrics",
+                "--json",
+                "--url",
+                &served.url,
+            ])
+            .env("SCOPECAST_DATA_DIR", data.path()),
+    );
+    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let refused = http
+        .post(format!("{}/console/login", served.url))
+        .header("cookie", "scopecast_console_login=x")
+        .form(&[
+            ("credential", metrics["token"].as_str().unwrap()),
+            ("csrf", "x"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused
+            .headers()
+            .get("set-cookie")
+            .is_none_or(|c| !c.to_str().unwrap().starts_with("scopecast_console="))
+    );
+}
