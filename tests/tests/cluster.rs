@@ -1400,3 +1400,212 @@ async fn fhir_subscriptions_number_alike_on_every_node_and_bind_on_any() {
     assert!(at.elapsed() < Duration::from_secs(1), "{:?}", at.elapsed());
     validate(&seen);
 }
+
+/// Signs in to the console of `node` with `token` over plain HTTP: the session cookie
+/// (`name=value`).
+async fn console_sign_in(node: &TestBroker, token: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let form = http
+        .get(node.http_url("/console/login"))
+        .send()
+        .await
+        .expect("login page");
+    let value = form
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("scopecast_console_login="))
+        .and_then(|c| c.split(';').next())
+        .expect("sign-in cookie")
+        .to_owned();
+    let done = http
+        .post(node.http_url("/console/login"))
+        .header("cookie", format!("scopecast_console_login={value}"))
+        .form(&[("credential", token), ("csrf", value.as_str())])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(done.status(), 303);
+    done.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("scopecast_console=") && !c.starts_with("scopecast_console=;"))
+        .and_then(|c| c.split(';').next())
+        .expect("session cookie")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_and_the_access_audit_span_every_node() {
+    let _shared = faults().read().await;
+    let cluster = TestCluster::start(3, 3).await;
+    let app = client(&cluster, "Audited").await;
+    let token = cluster.node('a').token(&app, None).await;
+    let (mut on_b, _) = subscriber(cluster.node('b'), &token, "lab.>", None).await;
+    let acked = publish_many(cluster.node('a'), &token, "audited", 20, 10).await;
+    let got = read_events(&mut on_b, acked.len(), WAIT).await;
+    assert_eq!(got.len(), 20);
+
+    // A console session made through node a is known to node c (sessions are in the shared
+    // registry).
+    let cookie = console_sign_in(cluster.node('a'), cluster.node('a').admin_token()).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let shown = cluster
+        .node('a')
+        .admin(Method::GET, &format!("/clients/{}", app.client_id), None)
+        .await;
+    let application_id = shown.body["application_id"]
+        .as_str()
+        .expect("application")
+        .to_owned();
+    let page = http
+        .get(
+            cluster
+                .node('c')
+                .http_url(&format!("/console/apps/{application_id}")),
+        )
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("app page on c");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf field")
+        .to_owned();
+    // The live view through node c counts the subscriber on node b.
+    let mut live = http
+        .get(cluster.node('c').http_url("/console/live/events"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("live events");
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !seen.contains(&app.client_id) && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_secs(3), live.chunk()).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    let line = seen
+        .lines()
+        .find(|l| l.starts_with("data:") && l.contains(&app.client_id))
+        .unwrap_or_else(|| panic!("the live view shows the client: {seen}"));
+    let tick: Value = serde_json::from_str(line.trim_start_matches("data:").trim()).expect("json");
+    let row = tick["clients"]
+        .as_array()
+        .and_then(|c| c.iter().find(|r| r["client_id"] == app.client_id.as_str()))
+        .expect("row");
+    assert_eq!(row["connections"], 1, "{tick}");
+    assert_eq!(row["delivered"], 20, "{tick}");
+    drop(live);
+
+    // Deactivated from the console on node c: the subscriber on node b is closed within 1 s.
+    let started = Instant::now();
+    let done = http
+        .post(
+            cluster
+                .node('c')
+                .http_url(&format!("/console/clients/{}/deactivate", app.client_id)),
+        )
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("reason", "cluster console test")])
+        .send()
+        .await
+        .expect("deactivate");
+    assert_eq!(done.status(), 303);
+    let (_, ended) = on_b.until_closed(Duration::from_secs(2)).await;
+    assert!(matches!(ended, Ended::Close(4003, _)), "{ended:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The access audit, asked through node a: node b's record of the subscription, with what
+    // the subscriber counted.
+    let query = format!(
+        "/audit/access?client_id={}&kind=subscription",
+        app.client_id
+    );
+    let record = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let list = cluster.node('a').admin(Method::GET, &query, None).await;
+            let ended = list.body["records"]
+                .as_array()
+                .and_then(|r| r.first().cloned())
+                .filter(|r| r["end_reason"] == "closed_by_broker:4003");
+            if let Some(r) = ended {
+                break r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no ended record: {:?}",
+                list.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(record["node"], "b", "{record}");
+    assert_eq!(record["count"], 20, "{record}");
+    assert_eq!(record["first_seq"], got[0].0, "{record}");
+    assert_eq!(record["last_seq"], got[19].0, "{record}");
+    let who = cluster
+        .node('c')
+        .admin(
+            Method::GET,
+            &format!("/audit/access?seq={}", got[5].0),
+            None,
+        )
+        .await;
+    assert!(
+        who.body["records"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["client_id"] == app.client_id.as_str())),
+        "{:?}",
+        who.body
+    );
+    // Every node's chain verifies, from any node.
+    let verified = cluster
+        .node('c')
+        .admin(Method::GET, "/audit/verify", None)
+        .await;
+    assert_eq!(verified.body["ok"], true, "{:?}", verified.body);
+    let chains: Vec<&str> = verified.body["chains"]
+        .as_array()
+        .expect("chains")
+        .iter()
+        .filter_map(|c| c["chain"].as_str())
+        .collect();
+    assert!(chains.contains(&"b"), "{chains:?}");
+    // The console's sign-out ends the session on every node.
+    let out = http
+        .post(cluster.node('b').http_url("/console/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("sign out");
+    assert_eq!(out.status(), 303);
+    let refused = http
+        .get(cluster.node('a').http_url("/console/overview"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("overview");
+    assert_eq!(refused.status(), 303, "signed out everywhere");
+}
