@@ -32,6 +32,8 @@ pub(crate) struct Side {
     pub(crate) name: String,
     /// The broker binary.
     pub(crate) bin: PathBuf,
+    /// Settings it runs with (`SCOPECAST_*` variables), besides the harness's.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 /// What `ab` runs.
@@ -327,12 +329,13 @@ pub(crate) async fn run(plan: &AbPlan, command: String, date: String) -> AbRepor
         let mut runs = Vec::with_capacity(plan.pairs * 2);
         for i in 0..plan.pairs {
             for side in pair_order(i) {
-                let bin = match side {
-                    Which::A => &plan.a.bin,
-                    Which::B => &plan.b.bin,
+                let s = match side {
+                    Which::A => &plan.a,
+                    Which::B => &plan.b,
                 };
                 let p = Params {
-                    broker: BrokerTarget::Start(bin.clone()),
+                    broker: BrokerTarget::Start(s.bin.clone()),
+                    broker_env: s.env.clone(),
                     ..params.clone()
                 };
                 let run = one(&p, clock, i + 1, side).await;
@@ -432,10 +435,18 @@ impl AbReport {
                 r.verdict.name().to_owned(),
             ]);
         }
+        let env = |s: &Side| {
+            s.env
+                .iter()
+                .map(|(k, v)| format!(" {k}={v}"))
+                .collect::<String>()
+        };
         let mut out = format!(
-            "### A/B: {a} = {}, {b} = {} ({} pairs, {} s max phases)\n\n{t}\n\n",
+            "### A/B: {a} = {}{}, {b} = {}{} ({} pairs, {} s max phases)\n\n{t}\n\n",
             self.a.bin.display(),
+            env(&self.a),
             self.b.bin.display(),
+            env(&self.b),
             self.pairs,
             self.seconds,
         );
@@ -503,6 +514,7 @@ pub(crate) fn base_params(load: LoadOptions, log: LogKind) -> Params {
         load,
         baselines: Vec::new(),
         broker: BrokerTarget::Start(PathBuf::new()),
+        broker_env: Vec::new(),
         log,
         cluster_parts: crate::cluster::Part::ALL.to_vec(),
     }

@@ -229,6 +229,13 @@ struct AbArgs {
     /// A's name in the table (e.g. its commit).
     #[arg(long, default_value = "A")]
     a_name: String,
+    /// A setting of A's broker, `SCOPECAST_NAME=VALUE` (repeatable): the same binary on both
+    /// sides with one setting changed, e.g. `--b-env SCOPECAST_AUDIT__ENABLED=false`.
+    #[arg(long = "a-env", value_parser = setting)]
+    a_env: Vec<(String, String)>,
+    /// A setting of B's broker, as `--a-env`.
+    #[arg(long = "b-env", value_parser = setting)]
+    b_env: Vec<(String, String)>,
     /// B's name in the table.
     #[arg(long, default_value = "B")]
     b_name: String,
@@ -409,6 +416,7 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
         load: load_options(&args.load)?,
         baselines: baselines(&args.load),
         broker: broker_target(&args.broker)?,
+        broker_env: Vec::new(),
         log: log_kind(args.broker.log),
         cluster_parts: args.parts.clone(),
     };
@@ -458,6 +466,7 @@ fn all_params(args: &AllArgs) -> anyhow::Result<Vec<Params>> {
         load: load_options(&args.load)?,
         baselines: baselines(&args.load),
         broker: broker_target(&args.broker)?,
+        broker_env: Vec::new(),
         log: log_kind(args.broker.log),
         cluster_parts: cluster::Part::ALL.to_vec(),
     };
@@ -563,6 +572,16 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `SCOPECAST_NAME=VALUE` setting of `ab --a-env/--b-env`.
+fn setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if k.starts_with("SCOPECAST_") && k.len() > 10 => {
+            Ok((k.to_owned(), v.to_owned()))
+        }
+        _ => Err(format!("{s:?}: expected SCOPECAST_NAME=VALUE")),
+    }
+}
+
 async fn run_ab(args: AbArgs) -> anyhow::Result<()> {
     for (flag, bin) in [("--a", &args.a), ("--b", &args.b)] {
         if !bin.is_file() {
@@ -594,10 +613,12 @@ async fn run_ab(args: AbArgs) -> anyhow::Result<()> {
         a: ab::Side {
             name: args.a_name,
             bin: args.a,
+            env: args.a_env,
         },
         b: ab::Side {
             name: args.b_name,
             bin: args.b,
+            env: args.b_env,
         },
         pairs: args.pairs,
         runs,

@@ -134,6 +134,9 @@ pub(crate) struct Params {
     pub(crate) baselines: Vec<SystemKind>,
     /// The broker.
     pub(crate) broker: BrokerTarget,
+    /// Settings (`SCOPECAST_*` variables) of a broker the harness starts, besides its own
+    /// (`ab --a-env/--b-env`, e.g. `SCOPECAST_AUDIT__ENABLED=false`).
+    pub(crate) broker_env: Vec<(String, String)>,
     /// Event log of a broker the harness starts (publish scenarios but `durable`).
     pub(crate) log: LogKind,
     /// Parts of the `cluster` scenario to run.
@@ -281,7 +284,12 @@ async fn start(kind: SystemKind, params: &Params) -> anyhow::Result<Option<Syste
                 } else {
                     params.log
                 };
-                Scopecast::start(bin, log).await?
+                let env: Vec<(&str, &str)> = params
+                    .broker_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                Scopecast::start_with_env(bin, log, &env).await?
             }
             BrokerTarget::Attach {
                 url,
@@ -686,6 +694,7 @@ mod tests {
             },
             baselines: Vec::new(),
             broker: BrokerTarget::Start(PathBuf::from("scopecast")),
+            broker_env: Vec::new(),
             log: LogKind::Memory,
             cluster_parts: crate::cluster::Part::ALL.to_vec(),
         }

@@ -163,6 +163,63 @@ fn console_sessions_end_when_idle_and_at_their_absolute_lifetime() {
         last_ok < std::time::Duration::from_millis(4_300),
         "ended at its absolute lifetime: {last_ok:?}"
     );
+    // A developer sees only its own applications, and no operator page.
+    support::run_ok(
+        Command::new(BIN)
+            .args([
+                "app",
+                "create",
+                "--name",
+                "Not Theirs",
+                "--vendor",
+                "V",
+                "--scope",
+                "subscribe:lab.>",
+                "--url",
+                &served.url,
+            ])
+            .env("SCOPECAST_DATA_DIR", data.path()),
+    );
+    let out = support::run_ok(
+        Command::new(BIN)
+            .args([
+                "credential",
+                "create",
+                "--name",
+                "dev-one",
+                "--role",
+                "developer",
+                "--json",
+                "--url",
+                &served.url,
+            ])
+            .env("SCOPECAST_DATA_DIR", data.path()),
+    );
+    let developer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dev = Browserless::sign_in(&served.url, developer["token"].as_str().unwrap());
+    for page in [
+        "/console/overview",
+        "/console/live",
+        "/console/live/events",
+        "/console/audit",
+        "/console/audit/export?format=ndjson",
+        "/console/catalog",
+    ] {
+        assert_eq!(dev.get(page), 403, "{page}");
+    }
+    let apps = dev
+        .http
+        .get(format!("{}/console/apps", served.url))
+        .header("cookie", &dev.cookie)
+        .send()
+        .unwrap();
+    assert_eq!(apps.status(), 200);
+    let html = apps.text().unwrap();
+    assert!(
+        html.contains("My applications") && !html.contains("Not Theirs"),
+        "{html}"
+    );
+
     // A metrics credential may not sign in.
     let out = support::run_ok(
         Command::new(BIN)

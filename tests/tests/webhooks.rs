@@ -241,6 +241,30 @@ async fn deliveries_verify_with_standardwebhooks_in_seq_order_byte_for_byte() {
     );
     // Every change is in the audit trail.
     s.assert_audited("webhook.create").await;
+    // The access audit: "which applications received seq N" names this client through its
+    // delivered attempt, with the event's topic.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let who = loop {
+        let who = s
+            .broker
+            .admin(Method::GET, &format!("/audit/access?seq={}", seqs[2]), None)
+            .await
+            .body;
+        if who["records"].as_array().is_some_and(|r| !r.is_empty()) {
+            break who;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{who}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let r = &who["records"][0];
+    assert_eq!(r["kind"], "webhook_attempt", "{who}");
+    assert_eq!(r["client_id"], s.client.client_id.as_str());
+    assert_eq!(r["endpoint_id"], s.endpoint.as_str());
+    assert_eq!(r["topic"], "lab.result.final.2");
+    assert_eq!(
+        (r["outcome"].as_str(), r["status"].as_u64()),
+        (Some("delivered"), Some(200))
+    );
     let _ = s.app_id;
 }
 

@@ -458,3 +458,129 @@ impl ChainState {
         self.head = Some((seq, hash));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::SqliteStore;
+    use scopecast_protocol::audit::SubscriptionRecord;
+
+    fn sub(id: &str, at_ms: i64, ended: bool) -> AccessRecord {
+        let t = Timestamp::from_unix_ms(at_ms).unwrap();
+        AccessRecord::Subscription(SubscriptionRecord {
+            id: id.to_owned(),
+            client_id: "c1".into(),
+            application_id: "a1".into(),
+            environment: "non-production/default".into(),
+            node: "local".into(),
+            session: "1".into(),
+            source: "127.0.0.1:1".into(),
+            token_jti: Some("j".into()),
+            token_iat: None,
+            pattern: "lab.>".into(),
+            granted_at: t,
+            from_seq: 1,
+            first_seq: Some(1),
+            last_seq: Some(5),
+            count: 5,
+            checkpoint_at: t,
+            ended_at: ended.then_some(t),
+            end_reason: ended.then(|| "unsubscribed".to_owned()),
+        })
+    }
+
+    /// Retention prunes up to a signed checkpoint older than the cutoff, and the chain still
+    /// verifies; a restart continues it; a removed row and another key's checkpoints do not
+    /// verify (a changed row: `cli/tests/audit.rs`).
+    #[tokio::test]
+    async fn retention_keeps_the_chain_verifiable_and_a_removed_row_or_another_key_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(
+            SqliteStore::open(&dir.path().join("r.sqlite"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let config = AuditConfig {
+            retention_days: 1,
+            ..AuditConfig::default()
+        };
+        let key = || AuditKey::from_seed(&[3; 32]).unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
+        let (_audit, writer) = AccessAudit::new(
+            &config,
+            registry.clone(),
+            "non-production/default".into(),
+            "local".into(),
+            key(),
+            metrics,
+        );
+        let writer = writer.unwrap();
+        let mut state = ChainState {
+            chain: "local".into(),
+            head: None,
+            pending: Vec::new(),
+            signed_seq: 0,
+            last_sign: tokio::time::Instant::now(),
+        };
+        let old = Timestamp::now().unix_ms() - 3 * 86_400_000;
+        // Two old records, signed; then a new one, signed.
+        writer.add(
+            &mut state,
+            vec![sub("sub_1", old, true), sub("sub_2", old + 1, true)],
+        );
+        writer.flush(&mut state, true).await;
+        writer.add(
+            &mut state,
+            vec![sub("sub_3", Timestamp::now().unix_ms(), false)],
+        );
+        writer.flush(&mut state, true).await;
+        assert!(state.pending.is_empty());
+        let report = chain::verify(&registry, &key()).await.unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(
+            (report.chains[0].rows, report.chains[0].checkpoints),
+            (3, 2)
+        );
+        writer.prune(&state).await;
+        let report = chain::verify(&registry, &key()).await.unwrap();
+        assert!(report.ok, "after pruning: {report:?}");
+        assert_eq!(report.chains[0].first, Some(3), "{report:?}");
+        // Another key did not sign these checkpoints.
+        let other = AuditKey::from_seed(&[4; 32]).unwrap();
+        assert!(!chain::verify(&registry, &other).await.unwrap().ok);
+        // Restarted (a new writer state from the store) it continues the chain.
+        let mut again = ChainState {
+            chain: "local".into(),
+            head: None,
+            pending: Vec::new(),
+            signed_seq: 0,
+            last_sign: tokio::time::Instant::now(),
+        };
+        writer.start(&mut again).await.unwrap();
+        // sub_3 was left live: the restart ends it as node_stopped, as row 4.
+        assert_eq!(again.pending.len(), 1);
+        assert_eq!(again.pending[0].chain_seq, 4);
+        assert!(again.pending[0].body.contains("node_stopped"));
+        writer.flush(&mut again, true).await;
+        assert!(chain::verify(&registry, &key()).await.unwrap().ok);
+        // A row removed from the middle is found.
+        let pool = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("r.sqlite").display()
+        ))
+        .await
+        .unwrap();
+        sqlx::query("DELETE FROM access_audit WHERE chain_seq = 3")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let report = chain::verify(&registry, &key()).await.unwrap();
+        assert!(!report.ok);
+        assert!(
+            report.chains[0].problems.iter().any(|p| p.contains("gone")),
+            "{report:?}"
+        );
+    }
+}
