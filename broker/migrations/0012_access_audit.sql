@@ -6,7 +6,9 @@
 -- `hash` = SHA-256 of (`prev_hash`, `chain`, `chain_seq`, `body`), hex; `prev_hash` of row 1
 -- is 64 zeros. `body` is the record's JSON text (protocol::audit::AccessRecord), the bytes
 -- the hash covers; the other columns repeat parts of it for queries (the verifier checks they
--- agree). `live`: 1 while a subscription's record has not ended.
+-- agree). `live`: 1 while a subscription's record has not ended. `written_ms`: when the writer
+-- chained it (not covered by the hash: the verifier uses it only to tell a writer that is still
+-- signing from one that stopped).
 CREATE TABLE access_audit (
     chain       TEXT NOT NULL,
     chain_seq   BIGINT NOT NULL,
@@ -18,10 +20,12 @@ CREATE TABLE access_audit (
     first_seq   BIGINT,
     last_seq    BIGINT,
     live        INTEGER NOT NULL,
+    written_ms  BIGINT NOT NULL,
     body        TEXT NOT NULL,
     prev_hash   TEXT NOT NULL,
     hash        TEXT NOT NULL,
-    PRIMARY KEY (chain, chain_seq)
+    PRIMARY KEY (chain, chain_seq),
+    CHECK (chain_seq > 0)
 );
 CREATE INDEX access_audit_record ON access_audit (chain, record_id, chain_seq);
 CREATE INDEX access_audit_client ON access_audit (client_id, to_ms);

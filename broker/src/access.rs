@@ -126,10 +126,11 @@ impl Access {
         match denied {
             Denied::Inactive => {
                 self.audit
-                    .refusal(Some(&principal.client_id), "client_inactive", None)
+                    .refusal(Some(&principal.client_id), false, "client_inactive", None)
             }
             Denied::Scope { required_scope, .. } => self.audit.refusal(
                 Some(&principal.client_id),
+                false,
                 "insufficient_scope",
                 Some(required_scope),
             ),
@@ -243,7 +244,8 @@ impl Access {
             .with_label_values(&[label, reason])
             .inc();
         tracing::info!(client_id = label, %peer, reason, message, "request refused");
-        self.audit.refusal(Some(label), reason, None);
+        // The client ID comes from a credential that did not verify: claimed, not known.
+        self.audit.refusal(Some(label), true, reason, None);
     }
 
     /// Counts a refused connection of a known client (too many connections).
@@ -253,7 +255,7 @@ impl Access {
             .with_label_values(&[client_id, reason])
             .inc();
         tracing::info!(%client_id, %peer, reason, "connection refused");
-        self.audit.refusal(Some(client_id), reason, None);
+        self.audit.refusal(Some(client_id), false, reason, None);
     }
 }
 

@@ -105,6 +105,11 @@ pub struct RefusalRecord {
     pub id: String,
     /// The client ID, or `unknown` when the caller named none that is registered here.
     pub client_id: String,
+    /// True when `client_id` was read from a credential that did not verify (a refused token
+    /// names a client ID, but anyone can write any client ID into one); false when the client
+    /// was authenticated and then refused (a subscribe outside its scope).
+    #[serde(default)]
+    pub claimed: bool,
     /// The environment (`<kind>/<name>`).
     pub environment: String,
     /// The node that refused.

@@ -140,19 +140,41 @@ impl AuditKey {
     }
 }
 
-/// Walks every chain: row numbers consecutive, each hash recomputed, each `prev_hash` the row
-/// before's, the columns equal to the record's, every checkpoint signed by `key` and equal to
-/// its row, the first row kept anchored (row 1, or a checkpoint of the row before).
+/// What the verifier holds a chain to, besides its hashes and signatures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    /// Now, Unix ms.
+    pub(crate) now_ms: i64,
+    /// `audit.sign_ms`: a writer signs its new rows at least this often.
+    pub(crate) sign_ms: i64,
+    /// `audit.retention_days` in ms: rows younger than this are never pruned.
+    pub(crate) retention_ms: i64,
+}
+
+impl Policy {
+    /// Rows written before this and still after a chain's newest checkpoint were never signed:
+    /// their writer stopped (a crash not followed by a restart) or someone else added them.
+    fn stale_before(&self) -> i64 {
+        self.now_ms - 2 * self.sign_ms - 60_000
+    }
+}
+
+/// Walks every chain: row numbers consecutive from 1 (or from a kept checkpoint), each hash
+/// recomputed, each `prev_hash` the row before's, the columns equal to the record's, every
+/// checkpoint signed by `key` and equal to its row, the first row kept anchored (row 1, or a
+/// checkpoint of the row before, older than the retention), and rows after the newest
+/// checkpoint only while its writer is still signing.
 ///
 /// # Errors
 /// A storage failure.
 pub(crate) async fn verify(
     registry: &Registry,
     key: &AuditKey,
+    policy: Policy,
 ) -> Result<VerifyReport, RegistryError> {
     let mut chains = Vec::new();
     for chain in registry.access_audit_chains().await? {
-        chains.push(verify_chain(registry, key, &chain).await?);
+        chains.push(verify_chain(registry, key, &chain, policy).await?);
     }
     Ok(VerifyReport {
         ok: chains.iter().all(|c| c.problems.is_empty()),
@@ -164,9 +186,12 @@ async fn verify_chain(
     registry: &Registry,
     key: &AuditKey,
     chain: &str,
+    policy: Policy,
 ) -> Result<ChainReport, RegistryError> {
     let mut problems = Vec::new();
     let checkpoints = registry.access_audit_checkpoints(chain).await?;
+    let signed_at: std::collections::HashMap<u64, i64> =
+        checkpoints.iter().map(|c| (c.chain_seq, c.at_ms)).collect();
     let mut good = std::collections::BTreeMap::new();
     for c in &checkpoints {
         if c.key_id != key.id() {
@@ -185,7 +210,10 @@ async fn verify_chain(
     let mut rows = 0u64;
     let mut first = None;
     let mut last: Option<(u64, String)> = None;
-    let mut after = 0;
+    let mut after = i64::MIN;
+    let newest_good = good.keys().next_back().copied().unwrap_or(0);
+    // When the oldest row after the newest checkpoint was written.
+    let mut first_unsigned_written: Option<i64> = None;
     loop {
         let page = registry.access_audit_rows(chain, after, PAGE).await?;
         let Some(end) = page.last().map(|r| r.chain_seq) else {
@@ -193,7 +221,14 @@ async fn verify_chain(
         };
         for r in &page {
             rows += 1;
+            if r.chain_seq == 0 {
+                problems.push("a row numbered 0 or less: no writer makes one".to_owned());
+                continue;
+            }
             check_row(r, last.as_ref(), &good, &mut problems);
+            if r.chain_seq > newest_good && first_unsigned_written.is_none() {
+                first_unsigned_written = Some(r.written_ms);
+            }
             if first.is_none() {
                 first = Some(r.chain_seq);
             }
@@ -207,9 +242,19 @@ async fn verify_chain(
             }
             last = Some((r.chain_seq, r.hash.clone()));
         }
-        after = end;
+        after = i64::try_from(end).unwrap_or(i64::MAX).max(0);
     }
     let last_seq = last.as_ref().map(|(s, _)| *s);
+    // Rows before the first kept one went by retention only if the checkpoint anchoring it is
+    // older than the retention.
+    if let Some(f) = first.filter(|f| *f > 1)
+        && let Some(at) = signed_at.get(&(f - 1))
+        && *at >= policy.now_ms - policy.retention_ms
+    {
+        problems.push(format!(
+            "rows before {f} were removed although they are within the retention (audit.retention_days)"
+        ));
+    }
     for (&seq, _) in good.iter() {
         // The anchor (the row before the first kept) was pruned; any other must be there.
         let anchor = first.is_some_and(|f| seq + 1 == f);
@@ -221,13 +266,24 @@ async fn verify_chain(
         }
     }
     let newest_signed = good.keys().next_back().copied().unwrap_or(0);
+    let unsigned = last_seq.map_or(0, |l| l.saturating_sub(newest_signed));
+    if let Some(at) = first_unsigned_written
+        && at < policy.stale_before()
+    {
+        problems.push(format!(
+            "{unsigned} rows after the newest signed checkpoint, written over {} s ago and never \
+             signed (a node that crashed and was not started again, or rows added by someone \
+             else)",
+            (policy.now_ms - at) / 1000
+        ));
+    }
     Ok(ChainReport {
         chain: chain.to_owned(),
         rows,
         first,
         last: last_seq,
         checkpoints: good.len() as u64,
-        unsigned_tail: last_seq.map_or(0, |l| l.saturating_sub(newest_signed)),
+        unsigned_tail: unsigned,
         problems,
     })
 }

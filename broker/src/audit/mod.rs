@@ -38,11 +38,15 @@ const LINGER: Duration = Duration::from_millis(250);
 const QUEUE: usize = 65_536;
 /// Distinct refusal keys of one minute at most; more count under one `overflow` key.
 const MAX_REFUSAL_KEYS: usize = 10_000;
+/// Rows chained but not yet written at most (the store is down): more records are dropped,
+/// counted and logged, so memory stays bounded.
+const MAX_PENDING: usize = QUEUE;
 /// How often retention runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
 
-/// The key of a refusal count: client ID (or `unknown`), reason, missing scope, minute.
-type RefusalKey = (String, &'static str, Option<String>, i64);
+/// The key of a refusal count: client ID (or `unknown`), claimed (not verified), reason,
+/// missing scope, minute.
+type RefusalKey = (String, bool, &'static str, Option<String>, i64);
 
 /// The access audit's handle. Cheap to clone; does nothing when `audit.enabled` is false.
 #[derive(Clone)]
@@ -152,16 +156,24 @@ impl AccessAudit {
     pub(crate) fn refusal(
         &self,
         client_id: Option<&str>,
+        claimed: bool,
         reason: &'static str,
         missing_scope: Option<&str>,
     ) {
         let Some(inner) = &self.inner else { return };
         let minute = Timestamp::now().unix_ms() / 60_000 * 60_000;
         let client = client_id.unwrap_or(UNKNOWN_CLIENT).to_owned();
+        let claimed = claimed && client != UNKNOWN_CLIENT;
         let mut map = inner.refusals.lock();
-        let key = (client, reason, missing_scope.map(str::to_owned), minute);
+        let key = (
+            client,
+            claimed,
+            reason,
+            missing_scope.map(str::to_owned),
+            minute,
+        );
         if map.len() >= MAX_REFUSAL_KEYS && !map.contains_key(&key) {
-            *map.entry((UNKNOWN_CLIENT.to_owned(), "overflow", None, minute))
+            *map.entry((UNKNOWN_CLIENT.to_owned(), false, "overflow", None, minute))
                 .or_insert(0) += 1;
             return;
         }
@@ -194,7 +206,10 @@ impl Writer {
             head: None,
             pending: Vec::new(),
             signed_seq: 0,
-            last_sign: tokio::time::Instant::now(),
+            // The first tick signs the head: rows a crash left unsigned are signed now.
+            last_sign: tokio::time::Instant::now()
+                .checked_sub(Duration::from_millis(self.config.sign_ms))
+                .unwrap_or_else(tokio::time::Instant::now),
         };
         // The head, and the records this node left live when it stopped last.
         loop {
@@ -293,20 +308,21 @@ impl Writer {
         let mut map = self.inner.refusals.lock();
         let keys: Vec<RefusalKey> = map
             .keys()
-            .filter(|k| all || k.3 < now_minute)
+            .filter(|k| all || k.4 < now_minute)
             .cloned()
             .collect();
         keys.into_iter()
             .filter_map(|k| {
                 let count = map.remove(&k)?;
-                let minute = Timestamp::from_unix_ms(k.3).ok()?;
+                let minute = Timestamp::from_unix_ms(k.4).ok()?;
                 Some(AccessRecord::Refusal(RefusalRecord {
                     id: record_id("ref_"),
                     client_id: k.0,
+                    claimed: k.1,
                     environment: self.inner.environment.clone(),
                     node: self.inner.node.clone(),
-                    reason: k.1.to_owned(),
-                    missing_scope: k.2,
+                    reason: k.2.to_owned(),
+                    missing_scope: k.3,
                     minute,
                     count,
                 }))
@@ -317,6 +333,17 @@ impl Writer {
     /// Chains `records` after the head.
     fn add(&self, state: &mut ChainState, records: Vec<AccessRecord>) {
         for r in records {
+            if state.pending.len() >= MAX_PENDING {
+                self.inner.metrics.audit_dropped.inc();
+                let n = self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = n + 1,
+                        "the access audit cannot write (registry store down?): records were dropped"
+                    );
+                }
+                continue;
+            }
             let Ok(body) = serde_json::to_string(&r) else {
                 continue;
             };
@@ -326,7 +353,7 @@ impl Writer {
 
     /// Writes the pending rows (with a signed checkpoint of the head when `sign` and rows were
     /// added since the last one). On failure they stay pending; on a conflict (another writer
-    /// took a row number) they are chained again after the stored head.
+    /// took a row number) they go to a new chain of this writer's own.
     async fn flush(&self, state: &mut ChainState, sign: bool) {
         let head = state.head.clone();
         let checkpoint = match &head {
@@ -361,17 +388,25 @@ impl Writer {
                 }
             }
             Err(RegistryError::Store(StoreError::Conflict(e))) => {
-                tracing::error!(chain = %state.chain, error = %e, "access audit: another writer uses this chain name (two nodes with one cluster.node_name?); chaining again after its rows");
-                if let Ok(h) = self.registry.access_audit_head(&state.chain).await {
-                    let bodies: Vec<(AccessRecord, String)> = state
-                        .pending
-                        .drain(..)
-                        .filter_map(|r| Some((serde_json::from_str(&r.body).ok()?, r.body)))
-                        .collect();
-                    state.head = h;
-                    for (r, body) in bodies {
-                        state.push(&r, body);
-                    }
+                // Another writer uses this chain's name (two nodes with one
+                // cluster.node_name): its rows are not this writer's to sign. Go on in a chain
+                // of its own.
+                let fresh = format!(
+                    "{}~{}",
+                    self.inner.node,
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                );
+                tracing::error!(chain = %state.chain, new_chain = %fresh, error = %e, "access audit: another writer uses this chain (two nodes with one cluster.node_name?); writing to a new chain");
+                let bodies: Vec<(AccessRecord, String)> = state
+                    .pending
+                    .drain(..)
+                    .filter_map(|r| Some((serde_json::from_str(&r.body).ok()?, r.body)))
+                    .collect();
+                state.chain = fresh;
+                state.head = None;
+                state.signed_seq = 0;
+                for (r, body) in bodies {
+                    state.push(&r, body);
                 }
             }
             Err(e) => {
@@ -380,36 +415,29 @@ impl Writer {
         }
     }
 
-    /// Retention: drops each chain's rows older than `audit.retention_days`, up to the newest
-    /// signed checkpoint of a row that old (which stays, anchoring the first row kept).
+    /// Retention: drops this chain's rows older than `audit.retention_days`, up to the newest
+    /// checkpoint signed before the cutoff (which stays, anchoring the first row kept); never
+    /// the newest row, so the chain goes on from it.
     async fn prune(&self, state: &ChainState) {
         let keep_ms = i64::try_from(self.config.retention_days.saturating_mul(86_400_000))
             .unwrap_or(i64::MAX);
         let cutoff = Timestamp::now().unix_ms().saturating_sub(keep_ms);
+        let Some((head, _)) = state.head.clone() else {
+            return;
+        };
         let result: Result<u64, RegistryError> = async {
-            let checkpoints = self.registry.access_audit_checkpoints(&state.chain).await?;
-            let mut through = 0;
-            for c in checkpoints.iter().rev() {
-                // The row the checkpoint signs, and every row before it, must be older than
-                // the cutoff: rows are written in time order within a chain.
-                let row = self
-                    .registry
-                    .access_audit_rows(&state.chain, c.chain_seq - 1, 1)
-                    .await?;
-                if row
-                    .first()
-                    .is_some_and(|r| r.chain_seq == c.chain_seq && r.to_ms < cutoff && !r.live)
-                {
-                    through = c.chain_seq;
-                    break;
+            match self
+                .registry
+                .access_audit_prune_point(&state.chain, cutoff, head)
+                .await?
+            {
+                Some(through) => {
+                    self.registry
+                        .prune_access_audit(&state.chain, through)
+                        .await
                 }
+                None => Ok(0),
             }
-            if through == 0 {
-                return Ok(0);
-            }
-            self.registry
-                .prune_access_audit(&state.chain, through)
-                .await
         }
         .await;
         match result {
@@ -451,6 +479,7 @@ impl ChainState {
             first_seq,
             last_seq,
             live,
+            written_ms: Timestamp::now().unix_ms(),
             body,
             prev_hash: prev,
             hash: hash.clone(),
@@ -525,31 +554,47 @@ mod tests {
             last_sign: tokio::time::Instant::now(),
         };
         let old = Timestamp::now().unix_ms() - 3 * 86_400_000;
-        // Two old records, signed; then a new one, signed.
+        let policy = || chain::Policy {
+            now_ms: Timestamp::now().unix_ms(),
+            sign_ms: 10_000,
+            retention_ms: 86_400_000,
+        };
+        // Two old records, signed three days ago; then a new one, signed now.
         writer.add(
             &mut state,
             vec![sub("sub_1", old, true), sub("sub_2", old + 1, true)],
         );
-        writer.flush(&mut state, true).await;
+        writer.flush(&mut state, false).await;
+        let (seq, hash) = state.head.clone().unwrap();
+        registry
+            .append_access_audit(&[], Some(&key().sign("local", seq, &hash, old + 2)))
+            .await
+            .unwrap();
         writer.add(
             &mut state,
             vec![sub("sub_3", Timestamp::now().unix_ms(), false)],
         );
         writer.flush(&mut state, true).await;
         assert!(state.pending.is_empty());
-        let report = chain::verify(&registry, &key()).await.unwrap();
+        let report = chain::verify(&registry, &key(), policy()).await.unwrap();
         assert!(report.ok, "{report:?}");
         assert_eq!(
             (report.chains[0].rows, report.chains[0].checkpoints),
             (3, 2)
         );
         writer.prune(&state).await;
-        let report = chain::verify(&registry, &key()).await.unwrap();
+        let report = chain::verify(&registry, &key(), policy()).await.unwrap();
         assert!(report.ok, "after pruning: {report:?}");
         assert_eq!(report.chains[0].first, Some(3), "{report:?}");
+        // Under a longer retention, rows removed before 3 would not have been pruned.
+        let longer = chain::Policy {
+            retention_ms: 10 * 86_400_000,
+            ..policy()
+        };
+        assert!(!chain::verify(&registry, &key(), longer).await.unwrap().ok);
         // Another key did not sign these checkpoints.
         let other = AuditKey::from_seed(&[4; 32]).unwrap();
-        assert!(!chain::verify(&registry, &other).await.unwrap().ok);
+        assert!(!chain::verify(&registry, &other, policy()).await.unwrap().ok);
         // Restarted (a new writer state from the store) it continues the chain.
         let mut again = ChainState {
             chain: "local".into(),
@@ -564,7 +609,22 @@ mod tests {
         assert_eq!(again.pending[0].chain_seq, 4);
         assert!(again.pending[0].body.contains("node_stopped"));
         writer.flush(&mut again, true).await;
-        assert!(chain::verify(&registry, &key()).await.unwrap().ok);
+        assert!(chain::verify(&registry, &key(), policy()).await.unwrap().ok);
+        // Rows written long ago and never signed: a writer that stopped, or someone else.
+        writer.add(
+            &mut again,
+            vec![sub("sub_9", Timestamp::now().unix_ms(), true)],
+        );
+        again.pending[0].written_ms = old;
+        writer.flush(&mut again, false).await;
+        let report = chain::verify(&registry, &key(), policy()).await.unwrap();
+        assert!(
+            !report.ok && report.chains[0].problems[0].contains("never signed"),
+            "{report:?}"
+        );
+        // Signed (as a restarted writer does at once), it verifies again.
+        writer.flush(&mut again, true).await;
+        assert!(chain::verify(&registry, &key(), policy()).await.unwrap().ok);
         // A row removed from the middle is found.
         let pool = sqlx::SqlitePool::connect(&format!(
             "sqlite://{}",
@@ -576,7 +636,7 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        let report = chain::verify(&registry, &key()).await.unwrap();
+        let report = chain::verify(&registry, &key(), policy()).await.unwrap();
         assert!(!report.ok);
         assert!(
             report.chains[0].problems.iter().any(|p| p.contains("gone")),

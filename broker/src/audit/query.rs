@@ -12,6 +12,15 @@ use crate::state::Broker;
 /// Records a query answers at most.
 pub(crate) const MAX_LIMIT: usize = 10_000;
 
+/// Queries and verifications of the audit that may run at once on a node (each can read many
+/// rows): more wait for none, they are refused with 503.
+static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// A permit to run an audit query or a verification, or `None` when two already run.
+pub(crate) fn permit() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    HEAVY.try_acquire().ok()
+}
+
 /// What a query asks; `None` fields do not filter.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AccessQuery {
@@ -49,7 +58,8 @@ pub(crate) enum QueryError {
 /// With `seq`: the event's topic is read from the log; a subscription received it when its
 /// pattern matches that topic and `from_seq <= seq <= last_seq` (the session writes every
 /// matching event in that range, in order); a webhook attempt when it carried that `seq` and
-/// was `delivered`. An event no longer in the log is answered from the attempts alone.
+/// was `delivered`. An event no longer in the log is answered from the attempts alone, unless
+/// `topic` names its topic.
 ///
 /// # Errors
 /// [`QueryError`].
@@ -59,6 +69,9 @@ pub(crate) async fn access(
 ) -> Result<(Vec<AccessRecord>, bool), QueryError> {
     let limit = q.limit.clamp(1, MAX_LIMIT);
     let mut topic = q.topic.clone();
+    // Whether subscriptions can be judged for `seq`: only knowing the event's topic (from the
+    // log, or given); else only the attempts that carried it answer.
+    let mut judge_subscriptions = true;
     if let Some(seq) = q.seq {
         let found = broker
             .log
@@ -72,7 +85,9 @@ pub(crate) async fn access(
                 }
                 topic = Some(e.topic.clone());
             }
-            None if topic.is_none() => {}
+            // Gone from the log (retention) and no topic given: a subscription's range alone
+            // does not say whether the event matched it.
+            None if topic.is_none() => judge_subscriptions = false,
             None => {}
         }
     }
@@ -105,7 +120,7 @@ pub(crate) async fn access(
                 topic
                     .as_ref()
                     .is_none_or(|t| Pattern::new(&s.pattern).is_ok_and(|p| p.matches(t)))
-                    && (q.seq.is_none() || s.count > 0)
+                    && (q.seq.is_none() || (s.count > 0 && judge_subscriptions))
             }
             AccessRecord::Refusal(_) => topic.is_none() && q.seq.is_none(),
             AccessRecord::WebhookAttempt(w) => {
@@ -146,6 +161,7 @@ pub(crate) fn audit_event(record: &AccessRecord, base: &str) -> Value {
                     { "type": "reason", "valueString": r.reason },
                     { "type": "count", "valueString": r.count.to_string() },
                     { "type": "environment", "valueString": r.environment },
+                    { "type": "client_id_verified", "valueString": (!r.claimed).to_string() },
                 ],
             })];
             if let Some(scope) = &r.missing_scope

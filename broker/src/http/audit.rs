@@ -44,6 +44,19 @@ fn bad(message: &str, field: &str) -> Response {
         .into_response()
 }
 
+fn busy() -> Response {
+    let mut r = ApiError::for_code(
+        ErrorCode::Unavailable,
+        "two audit queries already run on this node; try again shortly",
+    )
+    .into_response();
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    r
+}
+
 fn off() -> Response {
     ApiError::for_code(
         ErrorCode::NotFound,
@@ -119,6 +132,9 @@ pub(crate) async fn access_records(
         kind: p.kind,
         limit: p.limit.unwrap_or(1_000),
     };
+    let Some(_permit) = crate::audit::query::permit() else {
+        return busy();
+    };
     let (records, truncated) = match access(&state, &q).await {
         Ok(r) => r,
         Err(QueryError::Registry(e)) => return registry_error(e),
@@ -171,7 +187,17 @@ pub(crate) async fn verify(State(state): State<Broker>) -> Response {
     let Some(key) = state.access.audit().key() else {
         return off();
     };
-    match crate::audit::chain::verify(&state.registry, key).await {
+    let Some(_permit) = crate::audit::query::permit() else {
+        return busy();
+    };
+    let a = &state.config.audit;
+    let policy = crate::audit::chain::Policy {
+        now_ms: Timestamp::now().unix_ms(),
+        sign_ms: i64::try_from(a.sign_ms).unwrap_or(i64::MAX / 4),
+        retention_ms: i64::try_from(a.retention_days.saturating_mul(86_400_000))
+            .unwrap_or(i64::MAX / 4),
+    };
+    match crate::audit::chain::verify(&state.registry, key, policy).await {
         Ok(report) => Json(report).into_response(),
         Err(e) => registry_error(e),
     }

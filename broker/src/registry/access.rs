@@ -42,20 +42,37 @@ impl Registry {
         Ok(self.inner.store.access_audit_latest(filter).await?)
     }
 
-    /// Rows of `chain` after `after`, in order (at most `limit`).
+    /// Rows of `chain` numbered above `after`, in order (at most `limit`).
     ///
     /// # Errors
     /// A storage failure.
     pub async fn access_audit_rows(
         &self,
         chain: &str,
-        after: u64,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<AuditRow>, RegistryError> {
         Ok(self
             .inner
             .store
             .access_audit_rows(chain, after, limit)
+            .await?)
+    }
+
+    /// The newest checkpoint of `chain` signed before `before_ms` of a row below `below_seq`.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn access_audit_prune_point(
+        &self,
+        chain: &str,
+        before_ms: i64,
+        below_seq: u64,
+    ) -> Result<Option<u64>, RegistryError> {
+        Ok(self
+            .inner
+            .store
+            .access_audit_prune_point(chain, before_ms, below_seq)
             .await?)
     }
 

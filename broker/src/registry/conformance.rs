@@ -1182,6 +1182,7 @@ pub(crate) async fn access_audit_round_trip(m: &dyn Maker) {
                 first_seq: Some(seqs.0),
                 last_seq: Some(seqs.1),
                 live,
+                written_ms: 1,
                 body: format!("{{\"n\":{n}}}"),
                 prev_hash: format!("{:064}", n - 1),
                 hash: format!("{n:064}"),
@@ -1294,6 +1295,28 @@ pub(crate) async fn access_audit_round_trip(m: &dyn Maker) {
         ["node-a", "node-b"]
     );
     let page = store.access_audit_rows("node-a", 1, 10).await.unwrap();
+    // Where retention may prune to: the checkpoint at 3, signed at 2 s, below row 4.
+    assert_eq!(
+        store
+            .access_audit_prune_point("node-a", 2_001, 4)
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        store
+            .access_audit_prune_point("node-a", 2_000, 4)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .access_audit_prune_point("node-a", 9_000, 3)
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(page.iter().map(|r| r.chain_seq).collect::<Vec<_>>(), [2, 3]);
     assert_eq!(page[1].body, "{\"n\":3}");
     assert_eq!(page[0].first_seq, Some(5));

@@ -46,6 +46,7 @@ where
         client_id: r.get("client_id"),
         from_ms: r.get("from_ms"),
         to_ms: r.get("to_ms"),
+        written_ms: r.get("written_ms"),
         first_seq: seq(r.get("first_seq")),
         last_seq: seq(r.get("last_seq")),
         live: r.get::<i32, _>("live") != 0,
@@ -1463,7 +1464,7 @@ macro_rules! sql_store {
                 for chunk in rows.chunks(ROWS) {
                     let mut insert = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO access_audit (chain, chain_seq, kind, record_id, client_id, \
-                         from_ms, to_ms, first_seq, last_seq, live, body, prev_hash, hash) ",
+                         from_ms, to_ms, first_seq, last_seq, live, written_ms, body, prev_hash, hash) ",
                     );
                     insert.push_values(chunk, |mut row, r| {
                         row.push_bind(&r.chain)
@@ -1476,6 +1477,7 @@ macro_rules! sql_store {
                             .push_bind(r.first_seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
                             .push_bind(r.last_seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
                             .push_bind(i32::from(r.live))
+                            .push_bind(r.written_ms)
                             .push_bind(&r.body)
                             .push_bind(&r.prev_hash)
                             .push_bind(&r.hash);
@@ -1522,7 +1524,7 @@ macro_rules! sql_store {
                 let seq = f.seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
                 let rows = sqlx::query(
                     "SELECT chain, chain_seq, kind, record_id, client_id, from_ms, to_ms, \
-                     first_seq, last_seq, live, body, prev_hash, hash FROM access_audit a \
+                     first_seq, last_seq, live, written_ms, body, prev_hash, hash FROM access_audit a \
                      WHERE ($1 IS NULL OR a.chain = $1) AND ($2 IS NULL OR a.kind = $2) \
                      AND ($3 IS NULL OR a.client_id = $3) \
                      AND ($4 IS NULL OR a.to_ms >= $4 OR a.live = 1) \
@@ -1550,21 +1552,42 @@ macro_rules! sql_store {
             async fn access_audit_rows(
                 &self,
                 chain: &str,
-                after: u64,
+                after: i64,
                 limit: usize,
             ) -> Result<Vec<AuditRow>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT chain, chain_seq, kind, record_id, client_id, from_ms, to_ms, \
-                     first_seq, last_seq, live, body, prev_hash, hash FROM access_audit \
+                     first_seq, last_seq, live, written_ms, body, prev_hash, hash FROM access_audit \
                      WHERE chain = $1 AND chain_seq > $2 ORDER BY chain_seq LIMIT $3",
                 )
                 .bind(chain)
-                .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                .bind(after)
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
                 Ok(rows.iter().map(audit_row).collect())
+            }
+
+            async fn access_audit_prune_point(
+                &self,
+                chain: &str,
+                before_ms: i64,
+                below_seq: u64,
+            ) -> Result<Option<u64>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT MAX(chain_seq) AS s FROM access_audit_checkpoints \
+                     WHERE chain = $1 AND at_ms < $2 AND chain_seq < $3",
+                )
+                .bind(chain)
+                .bind(before_ms)
+                .bind(i64::try_from(below_seq).unwrap_or(i64::MAX))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(row
+                    .get::<Option<i64>, _>("s")
+                    .and_then(|s| u64::try_from(s).ok()))
             }
 
             async fn access_audit_chains(&self) -> Result<Vec<String>, StoreError> {

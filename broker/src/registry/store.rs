@@ -501,13 +501,22 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// ordered by `from_ms`, at most `filter.limit`.
     async fn access_audit_latest(&self, filter: &AccessFilter)
     -> Result<Vec<AuditRow>, StoreError>;
-    /// Rows of `chain` after `after`, in order, at most `limit` (the verifier's pages).
+    /// Rows of `chain` numbered above `after`, in order, at most `limit` (the verifier's
+    /// pages; it starts below 1, so rows numbered 0 or less are seen too).
     async fn access_audit_rows(
         &self,
         chain: &str,
-        after: u64,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<AuditRow>, StoreError>;
+    /// Where retention may prune `chain` to: the newest checkpoint signed before `before_ms`
+    /// of a row below `below_seq`; `None` when there is none.
+    async fn access_audit_prune_point(
+        &self,
+        chain: &str,
+        before_ms: i64,
+        below_seq: u64,
+    ) -> Result<Option<u64>, StoreError>;
     /// Every chain that has rows or checkpoints.
     async fn access_audit_chains(&self) -> Result<Vec<String>, StoreError>;
     /// The signed checkpoints of `chain`, in order.
@@ -566,7 +575,8 @@ impl std::fmt::Debug for ConsoleSession {
 pub struct AuditRow {
     /// The chain (the writing node: `local`, or its cluster name).
     pub chain: String,
-    /// The row's number in its chain, from 1.
+    /// The row's number in its chain, from 1 (0 stands for a stored number below 1, which no
+    /// writer makes).
     pub chain_seq: u64,
     /// `subscription`, `refusal` or `webhook_attempt`.
     pub kind: String,
@@ -584,6 +594,8 @@ pub struct AuditRow {
     pub last_seq: Option<u64>,
     /// True while a subscription's record has not ended.
     pub live: bool,
+    /// When the writer chained it, Unix ms (not covered by the hash).
+    pub written_ms: i64,
     /// The record (`scopecast_protocol::audit::AccessRecord` as JSON): what the hash covers.
     pub body: String,
     /// The previous row's hash (64 zeros for row 1), hex.

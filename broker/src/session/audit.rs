@@ -1,6 +1,7 @@
 //! A session's part of the access audit (SECURITY.md "Access audit"): one record per
-//! subscription lifetime, sent at subscribe, at each checkpoint (`audit.checkpoint_ms`, when
-//! its count moved), at unsubscribe, at a revocation and at the session's end. Nothing is done
+//! subscription lifetime, sent at subscribe, at checkpoints (at the first heartbeat after
+//! `audit.checkpoint_ms`, when its count moved), at unsubscribe, at a revocation and at the
+//! session's end. Nothing is done
 //! per delivered event: a record's numbers are the session's own counters (events written to
 //! the socket, the last `seq` written) taken at those moments.
 
@@ -27,6 +28,13 @@ pub(crate) struct SubAudit {
     first_seq: Option<u64>,
     /// The count in its last record (a checkpoint is written only when it moved).
     recorded_count: u64,
+    /// When its last record was sent.
+    recorded_at: tokio::time::Instant,
+    /// True while its replay runs: it has received the replayed events up to `replayed_to`
+    /// only (the connection's other subscriptions may have written further).
+    replaying: bool,
+    /// The last replayed `seq` written.
+    replayed_to: u64,
 }
 
 /// Each subscription still without a first `seq`, and the first event `seq` of `frames` at or
@@ -47,19 +55,29 @@ pub(super) fn first_candidates(
         .collect()
 }
 
-/// Keeps the first `seq`s of [`first_candidates`] once their frames were written.
-pub(super) fn set_firsts(audits: &mut HashMap<Pattern, SubAudit>, firsts: Vec<(Pattern, u64)>) {
+/// Keeps the first `seq`s of [`first_candidates`] once their frames were written, and moves
+/// the replaying subscription (one at a time) to `replayed`, the newest replayed `seq` written.
+pub(super) fn set_firsts(
+    audits: &mut HashMap<Pattern, SubAudit>,
+    firsts: Vec<(Pattern, u64)>,
+    replayed: u64,
+) {
     for (p, seq) in firsts {
         if let Some(a) = audits.get_mut(&p) {
             a.first_seq.get_or_insert(seq);
+        }
+    }
+    if replayed > 0 {
+        for a in audits.values_mut().filter(|a| a.replaying) {
+            a.replayed_to = a.replayed_to.max(replayed);
         }
     }
 }
 
 impl<S: Socket> Session<S> {
     /// Starts the record of a subscription to `pattern` granted now, delivering every matching
-    /// event after `start` (and sends it).
-    pub(super) fn audit_grant(&mut self, pattern: &Pattern, start: u64) {
+    /// event after `start` (and sends it); `replaying` while a replay runs for it first.
+    pub(super) fn audit_grant(&mut self, pattern: &Pattern, start: u64, replaying: bool) {
         if !self.broker.access.audit().enabled() {
             return;
         }
@@ -70,6 +88,9 @@ impl<S: Socket> Session<S> {
             delivered_at_grant: self.handle.delivered.load(Ordering::Relaxed),
             first_seq: None,
             recorded_count: 0,
+            recorded_at: tokio::time::Instant::now(),
+            replaying,
+            replayed_to: 0,
         };
         let record = self.audit_record(pattern, &a, None);
         self.broker.access.audit().subscription(record);
@@ -84,6 +105,41 @@ impl<S: Socket> Session<S> {
         }
     }
 
+    /// The replay of `pattern` is over: from now on its record covers what the connection
+    /// writes.
+    pub(super) fn audit_replay_done(&mut self, pattern: &Pattern) {
+        if let Some(a) = self.audits.get_mut(pattern) {
+            a.replaying = false;
+        }
+    }
+
+    /// The replay of `pattern` stopped short (the log failed): its record ends with what was
+    /// replayed, and a new one covers the live events after `head`.
+    pub(super) fn audit_replay_failed(&mut self, pattern: &Pattern, head: u64) {
+        if self.audits.contains_key(pattern) {
+            self.audit_end(pattern, "replay_failed");
+            self.audit_grant(pattern, head, false);
+        }
+    }
+
+    /// Ends every record and starts a new one for each live subscription (`why`: a refresh
+    /// brought another token; each record names the token its events went out under).
+    pub(super) fn audit_restart_all(&mut self, why: &str) {
+        let live: Vec<(Pattern, bool)> = self
+            .audits
+            .iter()
+            .map(|(p, a)| (p.clone(), a.replaying))
+            .collect();
+        for (p, replaying) in live {
+            if replaying {
+                // Mid-replay (not reachable: a refresh waits for the subscribe), keep it.
+                continue;
+            }
+            self.audit_end(&p, why);
+            self.audit_grant(&p, self.written_last, false);
+        }
+    }
+
     /// Ends every record: the session ends (`why`).
     pub(super) fn audit_end_all(&mut self, why: &str) {
         let patterns: Vec<Pattern> = self.audits.keys().cloned().collect();
@@ -92,13 +148,15 @@ impl<S: Socket> Session<S> {
         }
     }
 
-    /// A checkpoint: a new snapshot of each record whose count moved since its last one.
+    /// A checkpoint (at a heartbeat): a new snapshot of each record whose count moved and
+    /// whose last one is at least `audit.checkpoint_ms` old.
     pub(super) fn audit_checkpoint(&mut self) {
         let delivered = self.handle.delivered.load(Ordering::Relaxed);
+        let every = std::time::Duration::from_millis(self.broker.config.audit.checkpoint_ms);
         let mut records = Vec::new();
         for (p, a) in &self.audits {
             let count = delivered - a.delivered_at_grant;
-            if count != a.recorded_count {
+            if count != a.recorded_count && a.recorded_at.elapsed() >= every {
                 records.push((p.clone(), self.audit_record(p, a, None), count));
             }
         }
@@ -106,6 +164,7 @@ impl<S: Socket> Session<S> {
             self.broker.access.audit().subscription(record);
             if let Some(a) = self.audits.get_mut(&p) {
                 a.recorded_count = count;
+                a.recorded_at = tokio::time::Instant::now();
             }
         }
     }
@@ -119,7 +178,15 @@ impl<S: Socket> Session<S> {
         let audit = self.broker.access.audit();
         let now = Timestamp::now();
         let count = self.handle.delivered.load(Ordering::Relaxed) - a.delivered_at_grant;
-        let written = count > 0 && self.written_last >= a.from_seq;
+        // How far it is covered: while replaying, the replayed events written; after, every
+        // matching event up to the connection's last write (the fan-out offers in `seq` order,
+        // and the queue is written in order).
+        let upto = if a.replaying {
+            a.replayed_to
+        } else {
+            self.written_last
+        };
+        let written = count > 0 && upto >= a.from_seq;
         SubscriptionRecord {
             id: a.id.clone(),
             client_id: self.principal.client_id.clone(),
@@ -134,7 +201,7 @@ impl<S: Socket> Session<S> {
             granted_at: a.granted_at,
             from_seq: a.from_seq,
             first_seq: if written { a.first_seq } else { None },
-            last_seq: written.then_some(self.written_last),
+            last_seq: written.then_some(upto),
             count,
             checkpoint_at: now,
             ended_at: ended.map(|_| now),

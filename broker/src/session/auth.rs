@@ -159,9 +159,14 @@ impl<S: Socket> Session<S> {
                 );
             }
             Ok(p) => {
+                let another = p.token_id != self.principal.token_id;
                 self.principal = p;
                 self.warned = false;
                 self.refreshed = true;
+                if another {
+                    // The access audit names the token events went out under.
+                    self.audit_restart_all("token_refreshed");
+                }
                 self.recheck();
                 self.welcome();
             }

@@ -263,9 +263,6 @@ impl<S: Socket> Session<S> {
         let shutdown = self.broker.shutdown.clone();
         let mut expiry = self.expiry();
         let mut warning = self.warning();
-        let checkpoint = Duration::from_millis(self.broker.config.audit.checkpoint_ms);
-        let mut audit_tick = tokio::time::interval_at(Instant::now() + checkpoint, checkpoint);
-        audit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 biased;
@@ -300,10 +297,13 @@ impl<S: Socket> Session<S> {
                     if self.handle.take_recheck() { self.recheck(); }
                     Step::Continue
                 }
-                _ = ping.tick() => self.heartbeat(heartbeat).await,
-                _ = audit_tick.tick(), if !self.audits.is_empty() => {
-                    self.audit_checkpoint();
-                    Step::Continue
+                _ = ping.tick() => {
+                    // The access audit's checkpoints ride on the heartbeat: no timer of their
+                    // own in every session.
+                    if !self.audits.is_empty() {
+                        self.audit_checkpoint();
+                    }
+                    self.heartbeat(heartbeat).await
                 }
                 () = tokio::time::sleep_until(warning), if !self.warned => {
                     self.warned = true;
@@ -331,11 +331,13 @@ impl<S: Socket> Session<S> {
             Kind::Live(at) => Some(at),
             _ => None,
         });
-        let (events, last_seq) = drained
-            .frames
-            .iter()
-            .filter(|q| q.is_event())
-            .fold((0u64, 0u64), |(n, last), q| (n + 1, last.max(q.seq)));
+        let (events, last_seq, replayed) = drained.frames.iter().filter(|q| q.is_event()).fold(
+            (0u64, 0u64, 0u64),
+            |(n, last, replayed), q| {
+                let r = if q.kind == Kind::Replayed { q.seq } else { 0 };
+                (n + 1, last.max(q.seq), replayed.max(r))
+            },
+        );
         // Each new subscription's first `seq` in this write, read before the frames go (only
         // until each subscription has one), kept once they are written.
         let firsts = if events > 0 {
@@ -352,10 +354,10 @@ impl<S: Socket> Session<S> {
                 .publish_to_deliver
                 .observe(ns as f64 / 1e9);
         }
-        if !wrote {
+        if wrote == transport::Wrote::Failed {
             return Step::Stop;
         }
-        if events > 0 {
+        if events > 0 && wrote == transport::Wrote::All {
             // Written to the socket: what "delivered" means (the access audit counts the same).
             self.handle.delivered.fetch_add(events, Ordering::Relaxed);
             self.handle
@@ -363,7 +365,7 @@ impl<S: Socket> Session<S> {
                 .delivered
                 .fetch_add(events, Ordering::Relaxed);
             self.written_last = self.written_last.max(last_seq);
-            audit::set_firsts(&mut self.audits, firsts);
+            audit::set_firsts(&mut self.audits, firsts, replayed);
         }
         let close = drained.close.or_else(|| {
             // An abort decided during the write: take its close now.

@@ -149,7 +149,10 @@ impl<S: Socket> Session<S> {
         // `head` (live only): later replays on this connection skip those.
         let start = after.map_or(head, |a| a.min(head));
         self.subs.insert(pattern.clone(), start);
-        self.audit_grant(&pattern, start);
+        // The audit's coverage starts where the replay really starts (after a truncation,
+        // the first retained event).
+        let covered_from = replay.map_or(start, |r| r.from_seq.saturating_sub(1).min(head));
+        self.audit_grant(&pattern, covered_from, replay.is_some());
         self.handle.subscriptions.lock().push(pattern.clone());
         metrics.subscriptions.inc();
         metrics.subscribe_results.with_label_values(&["ok"]).inc();
@@ -163,6 +166,10 @@ impl<S: Socket> Session<S> {
         {
             // Send the replay before the held live events join the queue.
             step = self.write().await;
+        }
+        if after.is_some() && matches!(step, Step::Continue) && !self.handle.outbox.is_closed() {
+            // Every replayed event is written: the record covers what the connection writes.
+            self.audit_replay_done(&pattern);
         }
         self.handle.release();
         step
@@ -251,6 +258,7 @@ impl<S: Socket> Session<S> {
                     );
                     err.topic = Some(pattern.clone());
                     self.reply(&ServerFrame::Error(err));
+                    self.audit_replay_failed(pattern, head);
                     return Step::Continue;
                 }
             };

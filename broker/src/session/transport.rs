@@ -172,21 +172,32 @@ pub(super) async fn ping<S: Socket>(socket: &mut S) -> bool {
     )
 }
 
+/// What [`write_all`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wrote {
+    /// Every frame was written and flushed.
+    All,
+    /// A dropping close (4008, 4003, 4002) was decided while the write stalled on a peer that
+    /// does not read: abandoned, and nothing of it counts as delivered.
+    Aborted,
+    /// The socket failed.
+    Failed,
+}
+
 /// Writes `frames`, then flushes once. Abandons a write stalled on a peer that does not read
-/// when a dropping close (4008, 4003, 4002) is decided on `outbox` meanwhile. False when the
-/// socket failed.
+/// when a dropping close (4008, 4003, 4002) is decided on `outbox` meanwhile.
 pub(super) async fn write_all<S: Socket>(
     socket: &mut S,
     frames: VecDeque<Queued>,
     outbox: &Outbox,
-) -> bool {
+) -> Wrote {
     tokio::select! {
         r = async {
             for q in frames {
                 socket.feed(Message::Text(q.text)).await?;
             }
             socket.flush().await
-        } => r.is_ok(),
-        () = outbox.aborted() => true,
+        } => if r.is_ok() { Wrote::All } else { Wrote::Failed },
+        () = outbox.aborted() => Wrote::Aborted,
     }
 }

@@ -11,8 +11,9 @@
 //! Rates are per second over the last tick: publishes from the event log's newest `seq` (the
 //! whole cluster's), deliveries from the sessions' counters (every node's, in cluster mode),
 //! latency quantiles from this node's `publish_to_deliver_seconds` histogram. The stream
-//! re-checks the console session every 10 s and ends when it is gone (signed out, expired,
-//! credential revoked).
+//! re-checks the console session every 10 s (without counting as use: an open tab does not
+//! keep a session from going idle) and ends when it is gone (signed out, expired, credential
+//! revoked). At most 32 streams are open per node at once (503 beyond).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -24,7 +25,38 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{reader, signed_in};
+use super::{reader, session};
+
+/// Live streams open at once on this node at most: each reads every node's sessions once a
+/// second.
+const MAX_STREAMS: usize = 32;
+
+static STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One open stream, counted while it lives.
+struct Slot;
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        let mut n = STREAMS.load(Ordering::Relaxed);
+        loop {
+            if n >= MAX_STREAMS {
+                return None;
+            }
+            match STREAMS.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(Slot),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        STREAMS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 use crate::state::Broker;
 
 /// What one tick remembers of the last.
@@ -41,18 +73,26 @@ pub(crate) async fn events(State(state): State<Broker>, headers: HeaderMap) -> R
     if let Err(r) = reader(&state, &headers).await {
         return r.into_response();
     }
+    let Some(slot) = Slot::take() else {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "10")],
+            "too many live views are open on this node",
+        )
+            .into_response();
+    };
     let stream = futures_util::stream::unfold(
-        (state, headers, Last::default(), 0u32),
-        |(state, headers, mut last, n)| async move {
+        (state, headers, Last::default(), 0u32, slot),
+        |(state, headers, mut last, n, slot)| async move {
             if n > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            if n % 10 == 9 && signed_in(&state, &headers).await.is_none() {
+            if n % 10 == 9 && session(&state, &headers, false).await.is_none() {
                 return None;
             }
             let data = tick(&state, &mut last).await;
             let event: Result<Event, Infallible> = Ok(Event::default().data(data.to_string()));
-            Some((event, (state, headers, last, n + 1)))
+            Some((event, (state, headers, last, n + 1, slot)))
         },
     );
     Sse::new(stream)

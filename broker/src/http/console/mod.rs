@@ -206,6 +206,12 @@ fn set_cookie(state: &Broker, name: &str, value: &str, path: &str, max_age_s: u6
 /// `console.idle_timeout_s`, younger than `console.absolute_timeout_s`, its credential still
 /// valid and of a role that may sign in.
 pub(crate) async fn signed_in(state: &Broker, headers: &HeaderMap) -> Option<User> {
+    session(state, headers, true).await
+}
+
+/// As [`signed_in`]; `touch` false leaves `last_seen` as it is (a live stream's re-checks do
+/// not keep its session from going idle).
+pub(crate) async fn session(state: &Broker, headers: &HeaderMap, touch: bool) -> Option<User> {
     let value = cookie(headers, COOKIE)?;
     if value.is_empty() || value.len() > 128 {
         return None;
@@ -229,7 +235,7 @@ pub(crate) async fn signed_in(state: &Broker, headers: &HeaderMap) -> Option<Use
     if !may_sign_in(cred.role) {
         return None;
     }
-    if now - s.last_seen_ms > TOUCH_EVERY_MS.min(idle / 4) {
+    if touch && now - s.last_seen_ms > TOUCH_EVERY_MS.min(idle / 4) {
         let _ = state.registry.touch_console_session(&id_hash, now).await;
     }
     Some(User {

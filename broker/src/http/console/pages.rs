@@ -110,6 +110,7 @@ fn login_page(state: &Broker, signed_out: bool, error: Option<&str>) -> Response
 /// `POST /console/login`: `credential`, `csrf` (equal to the sign-in cookie).
 pub(crate) async fn login(
     State(state): State<Broker>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Response {
@@ -145,7 +146,7 @@ pub(crate) async fn login(
         Ok(None) => {
             state.access.refused(
                 Some(token),
-                peer_unknown(),
+                peer,
                 "console_sign_in",
                 "console sign-in refused",
             );
@@ -166,10 +167,6 @@ pub(crate) async fn login(
                 .into_response()
         }
     }
-}
-
-fn peer_unknown() -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
 /// `POST /console/logout`: ends the session everywhere.
@@ -432,18 +429,15 @@ pub(crate) async fn app(
     let Some(user) = signed_in(&state, &headers).await else {
         return Refused::SignIn.into_response();
     };
-    let app: ApplicationView =
-        match api(
-            super::super::admin::show_application(State(state.clone()), Path(id.clone())).await,
-        )
-        .await
-        {
-            Ok(a) => a,
-            Err(e) => return failed(&user, &e),
-        };
-    if visible(&user, vec![app.clone()]).is_empty() {
-        return Refused::Role(user, "see this application").into_response();
-    }
+    let app: Option<ApplicationView> =
+        api(super::super::admin::show_application(State(state.clone()), Path(id.clone())).await)
+            .await
+            .ok()
+            .filter(|a: &ApplicationView| !visible(&user, vec![a.clone()]).is_empty());
+    // Not there, and not this developer's, look the same.
+    let Some(app) = app else {
+        return not_found(State(state), headers).await;
+    };
     let history = state
         .registry
         .audit(AuditQuery {
@@ -866,12 +860,16 @@ pub(crate) async fn audit(
         .await
         .unwrap_or_default();
     let (records, error) = if state.access.audit().enabled() {
-        match access_query(&f) {
-            Ok(q) => match access(&state, &q).await {
+        match (access_query(&f), crate::audit::query::permit()) {
+            (Ok(q), Some(_permit)) => match access(&state, &q).await {
                 Ok((r, _)) => (r, None),
                 Err(e) => (Vec::new(), Some(e.to_string())),
             },
-            Err(e) => (Vec::new(), Some(e)),
+            (Ok(_), None) => (
+                Vec::new(),
+                Some("Two audit queries already run on this node; reload shortly.".to_owned()),
+            ),
+            (Err(e), _) => (Vec::new(), Some(e)),
         }
     } else {
         (
@@ -977,6 +975,12 @@ pub(crate) async fn audit_export(
         Err(e) => return failed(&user, &e),
     };
     q.limit = crate::audit::query::MAX_LIMIT;
+    let Some(_permit) = crate::audit::query::permit() else {
+        return failed(
+            &user,
+            "Two audit queries already run on this node; try again shortly.",
+        );
+    };
     let records = match access(&state, &q).await {
         Ok((r, _)) => r,
         Err(e) => return failed(&user, &e.to_string()),
