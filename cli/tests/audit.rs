@@ -179,6 +179,38 @@ async fn who_received_what_matches_what_each_subscriber_counted() {
         total,
         "the replay of encounters splits into started and finished"
     );
+    // While they are still connected (their records' last snapshots are older than what they
+    // received), "who received" is answered from the live sessions' counters.
+    let by_label_live: BTreeMap<&str, String> =
+        subs.iter().map(|(l, id, _, _)| (*l, id.clone())).collect();
+    let last_started = *counted["started"].keys().next_back().unwrap();
+    let live_who = clients_of(&cli_json(
+        &url,
+        data.path(),
+        &["audit", "access", "--seq", &last_started.to_string()],
+    ));
+    assert_eq!(
+        live_who,
+        BTreeSet::from([
+            by_label_live["all"].clone(),
+            by_label_live["started"].clone()
+        ]),
+        "live subscriptions, before any checkpoint"
+    );
+    let v = cli_json(
+        &url,
+        data.path(),
+        &[
+            "audit",
+            "access",
+            "--client-id",
+            &by_label_live["all"],
+            "--kind",
+            "subscription",
+        ],
+    );
+    assert_eq!(v["records"][0]["count"], total as u64, "{v}");
+    assert!(v["records"][0]["ended_at"].is_null(), "{v}");
     // The subscribers leave (a close frame each): their records end.
     for (_, _, client, _) in &subs {
         client.close().await;
@@ -256,6 +288,21 @@ async fn who_received_what_matches_what_each_subscriber_counted() {
     );
     assert_eq!(v["records"].as_array().unwrap().len(), 0, "{v}");
 
+    // A token request with a wrong secret: refused at the token endpoint, its client ID only
+    // claimed.
+    let wrong = Command::new(BIN)
+        .args([
+            "token",
+            "--client-id",
+            &by_label["finished"],
+            "--client-secret",
+            "not-the-secret",
+            "--url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
     // The refusals of this minute are written at the latest when the broker stops; the audit
     // survives the restart (it is in the registry store).
     stop(served);
@@ -272,6 +319,18 @@ async fn who_received_what_matches_what_each_subscriber_counted() {
     assert_eq!(refusals[0]["client_id"], by_label["started"].as_str());
     assert_eq!(refusals[0]["missing_scope"], "subscribe:fhir.>");
     assert_eq!(refusals[0]["count"], 2);
+    assert_eq!(
+        refusals[0]["claimed"], false,
+        "an authenticated client was refused"
+    );
+    let token_refusal = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "invalid_client")
+        .unwrap_or_else(|| panic!("the token endpoint's refusal: {v}"));
+    assert_eq!(token_refusal["client_id"], by_label["finished"].as_str());
+    assert_eq!(token_refusal["claimed"], true, "{token_refusal}");
     assert_eq!(
         who(&url, started_seq),
         BTreeSet::from([by_label["all"].clone(), by_label["started"].clone()]),

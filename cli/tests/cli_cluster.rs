@@ -117,11 +117,25 @@ async fn kill_9_of_a_broker_process_moves_1000_sdk_subscribers_to_another_node()
     );
     let np = &app["clients"]["non_production"];
     let id = np["client_id"].as_str().unwrap();
-    cli(
-        &a.url,
-        &data_a,
-        &["app", "activate", id, "--reason", "test"],
-    );
+    // Through the other node, once the registry's change feed brought it the new application
+    // (NOTIFY, or the poll when a notification is late on a loaded machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(BIN)
+            .args(["app", "activate", id, "--reason", "test", "--url", &a.url])
+            .env("SCOPECAST_DATA_DIR", &data_a)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not found") && std::time::Instant::now() < deadline,
+            "{err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = support::run_ok(Command::new(BIN).args([
         "token",
         "--client-id",

@@ -527,6 +527,13 @@ pub struct SessionView {
     pub events_published: u64,
     /// Bytes waiting in its outbound queue now.
     pub outbox_bytes: u64,
+    /// The `seq` of the last event written to its socket (0 before the first).
+    #[serde(default)]
+    pub last_seq_written: u64,
+    /// True while a replay runs on it (its subscriptions' records are then brought up to
+    /// date by their checkpoints only).
+    #[serde(default)]
+    pub replaying: bool,
     /// In cluster mode, the broker node that holds it (its `cluster.node_name`); the
     /// `session` id is then `<node>:<id>`, unique across the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -85,6 +85,11 @@ pub struct SubscriptionRecord {
     pub last_seq: Option<u64>,
     /// Events written to the connection while it lived.
     pub count: u64,
+    /// The connection's count of events written when it was granted (`count` is the
+    /// connection's count since): lets a query bring a live record up to date from the
+    /// session's counters.
+    #[serde(default)]
+    pub connection_delivered_at_grant: u64,
     /// When this snapshot was taken.
     pub checkpoint_at: Timestamp,
     /// When it ended (absent while it lives).

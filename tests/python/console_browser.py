@@ -173,6 +173,7 @@ def main():
         d.find_element(By.ID, "vendor").send_keys("Browser Test")
         d.find_element(By.ID, "scope").send_keys("subscribe:fhir.>")
         c.wait(lambda drv: "well formed" in drv.find_element(By.ID, "scope-check").text)
+        assert "every topic under fhir." in d.find_element(By.ID, "scope-check").text
         old_h1 = d.find_element(By.TAG_NAME, "h1")
         d.find_element(By.CSS_SELECTOR, "form[action='/console/apps'][method=post] button").click()
         c.wait(EC.staleness_of(old_h1))

@@ -512,6 +512,7 @@ mod tests {
             first_seq: Some(1),
             last_seq: Some(5),
             count: 5,
+            connection_delivered_at_grant: 0,
             checkpoint_at: t,
             ended_at: ended.then_some(t),
             end_reason: ended.then(|| "unsubscribed".to_owned()),

@@ -2,6 +2,9 @@
 //! seq 123456?", "what did client X receive yesterday?", and the FHIR `AuditEvent` form (IHE
 //! Basic Audit Log Patterns flavour, R4B).
 
+use std::collections::HashMap;
+
+use scopecast_protocol::admin::SessionView;
 use scopecast_protocol::audit::{AccessRecord, SubscriptionRecord};
 use scopecast_protocol::{Pattern, Timestamp, Topic};
 use serde_json::{Value, json};
@@ -110,17 +113,30 @@ pub(crate) async fn access(
         })
         .await?;
     let store_truncated = rows.len() >= fetch;
+    let live = if rows.iter().any(|r| r.live) {
+        live_sessions(broker).await
+    } else {
+        HashMap::new()
+    };
     let mut out = Vec::new();
     for row in rows {
-        let Ok(record) = serde_json::from_str::<AccessRecord>(&row.body) else {
+        let Ok(mut record) = serde_json::from_str::<AccessRecord>(&row.body) else {
             continue;
         };
+        if let AccessRecord::Subscription(s) = &mut record {
+            bring_up_to_date(s, &live, broker.cluster.is_some());
+        }
         let keep = match &record {
             AccessRecord::Subscription(s) => {
                 topic
                     .as_ref()
                     .is_none_or(|t| Pattern::new(&s.pattern).is_ok_and(|p| p.matches(t)))
-                    && (q.seq.is_none() || (s.count > 0 && judge_subscriptions))
+                    && q.seq.is_none_or(|n| {
+                        judge_subscriptions
+                            && s.count > 0
+                            && s.from_seq <= n
+                            && s.last_seq.is_some_and(|l| n <= l)
+                    })
             }
             AccessRecord::Refusal(_) => topic.is_none() && q.seq.is_none(),
             AccessRecord::WebhookAttempt(w) => {
@@ -135,6 +151,50 @@ pub(crate) async fn access(
     let truncated = store_truncated || out.len() > limit;
     out.truncate(limit);
     Ok((out, truncated))
+}
+
+/// The live sessions of every node, by their admin id (`<node>:<hex>` in a cluster, `<hex>`
+/// on one node).
+async fn live_sessions(broker: &Broker) -> HashMap<String, SessionView> {
+    let mut all = crate::http::sessions::local(broker, None);
+    if broker.cluster.is_some() {
+        all.extend(crate::cluster::remote_sessions(broker, None).await);
+    }
+    all.into_iter().map(|s| (s.session.clone(), s)).collect()
+}
+
+/// A live subscription's newest snapshot, brought up to now from its session's counters (the
+/// snapshot is as old as its last checkpoint): the count since the grant and the last `seq`
+/// written. Left as stored while the session replays (the snapshot's coverage is then the
+/// replay's), or when the session is gone (the record ends at the next start of its node).
+fn bring_up_to_date(
+    s: &mut SubscriptionRecord,
+    live: &HashMap<String, SessionView>,
+    cluster: bool,
+) {
+    if s.ended_at.is_some() {
+        return;
+    }
+    let key = if cluster {
+        format!("{}:{}", s.node, s.session)
+    } else {
+        s.session.clone()
+    };
+    let Some(v) = live.get(&key) else { return };
+    if v.replaying || v.client_id != s.client_id || !v.subscriptions.contains(&s.pattern) {
+        return;
+    }
+    let count = v
+        .events_delivered
+        .saturating_sub(s.connection_delivered_at_grant);
+    if count < s.count {
+        return;
+    }
+    s.count = count;
+    if count > 0 && v.last_seq_written >= s.from_seq {
+        s.last_seq = Some(s.last_seq.unwrap_or(0).max(v.last_seq_written));
+    }
+    s.checkpoint_at = Timestamp::now();
 }
 
 /// DICOM (DCM) and audit code systems the `AuditEvent`s use.

@@ -96,9 +96,10 @@ pub(crate) async fn access_records(
     };
     let topic = match p.topic.as_deref().map(Topic::new).transpose() {
         Ok(t) => t,
-        Err(e) => {
+        Err(_) => {
             return bad(
-                &format!("`topic` must be a topic (no wildcards): {e}"),
+                "`topic` must be one concrete topic such as fhir.encounter.started (no \
+                 wildcard): the records whose pattern matches it are found",
                 "topic",
             );
         }

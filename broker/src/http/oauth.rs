@@ -133,6 +133,14 @@ pub(crate) async fn token(
                 reason = %r.description,
                 "token request refused"
             );
+            // The access audit counts it: the client authenticated when the refusal is about
+            // what it asked for (its kind, its activation, its scope); else the client ID is
+            // only claimed.
+            let verified = matches!(r.error, "unauthorized_client" | "invalid_scope");
+            state
+                .access
+                .audit()
+                .refusal(registered, !verified, r.error, None);
             let mut resp = oauth_error(r.status, r.error, &r.description);
             if r.retry_after {
                 resp.headers_mut()

@@ -51,6 +51,8 @@ pub(crate) fn view(state: &Broker, e: &SessionHandle) -> SessionView {
         events_delivered: s.delivered.load(Ordering::Relaxed),
         events_published: s.published.load(Ordering::Relaxed),
         outbox_bytes: s.outbox.queued_bytes() as u64,
+        last_seq_written: s.written_last.load(Ordering::Relaxed),
+        replaying: s.replaying(),
     }
 }
 

@@ -1529,7 +1529,7 @@ macro_rules! sql_store {
                      AND ($3 IS NULL OR a.client_id = $3) \
                      AND ($4 IS NULL OR a.to_ms >= $4 OR a.live = 1) \
                      AND ($5 IS NULL OR a.from_ms <= $5) \
-                     AND ($6 IS NULL OR (a.first_seq <= $6 AND a.last_seq >= $6)) \
+                     AND ($6 IS NULL OR (a.first_seq <= $6 AND (a.last_seq >= $6 OR a.live = 1))) \
                      AND ($7 = 0 OR a.live = 1) \
                      AND NOT EXISTS (SELECT 1 FROM access_audit b WHERE b.chain = a.chain \
                          AND b.record_id = a.record_id AND b.chain_seq > a.chain_seq) \

@@ -635,7 +635,8 @@ pub struct AccessFilter {
     pub from_ms: Option<i64>,
     /// Only records that began at or before this (Unix ms).
     pub to_ms: Option<i64>,
-    /// Only records whose `first_seq..=last_seq` holds this `seq`.
+    /// Only records whose `first_seq..=last_seq` holds this `seq`, and live records that
+    /// began at or before it (their `last_seq` moves on after their last snapshot).
     pub seq: Option<u64>,
     /// Only live ones.
     pub live_only: bool,

@@ -136,7 +136,8 @@ impl<S: Socket> Session<S> {
                 continue;
             }
             self.audit_end(&p, why);
-            self.audit_grant(&p, self.written_last, false);
+            let written = self.handle.written_last.load(Ordering::Relaxed);
+            self.audit_grant(&p, written, false);
         }
     }
 
@@ -184,7 +185,7 @@ impl<S: Socket> Session<S> {
         let upto = if a.replaying {
             a.replayed_to
         } else {
-            self.written_last
+            self.handle.written_last.load(Ordering::Relaxed)
         };
         let written = count > 0 && upto >= a.from_seq;
         SubscriptionRecord {
@@ -202,6 +203,7 @@ impl<S: Socket> Session<S> {
             from_seq: a.from_seq,
             first_seq: if written { a.first_seq } else { None },
             last_seq: written.then_some(upto),
+            connection_delivered_at_grant: a.delivered_at_grant,
             count,
             checkpoint_at: now,
             ended_at: ended.map(|_| now),

@@ -37,6 +37,9 @@ pub(crate) struct SessionHandle {
     pub stats: Arc<ClientStats>,
     /// Events written to its socket (by the session task).
     pub delivered: AtomicU64,
+    /// The `seq` of the last event written to its socket (by the session task; the access
+    /// audit reads it for live subscriptions).
+    pub written_last: AtomicU64,
     /// Events it published that were stored.
     pub published: AtomicU64,
     /// Its live subscriptions' patterns (kept by the session task, read by the admin API).
@@ -86,6 +89,7 @@ impl SessionHandle {
             connected_since: Timestamp::now(),
             outbox: Outbox::new(queue_bytes),
             delivered: AtomicU64::new(0),
+            written_last: AtomicU64::new(0),
             published: AtomicU64::new(0),
             subscriptions: Mutex::new(Vec::new()),
             wake: Notify::new(),
@@ -107,6 +111,11 @@ impl SessionHandle {
     pub(crate) fn request_recheck(&self) {
         self.recheck.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// True while a replay runs (live events are held back meanwhile).
+    pub(crate) fn replaying(&self) -> bool {
+        self.holding.load(Ordering::Acquire)
     }
 
     /// Starts holding live events back (a replay is about to run).

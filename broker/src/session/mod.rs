@@ -123,7 +123,6 @@ pub(crate) async fn run<S: Socket>(socket: Box<S>, start: Box<Start>) {
             principal,
             subs: HashMap::new(),
             audits: HashMap::new(),
-            written_last: 0,
             acks: VecDeque::new(),
             bad_frames: 0,
             last_heard: Instant::now(),
@@ -171,8 +170,6 @@ pub(crate) struct Session<S> {
     subs: HashMap<Pattern, u64>,
     /// The access audit's record of each live subscription (empty when the audit is off).
     audits: HashMap<Pattern, audit::SubAudit>,
-    /// The `seq` of the last event written to the socket.
-    written_last: u64,
     /// Publishes handed to the log, answered in order as they complete.
     acks: VecDeque<(RequestId, PendingAck)>,
     bad_frames: u32,
@@ -364,7 +361,9 @@ impl<S: Socket> Session<S> {
                 .stats
                 .delivered
                 .fetch_add(events, Ordering::Relaxed);
-            self.written_last = self.written_last.max(last_seq);
+            self.handle
+                .written_last
+                .fetch_max(last_seq, Ordering::Relaxed);
             audit::set_firsts(&mut self.audits, firsts, replayed);
         }
         let close = drained.close.or_else(|| {

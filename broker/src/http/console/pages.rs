@@ -154,7 +154,7 @@ pub(crate) async fn login(
                 &state,
                 false,
                 Some(
-                    "That credential is not valid here, or its role (metrics) may not use the console.",
+                    "That credential is not valid here, or it is a metrics credential, which may not use the console.",
                 ),
             )
         }
@@ -824,7 +824,12 @@ fn access_query(f: &AuditForm) -> Result<AccessQuery, String> {
     Ok(AccessQuery {
         client_id: non_empty(&f.client_id),
         topic: non_empty(&f.topic)
-            .map(|s| Topic::new(&s).map_err(|e| format!("topic: {e}")))
+            .map(|s| {
+                Topic::new(&s).map_err(|_| {
+                    "Topic: one concrete topic such as fhir.encounter.started (no wildcard)"
+                        .to_owned()
+                })
+            })
             .transpose()?,
         seq: non_empty(&f.seq)
             .map(|s| {

@@ -70,7 +70,7 @@
       body.appendChild(tr);
     });
     var updated = document.querySelector('[data-field="updated"]');
-    if (updated) updated.textContent = "Updated " + new Date(d.t).toLocaleTimeString("en");
+    if (updated) updated.textContent = "Updated " + new Date(d.t).toISOString().replace(/\.\d+Z$/, "Z");
   }
 
   function live() {
@@ -86,18 +86,44 @@
     };
   }
 
-  // The scope editor: says, while typing, which scopes are well formed.
+  // The scope editor: says, while typing, what each scope allows, and which are not scopes.
   var FAMILY = /^(subscribe|publish):[A-Za-z0-9_-]+(\.([A-Za-z0-9_-]+|\*))*(\.>)?$|^(subscribe|publish):>$|^webhook:manage$|^system\/([A-Z][A-Za-z]+|\*)\.[cruds]+$/;
+  function explain(s) {
+    if (s === "webhook:manage") return s + ": manage its own webhook endpoints (within this scope)";
+    var sys = /^system\/([A-Za-z*]+)\.([cruds]+)$/.exec(s);
+    if (sys) return s + ": FHIR " + (sys[1] === "*" ? "resources of every type" : sys[1] + " resources") + " (SMART system scope; full-resource notifications)";
+    var i = s.indexOf(":");
+    var verb = s.slice(0, i) === "subscribe" ? "receive" : "publish";
+    var p = s.slice(i + 1);
+    if (p === ">") return s + ": " + verb + " every topic; contains every other " + s.slice(0, i) + " scope";
+    var multi = p.slice(-2) === ".>";
+    var base = multi ? p.slice(0, -2) : p;
+    var star = base.indexOf("*") >= 0;
+    var what = multi
+      ? "every topic under " + base + ". (" + base + ".x, " + base + ".x.y, ...)"
+      : star
+        ? "topics of " + base.split(".").length + " tokens matching " + base + " (* is one token)"
+        : "only the topic " + base;
+    return s + ": " + verb + " " + what + "; contains any narrower pattern of these";
+  }
   function scopeEditor() {
     var area = document.querySelector("[data-scope-editor]");
     var out = document.getElementById("scope-check");
     if (!area || !out) return;
     function check() {
       var parts = area.value.split(/\s+/).filter(Boolean);
-      var bad = parts.filter(function (p) { return !FAMILY.test(p); });
-      if (!parts.length) out.textContent = "";
-      else if (bad.length) out.textContent = "Not a scope this broker knows: " + bad.join(", ");
-      else out.textContent = parts.length + " scope(s), each well formed; the broker checks containment when you register.";
+      while (out.firstChild) out.removeChild(out.firstChild);
+      parts.forEach(function (p) {
+        var line = document.createElement("span");
+        line.textContent = FAMILY.test(p) ? explain(p) : "Not a scope this broker knows: " + p;
+        out.appendChild(line);
+        out.appendChild(document.createElement("br"));
+      });
+      if (parts.length && parts.every(function (p) { return FAMILY.test(p); })) {
+        var ok = document.createElement("span");
+        ok.textContent = parts.length + " scope(s), each well formed.";
+        out.appendChild(ok);
+      }
     }
     area.addEventListener("input", check);
     check();
