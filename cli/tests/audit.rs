@@ -181,7 +181,7 @@ async fn who_received_what_matches_what_each_subscriber_counted() {
     );
     // While they are still connected (their records' last snapshots are older than what they
     // received), "who received" is answered from the live sessions' counters.
-    let by_label_live: BTreeMap<&str, String> =
+    let by_label: BTreeMap<&str, String> =
         subs.iter().map(|(l, id, _, _)| (*l, id.clone())).collect();
     let last_started = *counted["started"].keys().next_back().unwrap();
     let live_who = clients_of(&cli_json(
@@ -191,10 +191,7 @@ async fn who_received_what_matches_what_each_subscriber_counted() {
     ));
     assert_eq!(
         live_who,
-        BTreeSet::from([
-            by_label_live["all"].clone(),
-            by_label_live["started"].clone()
-        ]),
+        BTreeSet::from([by_label["all"].clone(), by_label["started"].clone()]),
         "live subscriptions, before any checkpoint"
     );
     let v = cli_json(
@@ -204,7 +201,7 @@ async fn who_received_what_matches_what_each_subscriber_counted() {
             "audit",
             "access",
             "--client-id",
-            &by_label_live["all"],
+            &by_label["all"],
             "--kind",
             "subscription",
         ],
@@ -217,8 +214,6 @@ async fn who_received_what_matches_what_each_subscriber_counted() {
     }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
 
-    let by_label: BTreeMap<&str, String> =
-        subs.iter().map(|(l, id, _, _)| (*l, id.clone())).collect();
     // "What did client X receive?": one subscription record each, counts as counted.
     for (label, id) in &by_label {
         let v = cli_json(
