@@ -120,6 +120,10 @@ impl TestCluster {
         config.cluster.nats_ping_interval_ms = 1_000;
         // JetStream reserves a stream's byte limit on every replica: keep test streams small.
         config.retention.max_bytes = 64 << 20;
+        // The scenarios publish one client's events as fast as the nodes take them; the
+        // per-node publish rate (its own tests elsewhere) must not refuse some of them on a
+        // fast run (a CI run on a quiet machine was refused at 1,000/s).
+        config.limits.publish_rate_per_sec = 0;
         (config, kek)
     }
 
