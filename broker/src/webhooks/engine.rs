@@ -190,6 +190,15 @@ impl Webhooks {
 
     /// Hands the engine the FHIR service (once, when the broker is assembled): endpoints of
     /// rest-hook Subscriptions get notification Bundles.
+    /// Stops this node's worker of endpoint `id` at once (a pause answered to an admin: no
+    /// attempt starts after the answer; one already sent completes). The supervisor would stop
+    /// it too when the change reaches it, a moment later.
+    pub(crate) fn stop_local(&self, id: &str) {
+        if let Some(w) = self.0.workers.lock().remove(id) {
+            w.cancel.cancel();
+        }
+    }
+
     pub(crate) fn set_fhir(&self, fhir: &crate::fhir::Fhir) {
         let _ = self.fhir.set(fhir.downgrade());
     }

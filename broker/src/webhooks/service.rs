@@ -502,21 +502,28 @@ impl Webhooks {
             "webhook.resume"
         };
         let detail = serde_json::json!({"endpoint_id": id, "reason": reason});
-        self.change(id, actor, action, detail, |w| {
-            if paused {
-                w.state = WebhookState::Paused;
-                w.state_reason = Some(if reason.is_empty() {
-                    "paused by an admin".to_owned()
+        let changed = self
+            .change(id, actor, action, detail, |w| {
+                if paused {
+                    w.state = WebhookState::Paused;
+                    w.state_reason = Some(if reason.is_empty() {
+                        "paused by an admin".to_owned()
+                    } else {
+                        reason.clone()
+                    });
                 } else {
-                    reason.clone()
-                });
-            } else {
-                w.state = WebhookState::Active;
-                w.state_reason = None;
-            }
-            Ok(())
-        })
-        .await
+                    w.state = WebhookState::Active;
+                    w.state_reason = None;
+                }
+                Ok(())
+            })
+            .await?;
+        if paused {
+            // Nothing starts on this node after the answer (other nodes stop as the change
+            // reaches them: WEBHOOKS.md section 9).
+            self.stop_local(id);
+        }
+        Ok(changed)
     }
 
     /// A new signing secret (returned once); the previous one signs too for
