@@ -220,6 +220,35 @@ fn console_sessions_end_when_idle_and_at_their_absolute_lifetime() {
         "{html}"
     );
 
+    // The audit's exports, as files.
+    let admin_again = Browserless::sign_in(&served.url, admin.trim());
+    for (format, kind) in [
+        ("fhir", "application/fhir+json"),
+        ("ndjson", "application/x-ndjson"),
+    ] {
+        let r = admin_again
+            .http
+            .get(format!(
+                "{}/console/audit/export?format={format}",
+                served.url
+            ))
+            .header("cookie", &admin_again.cookie)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], kind);
+        assert!(
+            r.headers()["content-disposition"]
+                .to_str()
+                .unwrap()
+                .starts_with("attachment")
+        );
+        if format == "fhir" {
+            let b: serde_json::Value = r.json().unwrap();
+            assert_eq!(b["resourceType"], "Bundle");
+        }
+    }
+
     // A metrics credential may not sign in.
     let out = support::run_ok(
         Command::new(BIN)

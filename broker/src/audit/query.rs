@@ -197,6 +197,38 @@ fn bring_up_to_date(
     s.checkpoint_at = Timestamp::now();
 }
 
+/// `records` as NDJSON, one per line; a last line `{"truncated":true}` when the limit cut it.
+pub(crate) fn ndjson(records: &[AccessRecord], truncated: bool) -> String {
+    let mut body = String::new();
+    for r in records {
+        if let Ok(line) = serde_json::to_string(r) {
+            body.push_str(&line);
+            body.push('\n');
+        }
+    }
+    if truncated {
+        body.push_str("{\"truncated\":true}\n");
+    }
+    body
+}
+
+/// `records` as a FHIR R4B `Bundle` of type `collection` of `AuditEvent`s ([`audit_event`]).
+pub(crate) fn fhir_bundle(records: &[AccessRecord], base: &str) -> Value {
+    let entries: Vec<Value> = records
+        .iter()
+        .map(|r| json!({ "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": audit_event(r, base) }))
+        .collect();
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": Timestamp::now().to_string(),
+    });
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
+    }
+    bundle
+}
+
 /// DICOM (DCM) and audit code systems the `AuditEvent`s use.
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 const EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";

@@ -17,11 +17,10 @@ use axum::response::{IntoResponse, Response};
 use scopecast_protocol::audit::AccessList;
 use scopecast_protocol::{ErrorCode, Timestamp, Topic};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::admin::registry_error;
 use super::error::ApiError;
-use crate::audit::query::{AccessQuery, MAX_LIMIT, QueryError, access, audit_event};
+use crate::audit::query::{AccessQuery, MAX_LIMIT, QueryError, access, fhir_bundle, ndjson};
 use crate::state::Broker;
 
 /// The query string of `GET /admin/v1/audit/access`.
@@ -144,41 +143,16 @@ pub(crate) async fn access_records(
         }
     };
     match format {
-        "ndjson" => {
-            let mut body = String::new();
-            for r in &records {
-                if let Ok(line) = serde_json::to_string(r) {
-                    body.push_str(&line);
-                    body.push('\n');
-                }
-            }
-            if truncated {
-                body.push_str("{\"truncated\":true}\n");
-            }
-            ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
-        }
-        "fhir" => {
-            let entries: Vec<_> = records
-                .iter()
-                .map(|r| {
-                    let e = audit_event(r, &state.public_url);
-                    json!({ "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": e })
-                })
-                .collect();
-            let mut bundle = json!({
-                "resourceType": "Bundle",
-                "type": "collection",
-                "timestamp": Timestamp::now().to_string(),
-            });
-            if !entries.is_empty() {
-                bundle["entry"] = json!(entries);
-            }
-            (
-                [(header::CONTENT_TYPE, "application/fhir+json")],
-                bundle.to_string(),
-            )
-                .into_response()
-        }
+        "ndjson" => (
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            ndjson(&records, truncated),
+        )
+            .into_response(),
+        "fhir" => (
+            [(header::CONTENT_TYPE, "application/fhir+json")],
+            fhir_bundle(&records, &state.public_url).to_string(),
+        )
+            .into_response(),
         _ => Json(AccessList { records, truncated }).into_response(),
     }
 }

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::{
     LOGIN_COOKIE, Refused, User, api, form, layout, reader, set_cookie, signed_in, writer,
 };
-use crate::audit::query::{AccessQuery, access, audit_event};
+use crate::audit::query::{AccessQuery, access, fhir_bundle, ndjson};
 use crate::registry::AuditQuery;
 use crate::state::Broker;
 
@@ -991,14 +991,6 @@ pub(crate) async fn audit_export(
         Err(e) => return failed(&user, &e.to_string()),
     };
     if f.format.as_deref() == Some("fhir") {
-        let entries: Vec<_> = records
-            .iter()
-            .map(|r| json!({"fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": audit_event(r, &state.public_url)}))
-            .collect();
-        let mut bundle = json!({"resourceType": "Bundle", "type": "collection", "timestamp": Timestamp::now().to_string()});
-        if !entries.is_empty() {
-            bundle["entry"] = json!(entries);
-        }
         (
             [
                 (header::CONTENT_TYPE, "application/fhir+json"),
@@ -1007,17 +999,10 @@ pub(crate) async fn audit_export(
                     "attachment; filename=\"access-audit.fhir.json\"",
                 ),
             ],
-            Json(bundle),
+            Json(fhir_bundle(&records, &state.public_url)),
         )
             .into_response()
     } else {
-        let mut body = String::new();
-        for r in &records {
-            if let Ok(l) = serde_json::to_string(r) {
-                body.push_str(&l);
-                body.push('\n');
-            }
-        }
         (
             [
                 (header::CONTENT_TYPE, "application/x-ndjson"),
@@ -1026,7 +1011,7 @@ pub(crate) async fn audit_export(
                     "attachment; filename=\"access-audit.ndjson\"",
                 ),
             ],
-            body,
+            ndjson(&records, false),
         )
             .into_response()
     }
