@@ -87,6 +87,15 @@ impl std::fmt::Debug for JetStreamLog {
 /// than the duplicate window (the idempotency window, 10 minutes by default).
 const RETRY_FOR: Duration = Duration::from_secs(15);
 
+/// How long one retry waits for its acknowledgement before it is sent again (with the same
+/// id, so JetStream answers a repeat with the first `seq`). async-nats would wait 5 s: a
+/// retry sent just before a new leader took over then held the publisher's answer up to 5 s
+/// past the election (a CI run measured 12.5 s for an election of about 7 s).
+const RETRY_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// The longest pause between two retries (they start at 100 ms and double).
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
+
 /// A publish sent and not yet answered: its acknowledgement (or why it could not be sent),
 /// the message to send again with the same id (subject, headers, payload), the event's id
 /// and time, the body's fingerprint (empty without a publisher's id), and whether the id is
@@ -236,14 +245,17 @@ impl JetStreamLog {
         while tokio::time::Instant::now() < deadline {
             tracing::debug!(error = %last, "JetStream publish unanswered; retrying with the same id");
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
             let attempt = async {
                 match self
                     .js
                     .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                     .await
                 {
-                    Ok(future) => future.await.map_err(|e| e.to_string()),
+                    Ok(future) => match tokio::time::timeout(RETRY_ATTEMPT, future).await {
+                        Ok(answer) => answer.map_err(|e| e.to_string()),
+                        Err(_) => Err("no acknowledgement within the retry's wait".to_owned()),
+                    },
                     Err(e) => Err(e.to_string()),
                 }
             };
