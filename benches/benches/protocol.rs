@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use scopecast_protocol::{
-    ClientFrame, EventId, Pattern, RawValue, ScopeSet, Timestamp, Topic, encode_event,
+    ClientFrame, EventId, Pattern, RawJson, RawValue, ScopeSet, Timestamp, Topic, encode_event,
 };
 
 fn topic_parse(c: &mut Criterion) {
@@ -99,7 +99,7 @@ fn event_encode(c: &mut Criterion) {
     let time = Timestamp::now();
     let mut group = c.benchmark_group("event_encode");
     for size in scopecast_bench::PAYLOAD_SIZES {
-        let data = payload(size);
+        let data = RawJson::from(payload(size));
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| {
             b.iter(|| encode_event(black_box(42), &topic, &id, time, d))
@@ -120,6 +120,26 @@ fn frame_decode(c: &mut Criterion) {
             b.iter(|| ClientFrame::decode(black_box(f), 1 << 20))
         });
     }
+    // The real FHIR Encounter the harness publishes (about 1.7 KB, escapes and nesting):
+    // the one-pass reader against the serde path it replaced (envelope, then `data` check),
+    // which is still the fallback (an escaped member name sends a frame there).
+    let encounter =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/encounter.json"))
+            .expect("benches/data/encounter.json");
+    let fast = format!(
+        r#"{{"type":"publish","id":"p1","topic":"fhir.encounter.started","data":{}}}"#,
+        encounter.trim()
+    );
+    let serde_path = fast.replacen(r#""type""#, r#""\u0074ype""#, 1);
+    group.throughput(Throughput::Bytes(fast.len() as u64));
+    group.bench_with_input(BenchmarkId::new("publish", "encounter"), &fast, |b, f| {
+        b.iter(|| ClientFrame::decode(black_box(f), 1 << 20))
+    });
+    group.bench_with_input(
+        BenchmarkId::new("publish-serde-path", "encounter"),
+        &serde_path,
+        |b, f| b.iter(|| ClientFrame::decode(black_box(f), 1 << 20)),
+    );
     group.finish();
 }
 

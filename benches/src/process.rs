@@ -15,6 +15,74 @@ use anyhow::{Context, anyhow, bail};
 /// Lines of a child's output kept for error messages.
 const KEPT_LINES: usize = 20;
 
+/// The CPUs the systems under test are pinned to (`--pin`), once set.
+static PINNED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Pins every system started from now on to `cpus` (a `taskset` CPU list) and this harness,
+/// all its threads, to the other CPUs.
+///
+/// # Errors
+/// `taskset` is missing or refused the list, or no CPU is left for the harness.
+pub(crate) fn pin(cpus: &str) -> anyhow::Result<()> {
+    let online = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let systems = parse_cpu_list(cpus)
+        .with_context(|| format!("--pin {cpus}: a CPU list such as 1 or 2-3"))?;
+    let harness: Vec<String> = (0..online)
+        .filter(|c| !systems.contains(c))
+        .map(|c| c.to_string())
+        .collect();
+    if harness.is_empty() || systems.iter().any(|c| *c >= online) {
+        bail!(
+            "--pin {cpus}: this machine has CPUs 0-{}; the harness needs one of them",
+            online - 1
+        );
+    }
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &harness.join(",")])
+        .arg(std::process::id().to_string())
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (util-linux)")?;
+    if !status.success() {
+        bail!("taskset could not pin the harness: {status}");
+    }
+    let _ = PINNED.set(cpus.to_owned());
+    Ok(())
+}
+
+fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.trim().parse::<usize>().ok()?..=b.trim().parse().ok()?),
+            None => cpus.push(part.trim().parse().ok()?),
+        }
+    }
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+/// `cmd` as given, or run through `taskset -c CPUS` when the systems are pinned.
+fn pinned(cmd: Command) -> Command {
+    let Some(cpus) = PINNED.get() else {
+        return cmd;
+    };
+    let mut t = Command::new("taskset");
+    t.arg("-c")
+        .arg(cpus)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => t.env(k, v),
+            None => t.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        t.current_dir(dir);
+    }
+    t
+}
+
 /// A running child process, killed when dropped.
 pub(crate) struct Spawned {
     child: Child,
@@ -29,17 +97,18 @@ impl Spawned {
     /// # Errors
     /// It could not start, or exited or stayed silent before saying its address.
     pub(crate) fn start_and_read_addr(
-        mut cmd: Command,
+        cmd: Command,
         from_stderr: bool,
         wait: Duration,
     ) -> anyhow::Result<(Spawned, SocketAddr)> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let mut cmd = pinned(cmd);
         if from_stderr {
             cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         } else {
             cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         }
         cmd.stdin(Stdio::null());
-        let program = cmd.get_program().to_string_lossy().into_owned();
         let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
         let out: Box<dyn Read + Send> = if from_stderr {
             Box::new(child.stderr.take().context("child stderr")?)
@@ -96,11 +165,12 @@ impl Spawned {
     ///
     /// # Errors
     /// It could not start.
-    pub(crate) fn start(mut cmd: Command) -> anyhow::Result<Spawned> {
+    pub(crate) fn start(cmd: Command) -> anyhow::Result<Spawned> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let mut cmd = pinned(cmd);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let program = cmd.get_program().to_string_lossy().into_owned();
         let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
         let err = child.stderr.take().context("child stderr")?;
         let tail = Arc::new(Mutex::new(VecDeque::new()));

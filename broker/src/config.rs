@@ -579,6 +579,13 @@ pub struct LimitsConfig {
     /// frame's length. 1 KiB rather than 4 KiB saves 3 KiB per idle connection, with no
     /// measured cost to WebSocket publish throughput (BENCHMARKS.md, idle connections).
     pub read_buffer_bytes: usize,
+    /// WebSocket read buffer of a connection whose upgrade request carries a token with a
+    /// `publish:` scope, in bytes (1,024 to 1 MiB): each socket read takes at most the
+    /// buffer's size, so a publisher of 1.7 KB FHIR resources behind a 1 KiB buffer made two
+    /// or three reads per frame. 64 KiB took one read for many frames: N = 1 fan-out of the
+    /// Encounter 1.35x faster (BENCHMARKS.md, performance round two). Subscribers keep
+    /// `read_buffer_bytes`; a connection that sends its token in an `auth` frame too.
+    pub publisher_read_buffer_bytes: usize,
     /// Bytes of outgoing frames a connection collects before writing them to its socket
     /// (1 KiB to 1 MiB); a batch of events goes out whenever this much is collected, and once
     /// more at its end. The buffer keeps the largest size it reached for the connection's
@@ -615,6 +622,7 @@ impl Default for LimitsConfig {
             max_publish_body_bytes: 1 << 20,
             publish_queue: 8_192,
             read_buffer_bytes: 1_024,
+            publisher_read_buffer_bytes: 65_536,
             write_buffer_bytes: 16_384,
             idempotency_window_s: 600,
             idempotency_max_keys: 200_000,
@@ -1049,6 +1057,12 @@ impl Config {
         if !(1024..=1 << 20).contains(&l.read_buffer_bytes) {
             return Err(invalid(
                 "limits.read_buffer_bytes",
+                "must be 1 KiB to 1 MiB",
+            ));
+        }
+        if !(1024..=1 << 20).contains(&l.publisher_read_buffer_bytes) {
+            return Err(invalid(
+                "limits.publisher_read_buffer_bytes",
                 "must be 1 KiB to 1 MiB",
             ));
         }

@@ -60,7 +60,7 @@ fn check_frame(frame: &ClientFrame) {
             .clone()
             .unwrap_or_else(|| EventId::from_uuid([0xa5; 16]));
         let time = Timestamp::from_unix_seconds(1_790_000_000).expect("a time in range");
-        let bytes = encode_event(1, topic, &id, time, data.as_raw());
+        let bytes = encode_event(1, topic, &id, time, data);
         let text = std::str::from_utf8(&bytes).expect("an event frame is UTF-8");
         match ServerFrame::decode(text) {
             Ok(ServerFrame::Event(event)) => {

@@ -36,8 +36,14 @@ struct Fixture {
 }
 
 async fn fixture(external_uri: Option<String>) -> Fixture {
+    fixture_keeping_retired_keys(external_uri, 600).await
+}
+
+/// [`fixture`] whose key ring keeps a retired signing key `retain_s` seconds (0: a rotation
+/// removes the old key at once, as a revocation does).
+async fn fixture_keeping_retired_keys(external_uri: Option<String>, retain_s: i64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let keys = KeyRing::open(&dir.path().join("keys.json"), 600).unwrap();
+    let keys = KeyRing::open(&dir.path().join("keys.json"), retain_s).unwrap();
     let store = SqliteStore::open(&dir.path().join("registry.sqlite"))
         .await
         .unwrap();
@@ -314,6 +320,38 @@ async fn oversized_and_malformed_tokens_are_refused_without_parsing_much() {
         VerifyError::Malformed(_)
     ));
     assert!(matches!(f.refused("").await, VerifyError::Malformed(_)));
+}
+
+/// A token is verified once and remembered (issue 20: a reconnect storm costs one signature
+/// check per token), but the registry still decides every use, and a key removed from the
+/// set ends every token it signed at once.
+#[tokio::test]
+async fn a_remembered_token_never_outlives_a_deactivation_or_its_key() {
+    let f = fixture_keeping_retired_keys(None, 0).await;
+    let scope = ScopeSet::parse("subscribe:adt.*").unwrap();
+    let token = f.issuer.issue(&f.client_id, &scope).unwrap().access_token;
+    assert_eq!(f.verifier.remembered_tokens(), 0);
+    f.verifier.verify(&token).await.unwrap();
+    assert_eq!(f.verifier.remembered_tokens(), 1);
+    f.verifier.verify(&token).await.unwrap();
+    assert_eq!(f.verifier.remembered_tokens(), 1, "one entry per token");
+    f.registry
+        .set_active(&f.client_id, false, "test", "offboarded")
+        .await
+        .unwrap();
+    assert_eq!(f.refused(&token).await, VerifyError::ClientInactive);
+    f.registry
+        .set_active(&f.client_id, true, "test", "")
+        .await
+        .unwrap();
+    f.verifier.verify(&token).await.unwrap();
+    // Refusals are never remembered.
+    let forged = f.foreign.sign(&f.claims(), Some("at+jwt"));
+    f.refused(&forged).await;
+    assert_eq!(f.verifier.remembered_tokens(), 1);
+    // The key that signed it leaves the set: the token is refused though remembered.
+    f.issuer.keys().rotate().unwrap();
+    assert_eq!(f.refused(&token).await, VerifyError::UnknownKey);
 }
 
 #[tokio::test]

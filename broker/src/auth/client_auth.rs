@@ -10,6 +10,7 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
+use super::cache::{SECRET_CACHE_ENTRIES, SecretCache};
 use super::jwks::{self, JwksCache};
 use super::jwt;
 use super::secret;
@@ -91,6 +92,9 @@ pub struct ClientAuthenticator {
     leeway_s: u64,
     /// Bounds concurrent argon2id checks, so a flood of token requests cannot exhaust memory.
     secret_checks: Arc<tokio::sync::Semaphore>,
+    /// Secrets that matched lately: a client asking again within minutes skips argon2id
+    /// (`auth::cache`).
+    matched: Arc<SecretCache>,
 }
 
 impl std::fmt::Debug for ClientAuthenticator {
@@ -121,6 +125,7 @@ impl ClientAuthenticator {
             token_endpoint,
             leeway_s,
             secret_checks: Arc::new(tokio::sync::Semaphore::new(max_secret_checks.max(1))),
+            matched: Arc::new(SecretCache::new(SECRET_CACHE_ENTRIES)),
         }
     }
 
@@ -152,6 +157,14 @@ impl ClientAuthenticator {
         given: String,
     ) -> Result<Arc<ClientEntry>, AuthFailure> {
         let unknown = || AuthFailure::Invalid("unknown client or wrong secret".to_owned());
+        // The same secret matched the same stored hash minutes ago: no argon2id run (a
+        // rotated secret has another hash, so it is never found here).
+        if let Some(c) = self.registry.client(client_id)
+            && let Some(hash) = &c.secret_hash
+            && self.matched.matched(client_id, &given, hash, now_s())
+        {
+            return Ok(c);
+        }
         let _permit = tokio::time::timeout(SECRET_CHECK_WAIT, self.secret_checks.acquire())
             .await
             .map_err(|_| AuthFailure::Busy)?
@@ -162,11 +175,19 @@ impl ClientAuthenticator {
             .as_ref()
             .and_then(|c| c.secret_hash.clone())
             .unwrap_or_else(dummy_hash);
-        let ok = tokio::task::spawn_blocking(move || secret::verify_secret(&given, &hash))
-            .await
-            .unwrap_or(false);
+        let checked = tokio::task::spawn_blocking(move || {
+            let ok = secret::verify_secret(&given, &hash);
+            (ok, given, hash)
+        })
+        .await;
+        let Ok((ok, given, hash)) = checked else {
+            return Err(unknown());
+        };
         match client {
-            Some(c) if ok && c.secret_hash.is_some() => Ok(c),
+            Some(c) if ok && c.secret_hash.is_some() => {
+                self.matched.remember(client_id, &given, &hash, now_s());
+                Ok(c)
+            }
             _ => Err(unknown()),
         }
     }

@@ -3,6 +3,7 @@
 //! - `secret`: random secrets and argon2id hashes.
 //! - `keys`: the broker's ES256 signing keys, rotation, the published JWK Set.
 
+pub mod cache;
 pub mod client_auth;
 pub mod jwks;
 pub mod jwt;

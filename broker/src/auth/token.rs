@@ -19,6 +19,7 @@ use scopecast_protocol::{Reason, ScopeSet, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::cache::{TOKEN_CACHE_ENTRIES, TokenCache};
 use super::jwks::{self, JwksCache};
 use super::jwt;
 use super::keys::KeyRing;
@@ -335,6 +336,8 @@ pub struct TokenVerifier {
     registry: Registry,
     environment: EnvironmentKind,
     leeway_s: u64,
+    /// Tokens whose signature and claims verified, until their `exp` (`auth::cache`).
+    verified: Arc<TokenCache<Arc<VerifiedClaims>>>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -409,7 +412,14 @@ impl TokenVerifier {
             registry,
             environment,
             leeway_s,
+            verified: Arc::new(TokenCache::new(TOKEN_CACHE_ENTRIES)),
         })
+    }
+
+    /// How many verified tokens are remembered now (at most
+    /// [`TOKEN_CACHE_ENTRIES`](super::cache::TOKEN_CACHE_ENTRIES)).
+    pub fn remembered_tokens(&self) -> usize {
+        self.verified.len()
     }
 
     /// The leeway applied to `exp` and `nbf`, in seconds.
@@ -483,7 +493,19 @@ impl TokenVerifier {
         };
         // Only from here on are claims trusted: the signature, `iss`, `aud`, `exp` and `nbf`
         // have been checked by `jsonwebtoken` with the key we chose.
-        let claims = self.check(token, &route.key, alg, &iss, route.audience)?;
+        // A token verified before (same bytes, so same `kid`, `alg`, `iss` and `aud`, and its
+        // key still in the set, looked up above) is not verified again before its `exp`.
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let cache_key = TokenCache::<Arc<VerifiedClaims>>::key(token);
+        let claims = match self.verified.get(&cache_key, now) {
+            Some(claims) => claims,
+            None => {
+                let claims = Arc::new(self.check(token, &route.key, alg, &iss, route.audience)?);
+                self.verified
+                    .insert(cache_key, claims.exp, claims.clone(), now);
+                claims
+            }
+        };
         let (client_id, scope) = match route.external {
             None => {
                 // Our own token is valid only in the environment that issued it.

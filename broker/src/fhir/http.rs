@@ -1105,7 +1105,7 @@ pub(crate) fn notification_event<'a>(
     NotificationEvent {
         number,
         timestamp: e.time,
-        resource: e.data.as_raw(),
+        resource: e.data.to_raw(),
         resource_type: resource["resourceType"]
             .as_str()
             .unwrap_or(topic.resource_type.as_str()),

@@ -8,7 +8,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
-use scopecast_protocol::{Reason, SUBPROTOCOL};
+use scopecast_protocol::{Reason, SUBPROTOCOL, Scope};
 
 use super::auth::{bearer, refused_token, token_in_query, token_in_url};
 use super::error::ApiError;
@@ -84,9 +84,17 @@ pub(crate) async fn stream(
         ));
     }
     let tracker = state.session_tasks.clone();
+    // A publisher reads many frames per socket read; a subscriber's idle buffer stays small.
+    let publishes = principal
+        .as_ref()
+        .is_some_and(|p| p.scope.iter().any(|s| matches!(s, Scope::Publish(_))));
     let (max_frame, read_buffer, write_buffer) = (
         limits.max_frame_bytes,
-        limits.read_buffer_bytes,
+        if publishes {
+            limits.publisher_read_buffer_bytes
+        } else {
+            limits.read_buffer_bytes
+        },
         limits.write_buffer_bytes,
     );
     // Boxed: the upgrade task keeps this closure's captures for the connection's life.

@@ -82,7 +82,7 @@ pub(crate) fn event_text(e: &StoredEvent, encodings: &Encodings) -> Utf8Bytes {
             &e.topic,
             &e.event_id,
             e.time,
-            e.data.as_raw(),
+            &e.data,
         ))
     };
     match encodings.get_or_make(Format::ScopecastV1, make) {

@@ -1199,9 +1199,7 @@ type Recorded<'a> = (Option<u16>, Option<String>, Option<i64>, &'a str);
 /// The request body: the event's body (WEBHOOKS.md "Body"), or for an endpoint with
 /// `max_batch > 1` a JSON array of them (even of one).
 fn body_of(events: &[Arc<StoredEvent>], batched: bool) -> Bytes {
-    let one = |e: &StoredEvent| {
-        encode_webhook_body(e.seq, &e.topic, &e.event_id, e.time, e.data.as_raw())
-    };
+    let one = |e: &StoredEvent| encode_webhook_body(e.seq, &e.topic, &e.event_id, e.time, &e.data);
     if !batched {
         return Bytes::from(one(&events[0]));
     }

@@ -2,9 +2,8 @@
 //! one buffer that every subscriber shares ([`encode_event`] gives it as [`Bytes`]).
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 
-use super::EventId;
+use super::{EventId, RawJson};
 use crate::timestamp::Timestamp;
 use crate::topic::Topic;
 
@@ -19,7 +18,7 @@ pub fn encode_event_text(
     topic: &Topic,
     id: &EventId,
     time: Timestamp,
-    data: &RawValue,
+    data: &RawJson,
 ) -> String {
     let time = time.to_rfc3339();
     let data = data.get();
@@ -47,7 +46,7 @@ pub fn encode_event(
     topic: &Topic,
     id: &EventId,
     time: Timestamp,
-    data: &RawValue,
+    data: &RawJson,
 ) -> Bytes {
     Bytes::from(encode_event_text(seq, topic, id, time, data))
 }
@@ -60,7 +59,7 @@ pub fn encode_webhook_body(
     topic: &Topic,
     id: &EventId,
     time: Timestamp,
-    data: &RawValue,
+    data: &RawJson,
 ) -> String {
     let time = time.to_rfc3339();
     let data = data.get();
@@ -99,7 +98,7 @@ mod tests {
 
     #[test]
     fn a_webhook_body_carries_the_data_byte_for_byte() {
-        let data = RawValue::from_string("{ \"b\" : 2,\n \"a\":1.50 }".to_owned()).expect("raw");
+        let data = RawJson::from_string("{ \"b\" : 2,\n \"a\":1.50 }".to_owned()).expect("raw");
         let body = encode_webhook_body(
             7,
             &Topic::new("fhir.encounter.started").expect("topic"),

@@ -10,6 +10,7 @@ mod client;
 mod event;
 mod ids;
 mod payload;
+mod scan;
 mod server;
 #[cfg(test)]
 mod tests;

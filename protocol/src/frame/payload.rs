@@ -1,5 +1,6 @@
 //! Event payloads: [`RawJson`] keeps the exact JSON text a publisher sent, checked once
-//! (nesting, lone surrogates, number range) and never turned into a tree.
+//! (nesting, lone surrogates, number range) and never turned into a tree. It is kept as a
+//! plain `Box<str>`, checked when made: a `Box<RawValue>` can only be made by parsing again.
 
 use std::fmt;
 
@@ -9,9 +10,10 @@ use serde_json::value::RawValue;
 
 use super::MAX_DATA_DEPTH;
 
-/// An event payload kept as the exact JSON text the publisher sent.
+/// An event payload kept as the exact JSON text the publisher sent: always one well-formed
+/// JSON value, without surrounding whitespace.
 #[derive(Clone)]
-pub struct RawJson(pub(super) Box<RawValue>);
+pub struct RawJson(pub(super) Box<str>);
 
 impl RawJson {
     /// Checks that `json` is one well-formed JSON value and keeps its text.
@@ -19,7 +21,7 @@ impl RawJson {
     /// # Errors
     /// The parser's error, with line and column.
     pub fn from_string(json: String) -> Result<Self, serde_json::Error> {
-        RawValue::from_string(json).map(RawJson)
+        RawValue::from_string(json).map(|raw| RawJson(raw.into()))
     }
 
     /// Serializes `value` to compact JSON.
@@ -27,7 +29,7 @@ impl RawJson {
     /// # Errors
     /// When `value` cannot be serialized (e.g. a map with non-string keys).
     pub fn from_value<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        serde_json::value::to_raw_value(value).map(RawJson)
+        serde_json::value::to_raw_value(value).map(|raw| RawJson(raw.into()))
     }
 
     /// Checks `text` as an event payload, by the same rules as a `publish` frame's `data`:
@@ -42,18 +44,20 @@ impl RawJson {
         if raw.get() == "null" {
             return Err("the payload is null".to_owned());
         }
-        check_data(&raw)?;
-        Ok(RawJson(raw))
+        check_data(raw.get())?;
+        Ok(RawJson(raw.into()))
     }
 
     /// The JSON text.
     pub fn get(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
-    /// The payload as a raw value.
-    pub fn as_raw(&self) -> &RawValue {
-        &self.0
+    /// The payload as a raw value, for a serde structure that embeds it verbatim. Reads the
+    /// text once more (serde_json makes a `RawValue` only by parsing): not for a path that
+    /// runs once per delivered event.
+    pub fn to_raw(&self) -> &RawValue {
+        serde_json::from_str(&self.0).expect("a RawJson holds one well-formed JSON value")
     }
 
     /// Parses the payload into `T`.
@@ -61,13 +65,13 @@ impl RawJson {
     /// # Errors
     /// When the payload does not fit `T`.
     pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.0.get())
+        serde_json::from_str(&self.0)
     }
 }
 
 impl From<Box<RawValue>> for RawJson {
     fn from(raw: Box<RawValue>) -> Self {
-        RawJson(raw)
+        RawJson(raw.into())
     }
 }
 
@@ -88,20 +92,20 @@ impl fmt::Debug for RawJson {
 
 impl Serialize for RawJson {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        self.to_raw().serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for RawJson {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Box::<RawValue>::deserialize(deserializer).map(RawJson)
+        Box::<RawValue>::deserialize(deserializer).map(|raw| RawJson(raw.into()))
     }
 }
 
 /// Checks that event `data` is JSON every subscriber can read: strings free of lone surrogate
 /// escapes, numbers within f64 range, nesting at most [`MAX_DATA_DEPTH`]. One pass, no tree.
-pub(super) fn check_data(data: &RawValue) -> Result<(), String> {
-    let mut de = serde_json::Deserializer::from_str(data.get());
+pub(super) fn check_data(data: &str) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_str(data);
     DataCheck { depth: 0 }.deserialize(&mut de).map_err(|e| {
         let mut msg = e.to_string();
         if let Some(at) = msg.find(" at line ") {

@@ -280,7 +280,7 @@ impl ServerFrame {
     pub fn encode(&self) -> String {
         match self {
             ServerFrame::Event(e) => {
-                let bytes = encode_event(e.seq, &e.topic, &e.id, e.time, e.data.as_raw());
+                let bytes = encode_event(e.seq, &e.topic, &e.id, e.time, &e.data);
                 String::from_utf8_lossy(&bytes).into_owned()
             }
             // Cannot fail: strings, integers, in-range Timestamps and raw JSON only.

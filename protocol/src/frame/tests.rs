@@ -6,7 +6,6 @@ use crate::scope::ScopeSet;
 use crate::timestamp::Timestamp;
 use crate::topic::{Pattern, Topic};
 use proptest::prelude::*;
-use serde_json::value::RawValue;
 use time::macros::datetime;
 
 const MAX: usize = 1 << 20;
@@ -183,7 +182,7 @@ fn event_frames_are_encoded_once_and_decode_back() {
     let topic = Topic::new("fhir.encounter.started").unwrap();
     let id = EventId::new("ev-\"1\"").unwrap();
     let time = Timestamp::new(datetime!(2026-11-29 10:00:00.123 UTC)).unwrap();
-    let data = RawValue::from_string(r#"{"resourceType":"Encounter"}"#.into()).unwrap();
+    let data = RawJson::from_string(r#"{"resourceType":"Encounter"}"#.into()).unwrap();
     let bytes = encode_event(7, &topic, &id, time, &data);
     let text = std::str::from_utf8(&bytes).unwrap();
     assert!(
@@ -516,6 +515,21 @@ fn arb_server_frame() -> impl Strategy<Value = ServerFrame> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// The one-pass reader never takes a frame the serde path would refuse or read
+    /// otherwise: on every frame it accepts, both give the same frame or the same error.
+    #[test]
+    fn the_one_pass_reader_agrees_with_serde(text in arb_frame_text()) {
+        if super::scan::frame(&text).is_some() {
+            let fast = ClientFrame::decode(&text, MAX);
+            let slow = super::client::decode_by_serde(&text);
+            prop_assert_eq!(fast, slow, "{}", text);
+        }
+    }
+}
+
+proptest! {
     #[test]
     fn client_frames_round_trip(frame in arb_client_frame()) {
         let text = frame.encode();
@@ -555,4 +569,137 @@ fn gap_frames_round_trip_with_and_without_a_subscription_id() {
     }
     let e = ServerFrame::decode(r#"{"type":"gap","from_seq":1}"#).unwrap_err();
     assert_eq!(e.reason, Reason::MissingField, "{}", e.message);
+}
+
+/// JSON text pieces with the forms the one-pass reader must judge as serde does: escapes and
+/// surrogates, control characters, numbers at the edges, nesting.
+fn arb_json(depth: u32) -> BoxedStrategy<String> {
+    // Mostly pieces serde takes, so that whole frames get through to the comparison.
+    let string = prop::collection::vec(
+        prop_oneof![
+            6 => Just("a".to_owned()),
+            6 => Just("\\u00e9".to_owned()),
+            6 => Just("\\ud83d\\ude00".to_owned()),
+            6 => Just("\\n\\t\\\"\\\\\\/".to_owned()),
+            6 => Just("é漢😀".to_owned()),
+            6 => "[a-z ]{0,12}",
+            1 => Just("\\ud800".to_owned()),
+            1 => Just("\\udc00".to_owned()),
+            1 => Just("\\ud800\\u0041".to_owned()),
+            1 => Just("\\x".to_owned()),
+            1 => Just("\\u12".to_owned()),
+            1 => Just("\t".to_owned()),
+            1 => Just("\u{1}".to_owned()),
+        ],
+        0..6,
+    )
+    .prop_map(|parts| format!("\"{}\"", parts.concat()));
+    let number = prop_oneof![
+        Just("0".to_owned()),
+        Just("-0".to_owned()),
+        Just("01".to_owned()),
+        Just("1.".to_owned()),
+        Just(".5".to_owned()),
+        Just("1e400".to_owned()),
+        Just("-1e400".to_owned()),
+        Just("1e-400".to_owned()),
+        Just("1.7976931348623157e308".to_owned()),
+        Just("1.7976931348623159e308".to_owned()),
+        Just("18446744073709551616".to_owned()),
+        Just("-9223372036854775809".to_owned()),
+        Just("1E+2".to_owned()),
+        Just("1e".to_owned()),
+        Just("0e99999".to_owned()),
+        Just("-".to_owned()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|f| f.to_string()),
+        "[0-9]{1,30}(\\.[0-9]{1,5})?([eE][+-]?[0-9]{1,4})?",
+    ];
+    let leaf = prop_oneof![
+        string.clone(),
+        number,
+        Just("true".to_owned()),
+        Just("false".to_owned()),
+        Just("null".to_owned()),
+        Just("nul".to_owned()),
+    ]
+    .boxed();
+    if depth == 0 {
+        return leaf;
+    }
+    let inner = arb_json(depth - 1);
+    let ws = prop_oneof![Just(""), Just(" "), Just("\n\t"), Just("\u{b}")];
+    prop_oneof![
+        3 => leaf,
+        1 => (prop::collection::vec((inner.clone(), ws.clone()), 0..4), any::<bool>()).prop_map(
+            |(items, trailing)| {
+                let body: Vec<String> = items.into_iter().map(|(v, w)| format!("{w}{v}{w}")).collect();
+                format!("[{}{}]", body.join(","), if trailing { "," } else { "" })
+            }
+        ),
+        1 => prop::collection::vec((string, inner, ws), 0..4).prop_map(|members| {
+            let body: Vec<String> =
+                members.into_iter().map(|(k, v, w)| format!("{k}{w}:{w}{v}")).collect();
+            format!("{{{}}}", body.join(","))
+        }),
+    ]
+    .boxed()
+}
+
+/// A client frame's text: mostly publish frames with unusual `data` and members, some with a
+/// repeated member, cut short or with a stray byte, some deeply nested.
+fn arb_frame_text() -> impl Strategy<Value = String> {
+    let kind = prop_oneof![
+        4 => Just("\"publish\"".to_owned()),
+        1 => Just("\"subscribe\"".to_owned()),
+        1 => arb_json(1),
+    ];
+    let extra = prop_oneof![
+        Just("id"),
+        Just("topic"),
+        Just("data"),
+        Just("event_id"),
+        Just("since"),
+        Just("token"),
+        Just("other"),
+        Just("x\\u0041"),
+    ];
+    let deep = (60usize..70).prop_map(|n| {
+        format!(
+            r#"{{"type":"publish","id":"p","topic":"a.b","data":{}1{}}}"#,
+            "[".repeat(n),
+            "]".repeat(n)
+        )
+    });
+    let frame = (
+        kind,
+        prop::option::weighted(0.9, arb_json(3)),
+        prop::option::weighted(0.3, arb_json(1)),
+        prop::option::weighted(0.2, (extra, arb_json(2))),
+        any::<u8>(),
+        0usize..60,
+    )
+        .prop_map(|(kind, data, event_id, extra, cut, at)| {
+            let mut members = vec![
+                format!("\"type\":{kind}"),
+                "\"id\":\"p1\"".to_owned(),
+                "\"topic\":\"lab.result\"".to_owned(),
+            ];
+            if let Some(data) = data {
+                members.push(format!("\"data\" : {data}"));
+            }
+            if let Some(event_id) = event_id {
+                members.push(format!("\"event_id\":{event_id}"));
+            }
+            if let Some((key, value)) = extra {
+                members.push(format!("\"{key}\":{value}"));
+            }
+            let text = format!(" {{{}}}\n", members.join(","));
+            match cut % 16 {
+                0 => text.chars().take(at).collect(),
+                1 => format!("{text}x"),
+                _ => text,
+            }
+        });
+    prop_oneof![8 => frame, 1 => deep]
 }
