@@ -1,6 +1,7 @@
 //! Micro-benchmarks of token verification: the ES256 signature check alone, and the whole
 //! verifier (header routing, signature, claims, registry snapshot lookup) as a WebSocket
-//! upgrade runs it.
+//! upgrade runs it, for a token it verified before (remembered: no signature check) and for
+//! a new token each time.
 //!
 //! Run: `cargo bench -p scopecast-bench --bench auth`.
 
@@ -10,7 +11,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, Validation};
 use scopecast_broker::EnvironmentKind;
 use scopecast_broker::auth::jwks::JwksCache;
@@ -87,11 +88,28 @@ fn token_verify(c: &mut Criterion) {
                 .expect("valid")
         })
     });
-    group.bench_function("full_verifier", |b| {
+    group.bench_function("full_verifier_token_seen_before", |b| {
         b.iter(|| {
             rt.block_on(verifier.verify(black_box(&token)))
                 .expect("valid")
         })
+    });
+    // A token never seen before each time (minted outside the timing; its `jti` differs):
+    // the signature check plus the memory's hash, insert and, once full, eviction.
+    group.bench_function("full_verifier_new_token", |b| {
+        b.iter_batched(
+            || {
+                issuer
+                    .issue(&client_id, &scope)
+                    .expect("token")
+                    .access_token
+            },
+            |token| {
+                rt.block_on(verifier.verify(black_box(&token)))
+                    .expect("valid")
+            },
+            BatchSize::SmallInput,
+        )
     });
     group.bench_function("es256_sign", |b| {
         b.iter(|| issuer.issue(black_box(&client_id), &scope).expect("token"))

@@ -12,9 +12,9 @@
 //!   hash (never the secret itself; a rotation changes the hash, so the old entry is never
 //!   found again), kept for a few minutes.
 //!
-//! Both hold at most a fixed number of entries: a full cache first drops what has expired,
-//! then everything (a burst of new entries costs one full check each again, never memory).
-//! Only successes are remembered.
+//! Both hold at most a fixed number of entries, in two generations (the older dropped when
+//! the younger fills), so a storm of tokens each seen once costs a hash and an insert each,
+//! never memory, and entries in use stay. Only successes are remembered.
 
 use std::collections::HashMap;
 
@@ -30,46 +30,63 @@ pub const SECRET_CACHE_ENTRIES: usize = 4_096;
 /// How long a matched secret is remembered, in seconds.
 pub const SECRET_CACHE_S: i64 = 300;
 
-/// A map from a 32-byte digest to a value and its expiry (Unix seconds), bounded.
+/// A map from a 32-byte digest to a value and its expiry (Unix seconds), bounded by two
+/// generations of at most `max / 2` entries each: new entries go to the young one; when it
+/// is full it becomes the old one and the old one is dropped; an entry found in the old
+/// generation moves to the young one. Every operation is O(1) (amortized), so a storm of
+/// entries each seen once costs no sweep, and what is used stays.
 struct Expiring<V> {
-    map: Mutex<HashMap<[u8; 32], (i64, V)>>,
-    max: usize,
+    gens: Mutex<Generations<V>>,
+    half: usize,
+}
+
+struct Generations<V> {
+    young: HashMap<[u8; 32], (i64, V)>,
+    old: HashMap<[u8; 32], (i64, V)>,
 }
 
 impl<V: Clone> Expiring<V> {
     fn new(max: usize) -> Self {
         Expiring {
-            map: Mutex::new(HashMap::new()),
-            max,
+            gens: Mutex::new(Generations {
+                young: HashMap::new(),
+                old: HashMap::new(),
+            }),
+            half: (max / 2).max(1),
         }
     }
 
     /// The value under `key` while `now` is before its expiry.
     fn get(&self, key: &[u8; 32], now: i64) -> Option<V> {
-        let mut map = self.map.lock();
-        match map.get(key) {
-            Some((until, v)) if now < *until => Some(v.clone()),
-            Some(_) => {
-                map.remove(key);
-                None
-            }
-            None => None,
+        let mut g = self.gens.lock();
+        if let Some((until, v)) = g.young.get(key) {
+            return (now < *until).then(|| v.clone());
         }
+        let (until, v) = g.old.remove(key)?;
+        if now >= until {
+            return None;
+        }
+        let found = v.clone();
+        self.put(&mut g, *key, until, v);
+        Some(found)
     }
 
-    fn insert(&self, key: [u8; 32], until: i64, value: V, now: i64) {
-        let mut map = self.map.lock();
-        if map.len() >= self.max && !map.contains_key(&key) {
-            map.retain(|_, (u, _)| now < *u);
-            if map.len() >= self.max {
-                map.clear();
-            }
+    fn insert(&self, key: [u8; 32], until: i64, value: V) {
+        let mut g = self.gens.lock();
+        g.old.remove(&key);
+        self.put(&mut g, key, until, value);
+    }
+
+    fn put(&self, g: &mut Generations<V>, key: [u8; 32], until: i64, value: V) {
+        if g.young.len() >= self.half && !g.young.contains_key(&key) {
+            g.old = std::mem::take(&mut g.young);
         }
-        map.insert(key, (until, value));
+        g.young.insert(key, (until, value));
     }
 
     fn len(&self) -> usize {
-        self.map.lock().len()
+        let g = self.gens.lock();
+        g.young.len() + g.old.len()
     }
 }
 
@@ -98,7 +115,7 @@ impl<V: Clone> TokenCache<V> {
     /// Remembers a token that verified, until `exp` (Unix seconds).
     pub(crate) fn insert(&self, key: [u8; 32], exp: i64, value: V, now: i64) {
         if exp > now {
-            self.entries.insert(key, exp, value, now);
+            self.entries.insert(key, exp, value);
         }
     }
 
@@ -158,7 +175,7 @@ impl SecretCache {
     /// Remembers that `secret` matched `stored_hash` for `client_id`.
     pub(crate) fn remember(&self, client_id: &str, secret: &str, stored_hash: &str, now: i64) {
         let key = self.digest(client_id, secret, stored_hash);
-        self.entries.insert(key, now + SECRET_CACHE_S, (), now);
+        self.entries.insert(key, now + SECRET_CACHE_S, ());
     }
 }
 
@@ -174,11 +191,15 @@ mod tests {
         assert_eq!(c.get(&k, 99), Some(7));
         assert_eq!(c.get(&k, 100), None, "dropped at exp");
         // An expired token is never stored.
-        c.insert(k, 40, 7, 50);
-        assert_eq!(c.get(&k, 41), None);
+        let k2 = TokenCache::<u32>::key("d.e.f");
+        c.insert(k2, 40, 8, 50);
+        assert_eq!(c.get(&k2, 20), None);
+        // Bounded; and a token in use stays while others come and go.
+        c.insert(k, 1_000, 7, 50);
         for i in 0..10u32 {
             c.insert(TokenCache::<u32>::key(&i.to_string()), 1_000, i, 50);
             assert!(c.len() <= 4);
+            assert_eq!(c.get(&k, 60), Some(7), "after {i} others");
         }
     }
 

@@ -197,6 +197,15 @@ struct VerifiedClaims {
     other: Map<String, Value>,
 }
 
+/// What a verified token's claims gave, remembered with the token until its `exp`.
+struct Checked {
+    client_id: String,
+    scope: Arc<ScopeSet>,
+    expires_at: Timestamp,
+    token_id: Option<String>,
+    issued_at: Option<Timestamp>,
+}
+
 /// The claim holding the client ID in our own tokens (RFC 9068).
 const OWN_CLIENT_ID_CLAIMS: &[&str] = &["client_id"];
 /// The claim holding the scope in our own tokens: always a string, as we issue them.
@@ -337,7 +346,7 @@ pub struct TokenVerifier {
     environment: EnvironmentKind,
     leeway_s: u64,
     /// Tokens whose signature and claims verified, until their `exp` (`auth::cache`).
-    verified: Arc<TokenCache<Arc<VerifiedClaims>>>,
+    verified: Arc<TokenCache<Arc<Checked>>>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -494,19 +503,51 @@ impl TokenVerifier {
         // Only from here on are claims trusted: the signature, `iss`, `aud`, `exp` and `nbf`
         // have been checked by `jsonwebtoken` with the key we chose.
         // A token verified before (same bytes, so same `kid`, `alg`, `iss` and `aud`, and its
-        // key still in the set, looked up above) is not verified again before its `exp`.
+        // key still in the set, looked up above) is not checked again before its `exp`: what
+        // its claims gave is remembered (the registry decides below, every time).
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let cache_key = TokenCache::<Arc<VerifiedClaims>>::key(token);
-        let claims = match self.verified.get(&cache_key, now) {
-            Some(claims) => claims,
+        let cache_key = TokenCache::<Arc<Checked>>::key(token);
+        let checked = match self.verified.get(&cache_key, now) {
+            Some(checked) => checked,
             None => {
-                let claims = Arc::new(self.check(token, &route.key, alg, &iss, route.audience)?);
+                let claims = self.check(token, &route.key, alg, &iss, route.audience)?;
+                let checked = Arc::new(self.read_claims(&claims, route.external)?);
                 self.verified
-                    .insert(cache_key, claims.exp, claims.clone(), now);
-                claims
+                    .insert(cache_key, claims.exp, checked.clone(), now);
+                checked
             }
         };
-        let (client_id, scope) = match route.external {
+        let client = self
+            .registry
+            .client(&checked.client_id)
+            .ok_or(VerifyError::UnknownClient)?;
+        if client.kind != self.environment {
+            return Err(VerifyError::WrongEnvironment);
+        }
+        if !client.active {
+            return Err(VerifyError::ClientInactive);
+        }
+        Ok(Principal {
+            client_id: checked.client_id.clone(),
+            application_id: client.application_id.clone(),
+            kind: client.kind,
+            scope: checked.scope.clone(),
+            expires_at: checked.expires_at,
+            issuer: iss,
+            token_id: checked.token_id.clone(),
+            issued_at: checked.issued_at,
+        })
+    }
+
+    /// What a token's verified claims give: the client ID and scope (by our rules or the
+    /// external issuer's), `exp`, `jti` and `iat`. Our own tokens must name this environment;
+    /// an external issuer's must not live longer than its `max_token_lifetime_s`.
+    fn read_claims(
+        &self,
+        claims: &VerifiedClaims,
+        external: Option<&External>,
+    ) -> Result<Checked, VerifyError> {
+        let (client_id, scope) = match external {
             None => {
                 // Our own token is valid only in the environment that issued it.
                 let env = claims.other.get("env").and_then(Value::as_str);
@@ -522,7 +563,8 @@ impl TokenVerifier {
                 )
             }
             Some(ext) => {
-                self.check_lifetime(&claims, ext.max_token_lifetime_s)?;
+                // The time left only shrinks: a token that passes now passes later.
+                self.check_lifetime(claims, ext.max_token_lifetime_s)?;
                 (
                     client_id_claim(&claims.other, &ext.client_id_claims)?,
                     scope_claim(&claims.other, &ext.scope_claims)?,
@@ -531,35 +573,20 @@ impl TokenVerifier {
         };
         let expires_at = Timestamp::from_unix_seconds(claims.exp)
             .map_err(|_| VerifyError::Malformed("exp is out of range".into()))?;
-        let client = self
-            .registry
-            .client(&client_id)
-            .ok_or(VerifyError::UnknownClient)?;
-        if client.kind != self.environment {
-            return Err(VerifyError::WrongEnvironment);
-        }
-        if !client.active {
-            return Err(VerifyError::ClientInactive);
-        }
-        let token_id = claims
-            .other
-            .get("jti")
-            .and_then(Value::as_str)
-            .map(|j| j.chars().take(128).collect());
-        let issued_at = claims
-            .other
-            .get("iat")
-            .and_then(Value::as_i64)
-            .and_then(|s| Timestamp::from_unix_seconds(s).ok());
-        Ok(Principal {
+        Ok(Checked {
             client_id,
-            application_id: client.application_id.clone(),
-            kind: client.kind,
             scope: Arc::new(scope),
             expires_at,
-            issuer: iss,
-            token_id,
-            issued_at,
+            token_id: claims
+                .other
+                .get("jti")
+                .and_then(Value::as_str)
+                .map(|j| j.chars().take(128).collect()),
+            issued_at: claims
+                .other
+                .get("iat")
+                .and_then(Value::as_i64)
+                .and_then(|s| Timestamp::from_unix_seconds(s).ok()),
         })
     }
 
