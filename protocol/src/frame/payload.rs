@@ -39,6 +39,16 @@ impl RawJson {
     /// # Errors
     /// A sentence saying what is wrong.
     pub fn payload(text: &str) -> Result<RawJson, String> {
+        // One pass checks it; what that pass does not take, serde decides and words.
+        let trimmed = text.trim();
+        if trimmed != "null" && super::scan::data(trimmed) {
+            return Ok(RawJson(trimmed.into()));
+        }
+        Self::payload_by_serde(text)
+    }
+
+    /// [`RawJson::payload`] by serde alone (the one-pass check skipped).
+    pub(super) fn payload_by_serde(text: &str) -> Result<RawJson, String> {
         let raw: Box<RawValue> =
             serde_json::from_str(text.trim()).map_err(|e| format!("not one JSON value: {e}"))?;
         if raw.get() == "null" {

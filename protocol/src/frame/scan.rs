@@ -77,6 +77,16 @@ pub(super) fn frame(text: &str) -> Option<Members<'_>> {
     (r.i == r.b.len()).then_some(m)
 }
 
+/// True when `text` (without surrounding whitespace) is one JSON value by
+/// [`super::check_data`]'s rules, read in one pass; false when serde must decide.
+pub(super) fn data(text: &str) -> bool {
+    let mut r = Reader {
+        b: text.as_bytes(),
+        i: 0,
+    };
+    r.value(0, true).is_some() && r.i == r.b.len()
+}
+
 struct Reader<'a> {
     b: &'a [u8],
     i: usize,
