@@ -712,3 +712,38 @@ fn arb_frame_text() -> impl Strategy<Value = String> {
         });
     prop_oneof![8 => frame, 1 => deep]
 }
+
+/// Edges the one-pass check takes, each read by serde to the same payload: numbers at the
+/// range's border and zero or long_fraction values with long exponents, nesting of exactly 64 in
+/// objects and arrays; and just past them, refused by both.
+#[test]
+fn the_one_pass_check_and_serde_agree_at_the_edges() {
+    let deep_objects = format!("{}1{}", r#"{"a":"#.repeat(64), "}".repeat(64));
+    let too_deep = format!("{}1{}", r#"{"a":"#.repeat(65), "}".repeat(65));
+    let big_integer = format!("1{}", "0".repeat(308));
+    // 10, written as a long fraction times a large exponent.
+    let long_fraction = format!("0.{}1e9999", "0".repeat(9_997));
+    for text in [
+        "0e9999",
+        "-0",
+        "1e308",
+        "-1e308",
+        "1e-9999",
+        "1.7976931348623157e300",
+        big_integer.as_str(),
+        long_fraction.as_str(),
+        deep_objects.as_str(),
+    ] {
+        assert!(super::scan::data(text), "the pass takes {text:.40}");
+        assert_eq!(
+            RawJson::payload(text),
+            RawJson::payload_by_serde(text),
+            "{text:.40}"
+        );
+        assert!(RawJson::payload(text).is_ok(), "{text:.40}");
+    }
+    for text in ["1e400", "-1e309", too_deep.as_str()] {
+        assert!(!super::scan::data(text), "{text:.40}");
+        assert!(RawJson::payload(text).is_err(), "{text:.40}");
+    }
+}
