@@ -1,13 +1,13 @@
 //! Bounded, expiring memories of checks already passed, so a repeat costs a hash instead of a
 //! signature check or an argon2id run (issue "Performance, round two", item 4):
 //!
-//! - [`TokenCache`]: an access token whose signature and claims verified, keyed by the
+//! - `TokenCache`: an access token whose signature and claims verified, keyed by the
 //!   SHA-256 of the whole token, kept until its `exp`. Only the signature and the token's own
 //!   claims are remembered: the key is looked up in the current key set before the cache is
 //!   asked (a revoked key ends every cached token it signed), and the registry checks
 //!   (client ID known, active, of this environment) run on every use, so a deactivation
 //!   refuses the next connection at once.
-//! - [`SecretCache`]: a client secret that matched its stored argon2id hash, keyed by an
+//! - `SecretCache`: a client secret that matched its stored argon2id hash, keyed by an
 //!   HMAC-SHA256 under a random per-process key of the client ID, the secret and the stored
 //!   hash (never the secret itself; a rotation changes the hash, so the old entry is never
 //!   found again), kept for a few minutes.

@@ -426,7 +426,7 @@ impl TokenVerifier {
     }
 
     /// How many verified tokens are remembered now (at most
-    /// [`TOKEN_CACHE_ENTRIES`](super::cache::TOKEN_CACHE_ENTRIES)).
+    /// [`TOKEN_CACHE_ENTRIES`]).
     pub fn remembered_tokens(&self) -> usize {
         self.verified.len()
     }
