@@ -113,14 +113,10 @@ impl ClientFrame {
         // One pass that checks the frame and `data` and finds the members; what it does not
         // take (an error, or a rare form such as an escaped member name) is read by serde,
         // which words the error.
-        if let Some(members) = super::scan::frame(text) {
-            return members.into_frame(true);
+        match super::scan::frame(text) {
+            Some(members) => members.into_frame(true),
+            None => decode_by_serde(text),
         }
-        let env: Envelope<'_> = match serde_json::from_str(text) {
-            Ok(env) => env,
-            Err(e) => return Err(envelope_error(text, &e)),
-        };
-        Members::from(env).into_frame(false)
     }
 }
 
@@ -144,9 +140,9 @@ struct Envelope<'a> {
     event_id: Option<&'a RawValue>,
 }
 
-/// The serde path alone (the one-pass reader skipped), for the property test that the two
-/// agree.
-#[cfg(test)]
+/// [`ClientFrame::decode`]'s serde path: the frame (within the size limit) read by serde,
+/// `data` checked by [`check_data`]. Also what the property test compares the one-pass
+/// reader with.
 pub(super) fn decode_by_serde(text: &str) -> Result<ClientFrame, FrameError> {
     let env: Envelope<'_> = match serde_json::from_str(text) {
         Ok(env) => env,

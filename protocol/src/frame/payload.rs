@@ -102,6 +102,8 @@ impl fmt::Debug for RawJson {
 
 impl Serialize for RawJson {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // One more read of the text (history pages, admin answers); the fan-out and webhook
+        // bodies copy it without serde (`encode_event_text`, `encode_webhook_body`).
         self.to_raw().serialize(serializer)
     }
 }

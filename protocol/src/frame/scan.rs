@@ -33,7 +33,6 @@ pub(super) fn frame(text: &str) -> Option<Members<'_>> {
         i: 0,
     };
     let mut m = Members::default();
-    let mut other = None;
     r.ws();
     r.eat(b'{')?;
     r.ws();
@@ -50,21 +49,24 @@ pub(super) fn frame(text: &str) -> Option<Members<'_>> {
             r.value(0, is_data)?;
             let value = &text[start..r.i];
             let slot = match key {
-                b"type" => &mut m.kind,
-                b"id" => &mut m.id,
-                b"token" => &mut m.token,
-                b"topic" => &mut m.topic,
-                b"since" => &mut m.since,
-                b"data" => &mut m.data,
-                b"event_id" => &mut m.event_id,
-                _ => &mut other,
+                b"type" => Some(&mut m.kind),
+                b"id" => Some(&mut m.id),
+                b"token" => Some(&mut m.token),
+                b"topic" => Some(&mut m.topic),
+                b"since" => Some(&mut m.since),
+                b"data" => Some(&mut m.data),
+                b"event_id" => Some(&mut m.event_id),
+                // Unknown members are skipped, repeated or not, as serde skips them.
+                _ => None,
             };
-            // A repeated known member is an error, and `null` reads as absent: serde words both.
-            if slot.is_some() || value == "null" {
-                return None;
+            if let Some(slot) = slot {
+                // A repeated known member is an error, and `null` reads as absent: serde
+                // words both.
+                if slot.is_some() || value == "null" {
+                    return None;
+                }
+                *slot = Some(value);
             }
-            *slot = Some(value);
-            other = None;
             r.ws();
             match r.next()? {
                 b',' => r.ws(),
@@ -318,6 +320,9 @@ mod tests {
         assert_eq!(m.topic, Some(r#""lab.result""#));
         assert_eq!(m.data, Some(r#"{"a":[1,2.5e3,"\u00e9\ud83d\ude00"]}"#));
         assert_eq!(m.token, None);
+        // Unknown members are skipped, repeated or `null`, as serde skips them.
+        let m = frame(r#"{"type":"ping","id":"p","x":1,"x":null}"#).expect("read");
+        assert_eq!((m.kind, m.id), (Some(r#""ping""#), Some(r#""p""#)));
     }
 
     #[test]
