@@ -209,11 +209,25 @@ fn webhook_commands_manage_an_endpoint_and_deliveries_verify() {
         log[2]["webhook_id"], log[0]["webhook_id"],
         "same webhook-id: receivers de-duplicate"
     );
-    let deliveries = json_of(&run(
-        &url,
-        dir,
-        &["app", "webhook", "deliveries", &id, "--json"],
-    ));
+    // The receiver saw the replay before the broker recorded its outcome (a CI run listed 2
+    // of the 4 deliveries): read the delivery log until it has them, at most 10 s.
+    let delivered = |d: &Value| {
+        d["attempts"].as_array().map_or(0, |a| {
+            a.iter().filter(|a| a["outcome"] == "delivered").count()
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let deliveries = loop {
+        let d = json_of(&run(
+            &url,
+            dir,
+            &["app", "webhook", "deliveries", &id, "--json"],
+        ));
+        if delivered(&d) >= 3 || std::time::Instant::now() > until {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(
         deliveries["attempts"]
             .as_array()
