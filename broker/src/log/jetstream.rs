@@ -62,6 +62,8 @@ pub struct JetStreamSettings {
 #[derive(Clone)]
 pub struct JetStreamLog {
     js: jetstream::Context,
+    /// The stream's handle without its info (see [`JetStreamLog::stream`]).
+    handle: stream::Stream<()>,
     client: async_nats::Client,
     settings: Arc<JetStreamSettings>,
     epoch: Arc<str>,
@@ -92,6 +94,14 @@ const RETRY_FOR: Duration = Duration::from_secs(15);
 /// retry sent just before a new leader took over then held the publisher's answer up to 5 s
 /// past the election (a CI run measured 12.5 s for an election of about 7 s).
 const RETRY_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// How long the first attempt waits for its acknowledgement before it is retried with the
+/// same id. async-nats would wait 5 s: a publish sent to a leader that had lost its quorum
+/// (it still takes proposals for a moment) then held the publisher's answer 5 s past the
+/// new leader's election (measured on 2.15.1 after two of three nodes came back: 7.5 s
+/// where the stream had a leader again after about 2 s). Long enough for an ack under load
+/// (milliseconds); a retry of a stored event is answered as a duplicate, with its `seq`.
+const FIRST_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// The longest pause between two retries (they start at 100 ms and double).
 const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
@@ -191,8 +201,13 @@ impl JetStreamLog {
         let created = Timestamp::from_unix_nanos(info.created.unix_timestamp_nanos())
             .map(|t| t.unix_nanos())
             .unwrap_or_default();
+        let handle = js
+            .get_stream_no_info(&settings.stream)
+            .await
+            .map_err(unavailable)?;
         let log = JetStreamLog {
             js,
+            handle,
             client,
             epoch: format!("jetstream:{}:{created}", settings.stream).into(),
             settings: Arc::new(settings),
@@ -281,9 +296,10 @@ impl JetStreamLog {
         print: String,
         duplicate: bool,
     ) -> Result<Appended, LogError> {
-        match self.stream().await {
-            Err(e) => Err(LogError::Unknown(e.to_string())),
-            Ok(stream) => match stream.get_raw_message(seq).await {
+        let stream = self.stream();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match stream.get_raw_message(seq).await {
                 Ok(m) => {
                     let stored_print = m
                         .headers
@@ -296,7 +312,7 @@ impl JetStreamLog {
                         .and_then(|v| v.as_str().parse::<i128>().ok())
                         .and_then(|n| Timestamp::from_unix_nanos(n).ok())
                         .unwrap_or(time);
-                    if stored_print == print {
+                    return if stored_print == print {
                         self.note_stored(seq);
                         Ok(Appended {
                             seq,
@@ -306,24 +322,28 @@ impl JetStreamLog {
                         })
                     } else {
                         Err(LogError::Conflict { seq })
-                    }
+                    };
                 }
                 // The original left the stream (retention) within the
                 // duplicate window: a duplicate whose body cannot be compared.
-                Err(e)
-                    if e.to_string()
-                        .to_ascii_lowercase()
-                        .contains("no message found") =>
-                {
-                    Ok(Appended {
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                    return Ok(Appended {
                         seq,
                         time,
                         event_id,
                         duplicate,
-                    })
+                    });
                 }
-                Err(e) => Err(LogError::Unknown(e.to_string())),
-            },
+                // Just after an election the stream's leader may answer "temporarily
+                // unavailable" or not at all for a moment (measured: 3.5 s on 2.9.10 after a
+                // majority came back, while the publish itself was already answered): not
+                // an answer about the event. Asked again until the caller's deadline.
+                Err(e) => {
+                    tracing::debug!(error = %e, seq, "reading a duplicate's stored body; again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                }
+            }
         }
     }
 
@@ -337,7 +357,17 @@ impl JetStreamLog {
         self.first.fetch_max(1, Ordering::AcqRel);
     }
 
-    async fn stream(&self) -> Result<stream::Stream, LogError> {
+    /// The stream's handle, without asking for its info: reading a message and making a
+    /// consumer are answered by the stream's own leader, while `STREAM.INFO` needs the meta
+    /// leader too, which a cluster can lack for seconds after the stream has one again
+    /// (measured on 2.9.10: error 10008 "JetStream system temporarily unavailable" for 3.5 s
+    /// after a majority of the nodes came back, docs/FAULTS.md).
+    fn stream(&self) -> stream::Stream<()> {
+        stream::Stream::clone(&self.handle)
+    }
+
+    /// The stream with its info (`STREAM.INFO`: the meta leader answers).
+    async fn stream_info(&self) -> Result<stream::Stream, LogError> {
         self.js
             .get_stream(&self.settings.stream)
             .await
@@ -367,7 +397,7 @@ impl JetStreamLog {
 
     async fn message(
         &self,
-        stream: &stream::Stream,
+        stream: &stream::Stream<()>,
         seq: u64,
     ) -> Result<Option<StoredEvent>, LogError> {
         match stream.get_raw_message(seq).await {
@@ -439,10 +469,13 @@ impl EventLog for JetStreamLog {
             let log = &log;
             let settle = |(ack, message, event_id, time, print, has_id): Sent| async move {
                 let ack = match ack {
-                    Ok(future) => match tokio::time::timeout_at(deadline, future).await {
-                        Ok(a) => a.map_err(|e| e.to_string()),
-                        Err(_) => Err("no acknowledgement before the deadline".to_owned()),
-                    },
+                    Ok(future) => {
+                        let until = deadline.min(tokio::time::Instant::now() + FIRST_ATTEMPT);
+                        match tokio::time::timeout_at(until, future).await {
+                            Ok(a) => a.map_err(|e| e.to_string()),
+                            Err(_) => Err("no acknowledgement within the first wait".to_owned()),
+                        }
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 let (ack, retried) = match ack {
@@ -505,7 +538,7 @@ impl EventLog for JetStreamLog {
         if seq > b.last || limit == 0 {
             return Ok(out);
         }
-        let stream = self.stream().await?;
+        let stream = self.stream();
         while seq <= b.last && out.len() < limit {
             if let Some(e) = self.message(&stream, seq).await? {
                 out.push(Arc::new(e));
@@ -524,7 +557,7 @@ impl EventLog for JetStreamLog {
     }
 
     async fn fresh_bounds(&self) -> Bounds {
-        if let Ok(mut stream) = self.stream().await
+        if let Ok(mut stream) = self.stream_info().await
             && let Ok(info) = stream.info().await
         {
             // Retention only moves the head up; a purge is denied on this stream.
@@ -540,7 +573,7 @@ impl EventLog for JetStreamLog {
         let log = self.clone();
         let from = from.max(1);
         let start = futures_util::stream::once(async move {
-            let stream = log.stream().await?;
+            let stream = log.stream();
             let consumer = stream
                 .create_consumer(consumer::push::OrderedConfig {
                     deliver_subject: log.client.new_inbox(),
@@ -628,7 +661,7 @@ impl EventLog for JetStreamLog {
     }
 
     async fn probe(&self) -> Result<(), LogError> {
-        let mut stream = self.stream().await?;
+        let mut stream = self.stream_info().await?;
         stream.info().await.map(|_| ()).map_err(unavailable)
     }
 }
