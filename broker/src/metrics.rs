@@ -80,6 +80,10 @@ pub(crate) struct Metrics {
     environment_info: IntGaugeVec,
     /// Events the log holds that this node's fan-out has not offered yet (tailed logs).
     pub fanout_lag_events: IntGauge,
+    /// Connections each event was delivered to, recently (a moving average over the fan-out's
+    /// batches, 1/8 weight to the newest): what decides whether writes are coalesced
+    /// (`limits.write_coalesce_min_fanout`).
+    pub fanout_width: IntGauge,
     /// Times the fan-out gave up a stalled or ended tail and tailed again.
     pub fanout_restarts: IntCounter,
     /// 1 for each reason acknowledged events are less durable than they could be
@@ -128,6 +132,10 @@ impl Metrics {
         let fanout_lag_events = IntGauge::new(
             "fanout_lag_events",
             "Events in the log this node's fan-out has not offered yet",
+        )?;
+        let fanout_width = IntGauge::new(
+            "fanout_width",
+            "Connections each event was delivered to recently (moving average)",
         )?;
         let fanout_restarts = IntCounter::new(
             "fanout_restarts_total",
@@ -322,6 +330,7 @@ impl Metrics {
             Box::new(publish_rate_limited.clone()),
             Box::new(publish_to_deliver.clone()),
             Box::new(fanout_lag_events.clone()),
+            Box::new(fanout_width.clone()),
             Box::new(fanout_restarts.clone()),
             Box::new(log_durability_degraded.clone()),
             Box::new(webhook_attempts.clone()),
@@ -359,6 +368,7 @@ impl Metrics {
             client_published,
             environment_info,
             fanout_lag_events,
+            fanout_width,
             fanout_restarts,
             log_durability_degraded,
             webhook_attempts,

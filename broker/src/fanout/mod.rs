@@ -270,6 +270,17 @@ fn offer_all<'a>(
     }
     metrics.events_published.inc_by(events);
     metrics.events_delivered.inc_by(delivered);
+    if let Some(width) = delivered.checked_div(events) {
+        // One atomic read and write per batch, not per event.
+        let width = width as i64;
+        let old = metrics.fanout_width.get();
+        let next = if (width - old).abs() < 8 {
+            width
+        } else {
+            old + (width - old) / 8
+        };
+        metrics.fanout_width.set(next);
+    }
 }
 
 #[cfg(test)]

@@ -260,14 +260,51 @@ impl<S: Socket> Session<S> {
         let shutdown = self.broker.shutdown.clone();
         let mut expiry = self.expiry();
         let mut warning = self.warning();
+        let limits = &self.broker.config.limits;
+        let window = Duration::from_micros(limits.write_coalesce_us);
+        let wide = limits.write_coalesce_min_fanout as i64;
+        let enough = limits.write_buffer_bytes;
+        // When the last write of events began, and until when queued events wait for more to
+        // join them (limits.write_coalesce_us).
+        let mut last_write = Instant::now()
+            .checked_sub(window)
+            .unwrap_or_else(Instant::now);
+        let mut hold: Option<Instant> = None;
         loop {
+            // A reply or close queued while events wait goes out now, with them.
+            if hold.is_some() && self.handle.outbox.pending().is_some_and(|p| p.urgent) {
+                hold = None;
+                last_write = Instant::now();
+                if let Step::Stop = self.write().await {
+                    return;
+                }
+            }
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if !self.handle.outbox.is_closed() => {
                     self.handle.outbox.close(CloseCode::GoingAway, "the broker is shutting down", true);
                     Step::Continue
                 }
-                () = self.handle.outbox.ready() => self.write().await,
+                p = self.handle.outbox.ready(), if hold.is_none() => {
+                    let now = Instant::now();
+                    let due = last_write + window;
+                    if p.urgent
+                        || p.bytes >= enough
+                        || now >= due
+                        || self.broker.metrics.fanout_width.get() < wide
+                    {
+                        last_write = now;
+                        self.write().await
+                    } else {
+                        hold = Some(due);
+                        Step::Continue
+                    }
+                }
+                () = tokio::time::sleep_until(hold.unwrap_or(expiry)), if hold.is_some() => {
+                    hold = None;
+                    last_write = Instant::now();
+                    self.write().await
+                }
                 Some((id, result)) = front_ack(&mut self.acks), if !self.acks.is_empty() => {
                     self.acknowledge(id, result);
                     // The log answers a whole batch at once: every answer already in is

@@ -65,6 +65,18 @@ struct State {
     frames: VecDeque<Queued>,
     bytes: usize,
     close: Option<(CloseCode, String)>,
+    /// A reply (not an event) is queued: it goes out without waiting for a coalescing
+    /// window (a publisher waiting for its `published` must not wait for one).
+    reply: bool,
+}
+
+/// What [`Outbox::ready`] found queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pending {
+    /// Bytes of frames queued.
+    pub bytes: usize,
+    /// A reply or a close is among them: write without waiting.
+    pub urgent: bool,
 }
 
 /// Why a push was refused.
@@ -132,6 +144,7 @@ impl Outbox {
             return Err(PushError::Overflow);
         }
         st.bytes += len;
+        st.reply |= frame.kind == Kind::Reply;
         let was_empty = st.frames.is_empty();
         st.frames.push_back(frame);
         drop(st);
@@ -193,24 +206,31 @@ impl Outbox {
         self.state.lock().bytes
     }
 
-    /// Waits until something is queued or a close is decided.
-    pub(crate) async fn ready(&self) {
+    /// Waits until something is queued or a close is decided, and says what.
+    pub(crate) async fn ready(&self) -> Pending {
         loop {
             let notified = self.notify.notified();
-            {
-                let st = self.state.lock();
-                if !st.frames.is_empty() || st.close.is_some() {
-                    return;
-                }
+            if let Some(p) = self.pending() {
+                return p;
             }
             notified.await;
         }
+    }
+
+    /// What is queued now (`None`: nothing, and no close decided).
+    pub(crate) fn pending(&self) -> Option<Pending> {
+        let st = self.state.lock();
+        (!st.frames.is_empty() || st.close.is_some()).then_some(Pending {
+            bytes: st.bytes,
+            urgent: st.reply || st.close.is_some(),
+        })
     }
 
     /// Takes everything queued (and the close decision, if any).
     pub(crate) fn drain(&self) -> Drained {
         let mut st = self.state.lock();
         st.bytes = 0;
+        st.reply = false;
         Drained {
             frames: std::mem::take(&mut st.frames),
             close: st.close.take(),
@@ -259,6 +279,38 @@ mod tests {
         let d = o.drain();
         assert_eq!(d.frames.len(), 1);
         assert_eq!(d.close.unwrap().0, CloseCode::GoingAway);
+    }
+
+    #[test]
+    fn a_queued_reply_or_close_is_urgent_and_events_are_not() {
+        let o = Outbox::new(1_000);
+        assert_eq!(o.pending(), None);
+        let event = Queued {
+            text: Utf8Bytes::from("event"),
+            kind: Kind::Replayed,
+            seq: 1,
+        };
+        o.push(event.clone()).unwrap();
+        assert_eq!(
+            o.pending(),
+            Some(Pending {
+                bytes: 5,
+                urgent: false
+            })
+        );
+        o.push(q("ack")).unwrap();
+        assert_eq!(
+            o.pending(),
+            Some(Pending {
+                bytes: 8,
+                urgent: true
+            })
+        );
+        o.drain();
+        o.push(event).unwrap();
+        assert!(!o.pending().unwrap().urgent, "drained: the reply is gone");
+        o.close(CloseCode::GoingAway, "shutdown", true);
+        assert!(o.pending().unwrap().urgent);
     }
 
     #[tokio::test]

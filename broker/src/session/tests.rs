@@ -162,7 +162,7 @@ async fn fixture(limits: impl FnOnce(&mut Config)) -> Fixture {
                 name: "Loop".to_owned(),
                 vendor: "Test".to_owned(),
                 description: String::new(),
-                scope: "subscribe:adt.>".to_owned(),
+                scope: "subscribe:adt.> publish:adt.>".to_owned(),
             },
             "test",
         )
@@ -356,4 +356,120 @@ async fn a_peer_that_answers_heartbeats_stays() {
         (pong["type"].as_str(), pong["id"].as_str()),
         (Some("pong"), Some("p"))
     );
+}
+
+/// Publishes an event to `topic` as the fixture's client (with a `publish:` token), as a
+/// publisher on another connection would.
+async fn publish(f: &Fixture, topic: &str, n: u64) {
+    let token = f
+        .broker
+        .issuer
+        .issue(&f.client_id, &ScopeSet::parse("publish:adt.>").unwrap())
+        .unwrap()
+        .access_token;
+    let principal = f.broker.verifier.verify(&token).await.unwrap();
+    let pending = f
+        .broker
+        .admission
+        .submit(
+            &principal,
+            topic.parse().unwrap(),
+            scopecast_protocol::RawJson::from_string(format!("{{\"n\":{n}}}")).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    pending.await.unwrap();
+}
+
+#[tokio::test]
+async fn events_wait_out_the_coalescing_window_and_replies_do_not() {
+    let window = Duration::from_millis(50);
+    let f = fixture(|c| {
+        c.limits.write_coalesce_us = window.as_micros() as u64;
+        // One subscriber here: coalesce from a fan-out of one.
+        c.limits.write_coalesce_min_fanout = 1;
+    })
+    .await;
+    let mut peer = f.session().await;
+    tokio::time::pause();
+    assert_eq!(peer.frame().await["type"], "welcome");
+    peer.text(serde_json::json!({"type": "subscribe", "id": "s", "topic": "adt.>"}));
+    assert_eq!(peer.frame().await["type"], "subscribed");
+    let replied = Instant::now();
+
+    // Right after a write, an event waits for the rest of the window (virtual time; the
+    // timer's resolution is 1 ms).
+    publish(&f, "adt.a01", 1).await;
+    let first = peer.frame().await;
+    assert_eq!(first["data"]["n"], 1, "{first}");
+    let waited = replied.elapsed();
+    assert!(
+        waited >= window - Duration::from_millis(1) && waited <= window + Duration::from_millis(2),
+        "the first event went out after {waited:?}"
+    );
+
+    // Events that come meanwhile go out together, at the end of the next window.
+    let written = Instant::now();
+    for n in 2..=4 {
+        publish(&f, "adt.a01", n).await;
+    }
+    for n in 2..=4 {
+        let e = peer.frame().await;
+        assert_eq!(e["data"]["n"], n, "{e}");
+        let at = written.elapsed();
+        assert!(
+            at >= window - Duration::from_millis(1) && at <= window + Duration::from_millis(2),
+            "event {n} went out after {at:?}"
+        );
+    }
+
+    // A reply does not wait: it takes the waiting event with it, in order.
+    publish(&f, "adt.a01", 5).await;
+    let asked = Instant::now();
+    peer.text(serde_json::json!({"type": "ping", "id": "p"}));
+    let e = peer.frame().await;
+    assert_eq!(e["data"]["n"], 5, "{e}");
+    let pong = peer.frame().await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+    assert!(
+        asked.elapsed() < Duration::from_millis(5),
+        "the reply waited {:?}",
+        asked.elapsed()
+    );
+
+    // After a quiet window, an event goes out at once.
+    tokio::time::sleep(window * 2).await;
+    let quiet = Instant::now();
+    publish(&f, "adt.a01", 6).await;
+    let e = peer.frame().await;
+    assert_eq!(e["data"]["n"], 6, "{e}");
+    assert!(
+        quiet.elapsed() < Duration::from_millis(5),
+        "after a quiet window the event waited {:?}",
+        quiet.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_narrow_fan_out_is_written_at_once_whatever_the_window() {
+    // The defaults: a window, from a fan-out of 64 connections per event; here it is one.
+    let f = fixture(|_| {}).await;
+    assert!(f.broker.config.limits.write_coalesce_us > 0);
+    let mut peer = f.session().await;
+    tokio::time::pause();
+    assert_eq!(peer.frame().await["type"], "welcome");
+    peer.text(serde_json::json!({"type": "subscribe", "id": "s", "topic": "adt.>"}));
+    assert_eq!(peer.frame().await["type"], "subscribed");
+    for n in 1..=3 {
+        let sent = Instant::now();
+        publish(&f, "adt.a01", n).await;
+        let e = peer.frame().await;
+        assert_eq!(e["data"]["n"], n, "{e}");
+        assert!(
+            sent.elapsed() < Duration::from_millis(1),
+            "event {n} waited {:?}",
+            sent.elapsed()
+        );
+    }
 }
