@@ -77,7 +77,12 @@ pub(crate) fn pair_order(i: usize) -> [Which; 2] {
 /// # Errors
 /// The name is not one the harness gives a run with a throughput (`idle` has none).
 pub(crate) fn parse_run(name: &str, base: &Params) -> anyhow::Result<Params> {
-    let parts: Vec<&str> = name.split('-').collect();
+    let mut parts: Vec<&str> = name.split('-').collect();
+    // `connect-fresh-cN`: the connect storm with a token per connection.
+    let fresh = parts.len() > 2 && parts[0] == "connect" && parts[1] == "fresh";
+    if fresh {
+        parts.remove(1);
+    }
     let (scenario, payload_last) = match parts.first().copied() {
         Some("fanout") => (Scenario::Fanout, true),
         Some("topics") => (Scenario::Topics, true),
@@ -89,12 +94,13 @@ pub(crate) fn parse_run(name: &str, base: &Params) -> anyhow::Result<Params> {
         _ => bail!(
             "run {name:?}: expected a run name such as fanout-n1000-200B, fanout-n1-encounter, \
              durable-p4-w256-1024B, topics-t1000-n1000-p4-1024B, wildcards-n1000-w50-1024B, \
-             connect-c32 or tokens-c8"
+             connect-c32, connect-fresh-c32 or tokens-c8"
         ),
     };
     let mut p = Params {
         scenario,
         baselines: Vec::new(),
+        fresh_tokens: fresh,
         ..base.clone()
     };
     // What `all` gives each scenario besides the sizes in the name.
@@ -517,6 +523,7 @@ pub(crate) fn base_params(load: LoadOptions, log: LogKind) -> Params {
         broker_env: Vec::new(),
         log,
         cluster_parts: crate::cluster::Part::ALL.to_vec(),
+        fresh_tokens: false,
     }
 }
 
@@ -558,6 +565,12 @@ mod tests {
         assert_eq!((p.subscribers, p.wildcard_pct), (1000, 50));
         let p = parse_run("connect-c32", &base()).expect("connect");
         assert_eq!((p.scenario, p.concurrency), (Scenario::Connect, 32));
+        assert!(!p.fresh_tokens);
+        let p = parse_run("connect-fresh-c16", &base()).expect("connect with fresh tokens");
+        assert_eq!(
+            (p.scenario, p.concurrency, p.fresh_tokens),
+            (Scenario::Connect, 16, true)
+        );
         assert!(parse_run("fanout-n5-200b", &base()).is_ok(), "any case");
     }
 

@@ -186,6 +186,10 @@ struct RunArgs {
     /// Concurrent connectors (`connect`) or token requesters (`tokens`) [default: 32 / 8].
     #[arg(long)]
     concurrency: Option<usize>,
+    /// `connect`: a token of its own for every connection (each a new verification; made
+    /// before the storm) instead of one per application. The run is `connect-fresh-cN`.
+    #[arg(long)]
+    fresh_tokens: bool,
     /// Parts of the `cluster` scenario.
     #[arg(
         long,
@@ -427,6 +431,7 @@ async fn run_one(args: RunArgs) -> anyhow::Result<()> {
         broker_env: Vec::new(),
         log: log_kind(args.broker.log),
         cluster_parts: args.parts.clone(),
+        fresh_tokens: args.fresh_tokens,
     };
     let mut report = new_report();
     let mut run = scenario::run(&params, Clock::new()).await;
@@ -477,6 +482,7 @@ fn all_params(args: &AllArgs) -> anyhow::Result<Vec<Params>> {
         broker_env: Vec::new(),
         log: log_kind(args.broker.log),
         cluster_parts: cluster::Part::ALL.to_vec(),
+        fresh_tokens: false,
     };
     let cap = args.max_connections.unwrap_or(usize::MAX);
     let payloads = [

@@ -400,6 +400,29 @@ impl Scopecast {
             .unwrap_or_default()
     }
 
+    /// `count` tokens of one new subscriber application, each from its own token request
+    /// (so each is new to the broker: its own `jti`), eight requests at a time.
+    ///
+    /// # Errors
+    /// Registration or a token request failed.
+    pub(crate) async fn fresh_subscriber_tokens(
+        &self,
+        count: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        use futures_util::StreamExt;
+        let creds = self
+            .register("bench fresh tokens", SUBSCRIBER_SCOPE)
+            .await?;
+        let creds = &creds;
+        futures_util::stream::iter(0..count)
+            .map(|_| self.token(creds))
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
     /// Every subscriber token made so far.
     pub(crate) fn subscriber_tokens(&self) -> &[String] {
         &self.subscriber_tokens
