@@ -609,10 +609,12 @@ pub struct LimitsConfig {
     /// performance round two). Like NATS's flusher (a write per batch, not per message). The
     /// timer's resolution is 1 ms.
     pub write_coalesce_us: u64,
-    /// The fan-out width from which writes are coalesced (`write_coalesce_us`): the recent
-    /// average of connections each event went to (`scopecast_fanout_width`). Below it (one
-    /// app on its own stream, the common case) every event is written at once: a narrow
-    /// fan-out makes one write per event whatever the window, and would only wait.
+    /// The fan-out width from which writes are coalesced (`write_coalesce_us`): this node's
+    /// recent average of connections each event went to (`scopecast_fanout_width`). Below it
+    /// (apps each on their own stream, the common case) every event is written at once: a
+    /// narrow fan-out already writes what is queued at each wake-up, and would only wait. The
+    /// average is the node's, so on a node whose fan-out is wide a narrow stream's events are
+    /// coalesced too.
     pub write_coalesce_min_fanout: u64,
     /// How long a publisher's `event_id` / `Idempotency-Key` is remembered, in seconds; a
     /// repeat within it gets the original `seq` and is not delivered again. 0: off.

@@ -551,8 +551,15 @@ impl NatsCluster {
     /// wait for the meta leader, see [`NatsCluster::stream_readable`]). A leader cut off from the others can still
     /// name itself in `STREAM.INFO` for a while (measured on 2.9.10 and 2.15.1 after two of
     /// three nodes were killed): [`NatsCluster::stream_leader`] alone does not say the stream
-    /// can take writes.
+    /// can take writes. Asked with a 1 s limit.
     pub async fn stream_leader_with_quorum(&self, stream: &str) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(1), self.quorate_leader(stream))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn quorate_leader(&self, stream: &str) -> Option<String> {
         let client = self.connect().await.ok()?;
         let js = async_nats::jetstream::new(client);
         let mut s = js.get_stream(stream).await.ok()?;
@@ -570,16 +577,27 @@ impl NatsCluster {
 
     /// Whether JetStream answers reads of `stream` (`STREAM.MSG.GET` of its first message,
     /// which needs the meta leader as well as the stream's: both are back after an outage
-    /// at different times, seconds apart; measured on 2.15.1, docs/FAULTS.md).
+    /// at different times, seconds apart; measured on 2.15.1, docs/FAULTS.md). "No such
+    /// message" is an answer too. Asked with a 1 s limit, so a probe is never late by more.
     pub async fn stream_readable(&self, stream: &str) -> bool {
-        let Ok(client) = self.connect().await else {
-            return false;
+        let ask = async {
+            let Ok(client) = self.connect().await else {
+                return false;
+            };
+            let js = async_nats::jetstream::new(client);
+            let Ok(s) = js.get_stream_no_info(stream).await else {
+                return false;
+            };
+            match s.get_raw_message(1).await {
+                Ok(_) => true,
+                Err(e) => {
+                    e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+                }
+            }
         };
-        let js = async_nats::jetstream::new(client);
-        let Ok(s) = js.get_stream_no_info(stream).await else {
-            return false;
-        };
-        s.get_raw_message(1).await.is_ok()
+        tokio::time::timeout(Duration::from_secs(1), ask)
+            .await
+            .unwrap_or(false)
     }
 }
 

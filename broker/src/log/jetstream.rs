@@ -285,16 +285,19 @@ impl JetStreamLog {
     }
 
     /// Reads the message JetStream answered a publish of `event_id` with as a duplicate at
-    /// `seq`: the same body (by `print`) is that event, stored (`duplicate` says whether it is
-    /// new to the publisher: not when our own retry found our first attempt); another body
-    /// under the publisher's id is a [`LogError::Conflict`].
+    /// `seq`: the same body (by `print`) is that event, stored; another body under the
+    /// publisher's id is a [`LogError::Conflict`]. It is a duplicate to the publisher
+    /// (`has_id`) unless it is this very submission, stored by an attempt whose answer was
+    /// lost: its stored time is this submission's `time` (every attempt carries the same
+    /// header), where a publisher's earlier publish has its own. Without a readable time
+    /// (the message aged out), `retried` decides: our own retry found our first attempt.
     async fn confirm_duplicate(
         &self,
         seq: u64,
         time: Timestamp,
         event_id: EventId,
         print: String,
-        duplicate: bool,
+        (has_id, retried): (bool, bool),
     ) -> Result<Appended, LogError> {
         let stream = self.stream();
         let mut pause = Duration::from_millis(50);
@@ -306,19 +309,21 @@ impl JetStreamLog {
                         .get(FINGERPRINT)
                         .map(|v| v.as_str().to_owned())
                         .unwrap_or_default();
-                    let stored_time = m
+                    let stored_nanos = m
                         .headers
                         .get(TIME)
-                        .and_then(|v| v.as_str().parse::<i128>().ok())
+                        .and_then(|v| v.as_str().parse::<i128>().ok());
+                    let stored_time = stored_nanos
                         .and_then(|n| Timestamp::from_unix_nanos(n).ok())
                         .unwrap_or(time);
+                    let ours = stored_nanos.map_or(retried, |n| n == time.unix_nanos());
                     return if stored_print == print {
                         self.note_stored(seq);
                         Ok(Appended {
                             seq,
                             time: stored_time,
                             event_id,
-                            duplicate,
+                            duplicate: has_id && !ours,
                         })
                     } else {
                         Err(LogError::Conflict { seq })
@@ -331,13 +336,25 @@ impl JetStreamLog {
                         seq,
                         time,
                         event_id,
-                        duplicate,
+                        duplicate: has_id && !retried,
                     });
                 }
-                // Just after an election the stream's leader may answer "temporarily
-                // unavailable" or not at all for a moment (measured: 3.5 s on 2.9.10 after a
-                // majority came back, while the publish itself was already answered): not
-                // an answer about the event. Asked again until the caller's deadline.
+                // After an election JetStream's API can answer "temporarily unavailable"
+                // (10008: no meta leader yet), "not leader", or not at all, for seconds
+                // (measured: 3.5 s on 2.9.10 after a majority came back, while the publish
+                // itself was already answered): not an answer about the event. Asked again
+                // until the caller's deadline; any other error is final.
+                Err(e)
+                    if !matches!(e.kind(), stream::RawMessageErrorKind::Other)
+                        && !matches!(
+                            e.kind(),
+                            stream::RawMessageErrorKind::JetStream(ref j)
+                                if j.error_code() == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+                                    || j.error_code() == jetstream::ErrorCode::CLUSTER_NOT_LEADER
+                        ) =>
+                {
+                    return Err(LogError::Unknown(e.to_string()));
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, seq, "reading a duplicate's stored body; again");
                     tokio::time::sleep(pause).await;
@@ -357,11 +374,11 @@ impl JetStreamLog {
         self.first.fetch_max(1, Ordering::AcqRel);
     }
 
-    /// The stream's handle, without asking for its info: reading a message and making a
-    /// consumer are answered by the stream's own leader, while `STREAM.INFO` needs the meta
-    /// leader too, which a cluster can lack for seconds after the stream has one again
-    /// (measured on 2.9.10: error 10008 "JetStream system temporarily unavailable" for 3.5 s
-    /// after a majority of the nodes came back, docs/FAULTS.md).
+    /// The stream's handle, without asking for its info: a read or a consumer then costs one
+    /// request, not a `STREAM.INFO` first. After an outage JetStream's API refuses both with
+    /// 10008 ("JetStream system temporarily unavailable") until a meta leader is elected
+    /// again, seconds after the stream has a leader (measured: 3.5 s on 2.9.10, up to 4 s on
+    /// 2.15.1; docs/FAULTS.md): the duplicate check retries, within the publish's deadline.
     fn stream(&self) -> stream::Stream<()> {
         stream::Stream::clone(&self.handle)
     }
@@ -505,7 +522,7 @@ impl EventLog for JetStreamLog {
                             time,
                             event_id,
                             print,
-                            has_id && !retried,
+                            (has_id, retried),
                         );
                         tokio::time::timeout_at(until, check)
                             .await

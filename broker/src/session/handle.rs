@@ -71,13 +71,14 @@ impl std::fmt::Debug for SessionHandle {
 }
 
 impl SessionHandle {
-    /// A handle with an empty queue of at most `queue_bytes` bytes.
+    /// A handle with an empty queue of at most `queue_bytes` bytes, written at once from
+    /// `flush_bytes` queued (see [`Outbox::new`]).
     pub(crate) fn new(
         id: u64,
         client_id: Arc<str>,
         application_id: String,
         peer: SocketAddr,
-        queue_bytes: usize,
+        (queue_bytes, flush_bytes): (usize, usize),
         metrics: Arc<Metrics>,
     ) -> SessionHandle {
         SessionHandle {
@@ -87,7 +88,7 @@ impl SessionHandle {
             application_id,
             peer,
             connected_since: Timestamp::now(),
-            outbox: Outbox::new(queue_bytes),
+            outbox: Outbox::new(queue_bytes, flush_bytes),
             delivered: AtomicU64::new(0),
             written_last: AtomicU64::new(0),
             published: AtomicU64::new(0),

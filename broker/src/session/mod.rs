@@ -93,7 +93,7 @@ pub(crate) async fn run<S: Socket>(socket: Box<S>, start: Box<Start>) {
             principal.client_id.as_str().into(),
             principal.application_id.clone(),
             peer,
-            limits.outbound_queue_bytes,
+            (limits.outbound_queue_bytes, limits.write_buffer_bytes),
             broker.metrics.clone(),
         ));
         if broker
@@ -263,7 +263,6 @@ impl<S: Socket> Session<S> {
         let limits = &self.broker.config.limits;
         let window = Duration::from_micros(limits.write_coalesce_us);
         let wide = limits.write_coalesce_min_fanout as i64;
-        let enough = limits.write_buffer_bytes;
         // When the last write of events began, and until when queued events wait for more to
         // join them (limits.write_coalesce_us).
         let mut last_write = Instant::now()
@@ -271,14 +270,6 @@ impl<S: Socket> Session<S> {
             .unwrap_or_else(Instant::now);
         let mut hold: Option<Instant> = None;
         loop {
-            // A reply or close queued while events wait goes out now, with them.
-            if hold.is_some() && self.handle.outbox.pending().is_some_and(|p| p.urgent) {
-                hold = None;
-                last_write = Instant::now();
-                if let Step::Stop = self.write().await {
-                    return;
-                }
-            }
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if !self.handle.outbox.is_closed() => {
@@ -288,11 +279,7 @@ impl<S: Socket> Session<S> {
                 p = self.handle.outbox.ready(), if hold.is_none() => {
                     let now = Instant::now();
                     let due = last_write + window;
-                    if p.urgent
-                        || p.bytes >= enough
-                        || now >= due
-                        || self.broker.metrics.fanout_width.get() < wide
-                    {
+                    if p.urgent || now >= due || self.broker.metrics.fanout_width.get() < wide {
                         last_write = now;
                         self.write().await
                     } else {
@@ -301,6 +288,13 @@ impl<S: Socket> Session<S> {
                     }
                 }
                 () = tokio::time::sleep_until(hold.unwrap_or(expiry)), if hold.is_some() => {
+                    hold = None;
+                    last_write = Instant::now();
+                    self.write().await
+                }
+                // A reply or close queued while events wait (by this session, the fan-out or
+                // a deactivation), or a write's worth of events: out now, with them.
+                () = self.handle.outbox.urgent(), if hold.is_some() => {
                     hold = None;
                     last_write = Instant::now();
                     self.write().await
@@ -346,9 +340,17 @@ impl<S: Socket> Session<S> {
                     Step::Continue
                 }
                 () = tokio::time::sleep_until(expiry) => {
+                    // Events held for a coalescing window were accepted before the token's
+                    // end (the fan-out offers none after it): they go out first.
+                    let step = if hold.take().is_some() {
+                        last_write = Instant::now();
+                        self.write().await
+                    } else {
+                        Step::Continue
+                    };
                     // Nothing is delivered after this instant: what is queued is dropped.
                     self.handle.outbox.close(CloseCode::TokenExpired, "the access token expired", false);
-                    Step::Continue
+                    step
                 }
             };
             if let Step::Stop = step {

@@ -75,7 +75,8 @@ struct State {
 pub(crate) struct Pending {
     /// Bytes of frames queued.
     pub bytes: usize,
-    /// A reply or a close is among them: write without waiting.
+    /// A reply or a close is among them, or `flush_bytes` are queued: write without
+    /// waiting for a coalescing window.
     pub urgent: bool,
 }
 
@@ -93,10 +94,15 @@ pub(crate) enum PushError {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     limit_bytes: usize,
+    /// From this many bytes queued, what is queued is urgent (a full write's worth).
+    flush_bytes: usize,
     state: Mutex<State>,
     /// True once a close is decided: later pushes are dropped without taking the lock.
     closed: AtomicBool,
     notify: Notify,
+    /// Signalled when what is queued becomes urgent (a reply, a close, `flush_bytes`): wakes
+    /// a session holding events for a coalescing window.
+    urgent: Notify,
     /// True once a close that drops queued frames is decided (overflow, deactivation,
     /// expiry): a write stalled on a peer that does not read is then abandoned.
     aborted: AtomicBool,
@@ -104,10 +110,13 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// An empty queue holding at most `limit_bytes` bytes of frames.
-    pub(crate) fn new(limit_bytes: usize) -> Outbox {
+    /// An empty queue holding at most `limit_bytes` bytes of frames, urgent from `flush_bytes`
+    /// (`limits.write_buffer_bytes`: a write's worth need not wait for more).
+    pub(crate) fn new(limit_bytes: usize, flush_bytes: usize) -> Outbox {
         Outbox {
             limit_bytes,
+            flush_bytes,
+            urgent: Notify::new(),
             state: Mutex::new(State::default()),
             closed: AtomicBool::new(false),
             notify: Notify::new(),
@@ -141,15 +150,21 @@ impl Outbox {
             drop(st);
             self.signal_abort();
             self.notify.notify_one();
+            self.urgent.notify_one();
             return Err(PushError::Overflow);
         }
+        let crossed = st.bytes < self.flush_bytes && st.bytes + len >= self.flush_bytes;
         st.bytes += len;
-        st.reply |= frame.kind == Kind::Reply;
+        let reply = frame.kind == Kind::Reply;
+        st.reply |= reply;
         let was_empty = st.frames.is_empty();
         st.frames.push_back(frame);
         drop(st);
         if was_empty {
             self.notify.notify_one();
+        }
+        if reply || crossed {
+            self.urgent.notify_one();
         }
         Ok(())
     }
@@ -172,6 +187,7 @@ impl Outbox {
             self.signal_abort();
         }
         self.notify.notify_one();
+        self.urgent.notify_one();
     }
 
     fn signal_abort(&self) {
@@ -222,8 +238,21 @@ impl Outbox {
         let st = self.state.lock();
         (!st.frames.is_empty() || st.close.is_some()).then_some(Pending {
             bytes: st.bytes,
-            urgent: st.reply || st.close.is_some(),
+            urgent: st.reply || st.close.is_some() || st.bytes >= self.flush_bytes,
         })
+    }
+
+    /// Waits until what is queued is urgent ([`Pending::urgent`]): the wake-up of a session
+    /// that holds events for a coalescing window, whoever queued the reply or decided the
+    /// close (the session itself, the fan-out, a deactivation).
+    pub(crate) async fn urgent(&self) {
+        loop {
+            let notified = self.urgent.notified();
+            if self.pending().is_some_and(|p| p.urgent) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Takes everything queued (and the close decision, if any).
@@ -248,7 +277,7 @@ mod tests {
 
     #[test]
     fn drains_in_order_and_counts_bytes() {
-        let o = Outbox::new(100);
+        let o = Outbox::new(100, usize::MAX);
         o.push(q("ab")).unwrap();
         o.push(q("cde")).unwrap();
         assert_eq!(o.queued_bytes(), 5);
@@ -261,7 +290,7 @@ mod tests {
 
     #[test]
     fn overflow_drops_the_queue_and_closes_with_4008() {
-        let o = Outbox::new(10);
+        let o = Outbox::new(10, usize::MAX);
         o.push(q("12345")).unwrap();
         assert_eq!(o.push(q("1234567")), Err(PushError::Overflow));
         assert_eq!(o.push(q("1")), Err(PushError::Closed));
@@ -272,7 +301,7 @@ mod tests {
 
     #[test]
     fn close_with_flush_keeps_what_is_queued() {
-        let o = Outbox::new(100);
+        let o = Outbox::new(100, usize::MAX);
         o.push(q("last words")).unwrap();
         o.close(CloseCode::GoingAway, "shutdown", true);
         o.close(CloseCode::Forbidden, "ignored: the first close wins", false);
@@ -283,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_queued_reply_or_close_is_urgent_and_events_are_not() {
-        let o = Outbox::new(1_000);
+        let o = Outbox::new(1_000, 12);
         assert_eq!(o.pending(), None);
         let event = Queued {
             text: Utf8Bytes::from("event"),
@@ -307,15 +336,46 @@ mod tests {
             })
         );
         o.drain();
-        o.push(event).unwrap();
+        o.push(event.clone()).unwrap();
         assert!(!o.pending().unwrap().urgent, "drained: the reply is gone");
+        o.push(event.clone()).unwrap();
+        assert!(
+            !o.pending().unwrap().urgent,
+            "10 bytes, under flush_bytes (12)"
+        );
+        o.push(event.clone()).unwrap();
+        assert!(o.pending().unwrap().urgent, "15 bytes: a write's worth");
+        o.drain();
+        o.push(event).unwrap();
         o.close(CloseCode::GoingAway, "shutdown", true);
         assert!(o.pending().unwrap().urgent);
     }
 
     #[tokio::test]
+    async fn urgent_wakes_on_a_reply_from_another_task_and_not_on_events() {
+        let o = std::sync::Arc::new(Outbox::new(1_000, 1_000));
+        let event = || Queued {
+            text: Utf8Bytes::from("event"),
+            kind: Kind::Replayed,
+            seq: 1,
+        };
+        o.push(event()).unwrap();
+        let o2 = o.clone();
+        let t = tokio::spawn(async move { o2.urgent().await });
+        tokio::task::yield_now().await;
+        o.push(event()).unwrap();
+        tokio::task::yield_now().await;
+        assert!(!t.is_finished(), "events alone are not urgent");
+        o.push(q("gap notice")).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn ready_wakes_on_push() {
-        let o = std::sync::Arc::new(Outbox::new(100));
+        let o = std::sync::Arc::new(Outbox::new(100, usize::MAX));
         let o2 = o.clone();
         let t = tokio::spawn(async move { o2.ready().await });
         tokio::task::yield_now().await;

@@ -449,6 +449,22 @@ async fn events_wait_out_the_coalescing_window_and_replies_do_not() {
         "after a quiet window the event waited {:?}",
         quiet.elapsed()
     );
+
+    // A close decided by another task (a deactivation) does not wait for the window: the
+    // event held meanwhile is dropped with it, as a deactivation drops what is queued.
+    publish(&f, "adt.a01", 7).await;
+    let deactivated = Instant::now();
+    f.broker
+        .sessions
+        .close_client(&f.client_id, CloseCode::Forbidden, "client deactivated");
+    let mut frames = Vec::new();
+    let code = peer.close(&mut frames).await;
+    assert_eq!(code, CloseCode::Forbidden.as_u16(), "{frames:?}");
+    assert!(
+        deactivated.elapsed() < Duration::from_millis(5),
+        "the close waited {:?}",
+        deactivated.elapsed()
+    );
 }
 
 #[tokio::test]
