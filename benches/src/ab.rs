@@ -536,6 +536,7 @@ mod tests {
             LoadOptions {
                 seconds: 3.0,
                 loads: Vec::new(),
+                rates: Vec::new(),
                 window: 256,
                 inflight: 500,
                 source_ips: 4,

@@ -407,6 +407,7 @@ async fn fanout_part(
     };
     let max_only = LoadOptions {
         loads: Vec::new(),
+        rates: Vec::new(),
         ..params.load.clone()
     };
     let mut fanout_max = Vec::new();
@@ -439,6 +440,7 @@ async fn acked_part(
     };
     let half = LoadOptions {
         loads: vec![50.0],
+        rates: Vec::new(),
         ..params.load.clone()
     };
     let setups = [

@@ -48,6 +48,9 @@ pub(crate) struct LoadOptions {
     pub(crate) seconds: f64,
     /// Fixed loads, in percent of the measured maximum.
     pub(crate) loads: Vec<f64>,
+    /// Fixed loads in events published per second, the same for every system (after the
+    /// percentages): latency compared at one offered load rather than at each system's own.
+    pub(crate) rates: Vec<f64>,
     /// Unacknowledged publishes per Scopecast publisher.
     pub(crate) window: u32,
     /// In `max` phases, published events not yet delivered everywhere, at most.
@@ -151,10 +154,14 @@ async fn phases(
     if events_per_s < 1.0 {
         bail!("nothing got through in the max phase");
     }
-    for pct in &opts.loads {
-        let rate = events_per_s * pct / 100.0;
+    let phases = opts
+        .loads
+        .iter()
+        .map(|pct| (format!("{pct}%"), events_per_s * pct / 100.0))
+        .chain(opts.rates.iter().map(|r| (format!("{r}/s"), *r)));
+    for (name, rate) in phases {
         let (p, back) = run
-            .phase(&format!("{pct}%"), Some(rate), opts.seconds, publishers)
+            .phase(&name, Some(rate), opts.seconds, publishers)
             .await?;
         publishers = back;
         out.push(p);

@@ -129,6 +129,10 @@ struct LoadArgs {
     /// Fixed loads, in percent of the measured maximum.
     #[arg(long, value_delimiter = ',', default_value = "25,50,90")]
     loads: Vec<f64>,
+    /// Fixed loads in events published per second, the same for every system, run after
+    /// `--loads` (e.g. `--rates 350`: latency compared at one offered load).
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
     /// Baselines to run too (`nats` is skipped with a message when nats-server is not
     /// installed).
     #[arg(
@@ -359,6 +363,9 @@ fn load_options(args: &LoadArgs) -> anyhow::Result<LoadOptions> {
     {
         bail!("--loads are percentages in (0, 100]");
     }
+    if args.rates.iter().any(|r| !r.is_finite() || *r <= 0.0) {
+        bail!("--rates are events per second, above 0");
+    }
     if args.window == 0 || args.source_ips == 0 || args.source_ips > 250 {
         bail!("--window must be at least 1, --source-ips 1 to 250");
     }
@@ -368,6 +375,7 @@ fn load_options(args: &LoadArgs) -> anyhow::Result<LoadOptions> {
     Ok(LoadOptions {
         seconds: args.seconds,
         loads: args.loads.clone(),
+        rates: args.rates.clone(),
         window: args.window,
         inflight: args.inflight.max(1),
         source_ips: args.source_ips,
@@ -611,6 +619,7 @@ async fn run_ab(args: AbArgs) -> anyhow::Result<()> {
     let load = load_options(&LoadArgs {
         seconds: args.seconds,
         loads: Vec::new(),
+        rates: Vec::new(),
         baselines: Vec::new(),
         no_baselines: true,
         window: args.window,

@@ -729,6 +729,7 @@ mod tests {
             load: LoadOptions {
                 seconds: 1.0,
                 loads: vec![50.0],
+                rates: Vec::new(),
                 window: 256,
                 inflight: 500,
                 source_ips: 4,
