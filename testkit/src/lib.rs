@@ -539,11 +539,18 @@ impl NatsCluster {
 
     /// The name of the node leading `stream` now (`None` while there is none).
     pub async fn stream_leader(&self, stream: &str) -> Option<String> {
+        self.stream_cluster(stream).await?.leader
+    }
+
+    /// `STREAM.INFO`'s cluster part for `stream` (`None`: no answer).
+    async fn stream_cluster(
+        &self,
+        stream: &str,
+    ) -> Option<async_nats::jetstream::stream::ClusterInfo> {
         let client = self.connect().await.ok()?;
         let js = async_nats::jetstream::new(client);
         let mut s = js.get_stream(stream).await.ok()?;
-        let info = s.info().await.ok()?;
-        info.cluster.as_ref()?.leader.clone()
+        s.info().await.ok()?.cluster.clone()
     }
 
     /// The name of the node leading `stream` with a quorum: the leader reports a majority of
@@ -560,11 +567,7 @@ impl NatsCluster {
     }
 
     async fn quorate_leader(&self, stream: &str) -> Option<String> {
-        let client = self.connect().await.ok()?;
-        let js = async_nats::jetstream::new(client);
-        let mut s = js.get_stream(stream).await.ok()?;
-        let info = s.info().await.ok()?;
-        let cluster = info.cluster.as_ref()?;
+        let cluster = self.stream_cluster(stream).await?;
         let leader = cluster.leader.clone()?;
         let current = 1 + cluster
             .replicas

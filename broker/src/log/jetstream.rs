@@ -348,9 +348,12 @@ impl JetStreamLog {
                     if !matches!(e.kind(), stream::RawMessageErrorKind::Other)
                         && !matches!(
                             e.kind(),
-                            stream::RawMessageErrorKind::JetStream(ref j)
-                                if j.error_code() == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
-                                    || j.error_code() == jetstream::ErrorCode::CLUSTER_NOT_LEADER
+                            stream::RawMessageErrorKind::JetStream(j)
+                                if [
+                                    jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE,
+                                    jetstream::ErrorCode::CLUSTER_NOT_LEADER,
+                                ]
+                                .contains(&j.error_code())
                         ) =>
                 {
                     return Err(LogError::Unknown(e.to_string()));

@@ -269,6 +269,7 @@ impl<S: Socket> Session<S> {
             .checked_sub(window)
             .unwrap_or_else(Instant::now);
         let mut hold: Option<Instant> = None;
+        let handle = Arc::clone(&self.handle);
         loop {
             let step = tokio::select! {
                 biased;
@@ -276,10 +277,10 @@ impl<S: Socket> Session<S> {
                     self.handle.outbox.close(CloseCode::GoingAway, "the broker is shutting down", true);
                     Step::Continue
                 }
-                p = self.handle.outbox.ready(), if hold.is_none() => {
+                urgent = self.handle.outbox.ready(), if hold.is_none() => {
                     let now = Instant::now();
                     let due = last_write + window;
-                    if p.urgent || now >= due || self.broker.metrics.fanout_width.get() < wide {
+                    if urgent || now >= due || self.broker.metrics.fanout_width.get() < wide {
                         last_write = now;
                         self.write().await
                     } else {
@@ -287,14 +288,15 @@ impl<S: Socket> Session<S> {
                         Step::Continue
                     }
                 }
-                () = tokio::time::sleep_until(hold.unwrap_or(expiry)), if hold.is_some() => {
-                    hold = None;
-                    last_write = Instant::now();
-                    self.write().await
-                }
-                // A reply or close queued while events wait (by this session, the fan-out or
-                // a deactivation), or a write's worth of events: out now, with them.
-                () = self.handle.outbox.urgent(), if hold.is_some() => {
+                // Held events go out at the window's end, or at once when a reply or close is
+                // queued meanwhile (by this session, the fan-out or a deactivation) or a
+                // write's worth of events is.
+                () = async {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(hold.unwrap_or(expiry)) => {}
+                        () = handle.outbox.urgent() => {}
+                    }
+                }, if hold.is_some() => {
                     hold = None;
                     last_write = Instant::now();
                     self.write().await

@@ -70,16 +70,6 @@ struct State {
     reply: bool,
 }
 
-/// What [`Outbox::ready`] found queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Pending {
-    /// Bytes of frames queued.
-    pub bytes: usize,
-    /// A reply or a close is among them, or `flush_bytes` are queued: write without
-    /// waiting for a coalescing window.
-    pub urgent: bool,
-}
-
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PushError {
@@ -222,33 +212,34 @@ impl Outbox {
         self.state.lock().bytes
     }
 
-    /// Waits until something is queued or a close is decided, and says what.
-    pub(crate) async fn ready(&self) -> Pending {
+    /// Waits until something is queued or a close is decided; says whether it is urgent
+    /// (see [`Outbox::pending`]).
+    pub(crate) async fn ready(&self) -> bool {
         loop {
             let notified = self.notify.notified();
-            if let Some(p) = self.pending() {
-                return p;
+            if let Some(urgent) = self.pending() {
+                return urgent;
             }
             notified.await;
         }
     }
 
-    /// What is queued now (`None`: nothing, and no close decided).
-    pub(crate) fn pending(&self) -> Option<Pending> {
+    /// `None` when nothing is queued and no close is decided; else whether what is queued is
+    /// urgent: a reply or a close among it, or `flush_bytes` queued, so it is written without
+    /// waiting for a coalescing window.
+    pub(crate) fn pending(&self) -> Option<bool> {
         let st = self.state.lock();
-        (!st.frames.is_empty() || st.close.is_some()).then_some(Pending {
-            bytes: st.bytes,
-            urgent: st.reply || st.close.is_some() || st.bytes >= self.flush_bytes,
-        })
+        (!st.frames.is_empty() || st.close.is_some())
+            .then_some(st.reply || st.close.is_some() || st.bytes >= self.flush_bytes)
     }
 
-    /// Waits until what is queued is urgent ([`Pending::urgent`]): the wake-up of a session
-    /// that holds events for a coalescing window, whoever queued the reply or decided the
-    /// close (the session itself, the fan-out, a deactivation).
+    /// Waits until what is queued is urgent: the wake-up of a session that holds events for
+    /// a coalescing window, whoever queued the reply or decided the close (the session
+    /// itself, the fan-out, a deactivation).
     pub(crate) async fn urgent(&self) {
         loop {
             let notified = self.urgent.notified();
-            if self.pending().is_some_and(|p| p.urgent) {
+            if self.pending() == Some(true) {
                 return;
             }
             notified.await;
@@ -320,35 +311,20 @@ mod tests {
             seq: 1,
         };
         o.push(event.clone()).unwrap();
-        assert_eq!(
-            o.pending(),
-            Some(Pending {
-                bytes: 5,
-                urgent: false
-            })
-        );
+        assert_eq!(o.pending(), Some(false));
         o.push(q("ack")).unwrap();
-        assert_eq!(
-            o.pending(),
-            Some(Pending {
-                bytes: 8,
-                urgent: true
-            })
-        );
+        assert_eq!(o.pending(), Some(true));
         o.drain();
         o.push(event.clone()).unwrap();
-        assert!(!o.pending().unwrap().urgent, "drained: the reply is gone");
+        assert_eq!(o.pending(), Some(false), "drained: the reply is gone");
         o.push(event.clone()).unwrap();
-        assert!(
-            !o.pending().unwrap().urgent,
-            "10 bytes, under flush_bytes (12)"
-        );
+        assert_eq!(o.pending(), Some(false), "10 bytes, under flush_bytes (12)");
         o.push(event.clone()).unwrap();
-        assert!(o.pending().unwrap().urgent, "15 bytes: a write's worth");
+        assert_eq!(o.pending(), Some(true), "15 bytes: a write's worth");
         o.drain();
         o.push(event).unwrap();
         o.close(CloseCode::GoingAway, "shutdown", true);
-        assert!(o.pending().unwrap().urgent);
+        assert_eq!(o.pending(), Some(true));
     }
 
     #[tokio::test]
