@@ -553,50 +553,37 @@ impl NatsCluster {
         s.info().await.ok()?.cluster.clone()
     }
 
-    /// The name of the node leading `stream` with a quorum: the leader reports a majority of
-    /// the replicas (itself included) current (its peers' `current` flags; a write can still
-    /// wait for the meta leader, see [`NatsCluster::stream_readable`]). A leader cut off from the others can still
-    /// name itself in `STREAM.INFO` for a while (measured on 2.9.10 and 2.15.1 after two of
-    /// three nodes were killed): [`NatsCluster::stream_leader`] alone does not say the stream
-    /// can take writes. Asked with a 1 s limit.
-    pub async fn stream_leader_with_quorum(&self, stream: &str) -> Option<String> {
-        tokio::time::timeout(Duration::from_secs(1), self.quorate_leader(stream))
-            .await
-            .ok()
-            .flatten()
-    }
-
-    async fn quorate_leader(&self, stream: &str) -> Option<String> {
-        let cluster = self.stream_cluster(stream).await?;
-        let leader = cluster.leader.clone()?;
-        let current = 1 + cluster
-            .replicas
-            .iter()
-            .filter(|p| p.current && !p.offline)
-            .count();
-        let size = 1 + cluster.replicas.len();
-        (current * 2 > size).then_some(leader)
-    }
-
-    /// Whether JetStream answers reads of `stream` (`STREAM.MSG.GET` of its first message,
-    /// which needs the meta leader as well as the stream's: both are back after an outage
-    /// at different times, seconds apart; measured on 2.15.1, docs/FAULTS.md). "No such
-    /// message" is an answer too. Asked with a 1 s limit, so a probe is never late by more.
-    pub async fn stream_readable(&self, stream: &str) -> bool {
+    /// Whether `stream` takes a write and answers a read now, asked through the server at
+    /// `via` (the one a broker is connected to, so the probe sees what the broker's publishes
+    /// see): a JetStream publish of a small message to `subject` (one of the stream's
+    /// subjects, holding no event: it stays in the stream as a message that is not an event),
+    /// then `STREAM.MSG.GET` of its `seq` (which needs the meta leader as well as the
+    /// stream's). Each step has a 1 s limit, so a probe is never late by more.
+    ///
+    /// Neither `STREAM.INFO`'s leader and peers nor a read alone says this: a CI run on
+    /// 2.9.10 (2026-12-05; docs/FAULTS.md) saw both say "back" 0.4 s after two of three
+    /// nodes were restarted, where the broker's publishes (retried every 1.5 s at most) were
+    /// acknowledged 8.5 s after. Only a write shows that writes are taken.
+    pub async fn stream_round_trip(&self, via: &str, stream: &str, subject: &str) -> bool {
         let ask = async {
-            let Ok(client) = self.connect().await else {
+            let Ok(client) = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(1))
+                .connect(via)
+                .await
+            else {
                 return false;
             };
             let js = async_nats::jetstream::new(client);
+            let Ok(ack) = js.publish(subject.to_owned(), "probe".into()).await else {
+                return false;
+            };
+            let Ok(ack) = ack.await else {
+                return false;
+            };
             let Ok(s) = js.get_stream_no_info(stream).await else {
                 return false;
             };
-            match s.get_raw_message(1).await {
-                Ok(_) => true,
-                Err(e) => {
-                    e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
-                }
-            }
+            s.get_raw_message(ack.sequence).await.is_ok()
         };
         tokio::time::timeout(Duration::from_secs(1), ask)
             .await

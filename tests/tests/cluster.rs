@@ -866,17 +866,18 @@ async fn losing_two_of_three_nats_nodes_refuses_publishes_and_loses_nothing() {
         nats.node(n).start();
     }
     let back_at = Instant::now();
-    // When JetStream itself is back for this stream: a leader with a quorum, and its API
-    // answering (the meta leader's election; neither can a client hurry). Polled beside the
-    // publishes.
-    let leader_back = {
+    // When JetStream itself takes writes for this stream again, through the NATS server the
+    // broker is connected to: a probe publishes a message that is not an event and reads it
+    // back, beside the broker's publishes (the elections after a majority returns took
+    // 0.005-22 s on 2.9.10, and no client hurries them).
+    let js_back = {
         let stream = cluster.stream.clone();
+        let via = nats.node(&kept).url();
+        let subject = format!("{}.probe", cluster.config.cluster.subject_prefix);
         tokio::spawn(async move {
-            while back_at.elapsed() < Duration::from_secs(40) {
+            while back_at.elapsed() < Duration::from_secs(60) {
                 let nats = NatsCluster::shared();
-                if nats.stream_leader_with_quorum(&stream).await.is_some()
-                    && nats.stream_readable(&stream).await
-                {
+                if nats.stream_round_trip(&via, &stream, &subject).await {
                     return Some(back_at.elapsed());
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -887,7 +888,7 @@ async fn losing_two_of_three_nats_nodes_refuses_publishes_and_loses_nothing() {
     // Recovers by itself once JetStream has quorum again; the refused key may or may not be
     // stored (its outcome was unknown): a retry with it answers either way, once.
     let mut recovered = None;
-    while back_at.elapsed() < Duration::from_secs(40) {
+    while back_at.elapsed() < Duration::from_secs(60) {
         let (status, body) =
             publish_keyed(cluster.node('a'), &token, "during", Duration::from_secs(20)).await;
         if status == 201 || status == 200 {
@@ -897,20 +898,20 @@ async fn losing_two_of_three_nats_nodes_refuses_publishes_and_loses_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let leader_back = leader_back.await.expect("the JetStream probe");
+    let js_back = js_back.await.expect("the JetStream probe");
     eprintln!(
-        "2 of 3 NATS nodes down for 15 s: after they came back JetStream was back for the \
-         stream after {leader_back:?}, the broker published again after {recovered:?}"
+        "2 of 3 NATS nodes down for 15 s: after they came back JetStream took writes for the \
+         stream after {js_back:?}, the broker published again after {recovered:?}"
     );
     let recovered = recovered.expect("publishing recovered");
-    let leader_back = leader_back.expect("JetStream came back for the stream");
+    let js_back = js_back.expect("JetStream took writes again");
     // The broker's part: its retries find JetStream back within about two seconds (2 s for
     // the first attempt, then 1 s per attempt with pauses up to 500 ms). JetStream's own
-    // elections after a majority came back took up to 16 s (docs/FAULTS.md).
+    // elections after a majority came back took up to 22 s (docs/FAULTS.md).
     assert!(
-        recovered < leader_back + Duration::from_secs(3),
-        "the broker published again within 3 s of JetStream being back \
-         (back after {leader_back:?}, publishing after {recovered:?})"
+        recovered < js_back + Duration::from_secs(3),
+        "the broker published again within 3 s of JetStream taking writes \
+         (JetStream after {js_back:?}, the broker after {recovered:?})"
     );
     nats.wait_for_jetstream(Duration::from_secs(30));
     eventually(Duration::from_secs(10), "node a is ready again", || async {
