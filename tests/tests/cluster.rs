@@ -114,7 +114,8 @@ async fn audit(cluster: &TestCluster, acked: &[(u64, String)]) {
     // was, from its own copy, until it learns of the new term: a mismatch is read again after
     // the cluster has settled, and only one that stays is a failure (a lost event stays lost).
     for attempt in 1..=3 {
-        let contents = cluster.stream_contents().await;
+        let highest = acked.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+        let contents = cluster.stream_contents(highest).await;
         let mut by_id: HashMap<&str, Vec<u64>> = HashMap::new();
         for (seq, _, id) in &contents {
             by_id.entry(id.as_str()).or_default().push(*seq);
@@ -357,7 +358,7 @@ async fn an_idempotency_key_is_one_event_across_nodes() {
     assert_eq!(a2["seq"], a1["seq"]);
     let (s3, a3) = publish(cluster.node('b'), json!({"v": 2})).await;
     assert_eq!(s3, 409, "same key, other body: {a3}");
-    let contents = cluster.stream_contents().await;
+    let contents = cluster.stream_contents(0).await;
     assert_eq!(
         contents
             .iter()

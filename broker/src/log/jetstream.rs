@@ -106,6 +106,12 @@ const FIRST_ATTEMPT: Duration = Duration::from_secs(2);
 /// The longest pause between two retries (they start at 100 ms and double).
 const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
 
+/// How long a "no message" answer for a `seq` inside the retained range is checked before the
+/// read fails (see `JetStreamLog::confirm_gone`): longer than a paused or partitioned former
+/// leader takes to learn of the new term once it is back (a heartbeat), short enough for a
+/// subscriber's history request.
+const GONE_CHECK: Duration = Duration::from_secs(5);
+
 /// A publish sent and not yet answered: its acknowledgement (or why it could not be sent),
 /// the message to send again with the same id (subject, headers, payload), the event's id
 /// and time, the body's fingerprint (empty without a publisher's id), and whether the id is
@@ -428,8 +434,73 @@ impl JetStreamLog {
                 &m.payload,
                 &self.settings.subject_prefix,
             )),
-            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                self.confirm_gone(stream, seq).await
+            }
             Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// After JetStream answered "no message" for `seq`, a `seq` this node knows was stored:
+    /// `Ok(None)` only once the stream's own state says retention took it (its first `seq` is
+    /// past it); the event itself when a read finds it after all; an error otherwise, so a
+    /// history read reports the log unavailable rather than skip an event without a gap.
+    ///
+    /// A stream never loses a message inside its retained range (`deny_delete`, no purge,
+    /// retention only moves the head), so "no message" there is not an answer about the
+    /// event. A server that led the stream before a pause answers from its own copy until it
+    /// learns of the new term: measured for `STREAM.INFO` (last `seq` 40 where the stream
+    /// held 60, on 2.9.10 and 2.15.1; docs/FAULTS.md); a read answered from such a copy would
+    /// say "no message". Asked again, with pauses of 100 ms to 500 ms, for up to
+    /// [`GONE_CHECK`]; a stale `STREAM.INFO` names a first `seq` at or below the true one, so
+    /// it never makes a stored event look taken by retention.
+    async fn confirm_gone(
+        &self,
+        stream: &stream::Stream<()>,
+        seq: u64,
+    ) -> Result<Option<StoredEvent>, LogError> {
+        let deadline = tokio::time::Instant::now() + GONE_CHECK;
+        let mut pause = Duration::from_millis(100);
+        let mut read = String::from("no message");
+        loop {
+            let state = match self.stream_info().await {
+                Ok(info) if info.cached_info().state.first_sequence > seq => {
+                    self.first
+                        .fetch_max(info.cached_info().state.first_sequence, Ordering::AcqRel);
+                    return Ok(None);
+                }
+                Ok(info) => {
+                    let state = &info.cached_info().state;
+                    format!(
+                        "the stream's state says first {} last {}",
+                        state.first_sequence, state.last_sequence
+                    )
+                }
+                Err(e) => format!("its state could not be read: {e}"),
+            };
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(LogError::Unavailable(format!(
+                    "stream message {seq} could not be read: {read}, and {state} (a server \
+                     that led the stream before a fault may still be answering; read again)"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            match stream.get_raw_message(seq).await {
+                Ok(m) => {
+                    return Ok(Self::event(
+                        m.sequence,
+                        m.subject.as_str(),
+                        Some(&m.headers),
+                        &m.payload,
+                        &self.settings.subject_prefix,
+                    ));
+                }
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                    read = "no message".to_owned();
+                }
+                Err(e) => read = e.to_string(),
+            }
         }
     }
 }
@@ -563,7 +634,9 @@ impl EventLog for JetStreamLog {
             if let Some(e) = self.message(&stream, seq).await? {
                 out.push(Arc::new(e));
             }
-            seq += 1;
+            // Past what retention took, if a read found the head moved (one check, not one
+            // per message taken).
+            seq = (seq + 1).max(self.first.load(Ordering::Acquire));
         }
         Ok(out)
     }
@@ -722,6 +795,53 @@ pub(crate) mod tests {
     }
 
     conformance_tests!(JetStream);
+
+    /// A "no message" answer for a `seq` this node knows was stored, inside the stream's
+    /// retained range, is not taken as an answer (a former leader back from a pause answers
+    /// from its own copy): the read fails after [`GONE_CHECK`] instead of returning a page
+    /// without the event, which a resuming subscriber would take as complete. Played by
+    /// telling the log of a `seq` past the stream's end, which is what such a server's
+    /// answers look like.
+    #[tokio::test]
+    async fn a_missing_message_inside_the_retained_range_fails_the_read_not_skips_it() {
+        let nats = scopecast_testkit::Nats::shared();
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let log = JetStreamLog::open(
+            client,
+            JetStreamSettings {
+                stream: format!("G{}_gone", std::process::id()),
+                subject_prefix: format!("g{}gone", std::process::id()),
+                replicas: 1,
+                max_events: 100,
+                max_bytes: 0,
+                max_age: Duration::ZERO,
+                duplicate_window: Duration::from_secs(60),
+            },
+        )
+        .await
+        .unwrap();
+        let stored = log
+            .append(vec![NewEvent {
+                topic: "adt.a01".parse().unwrap(),
+                data: RawJson::payload(r#"{"n":1}"#).unwrap(),
+                event_id: None,
+            }])
+            .await;
+        let seq = stored[0].as_ref().unwrap().seq;
+        log.last.fetch_max(seq + 2, Ordering::AcqRel);
+        let started = tokio::time::Instant::now();
+        let read = log.read_from(seq, 10).await;
+        assert!(
+            matches!(&read, Err(LogError::Unavailable(m)) if m.contains(&format!("message {}", seq + 1))),
+            "{:?}",
+            read.map(|v| v.iter().map(|e| e.seq).collect::<Vec<_>>())
+        );
+        assert!(started.elapsed() >= GONE_CHECK - Duration::from_millis(600));
+        // Retention's own answer stays an answer: a read from below the head gets what is kept.
+        log.last.store(seq, Ordering::Release);
+        let page = log.read_from(1, 10).await.unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq]);
+    }
 
     #[tokio::test]
     async fn a_stream_made_with_other_settings_is_brought_to_the_configured_ones() {
