@@ -421,19 +421,24 @@ impl JetStreamLog {
         Some(StoredEvent::new(seq, topic, event_id, time, data))
     }
 
+    /// The stored event of a message read by `seq` (`None`: not an event).
+    fn stored(&self, m: &jetstream::message::StreamMessage) -> Option<StoredEvent> {
+        Self::event(
+            m.sequence,
+            m.subject.as_str(),
+            Some(&m.headers),
+            &m.payload,
+            &self.settings.subject_prefix,
+        )
+    }
+
     async fn message(
         &self,
         stream: &stream::Stream<()>,
         seq: u64,
     ) -> Result<Option<StoredEvent>, LogError> {
         match stream.get_raw_message(seq).await {
-            Ok(m) => Ok(Self::event(
-                m.sequence,
-                m.subject.as_str(),
-                Some(&m.headers),
-                &m.payload,
-                &self.settings.subject_prefix,
-            )),
+            Ok(m) => Ok(self.stored(&m)),
             Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
                 self.confirm_gone(stream, seq).await
             }
@@ -488,13 +493,7 @@ impl JetStreamLog {
             pause = (pause * 2).min(RETRY_PAUSE_MAX);
             match stream.get_raw_message(seq).await {
                 Ok(m) => {
-                    return Ok(Self::event(
-                        m.sequence,
-                        m.subject.as_str(),
-                        Some(&m.headers),
-                        &m.payload,
-                        &self.settings.subject_prefix,
-                    ));
+                    return Ok(self.stored(&m));
                 }
                 Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
                     read = "no message".to_owned();
