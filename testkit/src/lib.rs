@@ -564,6 +564,11 @@ impl NatsCluster {
     /// 2.9.10 (2026-12-05; docs/FAULTS.md) saw both say "back" 0.4 s after two of three
     /// nodes were restarted, where the broker's publishes (retried every 1.5 s at most) were
     /// acknowledged 8.5 s after. Only a write shows that writes are taken.
+    ///
+    /// Each probe that is answered leaves a message in the stream that is not an event: a
+    /// broker's tail reads it as a one-`seq` gap, which its subscribers receive as a `gap`
+    /// frame and the FHIR numbering as a reload. Use it only in a scenario without
+    /// subscribers, FHIR subscriptions or webhooks on that stream.
     pub async fn stream_round_trip(&self, via: &str, stream: &str, subject: &str) -> bool {
         let ask = async {
             let Ok(client) = async_nats::ConnectOptions::new()

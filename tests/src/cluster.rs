@@ -174,7 +174,7 @@ impl TestCluster {
             info.state.messages = info.state.messages.max(1);
         }
         let mut out = Vec::new();
-        for seq in info.state.first_sequence..=info.state.last_sequence {
+        for seq in info.state.first_sequence.max(1)..=info.state.last_sequence {
             if info.state.messages == 0 {
                 break;
             }
@@ -194,7 +194,8 @@ impl TestCluster {
                         .unwrap_or_default();
                     out.push((seq, m.subject.to_string(), id));
                 }
-                Err(e) => panic!("stream message {seq}: {e}"),
+                // Left out: the audit reports what it misses (and reads again).
+                Err(e) => eprintln!("stream message {seq} not read: {e}"),
             }
         }
         out
