@@ -89,6 +89,20 @@ enum Command {
         #[arg(long, default_value = "127.0.0.2")]
         source_ip: Ipv4Addr,
     },
+    /// Post signed requests to the `webhooks` scenario's receiver: its ceiling, in a process of
+    /// its own as the broker is (started by the harness).
+    #[command(hide = true)]
+    WebhookCeilingChild {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        endpoints: usize,
+        #[arg(long)]
+        payload: PayloadKind,
+        /// How long to post, in seconds.
+        #[arg(long)]
+        seconds: f64,
+    },
 }
 
 /// Which broker, and how it runs.
@@ -314,6 +328,17 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(idle::child(system, addr, count, first, source_ip)),
+        Command::WebhookCeilingChild {
+            addr,
+            endpoints,
+            payload,
+            seconds,
+        } => runtime()?.block_on(webhooks::ceiling_child(
+            addr,
+            endpoints,
+            &payload,
+            std::time::Duration::from_secs_f64(seconds.clamp(0.0, 3600.0)),
+        )),
         Command::Run(args) => runtime()?.block_on(run_one(args)),
         Command::All(args) => runtime()?.block_on(run_all(args)),
         Command::Ab(args) => runtime()?.block_on(run_ab(args)),

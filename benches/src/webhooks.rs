@@ -7,7 +7,8 @@
 //! - **Ceiling**: a plain HTTP client (reqwest, on hyper) posting the same kind of body, signed
 //!   the same way (`webhook-id`, `webhook-timestamp`, `webhook-signature` v1 HMAC-SHA256), as
 //!   fast as it can, one request at a time per endpoint, as the broker does with
-//!   `max_in_flight = 1`: what the receiver and this machine allow.
+//!   `max_in_flight = 1`: what the receiver and this machine allow. It runs in a process of
+//!   its own (`webhook-ceiling-child`), as the broker does.
 //! - **Broker**: `scopecast serve` (memory log) with endpoints on the receiver (`allow_private`
 //!   for loopback); publishers over HTTP as fast as deliveries go (max), then at 50% of the max
 //!   (latency p50/p99).
@@ -26,7 +27,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::payload::{Clock, Payload};
+use crate::payload::{Clock, Payload, PayloadKind};
 use crate::report::RunReport;
 use crate::scenario::{BrokerTarget, Params};
 use crate::scopecast::{LogKind, Scopecast};
@@ -186,24 +187,70 @@ fn sign(key: &ring::hmac::Key, id: &str, timestamp: i64, body: &[u8]) -> String 
 async fn ceiling(
     addr: SocketAddr,
     rec: &Arc<Recorder>,
-    payload: &Payload,
+    payload: &PayloadKind,
     n: usize,
     seconds: Duration,
-) -> f64 {
+) -> anyhow::Result<f64> {
+    // In a process of its own, as the broker is: a client in this process could share a
+    // runtime thread with the receiver and skip the cross-process hop every delivery of the
+    // broker pays (one endpoint measured 12 k/s or 30 k/s from run to run that way).
+    let exe = std::env::current_exe().context("the harness's own path")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["webhook-ceiling-child", "--addr", &addr.to_string()])
+        .args(["--endpoints", &n.to_string(), "--payload", &payload.label()])
+        .args(["--seconds", &(seconds.as_secs_f64() + 2.0).to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the webhook ceiling's client")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rec.start();
+    let started = Instant::now();
+    tokio::time::sleep(seconds).await;
+    let counted = rec.stop();
+    let rate = counted.delivered as f64 / started.elapsed().as_secs_f64();
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(status) => {
+            let status = status.context("waiting for the webhook ceiling's client")?;
+            if !status.success() {
+                bail!("the webhook ceiling's client failed: {status}");
+            }
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+        }
+    }
+    Ok(rate)
+}
+
+/// The ceiling's client (`scopecast-bench webhook-ceiling-child`): posts signed bodies to
+/// `/hook/0..n` at `addr`, one request in flight per endpoint, for `run_for`.
+///
+/// # Errors
+/// None in practice: failed requests are retried by the loop; the receiver counts what
+/// arrives.
+pub(crate) async fn ceiling_child(
+    addr: SocketAddr,
+    n: usize,
+    payload: &PayloadKind,
+    run_for: Duration,
+) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(n)
         .build()
         .unwrap_or_default();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]);
-    let clock = rec.clock();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let payload = Payload::new(payload);
+    let clock = Clock::new();
+    let deadline = Instant::now() + run_for;
     let mut tasks = JoinSet::new();
     for i in 0..n {
-        let (http, key, stop, payload) = (http.clone(), key.clone(), stop.clone(), payload.clone());
+        let (http, key, payload) = (http.clone(), key.clone(), payload.clone());
         let url = format!("http://{addr}/hook/{i}");
         tasks.spawn(async move {
             let mut seq = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while Instant::now() < deadline {
                 seq += 1;
                 let data = payload.data(clock.now_ns());
                 let body = format!(
@@ -224,15 +271,8 @@ async fn ceiling(
             }
         });
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    rec.start();
-    let started = Instant::now();
-    tokio::time::sleep(seconds).await;
-    let counted = rec.stop();
-    let rate = counted.delivered as f64 / started.elapsed().as_secs_f64();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
-    rate
+    Ok(())
 }
 
 /// Publishes to the broker over HTTP from [`PUBLISHERS`] tasks until `stop`, each at
@@ -302,7 +342,7 @@ async fn row(bin: &Path, params: &Params, clock: Clock, n: usize) -> anyhow::Res
     let payload = Payload::new(&params.payload);
     let rec = Arc::new(Recorder::new(clock));
     let addr = receiver(rec.clone()).await?;
-    let ceiling_per_s = ceiling(addr, &rec, &payload, n, seconds).await;
+    let ceiling_per_s = ceiling(addr, &rec, &params.payload, n, seconds).await?;
     if ceiling_per_s <= 0.0 {
         bail!("the ceiling delivered nothing");
     }

@@ -158,14 +158,14 @@ impl Metrics {
         let webhook_lag_events = IntGaugeVec::new(
             Opts::new(
                 "webhook_lag_events",
-                "Events a webhook endpoint delivered to by this node is behind the log",
+                "Events the log holds past a webhook endpoint's last delivery by this node (all topics), set after each delivery and every second",
             ),
             &["client_id", "endpoint"],
         )?;
         let webhook_lag_seconds = IntGaugeVec::new(
             Opts::new(
                 "webhook_lag_seconds",
-                "Age of the oldest event a webhook endpoint has not had delivered",
+                "Seconds since the time of a webhook endpoint's last delivered event while later events wait (0 when caught up), set after each delivery and every second",
             ),
             &["client_id", "endpoint"],
         )?;

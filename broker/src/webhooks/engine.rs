@@ -48,6 +48,9 @@ use crate::registry::{
 /// How often the node writes its workers' cursors (all of them in one transaction).
 pub(crate) const CURSOR_FLUSH: Duration = Duration::from_millis(250);
 
+/// How often a worker sets its endpoint's lag gauges besides after each delivery.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
 /// The actor of the engine's own audit entries (an endpoint disabled).
 pub(crate) const ENGINE_ACTOR: &str = "scopecast (webhook delivery)";
 
@@ -657,22 +660,37 @@ impl Worker {
             .map(move |chunk| worker.clone().deliver(chunk))
             .buffered(self.max_in_flight);
         tokio::pin!(steps);
+        // The lag is worked out after every delivery and once a second besides, so that an
+        // endpoint stuck in retries (or waiting on a resumed client) shows its lag growing.
+        // `delivered`: the last `seq` done and its event's time (before the first: the
+        // cursor, timed from when this worker started).
+        let mut delivered = (from.saturating_sub(1), now_ms());
+        let mut tick = tokio::time::interval(LAG_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let set_lag = |(seq, time_ms): (u64, i64)| {
+            let behind = self.inner.log.bounds().last.saturating_sub(seq);
+            lag_events.set(i64::try_from(behind).unwrap_or(i64::MAX));
+            lag_seconds.set(if behind == 0 {
+                0
+            } else {
+                (now_ms() - time_ms).max(0) / 1000
+            });
+        };
         loop {
             let step = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => Step::Stop,
                 step = steps.next() => step.unwrap_or(Step::Stop),
+                _ = tick.tick() => {
+                    set_lag(delivered);
+                    continue;
+                }
             };
             match step {
                 Step::Done(seq, time_ms) => {
                     self.note_cursor(seq);
-                    let behind = self.inner.log.bounds().last.saturating_sub(seq);
-                    lag_events.set(i64::try_from(behind).unwrap_or(i64::MAX));
-                    lag_seconds.set(if behind == 0 {
-                        0
-                    } else {
-                        (now_ms() - time_ms).max(0) / 1000
-                    });
+                    delivered = (seq, time_ms);
+                    set_lag(delivered);
                 }
                 Step::Disable(reason, seq) => {
                     // The event that disabled it stays undelivered: the cursor stops before it.
