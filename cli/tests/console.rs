@@ -65,6 +65,8 @@ struct Browserless {
     http: reqwest::blocking::Client,
     base: String,
     cookie: String,
+    /// The `Set-Cookie` of the sign-in form's answer and of the sign-in's.
+    set_cookies: [String; 2],
 }
 
 impl Browserless {
@@ -113,7 +115,17 @@ impl Browserless {
             http,
             base: base.to_owned(),
             cookie: session.split(';').next().unwrap().to_owned(),
+            set_cookies: [login_cookie, session],
         }
+    }
+
+    /// `GET path` with the session's cookie.
+    fn response(&self, path: &str) -> reqwest::blocking::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .send()
+            .unwrap()
     }
 
     /// The status of `GET path` with the session's cookie.
@@ -286,4 +298,75 @@ fn console_sessions_end_when_idle_and_at_their_absolute_lifetime() {
             .get("set-cookie")
             .is_none_or(|c| !c.to_str().unwrap().starts_with("scopecast_console="))
     );
+}
+
+/// The broker's public URL is https (TLS ending at a load balancer): the console's cookies are
+/// `Secure` though this request came over plain HTTP, and a form posted from that origin is
+/// taken while another origin is refused. Every console answer carries the strict CSP.
+#[test]
+fn behind_an_https_public_url_cookies_are_secure_and_every_page_has_the_csp() {
+    let data = tempfile::tempdir().unwrap();
+    let served = support::serve_env(
+        data.path(),
+        "memory",
+        // The scheme in capitals: a URL's scheme is case-insensitive (RFC 3986 section 3.1).
+        &[(
+            "SCOPECAST_OAUTH__PUBLIC_URL",
+            "HTTPS://console.hospital.example",
+        )],
+    );
+    let admin = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
+    let user = Browserless::sign_in(&served.url, admin.trim());
+    for set_cookie in &user.set_cookies {
+        assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+    }
+    let session = user.response("/console/overview");
+    assert_eq!(session.status(), 200);
+    let html = session.text().unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+
+    // The CSP on pages, the sign-in page, an error page and the static files.
+    let csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+               connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+    for path in [
+        "/console/overview",
+        "/console/apps",
+        "/console/audit",
+        "/console/live",
+        "/console/catalog",
+        "/console/apps/not-an-application",
+        "/console/login",
+    ] {
+        let r = user.response(path);
+        assert_eq!(
+            r.headers()
+                .get("content-security-policy")
+                .map(|v| v.to_str().unwrap()),
+            Some(csp),
+            "{path} ({})",
+            r.status()
+        );
+    }
+
+    // A form from another origin is refused; from the public URL's origin it is taken.
+    let post = |origin: &str| {
+        user.http
+            .post(format!("{}/console/logout", served.url))
+            .header("cookie", &user.cookie)
+            .header("origin", origin)
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post("https://attacker.example"), 403);
+    assert_eq!(user.get("/console/overview"), 200, "still signed in");
+    assert_eq!(post("https://console.hospital.example"), 303);
+    assert_eq!(user.get("/console/overview"), 303, "signed out");
 }

@@ -9,9 +9,13 @@
 //!   and verifies with the same key.
 //!
 //! What it shows: a changed, inserted or deleted row breaks the chain at that row; rows pruned
-//! by retention leave the first row kept anchored by a signed checkpoint; a row cut from the
-//! end is missed only if it came after the newest checkpoint (at most `audit.sign_ms` of
-//! rows: the report says how many rows are not signed yet).
+//! by retention leave the first row kept anchored by a signed checkpoint. Cut from the end:
+//! rows after the newest checkpoint (at most `audit.sign_ms` of rows: the report says how many
+//! are not signed yet), and rows together with the checkpoints that signed them, leave a
+//! shorter chain that is whole. The node answering a verification compares its own chain with
+//! the head its writer knows it wrote (`written`), which finds either cut in that chain while
+//! the node runs; another node's chain cut so is found when that node writes its next row
+//! (numbered after the rows that are gone: a hole) or is asked itself.
 
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use scopecast_protocol::audit::{AccessRecord, ChainReport, VerifyReport};
@@ -163,7 +167,8 @@ impl Policy {
 /// recomputed, each `prev_hash` the row before's, the columns equal to the record's, every
 /// checkpoint signed by `key` and equal to its row, the first row kept anchored (row 1, or a
 /// checkpoint of the row before, older than the retention), and rows after the newest
-/// checkpoint only while its writer is still signing.
+/// checkpoint only while its writer is still signing; and with `written` (this node's chain
+/// and the last row its writer stored), that the chain still reaches that row.
 ///
 /// # Errors
 /// A storage failure.
@@ -171,10 +176,36 @@ pub(crate) async fn verify(
     registry: &Registry,
     key: &AuditKey,
     policy: Policy,
+    written: Option<(&str, u64)>,
 ) -> Result<VerifyReport, RegistryError> {
     let mut chains = Vec::new();
     for chain in registry.access_audit_chains().await? {
-        chains.push(verify_chain(registry, key, &chain, policy).await?);
+        let mut report = verify_chain(registry, key, &chain, policy).await?;
+        if let Some((mine, head)) = written
+            && mine == chain
+            && report.last.is_none_or(|l| l < head)
+        {
+            report.problems.push(format!(
+                "rows {}..{head} that this node wrote are gone (cut from the end of its chain)",
+                report.last.map_or(1, |l| l + 1)
+            ));
+        }
+        chains.push(report);
+    }
+    if let Some((mine, head)) = written
+        && !chains.iter().any(|c| c.chain == mine)
+    {
+        chains.push(ChainReport {
+            chain: mine.to_owned(),
+            rows: 0,
+            first: None,
+            last: None,
+            checkpoints: 0,
+            unsigned_tail: 0,
+            problems: vec![format!(
+                "rows 1..{head} that this node wrote are gone (the whole chain)"
+            )],
+        });
     }
     Ok(VerifyReport {
         ok: chains.iter().all(|c| c.problems.is_empty()),

@@ -70,6 +70,8 @@ struct Inner {
     key: AuditKey,
     dropped: AtomicU64,
     metrics: Arc<crate::metrics::Metrics>,
+    /// This node's chain and the last row its writer stored (for [`chain::verify`]).
+    written: Mutex<Option<(String, u64)>>,
 }
 
 /// What the writer task needs, made by [`AccessAudit::new`].
@@ -104,6 +106,7 @@ impl AccessAudit {
             key,
             dropped: AtomicU64::new(0),
             metrics,
+            written: Mutex::new(None),
         });
         let writer = Writer {
             rx,
@@ -117,6 +120,11 @@ impl AccessAudit {
     /// True when records are written.
     pub(crate) fn enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// This node's chain and the last row its writer stored, once it stored one.
+    pub(crate) fn written(&self) -> Option<(String, u64)> {
+        self.inner.as_deref().and_then(|i| i.written.lock().clone())
     }
 
     /// The key that signs checkpoints (`None` when off).
@@ -382,6 +390,9 @@ impl Writer {
                     .audit_records
                     .inc_by(state.pending.len() as u64);
                 state.pending.clear();
+                if let Some((seq, _)) = &state.head {
+                    *self.inner.written.lock() = Some((state.chain.clone(), *seq));
+                }
                 if let Some(c) = checkpoint {
                     state.signed_seq = c.chain_seq;
                     state.last_sign = tokio::time::Instant::now();
@@ -577,14 +588,18 @@ mod tests {
         );
         writer.flush(&mut state, true).await;
         assert!(state.pending.is_empty());
-        let report = chain::verify(&registry, &key(), policy()).await.unwrap();
+        let report = chain::verify(&registry, &key(), policy(), None)
+            .await
+            .unwrap();
         assert!(report.ok, "{report:?}");
         assert_eq!(
             (report.chains[0].rows, report.chains[0].checkpoints),
             (3, 2)
         );
         writer.prune(&state).await;
-        let report = chain::verify(&registry, &key(), policy()).await.unwrap();
+        let report = chain::verify(&registry, &key(), policy(), None)
+            .await
+            .unwrap();
         assert!(report.ok, "after pruning: {report:?}");
         assert_eq!(report.chains[0].first, Some(3), "{report:?}");
         // Under a longer retention, rows removed before 3 would not have been pruned.
@@ -592,10 +607,20 @@ mod tests {
             retention_ms: 10 * 86_400_000,
             ..policy()
         };
-        assert!(!chain::verify(&registry, &key(), longer).await.unwrap().ok);
+        assert!(
+            !chain::verify(&registry, &key(), longer, None)
+                .await
+                .unwrap()
+                .ok
+        );
         // Another key did not sign these checkpoints.
         let other = AuditKey::from_seed(&[4; 32]).unwrap();
-        assert!(!chain::verify(&registry, &other, policy()).await.unwrap().ok);
+        assert!(
+            !chain::verify(&registry, &other, policy(), None)
+                .await
+                .unwrap()
+                .ok
+        );
         // Restarted (a new writer state from the store) it continues the chain.
         let mut again = ChainState {
             chain: "local".into(),
@@ -610,7 +635,12 @@ mod tests {
         assert_eq!(again.pending[0].chain_seq, 4);
         assert!(again.pending[0].body.contains("node_stopped"));
         writer.flush(&mut again, true).await;
-        assert!(chain::verify(&registry, &key(), policy()).await.unwrap().ok);
+        assert!(
+            chain::verify(&registry, &key(), policy(), None)
+                .await
+                .unwrap()
+                .ok
+        );
         // Rows written long ago and never signed: a writer that stopped, or someone else.
         writer.add(
             &mut again,
@@ -618,26 +648,61 @@ mod tests {
         );
         again.pending[0].written_ms = old;
         writer.flush(&mut again, false).await;
-        let report = chain::verify(&registry, &key(), policy()).await.unwrap();
+        let report = chain::verify(&registry, &key(), policy(), None)
+            .await
+            .unwrap();
         assert!(
             !report.ok && report.chains[0].problems[0].contains("never signed"),
             "{report:?}"
         );
         // Signed (as a restarted writer does at once), it verifies again.
         writer.flush(&mut again, true).await;
-        assert!(chain::verify(&registry, &key(), policy()).await.unwrap().ok);
-        // A row removed from the middle is found.
+        assert!(
+            chain::verify(&registry, &key(), policy(), None)
+                .await
+                .unwrap()
+                .ok
+        );
         let pool = sqlx::SqlitePool::connect(&format!(
             "sqlite://{}",
             dir.path().join("r.sqlite").display()
         ))
         .await
         .unwrap();
+        // The newest row cut together with the checkpoint that signed it: the shorter chain
+        // is whole, and only the writer's own head shows the cut.
+        let head = writer.inner.written.lock().clone().unwrap();
+        assert_eq!(head, ("local".to_owned(), 5));
+        sqlx::query("DELETE FROM access_audit WHERE chain_seq = 5")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM access_audit_checkpoints WHERE chain_seq = 5")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert!(
+            chain::verify(&registry, &key(), policy(), None)
+                .await
+                .unwrap()
+                .ok
+        );
+        let report = chain::verify(&registry, &key(), policy(), Some(("local", 5)))
+            .await
+            .unwrap();
+        assert!(
+            !report.ok
+                && report.chains[0].problems[0].contains("rows 5..5 that this node wrote are gone"),
+            "{report:?}"
+        );
+        // A row removed from the middle is found.
         sqlx::query("DELETE FROM access_audit WHERE chain_seq = 3")
             .execute(&pool)
             .await
             .unwrap();
-        let report = chain::verify(&registry, &key(), policy()).await.unwrap();
+        let report = chain::verify(&registry, &key(), policy(), None)
+            .await
+            .unwrap();
         assert!(!report.ok);
         assert!(
             report.chains[0].problems.iter().any(|p| p.contains("gone")),

@@ -42,6 +42,8 @@ pub(crate) struct AccessQuery {
     pub(crate) kind: Option<String>,
     /// At most this many (default 1,000, at most [`MAX_LIMIT`]).
     pub(crate) limit: usize,
+    /// The newest records first (the console's list) instead of the oldest.
+    pub(crate) newest_first: bool,
 }
 
 /// Why a query failed.
@@ -109,6 +111,7 @@ pub(crate) async fn access(
             to_ms: q.to.map(Timestamp::unix_ms),
             seq: q.seq,
             limit: fetch,
+            newest_first: q.newest_first,
             ..AccessFilter::default()
         })
         .await?;
@@ -212,8 +215,11 @@ pub(crate) fn ndjson(records: &[AccessRecord], truncated: bool) -> String {
     body
 }
 
-/// `records` as a FHIR R4B `Bundle` of type `collection` of `AuditEvent`s ([`audit_event`]).
-pub(crate) fn fhir_bundle(records: &[AccessRecord], base: &str) -> Value {
+/// `records` as a FHIR R4B `Bundle` of type `collection` of `AuditEvent`s ([`audit_event`]);
+/// when the limit cut the answer (`truncated`), the Bundle carries the `SUBSETTED` tag
+/// (`http://terminology.hl7.org/CodeSystem/v3-ObservationValue`), FHIR's mark for a resource
+/// that is not whole.
+pub(crate) fn fhir_bundle(records: &[AccessRecord], base: &str, truncated: bool) -> Value {
     let entries: Vec<Value> = records
         .iter()
         .map(|r| json!({ "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": audit_event(r, base) }))
@@ -223,6 +229,13 @@ pub(crate) fn fhir_bundle(records: &[AccessRecord], base: &str) -> Value {
         "type": "collection",
         "timestamp": Timestamp::now().to_string(),
     });
+    if truncated {
+        bundle["meta"] = json!({"tag": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+            "code": "SUBSETTED",
+            "display": "subsetted: more records matched than the limit",
+        }]});
+    }
     if !entries.is_empty() {
         bundle["entry"] = json!(entries);
     }

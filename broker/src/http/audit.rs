@@ -131,6 +131,7 @@ pub(crate) async fn access_records(
         to,
         kind: p.kind,
         limit: p.limit.unwrap_or(1_000),
+        newest_first: false,
     };
     let Some(_permit) = crate::audit::query::permit() else {
         return busy();
@@ -150,7 +151,7 @@ pub(crate) async fn access_records(
             .into_response(),
         "fhir" => (
             [(header::CONTENT_TYPE, "application/fhir+json")],
-            fhir_bundle(&records, &state.public_url).to_string(),
+            fhir_bundle(&records, &state.public_url, truncated).to_string(),
         )
             .into_response(),
         _ => Json(AccessList { records, truncated }).into_response(),
@@ -172,7 +173,10 @@ pub(crate) async fn verify(State(state): State<Broker>) -> Response {
         retention_ms: i64::try_from(a.retention_days.saturating_mul(86_400_000))
             .unwrap_or(i64::MAX / 4),
     };
-    match crate::audit::chain::verify(&state.registry, key, policy).await {
+    // Read before the chains: rows only grow after it.
+    let written = state.access.audit().written();
+    let written = written.as_ref().map(|(chain, seq)| (chain.as_str(), *seq));
+    match crate::audit::chain::verify(&state.registry, key, policy, written).await {
         Ok(report) => Json(report).into_response(),
         Err(e) => registry_error(e),
     }

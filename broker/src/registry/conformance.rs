@@ -1177,7 +1177,8 @@ pub(crate) async fn access_audit_round_trip(m: &dyn Maker) {
                 kind: "subscription".to_owned(),
                 record_id: record.to_owned(),
                 client_id: client.to_owned(),
-                from_ms: 1_000,
+                // Distinct starts, to tell the orders apart.
+                from_ms: 1_000 + i64::try_from(n).unwrap() * 10,
                 to_ms: to,
                 first_seq: Some(seqs.0),
                 last_seq: Some(seqs.1),
@@ -1290,6 +1291,33 @@ pub(crate) async fn access_audit_round_trip(m: &dyn Maker) {
         .await,
         [("node-a".into(), 2)]
     );
+    // Oldest first by default, newest first when asked; a limit keeps that end.
+    let order = |newest_first: bool, limit: usize| async move {
+        store
+            .access_audit_latest(&AccessFilter {
+                newest_first,
+                limit,
+                ..AccessFilter::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.from_ms)
+            .collect::<Vec<_>>()
+    };
+    let oldest_first = order(false, 100).await;
+    let newest_first = order(true, 100).await;
+    assert!(
+        oldest_first.windows(2).all(|w| w[0] <= w[1]),
+        "{oldest_first:?}"
+    );
+    assert!(
+        newest_first.windows(2).all(|w| w[0] >= w[1]),
+        "{newest_first:?}"
+    );
+    assert_eq!(oldest_first, [1_010, 1_020, 1_030]);
+    assert_eq!(newest_first, [1_030, 1_020, 1_010]);
+    assert_eq!(order(true, 1).await, [1_030]);
     assert_eq!(
         store.access_audit_chains().await.unwrap(),
         ["node-a", "node-b"]

@@ -1533,7 +1533,8 @@ macro_rules! sql_store {
                      AND ($7 = 0 OR a.live = 1) \
                      AND NOT EXISTS (SELECT 1 FROM access_audit b WHERE b.chain = a.chain \
                          AND b.record_id = a.record_id AND b.chain_seq > a.chain_seq) \
-                     ORDER BY a.from_ms, a.chain, a.chain_seq LIMIT $8",
+                     ORDER BY CASE WHEN $9 = 1 THEN -a.from_ms ELSE a.from_ms END, a.chain, a.chain_seq \
+                     LIMIT $8",
                 )
                 .bind(f.chain.as_deref())
                 .bind(f.kind.as_deref())
@@ -1543,6 +1544,7 @@ macro_rules! sql_store {
                 .bind(seq)
                 .bind(i32::from(f.live_only))
                 .bind(i64::try_from(f.limit).unwrap_or(i64::MAX))
+                .bind(i32::from(f.newest_first))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;

@@ -640,6 +640,8 @@ pub struct AccessFilter {
     pub seq: Option<u64>,
     /// Only live ones.
     pub live_only: bool,
+    /// Newest first (by when the record began) instead of oldest first.
+    pub newest_first: bool,
     /// At most this many.
     pub limit: usize,
 }

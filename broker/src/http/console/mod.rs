@@ -187,7 +187,11 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// `Secure` when the broker's public URL is https (TLS here, or ending at a load balancer).
 fn secure(state: &Broker) -> &'static str {
-    if state.public_url.starts_with("https://") {
+    if state
+        .public_url
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    {
         "; Secure"
     } else {
         ""
@@ -308,7 +312,7 @@ pub(crate) async fn writer(
     form: &HashMap<String, String>,
 ) -> Result<User, Refused> {
     let user = signed_in(state, headers).await.ok_or(Refused::SignIn)?;
-    check_csrf(headers, form, &user.csrf)?;
+    check_csrf(state, headers, form, &user.csrf)?;
     if !user.can_write() {
         return Err(Refused::Role(user, "change anything"));
     }
@@ -316,8 +320,9 @@ pub(crate) async fn writer(
 }
 
 /// The form's `csrf` field equals `expected` (compared in constant time), and an `Origin`
-/// header, when sent, names this request's host.
+/// header, when sent, names this request's host or the public URL's.
 fn check_csrf(
+    state: &Broker,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
     expected: &str,
@@ -332,12 +337,24 @@ fn check_csrf(
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        if origin_host != host {
+        let origin_host = after_scheme(origin);
+        // The Host this request came with, or the public URL's (a load balancer in front
+        // may rewrite Host to the broker's own address).
+        let public_host = after_scheme(&state.public_url)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        if !origin_host.eq_ignore_ascii_case(host) && !origin_host.eq_ignore_ascii_case(public_host)
+        {
             return Err(Refused::Csrf);
         }
     }
     Ok(())
+}
+
+/// What follows `scheme://` (all of `url` when it has no scheme).
+fn after_scheme(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(_, rest)| rest)
 }
 
 /// Reads a urlencoded form body (the console's only request body).

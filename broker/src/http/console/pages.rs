@@ -118,7 +118,7 @@ pub(crate) async fn login(
     let expected = super::cookie(&headers, LOGIN_COOKIE)
         .unwrap_or("")
         .to_owned();
-    if expected.is_empty() || super::check_csrf(&headers, &f, &expected).is_err() {
+    if expected.is_empty() || super::check_csrf(&state, &headers, &f, &expected).is_err() {
         return Refused::Csrf.into_response();
     }
     let token = f.get("credential").map(String::as_str).unwrap_or("").trim();
@@ -179,7 +179,7 @@ pub(crate) async fn logout(
     let Some(user) = signed_in(&state, &headers).await else {
         return Redirect::to("/console/login").into_response();
     };
-    if let Err(r) = super::check_csrf(&headers, &f, &user.csrf) {
+    if let Err(r) = super::check_csrf(&state, &headers, &f, &user.csrf) {
         return r.into_response();
     }
     let cookie = super::end_session(&state, &user).await;
@@ -466,7 +466,16 @@ pub(crate) async fn app(
         } else {
             serde_json::Value::Null
         };
-        clients.push((c.clone(), here, live, hooks));
+        let mut health = std::collections::HashMap::new();
+        if let Some(list) = hooks["webhooks"].as_array() {
+            for w in list {
+                let (Some(id), Some(cursor)) = (w["id"].as_str(), w["cursor"].as_u64()) else {
+                    continue;
+                };
+                health.insert(id.to_owned(), webhook_health(&state, id, cursor).await);
+            }
+        }
+        clients.push((c.clone(), here, live, hooks, health));
     }
     let done = match (q.done.as_deref(), q.closed) {
         (Some("activated"), _) => Some(notice(
@@ -497,8 +506,8 @@ pub(crate) async fn app(
             @if let Some(o) = &app.origin { dt { "Imported, signed by catalog key" } dd { code { (o) } } }
             @if let Some(r) = &app.retired_at { dt { "Retired" } dd { (r) } }
         }
-        @for (c, here, live, hooks) in &clients {
-            (client_section(&user, &app, c, *here, *live, hooks))
+        @for (c, here, live, hooks, health) in &clients {
+            (client_section(&user, &app, c, *here, *live, hooks, health))
         }
         h2 { "History" }
         @if history.is_empty() { p { "Nothing recorded yet." } } @else {
@@ -542,6 +551,7 @@ fn client_section(
     here: bool,
     live: usize,
     hooks: &serde_json::Value,
+    health: &std::collections::HashMap<String, String>,
 ) -> Markup {
     let heading = format!("{} client ID", c.kind);
     html! {
@@ -596,7 +606,7 @@ fn client_section(
                 @if list.is_empty() { p { "None." } } @else {
                     table {
                         caption { "Endpoints of " (c.client_id) }
-                        thead { tr { th scope="col" { "URL" } th scope="col" { "Topics" } th scope="col" { "State" } th scope="col" { "Delivered up to seq" } } }
+                        thead { tr { th scope="col" { "URL" } th scope="col" { "Topics" } th scope="col" { "State" } th scope="col" { "Delivered up to seq" } th scope="col" { "Health" } } }
                         tbody {
                             @for w in list {
                                 tr {
@@ -604,6 +614,7 @@ fn client_section(
                                     td { code { (w["topics"].as_array().map(|t| t.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" ")).unwrap_or_default()) } }
                                     td { (w["state"].as_str().unwrap_or("")) " " (w["state_reason"].as_str().unwrap_or("")) }
                                     td { (w["cursor"].as_u64().map(|c| c.to_string()).unwrap_or_default()) }
+                                    td { (w["id"].as_str().and_then(|id| health.get(id)).cloned().unwrap_or_default()) }
                                 }
                             }
                         }
@@ -614,13 +625,57 @@ fn client_section(
     }
 }
 
+/// An endpoint's health in a line: events the log holds past its cursor, its last attempt
+/// (outcome, HTTP status or error, when) and how many attempts in a row failed, from its
+/// delivery log.
+async fn webhook_health(state: &Broker, id: &str, cursor: u64) -> String {
+    let behind = state.log.bounds().last.saturating_sub(cursor);
+    let attempts = state
+        .webhooks
+        .attempts(id, None, 20)
+        .await
+        .unwrap_or_default();
+    let Some(last) = attempts.first() else {
+        return format!("{behind} event(s) of the log past its cursor; no attempt yet");
+    };
+    let answer = match (last.status, last.error.as_deref()) {
+        (Some(code), _) => format!("HTTP {code}"),
+        (None, Some(e)) => e.to_owned(),
+        (None, None) => String::new(),
+    };
+    let failing = attempts
+        .iter()
+        .take_while(|a| a.outcome == "failed" || a.outcome == "disabled")
+        .count();
+    let streak = match failing {
+        0 => String::new(),
+        n if n == attempts.len() => format!("; the last {n}+ attempts failed"),
+        n => format!("; the last {n} attempt(s) failed"),
+    };
+    format!(
+        "{behind} event(s) of the log past its cursor; last attempt {} {} for seq {} at {}{streak}",
+        last.outcome,
+        answer,
+        last.seq,
+        time(last.at_ms)
+    )
+}
+
+/// The client ID's `private_key_jwt` keys as text: none, the registered set's key ids, or the
+/// set's URL (RFC 7523; never key material, which the API does not show either).
 fn keys_text(k: &scopecast_protocol::admin::ClientKeysView) -> String {
-    match serde_json::to_value(k) {
-        Ok(v) => match v["type"].as_str().or_else(|| v.as_str()) {
-            Some(t) => format!("private_key_jwt: {t}"),
-            None => "no private_key_jwt keys".to_owned(),
-        },
-        Err(_) => String::new(),
+    use scopecast_protocol::admin::ClientKeysView;
+    match k {
+        ClientKeysView::None => "no private_key_jwt keys".to_owned(),
+        ClientKeysView::Jwks { kids } if kids.is_empty() => {
+            "private_key_jwt: a JWK Set without key ids".to_owned()
+        }
+        ClientKeysView::Jwks { kids } => {
+            format!("private_key_jwt: a JWK Set, keys {}", kids.join(", "))
+        }
+        ClientKeysView::JwksUri { jwks_uri } => {
+            format!("private_key_jwt: the JWK Set at {jwks_uri}")
+        }
     }
 }
 
@@ -842,6 +897,7 @@ fn access_query(f: &AuditForm) -> Result<AccessQuery, String> {
         kind: non_empty(&f.kind)
             .filter(|k| matches!(k.as_str(), "subscription" | "refusal" | "webhook_attempt")),
         limit: 500,
+        newest_first: false,
     })
 }
 
@@ -864,21 +920,28 @@ pub(crate) async fn audit(
         })
         .await
         .unwrap_or_default();
-    let (records, error) = if state.access.audit().enabled() {
+    // The newest records first: an operator looks for what happened lately; the exports
+    // are in time order.
+    let (records, truncated, error) = if state.access.audit().enabled() {
         match (access_query(&f), crate::audit::query::permit()) {
-            (Ok(q), Some(_permit)) => match access(&state, &q).await {
-                Ok((r, _)) => (r, None),
-                Err(e) => (Vec::new(), Some(e.to_string())),
-            },
+            (Ok(mut q), Some(_permit)) => {
+                q.newest_first = true;
+                match access(&state, &q).await {
+                    Ok((r, truncated)) => (r, truncated, None),
+                    Err(e) => (Vec::new(), false, Some(e.to_string())),
+                }
+            }
             (Ok(_), None) => (
                 Vec::new(),
+                false,
                 Some("Two audit queries already run on this node; reload shortly.".to_owned()),
             ),
-            (Err(e), _) => (Vec::new(), Some(e)),
+            (Err(e), _) => (Vec::new(), false, Some(e)),
         }
     } else {
         (
             Vec::new(),
+            false,
             Some("The access audit is off on this broker (audit.enabled = false).".to_owned()),
         )
     };
@@ -904,9 +967,15 @@ pub(crate) async fn audit(
         @if let Some(e) = &error { p class="notice error" role="alert" { (e) } }
         p { "Export: " a href=(format!("/console/audit/export?format=ndjson&{qs}")) { "NDJSON" } " · "
             a href=(format!("/console/audit/export?format=fhir&{qs}")) { "FHIR AuditEvent Bundle" } }
+        @if truncated {
+            p class="notice" role="status" {
+                "More records match than the " (records.len()) " shown (the newest). Narrow the filter (From, To, Client ID) to see older ones; the exports hold up to "
+                (crate::audit::query::MAX_LIMIT) " records in time order and say when they are cut."
+            }
+        }
         @if records.is_empty() { p { "No access record matches." } } @else {
             table {
-                caption { "Who received what (newest snapshot of each record)" }
+                caption { "Who received what (newest snapshot of each record, newest first)" }
                 thead { tr { th scope="col" { "Kind" } th scope="col" { "Client ID" } th scope="col" { "What" } th scope="col" { "When" } th scope="col" { "Seq" } th scope="col" { "Count" } th scope="col" { "End" } } }
                 tbody { @for r in &records { (access_row(r)) } }
             }
@@ -986,8 +1055,8 @@ pub(crate) async fn audit_export(
             "Two audit queries already run on this node; try again shortly.",
         );
     };
-    let records = match access(&state, &q).await {
-        Ok((r, _)) => r,
+    let (records, truncated) = match access(&state, &q).await {
+        Ok(r) => r,
         Err(e) => return failed(&user, &e.to_string()),
     };
     if f.format.as_deref() == Some("fhir") {
@@ -999,7 +1068,7 @@ pub(crate) async fn audit_export(
                     "attachment; filename=\"access-audit.fhir.json\"",
                 ),
             ],
-            Json(fhir_bundle(&records, &state.public_url)),
+            Json(fhir_bundle(&records, &state.public_url, truncated)),
         )
             .into_response()
     } else {
@@ -1011,7 +1080,7 @@ pub(crate) async fn audit_export(
                     "attachment; filename=\"access-audit.ndjson\"",
                 ),
             ],
-            ndjson(&records, false),
+            ndjson(&records, truncated),
         )
             .into_response()
     }
@@ -1124,4 +1193,28 @@ pub(crate) async fn all_sessions(state: &Broker) -> SessionList {
         sessions.extend(crate::cluster::remote_sessions(state, None).await);
     }
     SessionList { sessions }
+}
+
+#[cfg(test)]
+mod tests {
+    use scopecast_protocol::admin::ClientKeysView;
+
+    use super::keys_text;
+
+    #[test]
+    fn keys_are_named_by_kind_with_their_ids_or_url() {
+        assert_eq!(keys_text(&ClientKeysView::None), "no private_key_jwt keys");
+        assert_eq!(
+            keys_text(&ClientKeysView::Jwks {
+                kids: vec!["k1".into(), "k2".into()]
+            }),
+            "private_key_jwt: a JWK Set, keys k1, k2"
+        );
+        assert_eq!(
+            keys_text(&ClientKeysView::JwksUri {
+                jwks_uri: "https://app.example/jwks.json".into()
+            }),
+            "private_key_jwt: the JWK Set at https://app.example/jwks.json"
+        );
+    }
 }
