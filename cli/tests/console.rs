@@ -13,6 +13,7 @@ use std::process::Command;
 mod support;
 
 use support::BIN;
+use support::console::Browserless;
 
 #[test]
 fn the_console_in_a_browser() {
@@ -58,86 +59,6 @@ fn the_console_in_a_browser() {
     );
     assert!(stdout.contains("console: all checks passed"), "{stdout}");
     assert!(shots.join("02-overview.png").is_file());
-}
-
-/// A console session over plain HTTP (the cookie jar by hand): sign-in, then pages.
-struct Browserless {
-    http: reqwest::blocking::Client,
-    base: String,
-    cookie: String,
-    /// The `Set-Cookie` of the sign-in form's answer and of the sign-in's.
-    set_cookies: [String; 2],
-}
-
-impl Browserless {
-    fn sign_in(base: &str, token: &str) -> Browserless {
-        let http = reqwest::blocking::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let form = http.get(format!("{base}/console/login")).send().unwrap();
-        let login_cookie = form
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
-            .find(|c| c.starts_with("scopecast_console_login="))
-            .unwrap();
-        let value = login_cookie
-            .split(';')
-            .next()
-            .unwrap()
-            .split_once('=')
-            .unwrap()
-            .1
-            .to_owned();
-        // The form's hidden field carries the same value (double submit).
-        assert!(form.text().unwrap().contains(&value));
-        let done = http
-            .post(format!("{base}/console/login"))
-            .header("cookie", format!("scopecast_console_login={value}"))
-            .form(&[("credential", token), ("csrf", value.as_str())])
-            .send()
-            .unwrap();
-        assert_eq!(done.status(), 303);
-        let session = done
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
-            .find(|c| c.starts_with("scopecast_console=") && !c.starts_with("scopecast_console=;"))
-            .unwrap();
-        assert!(
-            session.contains("HttpOnly") && session.contains("SameSite=Strict"),
-            "{session}"
-        );
-        Browserless {
-            http,
-            base: base.to_owned(),
-            cookie: session.split(';').next().unwrap().to_owned(),
-            set_cookies: [login_cookie, session],
-        }
-    }
-
-    /// `GET path` with the session's cookie.
-    fn response(&self, path: &str) -> reqwest::blocking::Response {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", &self.cookie)
-            .send()
-            .unwrap()
-    }
-
-    /// The status of `GET path` with the session's cookie.
-    fn get(&self, path: &str) -> u16 {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", &self.cookie)
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
-    }
 }
 
 #[test]
@@ -232,8 +153,46 @@ fn console_sessions_end_when_idle_and_at_their_absolute_lifetime() {
         "{html}"
     );
 
-    // The audit's exports, as files.
+    // The catalog page names, for each record, the version a catalog hands out.
+    let dev_cli = |args: &[&str]| -> serde_json::Value {
+        let out = support::run_ok(
+            Command::new(BIN)
+                .args(args)
+                .args(["--json", "--url", &served.url])
+                .env_remove("SCOPECAST_ADMIN_TOKEN")
+                .env("SCOPECAST_DEV_TOKEN", developer["token"].as_str().unwrap()),
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let drafted = dev_cli(&[
+        "dev",
+        "app",
+        "create",
+        "--name",
+        "Ward Board",
+        "--vendor",
+        "V",
+        "--scope",
+        "subscribe:adt.>",
+    ]);
+    let id = drafted["id"].as_str().unwrap().to_owned();
     let admin_again = Browserless::sign_in(&served.url, admin.trim());
+    let catalog_row = || {
+        let html = admin_again.response("/console/catalog").text().unwrap();
+        let at = html.find("Ward Board").expect("the record is listed");
+        html[at..at + html[at..].find("</tr>").unwrap()].to_owned()
+    };
+    assert!(catalog_row().contains("none yet"), "{}", catalog_row());
+    dev_cli(&["dev", "app", "ready", &id]);
+    assert!(catalog_row().contains("version 1"), "{}", catalog_row());
+    dev_cli(&["dev", "app", "update", &id, "--vendor", "V2"]);
+    assert!(
+        catalog_row().contains("version 1 (version 2 is a draft)"),
+        "{}",
+        catalog_row()
+    );
+
+    // The audit's exports, as files.
     for (format, kind) in [
         ("fhir", "application/fhir+json"),
         ("ndjson", "application/x-ndjson"),

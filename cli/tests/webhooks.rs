@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 mod support;
 
 use support::BIN;
+use support::console::Browserless;
 use support::receiver::{Receiver, seq_of};
 
 /// The webhook settings a test broker needs to reach a receiver on loopback.
@@ -275,6 +276,20 @@ fn webhook_commands_manage_an_endpoint_and_deliveries_verify() {
         String::from_utf8_lossy(&refused.stderr).contains("subscribe:adt.>"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
+    );
+    // The application's console page shows the endpoint's health from its delivery log.
+    let apps = json_of(&run(&url, dir, &["app", "list", "--json"]));
+    let app_id = apps["applications"][0]["id"].as_str().unwrap().to_owned();
+    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
+    let console = Browserless::sign_in(&url, admin.trim());
+    let page = console
+        .response(&format!("/console/apps/{app_id}"))
+        .text()
+        .unwrap();
+    assert!(
+        page.contains("past its cursor; last attempt delivered HTTP 2")
+            && page.contains("no private_key_jwt keys"),
+        "{page}"
     );
     let deleted = run(&url, dir, &["app", "webhook", "delete", &id]);
     assert!(deleted.status.success());

@@ -4,6 +4,7 @@
 // Each test binary uses the parts it needs.
 #![allow(dead_code)]
 
+pub(crate) mod console;
 pub(crate) mod receiver;
 
 use std::io::{BufRead, BufReader};

@@ -625,6 +625,24 @@ fn client_section(
     }
 }
 
+/// Which version of `a` a catalog hands out: the current one when it is ready, else the
+/// newest frozen one (kept while a draft is worked on), else none yet.
+fn handed_out(snapshot: &crate::registry::Snapshot, a: &ApplicationView) -> String {
+    if a.ready {
+        return format!("version {}", a.version);
+    }
+    let frozen = snapshot
+        .application(&a.id)
+        .and_then(|app| app.record.frozen_record.as_deref())
+        .and_then(|json| {
+            serde_json::from_str::<scopecast_protocol::admin::ApplicationRecord>(json).ok()
+        });
+    match frozen {
+        Some(r) => format!("version {} (version {} is a draft)", r.version, a.version),
+        None => "none yet (no version is ready)".to_owned(),
+    }
+}
+
 /// An endpoint's health in a line: events the log holds past its cursor, its last attempt
 /// (outcome, HTTP status or error, when) and how many attempts in a row failed, from its
 /// delivery log.
@@ -1106,6 +1124,7 @@ pub(crate) async fn catalog(State(state): State<Broker>, headers: HeaderMap) -> 
             .unwrap_or(ApplicationList {
                 applications: Vec::new(),
             });
+    let snapshot = state.registry.snapshot();
     let waiting: Vec<(&ApplicationView, &ClientView)> = list
         .applications
         .iter()
@@ -1129,11 +1148,12 @@ pub(crate) async fn catalog(State(state): State<Broker>, headers: HeaderMap) -> 
         }
         h2 { "Records and versions" }
         table {
-            caption { "Every application record known here" }
-            thead { tr { th scope="col" { "Application" } th scope="col" { "Version" } th scope="col" { "State" } th scope="col" { "Developer" } th scope="col" { "Origin" } } }
+            caption { "Every application record known here: its current version, and the version a catalog hands out (the newest ready one)" }
+            thead { tr { th scope="col" { "Application" } th scope="col" { "Version" } th scope="col" { "State" } th scope="col" { "Handed out" } th scope="col" { "Developer" } th scope="col" { "Origin" } } }
             tbody { @for a in &list.applications { tr {
                 td { a href=(format!("/console/apps/{}", a.id)) { (a.name) } }
                 td { (a.version) } td { @if a.retired_at.is_some() { "retired" } @else if a.ready { "ready" } @else { "draft" } }
+                td { (handed_out(&snapshot, a)) }
                 td { (a.owner.clone().unwrap_or_default()) }
                 td { @if let Some(o) = &a.origin { "imported (key " code { (o) } ")" } @else { "registered here" } }
             } } }
