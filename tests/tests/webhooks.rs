@@ -630,12 +630,28 @@ async fn registration_refuses_internal_addresses_and_topics_outside_the_scope() 
         .active_client("Refused", "subscribe:lab.> publish:lab.>")
         .await;
     let path = format!("/clients/{}/webhooks", client.client_id);
+    // Every class the issue names, one address each, by the rule the answer names.
     for (url, words) in [
         ("https://127.0.0.1/hook", "loopback"),
-        ("https://10.1.2.3/hook", "private"),
+        ("https://0.1.2.3/hook", "0.0.0.0/8"),
+        ("https://10.1.2.3/hook", "private (10.0.0.0/8"),
+        ("https://172.20.0.5/hook", "private (172.16.0.0/12"),
+        ("https://192.168.1.20/hook", "private (192.168.0.0/16"),
         ("https://169.254.169.254/latest", "link-local"),
+        ("https://100.100.1.1/hook", "100.64.0.0/10"),
+        ("https://198.19.0.1/hook", "198.18.0.0/15"),
+        ("https://250.1.2.3/hook", "240.0.0.0/4"),
+        ("https://255.255.255.255/hook", "240.0.0.0/4"),
+        ("https://239.1.2.3/hook", "multicast"),
         ("https://[::1]/hook", "loopback"),
+        ("https://[::]/hook", "unspecified"),
         ("https://[::ffff:127.0.0.1]/hook", "IPv4-mapped"),
+        ("https://[::ffff:8.8.8.8]/hook", "IPv4-mapped"),
+        ("https://[64:ff9b::a00:1]/hook", "NAT64"),
+        ("https://[2002:a00:1::1]/hook", "6to4"),
+        ("https://[fd00:ec2::254]/hook", "unique-local"),
+        ("https://[fe80::1]/hook", "link-local"),
+        ("https://[ff02::1]/hook", "multicast"),
         ("https://localhost/hook", "loopback"),
         ("http://198.41.0.4/hook", "https"),
         ("ftp://example.org/x", "scheme"),

@@ -268,7 +268,12 @@ mod tests {
     }
 
     async fn receiver(ip: &str, answer: &'static str, delay: Duration) -> Receiver {
-        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        receiver_on(ip, 0, answer, delay).await
+    }
+
+    /// [`receiver`] on `port` (0: any).
+    async fn receiver_on(ip: &str, port: u16, answer: &'static str, delay: Duration) -> Receiver {
+        let listener = TcpListener::bind((ip, port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -470,6 +475,66 @@ mod tests {
         );
     }
 
+    /// Answers `ip` for every name.
+    struct Fixed(IpAddr);
+
+    impl Lookup for Fixed {
+        fn lookup(&self, _: String) -> BoxFuture<'static, std::io::Result<Vec<IpAddr>>> {
+            let ip = self.0;
+            Box::pin(async move { Ok(vec![ip]) })
+        }
+    }
+
+    /// At connect time, a name resolving into each refused class is refused before any
+    /// connection, the rule named; the same name resolving to a permitted address is reached.
+    #[tokio::test]
+    async fn every_refused_class_is_refused_at_connect_time() {
+        let r = receiver("127.0.0.1", OK, Duration::ZERO).await;
+        let secret = Secret::generate().unwrap();
+        let url = format!("http://receiver.test:{}/hook", r.addr.port());
+        for (ip, rule) in [
+            ("127.0.0.1", "loopback"),
+            ("0.1.2.3", "0.0.0.0/8"),
+            ("10.1.2.3", "10.0.0.0/8"),
+            ("172.20.0.5", "172.16.0.0/12"),
+            ("192.168.1.20", "192.168.0.0/16"),
+            ("169.254.169.254", "link-local"),
+            ("100.100.1.1", "100.64.0.0/10"),
+            ("198.19.0.1", "198.18.0.0/15"),
+            ("250.1.2.3", "240.0.0.0/4"),
+            ("239.1.2.3", "multicast"),
+            ("::1", "loopback"),
+            ("::", "unspecified"),
+            ("::ffff:127.0.0.1", "IPv4-mapped"),
+            ("64:ff9b::a00:1", "NAT64"),
+            ("2002:a00:1::1", "6to4"),
+            ("fd00:ec2::254", "unique-local"),
+            ("fe80::1", "link-local"),
+            ("ff02::1", "multicast"),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let s = sender(&[], Duration::from_secs(5), Arc::new(Fixed(ip)));
+            let got = s.send(&delivery(&url, &v1(&secret))).await;
+            assert_eq!(got.answer, Answer::NoAnswer, "{ip}");
+            let e = got.error.unwrap();
+            assert!(e.contains(rule), "{ip}: {e}");
+        }
+        assert_eq!(r.connections.load(Ordering::SeqCst), 0);
+        // The same sender set-up with the address allowed reaches it: the refusals above were
+        // the policy's, not a broken resolver's.
+        let s = sender(
+            &["127.0.0.1/32"],
+            Duration::from_secs(5),
+            Arc::new(Fixed("127.0.0.1".parse().unwrap())),
+        );
+        let got = s.send(&delivery(&url, &v1(&secret))).await;
+        assert!(
+            matches!(got.answer, Answer::Status { code: 204, .. }),
+            "{got:?}"
+        );
+        assert_eq!(r.connections.load(Ordering::SeqCst), 1);
+    }
+
     /// Answers `first` the first time and 127.0.0.1 after (DNS rebinding).
     struct Rebinding {
         first: IpAddr,
@@ -543,7 +608,8 @@ s.serve_forever()
         let part = scopecast_testkit::Partition::new();
         let allowed = namespaced_server(&part.netns, &part.inside);
         let inside: IpAddr = part.inside.parse().unwrap();
-        let loopback = receiver("127.0.0.1", OK, Duration::ZERO).await;
+        // On loopback at the URL's port: a connection that went there would be counted.
+        let loopback = receiver_on("127.0.0.1", allowed.port, OK, Duration::ZERO).await;
         let s = sender(
             &[&format!("{inside}/32")],
             Duration::from_secs(5),
