@@ -173,6 +173,13 @@ def main():
     host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
     server = ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
+    if len(sys.argv) > 3:
+        # HTTPS with the given certificate chain and key (an internal CA's, made by the test).
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[2], sys.argv[3])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"port {server.server_address[1]}", flush=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     # Stop with the test: it holds our stdin.

@@ -44,6 +44,8 @@ pub struct Receiver {
     pub host: String,
     /// Its port.
     pub port: u16,
+    /// `http`, or `https` when it serves TLS (then its URLs name `localhost`).
+    scheme: &'static str,
     http: reqwest::Client,
 }
 
@@ -60,7 +62,7 @@ impl Receiver {
     /// # Panics
     /// Without python3, `standardwebhooks` and PyNaCl (`.ci/run` installs them).
     pub fn start() -> Receiver {
-        Receiver::spawn(Command::new("python3"), "127.0.0.1")
+        Receiver::spawn(Command::new("python3"), "127.0.0.1", None)
     }
 
     /// Starts it inside network namespace `netns`, listening on `host` there (an address of
@@ -71,14 +73,42 @@ impl Receiver {
     pub fn start_in(netns: &str, host: &str) -> Receiver {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", netns, "python3"]);
-        Receiver::spawn(command, host)
+        Receiver::spawn(command, host, None)
     }
 
-    fn spawn(mut command: Command, host: &str) -> Receiver {
+    /// Starts it on 127.0.0.1 serving HTTPS with `pki`'s server certificate (for `localhost`,
+    /// signed by the PKI's intermediate CA); its URLs are `https://localhost:PORT`.
+    ///
+    /// # Panics
+    /// As [`Receiver::start`].
+    pub fn start_tls(pki: &crate::pki::InternalPki) -> Receiver {
+        let mut receiver = Receiver::spawn(
+            Command::new("python3"),
+            "127.0.0.1",
+            Some((&pki.chain_file, &pki.key_file)),
+        );
+        receiver.scheme = "https";
+        receiver.host = "localhost".to_owned();
+        receiver.http = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(pki.root_pem.as_bytes()).expect("the root CA"),
+            )
+            .build()
+            .expect("an HTTPS client");
+        receiver
+    }
+
+    fn spawn(
+        mut command: Command,
+        host: &str,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Receiver {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/webhook_receiver.py");
+        command.arg(script).arg(host);
+        if let Some((chain, key)) = tls {
+            command.arg(chain).arg(key);
+        }
         let mut child = command
-            .arg(script)
-            .arg(host)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -96,13 +126,14 @@ impl Receiver {
             child,
             host: host.to_owned(),
             port,
+            scheme: "http",
             http: reqwest::Client::new(),
         }
     }
 
-    /// `http://<host>:<port><path>`.
+    /// `http://<host>:<port><path>` (`https://localhost:...` for [`Receiver::start_tls`]).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}:{}{path}", self.host, self.port)
+        format!("{}://{}:{}{path}", self.scheme, self.host, self.port)
     }
 
     /// The secrets it verifies with.

@@ -1198,3 +1198,84 @@ async fn events_waiting_together_go_as_one_signed_array_with_max_batch() {
         );
     }
 }
+
+/// Outgoing HTTPS to a receiver whose certificate an internal CA signed: delivered when
+/// `webhooks.ca_file` names the CA, refused (a certificate error, recorded, retried) without
+/// it. The broker's plain-HTTP permission is off: https only, as in production.
+#[tokio::test]
+async fn https_receivers_are_trusted_through_the_configured_ca_file() {
+    let pki = scopecast_tests::pki::InternalPki::new();
+    let receiver = Receiver::start_tls(&pki);
+    let config = |ca: bool| {
+        let mut c = hook_config(vec![200; 20]);
+        c.webhooks.allow_http = false;
+        // `localhost` has both loopback addresses; every one must be allowed.
+        c.webhooks.allow_private = vec!["127.0.0.1/32".into(), "::1/128".into()];
+        if ca {
+            c.webhooks.ca_file = Some(pki.root_file.clone());
+        }
+        c
+    };
+    for trusted in [true, false] {
+        let broker = TestBroker::start(config(trusted)).await;
+        let client = broker
+            .active_client("Hospital Receiver", "subscribe:lab.> publish:lab.>")
+            .await;
+        let token = broker.token(&client, None).await;
+        let a = broker
+            .admin(
+                Method::POST,
+                &format!("/clients/{}/webhooks", client.client_id),
+                Some(json!({"url": receiver.url("/hook"), "topics": ["lab.>"]})),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        let endpoint = a.body["id"].as_str().unwrap().to_owned();
+        receiver
+            .secrets(&[a.body["secret"].as_str().unwrap()])
+            .await;
+        let before = receiver.log().await.0.len();
+        let p = broker
+            .publish_http(&token, "lab.result", &json!({"tls": trusted}))
+            .await;
+        assert_eq!(p.status, 201, "{:?}", p.body);
+        let seq = p.body["seq"].as_u64().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let attempts = loop {
+            let d = broker
+                .admin(
+                    Method::GET,
+                    &format!("/webhooks/{endpoint}/deliveries?limit=100"),
+                    None,
+                )
+                .await;
+            let attempts = d.body["attempts"].as_array().unwrap().clone();
+            let done = if trusted {
+                attempts.iter().any(|a| a["outcome"] == "delivered")
+            } else {
+                attempts.len() >= 2
+            };
+            if done {
+                break attempts;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "trusted {trusted}: {attempts:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let (got, _) = receiver.log().await;
+        if trusted {
+            let last = got.last().unwrap();
+            assert_eq!(seq_of(last), seq);
+            assert_eq!(last.verified_by, vec![0]);
+        } else {
+            assert_eq!(got.len(), before, "no request without trust: {got:?}");
+            for a in &attempts {
+                assert_eq!(a["outcome"], "failed", "{a}");
+                let e = a["error"].as_str().unwrap_or_default().to_lowercase();
+                assert!(e.contains("certificate") || e.contains("issuer"), "{a}");
+            }
+        }
+    }
+}

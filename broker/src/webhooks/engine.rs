@@ -289,20 +289,41 @@ impl Webhooks {
         }
     }
 
-    /// Writes the gathered attempt records in one transaction.
-    async fn flush_records(&self) {
+    /// Writes the gathered attempt records in one transaction; true when they are stored. A
+    /// batch the store refused goes back in front of newer records, to be tried again (at most
+    /// [`RECORDS_QUEUE`] are kept: beyond, the oldest are dropped, with a warning).
+    async fn flush_records(&self) -> bool {
         let batch = std::mem::take(&mut *self.records.lock());
         if batch.is_empty() {
-            return;
+            return true;
         }
-        if let Err(e) = self.registry.record_webhook_attempts(&batch).await {
-            tracing::warn!(error = %e, records = batch.len(), "webhook attempt records lost");
+        let Err(e) = self.registry.record_webhook_attempts(&batch).await else {
+            return true;
+        };
+        let mut records = self.records.lock();
+        let lost = (batch.len() + records.len()).saturating_sub(RECORDS_QUEUE);
+        let mut kept: Vec<WebhookAttempt> = batch.into_iter().skip(lost).collect();
+        kept.append(&mut records);
+        *records = kept;
+        if lost > 0 {
+            tracing::warn!(error = %e, lost, kept = records.len(), "webhook attempt records not written and the queue is full: the oldest were dropped");
+        } else {
+            tracing::warn!(error = %e, kept = records.len(), "webhook attempt records not written; trying again");
         }
+        false
     }
 
     /// Writes every pending cursor in one transaction; stops the workers whose write was
     /// refused. A failed write is tried again at the next flush (unless newer ones came).
+    ///
+    /// The attempt records gathered so far are written first, and the cursors wait while they
+    /// cannot be: a cursor never gets ahead of the records (skips among them) of the events
+    /// it passes, so a crash cannot leave a skipped event without the record an admin replays
+    /// from.
     async fn flush_cursors(&self) {
+        if !self.flush_records().await {
+            return;
+        }
         let pending: Vec<PendingCursor> = {
             let mut map = self.cursors.lock();
             if map.is_empty() {
@@ -475,7 +496,9 @@ async fn record_loop(engine: Webhooks, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => engine.flush_records().await,
+            _ = tick.tick() => {
+                engine.flush_records().await;
+            }
         }
     }
 }
