@@ -715,7 +715,34 @@ async fn registration_refuses_internal_addresses_and_topics_outside_the_scope() 
         )
         .await;
     assert_eq!(a.status, 201, "{:?}", a.body);
+    // The defaults: in seq order, one event per request, 15 s per attempt (config).
+    assert_eq!(
+        (&a.body["max_in_flight"], &a.body["max_batch"]),
+        (&json!(1), &json!(1)),
+        "{:?}",
+        a.body
+    );
+    assert_eq!(test_config().webhooks.timeout_ms, 15_000);
     let id = a.body["id"].as_str().unwrap().to_owned();
+    // This broker is non-production: an application's production client ID never gets an
+    // endpoint here (nor the reverse on a production broker), and the answer names the one to use.
+    let app = broker.create_app("Both Kinds", "subscribe:lab.>").await;
+    let a = broker
+        .admin(
+            Method::POST,
+            &format!("/clients/{}/webhooks", app.production.client_id),
+            Some(json!({"url": "https://198.41.0.4/hook", "topics": ["lab.>"]})),
+        )
+        .await;
+    assert_eq!(a.status, 409, "{:?}", a.body);
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("is a production client ID"),
+        "{:?}",
+        a.body
+    );
     // Pause and delete; a deleted endpoint is 404.
     let a = broker
         .admin(Method::POST, &format!("/webhooks/{id}/pause"), None)
