@@ -3,10 +3,12 @@
 cli/tests/console.rs against a broker it started.
 
 Signs in as an admin; registers an application named `<script>alert(1)</script>` (shown as
-text); activates its non-production client ID; starts a WebSocket subscriber with the secret
-the page showed once and watches it appear in the live view; deactivates the client ID and
-sees the subscriber closed with 4003 within 1 s; reads the audit page; checks CSRF, 200% zoom
-and keyboard use; signs out and is refused; then a viewer sees no button that changes
+text); activates its non-production client ID from the keyboard with a reason holding markup
+(shown as text); rotates its secret (the old one refused); starts a WebSocket subscriber with
+the secret the page showed once and watches it appear in the live view; deactivates the client
+ID and sees the subscriber closed with 4003 within 1 s; reads the audit page (each change
+names the signed-in actor); checks CSRF, 200% zoom on every page and keyboard use; signs out
+and is refused; then a viewer sees no button that changes
 anything and its POSTs are refused. No page loads anything from another origin. Screenshots
 of each page go to --out.
 
@@ -197,11 +199,27 @@ def main():
         c.wait(EC.presence_of_element_located((By.CSS_SELECTOR, f"form[action='/console/clients/{client_id}/activate']")))
         c.check_page("application")
 
-        # Activate the non-production client ID.
-        d.find_element(By.ID, f"reason-a-{client_id}").send_keys("browser test")
-        d.find_element(By.CSS_SELECTOR, f"form[action='/console/clients/{client_id}/activate'] button").click()
+        # Activate the non-production client ID, by keyboard: the reason typed, Enter submits.
+        reason = d.find_element(By.ID, f"reason-a-{client_id}")
+        reason.send_keys("browser <b>test</b>")
+        reason.send_keys(Keys.ENTER)
         c.wait(lambda drv: "Activated" in drv.find_element(By.CSS_SELECTOR, "p.notice").text)
+        main_text = d.find_element(By.TAG_NAME, "main").text
+        assert "browser <b>test</b>" in main_text, "a reason with markup shows as text"
+        assert not d.find_elements(By.CSS_SELECTOR, "main b"), "no element made from a reason"
         c.check_page("activated")
+
+        # Rotate the secret from the console: the new one is shown once; the old one no longer
+        # gets a token, the new one does.
+        d.find_element(By.CSS_SELECTOR, f"form[action='/console/clients/{client_id}/rotate-secret'] button").click()
+        new_secret = c.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "code.secret"))).text
+        assert new_secret and new_secret != secret
+        c.check_page("secret-rotated")
+        old = requests.post(base + "/oauth2/token", data={"grant_type": "client_credentials"},
+                            auth=(client_id, secret), timeout=10)
+        assert old.status_code == 401, old.status_code
+        secret = new_secret
+        print("ok: secret rotated from the console (old refused)", flush=True)
 
         # CSRF: the same POST without the session's token is refused, and changes nothing.
         cookies = c.cookies()
@@ -245,13 +263,25 @@ def main():
         c.go("/console/audit?client_id=" + client_id)
         c.wait(lambda drv: "closed_by_broker:4003" in drv.find_element(By.TAG_NAME, "main").text, timeout=15)
         assert "client.deactivate" in d.find_element(By.TAG_NAME, "main").text
+        # Each change names the signed-in actor (the bootstrap admin credential, "admin").
+        changes = {}
+        for r in d.find_elements(By.CSS_SELECTOR, "table tbody tr"):
+            cells = [td.text for td in r.find_elements(By.TAG_NAME, "td")]
+            if len(cells) == 5:
+                changes.setdefault(cells[2], cells[1])
+        for action in ("client.activate", "client.rotate_secret", "client.deactivate"):
+            assert changes.get(action) == "admin", (action, changes)
         c.check_page("audit")
         c.go("/console/catalog")
         c.check_page("catalog")
 
         # Readable at 200% zoom: half the width, nothing wider than the window.
         d.set_window_size(640, 1000)
-        for page in ("/console/overview", "/console/apps", "/console/audit", "/console/catalog"):
+        pages = ["/console/overview", "/console/apps", "/console/live", "/console/audit", "/console/catalog"]
+        c.go("/console/apps")
+        app_page = d.find_element(By.LINK_TEXT, XSS).get_attribute("href").replace(base, "")
+        pages.append(app_page)
+        for page in pages:
             c.go(page)
             over = d.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
             assert over <= 1, f"{page} scrolls sideways at 200% zoom by {over}px"
