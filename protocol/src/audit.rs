@@ -78,16 +78,20 @@ pub struct SubscriptionRecord {
     /// Every matching event from this `seq` on was delivered while it lived (its `head_seq`
     /// plus one, or where its replay began).
     pub from_seq: u64,
-    /// The first event `seq` written to the connection while it lived, at or after
-    /// `from_seq`.
+    /// The first event `seq` its pattern matched that was written to the connection while it
+    /// lived, at or after `from_seq`.
     pub first_seq: Option<u64>,
-    /// The last event `seq` written to the connection while it lived.
+    /// The last such `seq`.
     pub last_seq: Option<u64>,
-    /// Events written to the connection while it lived.
+    /// Events its pattern matched that were written to the connection while it lived. An
+    /// event matching two subscriptions of one connection is written once and counted in
+    /// both records ("who received seq N" names the connection once).
     pub count: u64,
-    /// The connection's count of events written when it was granted (`count` is the
-    /// connection's count since): lets a query bring a live record up to date from the
-    /// session's counters.
+    /// The connection's count of events written when it was granted, while the connection
+    /// has this one subscription (`count` is then the connection's count since): lets a query
+    /// bring a live record up to date from the session's counters. `u64::MAX` once the
+    /// connection has held several subscriptions: each then counts itself, and a live record
+    /// is as of its last snapshot.
     #[serde(default)]
     pub connection_delivered_at_grant: u64,
     /// When this snapshot was taken.

@@ -280,10 +280,16 @@ impl Pattern {
 
     /// True when `topic` is one of the topics this pattern names.
     pub fn matches(&self, topic: &Topic) -> bool {
+        self.matches_str(&topic.0)
+    }
+
+    /// [`Pattern::matches`] for a topic's text taken as it is (for a topic read back from a
+    /// frame this broker encoded, so known valid).
+    pub fn matches_str(&self, topic: &str) -> bool {
         if !self.wild {
-            return *self.text == *topic.0;
+            return *self.text == *topic;
         }
-        let mut topic_segments = topic.segments();
+        let mut topic_segments = topic.split('.');
         for seg in self.segments() {
             match seg {
                 Segment::Tail => return topic_segments.next().is_some(),

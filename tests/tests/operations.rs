@@ -676,3 +676,154 @@ async fn every_admin_answer_has_its_typed_shape() {
         typo.body
     );
 }
+
+/// The access audit on a connection with several subscriptions (issue 19): each record counts
+/// the events its own pattern matched (an event matching two overlapping subscriptions is
+/// written once and counted by each), and "who received seq N" names the connection once.
+#[tokio::test]
+async fn several_subscriptions_on_one_connection_each_count_their_own_events() {
+    let broker = TestBroker::start(test_config()).await;
+    let client = broker
+        .active_client(
+            "Ward Board",
+            "subscribe:lab.> subscribe:adt.> publish:lab.> publish:adt.>",
+        )
+        .await;
+    let token = broker.token(&client, None).await;
+    let (mut several, _) = Ws::connect(&broker, &token).await;
+    let (mut single, _) = Ws::connect(&broker, &token).await;
+    for (id, pattern) in [("a", "lab.>"), ("b", "adt.>"), ("c", "lab.result")] {
+        assert_eq!(several.subscribe(id, pattern).await["type"], "subscribed");
+    }
+    assert_eq!(single.subscribe("a", "lab.>").await["type"], "subscribed");
+    let mut seqs = Vec::new();
+    for topic in [
+        "lab.result",
+        "adt.admit",
+        "lab.result",
+        "lab.order",
+        "adt.discharge",
+        "lab.result",
+    ] {
+        let a = broker
+            .publish_http(&token, topic, &json!({"t": topic}))
+            .await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        seqs.push((topic, a.body["seq"].as_u64().unwrap()));
+    }
+    // Each event once on the connection with three subscriptions.
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let f = several.recv().await;
+        if f["type"] == "event" {
+            got.push(f["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(got, seqs.iter().map(|(_, s)| *s).collect::<Vec<_>>());
+    assert_eq!(
+        several.recv_within(Duration::from_millis(300)).await,
+        None,
+        "nothing twice"
+    );
+    for _ in 0..4 {
+        single.recv().await;
+    }
+    several.close().await;
+    single.close().await;
+    let of = |topic_prefix: &str| -> Vec<u64> {
+        seqs.iter()
+            .filter(|(t, _)| t.starts_with(topic_prefix))
+            .map(|(_, s)| *s)
+            .collect()
+    };
+    // The ended records, by (session, pattern): count, first and last seq.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let a = broker
+            .admin(
+                Method::GET,
+                &format!(
+                    "/audit/access?client_id={}&kind=subscription",
+                    client.client_id
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        let records = a.body["records"].as_array().unwrap().clone();
+        if records.len() == 4 && records.iter().all(|r| !r["ended_at"].is_null()) {
+            break records;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the four records, ended: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let sessions: std::collections::BTreeSet<&str> = records
+        .iter()
+        .map(|r| r["session"].as_str().unwrap())
+        .collect();
+    assert_eq!(sessions.len(), 2);
+    let several_session = records.iter().find(|r| r["pattern"] == "adt.>").unwrap()["session"]
+        .as_str()
+        .unwrap();
+    let summary = |session_is_several: bool, pattern: &str| -> (u64, u64, u64) {
+        let r = records
+            .iter()
+            .find(|r| {
+                r["pattern"] == pattern && (r["session"] == several_session) == session_is_several
+            })
+            .unwrap_or_else(|| panic!("{pattern}: {records:#?}"));
+        (
+            r["count"].as_u64().unwrap(),
+            r["first_seq"].as_u64().unwrap(),
+            r["last_seq"].as_u64().unwrap(),
+        )
+    };
+    let (lab, adt, result) = (of("lab."), of("adt."), of("lab.result"));
+    let span = |v: &[u64]| (v.len() as u64, v[0], *v.last().unwrap());
+    assert_eq!(summary(true, "lab.>"), span(&lab));
+    assert_eq!(summary(true, "adt.>"), span(&adt));
+    assert_eq!(summary(true, "lab.result"), span(&result));
+    assert_eq!(summary(false, "lab.>"), span(&lab));
+    // Who received the first lab.result: each connection once (the one with three
+    // subscriptions by its earliest that covers it, lab.>); no one for the adt event's
+    // patterns but the connection that had adt.>.
+    let who = |seq: u64| {
+        let broker = &broker;
+        async move {
+            let a = broker
+                .admin(
+                    Method::GET,
+                    &format!("/audit/access?seq={seq}&kind=subscription"),
+                    None,
+                )
+                .await;
+            assert_eq!(a.status, 200, "{:?}", a.body);
+            let mut v: Vec<(String, String)> = a.body["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["session"].as_str().unwrap().to_owned(),
+                        r["pattern"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let first_result = who(result[0]).await;
+    assert_eq!(first_result.len(), 2, "{first_result:?}");
+    assert!(
+        first_result.iter().all(|(_, p)| p == "lab.>"),
+        "{first_result:?}"
+    );
+    assert_eq!(
+        who(adt[0]).await,
+        [(several_session.to_owned(), "adt.>".to_owned())]
+    );
+}

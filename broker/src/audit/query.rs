@@ -64,7 +64,8 @@ pub(crate) enum QueryError {
 /// pattern matches that topic and `from_seq <= seq <= last_seq` (the session writes every
 /// matching event in that range, in order); a webhook attempt when it carried that `seq` and
 /// was `delivered`. An event no longer in the log is answered from the attempts alone, unless
-/// `topic` names its topic.
+/// `topic` names its topic. A connection is named once for `seq` (by its earliest subscription
+/// that covers it: the event was written to it once).
 ///
 /// # Errors
 /// [`QueryError`].
@@ -151,6 +152,27 @@ pub(crate) async fn access(
             out.push(record);
         }
     }
+    if q.seq.is_some() {
+        // An event is written once to a connection, whichever of its subscriptions matched:
+        // the session is named once, by its earliest subscription that covers the event.
+        let mut first: HashMap<(String, String), Timestamp> = HashMap::new();
+        for r in &out {
+            if let AccessRecord::Subscription(s) = r {
+                let at = first
+                    .entry((s.node.clone(), s.session.clone()))
+                    .or_insert(s.granted_at);
+                *at = (*at).min(s.granted_at);
+            }
+        }
+        let mut named = std::collections::HashSet::new();
+        out.retain(|r| match r {
+            AccessRecord::Subscription(s) => {
+                let key = (s.node.clone(), s.session.clone());
+                first.get(&key) == Some(&s.granted_at) && named.insert(key)
+            }
+            _ => true,
+        });
+    }
     let truncated = store_truncated || out.len() > limit;
     out.truncate(limit);
     Ok((out, truncated))
@@ -185,6 +207,11 @@ fn bring_up_to_date(
     };
     let Some(v) = live.get(&key) else { return };
     if v.replaying || v.client_id != s.client_id || !v.subscriptions.contains(&s.pattern) {
+        return;
+    }
+    // The connection's counters are this record's only while it is the connection's one
+    // subscription; a record that counts itself (`u64::MAX`) is as of its last snapshot.
+    if s.connection_delivered_at_grant == u64::MAX || v.subscriptions.len() > 1 {
         return;
     }
     let count = v

@@ -1,9 +1,12 @@
 //! A session's part of the access audit (SECURITY.md "Access audit"): one record per
 //! subscription lifetime, sent at subscribe, at checkpoints (at the first heartbeat after
 //! `audit.checkpoint_ms`, when its count moved), at unsubscribe, at a revocation and at the
-//! session's end. Nothing is done
-//! per delivered event: a record's numbers are the session's own counters (events written to
-//! the socket, the last `seq` written) taken at those moments.
+//! session's end. On a connection with one subscription nothing is done per delivered event: a
+//! record's numbers are the session's own counters (events written to the socket, the last
+//! `seq` written) taken at those moments. Once a connection holds two subscriptions at once,
+//! those counters mix them: from then on each write also counts, per subscription, the events
+//! written whose topic its pattern matches (at or after its `from_seq`), read from the frames
+//! the write took ([`tally`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -26,6 +29,8 @@ pub(crate) struct SubAudit {
     delivered_at_grant: u64,
     /// The first event `seq` written at or after `from_seq`.
     first_seq: Option<u64>,
+    /// Its own count, once the connection has held two subscriptions at once.
+    own: Option<OwnCount>,
     /// The count in its last record (a checkpoint is written only when it moved).
     recorded_count: u64,
     /// When its last record was sent.
@@ -35,6 +40,68 @@ pub(crate) struct SubAudit {
     replaying: bool,
     /// The last replayed `seq` written.
     replayed_to: u64,
+}
+
+/// What a subscription counted itself: events written whose topic its pattern matches, at or
+/// after its `from_seq`; the first and last of their `seq`s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct OwnCount {
+    count: u64,
+    first: Option<u64>,
+    last: u64,
+}
+
+/// The topic of an event frame this broker encoded (`{"type":"event","seq":N,"topic":"..."`),
+/// read where the encoder put it.
+fn frame_topic(text: &str) -> Option<&str> {
+    const KEY: &str = ",\"topic\":\"";
+    let at = text.find(KEY)? + KEY.len();
+    let rest = &text[at..];
+    rest.find('"').map(|end| &rest[..end])
+}
+
+/// For each subscription that counts itself, what `frames` (about to be written) add to it.
+pub(super) fn tally(
+    audits: &HashMap<Pattern, SubAudit>,
+    frames: &VecDeque<Queued>,
+) -> Vec<(Pattern, OwnCount)> {
+    let mut out: Vec<(Pattern, u64, OwnCount)> = audits
+        .iter()
+        .filter(|(_, a)| a.own.is_some())
+        .map(|(p, a)| (p.clone(), a.from_seq, OwnCount::default()))
+        .collect();
+    if out.is_empty() {
+        return Vec::new();
+    }
+    for q in frames.iter().filter(|q| q.is_event()) {
+        let Some(topic) = frame_topic(q.text.as_str()) else {
+            continue;
+        };
+        for (p, from_seq, c) in &mut out {
+            if q.seq >= *from_seq && p.matches_str(topic) {
+                c.count += 1;
+                c.first.get_or_insert(q.seq);
+                c.last = c.last.max(q.seq);
+            }
+        }
+    }
+    out.into_iter()
+        .filter(|(_, _, c)| c.count > 0)
+        .map(|(p, _, c)| (p, c))
+        .collect()
+}
+
+/// Adds what [`tally`] counted, once the frames were written.
+pub(super) fn add_tally(audits: &mut HashMap<Pattern, SubAudit>, tally: Vec<(Pattern, OwnCount)>) {
+    for (p, c) in tally {
+        if let Some(own) = audits.get_mut(&p).and_then(|a| a.own.as_mut()) {
+            own.count += c.count;
+            if own.first.is_none() {
+                own.first = c.first;
+            }
+            own.last = own.last.max(c.last);
+        }
+    }
 }
 
 /// Each subscription still without a first `seq`, and the first event `seq` of `frames` at or
@@ -81,12 +148,33 @@ impl<S: Socket> Session<S> {
         if !self.broker.access.audit().enabled() {
             return;
         }
+        // A second subscription at once: the connection's counters would mix them, so every
+        // subscription counts itself from now on (the ones before carry what they had).
+        let counts_itself = !self.audits.is_empty();
+        if counts_itself {
+            let delivered = self.handle.delivered.load(Ordering::Relaxed);
+            let written_last = self.handle.written_last.load(Ordering::Relaxed);
+            for a in self.audits.values_mut().filter(|a| a.own.is_none()) {
+                let count = delivered - a.delivered_at_grant;
+                let upto = if a.replaying {
+                    a.replayed_to
+                } else {
+                    written_last
+                };
+                a.own = Some(OwnCount {
+                    count,
+                    first: a.first_seq,
+                    last: if count > 0 { upto } else { 0 },
+                });
+            }
+        }
         let a = SubAudit {
             id: crate::audit::record_id("sub_"),
             granted_at: Timestamp::now(),
             from_seq: start.saturating_add(1),
             delivered_at_grant: self.handle.delivered.load(Ordering::Relaxed),
             first_seq: None,
+            own: counts_itself.then(OwnCount::default),
             recorded_count: 0,
             recorded_at: tokio::time::Instant::now(),
             replaying,
@@ -156,7 +244,7 @@ impl<S: Socket> Session<S> {
         let every = std::time::Duration::from_millis(self.broker.config.audit.checkpoint_ms);
         let mut records = Vec::new();
         for (p, a) in &self.audits {
-            let count = delivered - a.delivered_at_grant;
+            let count = a.own.map_or(delivered - a.delivered_at_grant, |o| o.count);
             if count != a.recorded_count && a.recorded_at.elapsed() >= every {
                 records.push((p.clone(), self.audit_record(p, a, None), count));
             }
@@ -188,6 +276,17 @@ impl<S: Socket> Session<S> {
             self.handle.written_last.load(Ordering::Relaxed)
         };
         let written = count > 0 && upto >= a.from_seq;
+        let (count, first_seq, last_seq, at_grant) = match a.own {
+            // Counted by itself: a query cannot bring it up to date from the connection's
+            // counters (`u64::MAX` says so).
+            Some(o) => (o.count, o.first, (o.count > 0).then_some(o.last), u64::MAX),
+            None => (
+                count,
+                if written { a.first_seq } else { None },
+                written.then_some(upto),
+                a.delivered_at_grant,
+            ),
+        };
         SubscriptionRecord {
             id: a.id.clone(),
             client_id: self.principal.client_id.clone(),
@@ -201,9 +300,9 @@ impl<S: Socket> Session<S> {
             pattern: pattern.to_string(),
             granted_at: a.granted_at,
             from_seq: a.from_seq,
-            first_seq: if written { a.first_seq } else { None },
-            last_seq: written.then_some(upto),
-            connection_delivered_at_grant: a.delivered_at_grant,
+            first_seq,
+            last_seq,
+            connection_delivered_at_grant: at_grant,
             count,
             checkpoint_at: now,
             ended_at: ended.map(|_| now),

@@ -378,10 +378,13 @@ impl<S: Socket> Session<S> {
         );
         // Each new subscription's first `seq` in this write, read before the frames go (only
         // until each subscription has one), kept once they are written.
-        let firsts = if events > 0 {
-            audit::first_candidates(&self.audits, &drained.frames)
+        let (firsts, tally) = if events > 0 && !self.audits.is_empty() {
+            (
+                audit::first_candidates(&self.audits, &drained.frames),
+                audit::tally(&self.audits, &drained.frames),
+            )
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let wrote =
             transport::write_all(&mut self.socket, drained.frames, &self.handle.outbox).await;
@@ -406,6 +409,7 @@ impl<S: Socket> Session<S> {
                 .written_last
                 .fetch_max(last_seq, Ordering::Relaxed);
             audit::set_firsts(&mut self.audits, firsts, replayed);
+            audit::add_tally(&mut self.audits, tally);
         }
         let close = drained.close.or_else(|| {
             // An abort decided during the write: take its close now.
