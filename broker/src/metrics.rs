@@ -165,7 +165,7 @@ impl Metrics {
         let webhook_lag_seconds = IntGaugeVec::new(
             Opts::new(
                 "webhook_lag_seconds",
-                "Seconds since the time of a webhook endpoint's last delivered event while later events wait (0 when caught up), set after each delivery and every second",
+                "Seconds a webhook endpoint's oldest waiting event has waited, at most: now minus the later of the last delivered event's time and when events were first seen waiting (0 when caught up); set after each delivery and every second",
             ),
             &["client_id", "endpoint"],
         )?;

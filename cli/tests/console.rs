@@ -268,10 +268,11 @@ fn behind_an_https_public_url_cookies_are_secure_and_every_page_has_the_csp() {
     let served = support::serve_env(
         data.path(),
         "memory",
-        // The scheme in capitals: a URL's scheme is case-insensitive (RFC 3986 section 3.1).
+        // The scheme in capitals (a URL's scheme is case-insensitive, RFC 3986 section 3.1)
+        // and the default port named (an Origin never names it).
         &[(
             "SCOPECAST_OAUTH__PUBLIC_URL",
-            "HTTPS://console.hospital.example",
+            "HTTPS://console.hospital.example:443",
         )],
     );
     let admin = std::fs::read_to_string(data.path().join("admin.token")).unwrap();

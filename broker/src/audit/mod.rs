@@ -222,7 +222,14 @@ impl Writer {
         // The head, and the records this node left live when it stopped last.
         loop {
             match self.start(&mut state).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    // What this node wrote before it stopped is its own: a cut of it is found
+                    // from the start, not only after the next write.
+                    if let Some((seq, _)) = &state.head {
+                        *self.inner.written.lock() = Some((state.chain.clone(), *seq));
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "access audit: cannot read its chain; trying again");
                     tokio::select! {

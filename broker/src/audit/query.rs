@@ -154,20 +154,28 @@ pub(crate) async fn access(
     }
     if q.seq.is_some() {
         // An event is written once to a connection, whichever of its subscriptions matched:
-        // the session is named once, by its earliest subscription that covers the event.
-        let mut first: HashMap<(String, String), Timestamp> = HashMap::new();
+        // the connection is named once, by its earliest subscription that covers the event.
+        // A connection: its node, session number (which starts again at 1 when a node
+        // starts), source address and client ID.
+        let connection = |s: &SubscriptionRecord| {
+            (
+                s.node.clone(),
+                s.session.clone(),
+                s.source.clone(),
+                s.client_id.clone(),
+            )
+        };
+        let mut first = HashMap::new();
         for r in &out {
             if let AccessRecord::Subscription(s) = r {
-                let at = first
-                    .entry((s.node.clone(), s.session.clone()))
-                    .or_insert(s.granted_at);
+                let at = first.entry(connection(s)).or_insert(s.granted_at);
                 *at = (*at).min(s.granted_at);
             }
         }
         let mut named = std::collections::HashSet::new();
         out.retain(|r| match r {
             AccessRecord::Subscription(s) => {
-                let key = (s.node.clone(), s.session.clone());
+                let key = connection(s);
                 first.get(&key) == Some(&s.granted_at) && named.insert(key)
             }
             _ => true,

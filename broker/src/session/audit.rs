@@ -154,7 +154,9 @@ impl<S: Socket> Session<S> {
         if counts_itself {
             let delivered = self.handle.delivered.load(Ordering::Relaxed);
             let written_last = self.handle.written_last.load(Ordering::Relaxed);
-            for a in self.audits.values_mut().filter(|a| a.own.is_none()) {
+            let mut switched = Vec::new();
+            for (p, a) in self.audits.iter_mut().filter(|(_, a)| a.own.is_none()) {
+                switched.push(p.clone());
                 let count = delivered - a.delivered_at_grant;
                 let upto = if a.replaying {
                     a.replayed_to
@@ -166,6 +168,14 @@ impl<S: Socket> Session<S> {
                     first: a.first_seq,
                     last: if count > 0 { upto } else { 0 },
                 });
+            }
+            // A snapshot of each as it switches: the stored one says it counts itself from now
+            // on, so a query never brings it up to date from the connection's counters again.
+            for p in switched {
+                if let Some(a) = self.audits.get(&p) {
+                    let record = self.audit_record(&p, a, None);
+                    self.broker.access.audit().subscription(record);
+                }
             }
         }
         let a = SubAudit {

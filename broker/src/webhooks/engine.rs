@@ -125,6 +125,9 @@ pub(crate) struct Inner {
     /// Cursors to write, by endpoint: every worker's newest, written together every
     /// [`CURSOR_FLUSH`] in one transaction (one commit per node, not one per endpoint).
     cursors: parking_lot::Mutex<HashMap<String, PendingCursor>>,
+    /// Held while attempt records are taken and written, so a cursor flush waits for a batch
+    /// another task has in flight.
+    records_flush: tokio::sync::Mutex<()>,
 }
 
 /// A worker's newest cursor, not written yet.
@@ -187,6 +190,7 @@ impl Webhooks {
             unreadable: parking_lot::Mutex::new(HashSet::new()),
             records: parking_lot::Mutex::new(Vec::new()),
             cursors: parking_lot::Mutex::new(HashMap::new()),
+            records_flush: tokio::sync::Mutex::new(()),
             fhir: std::sync::OnceLock::new(),
         }))
     }
@@ -293,6 +297,7 @@ impl Webhooks {
     /// batch the store refused goes back in front of newer records, to be tried again (at most
     /// [`RECORDS_QUEUE`] are kept: beyond, the oldest are dropped, with a warning).
     async fn flush_records(&self) -> bool {
+        let _writing = self.records_flush.lock().await;
         let batch = std::mem::take(&mut *self.records.lock());
         if batch.is_empty() {
             return true;
@@ -316,14 +321,15 @@ impl Webhooks {
     /// Writes every pending cursor in one transaction; stops the workers whose write was
     /// refused. A failed write is tried again at the next flush (unless newer ones came).
     ///
-    /// The attempt records gathered so far are written first, and the cursors wait while they
-    /// cannot be: a cursor never gets ahead of the records (skips among them) of the events
-    /// it passes, so a crash cannot leave a skipped event without the record an admin replays
-    /// from.
+    /// The cursors are taken first, then the attempt records gathered so far are written
+    /// (after any batch another task is writing), and the cursors wait while the records
+    /// cannot be: a cursor is not stored ahead of the records (skips among them) of the events
+    /// it passes, so a crash does not leave a skipped event without the record an admin replays
+    /// from (unless the record queue overflowed during a long store outage: then records are
+    /// dropped, with a warning).
     async fn flush_cursors(&self) {
-        if !self.flush_records().await {
-            return;
-        }
+        // The cursors first: every record of the events they pass was pushed before them, so
+        // the records flush below (which waits for a batch in flight elsewhere) covers them.
         let pending: Vec<PendingCursor> = {
             let mut map = self.cursors.lock();
             if map.is_empty() {
@@ -331,6 +337,13 @@ impl Webhooks {
             }
             map.drain().map(|(_, p)| p).collect()
         };
+        if !self.flush_records().await {
+            let mut map = self.cursors.lock();
+            for p in pending {
+                map.entry(p.write.endpoint_id.clone()).or_insert(p);
+            }
+            return;
+        }
         let writes: Vec<CursorWrite> = pending.iter().map(|p| p.write.clone()).collect();
         match self
             .registry
@@ -686,18 +699,25 @@ impl Worker {
         // The lag is worked out after every delivery and once a second besides, so that an
         // endpoint stuck in retries (or waiting on a resumed client) shows its lag growing.
         // `delivered`: the last `seq` done and its event's time (before the first: the
-        // cursor, timed from when this worker started).
+        // cursor, timed from when this worker started). `waiting_since`: when events were
+        // first seen waiting since the endpoint was last caught up. The oldest waiting event
+        // came after the last delivered one and has waited at most since the later of the two
+        // times (after an idle hour, a new event's lag starts at 0, not at an hour).
         let mut delivered = (from.saturating_sub(1), now_ms());
+        let mut waiting_since: Option<i64> = None;
         let mut tick = tokio::time::interval(LAG_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let set_lag = |(seq, time_ms): (u64, i64)| {
+        let mut set_lag = |(seq, time_ms): (u64, i64)| {
             let behind = self.inner.log.bounds().last.saturating_sub(seq);
             lag_events.set(i64::try_from(behind).unwrap_or(i64::MAX));
-            lag_seconds.set(if behind == 0 {
-                0
+            let now = now_ms();
+            if behind == 0 {
+                waiting_since = None;
+                lag_seconds.set(0);
             } else {
-                (now_ms() - time_ms).max(0) / 1000
-            });
+                let since = *waiting_since.get_or_insert(now);
+                lag_seconds.set((now - time_ms.max(since)).max(0) / 1000);
+            }
         };
         loop {
             let step = tokio::select! {

@@ -339,12 +339,20 @@ fn check_csrf(
             .unwrap_or("");
         let origin_host = after_scheme(origin);
         // The Host this request came with, or the public URL's (a load balancer in front
-        // may rewrite Host to the broker's own address).
-        let public_host = after_scheme(&state.public_url)
-            .split('/')
-            .next()
-            .unwrap_or("");
-        if !origin_host.eq_ignore_ascii_case(host) && !origin_host.eq_ignore_ascii_case(public_host)
+        // may rewrite Host to the broker's own address). An Origin never names the scheme's
+        // default port; the URL parser drops it from the public URL too.
+        let public_host = reqwest::Url::parse(&state.public_url)
+            .ok()
+            .and_then(|u| {
+                let host = u.host_str()?.to_owned();
+                Some(match u.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_default();
+        if !origin_host.eq_ignore_ascii_case(host)
+            && !origin_host.eq_ignore_ascii_case(&public_host)
         {
             return Err(Refused::Csrf);
         }

@@ -628,6 +628,12 @@ fn client_section(
 /// Which version of `a` a catalog hands out: the current one when it is ready, else the
 /// newest frozen one (kept while a draft is worked on), else none yet.
 fn handed_out(snapshot: &crate::registry::Snapshot, a: &ApplicationView) -> String {
+    if a.retired_at.is_some() {
+        return format!(
+            "version {} (retired: its client IDs cannot be activated)",
+            a.version
+        );
+    }
     if a.ready {
         return format!("version {}", a.version);
     }
@@ -643,6 +649,9 @@ fn handed_out(snapshot: &crate::registry::Snapshot, a: &ApplicationView) -> Stri
     }
 }
 
+/// Attempts read for an endpoint's health line.
+const HEALTH_ATTEMPTS: usize = 20;
+
 /// An endpoint's health in a line: events the log holds past its cursor, its last attempt
 /// (outcome, HTTP status or error, when) and how many attempts in a row failed, from its
 /// delivery log.
@@ -650,7 +659,7 @@ async fn webhook_health(state: &Broker, id: &str, cursor: u64) -> String {
     let behind = state.log.bounds().last.saturating_sub(cursor);
     let attempts = state
         .webhooks
-        .attempts(id, None, 20)
+        .attempts(id, None, HEALTH_ATTEMPTS)
         .await
         .unwrap_or_default();
     let Some(last) = attempts.first() else {
@@ -667,7 +676,7 @@ async fn webhook_health(state: &Broker, id: &str, cursor: u64) -> String {
         .count();
     let streak = match failing {
         0 => String::new(),
-        n if n == attempts.len() => format!("; the last {n}+ attempts failed"),
+        n if n == HEALTH_ATTEMPTS => format!("; the last {n}+ attempts failed"),
         n => format!("; the last {n} attempt(s) failed"),
     };
     format!(
