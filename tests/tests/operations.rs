@@ -750,24 +750,28 @@ async fn several_subscriptions_on_one_connection_each_count_their_own_events() {
             .await;
         assert_eq!(several.recv_answer(id).await.1["type"], "unsubscribed");
     }
-    let a = broker
-        .admin(
-            Method::GET,
-            &format!(
-                "/audit/access?client_id={}&kind=subscription",
-                client.client_id
-            ),
-            None,
-        )
-        .await;
-    let live: Vec<u64> = a.body["records"]
-        .as_array()
-        .unwrap()
+    // The client's subscription records (the newest snapshot of each).
+    let records_of_client = || {
+        let (broker, client_id) = (&broker, client.client_id.clone());
+        async move {
+            let a = broker
+                .admin(
+                    Method::GET,
+                    &format!("/audit/access?client_id={client_id}&kind=subscription"),
+                    None,
+                )
+                .await;
+            assert_eq!(a.status, 200, "{:?}", a.body);
+            a.body["records"].as_array().unwrap().clone()
+        }
+    };
+    let records = records_of_client().await;
+    let live: Vec<u64> = records
         .iter()
         .filter(|r| r["pattern"] == "lab.>" && r["ended_at"].is_null())
         .map(|r| r["count"].as_u64().unwrap())
         .collect();
-    assert_eq!(live.len(), 2, "{:?}", a.body);
+    assert_eq!(live.len(), 2, "{records:?}");
     assert!(
         live.iter().all(|c| *c <= of("lab.").len() as u64),
         "a live lab.> record counts only lab events: {live:?}"
@@ -777,18 +781,7 @@ async fn several_subscriptions_on_one_connection_each_count_their_own_events() {
     // The ended records, by (session, pattern): count, first and last seq.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let records = loop {
-        let a = broker
-            .admin(
-                Method::GET,
-                &format!(
-                    "/audit/access?client_id={}&kind=subscription",
-                    client.client_id
-                ),
-                None,
-            )
-            .await;
-        assert_eq!(a.status, 200, "{:?}", a.body);
-        let records = a.body["records"].as_array().unwrap().clone();
+        let records = records_of_client().await;
         if records.len() == 4 && records.iter().all(|r| !r["ended_at"].is_null()) {
             break records;
         }
