@@ -772,6 +772,13 @@ async fn several_subscriptions_on_one_connection_each_count_their_own_events() {
         .map(|r| r["count"].as_u64().unwrap())
         .collect();
     assert_eq!(live.len(), 2, "{records:?}");
+    // Both live lab.> records name their first event (a snapshot at the first write).
+    for r in records
+        .iter()
+        .filter(|r| r["pattern"] == "lab.>" && r["ended_at"].is_null())
+    {
+        assert_eq!(r["first_seq"], seqs[0].1, "{r}");
+    }
     assert!(
         live.iter().all(|c| *c <= of("lab.").len() as u64),
         "a live lab.> record counts only lab events: {live:?}"

@@ -1,5 +1,6 @@
 //! A session's part of the access audit (SECURITY.md "Access audit"): one record per
-//! subscription lifetime, sent at subscribe, at checkpoints (at the first heartbeat after
+//! subscription lifetime, sent at subscribe, when its first event is written, at checkpoints
+//! (at the first heartbeat after
 //! `audit.checkpoint_ms`, when its count moved), at unsubscribe, at a revocation and at the
 //! session's end. On a connection with one subscription nothing is done per delivered event: a
 //! record's numbers are the session's own counters (events written to the socket, the last
@@ -91,17 +92,24 @@ pub(super) fn tally(
         .collect()
 }
 
-/// Adds what [`tally`] counted, once the frames were written.
-pub(super) fn add_tally(audits: &mut HashMap<Pattern, SubAudit>, tally: Vec<(Pattern, OwnCount)>) {
+/// Adds what [`tally`] counted, once the frames were written; the subscriptions that got
+/// their first `seq` now.
+pub(super) fn add_tally(
+    audits: &mut HashMap<Pattern, SubAudit>,
+    tally: Vec<(Pattern, OwnCount)>,
+) -> Vec<Pattern> {
+    let mut firsts_now = Vec::new();
     for (p, c) in tally {
         if let Some(own) = audits.get_mut(&p).and_then(|a| a.own.as_mut()) {
             own.count += c.count;
             if own.first.is_none() {
                 own.first = c.first;
+                firsts_now.push(p);
             }
             own.last = own.last.max(c.last);
         }
     }
+    firsts_now
 }
 
 /// Each subscription still without a first `seq`, and the first event `seq` of `frames` at or
@@ -124,14 +132,20 @@ pub(super) fn first_candidates(
 
 /// Keeps the first `seq`s of [`first_candidates`] once their frames were written, and moves
 /// the replaying subscription (one at a time) to `replayed`, the newest replayed `seq` written.
+///
+/// Returns the subscriptions that got their first `seq` now.
 pub(super) fn set_firsts(
     audits: &mut HashMap<Pattern, SubAudit>,
     firsts: Vec<(Pattern, u64)>,
     replayed: u64,
-) {
+) -> Vec<Pattern> {
+    let mut firsts_now = Vec::new();
     for (p, seq) in firsts {
-        if let Some(a) = audits.get_mut(&p) {
-            a.first_seq.get_or_insert(seq);
+        if let Some(a) = audits.get_mut(&p)
+            && a.first_seq.is_none()
+        {
+            a.first_seq = Some(seq);
+            firsts_now.push(p);
         }
     }
     if replayed > 0 {
@@ -139,6 +153,7 @@ pub(super) fn set_firsts(
             a.replayed_to = a.replayed_to.max(replayed);
         }
     }
+    firsts_now
 }
 
 impl<S: Socket> Session<S> {
@@ -244,6 +259,24 @@ impl<S: Socket> Session<S> {
         let patterns: Vec<Pattern> = self.audits.keys().cloned().collect();
         for p in patterns {
             self.audit_end(&p, why);
+        }
+    }
+
+    /// A snapshot of each of `patterns`' records (their first event was just written: a live
+    /// record answers with its first `seq` from then on, not only after a checkpoint).
+    pub(super) fn audit_snapshot(&mut self, patterns: &[Pattern]) {
+        let delivered = self.handle.delivered.load(Ordering::Relaxed);
+        for p in patterns {
+            let Some(a) = self.audits.get(p) else {
+                continue;
+            };
+            let count = a.own.map_or(delivered - a.delivered_at_grant, |o| o.count);
+            let record = self.audit_record(p, a, None);
+            self.broker.access.audit().subscription(record);
+            if let Some(a) = self.audits.get_mut(p) {
+                a.recorded_count = count;
+                a.recorded_at = tokio::time::Instant::now();
+            }
         }
     }
 

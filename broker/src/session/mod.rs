@@ -408,8 +408,11 @@ impl<S: Socket> Session<S> {
             self.handle
                 .written_last
                 .fetch_max(last_seq, Ordering::Relaxed);
-            audit::set_firsts(&mut self.audits, firsts, replayed);
-            audit::add_tally(&mut self.audits, tally);
+            let mut firsts_now = audit::set_firsts(&mut self.audits, firsts, replayed);
+            firsts_now.extend(audit::add_tally(&mut self.audits, tally));
+            if !firsts_now.is_empty() {
+                self.audit_snapshot(&firsts_now);
+            }
         }
         let close = drained.close.or_else(|| {
             // An abort decided during the write: take its close now.
