@@ -43,6 +43,15 @@ pub(crate) struct SubAudit {
     replayed_to: u64,
 }
 
+impl SubAudit {
+    /// Its count: its own, or the connection's since the grant (`delivered`: the
+    /// connection's count now).
+    fn count(&self, delivered: u64) -> u64 {
+        self.own
+            .map_or(delivered - self.delivered_at_grant, |o| o.count)
+    }
+}
+
 /// What a subscription counted itself: events written whose topic its pattern matches, at or
 /// after its `from_seq`; the first and last of their `seq`s.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -270,7 +279,7 @@ impl<S: Socket> Session<S> {
             let Some(a) = self.audits.get(p) else {
                 continue;
             };
-            let count = a.own.map_or(delivered - a.delivered_at_grant, |o| o.count);
+            let count = a.count(delivered);
             let record = self.audit_record(p, a, None);
             self.broker.access.audit().subscription(record);
             if let Some(a) = self.audits.get_mut(p) {
@@ -285,20 +294,15 @@ impl<S: Socket> Session<S> {
     pub(super) fn audit_checkpoint(&mut self) {
         let delivered = self.handle.delivered.load(Ordering::Relaxed);
         let every = std::time::Duration::from_millis(self.broker.config.audit.checkpoint_ms);
-        let mut records = Vec::new();
-        for (p, a) in &self.audits {
-            let count = a.own.map_or(delivered - a.delivered_at_grant, |o| o.count);
-            if count != a.recorded_count && a.recorded_at.elapsed() >= every {
-                records.push((p.clone(), self.audit_record(p, a, None), count));
-            }
-        }
-        for (p, record, count) in records {
-            self.broker.access.audit().subscription(record);
-            if let Some(a) = self.audits.get_mut(&p) {
-                a.recorded_count = count;
-                a.recorded_at = tokio::time::Instant::now();
-            }
-        }
+        let moved: Vec<Pattern> = self
+            .audits
+            .iter()
+            .filter(|(_, a)| {
+                a.count(delivered) != a.recorded_count && a.recorded_at.elapsed() >= every
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.audit_snapshot(&moved);
     }
 
     fn audit_record(
